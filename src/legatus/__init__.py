@@ -1,0 +1,3 @@
+"""legatus: the Envoy proxy, written in Python."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from legatus.server.main import main
+
+raise SystemExit(main())

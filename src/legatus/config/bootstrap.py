@@ -1,0 +1,144 @@
+"""Loading the bootstrap: ``-c`` file plus ``--config-yaml``, as Envoy loads it.
+
+The file is YAML (``.yaml``/``.yml``), JSON (``.json``), binary proto (``.pb``)
+or text proto (``.pb_text``). ``--config-yaml`` is parsed on its own and merged
+on top with proto ``MergeFrom`` semantics (scalars replaced, messages merged,
+repeated fields appended), which is what Envoy does. The command-line node
+flags then override ``node``. Structural errors and protoc-gen-validate rule
+violations are raised as ConfigError with the field path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import yaml
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+
+from legatus.config.errors import ConfigError
+from legatus.config.proto_json import parse
+from legatus.config.validate import validate_message
+from legatus.server.options import Options
+
+log = logging.getLogger("legatus.config")
+Bootstrap = bootstrap_pb2.Bootstrap
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedBootstrap:
+    bootstrap: Bootstrap
+    unknown_static_fields: int  # server.static_unknown_fields
+
+
+def load(options: Options) -> LoadedBootstrap:
+    if not options.config_path and not options.config_yaml:
+        raise ConfigError("", "At least one of --config-path or --config-yaml or "
+                          "Options::configProto() should be non-empty")  # fmt: skip
+    unknown = 0
+    bootstrap = Bootstrap()
+    if options.config_path:
+        part, n = _load_file(options.config_path, options.allow_unknown_static_fields)
+        bootstrap.MergeFrom(part)
+        unknown += n
+    if options.config_yaml:
+        document = _yaml(options.config_yaml, "--config-yaml")
+        part, n = _parse_document(document, options.allow_unknown_static_fields)
+        bootstrap.MergeFrom(part)
+        unknown += n
+    _apply_node_flags(bootstrap, options)
+    errors = validate_message(bootstrap)
+    if errors:
+        raise errors[0]
+    check_static_resources(bootstrap)
+    return LoadedBootstrap(bootstrap=bootstrap, unknown_static_fields=unknown)
+
+
+def _load_file(path: str, allow_unknown: bool) -> tuple[Bootstrap, int]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError("", f"unable to read file: {path}: {e.strerror}") from None
+    if path.endswith(".pb"):
+        message = Bootstrap()
+        try:
+            message.ParseFromString(raw)
+        except DecodeError as e:
+            raise ConfigError("", f"Unable to parse file {path} as a binary proto: {e}") from None
+        return message, 0
+    text = raw.decode("utf-8", errors="replace")
+    if path.endswith(".pb_text"):
+        message = Bootstrap()
+        try:
+            text_format.Parse(text, message, allow_unknown_field=allow_unknown)
+        except text_format.ParseError as e:
+            raise ConfigError("", f"Unable to parse file {path} as a text proto: {e}") from None
+        return message, 0
+    if path.endswith(".json"):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError("", f"Unable to parse JSON as proto ({e}): {path}") from None
+    elif path.endswith((".yaml", ".yml")):
+        document = _yaml(text, path)
+    else:
+        raise ConfigError("", f"Unsupported config file extension for {path}: expected .yaml, "
+                          ".yml, .json, .pb or .pb_text")  # fmt: skip
+    return _parse_document(document, allow_unknown)
+
+
+def _yaml(text: str, where: str):
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"Unable to parse YAML in {where}: {e}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError("", f"{where}: the bootstrap must be a YAML/JSON object")
+    return document
+
+
+def _parse_document(document: dict, allow_unknown: bool) -> tuple[Bootstrap, int]:
+    try:
+        return parse(document, Bootstrap), 0
+    except ConfigError as strict_error:
+        if not allow_unknown or "unknown field" not in strict_error.message:
+            raise
+        log.warning("Unknown static field(s) ignored (--allow-unknown-static-fields): %s",
+                    strict_error)  # fmt: skip
+        return parse(document, Bootstrap, ignore_unknown_fields=True), 1
+
+
+def _apply_node_flags(bootstrap: Bootstrap, options: Options) -> None:
+    if options.service_cluster:
+        bootstrap.node.cluster = options.service_cluster
+    if options.service_node:
+        bootstrap.node.id = options.service_node
+    if options.service_zone:
+        bootstrap.node.locality.zone = options.service_zone
+
+
+def check_static_resources(bootstrap: Bootstrap) -> None:
+    """The checks Envoy makes beyond PGV when it adds static listeners and clusters."""
+    seen: dict[str, int] = {}
+    for i, cluster in enumerate(bootstrap.static_resources.clusters):
+        if cluster.name in seen:
+            raise ConfigError(
+                f"static_resources.clusters[{i}].name",
+                f"cluster manager: duplicate cluster '{cluster.name}'",
+            )
+        seen[cluster.name] = i
+    names: set[str] = set()
+    for i, listener in enumerate(bootstrap.static_resources.listeners):
+        path = f"static_resources.listeners[{i}]"
+        if listener.name and listener.name in names:
+            raise ConfigError(f"{path}.name", f"error adding listener named '{listener.name}': "
+                              "listener with the same name already exists")  # fmt: skip
+        names.add(listener.name)
+        if not listener.HasField("address") and not listener.HasField("api_listener"):
+            raise ConfigError(f"{path}.address", "error adding listener: address is necessary")

@@ -1,0 +1,34 @@
+"""What an extension factory gets when it turns its config proto into a runtime object.
+
+One context per process and config generation. In validate mode there is no
+loop and no cluster manager: factories must only check and compile there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from legatus.registry import Registry
+    from legatus.server.options import Options
+    from legatus.stats.store import Store
+    from legatus.upstream.thread_local_cluster import ThreadLocalClusterManager
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FactoryContext:
+    registry: Registry
+    store: Store
+    options: Options
+    random: random.Random
+    loop: asyncio.AbstractEventLoop | None = None
+    cluster_manager: ThreadLocalClusterManager | None = None
+    access_log_manager: Any = None  # legatus.access_log.manager.AccessLogManager
+    cluster_names: frozenset[str] = frozenset()  # static clusters, for config-time checks
+
+    @property
+    def validating(self) -> bool:
+        return self.loop is None

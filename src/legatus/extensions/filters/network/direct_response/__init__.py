@@ -1,0 +1,48 @@
+"""``envoy.filters.network.direct_response``: send fixed bytes, then close.
+
+As in Envoy, the response is written when the connection is accepted, the
+connection is closed after the write is flushed, and anything the client sends
+is ignored.
+"""
+
+from __future__ import annotations
+
+from legatus.config.datasource import read_data_source
+from legatus.network.filter import CloseType, FilterStatus, ReadFilter
+from legatus.registry import Category, Extension, Registry
+
+NAME = "envoy.filters.network.direct_response"
+CONFIG_TYPE = "envoy.extensions.filters.network.direct_response.v3.Config"
+
+
+class DirectResponseFilter(ReadFilter):
+    __slots__ = ("read_callbacks", "response")
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+
+    def on_new_connection(self) -> FilterStatus:
+        connection = self.read_callbacks.connection
+        if self.response:
+            connection.write(self.response)
+        connection.close(CloseType.FLUSH_WRITE)
+        return FilterStatus.STOP_ITERATION
+
+    def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        return FilterStatus.STOP_ITERATION
+
+
+def _factory(proto, context, path):
+    response = read_data_source(proto.response, f"{path}.response") if proto.HasField(
+        "response") else b""  # fmt: skip
+
+    def add_filters(connection) -> None:
+        connection.add_read_filter(DirectResponseFilter(response))
+
+    add_filters.terminal = True
+    return add_filters
+
+
+def register(registry: Registry) -> None:
+    registry.register(Extension(category=Category.NETWORK_FILTER, name=NAME,
+                                config_types=(CONFIG_TYPE,), factory=_factory))  # fmt: skip

@@ -1,0 +1,30 @@
+"""``envoy.filters.network.echo``: writes back what it reads (half-close included)."""
+
+from __future__ import annotations
+
+from legatus.network.filter import FilterStatus, ReadFilter
+from legatus.registry import Category, Extension, Registry
+
+NAME = "envoy.filters.network.echo"
+CONFIG_TYPE = "envoy.extensions.filters.network.echo.v3.Echo"
+
+
+class EchoFilter(ReadFilter):
+    __slots__ = ("read_callbacks",)
+
+    def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        self.read_callbacks.connection.write(data, end_stream)
+        return FilterStatus.STOP_ITERATION
+
+
+def _factory(proto, context, path):
+    def add_filters(connection) -> None:
+        connection.add_read_filter(EchoFilter())
+
+    add_filters.terminal = True
+    return add_filters
+
+
+def register(registry: Registry) -> None:
+    registry.register(Extension(category=Category.NETWORK_FILTER, name=NAME,
+                                config_types=(CONFIG_TYPE,), factory=_factory))  # fmt: skip

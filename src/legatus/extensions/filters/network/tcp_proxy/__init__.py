@@ -1,0 +1,26 @@
+"""``envoy.filters.network.tcp_proxy``."""
+
+from __future__ import annotations
+
+from legatus.registry import Category, Extension, Registry
+
+NAME = "envoy.filters.network.tcp_proxy"
+CONFIG_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+def _factory(proto, context, path):
+    from legatus.extensions.filters.network.tcp_proxy.config import compile_config
+    from legatus.extensions.filters.network.tcp_proxy.filter import TcpProxyFilter
+
+    config = compile_config(proto, context, path)
+
+    def add_filters(connection) -> None:
+        connection.add_read_filter(TcpProxyFilter(config, context))
+
+    add_filters.terminal = True
+    return add_filters
+
+
+def register(registry: Registry) -> None:
+    registry.register(Extension(category=Category.NETWORK_FILTER, name=NAME,
+                                config_types=(CONFIG_TYPE,), factory=_factory))  # fmt: skip

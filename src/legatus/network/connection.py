@@ -1,0 +1,274 @@
+"""A TCP connection: the thin I/O layer under the network filters.
+
+``Connection`` is the ``asyncio.Protocol`` of one socket, downstream (accepted
+by a listener) or upstream (opened by a cluster). It owns:
+
+- the read filter chain (``on_data`` in order, stop/continue) and the write
+  filter chain (``on_write`` in reverse order) of the filter contract in
+  ``network/filter.py``;
+- half-close: a FIN from the peer reaches the filters as ``end_stream`` and the
+  socket stays open for writing until this side ends its stream too;
+- flow control with Envoy's watermarks: the write buffer's high mark is the
+  connection's buffer limit (``per_connection_buffer_limit_bytes``), the low
+  mark half of it. Crossing them calls the watermark callbacks, which the
+  proxying filter answers by pausing/resuming reads on the *other* connection.
+  ``read_disable`` nests, as Envoy's does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from legatus.network.filter import (
+    CloseType,
+    ConnectionCallbacks,
+    ConnectionEvent,
+    FilterStatus,
+    ReadFilter,
+    WriteFilter,
+)
+
+DEFAULT_BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default
+
+
+class State(enum.Enum):
+    CONNECTING = 0
+    OPEN = 1
+    CLOSED = 2
+
+
+_next_id = 0
+
+
+def _connection_id() -> int:
+    global _next_id
+    _next_id += 1
+    return _next_id
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, *, buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+                 on_close: Callable[[Connection], None] | None = None) -> None:  # fmt: skip
+        self.id = _connection_id()
+        self.transport: asyncio.Transport | None = None
+        self.state = State.CONNECTING
+        self.buffer_limit = buffer_limit or DEFAULT_BUFFER_LIMIT
+        self.local_address: tuple[Any, ...] | None = None
+        self.remote_address: tuple[Any, ...] | None = None
+        self.read_filters: list[ReadFilter] = []
+        self.write_filters: list[WriteFilter] = []
+        self.callbacks: list[ConnectionCallbacks] = []
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.read_ended = False  # peer sent FIN
+        self.write_ended = False  # we sent FIN
+        self.above_high_watermark = False
+        self.close_event: ConnectionEvent | None = None
+        self._on_close = on_close
+        self._read_disable_count = 0
+        self._filters_initialized = False
+        self._held: list[tuple[bytes, bool]] = []  # data that arrived while a filter stopped
+        self._stopped_at: int | None = None
+        self._connected_waiter: asyncio.Future | None = None
+
+    # Filter chain ------------------------------------------------------------
+
+    def add_read_filter(self, f: ReadFilter) -> None:
+        f.initialize_read_filter_callbacks(_ReadCallbacks(self, len(self.read_filters)))
+        self.read_filters.append(f)
+
+    def add_write_filter(self, f: WriteFilter) -> None:
+        self.write_filters.insert(0, f)
+
+    def add_filter(self, f: Any) -> None:
+        """Add a filter as reader, writer or both, by the hooks it implements."""
+        if isinstance(f, ReadFilter):
+            self.add_read_filter(f)
+        if isinstance(f, WriteFilter):
+            self.add_write_filter(f)
+
+    def add_connection_callbacks(self, cb: ConnectionCallbacks) -> None:
+        self.callbacks.append(cb)
+
+    def initialize_read_filters(self) -> bool:
+        """Run ``on_new_connection`` over the chain; False if there are no filters."""
+        if not self.read_filters:
+            return False
+        self._filters_initialized = True
+        self._iterate(0, None, False)
+        return True
+
+    def _iterate(self, start: int, data: bytes | None, end_stream: bool) -> None:
+        filters = self.read_filters
+        for i in range(start, len(filters)):
+            if self.state is State.CLOSED:
+                return
+            f = filters[i]
+            status = f.on_new_connection() if data is None else f.on_data(data, end_stream)
+            if status is FilterStatus.STOP_ITERATION:
+                if data is None:
+                    self._stopped_at = i
+                return
+        if data is None:
+            self._stopped_at = None
+            held, self._held = self._held, []
+            for chunk, end in held:
+                self._iterate(0, chunk, end)
+
+    def continue_reading(self, index: int) -> None:
+        if self._stopped_at is None and index >= 0:
+            # Resuming after on_data stop: filters own what they kept; nothing held.
+            return
+        if self._stopped_at is not None:
+            start = self._stopped_at + 1
+            self._stopped_at = None
+            self._iterate(start, None, False)
+
+    # asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.state = State.OPEN
+        transport.set_write_buffer_limits(high=self.buffer_limit, low=self.buffer_limit // 2)
+        self.local_address = transport.get_extra_info("sockname")
+        self.remote_address = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._connected_waiter is not None and not self._connected_waiter.done():
+            self._connected_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        if self._stopped_at is not None:
+            self._held.append((data, False))
+            return
+        self._iterate(0, data, False)
+
+    def eof_received(self) -> bool:
+        self.read_ended = True
+        if self._stopped_at is not None:
+            self._held.append((b"", True))
+        else:
+            self._iterate(0, b"", True)
+        if self.write_ended:
+            self._close_transport(CloseType.FLUSH_WRITE)
+            return False
+        return True  # keep the socket open for writing (half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self._raise_event(ConnectionEvent.REMOTE_CLOSE)
+
+    def pause_writing(self) -> None:
+        self.above_high_watermark = True
+        for cb in self.callbacks:
+            cb.on_above_write_buffer_high_watermark()
+
+    def resume_writing(self) -> None:
+        self.above_high_watermark = False
+        for cb in self.callbacks:
+            cb.on_below_write_buffer_low_watermark()
+
+    # Connection API ----------------------------------------------------------
+
+    def write(self, data: bytes, end_stream: bool = False) -> None:
+        if self.state is not State.OPEN or self.write_ended:
+            return
+        for f in self.write_filters:
+            if f.on_write(data, end_stream) is FilterStatus.STOP_ITERATION:
+                return
+        self.raw_write(data, end_stream)
+
+    def raw_write(self, data: bytes, end_stream: bool) -> None:
+        transport = self.transport
+        if data:
+            self.bytes_sent += len(data)
+            transport.write(data)  # type: ignore[union-attr]
+        if end_stream:
+            self.write_ended = True
+            if self.read_ended:
+                self._close_transport(CloseType.FLUSH_WRITE)
+            elif transport.can_write_eof():  # type: ignore[union-attr]
+                transport.write_eof()  # type: ignore[union-attr]
+
+    def close(self, close_type: CloseType = CloseType.FLUSH_WRITE) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self.transport is None:
+            self.state = State.CLOSED
+            self._raise_event(ConnectionEvent.LOCAL_CLOSE)
+            return
+        self._close_transport(close_type)
+
+    def _close_transport(self, close_type: CloseType) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        transport = self.transport
+        if close_type is CloseType.FLUSH_WRITE:
+            transport.close()  # type: ignore[union-attr]
+        else:
+            if close_type is CloseType.ABORT_RESET:
+                sock = transport.get_extra_info("socket")  # type: ignore[union-attr]
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()  # type: ignore[union-attr]
+        self._raise_event(ConnectionEvent.LOCAL_CLOSE)
+
+    def read_disable(self, disable: bool) -> None:
+        """Stop (or resume) reading; calls nest, reading resumes when all are undone."""
+        transport = self.transport
+        if disable:
+            self._read_disable_count += 1
+            if self._read_disable_count == 1 and transport is not None and self.state is State.OPEN:
+                transport.pause_reading()
+        elif self._read_disable_count > 0:
+            self._read_disable_count -= 1
+            if self._read_disable_count == 0 and transport is not None and self.state is State.OPEN:
+                transport.resume_reading()
+
+    @property
+    def reading_enabled(self) -> bool:
+        return self._read_disable_count == 0
+
+    def write_buffer_size(self) -> int:
+        t = self.transport
+        return t.get_write_buffer_size() if t is not None and self.state is State.OPEN else 0
+
+    def _raise_event(self, event: ConnectionEvent) -> None:
+        self.close_event = event
+        for cb in list(self.callbacks):
+            cb.on_event(event)
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close(self)
+
+
+class _ReadCallbacks:
+    __slots__ = ("connection", "index")
+
+    def __init__(self, connection: Connection, index: int) -> None:
+        self.connection = connection
+        self.index = index
+
+    def continue_reading(self) -> None:
+        self.connection.continue_reading(self.index)
+
+
+async def connect(loop: asyncio.AbstractEventLoop, connection: Connection, address: tuple,
+                  timeout: float) -> None:  # fmt: skip
+    """Open an upstream TCP connection into ``connection``; raises OSError/TimeoutError."""
+    connection._connected_waiter = loop.create_future()
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    await asyncio.wait_for(
+        loop.create_connection(lambda: connection, address[0], address[1], family=family),
+        timeout,
+    )

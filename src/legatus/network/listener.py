@@ -1,0 +1,280 @@
+"""Listeners: config compiled once, and the accepting socket in each worker.
+
+``compile_listener`` turns an ``envoy.config.listener.v3.Listener`` into a
+``ListenerConfig`` (filter chains with their network filter factories, buffer
+limit, stats scope); it runs in the main process to validate and in every
+worker to serve. ``ActiveListener`` binds the worker's own SO_REUSEPORT socket,
+accepts connections, picks a filter chain and builds the filters on the new
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from envoy.config.listener.v3 import listener_pb2
+
+from legatus.config.errors import ConfigError
+from legatus.config.factory_context import FactoryContext
+from legatus.config.supported import check_supported
+from legatus.network import address as addr
+from legatus.network.connection import DEFAULT_BUFFER_LIMIT, Connection
+from legatus.network.filter import CloseType, ConnectionEvent
+from legatus.network.filter_chain_match import (
+    ConnectionKey,
+    FilterChainMatcher,
+    compile_match,
+)
+from legatus.registry import Category
+from legatus.stats.store import StatSet, counter, gauge, histogram
+from legatus.stream_info import StreamInfo
+
+log = logging.getLogger("legatus.conn_handler")
+Listener = listener_pb2.Listener
+
+_SUPPORTED_LISTENER = frozenset({
+    "name", "address", "stat_prefix", "filter_chains", "default_filter_chain",
+    "per_connection_buffer_limit_bytes", "metadata", "enable_reuse_port", "access_log",
+    "traffic_direction", "tcp_backlog_size",
+})  # fmt: skip
+_SUPPORTED_CHAIN = frozenset({"filter_chain_match", "filters", "name", "metadata"})
+_SUPPORTED_FILTER = frozenset({"name", "typed_config"})
+
+
+class ListenerStats(StatSet):
+    """``listener.<address or stat_prefix>.*``."""
+
+    downstream_cx_total = counter()
+    downstream_cx_destroy = counter()
+    downstream_cx_active = gauge()
+    downstream_cx_length_ms = histogram()
+    downstream_cx_overflow = counter()
+    downstream_cx_overload_reject = counter()
+    downstream_global_cx_overflow = counter()
+    downstream_pre_cx_timeout = counter()
+    downstream_pre_cx_active = gauge()
+    downstream_listener_filter_error = counter()
+    downstream_listener_filter_remote_close = counter()
+    no_filter_chain_match = counter()
+    extension_config_missing = counter()
+    network_extension_config_missing = counter()
+
+
+class PerWorkerListenerStats(StatSet):
+    """``listener.<address>.worker_<n>.*``."""
+
+    downstream_cx_total = counter()
+    downstream_cx_active = gauge()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FilterChainConfig:
+    name: str
+    factories: tuple[Callable[[Connection], None], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerConfig:
+    name: str
+    address: addr.SocketAddress
+    stat_prefix: str  # the scope: ``listener.<stat_prefix>.``
+    buffer_limit: int
+    matcher: FilterChainMatcher[FilterChainConfig]
+    reuse_port: bool
+    backlog: int
+    access_logs: tuple
+    proto: Listener
+
+
+def compile_listener(proto: Listener, context: FactoryContext, path: str) -> ListenerConfig:
+    check_supported(proto, _SUPPORTED_LISTENER, path, "Listener")
+    address = addr.from_proto(proto.address, f"{path}.address")
+    chains = []
+    for i, chain in enumerate(proto.filter_chains):
+        cpath = f"{path}.filter_chains[{i}]"
+        match = compile_match(chain.filter_chain_match, f"{cpath}.filter_chain_match")
+        chains.append((match, _compile_chain(chain, context, cpath)))
+    default = None
+    if proto.HasField("default_filter_chain"):
+        dpath = f"{path}.default_filter_chain"
+        if proto.default_filter_chain.HasField("filter_chain_match"):
+            raise ConfigError(f"{dpath}.filter_chain_match",
+                              "the default filter chain cannot have a filter_chain_match")
+        default = _compile_chain(proto.default_filter_chain, context, dpath)
+    if not chains and default is None:
+        raise ConfigError(f"{path}.filter_chains", f"error adding listener '{address}': no "
+                          "filter chains specified")  # fmt: skip
+    from legatus.access_log.access_log import create_access_logs
+
+    access_logs = create_access_logs(proto.access_log, context, f"{path}.access_log")
+    return ListenerConfig(
+        name=proto.name or str(address),
+        address=address,
+        stat_prefix=proto.stat_prefix or address.stat_name(),
+        buffer_limit=proto.per_connection_buffer_limit_bytes.value
+        if proto.HasField("per_connection_buffer_limit_bytes") else DEFAULT_BUFFER_LIMIT,
+        matcher=FilterChainMatcher(chains, default, listener_path=path),
+        reuse_port=proto.enable_reuse_port.value if proto.HasField("enable_reuse_port") else True,
+        backlog=proto.tcp_backlog_size.value if proto.HasField("tcp_backlog_size") else 4096,
+        access_logs=tuple(access_logs),
+        proto=proto,
+    )  # fmt: skip
+
+
+def _compile_chain(chain, context: FactoryContext, path: str) -> FilterChainConfig:
+    check_supported(chain, _SUPPORTED_CHAIN, path, "FilterChain")
+    factories = []
+    count = len(chain.filters)
+    for j, f in enumerate(chain.filters):
+        fpath = f"{path}.filters[{j}]"
+        check_supported(f, _SUPPORTED_FILTER, fpath, "Filter")
+        extension, config = context.registry.resolve(
+            Category.NETWORK_FILTER, name=f.name,
+            typed_config=f.typed_config if f.HasField("typed_config") else None, path=fpath,
+        )  # fmt: skip
+        from legatus.config.validate import validate_message
+
+        errors = validate_message(config, f"{fpath}.typed_config")
+        if errors:
+            raise errors[0]
+        factory = extension.factory(config, context, f"{fpath}.typed_config")
+        terminal = getattr(factory, "terminal", False)
+        if terminal and j != count - 1:
+            raise ConfigError(fpath, f"Error: terminal filter named {f.name} of type "
+                              f"{config.DESCRIPTOR.full_name} must be the last filter in a "
+                              "network filter chain.")  # fmt: skip
+        if not terminal and j == count - 1:
+            raise ConfigError(fpath, f"Error: non-terminal filter named {f.name} of type "
+                              f"{config.DESCRIPTOR.full_name} is the last filter in a network "
+                              "filter chain.")  # fmt: skip
+        factories.append(factory)
+    return FilterChainConfig(name=chain.name, factories=tuple(factories))
+
+
+def bind_socket(address: addr.SocketAddress, *, reuse_port: bool, listen: bool,
+                backlog: int = 4096) -> socket.socket:  # fmt: skip
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if address.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address.as_tuple())
+        if listen:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class ActiveListener:
+    """One listener in one worker: its socket, its stats, its connections."""
+
+    def __init__(self, config: ListenerConfig, context: FactoryContext, worker_index: int) -> None:
+        self.config = config
+        self.context = context
+        self.loop: asyncio.AbstractEventLoop = context.loop  # type: ignore[assignment]
+        scope = context.store.scope(f"listener.{config.stat_prefix}.")
+        self.stats = ListenerStats(scope)
+        self.worker_stats = PerWorkerListenerStats(scope.scope(f"worker_{worker_index}."))
+        self.connections: set[Connection] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self._only_chain = config.matcher._only
+
+    async def start(self, sock: socket.socket) -> None:
+        self.server = await self.loop.create_server(self._new_connection, sock=sock,
+                                                    backlog=self.config.backlog)  # fmt: skip
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def close_connections(self) -> None:
+        for c in list(self.connections):
+            c.close(CloseType.NO_FLUSH)
+
+    def _new_connection(self) -> Connection:
+        return _DownstreamConnection(self)
+
+    def on_accepted(self, conn: Connection) -> None:
+        stats = self.stats
+        stats.downstream_cx_total.inc()
+        stats.downstream_cx_active.inc()
+        self.worker_stats.downstream_cx_total.inc()
+        self.worker_stats.downstream_cx_active.inc()
+        self.connections.add(conn)
+        info = StreamInfo(now_monotonic=self.loop.time())
+        info.connection_id = conn.id
+        local, remote = conn.local_address, conn.remote_address
+        info.downstream_local_address = _fmt(local)
+        info.downstream_remote_address = info.downstream_direct_remote_address = _fmt(remote)
+        conn.stream_info = info
+        chain = self._only_chain
+        if chain is None:
+            chain = self.config.matcher.match(ConnectionKey(
+                destination_ip=local[0], destination_port=local[1],
+                source_ip=remote[0], source_port=remote[1],
+            ))  # fmt: skip
+        if chain is None:
+            stats.no_filter_chain_match.inc()
+            info.set_flag(_NR)
+            log.debug("[C%d] closing connection from %s: no matching filter chain found",
+                      conn.id, info.downstream_remote_address)  # fmt: skip
+            conn.close(CloseType.NO_FLUSH)
+            return
+        for factory in chain.factories:
+            factory(conn)
+        conn.initialize_read_filters()
+
+    def on_closed(self, conn: Connection) -> None:
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        stats = self.stats
+        stats.downstream_cx_active.dec()
+        stats.downstream_cx_destroy.inc()
+        self.worker_stats.downstream_cx_active.dec()
+        info = conn.stream_info
+        now = self.loop.time()
+        stats.downstream_cx_length_ms.record((now - info.start_monotonic) * 1000)
+        if self.config.access_logs:
+            info.end_monotonic = now
+            info.bytes_received = info.bytes_received or conn.bytes_received
+            info.bytes_sent = info.bytes_sent or conn.bytes_sent
+            for access_log in self.config.access_logs:
+                access_log.log(info)
+
+
+def _fmt(a) -> str | None:
+    if not a:
+        return None
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+
+
+class _DownstreamConnection(Connection):
+    """An accepted connection: reports to its listener when made and when gone."""
+
+    def __init__(self, listener: ActiveListener) -> None:
+        super().__init__(buffer_limit=listener.config.buffer_limit)
+        self.listener = listener
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.listener.on_accepted(self)
+
+    def _raise_event(self, event: ConnectionEvent) -> None:
+        super()._raise_event(event)
+        self.listener.on_closed(self)
+
+
+from legatus.stream_info import ResponseFlag  # noqa: E402
+
+_NR = ResponseFlag.NO_ROUTE_FOUND

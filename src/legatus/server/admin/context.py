@@ -1,0 +1,80 @@
+"""What the admin endpoints may see and do in the main process.
+
+The admin handlers depend on this narrow interface, not on the Server class, so
+they can be tested against a fake and the server can change underneath them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from legatus.server.logging import LogSink
+    from legatus.server.options import Options
+    from legatus.stats.store import Store
+
+
+class ServerState(enum.IntEnum):
+    """``server.state``: Envoy's values."""
+
+    LIVE = 0
+    DRAINING = 1
+    PRE_INITIALIZING = 2
+    INITIALIZING = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerInfo:
+    name: str
+    address: str  # "127.0.0.1:10000" (port 0 resolved), or "[::1]:10000"
+    config: Any  # envoy.config.listener.v3.Listener, port resolved
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostInfo:
+    address: str  # "127.0.0.1:8080"
+    hostname: str
+    weight: int
+    priority: int
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+    health_flags: tuple[str, ...] = ()  # e.g. ("/failed_active_hc",); () means healthy
+    stats_prefix: str = ""  # hidden per-host stats live under this prefix in the store
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterInfo:
+    name: str
+    config: Any  # envoy.config.cluster.v3.Cluster
+    added_via_api: bool = False
+    hosts: tuple[HostInfo, ...] = field(default_factory=tuple)
+
+
+class AdminContext(Protocol):
+    """The main process as the admin endpoints see it."""
+
+    options: Options
+    stats: Store
+    log_sink: LogSink
+    bootstrap: Any  # envoy.config.bootstrap.v3.Bootstrap as loaded
+    start_time: float  # time.time() at start-up
+    state: ServerState
+    healthcheck_failed: bool
+    hot_restart_version: str
+
+    async def refresh_stats(self) -> None:
+        """Pull fresh stats from every worker into ``stats`` (bounded wait)."""
+
+    def listeners(self) -> list[ListenerInfo]: ...
+
+    def clusters(self) -> list[ClusterInfo]: ...
+
+    def shutdown(self) -> None:
+        """POST /quitquitquit: exit as on SIGTERM."""
+
+    def set_healthcheck_failed(self, failed: bool) -> None: ...
+
+    def reopen_logs(self) -> None: ...

@@ -1,0 +1,137 @@
+"""The control channel between the main process and one worker.
+
+A Unix socketpair carrying length-prefixed frames (4-byte big-endian length,
+then a pickled message). Both ends are this program in processes forked from
+one main process, so pickle is a safe and compact wire format; protos travel
+inside messages as serialized bytes.
+
+``FrameDecoder`` is sans-I/O; ``ControlProtocol`` is the asyncio glue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from legatus.stats.store import Flush
+from legatus.upstream.cluster import HostConfig
+
+_HEADER = struct.Struct("!I")
+MAX_FRAME = 256 * 1024 * 1024
+
+
+# Main -> worker ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerSocket:
+    listener: bytes  # serialized envoy.config.listener.v3.Listener (port resolved)
+    inherited_fd: int | None  # a shared listening socket (enable_reuse_port: false)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Configure:
+    bootstrap: bytes  # serialized Bootstrap (for stats_config and the like)
+    listeners: list[ListenerSocket]
+    clusters: list[bytes]  # serialized envoy.config.cluster.v3.Cluster
+    hosts: dict[str, tuple[HostConfig, ...]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateHosts:
+    cluster: str
+    hosts: tuple[HostConfig, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlushStats:
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReopenLogs:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetLogLevels:
+    levels: dict[str, str] = field(default_factory=dict)  # component -> level; "" = all
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shutdown:
+    pass
+
+
+# Worker -> main ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ready:
+    pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failed:
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatsFlushed:
+    request_id: int  # 0 for the periodic push
+    flush: Flush
+
+
+class FrameDecoder:
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        buf = self._buffer
+        buf += data
+        out = []
+        while len(buf) >= 4:
+            (size,) = _HEADER.unpack_from(buf)
+            if size > MAX_FRAME:
+                raise ValueError(f"control frame of {size} bytes is too large")
+            if len(buf) < 4 + size:
+                break
+            out.append(pickle.loads(bytes(buf[4 : 4 + size])))
+            del buf[: 4 + size]
+        return out
+
+
+def encode(message: Any) -> bytes:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class ControlProtocol(asyncio.Protocol):
+    """One end of the channel: calls ``on_message`` per message and ``on_lost`` at EOF."""
+
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+        self._decoder = FrameDecoder()
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for message in self._decoder.feed(data):
+            self._on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._on_lost()
+
+    def send(self, message: Any) -> bool:
+        if self.transport is None or self.transport.is_closing():
+            return False
+        self.transport.write(encode(message))
+        return True

@@ -1,0 +1,440 @@
+"""The main process: configuration, workers, admin, stats, signals.
+
+Start-up follows Envoy's order: the bootstrap is loaded and every listener and
+cluster compiled (a bad config exits 1 before anything binds); clusters
+initialize (DNS clusters wait for their first answer); listener ports are
+reserved (port 0 is resolved here, once, so every worker binds the same port);
+the admin listener starts; the workers are forked and configured; the server
+is LIVE once every worker reports ready.
+
+The main process never touches traffic. It keeps the workers alive (a worker
+that dies is logged, counted in ``server.worker_restarts`` and replaced),
+merges their stats, and on SIGTERM/SIGINT or POST /quitquitquit shuts down at
+once, as Envoy does (no drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from legatus.config.factory_context import FactoryContext
+from legatus.network import address as addr
+from legatus.network.listener import ListenerConfig, bind_socket, compile_listener
+from legatus.server import control
+from legatus.server.admin.context import ClusterInfo, HostInfo, ListenerInfo, ServerState
+from legatus.server.options import Options
+from legatus.server.server_stats import ServerStats, process_memory
+from legatus.stats.store import Store
+from legatus.upstream.cluster import ClusterConfig, HostConfig
+from legatus.upstream.cluster_manager import ClusterManager, compile_static_clusters
+from legatus.upstream.host import host_stats_prefix
+
+log = logging.getLogger("legatus.main")
+HOT_RESTART_VERSION = "disabled"
+STATS_REFRESH_TIMEOUT_S = 1.0
+WORKER_SHUTDOWN_GRACE_S = 5.0
+
+
+@dataclass(slots=True)
+class CompiledConfig:
+    """Everything checked in the main process before anything binds."""
+
+    listeners: list[ListenerConfig]
+    clusters: list[ClusterConfig]
+
+
+def compile_config(bootstrap, *, registry, options: Options, store: Store) -> CompiledConfig:
+    """Compile every cluster and listener, as validate mode and start-up both need."""
+    clusters = compile_static_clusters(bootstrap)
+    context = FactoryContext(
+        registry=registry, store=store, options=options, random=random.Random(),
+        cluster_names=frozenset(c.name for c in clusters),
+    )  # fmt: skip
+    listeners = [
+        compile_listener(proto, context, f"static_resources.listeners[{i}]")
+        for i, proto in enumerate(bootstrap.static_resources.listeners)
+    ]
+    seen: dict[tuple, int] = {}
+    for i, listener in enumerate(listeners):
+        key = (listener.address.host, listener.address.port)
+        if listener.address.port and key in seen:
+            from legatus.config.errors import ConfigError
+
+            raise ConfigError(f"static_resources.listeners[{i}].address",
+                              f"error adding listener '{listener.address}': listener "
+                              f"'{listeners[seen[key]].name}' has duplicate address "
+                              f"'{listener.address}' as existing listener")  # fmt: skip
+        seen[key] = i
+    return CompiledConfig(listeners=listeners, clusters=clusters)
+
+
+@dataclass(slots=True)
+class WorkerHandle:
+    index: int
+    pid: int
+    channel: control.ControlProtocol | None = None
+    ready: asyncio.Future | None = None
+    pending: dict[int, asyncio.Future] = field(default_factory=dict)
+
+
+class Server:
+    """The main process. Implements the admin endpoints' AdminContext."""
+
+    def __init__(self, *, options: Options, bootstrap, compiled: CompiledConfig, registry,
+                 log_sink, unknown_static_fields: int = 0) -> None:  # fmt: skip
+        self.options = options
+        self.bootstrap = bootstrap
+        self.compiled = compiled
+        self.registry = registry
+        self.log_sink = log_sink
+        self.stats = Store()
+        self.server_stats = ServerStats(self.stats.scope("server."))
+        self.server_stats.static_unknown_fields.add(unknown_static_fields)
+        self.start_time = time.time()
+        self.state = ServerState.PRE_INITIALIZING
+        self.healthcheck_failed = False
+        self.hot_restart_version = HOT_RESTART_VERSION
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.cluster_manager: ClusterManager | None = None
+        self.workers: dict[int, WorkerHandle] = {}
+        self._listener_sockets: list[tuple[ListenerConfig, socket.socket, bool]] = []
+        self._listener_infos: list[ListenerInfo] = []
+        self._admin_server = None
+        self._shutdown = None
+        self._request_ids = itertools.count(1)
+        self._stopping = False
+        self.exit_code = 0
+
+    # Start-up ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = self.loop = asyncio.get_running_loop()
+        self._shutdown = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("caught and eating SIGHUP. See "
+                                "documentation for how to hot restart."))  # fmt: skip
+        self.state = ServerState.INITIALIZING
+        self._set_server_gauges()
+        try:
+            await self._initialize()
+        except OSError as e:
+            log.critical("error initializing configuration: %s", e)
+            self._close_sockets()
+            return 1
+        except _StartupError as e:
+            log.critical("%s", e)
+            await self._stop_workers()
+            self._close_sockets()
+            return 1
+        if self.options.mode == "init_only":
+            await self._stop_workers()
+            self._close_sockets()
+            return 0
+        self.state = ServerState.LIVE
+        self._set_server_gauges()
+        log.info("all clusters initialized. initializing init manager")
+        log.info("starting main dispatch loop")
+        await self._shutdown
+        log.info("shutting down server instance")
+        await self._stop_workers()
+        if self.cluster_manager is not None:
+            self.cluster_manager.stop()
+        if self._admin_server is not None:
+            self._admin_server.close()
+        self._close_sockets()
+        log.info("main dispatch loop exited")
+        log.info("exiting")
+        return self.exit_code
+
+    async def _initialize(self) -> None:
+        t0 = time.monotonic()
+        self.cluster_manager = ClusterManager(
+            self.compiled.clusters, store=self.stats, loop=self.loop, rng=random.Random(),
+            on_hosts=self._on_hosts,
+        )  # fmt: skip
+        await self.cluster_manager.initialize()
+        self._reserve_listener_ports()
+        if self.options.mode == "init_only":
+            return
+        await self._start_admin()
+        for index in range(self.options.concurrency):
+            self._spawn_worker(index)
+        await self._wait_ready()
+        self.server_stats.initialization_time_ms.record((time.monotonic() - t0) * 1000)
+
+    def _reserve_listener_ports(self) -> None:
+        """Bind one socket per listener here: port 0 becomes a real port shared by all workers.
+
+        With SO_REUSEPORT the main process's socket stays bound but not listening
+        (it gets no connections); without it, this socket listens and the workers
+        share it, as Envoy's workers share one socket when reuse_port is off.
+        """
+        for config in self.compiled.listeners:
+            try:
+                sock = bind_socket(config.address, reuse_port=config.reuse_port,
+                                   listen=not config.reuse_port, backlog=config.backlog)  # fmt: skip
+            except OSError as e:
+                raise OSError(e.errno, f"cannot bind '{config.address}': {e.strerror}") from None
+            host, port = sock.getsockname()[:2]
+            bound = addr.SocketAddress(config.address.host, port)
+            proto = type(config.proto)()
+            proto.CopyFrom(config.proto)
+            proto.address.socket_address.port_value = port
+            if not proto.name:
+                proto.name = str(bound)
+            self._listener_sockets.append((config, sock, config.reuse_port))
+            self._listener_infos.append(ListenerInfo(name=proto.name, address=str(bound),
+                                                     config=proto))  # fmt: skip
+
+    async def _start_admin(self) -> None:
+        admin = self.bootstrap.admin
+        if not admin.HasField("address"):
+            return
+        from legatus.server.admin.listener import start_admin
+
+        a = addr.from_proto(admin.address, "admin.address")
+        self._admin_server, port = await start_admin(self, a.host, a.port, self.loop)
+        bound = addr.SocketAddress(a.host, port)
+        log.info("admin address: %s", bound)
+        if self.options.admin_address_path:
+            try:
+                with open(self.options.admin_address_path, "w") as f:
+                    f.write(str(bound))
+            except OSError as e:
+                log.critical("cannot open admin address output file %s for writing: %s",
+                             self.options.admin_address_path, e.strerror)  # fmt: skip
+
+    # Workers -------------------------------------------------------------------
+
+    def _spawn_worker(self, index: int) -> None:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        close_in_child = [parent_sock.fileno()]
+        close_in_child += [w.channel.transport.get_extra_info("socket").fileno()
+                           for w in self.workers.values()
+                           if w.channel is not None and w.channel.transport is not None]  # fmt: skip
+        close_in_child += [s.fileno() for _, s, reuse in self._listener_sockets if reuse]
+        if self._admin_server is not None:
+            close_in_child += [s.fileno() for s in self._admin_server.sockets]
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns
+            from legatus.server.worker import run_worker
+
+            parent_sock.close()
+            run_worker(index=index, control_sock=child_sock, options=self.options,
+                       registry=self.registry, log_sink=self.log_sink,
+                       parent_pid=os.getppid(), close_fds=close_in_child[1:])  # fmt: skip
+        child_sock.close()
+        handle = WorkerHandle(index=index, pid=pid, ready=self.loop.create_future())
+        self.workers[index] = handle
+        self.loop.create_task(self._attach_worker(handle, parent_sock))
+
+    async def _attach_worker(self, handle: WorkerHandle, sock: socket.socket) -> None:
+        _, channel = await self.loop.connect_accepted_socket(
+            lambda: control.ControlProtocol(lambda m: self._on_worker_message(handle, m),
+                                            lambda: self._on_worker_lost(handle)),
+            sock=sock,
+        )  # fmt: skip
+        handle.channel = channel
+        channel.send(self._configure_message())
+
+    def _configure_message(self) -> control.Configure:
+        listeners = []
+        for (_, sock, reuse), info in zip(self._listener_sockets, self._listener_infos,
+                                          strict=True):  # fmt: skip
+            listeners.append(control.ListenerSocket(
+                listener=info.config.SerializeToString(),
+                inherited_fd=None if reuse else sock.fileno(),
+            ))  # fmt: skip
+        return control.Configure(
+            bootstrap=self.bootstrap.SerializeToString(),
+            listeners=listeners,
+            clusters=[c.proto.SerializeToString() for c in self.compiled.clusters],
+            hosts=dict(self.cluster_manager.hosts),
+        )
+
+    async def _wait_ready(self) -> None:
+        futures = [w.ready for w in self.workers.values()]
+        done, _ = await asyncio.wait(futures, timeout=60)
+        for f in futures:
+            if f not in done:
+                raise _StartupError("a worker did not start within 60 s")
+            if f.exception() is not None:
+                raise _StartupError(str(f.exception()))
+        self.server_stats.concurrency.set(len(self.workers))
+
+    def _on_worker_message(self, handle: WorkerHandle, message: Any) -> None:
+        if isinstance(message, control.StatsFlushed):
+            self.stats.merge_worker(handle.index, message.flush)
+            waiter = handle.pending.pop(message.request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif isinstance(message, control.Ready):
+            log.debug("worker %d (pid %d) is ready", handle.index, message.pid)
+            if not handle.ready.done():
+                handle.ready.set_result(None)
+        elif isinstance(message, control.Failed):
+            if not handle.ready.done():
+                handle.ready.set_exception(_StartupError(message.error))
+
+    def _on_worker_lost(self, handle: WorkerHandle) -> None:
+        if self.workers.get(handle.index) is not handle:
+            return
+        status = _reap(handle.pid)
+        for waiter in handle.pending.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        self.stats.forget_worker(handle.index)
+        if self._stopping:
+            return
+        if not handle.ready.done():
+            handle.ready.set_exception(_StartupError(f"worker {handle.index} exited during "
+                                                     f"start-up ({status})"))  # fmt: skip
+            return
+        log.error("worker %d (pid %d) exited (%s); starting a new one", handle.index,
+                  handle.pid, status)  # fmt: skip
+        self.server_stats.worker_restarts.inc()
+        del self.workers[handle.index]
+        self._spawn_worker(handle.index)
+
+    def _broadcast(self, message: Any) -> None:
+        for w in self.workers.values():
+            if w.channel is not None:
+                w.channel.send(message)
+
+    def _on_hosts(self, cluster: str, hosts: tuple[HostConfig, ...]) -> None:
+        if self.workers:
+            self._broadcast(control.UpdateHosts(cluster=cluster, hosts=hosts))
+
+    async def _stop_workers(self) -> None:
+        self._stopping = True
+        self._broadcast(control.Shutdown())
+        deadline = time.monotonic() + WORKER_SHUTDOWN_GRACE_S
+        for w in list(self.workers.values()):
+            while _reap(w.pid, wait=False) is None:
+                if time.monotonic() > deadline:
+                    os.kill(w.pid, signal.SIGKILL)
+                    _reap(w.pid)
+                    break
+                await asyncio.sleep(0.01)
+        self.workers.clear()
+
+    def _close_sockets(self) -> None:
+        for _, sock, _ in self._listener_sockets:
+            sock.close()
+        self._listener_sockets.clear()
+
+    # Signals -------------------------------------------------------------------
+
+    def _on_signal(self, sig: int) -> None:
+        log.warning("caught %s", signal.Signals(sig).name)
+        self.shutdown()
+
+    def _on_sigusr1(self) -> None:
+        log.info("caught SIGUSR1. Reopening access logs.")
+        self.reopen_logs()
+
+    # AdminContext --------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        if self._shutdown is not None and not self._shutdown.done():
+            self._shutdown.set_result(None)
+
+    def reopen_logs(self) -> None:
+        if self.log_sink is not None:
+            self.log_sink.reopen()
+        self._broadcast(control.ReopenLogs())
+
+    def set_log_levels(self, levels: dict[str, str]) -> None:
+        """Propagate an admin /logging change to the workers."""
+        self._broadcast(control.SetLogLevels(levels=levels))
+
+    def set_healthcheck_failed(self, failed: bool) -> None:
+        self.healthcheck_failed = failed
+
+    async def refresh_stats(self) -> None:
+        waiters = []
+        for w in self.workers.values():
+            if w.channel is None:
+                continue
+            rid = next(self._request_ids)
+            fut = self.loop.create_future()
+            w.pending[rid] = fut
+            if w.channel.send(control.FlushStats(request_id=rid)):
+                waiters.append(fut)
+        if waiters:
+            await asyncio.wait(waiters, timeout=STATS_REFRESH_TIMEOUT_S)
+        self._set_server_gauges()
+
+    def _set_server_gauges(self) -> None:
+        s = self.server_stats
+        s.uptime.set(int(time.time() - self.start_time))
+        s.state.set(int(self.state))
+        s.live.set(1 if self.state is ServerState.LIVE else 0)
+        s.concurrency.set(self.options.concurrency)
+        s.hot_restart_epoch.set(self.options.restart_epoch)
+        s.hot_restart_generation.set(1)
+        total = 0
+        for info in self._listener_infos:
+            g = self.stats.get(f"listener.{_stat_prefix(info)}.downstream_cx_active")
+            total += g.total() if g is not None else 0
+        s.total_connections.set(total)
+        pids = [os.getpid(), *(w.pid for w in self.workers.values())]
+        physical, allocated = process_memory(pids)
+        s.memory_physical_size.set(physical)
+        s.memory_allocated.set(allocated)
+        s.memory_heap_size.set(allocated)
+        override = self.bootstrap.stats_config.stats_server_version_override
+        s.version.set(override.value if self.bootstrap.stats_config.HasField(
+            "stats_server_version_override") else 0)  # fmt: skip
+
+    def listeners(self) -> list[ListenerInfo]:
+        return list(self._listener_infos)
+
+    def clusters(self) -> list[ClusterInfo]:
+        out = []
+        for config in self.compiled.clusters:
+            hosts = self.cluster_manager.hosts.get(config.name, ()) if self.cluster_manager else ()
+            out.append(ClusterInfo(
+                name=config.name, config=config.proto, added_via_api=False,
+                hosts=tuple(HostInfo(
+                    address=str(h.address), hostname=h.hostname, weight=h.weight,
+                    priority=h.priority, region=h.region, zone=h.zone, sub_zone=h.sub_zone,
+                    stats_prefix=host_stats_prefix(config.stat_name, h),
+                ) for h in hosts),
+            ))  # fmt: skip
+        return out
+
+
+def _stat_prefix(info: ListenerInfo) -> str:
+    if info.config.stat_prefix:
+        return info.config.stat_prefix
+    sa = info.config.address.socket_address
+    return addr.SocketAddress(sa.address, sa.port_value).stat_name()
+
+
+class _StartupError(Exception):
+    pass
+
+
+def _reap(pid: int, *, wait: bool = True) -> str | None:
+    """Collect a child's exit status; None if it is still running (wait=False)."""
+    try:
+        got, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+    except ChildProcessError:
+        return "already reaped"
+    if got == 0:
+        return None
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.WEXITSTATUS(status)}"

@@ -1,0 +1,185 @@
+"""A worker process: one uvloop loop that owns its connections end to end.
+
+Forked by the main process (so the code and protos already loaded are shared
+pages). It takes its configuration from the control channel only, binds its
+own SO_REUSEPORT socket for every listener, and reports stats deltas back. It
+never outlives the main process: PR_SET_PDEATHSIG kills it if the main process
+dies, and the end of the control channel stops it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import random
+import signal
+import socket
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+
+from legatus.config.factory_context import FactoryContext
+from legatus.network.listener import ActiveListener, bind_socket, compile_listener
+from legatus.server import control
+from legatus.server.options import Options
+from legatus.stats.store import Store
+from legatus.upstream.cluster import compile_cluster
+from legatus.upstream.thread_local_cluster import ThreadLocalClusterManager
+
+log = logging.getLogger("legatus.main")
+PERIODIC_FLUSH_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when the main process exits."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the main process died before prctl took effect
+        os._exit(1)
+
+
+def run_worker(*, index: int, control_sock: socket.socket, options: Options, registry,
+               log_sink, parent_pid: int, close_fds: list[int]) -> None:  # fmt: skip
+    """The body of a forked worker. Never returns: the process exits at the end."""
+    code = 0
+    try:
+        die_with_parent(parent_pid)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process coordinates Ctrl-C
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        asyncio.events._set_running_loop(None)  # forked from inside the main loop
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        worker = Worker(index=index, options=options, registry=registry, loop=loop,
+                        log_sink=log_sink)  # fmt: skip
+        loop.run_until_complete(worker.run(control_sock))
+    except BaseException:  # noqa: BLE001 - last resort in a forked child
+        logging.getLogger("legatus.main").exception("worker %d failed", index)
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+class Worker:
+    def __init__(self, *, index: int, options: Options, registry, loop, log_sink=None) -> None:
+        self.index = index
+        self.log_sink = log_sink
+        self.options = options
+        self.registry = registry
+        self.loop: asyncio.AbstractEventLoop = loop
+        self.store = Store()
+        self.rng = random.Random()
+        self.cluster_manager = ThreadLocalClusterManager(self.store, self.rng)
+        self.listeners: list[ActiveListener] = []
+        self.channel: control.ControlProtocol | None = None
+        self.done = loop.create_future()
+        self.access_log_manager = None
+
+    async def run(self, sock: socket.socket) -> None:
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGTERM, self._stop)
+        _, self.channel = await loop.connect_accepted_socket(
+            lambda: control.ControlProtocol(self._on_message, self._stop), sock=sock
+        )
+        flusher = loop.create_task(self._periodic_flush())
+        try:
+            await self.done
+        finally:
+            flusher.cancel()
+            for listener in self.listeners:
+                listener.stop()
+            for listener in self.listeners:
+                listener.close_connections()
+            if self.access_log_manager is not None:
+                self.access_log_manager.close_all()
+
+    def _stop(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def _periodic_flush(self) -> None:
+        while True:
+            await asyncio.sleep(PERIODIC_FLUSH_S)
+            self.channel.send(control.StatsFlushed(request_id=0, flush=self.store.flush()))
+
+    def _on_message(self, message: Any) -> None:
+        if isinstance(message, control.FlushStats):
+            self.channel.send(control.StatsFlushed(request_id=message.request_id,
+                                                   flush=self.store.flush()))  # fmt: skip
+        elif isinstance(message, control.UpdateHosts):
+            self.cluster_manager.update_hosts(message.cluster, message.hosts)
+        elif isinstance(message, control.Configure):
+            self.loop.create_task(self._configure(message))
+        elif isinstance(message, control.ReopenLogs):
+            if self.log_sink is not None:
+                self.log_sink.reopen()
+            if self.access_log_manager is not None:
+                self.access_log_manager.reopen_all()
+        elif isinstance(message, control.SetLogLevels):
+            for name, level in message.levels.items():
+                if self.log_sink is None:
+                    break
+                if name:
+                    self.log_sink.set_component_level(name, level)
+                else:
+                    self.log_sink.set_level(level)
+        elif isinstance(message, control.Shutdown):
+            self._stop()
+
+    async def _configure(self, message: control.Configure) -> None:
+        try:
+            await self._apply(message)
+        except Exception as e:  # noqa: BLE001 - reported to the main process, which exits
+            log.exception("worker %d failed to configure", self.index)
+            self.channel.send(control.Failed(error=str(e)))
+            return
+        self.channel.send(control.Ready(pid=os.getpid()))
+
+    async def _apply(self, message: control.Configure) -> None:
+        from legatus.access_log.manager import AccessLogManager
+
+        self.access_log_manager = AccessLogManager(
+            self.loop, self.options.file_flush_interval_msec / 1000.0
+        )
+        for raw in message.clusters:
+            proto = cluster_pb2.Cluster.FromString(raw)
+            config = compile_cluster(proto, f"cluster {proto.name}")
+            self.cluster_manager.add_or_update(config, message.hosts.get(proto.name, ()))
+        context = FactoryContext(
+            registry=self.registry,
+            store=self.store,
+            options=self.options,
+            random=self.rng,
+            loop=self.loop,
+            cluster_manager=self.cluster_manager,
+            access_log_manager=self.access_log_manager,
+            cluster_names=frozenset(self.cluster_manager.clusters),
+        )
+        for ls in message.listeners:
+            proto = listener_pb2.Listener.FromString(ls.listener)
+            config = compile_listener(proto, context, f"listener {proto.name}")
+            active = ActiveListener(config, context, self.index)
+            if ls.inherited_fd is not None:
+                sock = socket.socket(fileno=os.dup(ls.inherited_fd))
+                sock.setblocking(False)
+            else:
+                sock = bind_socket(config.address, reuse_port=True, listen=True,
+                                   backlog=config.backlog)  # fmt: skip
+            await active.start(sock)
+            self.listeners.append(active)

@@ -1,0 +1,95 @@
+"""What happened on one connection (TCP) or stream (HTTP): the access log's input.
+
+Envoy's ``StreamInfo``: timings, byte counts, addresses, the upstream picked,
+and the response flags that explain a failure. Filled in by the filters as the
+connection or stream progresses; read by access loggers when it ends.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+
+
+class ResponseFlag(enum.IntFlag):
+    """Envoy's response flags, in Envoy's order (the order of ``%RESPONSE_FLAGS%``)."""
+
+    FAILED_LOCAL_HEALTH_CHECK = 1 << 0  # LH
+    NO_HEALTHY_UPSTREAM = 1 << 1  # UH
+    UPSTREAM_REQUEST_TIMEOUT = 1 << 2  # UT
+    LOCAL_RESET = 1 << 3  # LR
+    UPSTREAM_REMOTE_RESET = 1 << 4  # UR
+    UPSTREAM_CONNECTION_FAILURE = 1 << 5  # UF
+    UPSTREAM_CONNECTION_TERMINATION = 1 << 6  # UC
+    UPSTREAM_OVERFLOW = 1 << 7  # UO
+    NO_ROUTE_FOUND = 1 << 8  # NR
+    DELAY_INJECTED = 1 << 9  # DI
+    FAULT_INJECTED = 1 << 10  # FI
+    RATE_LIMITED = 1 << 11  # RL
+    UNAUTHORIZED_EXTERNAL_SERVICE = 1 << 12  # UAEX
+    RATE_LIMIT_SERVICE_ERROR = 1 << 13  # RLSE
+    DOWNSTREAM_CONNECTION_TERMINATION = 1 << 14  # DC
+    UPSTREAM_RETRY_LIMIT_EXCEEDED = 1 << 15  # URX
+    STREAM_IDLE_TIMEOUT = 1 << 16  # SI
+    INVALID_ENVOY_REQUEST_HEADERS = 1 << 17  # IH
+    DOWNSTREAM_PROTOCOL_ERROR = 1 << 18  # DPE
+    UPSTREAM_MAX_STREAM_DURATION_REACHED = 1 << 19  # UMSDR
+    RESPONSE_FROM_CACHE_FILTER = 1 << 20  # RFCF
+    NO_FILTER_CONFIG_FOUND = 1 << 21  # NFCF
+    DURATION_TIMEOUT = 1 << 22  # DT
+    UPSTREAM_PROTOCOL_ERROR = 1 << 23  # UPE
+    NO_CLUSTER_FOUND = 1 << 24  # NC
+    OVERLOAD_MANAGER = 1 << 25  # OM
+    DNS_RESOLUTION_FAILURE = 1 << 26  # DF
+    DROP_OVERLOAD = 1 << 27  # DO
+    DOWNSTREAM_REMOTE_RESET = 1 << 28  # DR
+    UNCONDITIONAL_DROP_OVERLOAD = 1 << 29  # UDO
+
+
+class StreamInfo:
+    """Mutable record of one connection or stream. Times: wall clock start, monotonic spans."""
+
+    __slots__ = (
+        "bytes_received", "bytes_sent", "connection_id", "connection_termination_details",
+        "downstream_direct_remote_address", "downstream_local_address",
+        "downstream_remote_address", "end_monotonic", "requested_server_name",
+        "response_flags", "route_name", "start_monotonic", "start_time", "upstream_cluster",
+        "upstream_connected_monotonic", "upstream_host", "upstream_local_address",
+        "upstream_transport_failure_reason", "protocol", "response_code",
+        "response_code_details", "filter_state",
+    )  # fmt: skip
+
+    def __init__(self, *, now_monotonic: float, now_wall: float | None = None) -> None:
+        self.start_time = time.time() if now_wall is None else now_wall
+        self.start_monotonic = now_monotonic
+        self.end_monotonic: float | None = None
+        self.upstream_connected_monotonic: float | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.response_flags = 0
+        self.connection_id: int | None = None
+        self.downstream_remote_address: str | None = None  # "ip:port"
+        self.downstream_direct_remote_address: str | None = None
+        self.downstream_local_address: str | None = None
+        self.upstream_host: str | None = None
+        self.upstream_local_address: str | None = None
+        self.upstream_cluster: str | None = None
+        self.upstream_transport_failure_reason: str | None = None
+        self.connection_termination_details: str | None = None
+        self.requested_server_name: str | None = None
+        self.route_name: str | None = None
+        self.protocol: str | None = None  # "HTTP/1.1" for HTTP streams; None for TCP
+        self.response_code: int | None = None
+        self.response_code_details: str | None = None
+        self.filter_state: dict | None = None
+
+    def set_flag(self, flag: ResponseFlag) -> None:
+        self.response_flags |= flag
+
+    def has_flag(self, flag: ResponseFlag) -> bool:
+        return bool(self.response_flags & flag)
+
+    def duration_ms(self) -> int | None:
+        if self.end_monotonic is None:
+            return None
+        return int((self.end_monotonic - self.start_monotonic) * 1000)

@@ -1,0 +1,164 @@
+"""Cluster configuration compiled once, and the hosts it points at.
+
+``ClusterConfig`` is the immutable result of checking an
+``envoy.config.cluster.v3.Cluster``; it is built in the main process (which
+resolves DNS and owns membership) and again in each worker from the same proto.
+``HostSet`` is the snapshot of a cluster's hosts that the main process sends to
+the workers whenever membership changes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+
+from legatus.config.errors import ConfigError
+from legatus.config.supported import check_supported
+from legatus.network import address as addr
+from legatus.network.connection import DEFAULT_BUFFER_LIMIT
+
+Cluster = cluster_pb2.Cluster
+
+
+class DiscoveryType(enum.Enum):
+    STATIC = Cluster.STATIC
+    STRICT_DNS = Cluster.STRICT_DNS
+    LOGICAL_DNS = Cluster.LOGICAL_DNS
+
+
+class LookupFamily(enum.Enum):
+    AUTO = Cluster.AUTO
+    V4_ONLY = Cluster.V4_ONLY
+    V6_ONLY = Cluster.V6_ONLY
+    V4_PREFERRED = Cluster.V4_PREFERRED
+    ALL = Cluster.ALL
+
+
+_SUPPORTED_CLUSTER_FIELDS = frozenset({
+    "name", "alt_stat_name", "type", "connect_timeout", "per_connection_buffer_limit_bytes",
+    "lb_policy", "load_assignment", "dns_refresh_rate", "respect_dns_ttl", "dns_lookup_family",
+    "dns_failure_refresh_rate", "metadata", "ignore_health_on_host_removal",
+})  # fmt: skip
+_SUPPORTED_LB_ENDPOINT = frozenset({"endpoint", "load_balancing_weight", "health_status",
+                                    "metadata"})  # fmt: skip
+_SUPPORTED_ENDPOINT = frozenset({"address", "hostname"})
+_SUPPORTED_LOCALITY = frozenset({"locality", "lb_endpoints", "priority", "load_balancing_weight"})
+_SUPPORTED_ASSIGNMENT = frozenset({"cluster_name", "endpoints"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointConfig:
+    address: addr.SocketAddress  # host may be a DNS name for DNS clusters
+    weight: int
+    priority: int
+    hostname: str
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    name: str
+    stat_name: str  # alt_stat_name or name: the ``cluster.<stat_name>.`` scope
+    type: DiscoveryType
+    connect_timeout: float  # seconds
+    buffer_limit: int
+    endpoints: tuple[EndpointConfig, ...]
+    dns_refresh_rate: float
+    dns_failure_refresh_rate: float | None
+    respect_dns_ttl: bool
+    dns_lookup_family: LookupFamily
+    proto: Cluster
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostConfig:
+    """One resolved host of a cluster, as the workers receive it."""
+
+    address: addr.SocketAddress  # an IP
+    hostname: str
+    weight: int
+    priority: int
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+
+def duration(d) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
+    check_supported(proto, _SUPPORTED_CLUSTER_FIELDS, path, "Cluster")
+    if proto.WhichOneof("cluster_discovery_type") == "cluster_type":
+        raise ConfigError(f"{path}.cluster_type", "custom cluster types are not supported yet")
+    try:
+        kind = DiscoveryType(proto.type)
+    except ValueError:
+        raise ConfigError(f"{path}.type", f"cluster type {Cluster.DiscoveryType.Name(proto.type)} "
+                          "is not supported yet") from None  # fmt: skip
+    if proto.lb_policy != Cluster.ROUND_ROBIN:
+        raise ConfigError(f"{path}.lb_policy", f"lb_policy {Cluster.LbPolicy.Name(proto.lb_policy)}"
+                          " is not supported yet (ROUND_ROBIN is)")  # fmt: skip
+    endpoints = _endpoints(proto, path, dns=kind is not DiscoveryType.STATIC)
+    if kind is DiscoveryType.LOGICAL_DNS and len(endpoints) != 1:
+        raise ConfigError(f"{path}.load_assignment",
+                          "LOGICAL_DNS clusters must have a single locality_lb_endpoint "
+                          "and a single lb_endpoint")  # fmt: skip
+    return ClusterConfig(
+        name=proto.name,
+        stat_name=proto.alt_stat_name or proto.name,
+        type=kind,
+        connect_timeout=duration(proto.connect_timeout) if proto.HasField("connect_timeout")
+        else 5.0,
+        buffer_limit=proto.per_connection_buffer_limit_bytes.value
+        if proto.HasField("per_connection_buffer_limit_bytes") else DEFAULT_BUFFER_LIMIT,
+        endpoints=endpoints,
+        dns_refresh_rate=duration(proto.dns_refresh_rate) if proto.HasField("dns_refresh_rate")
+        else 5.0,
+        dns_failure_refresh_rate=duration(proto.dns_failure_refresh_rate.base_interval)
+        if proto.HasField("dns_failure_refresh_rate") else None,
+        respect_dns_ttl=proto.respect_dns_ttl,
+        dns_lookup_family=LookupFamily(proto.dns_lookup_family),
+        proto=proto,
+    )  # fmt: skip
+
+
+def _endpoints(proto: Cluster, path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:
+    out = []
+    la = proto.load_assignment
+    la_path = f"{path}.load_assignment"
+    check_supported(la, _SUPPORTED_ASSIGNMENT, la_path, "ClusterLoadAssignment")
+    for i, locality in enumerate(la.endpoints):
+        lpath = f"{la_path}.endpoints[{i}]"
+        check_supported(locality, _SUPPORTED_LOCALITY, lpath, "LocalityLbEndpoints")
+        for j, lb in enumerate(locality.lb_endpoints):
+            epath = f"{lpath}.lb_endpoints[{j}]"
+            check_supported(lb, _SUPPORTED_LB_ENDPOINT, epath, "LbEndpoint")
+            if lb.WhichOneof("host_identifier") != "endpoint":
+                raise ConfigError(epath, "endpoint_name is not supported; use endpoint")
+            check_supported(lb.endpoint, _SUPPORTED_ENDPOINT, f"{epath}.endpoint", "Endpoint")
+            a = addr.from_proto(lb.endpoint.address, f"{epath}.endpoint.address",
+                                resolve_names=dns)  # fmt: skip
+            out.append(EndpointConfig(
+                address=a,
+                weight=lb.load_balancing_weight.value if lb.HasField("load_balancing_weight")
+                else 1,
+                priority=locality.priority,
+                hostname=lb.endpoint.hostname,
+                region=locality.locality.region,
+                zone=locality.locality.zone,
+                sub_zone=locality.locality.sub_zone,
+            ))  # fmt: skip
+    return tuple(out)
+
+
+def static_hosts(config: ClusterConfig) -> tuple[HostConfig, ...]:
+    return tuple(
+        HostConfig(address=e.address, hostname=e.hostname, weight=e.weight, priority=e.priority,
+                   region=e.region, zone=e.zone, sub_zone=e.sub_zone)  # fmt: skip
+        for e in config.endpoints
+    )
