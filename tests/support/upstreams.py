@@ -1,0 +1,76 @@
+"""Real TCP peers for the tests: an echo server and a sink that counts bytes."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                sock.shutdown(socket.SHUT_WR)  # pass the half-close back
+                return
+            sock.sendall(data)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class EchoServer:
+    """Echoes bytes back; answers the client's FIN with its own FIN."""
+
+    def __init__(self, handler=_Echo) -> None:
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound and closed at once): connections to it are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tcp_proxy_config(*, upstream_port: int, listener_port: int = 0, stat_prefix: str = "tcp",
+                     cluster: str = "backend", extra_tcp_proxy: dict | None = None,
+                     extra_cluster: dict | None = None, listener_extra: dict | None = None
+                     ) -> dict:  # fmt: skip
+    """A minimal bootstrap: admin + one tcp_proxy listener + one static cluster."""
+    tcp = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": stat_prefix,
+        "cluster": cluster,
+        **(extra_tcp_proxy or {}),
+    }
+    listener = {
+        "name": "tcp",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                                        "typed_config": tcp}]}],
+        **(listener_extra or {}),
+    }  # fmt: skip
+    cluster_cfg = {
+        "name": "backend",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": upstream_port}}}}]}]},
+        **(extra_cluster or {}),
+    }  # fmt: skip
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [listener], "clusters": [cluster_cfg]},
+    }
