@@ -8,6 +8,7 @@ connection or stream progresses; read by access loggers when it ends.
 from __future__ import annotations
 
 import enum
+import functools
 import time
 
 
@@ -46,17 +47,65 @@ class ResponseFlag(enum.IntFlag):
     UNCONDITIONAL_DROP_OVERLOAD = 1 << 29  # UDO
 
 
+# (flag, short name, long name), in Envoy's order: ``CORE_RESPONSE_FLAGS`` in
+# source/common/stream_info/utility.h (and the ``in`` list of ResponseFlagFilter.flags in
+# accesslog.proto, which has the same order). Checked against Envoy 1.40.
+RESPONSE_FLAG_NAMES: tuple[tuple[ResponseFlag, str, str], ...] = (
+    (ResponseFlag.FAILED_LOCAL_HEALTH_CHECK, "LH", "FailedLocalHealthCheck"),
+    (ResponseFlag.NO_HEALTHY_UPSTREAM, "UH", "NoHealthyUpstream"),
+    (ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "UT", "UpstreamRequestTimeout"),
+    (ResponseFlag.LOCAL_RESET, "LR", "LocalReset"),
+    (ResponseFlag.UPSTREAM_REMOTE_RESET, "UR", "UpstreamRemoteReset"),
+    (ResponseFlag.UPSTREAM_CONNECTION_FAILURE, "UF", "UpstreamConnectionFailure"),
+    (ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, "UC", "UpstreamConnectionTermination"),
+    (ResponseFlag.UPSTREAM_OVERFLOW, "UO", "UpstreamOverflow"),
+    (ResponseFlag.NO_ROUTE_FOUND, "NR", "NoRouteFound"),
+    (ResponseFlag.DELAY_INJECTED, "DI", "DelayInjected"),
+    (ResponseFlag.FAULT_INJECTED, "FI", "FaultInjected"),
+    (ResponseFlag.RATE_LIMITED, "RL", "RateLimited"),
+    (ResponseFlag.UNAUTHORIZED_EXTERNAL_SERVICE, "UAEX", "UnauthorizedExternalService"),
+    (ResponseFlag.RATE_LIMIT_SERVICE_ERROR, "RLSE", "RateLimitServiceError"),
+    (ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION, "DC", "DownstreamConnectionTermination"),
+    (ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX", "UpstreamRetryLimitExceeded"),
+    (ResponseFlag.STREAM_IDLE_TIMEOUT, "SI", "StreamIdleTimeout"),
+    (ResponseFlag.INVALID_ENVOY_REQUEST_HEADERS, "IH", "InvalidEnvoyRequestHeaders"),
+    (ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR, "DPE", "DownstreamProtocolError"),
+    (ResponseFlag.UPSTREAM_MAX_STREAM_DURATION_REACHED, "UMSDR",
+     "UpstreamMaxStreamDurationReached"),
+    (ResponseFlag.RESPONSE_FROM_CACHE_FILTER, "RFCF", "ResponseFromCacheFilter"),
+    (ResponseFlag.NO_FILTER_CONFIG_FOUND, "NFCF", "NoFilterConfigFound"),
+    (ResponseFlag.DURATION_TIMEOUT, "DT", "DurationTimeout"),
+    (ResponseFlag.UPSTREAM_PROTOCOL_ERROR, "UPE", "UpstreamProtocolError"),
+    (ResponseFlag.NO_CLUSTER_FOUND, "NC", "NoClusterFound"),
+    (ResponseFlag.OVERLOAD_MANAGER, "OM", "OverloadManagerTerminated"),
+    (ResponseFlag.DNS_RESOLUTION_FAILURE, "DF", "DnsResolutionFailed"),
+    (ResponseFlag.DROP_OVERLOAD, "DO", "DropOverload"),
+    (ResponseFlag.DOWNSTREAM_REMOTE_RESET, "DR", "DownstreamRemoteReset"),
+    (ResponseFlag.UNCONDITIONAL_DROP_OVERLOAD, "UDO", "UnconditionalDropOverload"),
+)  # fmt: skip
+
+FLAG_BY_SHORT_NAME: dict[str, ResponseFlag] = {short: f for f, short, _ in RESPONSE_FLAG_NAMES}
+
+
+@functools.lru_cache(maxsize=256)
+def response_flags_string(flags: int, long: bool = False) -> str:
+    """``%RESPONSE_FLAGS%`` (``UF,URX``) or, with ``long``, ``%RESPONSE_FLAGS_LONG%``; ``-``."""
+    index = 2 if long else 1
+    names = [entry[index] for entry in RESPONSE_FLAG_NAMES if flags & entry[0]]
+    return ",".join(names) if names else "-"
+
+
 class StreamInfo:
     """Mutable record of one connection or stream. Times: wall clock start, monotonic spans."""
 
     __slots__ = (
         "bytes_received", "bytes_sent", "connection_id", "connection_termination_details",
         "downstream_direct_remote_address", "downstream_local_address",
-        "downstream_remote_address", "end_monotonic", "requested_server_name",
+        "downstream_remote_address", "end_monotonic", "filter_state", "health_check",
+        "protocol", "requested_server_name", "response_code", "response_code_details",
         "response_flags", "route_name", "start_monotonic", "start_time", "upstream_cluster",
-        "upstream_connected_monotonic", "upstream_host", "upstream_local_address",
-        "upstream_transport_failure_reason", "protocol", "response_code",
-        "response_code_details", "filter_state",
+        "upstream_connected_monotonic", "upstream_connection_id", "upstream_host",
+        "upstream_local_address", "upstream_transport_failure_reason",
     )  # fmt: skip
 
     def __init__(self, *, now_monotonic: float, now_wall: float | None = None) -> None:
@@ -82,6 +131,8 @@ class StreamInfo:
         self.response_code: int | None = None
         self.response_code_details: str | None = None
         self.filter_state: dict | None = None
+        self.upstream_connection_id: int | None = None  # %UPSTREAM_CONNECTION_ID%
+        self.health_check = False  # set by the HTTP health_check filter; not_health_check_filter
 
     def set_flag(self, flag: ResponseFlag) -> None:
         self.response_flags |= flag

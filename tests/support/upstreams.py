@@ -74,3 +74,38 @@ def tcp_proxy_config(*, upstream_port: int, listener_port: int = 0, stat_prefix:
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {"listeners": [listener], "clusters": [cluster_cfg]},
     }
+
+
+class SinkServer:
+    """Counts the bytes it reads; ``paused`` stops it reading (to back up the proxy)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.paused = threading.Event()
+        self.resumed = threading.Event()
+        self.done = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        buf = bytearray(1 << 20)
+        with conn:
+            while True:
+                if self.paused.is_set():
+                    self.resumed.wait()
+                n = conn.recv_into(buf)
+                if not n:
+                    break
+                self.received += n
+        self.done.set()
+
+    def close(self) -> None:
+        self.listener.close()

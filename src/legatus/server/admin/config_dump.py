@@ -2,18 +2,20 @@
 
 The dump lists, in Envoy's order: the bootstrap (node filled in as /server_info
 shows it), clusters, endpoints (only with ``?include_eds``), listeners, scoped
-routes, routes (the route configs inlined in HTTP connection managers) and
-secrets. Static resources print as configured (``port_value: 0`` stays 0, as
-in Envoy); ``last_updated`` is the time the process started, legatus having
-loaded them then.
+routes and routes (the route configs inlined in HTTP connection managers; both
+only once some listener has an HCM, as in Envoy) and secrets. Static
+resources print as configured (``port_value: 0`` stays 0, as in Envoy);
+``last_updated`` is the time the process started, legatus having loaded them
+then.
 
 Query parameters, as Envoy 1.40 answers them:
 - ``resource=<repeated field>``: the elements of that field of every dump,
   each as its own Any (``...ClustersConfigDump.StaticCluster``); no dump with
   that field -> 404 ``<resource> not found in config dump``;
-- ``mask=a.b,c``: a FieldMask applied to each dump (or each element with
-  ``resource``), looking through Any fields; dumps it does not fit are left
-  out, and if it fits none -> 400;
+- ``mask=a.b,c``: a FieldMask applied to each dump, whose paths stop at Any
+  fields; dumps it does not fit are left out, and if it fits none -> 400;
+  with ``resource`` it applies to each element and its paths continue into
+  Any fields (``resource=static_clusters&mask=cluster.name``);
 - ``name_regex=``: only resources whose name matches (the bootstrap always).
 """
 
@@ -76,9 +78,10 @@ def handle_config_dump(context: Any, query: Query) -> AdminResponse:
         for element in elements:
             if tree is not None:
                 try:
-                    element = trim(element, tree)
+                    element = trim(element, tree, through_any=True)
                 except MaskError:
-                    return text(f'FieldMask paths: "{mask}" could not be successfully used.', 400)
+                    paths = "".join(f'paths: "{p}"\n' for p in mask.split(","))
+                    return text(f"FieldMask {paths} could not be successfully used.", 400)
             out.configs.add().Pack(element)
         return json_body(proto_json(out))
     for dump in dumps:
@@ -106,7 +109,7 @@ def _resource_elements(
         field = dump.DESCRIPTOR.fields_by_name.get(resource)
         if field is None:
             continue
-        if field.label != field.LABEL_REPEATED:
+        if not field.is_repeated:
             return [], text(
                 f"{resource} is not a repeated field. Use ?mask={resource} to get only this field",
                 400,
@@ -148,6 +151,7 @@ def config_dump(
 
     listeners = shared.ListenersConfigDump()
     routes = shared.RoutesConfigDump()
+    has_hcm = False  # Envoy dumps (scoped) routes only once an HCM exists
     static_names = set()
     if context.bootstrap is not None:
         static_names = {item.name for item in context.bootstrap.static_resources.listeners}
@@ -160,7 +164,9 @@ def config_dump(
                 item for item in context.bootstrap.static_resources.listeners
                 if item.name == listener.name
             )  # fmt: skip
-        for route_config in inline_route_configs(config):
+        route_configs = inline_route_configs(config)
+        has_hcm = has_hcm or route_configs is not None
+        for route_config in route_configs or ():
             if matcher(route_config.name):
                 routes.static_route_configs.add(last_updated=loaded).route_config.Pack(route_config)
         if not matcher(listener.name):
@@ -176,13 +182,16 @@ def config_dump(
     if include_eds:
         dumps.append(endpoints)
     dumps.append(listeners)
-    dumps += [shared.ScopedRoutesConfigDump(), routes, config_dump_pb2.SecretsConfigDump()]
+    if has_hcm:
+        dumps += [shared.ScopedRoutesConfigDump(), routes]
+    dumps.append(config_dump_pb2.SecretsConfigDump())
     return dumps
 
 
-def inline_route_configs(listener: Any) -> list[route_pb2.RouteConfiguration]:
-    """The ``route_config`` of every HTTP connection manager in a listener's filter chains."""
-    out = []
+def inline_route_configs(listener: Any) -> list[route_pb2.RouteConfiguration] | None:
+    """The ``route_config`` of every HTTP connection manager in a listener's filter chains;
+    None if the listener has no HTTP connection manager at all."""
+    out: list[route_pb2.RouteConfiguration] | None = None
     chains = list(listener.filter_chains)
     if listener.HasField("default_filter_chain"):
         chains.append(listener.default_filter_chain)
@@ -190,6 +199,7 @@ def inline_route_configs(listener: Any) -> list[route_pb2.RouteConfiguration]:
         for f in chain.filters:
             if f.typed_config.type_url.rpartition("/")[2] != _HCM_TYPE:
                 continue
+            out = [] if out is None else out
             hcm = hcm_pb2.HttpConnectionManager()
             if f.typed_config.Unpack(hcm) and hcm.HasField("route_config"):
                 out.append(hcm.route_config)
@@ -244,15 +254,17 @@ def _mask_tree(mask: str) -> _Tree:
     return tree
 
 
-def trim(message: Message, tree: _Tree) -> Message:
-    """A copy of ``message`` with only the fields in ``tree``; Any fields are looked into.
+def trim(message: Message, tree: _Tree, *, through_any: bool = False) -> Message:
+    """A copy of ``message`` with only the fields in ``tree``.
 
-    Raises MaskError if a path names a field the message (or an Any's content) lacks.
+    ``through_any`` lets paths continue into an Any's content, as Envoy does for
+    the elements of ``?resource=`` (``cluster.name`` on a StaticCluster) but not
+    for whole dumps. Raises MaskError if a path names a field that is not there.
     """
-    if isinstance(message, any_pb2.Any):
+    if through_any and isinstance(message, any_pb2.Any):
         inner = _unpack(message)
         packed = any_pb2.Any()
-        packed.Pack(trim(inner, tree))
+        packed.Pack(trim(inner, tree, through_any=True))
         return packed
     out = type(message)()
     fields = message.DESCRIPTOR.fields_by_name
@@ -261,7 +273,7 @@ def trim(message: Message, tree: _Tree) -> Message:
         if field is None:
             raise MaskError(name)
         if sub is None:
-            if field.label == field.LABEL_REPEATED:
+            if field.is_repeated:
                 getattr(out, name).extend(getattr(message, name))
             elif field.has_presence and not message.HasField(name):
                 pass
@@ -272,11 +284,11 @@ def trim(message: Message, tree: _Tree) -> Message:
             continue
         if field.message_type is None or field.message_type.GetOptions().map_entry:
             raise MaskError(name)
-        if field.label == field.LABEL_REPEATED:
+        if field.is_repeated:
             for item in getattr(message, name):
-                getattr(out, name).add().CopyFrom(trim(item, sub))
+                getattr(out, name).add().CopyFrom(trim(item, sub, through_any=through_any))
         elif message.HasField(name):
-            getattr(out, name).CopyFrom(trim(getattr(message, name), sub))
+            getattr(out, name).CopyFrom(trim(getattr(message, name), sub, through_any=through_any))
     return out
 
 

@@ -16,6 +16,7 @@ Facts checked against Envoy 1.40's admin listener:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,16 +63,48 @@ def json_body(body: str, status: int = 200) -> AdminResponse:
 def proto_json(message: Any, *, defaults: bool = False) -> str:
     """A proto as Envoy's admin prints it; ``defaults`` also prints zero-valued fields
     (``/server_info`` and ``/memory`` do, ``/config_dump`` and ``/clusters`` do not)."""
-    return (
-        json_format.MessageToJson(
-            message,
-            preserving_proto_field_name=True,
-            indent=1,
-            ensure_ascii=False,
-            always_print_fields_with_no_presence=defaults,
+    if not defaults:
+        return (
+            json_format.MessageToJson(
+                message, preserving_proto_field_name=True, indent=1, ensure_ascii=False
+            )
+            + "\n"
         )
-        + "\n"
+    return dumps(proto_dict(message))
+
+
+def proto_dict(message: Any) -> dict[str, Any]:
+    """The JSON object of a proto with every field, in field-number order as Envoy's
+    (C++) printer writes them; Python's printer puts the zero-valued ones last."""
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    return _field_order(message.DESCRIPTOR, data)
+
+
+def dumps(data: Any) -> str:
+    """JSON as protobuf's printer lays it out: one-space indent, UTF-8 kept, a final newline."""
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+
+
+def _field_order(descriptor: Any, data: Any) -> Any:
+    if not isinstance(data, dict) or descriptor.full_name.startswith("google.protobuf."):
+        return data  # well-known types print as scalars, lists or free-form objects
+    out = {}
+    for field in sorted(descriptor.fields, key=lambda f: f.number):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        sub = field.message_type
+        if sub is not None and not sub.GetOptions().map_entry:
+            if field.is_repeated:
+                value = [_field_order(sub, item) for item in value]
+            else:
+                value = _field_order(sub, value)
+        out[field.name] = value
+    for key, value in data.items():  # "@type" and anything else the printer added
+        out.setdefault(key, value)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,16 +12,15 @@ Health-check failure shows as DRAINING, in ``/ready`` and here, as in Envoy.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from envoy.admin.v3 import server_info_pb2
 from envoy.config.core.v3 import base_pb2
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2
 
 from legatus.server.admin.context import ServerState
-from legatus.server.admin.response import AdminResponse, Query, json_body, text
+from legatus.server.admin.response import AdminResponse, Query, dumps, json_body, proto_dict, text
 from legatus.server.options import BUILD_VERSION, ENVOY_API_VERSION
 
 
@@ -69,13 +68,9 @@ def server_info(context: Any, now: float | None = None) -> server_info_pb2.Serve
 
 
 def handle_server_info(context: Any, query: Query) -> AdminResponse:
-    message = json_format.MessageToDict(
-        server_info(context),
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-    )
+    message = proto_dict(server_info(context))
     message["hot_restart_initializing"] = False
-    return json_body(json.dumps(message, indent=1, ensure_ascii=False) + "\n")
+    return json_body(dumps(message))
 
 
 def handle_ready(context: Any, query: Query) -> AdminResponse:

@@ -44,7 +44,7 @@ _BUCKET_MODES = ("", "summary", "cumulative", "disjoint", "detailed")
 FORMAT_USAGE = "usage: /stats?format=(html|active-html|json|prometheus|text)\n\n"
 HIDDEN_USAGE = "usage: /stats?hidden=(include|only|exclude)\n\n"
 BUCKETS_USAGE = (
-    "usage: /stats?histogram_buckets=(cumulative|disjoint|detailed|summary|prometheusnative)\n\n"
+    "usage: /stats?histogram_buckets=(cumulative|disjoint|detailed|summary|prometheusnative)\n"
 )
 
 
@@ -77,7 +77,7 @@ class StatsParams:
         type_name = query.get("type", "All")
         if type_name not in _TYPES:
             return text("invalid &type= param", 400)
-        hidden = _HIDDEN.get(query.get("hidden", "exclude") or "")
+        hidden = _HIDDEN.get(query.get("hidden") or "exclude")
         if hidden is None:
             return text(HIDDEN_USAGE, 400)
         buckets = query.get("histogram_buckets", "")

@@ -1,0 +1,129 @@
+"""The main process + worker processes model (DESIGN §2), with real signals and sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import pytest
+
+from tests.support.process import alive, children, start_proxy, wait_for
+from tests.support.upstreams import EchoServer, tcp_proxy_config
+
+
+@pytest.fixture
+def echo():
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+def _roundtrip(port: int, payload: bytes = b"ping") -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = s.recv(100)
+            assert chunk, "connection closed early"
+            got += chunk
+        assert got == payload
+
+
+def test_workers_share_the_port_and_stats_add_up(tmp_path, echo):
+    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
+                        args=["--concurrency", "2"])  # fmt: skip
+    try:
+        assert len(children(proxy.pid)) == 2
+        port = proxy.listener_port("tcp")
+        for _ in range(40):
+            _roundtrip(port)
+        key = f"listener.127.0.0.1_{port}"
+        stats = wait_for(lambda: (s := proxy.stats())[f"{key}.downstream_cx_destroy"] == 40 and s,
+                         what="40 closed connections")  # fmt: skip
+        per_worker = [stats[f"{key}.worker_{i}.downstream_cx_total"] for i in (0, 1)]
+        # SO_REUSEPORT spreads connections by hash: 40 on one worker has probability 2**-39.
+        assert all(n > 0 for n in per_worker), per_worker
+        assert sum(per_worker) == stats[f"{key}.downstream_cx_total"] == 40
+        assert stats["tcp.tcp.downstream_cx_total"] == 40
+        assert stats[f"{key}.downstream_cx_active"] == 0
+        assert stats["server.concurrency"] == 2
+    finally:
+        proxy.stop()
+
+
+def test_gauges_sum_across_workers_while_connections_are_open(tmp_path, echo):
+    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
+                        args=["--concurrency", "2"])  # fmt: skip
+    conns = []
+    try:
+        port = proxy.listener_port("tcp")
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"
+            conns.append(s)
+        stats = proxy.stats()
+        assert stats[f"listener.127.0.0.1_{port}.downstream_cx_active"] == 10
+        assert stats["cluster.backend.upstream_cx_active"] == 10
+        assert stats["server.total_connections"] == 10
+    finally:
+        for s in conns:
+            s.close()
+        proxy.stop()
+
+
+def test_killed_worker_is_replaced(tmp_path, echo):
+    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
+                        args=["--concurrency", "2"])  # fmt: skip
+    try:
+        port = proxy.listener_port("tcp")
+        before = children(proxy.pid)
+        os.kill(before[0], signal.SIGKILL)
+        def replaced():
+            now = children(proxy.pid)
+            return now if len(now) == 2 and before[0] not in now else None
+
+        after = wait_for(replaced, what="a replacement worker")
+        assert before[1] in after
+        wait_for(lambda: proxy.stats().get("server.worker_restarts") == 1,
+                 what="server.worker_restarts == 1")  # fmt: skip
+        for _ in range(20):
+            _roundtrip(port)
+        assert "worker 0" in proxy.log() or "worker 1" in proxy.log()
+    finally:
+        proxy.stop()
+
+
+def test_no_worker_outlives_a_killed_main_process(tmp_path, echo):
+    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
+                        args=["--concurrency", "2"])  # fmt: skip
+    workers = children(proxy.pid)
+    assert len(workers) == 2
+    proxy.proc.send_signal(signal.SIGKILL)
+    proxy.proc.wait(5)
+    wait_for(lambda: not any(alive(p) for p in workers), what="workers to exit")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_shut_down_cleanly(tmp_path, echo, sig):
+    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
+                        args=["--concurrency", "2"])  # fmt: skip
+    workers = children(proxy.pid)
+    port = proxy.listener_port("tcp")
+    _roundtrip(port)
+    assert proxy.stop(sig) == 0
+    assert not any(alive(p) for p in workers)
+    log = proxy.log()
+    assert f"caught {signal.Signals(sig).name}" in log
+    assert "exiting" in log
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_quitquitquit_exits(tmp_path, echo):
+    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path)
+    status, body = proxy.admin("/quitquitquit", method="POST")
+    assert (status, body) == (200, "OK\n")
+    proxy.proc.wait(10)
+    assert proxy.proc.returncode == 0
