@@ -75,7 +75,7 @@ class _FileStats:
 class AccessLogFile:
     """One path's buffered writer. Get it from ``AccessLogManager.open``."""
 
-    __slots__ = ("_buffer", "_fd", "_reopen", "_size", "_stats", "path")
+    __slots__ = ("_buffer", "_closed", "_fd", "_reopen", "_size", "_stats", "path")
 
     def __init__(self, path: str, stats: _FileStats | None) -> None:
         self.path = path
@@ -83,6 +83,7 @@ class AccessLogFile:
         self._buffer: list[bytes] = []
         self._size = 0
         self._reopen = False
+        self._closed = False
         self._fd: int | None = _STANDARD.get(path)
         if self._fd is None:
             self._fd = os.open(path, _OPEN_FLAGS, 0o666)
@@ -93,7 +94,7 @@ class AccessLogFile:
 
     def write(self, line: str) -> None:
         """Buffer one formatted entry; flush at once when the buffer passes 64 KiB."""
-        if not line:
+        if not line or self._closed:
             return
         data = line.encode("utf-8", "surrogateescape")
         self._buffer.append(data)
@@ -136,7 +137,9 @@ class AccessLogFile:
             self._stats.write_completed.inc()
 
     def close(self) -> None:
+        """Flush and close; later writes are dropped (shutdown, or a replaced manager)."""
         self.flush()
+        self._closed = True
         if self._fd is not None and self.path not in _STANDARD:
             os.close(self._fd)
         self._fd = None

@@ -19,14 +19,6 @@ def default_registry() -> Registry:
 
     registry = Registry()
     for name in _EXTENSIONS:
-        if name.startswith("access_loggers") and not _available(name):
-            continue
         importlib.import_module(f"legatus.extensions.{name}").register(registry)
     return registry
 
-
-def _available(name: str) -> bool:  # TEMPORARY while access loggers land
-    import importlib.util
-
-    return importlib.util.find_spec(f"legatus.extensions.{name}") is not None and hasattr(
-        importlib.import_module(f"legatus.extensions.{name}"), "register")

@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("initializing epoch %d (base id=%d, hot restart version=%s)", options.restart_epoch,
              options.base_id, "disabled")  # fmt: skip
-    log.info("statically linked extensions: see `legatus --mode validate`; legatus %s",
-             opts.BUILD_VERSION)  # fmt: skip
+    log.info("legatus version: %s", opts.BUILD_VERSION)
     for flag, why in options.unimplemented:
         log.warning("command-line flag %s is accepted but has no effect: %s", flag, why)
     return run(options, sink)
@@ -56,6 +55,13 @@ def run(options: opts.Options, sink) -> int:
     from legatus.stats.store import Store
 
     registry = default_registry()
+    if log.isEnabledFor(logging.INFO):
+        log.info("statically linked extensions:")
+        by_category: dict[str, list[str]] = {}
+        for ext in registry.extensions():
+            by_category.setdefault(ext.category.value, []).append(ext.name)
+        for category, names in sorted(by_category.items()):
+            log.info("  %s: %s", category, ", ".join(sorted(names)))
     try:
         loaded = load(options)
         compiled = compile_config(loaded.bootstrap, registry=registry, options=options,

@@ -341,8 +341,8 @@ class Server:
         self.shutdown()
 
     def _on_sigusr1(self) -> None:
+        self.reopen_logs()  # first, so the line below starts the new file
         log.info("caught SIGUSR1. Reopening access logs.")
-        self.reopen_logs()
 
     # AdminContext --------------------------------------------------------------
 

@@ -234,12 +234,13 @@ async def test_default_and_deprecated_formats(tmp_path):
 async def test_stdout_and_stderr_loggers(capfd):
     manager = AccessLogManager(asyncio.get_running_loop(), 3600.0)
     ctx = context(loop=asyncio.get_running_loop(), manager=manager)
+    stream = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3."
     logs = access_logs([
         {"name": "envoy.access_loggers.stdout", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "@type": stream + "StdoutAccessLog",
             "log_format": {"text_format": "out %BYTES_SENT%\n"}}},
         {"name": "envoy.access_loggers.stderr", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"}},
+            "@type": stream + "StderrAccessLog"}},
     ], ctx)  # fmt: skip
     for log in logs:
         log.log(info(bytes_sent=5))

@@ -324,7 +324,7 @@ def test_json_numbers_like_real_envoy():
 
 
 def test_json_string_escaping_like_real_envoy():
-    assert json_string("a\x01b\x1fc\x7fd\u2028e/f\u00e9\b\f\n\r\t\"\\") == (  # real Envoy
+    assert json_string('a\x01b\x1fc\x7fd\u2028e/f\u00e9\b\f\n\r\t"\\') == (  # real Envoy
         '"a\\u0001b\\u001fc\x7fd\u2028e/f\u00e9\\b\\f\\n\\r\\t\\"\\\\"'
     )
     # Undecodable bytes: Envoy escapes every non-printable-ASCII byte of the string.
@@ -358,7 +358,9 @@ def test_json_bad_operator_names_the_key_path():
 def sfs(document: dict):
     from envoy.config.core.v3 import substitution_format_string_pb2
 
-    return json_format.ParseDict(document, substitution_format_string_pb2.SubstitutionFormatString())
+    return json_format.ParseDict(
+        document, substitution_format_string_pb2.SubstitutionFormatString()
+    )
 
 
 def test_substitution_format_string_variants(tmp_path):
@@ -382,7 +384,10 @@ def test_substitution_format_string_variants(tmp_path):
 def test_substitution_format_string_errors():
     with pytest.raises(ConfigError) as e:
         compile_substitution_format(sfs({"text_format": "%BAR%"}), "lf")
-    assert (e.value.path, e.value.message) == ("lf.text_format", "Not supported field in StreamInfo: BAR")
+    assert (e.value.path, e.value.message) == (
+        "lf.text_format",
+        "Not supported field in StreamInfo: BAR",
+    )
     with pytest.raises(ConfigError) as e:
         compile_substitution_format(sfs({"text_format_source": {"filename": "/nonexistent/x"}}),
                                     "lf")  # fmt: skip

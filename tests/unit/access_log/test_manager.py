@@ -103,9 +103,12 @@ async def test_reopen_failure_counts_and_drops_lines(tmp_path):
 def test_close_all_flushes_and_closes(tmp_path):
     manager = AccessLogManager(None, 10.0)
     path = str(tmp_path / "a.log")
-    manager.open(path).write("last words\n")
+    file = manager.open(path)
+    file.write("last words\n")
     manager.close_all()
     assert read(path) == "last words\n"
+    file.write("dropped\n")
+    assert file.buffered_bytes == 0
 
 
 def test_appends_to_an_existing_file(tmp_path):

@@ -13,6 +13,7 @@ What Envoy 1.40's admin listener answers, and so this one too:
 - unparseable input: ``400 Bad Request`` with body ``Bad Request``, then close;
 - HTTP/1.0: ``426 Upgrade Required`` (Envoy refuses HTTP/1.0 by default), close;
 - HTTP/1.1 without Host: 400 with an empty body, then close.
+HEAD answers the headers of GET; ``Expect: 100-continue`` gets its interim 100.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import asyncio
 import collections
 import email.utils
 import http
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +30,9 @@ import httptools
 
 from legatus.server.admin.response import AdminResponse
 from legatus.server.admin.router import handle
+from legatus.server.logging import get_logger
 
-_log = logging.getLogger("legatus.admin")
+_log = get_logger("admin")
 MAX_BODY = 1 << 20  # admin requests carry at most a small form
 MAX_QUEUED = 16  # pipelined requests held before reading pauses
 

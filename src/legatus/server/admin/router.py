@@ -14,7 +14,6 @@ to the query parameters, as Envoy's admin UI relies on.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +29,10 @@ from legatus.server.admin import (
     stats,
 )
 from legatus.server.admin.response import HTML, AdminResponse, Query, respond, text
+from legatus.server.logging import get_logger
 
 Handler = Callable[[Any, Query], AdminResponse]
-_log = logging.getLogger("legatus.admin")
+_log = get_logger("admin")
 
 _STATS_FILTER = "Regular expression (Google re2) for filtering stats"
 _USED_ONLY = "Only include stats that have been written by system since restart"

@@ -10,7 +10,9 @@ Output shapes are Envoy 1.40's, checked against the real binary:
 - JSON: ``{"stats":[{"name":..,"value":..},...,{"histograms":{...}}]}`` on one
   line, quantiles as ``{"cumulative":9.05,"interval":null}``;
 - errors are 400 with Envoy's usage texts; an invalid regex answers
-  ``Invalid re2 regex: ...`` (the tail is Python's message, not RE2's).
+  ``Invalid re2 regex: ...`` (the tail is Python's message, not RE2's);
+- ``hidden=include|only|exclude`` as Envoy 1.40 parses it (it refuses the
+  ``showonly`` its docs name; legatus accepts both).
 
 legatus keeps cumulative histograms only (no per-flush interval), so every
 *interval* figure prints as Envoy prints an empty interval: ``nan`` / ``null``
