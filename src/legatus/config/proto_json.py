@@ -83,8 +83,11 @@ def preload_types(document: Any) -> None:
             url = node.get("@type")
             if isinstance(url, str):
                 name = type_name(url)
-                if message_class(name) is None:
-                    pass  # reported with its path by parse()
+                message_class(name)  # an unknown type is reported with its path by parse()
+                if name in _EMPTY_WKT_VALUE and "value" not in node:
+                    # Envoy takes {"@type": ".../google.protobuf.Struct"} as an empty
+                    # struct; json_format wants the "value" key.
+                    node["value"] = _EMPTY_WKT_VALUE[name]()
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
@@ -197,6 +200,7 @@ _WELL_KNOWN_JSON = {
     "google.protobuf.Empty",
 }  # fmt: skip
 _WKT_WITH_VALUE = _WELL_KNOWN_JSON - {"google.protobuf.Empty"}
+_EMPTY_WKT_VALUE = {"google.protobuf.Struct": dict, "google.protobuf.ListValue": list}
 _PREFIX = re.compile(r"^(Failed to parse \w+ field: )+")
 _AT = re.compile(r"\s+at\s+\"?[\w.\[\]\"]*\"?\.*$")
 

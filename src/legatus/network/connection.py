@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import socket
 import struct
 from collections.abc import Callable
@@ -42,13 +43,11 @@ class State(enum.Enum):
     CLOSED = 2
 
 
-_next_id = 0
+_ids = itertools.count()  # one sequence for downstream and upstream, from 0, as Envoy's
 
 
 def _connection_id() -> int:
-    global _next_id
-    _next_id += 1
-    return _next_id
+    return next(_ids)
 
 
 class Connection(asyncio.Protocol):

@@ -62,10 +62,18 @@ def run(options: opts.Options, sink) -> int:
             by_category.setdefault(ext.category.value, []).append(ext.name)
         for category, names in sorted(by_category.items()):
             log.info("  %s: %s", category, ", ".join(sorted(names)))
+    from legatus.stats.tag_extractor import TagConfigError, TagExtractor
+
     try:
         loaded = load(options)
         compiled = compile_config(loaded.bootstrap, registry=registry, options=options,
                                   store=Store())  # fmt: skip
+        b = loaded.bootstrap
+        try:
+            tag_extractor = TagExtractor.from_stats_config(
+                b.stats_config if b.HasField("stats_config") else None, options.stats_tags)
+        except TagConfigError as e:
+            raise ConfigError("stats_config.stats_tags", str(e)) from None
     except ConfigError as e:
         log.critical("error initializing configuration '%s': %s", options.config_path, e)
         return 1
@@ -75,7 +83,7 @@ def run(options: opts.Options, sink) -> int:
     import uvloop
 
     server = Server(options=options, bootstrap=loaded.bootstrap, compiled=compiled,
-                    registry=registry, log_sink=sink,
+                    registry=registry, log_sink=sink, tag_extractor=tag_extractor,
                     unknown_static_fields=loaded.unknown_static_fields)  # fmt: skip
     return uvloop.run(server.run())
 

@@ -40,7 +40,6 @@ _NOT_YET = {
     "which is not implemented yet",
     "reject_unknown_dynamic_fields": "xDS is not implemented yet",
     "ignore_unknown_dynamic_fields": "xDS is not implemented yet",
-    "stats_tag": "universal stats tags are not implemented yet",
     "cpuset_threads": "--cpuset-threads is not implemented yet",
     "enable_core_dump": "core dumps are not set up by legatus",
     "enable_mutex_tracing": "legatus has no mutexes to trace",
@@ -75,12 +74,15 @@ class Options:
     base_id: int = 0
     use_dynamic_base_id: bool = False
     file_flush_interval_msec: int = 10000
+    socket_path: str = "@envoy_domain_socket"
+    socket_mode: str = "600"
     local_address_ip_version: str = "v4"
     admin_address_path: str = ""
     allow_unknown_static_fields: bool = False
     reject_unknown_dynamic_fields: bool = False
     ignore_unknown_dynamic_fields: bool = False
     # Flags explicitly given whose feature does not exist yet: (flag, why).
+    stats_tags: tuple[tuple[str, str], ...] = ()
     unimplemented: tuple[tuple[str, str], ...] = ()
     show_help: bool = False
     show_version: bool = False
@@ -122,6 +124,9 @@ class Options:
             parent_shutdown_time=duration_pb2.Duration(seconds=self.parent_shutdown_time_s),
             disable_hot_restart=self.disable_hot_restart,
             restart_epoch=self.restart_epoch,
+            socket_path=self.socket_path,
+            socket_mode=int(self.socket_mode, 8),
+            stats_tag=[f"{k}:{v}" for k, v in self.stats_tags],
         )
 
 
@@ -218,6 +223,12 @@ def parse(argv: list[str]) -> Options:
     if concurrency is None:
         concurrency = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     concurrency = max(concurrency, 1)
+    stats_tags = []
+    for tag in ns.stats_tag:
+        name, sep, value = tag.partition(":")
+        if not sep or not name or not value:
+            raise OptionsError(f"error: misformatted stats-tag '{tag}'")
+        stats_tags.append((name, value))
     unimplemented = tuple((_flag(dest), why) for dest, why in _NOT_YET.items() if dest in given)
     return Options(
         config_path=ns.config_path,
@@ -240,11 +251,14 @@ def parse(argv: list[str]) -> Options:
         base_id=ns.base_id,
         use_dynamic_base_id=ns.use_dynamic_base_id,
         file_flush_interval_msec=ns.file_flush_interval_msec,
+        socket_path=ns.socket_path,
+        socket_mode=ns.socket_mode,
         local_address_ip_version=ns.local_address_ip_version,
         admin_address_path=ns.admin_address_path,
         allow_unknown_static_fields=ns.allow_unknown_static_fields,
         reject_unknown_dynamic_fields=ns.reject_unknown_dynamic_fields,
         ignore_unknown_dynamic_fields=ns.ignore_unknown_dynamic_fields,
+        stats_tags=tuple(stats_tags),
         unimplemented=unimplemented,
         show_help=ns.help,
         show_version=ns.version,

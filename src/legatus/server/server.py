@@ -90,12 +90,13 @@ class Server:
     """The main process. Implements the admin endpoints' AdminContext."""
 
     def __init__(self, *, options: Options, bootstrap, compiled: CompiledConfig, registry,
-                 log_sink, unknown_static_fields: int = 0) -> None:  # fmt: skip
+                 log_sink, tag_extractor=None, unknown_static_fields: int = 0) -> None:  # fmt: skip
         self.options = options
         self.bootstrap = bootstrap
         self.compiled = compiled
         self.registry = registry
         self.log_sink = log_sink
+        self.tag_extractor = tag_extractor
         self.stats = Store()
         self.server_stats = ServerStats(self.stats.scope("server."))
         self.server_stats.static_unknown_fields.add(unknown_static_fields)

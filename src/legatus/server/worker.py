@@ -155,7 +155,7 @@ class Worker:
         from legatus.access_log.manager import AccessLogManager
 
         self.access_log_manager = AccessLogManager(
-            self.loop, self.options.file_flush_interval_msec / 1000.0
+            self.loop, self.options.file_flush_interval_msec / 1000.0, store=self.store
         )
         for raw in message.clusters:
             proto = cluster_pb2.Cluster.FromString(raw)

@@ -113,7 +113,7 @@ class Histogram:
     """
 
     __slots__ = (
-        "bounds", "counts", "hidden", "name", "pending_counts", "pending_count", "pending_sum",
+        "bounds", "counts", "hidden", "max", "min", "name", "pending_counts", "pending_count", "pending_sum",
         "sample_count", "sample_sum", "unit", "used",
     )  # fmt: skip
     kind = Kind.HISTOGRAM
@@ -126,6 +126,8 @@ class Histogram:
         self.counts = [0] * (len(bounds) + 1)
         self.sample_count = 0
         self.sample_sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
         self.pending_counts: list[int] | None = None
         self.pending_count = 0
         self.pending_sum = 0.0
@@ -136,6 +138,10 @@ class Histogram:
         self.counts[index] += 1
         self.sample_count += 1
         self.sample_sum += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
         pending = self.pending_counts
         if pending is None:
             pending = self.pending_counts = [0] * len(self.counts)
@@ -144,17 +150,22 @@ class Histogram:
         self.pending_sum += value
         self.used = True
 
-    def merge(self, counts: list[int], count: int, total: float) -> None:
+    def merge(self, counts: list[int], count: int, total: float, low: float = math.inf,
+              high: float = -math.inf) -> None:  # fmt: skip
         for i, c in enumerate(counts):
             self.counts[i] += c
         self.sample_count += count
         self.sample_sum += total
+        self.min = min(self.min, low)
+        self.max = max(self.max, high)
         self.used = True
 
     def reset(self) -> None:
         self.counts = [0] * (len(self.bounds) + 1)
         self.sample_count = 0
         self.sample_sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
 
     def cumulative(self) -> list[int]:
         """Cumulative counts per bound (Prometheus ``le`` buckets), without +Inf."""
@@ -165,19 +176,27 @@ class Histogram:
         return out
 
     def quantile(self, q: float) -> float:
-        """An estimate of quantile ``q`` by linear interpolation inside buckets; nan if empty."""
+        """An estimate of quantile ``q``; nan if empty.
+
+        Linear interpolation inside the bucket that holds the rank, with each
+        bucket narrowed to the exact range of recorded values (so P0 and P100
+        are the true minimum and maximum, and one sample reads as itself).
+        """
         if self.sample_count == 0:
             return math.nan
         rank = q * self.sample_count
         running = 0
         lower = 0.0
         for i, c in enumerate(self.counts):
-            upper = self.bounds[i] if i < len(self.bounds) else lower * 2 or 1.0
+            upper = self.bounds[i] if i < len(self.bounds) else max(self.max, lower)
             if c and running + c >= rank:
-                return lower + (upper - lower) * ((rank - running) / c)
+                lo, hi = max(lower, self.min), min(upper, self.max)
+                if hi < lo:
+                    lo = hi
+                return lo + (hi - lo) * ((rank - running) / c)
             running += c
             lower = upper
-        return lower
+        return self.max
 
 
 class TextReadout:
@@ -210,6 +229,8 @@ class FlushedHistogram:
     counts: list[int]
     count: int
     sum: float
+    min: float
+    max: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -316,8 +337,9 @@ class Store:
             elif isinstance(stat, Histogram):
                 if stat.pending_counts is not None:
                     histograms[stat.name] = FlushedHistogram(
-                        counts=stat.pending_counts, count=stat.pending_count, sum=stat.pending_sum
-                    )
+                        counts=stat.pending_counts, count=stat.pending_count,
+                        sum=stat.pending_sum, min=stat.min, max=stat.max,
+                    )  # fmt: skip
                     stat.pending_counts = None
                     stat.pending_count = 0
                     stat.pending_sum = 0.0
@@ -350,7 +372,7 @@ class Store:
                 gauge.worker_values = {}  # type: ignore[union-attr]
             gauge.worker_values[worker] = value  # type: ignore[union-attr]
         for name, h in flush.histograms.items():
-            stats[name].merge(h.counts, h.count, h.sum)  # type: ignore[union-attr]
+            stats[name].merge(h.counts, h.count, h.sum, h.min, h.max)  # type: ignore[union-attr]
         for name, text in flush.text_readouts.items():
             stats[name].value = text  # type: ignore[union-attr]
         for name in flush.used:

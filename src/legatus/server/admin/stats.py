@@ -120,12 +120,9 @@ class StatsParams:
         return include
 
 
-_extractors: dict[tuple[bytes, tuple[tuple[str, str], ...]], TagExtractor] = {}
-
-
 def tag_extractor(context: Any) -> TagExtractor:
-    """The context's own extractor if it has one, else one built (once) from its bootstrap's
-    ``stats_config`` and ``options.stats_tags`` (``--stats-tag`` pairs)."""
+    """The server's extractor (built once at start-up from ``stats_config`` and
+    ``--stats-tag``); contexts without one (test fakes) get a fresh default one."""
     own = getattr(context, "tag_extractor", None)
     if own is not None:
         return own
@@ -133,14 +130,7 @@ def tag_extractor(context: Any) -> TagExtractor:
     config = None
     if bootstrap is not None and bootstrap.HasField("stats_config"):
         config = bootstrap.stats_config
-    cli = tuple(getattr(context.options, "stats_tags", ()) or ())
-    key = (config.SerializeToString(deterministic=True) if config is not None else b"", cli)
-    extractor = _extractors.get(key)
-    if extractor is None:
-        if len(_extractors) > 8:
-            _extractors.clear()
-        extractor = _extractors[key] = TagExtractor.from_stats_config(config, cli)
-    return extractor
+    return TagExtractor.from_stats_config(config, tuple(getattr(context.options, "stats_tags", ())))
 
 
 # Number formatting ----------------------------------------------------------------

@@ -150,6 +150,7 @@ class TcpProxyFilter(ReadFilter):
         self.host = host
         self.info.upstream_host = str(host.config.address)
         upstream = Connection(buffer_limit=cluster.config.buffer_limit)
+        self.info.upstream_connection_id = upstream.id
         upstream.add_read_filter(_UpstreamReader(self))
         upstream.add_connection_callbacks(_UpstreamCallbacks(self))
         self.upstream = upstream
