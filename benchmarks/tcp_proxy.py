@@ -393,13 +393,15 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
-def cpu_ticks(pids: list[int]) -> int:
-    total = 0
+def cpu_ticks(pids: list[int]) -> tuple[int, int]:
+    """(utime, stime) clock ticks, summed over ``pids``."""
+    user = system = 0
     for pid in pids:
         with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total
+            user += int(fields[11])
+            system += int(fields[12])
+    return user, system
 
 
 def core_times() -> dict[str, tuple[int, int]]:
@@ -430,9 +432,10 @@ class CpuWindow:
 
     def __exit__(self, *exc) -> None:
         wall = time.monotonic() - self.t0
-        self.proxy_cpu_pct = (
-            100.0 * (cpu_ticks(self.pids) - self.ticks0) / self.hz / wall if self.pids else None
-        )
+        user, system = cpu_ticks(self.pids)
+        scale = 100.0 / self.hz / wall
+        self.proxy_user_pct = (user - self.ticks0[0]) * scale if self.pids else None
+        self.proxy_sys_pct = (system - self.ticks0[1]) * scale if self.pids else None
         cores = core_times()
         self.core_busy_pct = {}
         for name, (busy, total) in cores.items():
@@ -440,7 +443,11 @@ class CpuWindow:
             self.core_busy_pct[name] = round(100.0 * (busy - b0) / max(1, total - t0), 1)
 
     def result(self) -> dict:
-        return {"proxy_cpu_pct": self.proxy_cpu_pct, "core_busy_pct": self.core_busy_pct}
+        return {
+            "proxy_user_pct": self.proxy_user_pct,
+            "proxy_sys_pct": self.proxy_sys_pct,
+            "core_busy_pct": self.core_busy_pct,
+        }
 
 
 def _pids(s: str) -> list[int]:
@@ -561,6 +568,10 @@ class Bench:
         if echo:
             argv.append("--echo")
         argv += ["--watch-pids", ",".join(map(str, pids))]
+        if a.warmup:  # fresh connections start with small TCP windows: warm up, unmeasured
+            warm = list(argv)
+            warm[warm.index("--bytes") + 1] = str(a.warmup)
+            self.run_helper("_push", *warm, timeout=a.duration + 60)
         runs = []
         for _ in range(a.repeat):
             r = self.run_helper("_push", *argv, timeout=a.duration + 60)
@@ -860,8 +871,8 @@ def _cpu(r: dict | None) -> str:
     if not r:
         return "-"
     parts = []
-    if r.get("proxy_cpu_pct") is not None:
-        parts.append(f"proxy {r['proxy_cpu_pct']:.0f}%")
+    if r.get("proxy_user_pct") is not None:
+        parts.append(f"proxy user {r['proxy_user_pct']:.0f}% + sys {r['proxy_sys_pct']:.0f}%")
     cores = r.get("core_busy_pct", {})
     parts.append(" ".join(f"{k} {v:.0f}%" for k, v in sorted(cores.items())))
     return ", ".join(parts)
@@ -921,8 +932,8 @@ def report(res: dict) -> str:
         )
     lines.append("")
     lines.append(
-        "CPU during each run (proxy = its processes' CPU time, 100% = one core; "
-        "cpuN = how busy each core was):"
+        "CPU during each run (proxy = user and system CPU time of its processes, 100% = one "
+        "core; cpuN = how busy each core was, softirq included):"
     )
     lines.append("")
     lines.append("| run | direct | legatus | Envoy |")
@@ -986,7 +997,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--bytes",
         type=_size,
-        default=2 << 30,
+        default=4 << 30,
         help="bytes per throughput run, over all connections (e.g. 2G, 512M)",
     )
     p.add_argument(
@@ -1000,6 +1011,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--cr-duration", type=float, default=5.0, help="duration (s) of the connection-rate run"
+    )
+    p.add_argument(
+        "--warmup",
+        type=_size,
+        default=512 << 20,
+        help="bytes of an unmeasured throughput run before each measured series (0: none)",
     )
     p.add_argument(
         "--repeat", type=int, default=3, help="runs of each measurement; the table shows the median"

@@ -70,8 +70,9 @@ class Registry:
     def extensions(self) -> list[Extension]:
         return sorted(set(self._by_name.values()), key=lambda e: (e.category.value, e.name))
 
-    def resolve(self, category: Category, *, name: str, typed_config: AnyProto | None,
-                path: str) -> tuple[Extension, Message]:  # fmt: skip
+    def resolve(
+        self, category: Category, *, name: str, typed_config: AnyProto | None, path: str
+    ) -> tuple[Extension, Message]:
         """Find the extension for a ``{name, typed_config}`` pair and unpack its config.
 
         ``path`` is where the pair sits (``...filters[0]``); errors name

@@ -70,8 +70,11 @@ RESPONSE_FLAG_NAMES: tuple[tuple[ResponseFlag, str, str], ...] = (
     (ResponseFlag.STREAM_IDLE_TIMEOUT, "SI", "StreamIdleTimeout"),
     (ResponseFlag.INVALID_ENVOY_REQUEST_HEADERS, "IH", "InvalidEnvoyRequestHeaders"),
     (ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR, "DPE", "DownstreamProtocolError"),
-    (ResponseFlag.UPSTREAM_MAX_STREAM_DURATION_REACHED, "UMSDR",
-     "UpstreamMaxStreamDurationReached"),
+    (
+        ResponseFlag.UPSTREAM_MAX_STREAM_DURATION_REACHED,
+        "UMSDR",
+        "UpstreamMaxStreamDurationReached",
+    ),
     (ResponseFlag.RESPONSE_FROM_CACHE_FILTER, "RFCF", "ResponseFromCacheFilter"),
     (ResponseFlag.NO_FILTER_CONFIG_FOUND, "NFCF", "NoFilterConfigFound"),
     (ResponseFlag.DURATION_TIMEOUT, "DT", "DurationTimeout"),
@@ -82,7 +85,7 @@ RESPONSE_FLAG_NAMES: tuple[tuple[ResponseFlag, str, str], ...] = (
     (ResponseFlag.DROP_OVERLOAD, "DO", "DropOverload"),
     (ResponseFlag.DOWNSTREAM_REMOTE_RESET, "DR", "DownstreamRemoteReset"),
     (ResponseFlag.UNCONDITIONAL_DROP_OVERLOAD, "UDO", "UnconditionalDropOverload"),
-)  # fmt: skip
+)
 
 FLAG_BY_SHORT_NAME: dict[str, ResponseFlag] = {short: f for f, short, _ in RESPONSE_FLAG_NAMES}
 
@@ -99,14 +102,31 @@ class StreamInfo:
     """Mutable record of one connection or stream. Times: wall clock start, monotonic spans."""
 
     __slots__ = (
-        "bytes_received", "bytes_sent", "connection_id", "connection_termination_details",
-        "downstream_direct_remote_address", "downstream_local_address",
-        "downstream_remote_address", "end_monotonic", "filter_state", "health_check",
-        "protocol", "requested_server_name", "response_code", "response_code_details",
-        "response_flags", "route_name", "start_monotonic", "start_time", "upstream_cluster",
-        "upstream_connected_monotonic", "upstream_connection_id", "upstream_host",
-        "upstream_local_address", "upstream_transport_failure_reason",
-    )  # fmt: skip
+        "bytes_received",
+        "bytes_sent",
+        "connection_id",
+        "connection_termination_details",
+        "downstream_direct_remote_address",
+        "downstream_local_address",
+        "downstream_remote_address",
+        "end_monotonic",
+        "filter_state",
+        "health_check",
+        "protocol",
+        "requested_server_name",
+        "response_code",
+        "response_code_details",
+        "response_flags",
+        "route_name",
+        "start_monotonic",
+        "start_time",
+        "upstream_cluster",
+        "upstream_connected_monotonic",
+        "upstream_connection_id",
+        "upstream_host",
+        "upstream_local_address",
+        "upstream_transport_failure_reason",
+    )
 
     def __init__(self, *, now_monotonic: float, now_wall: float | None = None) -> None:
         self.start_time = time.time() if now_wall is None else now_wall

@@ -144,8 +144,12 @@ async def test_bad_request_is_400_and_close(admin):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"
     assert [h.split(b":")[0] for h in head.split(b"\r\n")[1:]] == [
-        b"content-length", b"content-type", b"date", b"server", b"connection",
-    ]  # fmt: skip
+        b"content-length",
+        b"content-type",
+        b"date",
+        b"server",
+        b"connection",
+    ]
     assert b"connection: close" in head and body == b"Bad Request"
 
 
@@ -185,8 +189,10 @@ async def test_form_post_and_half_close(admin):
 async def test_expect_100_continue(admin):
     _, port = admin
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /reset_counters HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-                 b"Expect: 100-continue\r\n\r\n")  # fmt: skip
+    writer.write(
+        b"POST /reset_counters HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
     assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == (
         b"HTTP/1.1 100 Continue\r\n\r\n"
     )

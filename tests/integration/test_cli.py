@@ -11,7 +11,6 @@ import sys
 import time
 
 import yaml
-
 from tests.support.process import start_proxy, wait_for
 from tests.support.upstreams import EchoServer, tcp_proxy_config
 
@@ -19,8 +18,9 @@ LEGATUS = [sys.executable, "-m", "legatus"]
 
 
 def _run(*args, cwd=None, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([*LEGATUS, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [*LEGATUS, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
 def _write(tmp_path, config, name="envoy.yaml"):
@@ -35,12 +35,29 @@ def test_version_and_help():
     assert r.stdout.strip().startswith("legatus  version: legatus-")
     r = _run("--help")
     assert r.returncode == 0
-    for flag in ("--config-path", "--config-yaml", "--mode", "--concurrency", "--log-level",
-                 "--component-log-level", "--log-path", "--log-format", "--service-cluster",
-                 "--service-node", "--service-zone", "--drain-time-s", "--parent-shutdown-time-s",
-                 "--drain-strategy", "--restart-epoch", "--disable-hot-restart", "--base-id",
-                 "--file-flush-interval-msec", "--local-address-ip-version",
-                 "--admin-address-path", "--allow-unknown-static-fields"):  # fmt: skip
+    for flag in (
+        "--config-path",
+        "--config-yaml",
+        "--mode",
+        "--concurrency",
+        "--log-level",
+        "--component-log-level",
+        "--log-path",
+        "--log-format",
+        "--service-cluster",
+        "--service-node",
+        "--service-zone",
+        "--drain-time-s",
+        "--parent-shutdown-time-s",
+        "--drain-strategy",
+        "--restart-epoch",
+        "--disable-hot-restart",
+        "--base-id",
+        "--file-flush-interval-msec",
+        "--local-address-ip-version",
+        "--admin-address-path",
+        "--allow-unknown-static-fields",
+    ):
         assert flag in r.stdout
 
 
@@ -74,8 +91,9 @@ def test_json_config_and_config_yaml_merge(tmp_path):
     base = _write(tmp_path, cfg, "base.json")
     r = _run("--mode", "validate", "-c", base)
     assert r.returncode == 0  # an unknown cluster in tcp_proxy is a runtime miss, as in Envoy
-    overlay = yaml.safe_dump({"static_resources": {"clusters": [cluster]},
-                              "node": {"id": "from-yaml"}})  # fmt: skip
+    overlay = yaml.safe_dump(
+        {"static_resources": {"clusters": [cluster]}, "node": {"id": "from-yaml"}}
+    )
     r = _run("--mode", "validate", "-c", base, "--config-yaml", overlay)
     assert r.returncode == 0, r.stderr
     r = _run("--mode", "validate", "--config-yaml", yaml.safe_dump(cfg))
@@ -106,9 +124,11 @@ def test_unsupported_extension_names_path_and_type(tmp_path):
     }
     r = _run("--mode", "validate", "-c", _write(tmp_path, cfg))
     assert r.returncode == 1
-    assert ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config: unsupported "
-            "extension type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3."
-            "MongoProxy") in r.stderr  # fmt: skip
+    assert (
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config: unsupported "
+        "extension type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3."
+        "MongoProxy"
+    ) in r.stderr
 
 
 def test_init_only_exits_0(tmp_path):
@@ -133,9 +153,11 @@ def test_port_in_use_fails_start_up(tmp_path):
 def test_unimplemented_flags_are_named_in_a_warning(tmp_path):
     echo = EchoServer()
     try:
-        proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
-                            args=["--concurrency", "1", "--drain-time-s", "5",
-                                  "--restart-epoch", "0"])  # fmt: skip
+        proxy = start_proxy(
+            tcp_proxy_config(upstream_port=echo.port),
+            tmp_path,
+            args=["--concurrency", "1", "--drain-time-s", "5", "--restart-epoch", "0"],
+        )
         proxy.stop()
         log = proxy.log()
         assert "--drain-time-s is accepted but has no effect" in log
@@ -149,11 +171,23 @@ def test_node_flags_and_unknown_fields_show_in_admin(tmp_path):
     cfg = tcp_proxy_config(upstream_port=echo.port)
     cfg["static_resources"]["clusters"][0]["bogus_field"] = 1
     try:
-        proxy = start_proxy(cfg, tmp_path, args=[
-            "--concurrency", "1", "--allow-unknown-static-fields", "--service-node", "n1",
-            "--service-cluster", "c1", "--service-zone", "z1"])  # fmt: skip
+        proxy = start_proxy(
+            cfg,
+            tmp_path,
+            args=[
+                "--concurrency",
+                "1",
+                "--allow-unknown-static-fields",
+                "--service-node",
+                "n1",
+                "--service-cluster",
+                "c1",
+                "--service-zone",
+                "z1",
+            ],
+        )
         try:
-            status, body = proxy.admin("/server_info")
+            _, body = proxy.admin("/server_info")
             info = json.loads(body)
             assert info["node"]["id"] == "n1"
             assert info["node"]["cluster"] == "c1"
@@ -170,14 +204,19 @@ def test_log_path_and_sigusr1_reopen(tmp_path):
     echo = EchoServer()
     log_path = tmp_path / "legatus.log"
     try:
-        proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
-                            args=["--concurrency", "1", "--log-path", str(log_path)])  # fmt: skip
+        proxy = start_proxy(
+            tcp_proxy_config(upstream_port=echo.port),
+            tmp_path,
+            args=["--concurrency", "1", "--log-path", str(log_path)],
+        )
         try:
             assert "starting main dispatch loop" in log_path.read_text()
             os.rename(log_path, tmp_path / "legatus.log.1")
             proxy.proc.send_signal(signal.SIGUSR1)
-            wait_for(lambda: log_path.exists() and "Reopening" in log_path.read_text(),
-                     what="a reopened log file")  # fmt: skip
+            wait_for(
+                lambda: log_path.exists() and "Reopening" in log_path.read_text(),
+                what="a reopened log file",
+            )
         finally:
             proxy.stop()
         assert "exiting" in log_path.read_text()
@@ -189,9 +228,18 @@ def test_log_path_and_sigusr1_reopen(tmp_path):
 def test_component_log_level_and_format(tmp_path):
     echo = EchoServer()
     try:
-        proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path, args=[
-            "--concurrency", "1", "--log-format", "%l|%n|%v", "--component-log-level",
-            "main:debug"])  # fmt: skip
+        proxy = start_proxy(
+            tcp_proxy_config(upstream_port=echo.port),
+            tmp_path,
+            args=[
+                "--concurrency",
+                "1",
+                "--log-format",
+                "%l|%n|%v",
+                "--component-log-level",
+                "main:debug",
+            ],
+        )
         time.sleep(0.2)
         proxy.stop()
         lines = proxy.log().splitlines()

@@ -7,7 +7,6 @@ import signal
 import socket
 
 import pytest
-
 from tests.support.process import alive, children, start_proxy, wait_for
 from tests.support.upstreams import EchoServer, tcp_proxy_config
 
@@ -31,16 +30,19 @@ def _roundtrip(port: int, payload: bytes = b"ping") -> None:
 
 
 def test_workers_share_the_port_and_stats_add_up(tmp_path, echo):
-    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
-                        args=["--concurrency", "2"])  # fmt: skip
+    proxy = start_proxy(
+        tcp_proxy_config(upstream_port=echo.port), tmp_path, args=["--concurrency", "2"]
+    )
     try:
         assert len(children(proxy.pid)) == 2
         port = proxy.listener_port("tcp")
         for _ in range(40):
             _roundtrip(port)
         key = f"listener.127.0.0.1_{port}"
-        stats = wait_for(lambda: (s := proxy.stats())[f"{key}.downstream_cx_destroy"] == 40 and s,
-                         what="40 closed connections")  # fmt: skip
+        stats = wait_for(
+            lambda: (s := proxy.stats())[f"{key}.downstream_cx_destroy"] == 40 and s,
+            what="40 closed connections",
+        )
         per_worker = [stats[f"{key}.worker_{i}.downstream_cx_total"] for i in (0, 1)]
         # SO_REUSEPORT spreads connections by hash: 40 on one worker has probability 2**-39.
         assert all(n > 0 for n in per_worker), per_worker
@@ -53,8 +55,9 @@ def test_workers_share_the_port_and_stats_add_up(tmp_path, echo):
 
 
 def test_gauges_sum_across_workers_while_connections_are_open(tmp_path, echo):
-    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
-                        args=["--concurrency", "2"])  # fmt: skip
+    proxy = start_proxy(
+        tcp_proxy_config(upstream_port=echo.port), tmp_path, args=["--concurrency", "2"]
+    )
     conns = []
     try:
         port = proxy.listener_port("tcp")
@@ -74,20 +77,24 @@ def test_gauges_sum_across_workers_while_connections_are_open(tmp_path, echo):
 
 
 def test_killed_worker_is_replaced(tmp_path, echo):
-    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
-                        args=["--concurrency", "2"])  # fmt: skip
+    proxy = start_proxy(
+        tcp_proxy_config(upstream_port=echo.port), tmp_path, args=["--concurrency", "2"]
+    )
     try:
         port = proxy.listener_port("tcp")
         before = children(proxy.pid)
         os.kill(before[0], signal.SIGKILL)
+
         def replaced():
             now = children(proxy.pid)
             return now if len(now) == 2 and before[0] not in now else None
 
         after = wait_for(replaced, what="a replacement worker")
         assert before[1] in after
-        wait_for(lambda: proxy.stats().get("server.worker_restarts") == 1,
-                 what="server.worker_restarts == 1")  # fmt: skip
+        wait_for(
+            lambda: proxy.stats().get("server.worker_restarts") == 1,
+            what="server.worker_restarts == 1",
+        )
         for _ in range(20):
             _roundtrip(port)
         assert "worker 0" in proxy.log() or "worker 1" in proxy.log()
@@ -96,8 +103,9 @@ def test_killed_worker_is_replaced(tmp_path, echo):
 
 
 def test_no_worker_outlives_a_killed_main_process(tmp_path, echo):
-    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
-                        args=["--concurrency", "2"])  # fmt: skip
+    proxy = start_proxy(
+        tcp_proxy_config(upstream_port=echo.port), tmp_path, args=["--concurrency", "2"]
+    )
     workers = children(proxy.pid)
     assert len(workers) == 2
     proxy.proc.send_signal(signal.SIGKILL)
@@ -107,8 +115,9 @@ def test_no_worker_outlives_a_killed_main_process(tmp_path, echo):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_shut_down_cleanly(tmp_path, echo, sig):
-    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path,
-                        args=["--concurrency", "2"])  # fmt: skip
+    proxy = start_proxy(
+        tcp_proxy_config(upstream_port=echo.port), tmp_path, args=["--concurrency", "2"]
+    )
     workers = children(proxy.pid)
     port = proxy.listener_port("tcp")
     _roundtrip(port)

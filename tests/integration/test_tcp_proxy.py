@@ -6,7 +6,6 @@ import socket
 import time
 
 import pytest
-
 from tests.support.process import start_proxy
 from tests.support.upstreams import EchoServer, free_port, tcp_proxy_config
 
@@ -54,7 +53,7 @@ def test_bytes_flow_both_ways_and_are_counted(tmp_path, echo):
         assert stats["cluster.backend.upstream_cx_total"] == 1
         assert stats["cluster.backend.upstream_cx_tx_bytes_total"] == 13
         assert stats["cluster.backend.upstream_cx_rx_bytes_total"] == 13
-        assert stats["listener.127.0.0.1_%d.downstream_cx_total" % port] == 1
+        assert stats[f"listener.127.0.0.1_{port}.downstream_cx_total"] == 1
     finally:
         proxy.stop()
 
@@ -84,7 +83,7 @@ def test_refused_upstream_closes_and_counts(tmp_path):
         _wait_stat(proxy, "cluster.backend.upstream_cx_connect_fail", 1)
         stats = proxy.stats()
         assert stats["cluster.backend.upstream_cx_active"] == 0
-        assert stats["listener.127.0.0.1_%d.downstream_cx_active" % port] == 0
+        assert stats[f"listener.127.0.0.1_{port}.downstream_cx_active"] == 0
     finally:
         proxy.stop()
 
@@ -118,8 +117,9 @@ def test_connect_timeout_is_counted(tmp_path):
             c.connect_ex(blocker.getsockname())
             fillers.append(c)
         time.sleep(0.2)
-        cfg = tcp_proxy_config(upstream_port=blocker.getsockname()[1],
-                               extra_cluster={"connect_timeout": "0.25s"})  # fmt: skip
+        cfg = tcp_proxy_config(
+            upstream_port=blocker.getsockname()[1], extra_cluster={"connect_timeout": "0.25s"}
+        )
         proxy = start_proxy(cfg, tmp_path)
         try:
             port = proxy.listener_port("tcp")
@@ -171,12 +171,26 @@ def test_weighted_clusters_split(tmp_path):
         cfg = tcp_proxy_config(upstream_port=a.port)
         tcp = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         del tcp["typed_config"]["cluster"]
-        tcp["typed_config"]["weighted_clusters"] = {"clusters": [
-            {"name": "backend", "weight": 1}, {"name": "other", "weight": 1}]}
+        tcp["typed_config"]["weighted_clusters"] = {
+            "clusters": [{"name": "backend", "weight": 1}, {"name": "other", "weight": 1}]
+        }
         other = dict(cfg["static_resources"]["clusters"][0], name="other")
-        other["load_assignment"] = {"cluster_name": "other", "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                         "port_value": b.port}}}}]}]}
+        other["load_assignment"] = {
+            "cluster_name": "other",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": b.port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        }
         cfg["static_resources"]["clusters"].append(other)
         proxy = start_proxy(cfg, tmp_path)
         try:

@@ -28,8 +28,9 @@ class _RssSampler:
 
 def test_one_gib_passes_with_bounded_memory(tmp_path):
     sink = SinkServer()
-    proxy = start_proxy(tcp_proxy_config(upstream_port=sink.port), tmp_path,
-                        args=["--concurrency", "1"])  # fmt: skip
+    proxy = start_proxy(
+        tcp_proxy_config(upstream_port=sink.port), tmp_path, args=["--concurrency", "1"]
+    )
     try:
         (worker,) = children(proxy.pid)
         baseline = rss_bytes(worker)
@@ -44,8 +45,10 @@ def test_one_gib_passes_with_bounded_memory(tmp_path):
         assert sink.received == GIB
         growth = sampler.peak - baseline
         assert growth < 48 << 20, f"worker RSS grew by {growth >> 20} MiB"
-        stats = wait_for(lambda: (s := proxy.stats())["tcp.tcp.downstream_cx_rx_bytes_total"]
-                         == GIB and s, what="rx bytes")  # fmt: skip
+        stats = wait_for(
+            lambda: (s := proxy.stats())["tcp.tcp.downstream_cx_rx_bytes_total"] == GIB and s,
+            what="rx bytes",
+        )
         assert stats["cluster.backend.upstream_cx_tx_bytes_total"] == GIB
     finally:
         proxy.stop()
@@ -55,9 +58,11 @@ def test_one_gib_passes_with_bounded_memory(tmp_path):
 def test_stalled_upstream_pauses_the_client(tmp_path):
     sink = SinkServer()
     sink.paused.set()
-    cfg = tcp_proxy_config(upstream_port=sink.port,
-                           listener_extra={"per_connection_buffer_limit_bytes": 65536},
-                           extra_cluster={"per_connection_buffer_limit_bytes": 65536})  # fmt: skip
+    cfg = tcp_proxy_config(
+        upstream_port=sink.port,
+        listener_extra={"per_connection_buffer_limit_bytes": 65536},
+        extra_cluster={"per_connection_buffer_limit_bytes": 65536},
+    )
     proxy = start_proxy(cfg, tmp_path, args=["--concurrency", "1"])
     try:
         (worker,) = children(proxy.pid)

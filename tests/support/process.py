@@ -79,9 +79,15 @@ class ProxyProcess:
         return self.proc.returncode
 
 
-def start_proxy(config: dict | str, workdir: Path, *, command: list[str] | None = None,
-                args: list[str] = (), ready_timeout: float = 30.0,
-                wait_live: bool = True) -> ProxyProcess:  # fmt: skip
+def start_proxy(
+    config: dict | str,
+    workdir: Path,
+    *,
+    command: list[str] | None = None,
+    args: list[str] = (),
+    ready_timeout: float = 30.0,
+    wait_live: bool = True,
+) -> ProxyProcess:
     """Write ``config`` to workdir, start the proxy, wait for its admin to answer /ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
@@ -89,12 +95,24 @@ def start_proxy(config: dict | str, workdir: Path, *, command: list[str] | None 
     address_path = workdir / "admin_address"
     address_path.unlink(missing_ok=True)
     log_path = workdir / "proxy.log"
-    cmd = [*(command or legatus_command()), "-c", str(config_path),
-           "--admin-address-path", str(address_path), *args]  # fmt: skip
+    cmd = [
+        *(command or legatus_command()),
+        "-c",
+        str(config_path),
+        "--admin-address-path",
+        str(address_path),
+        *args,
+    ]
     env = dict(os.environ)
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
-                                env=env, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + ready_timeout
     port = None
     while time.monotonic() < deadline:
@@ -112,7 +130,7 @@ def start_proxy(config: dict | str, workdir: Path, *, command: list[str] | None 
     if wait_live:
         while time.monotonic() < deadline:
             try:
-                status, body = p.admin("/ready", timeout=1)
+                status, _ = p.admin("/ready", timeout=1)
                 if status == 200:
                     return p
             except OSError:

@@ -44,10 +44,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tcp_proxy_config(*, upstream_port: int, listener_port: int = 0, stat_prefix: str = "tcp",
-                     cluster: str = "backend", extra_tcp_proxy: dict | None = None,
-                     extra_cluster: dict | None = None, listener_extra: dict | None = None
-                     ) -> dict:  # fmt: skip
+def tcp_proxy_config(
+    *,
+    upstream_port: int,
+    listener_port: int = 0,
+    stat_prefix: str = "tcp",
+    cluster: str = "backend",
+    extra_tcp_proxy: dict | None = None,
+    extra_cluster: dict | None = None,
+    listener_extra: dict | None = None,
+) -> dict:
     """A minimal bootstrap: admin + one tcp_proxy listener + one static cluster."""
     tcp = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
@@ -58,18 +64,35 @@ def tcp_proxy_config(*, upstream_port: int, listener_port: int = 0, stat_prefix:
     listener = {
         "name": "tcp",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
-                                        "typed_config": tcp}]}],
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp}]}
+        ],
         **(listener_extra or {}),
-    }  # fmt: skip
+    }
     cluster_cfg = {
         "name": "backend",
         "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {
-                "address": "127.0.0.1", "port_value": upstream_port}}}}]}]},
+        "load_assignment": {
+            "cluster_name": "backend",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": "127.0.0.1",
+                                        "port_value": upstream_port,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
         **(extra_cluster or {}),
-    }  # fmt: skip
+    }
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {"listeners": [listener], "clusters": [cluster_cfg]},

@@ -45,11 +45,17 @@ class AccessLog:
     filter: AccessLogFilter | None
     instance: Any  # has log(info, request_headers, response_headers, response_trailers)
 
-    def log(self, info, request_headers: Headers = None, response_headers: Headers = None,
-            response_trailers: Headers = None) -> None:  # fmt: skip
+    def log(
+        self,
+        info,
+        request_headers: Headers = None,
+        response_headers: Headers = None,
+        response_trailers: Headers = None,
+    ) -> None:
         try:
             if self.filter is not None and not self.filter.evaluate(
-                    info, request_headers, response_headers, response_trailers):  # fmt: skip
+                info, request_headers, response_headers, response_trailers
+            ):
                 return
             self.instance.log(info, request_headers, response_headers, response_trailers)
         except Exception:  # a log entry must never take the connection down
@@ -64,20 +70,23 @@ def create_access_logs(protos, context, path: str) -> tuple[AccessLog, ...]:
     for i, proto in enumerate(protos):
         item_path = f"{path}[{i}]"
         check_supported(proto, ("name", "filter", "typed_config"), item_path, "AccessLog")
-        filter_ = (compile_filter(proto.filter, join_path(item_path, "filter"), context)
-                   if proto.HasField("filter") else None)  # fmt: skip
+        filter_ = (
+            compile_filter(proto.filter, join_path(item_path, "filter"), context)
+            if proto.HasField("filter")
+            else None
+        )
         extension, config = context.registry.resolve(
-            Category.ACCESS_LOGGER, name=proto.name,
+            Category.ACCESS_LOGGER,
+            name=proto.name,
             typed_config=proto.typed_config if proto.HasField("typed_config") else None,
             path=item_path,
-        )  # fmt: skip
+        )
         config_path = join_path(item_path, "typed_config")
         errors = validate_message(config, config_path)
         if errors:
             raise errors[0]
         instance = extension.factory(config, context, config_path)
-        logs.append(AccessLog(name=proto.name or extension.name, filter=filter_,
-                              instance=instance))  # fmt: skip
+        logs.append(AccessLog(name=proto.name or extension.name, filter=filter_, instance=instance))
     return tuple(logs)
 
 
@@ -144,8 +153,12 @@ class RuntimeFilter(AccessLogFilter):
     __slots__ = ("denominator", "numerator", "random")
 
     def __init__(self, proto, path: str, context) -> None:
-        check_supported(proto, ("runtime_key", "percent_sampled", "use_independent_randomness"),
-                        path, "RuntimeFilter")  # fmt: skip
+        check_supported(
+            proto,
+            ("runtime_key", "percent_sampled", "use_independent_randomness"),
+            path,
+            "RuntimeFilter",
+        )
         self.numerator = proto.percent_sampled.numerator
         self.denominator = _DENOMINATORS[proto.percent_sampled.denominator]
         self.random = context.random
@@ -159,24 +172,29 @@ class _Operator(AccessLogFilter):
 
     def __init__(self, proto, path: str, context) -> None:
         check_supported(proto, ("filters",), path)
-        self.filters = tuple(compile_filter(f, f"{path}.filters[{i}]", context)
-                             for i, f in enumerate(proto.filters))  # fmt: skip
+        self.filters = tuple(
+            compile_filter(f, f"{path}.filters[{i}]", context) for i, f in enumerate(proto.filters)
+        )
 
 
 class AndFilter(_Operator):
     __slots__ = ()
 
     def evaluate(self, info, request_headers, response_headers, response_trailers) -> bool:
-        return all(f.evaluate(info, request_headers, response_headers, response_trailers)
-                   for f in self.filters)  # fmt: skip
+        return all(
+            f.evaluate(info, request_headers, response_headers, response_trailers)
+            for f in self.filters
+        )
 
 
 class OrFilter(_Operator):
     __slots__ = ()
 
     def evaluate(self, info, request_headers, response_headers, response_trailers) -> bool:
-        return any(f.evaluate(info, request_headers, response_headers, response_trailers)
-                   for f in self.filters)  # fmt: skip
+        return any(
+            f.evaluate(info, request_headers, response_headers, response_trailers)
+            for f in self.filters
+        )
 
 
 class HeaderFilter(AccessLogFilter):
@@ -272,8 +290,7 @@ def compile_filter(proto, path: str, context) -> AccessLogFilter:
     if which == "grpc_status_filter":
         return GrpcStatusFilter(sub, sub_path)
     if which in _UNSUPPORTED_FILTERS:
-        raise ConfigError(sub_path, f"access log filter '{which}' is not supported by legatus "
-                          "yet")  # fmt: skip
+        raise ConfigError(sub_path, f"access log filter '{which}' is not supported by legatus yet")
     raise ConfigError(sub_path, "an access log filter must set one filter_specifier")
 
 
@@ -370,8 +387,12 @@ class StringMatcher:
     __slots__ = ("ignore_case", "kind", "operand")
 
     def __init__(self, proto, path: str) -> None:
-        check_supported(proto, ("exact", "prefix", "suffix", "safe_regex", "contains",
-                                "ignore_case"), path, "StringMatcher")  # fmt: skip
+        check_supported(
+            proto,
+            ("exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"),
+            path,
+            "StringMatcher",
+        )
         which = proto.WhichOneof("match_pattern")
         if which is None:
             raise ConfigError(join_path(path, "match_pattern"), "a match pattern is required")

@@ -127,8 +127,7 @@ def _absl_pieces(text: str) -> tuple[str, ...]:
     return tuple(pieces)
 
 
-def _render_absl(pieces: tuple[str, ...], tm: time.struct_time, seconds: int,
-                 local: bool) -> str:  # fmt: skip
+def _render_absl(pieces: tuple[str, ...], tm: time.struct_time, seconds: int, local: bool) -> str:
     out = []
     for i, piece in enumerate(pieces):
         if i % 2 == 0:

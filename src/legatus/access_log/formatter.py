@@ -45,9 +45,13 @@ Headers = Mapping[str, str] | None
 
 
 class LogFormatter(Protocol):
-    def format(self, info: Any, request_headers: Headers = None,
-               response_headers: Headers = None,
-               response_trailers: Headers = None) -> str: ...  # fmt: skip
+    def format(
+        self,
+        info: Any,
+        request_headers: Headers = None,
+        response_headers: Headers = None,
+        response_trailers: Headers = None,
+    ) -> str: ...
 
 
 def parse(text: str, path: str) -> list[str | Provider]:
@@ -71,10 +75,13 @@ def parse(text: str, path: str) -> list[str | Provider]:
         m = _COMMAND.match(text, pos)
         length = m.group(3) if m else None
         if m is None or (length is not None and int(length) > _MAX_LENGTH):
-            raise ConfigError(path, f"Incorrect configuration: {text}. Couldn't find valid "
-                              f"command at position {pos}")  # fmt: skip
-        parts.append(build(m.group(1), m.group(2) or "", None if length is None else int(length),
-                           path))  # fmt: skip
+            raise ConfigError(
+                path,
+                f"Incorrect configuration: {text}. Couldn't find valid command at position {pos}",
+            )
+        parts.append(
+            build(m.group(1), m.group(2) or "", None if length is None else int(length), path)
+        )
         pos = m.end()
     if literal or not text:
         parts.append("".join(literal))
@@ -91,9 +98,13 @@ class Formatter:
         self._parts = tuple(p if isinstance(p, str) else p.text for p in parts)
         self._empty = "" if omit_empty_values else "-"
 
-    def format(self, info: Any, request_headers: Headers = None,
-               response_headers: Headers = None,
-               response_trailers: Headers = None) -> str:  # fmt: skip
+    def format(
+        self,
+        info: Any,
+        request_headers: Headers = None,
+        response_headers: Headers = None,
+        response_trailers: Headers = None,
+    ) -> str:
         out = []
         empty = self._empty
         for part in self._parts:
@@ -116,8 +127,15 @@ def compile_format(text: str, path: str, *, omit_empty_values: bool = False) -> 
 Node = Callable[[Any, Headers, Headers, Headers], "str | None"]
 
 _ESCAPE = re.compile(r'["\\\x00-\x1f]')
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-            "\t": "\\t"}  # fmt: skip
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
 _INVALID_UTF8 = re.compile("[\udc80-\udcff]")
 
 
@@ -134,8 +152,13 @@ def json_string(s: str) -> str:
     """
     if _INVALID_UTF8.search(s):
         raw = s.encode("utf-8", "surrogateescape")
-        return '"' + "".join(chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C)
-                             else f"\\u{b:04x}" for b in raw) + '"'  # fmt: skip
+        return (
+            '"'
+            + "".join(
+                chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\u{b:04x}" for b in raw
+            )
+            + '"'
+        )
     if _ESCAPE.search(s) is None:
         return '"' + s + '"'
     return '"' + _ESCAPE.sub(_escape_char, s) + '"'
@@ -167,11 +190,16 @@ class JsonFormatter:
     def __init__(self, root: Node) -> None:
         self._root = root
 
-    def format(self, info: Any, request_headers: Headers = None,
-               response_headers: Headers = None,
-               response_trailers: Headers = None) -> str:  # fmt: skip
-        return (self._root(info, request_headers, response_headers, response_trailers)
-                or "{}") + "\n"  # fmt: skip
+    def format(
+        self,
+        info: Any,
+        request_headers: Headers = None,
+        response_headers: Headers = None,
+        response_trailers: Headers = None,
+    ) -> str:
+        return (
+            self._root(info, request_headers, response_headers, response_trailers) or "{}"
+        ) + "\n"
 
 
 def compile_json(struct, path: str, *, omit_empty_values: bool = False) -> JsonFormatter:
@@ -250,8 +278,17 @@ def _string_node(text: str, path: str, omit: bool) -> Node:
 
 # SubstitutionFormatString -------------------------------------------------------------
 
-_SUPPORTED = frozenset({"text_format", "json_format", "text_format_source", "omit_empty_values",
-                        "content_type", "formatters", "json_format_options"})  # fmt: skip
+_SUPPORTED = frozenset(
+    {
+        "text_format",
+        "json_format",
+        "text_format_source",
+        "omit_empty_values",
+        "content_type",
+        "formatters",
+        "json_format_options",
+    }
+)
 
 
 def compile_substitution_format(proto, path: str) -> LogFormatter:
@@ -264,15 +301,18 @@ def compile_substitution_format(proto, path: str) -> LogFormatter:
     check_supported(proto, _SUPPORTED, path, "SubstitutionFormatString")
     if proto.formatters:
         first = proto.formatters[0]
-        raise ConfigError(join_path(path, "formatters[0]"),
-                          f"formatter extension '{first.name}' "
-                          f"({first.typed_config.type_url or 'no type'}) is not supported by "
-                          "legatus yet")  # fmt: skip
+        raise ConfigError(
+            join_path(path, "formatters[0]"),
+            f"formatter extension '{first.name}' "
+            f"({first.typed_config.type_url or 'no type'}) is not supported by "
+            "legatus yet",
+        )
     omit = proto.omit_empty_values
     which = proto.WhichOneof("format")
     if which == "text_format":
-        return compile_format(proto.text_format, join_path(path, "text_format"),
-                              omit_empty_values=omit)  # fmt: skip
+        return compile_format(
+            proto.text_format, join_path(path, "text_format"), omit_empty_values=omit
+        )
     if which == "text_format_source":
         from legatus.config.datasource import read_data_source
 
@@ -284,7 +324,10 @@ def compile_substitution_format(proto, path: str) -> LogFormatter:
             raise ConfigError(source_path, "format string is not valid UTF-8") from None
         return compile_format(text, source_path, omit_empty_values=omit)
     if which == "json_format":
-        return compile_json(proto.json_format, join_path(path, "json_format"),
-                            omit_empty_values=omit)  # fmt: skip
-    raise ConfigError(join_path(path, "format"), "one of text_format, text_format_source or "
-                      "json_format is required")  # fmt: skip
+        return compile_json(
+            proto.json_format, join_path(path, "json_format"), omit_empty_values=omit
+        )
+    raise ConfigError(
+        join_path(path, "format"),
+        "one of text_format, text_format_source or json_format is required",
+    )

@@ -60,8 +60,14 @@ def check_openable(path: str) -> None:
 class _FileStats:
     """Envoy's ``filesystem.*`` server stats (shared by every file, as in Envoy)."""
 
-    __slots__ = ("flushed_by_timer", "reopen_failed", "write_buffered", "write_completed",
-                 "write_failed", "write_total_buffered")  # fmt: skip
+    __slots__ = (
+        "flushed_by_timer",
+        "reopen_failed",
+        "write_buffered",
+        "write_completed",
+        "write_failed",
+        "write_total_buffered",
+    )
 
     def __init__(self, store) -> None:
         self.write_buffered = store.counter("filesystem.write_buffered")
@@ -164,8 +170,9 @@ class AccessLogManager:
     flush explicitly. ``store`` (optional) receives Envoy's ``filesystem.*`` stats.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None, flush_interval_s: float,
-                 *, store=None) -> None:  # fmt: skip
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None, flush_interval_s: float, *, store=None
+    ) -> None:
         self._loop = loop
         self._interval = flush_interval_s
         self._files: dict[str, AccessLogFile] = {}

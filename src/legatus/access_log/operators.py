@@ -48,41 +48,108 @@ class Syntax(enum.IntFlag):
 
 # Envoy operators legatus does not implement yet: named in the error instead of Envoy's
 # generic "Not supported field", so that an operator knows it is a gap, not a typo.
-NOT_IMPLEMENTED = frozenset({
-    "REQUEST_DURATION", "REQUEST_TX_DURATION", "RESPONSE_DURATION", "RESPONSE_TX_DURATION",
-    "DOWNSTREAM_HANDSHAKE_DURATION", "ROUNDTRIP_DURATION", "BYTES_RETRANSMITTED",
-    "PACKETS_RETRANSMITTED", "UPSTREAM_WIRE_BYTES_RECEIVED", "UPSTREAM_HEADER_BYTES_RECEIVED",
-    "DOWNSTREAM_WIRE_BYTES_RECEIVED", "DOWNSTREAM_HEADER_BYTES_RECEIVED",
-    "UPSTREAM_WIRE_BYTES_SENT", "UPSTREAM_HEADER_BYTES_SENT", "DOWNSTREAM_WIRE_BYTES_SENT",
-    "DOWNSTREAM_HEADER_BYTES_SENT", "UPSTREAM_PROTOCOL", "COMMON_DURATION", "CUSTOM_FLAGS",
-    "UPSTREAM_HOST_NAME", "UPSTREAM_HOST_NAME_WITHOUT_PORT", "UPSTREAM_CLUSTER_RAW",
-    "UPSTREAM_REMOTE_ADDRESS", "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", "UPSTREAM_REMOTE_PORT",
-    "UPSTREAM_REQUEST_ATTEMPT_COUNT", "UPSTREAM_TLS_CIPHER", "UPSTREAM_TLS_VERSION",
-    "UPSTREAM_TLS_SESSION_ID", "UPSTREAM_PEER_ISSUER", "UPSTREAM_PEER_CERT",
-    "UPSTREAM_PEER_SUBJECT", "DOWNSTREAM_DIRECT_LOCAL_ADDRESS",
-    "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_DIRECT_LOCAL_PORT",
-    "UPSTREAM_PEER_URI_SAN", "UPSTREAM_PEER_DNS_SAN", "UPSTREAM_PEER_IP_SAN",
-    "UPSTREAM_LOCAL_URI_SAN", "UPSTREAM_LOCAL_DNS_SAN", "UPSTREAM_LOCAL_IP_SAN",
-    "DOWNSTREAM_PEER_URI_SAN", "DOWNSTREAM_PEER_DNS_SAN", "DOWNSTREAM_PEER_IP_SAN",
-    "DOWNSTREAM_PEER_EMAIL_SAN", "DOWNSTREAM_PEER_OTHERNAME_SAN", "DOWNSTREAM_LOCAL_URI_SAN",
-    "DOWNSTREAM_LOCAL_DNS_SAN", "DOWNSTREAM_LOCAL_IP_SAN", "DOWNSTREAM_LOCAL_EMAIL_SAN",
-    "DOWNSTREAM_LOCAL_OTHERNAME_SAN", "DOWNSTREAM_PEER_SUBJECT", "DOWNSTREAM_LOCAL_SUBJECT",
-    "DOWNSTREAM_TLS_SESSION_ID", "DOWNSTREAM_TLS_CIPHER", "DOWNSTREAM_TLS_VERSION",
-    "DOWNSTREAM_PEER_FINGERPRINT_256", "DOWNSTREAM_PEER_FINGERPRINT_1",
-    "DOWNSTREAM_PEER_SERIAL", "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256",
-    "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1", "DOWNSTREAM_PEER_CHAIN_SERIALS",
-    "DOWNSTREAM_PEER_ISSUER", "DOWNSTREAM_PEER_CERT", "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
-    "DOWNSTREAM_PEER_CERT_V_START", "DOWNSTREAM_PEER_CERT_V_END", "UPSTREAM_PEER_CERT_V_START",
-    "UPSTREAM_PEER_CERT_V_END", "FILTER_CHAIN_NAME", "VIRTUAL_CLUSTER_NAME",
-    "TLS_JA3_FINGERPRINT", "TLS_JA4_FINGERPRINT", "STREAM_ID", "EMIT_TIME", "EMIT_TIME_LOCAL",
-    "DYNAMIC_METADATA", "CLUSTER_METADATA", "UPSTREAM_METADATA", "FILTER_STATE",
-    "UPSTREAM_FILTER_STATE", "UPSTREAM_CONNECTION_POOL_READY_DURATION", "LOCAL_REPLY_BODY",
-    "ACCESS_LOG_TYPE", "GRPC_STATUS", "GRPC_STATUS_NUMBER", "REQUEST_HEADERS_BYTES",
-    "RESPONSE_HEADERS_BYTES", "RESPONSE_TRAILERS_BYTES", "STREAM_INFO_REQ", "TRACE_ID",
-    "QUERY_PARAM", "PATH", "COALESCE", "UPSTREAM_DETECTED_CLOSE_TYPE",
-    "DOWNSTREAM_DETECTED_CLOSE_TYPE", "UPSTREAM_LOCAL_CLOSE_REASON",
-    "DOWNSTREAM_LOCAL_CLOSE_REASON",
-})  # fmt: skip
+NOT_IMPLEMENTED = frozenset(
+    {
+        "REQUEST_DURATION",
+        "REQUEST_TX_DURATION",
+        "RESPONSE_DURATION",
+        "RESPONSE_TX_DURATION",
+        "DOWNSTREAM_HANDSHAKE_DURATION",
+        "ROUNDTRIP_DURATION",
+        "BYTES_RETRANSMITTED",
+        "PACKETS_RETRANSMITTED",
+        "UPSTREAM_WIRE_BYTES_RECEIVED",
+        "UPSTREAM_HEADER_BYTES_RECEIVED",
+        "DOWNSTREAM_WIRE_BYTES_RECEIVED",
+        "DOWNSTREAM_HEADER_BYTES_RECEIVED",
+        "UPSTREAM_WIRE_BYTES_SENT",
+        "UPSTREAM_HEADER_BYTES_SENT",
+        "DOWNSTREAM_WIRE_BYTES_SENT",
+        "DOWNSTREAM_HEADER_BYTES_SENT",
+        "UPSTREAM_PROTOCOL",
+        "COMMON_DURATION",
+        "CUSTOM_FLAGS",
+        "UPSTREAM_HOST_NAME",
+        "UPSTREAM_HOST_NAME_WITHOUT_PORT",
+        "UPSTREAM_CLUSTER_RAW",
+        "UPSTREAM_REMOTE_ADDRESS",
+        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+        "UPSTREAM_REMOTE_PORT",
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT",
+        "UPSTREAM_TLS_CIPHER",
+        "UPSTREAM_TLS_VERSION",
+        "UPSTREAM_TLS_SESSION_ID",
+        "UPSTREAM_PEER_ISSUER",
+        "UPSTREAM_PEER_CERT",
+        "UPSTREAM_PEER_SUBJECT",
+        "DOWNSTREAM_DIRECT_LOCAL_ADDRESS",
+        "DOWNSTREAM_DIRECT_LOCAL_ADDRESS_WITHOUT_PORT",
+        "DOWNSTREAM_DIRECT_LOCAL_PORT",
+        "UPSTREAM_PEER_URI_SAN",
+        "UPSTREAM_PEER_DNS_SAN",
+        "UPSTREAM_PEER_IP_SAN",
+        "UPSTREAM_LOCAL_URI_SAN",
+        "UPSTREAM_LOCAL_DNS_SAN",
+        "UPSTREAM_LOCAL_IP_SAN",
+        "DOWNSTREAM_PEER_URI_SAN",
+        "DOWNSTREAM_PEER_DNS_SAN",
+        "DOWNSTREAM_PEER_IP_SAN",
+        "DOWNSTREAM_PEER_EMAIL_SAN",
+        "DOWNSTREAM_PEER_OTHERNAME_SAN",
+        "DOWNSTREAM_LOCAL_URI_SAN",
+        "DOWNSTREAM_LOCAL_DNS_SAN",
+        "DOWNSTREAM_LOCAL_IP_SAN",
+        "DOWNSTREAM_LOCAL_EMAIL_SAN",
+        "DOWNSTREAM_LOCAL_OTHERNAME_SAN",
+        "DOWNSTREAM_PEER_SUBJECT",
+        "DOWNSTREAM_LOCAL_SUBJECT",
+        "DOWNSTREAM_TLS_SESSION_ID",
+        "DOWNSTREAM_TLS_CIPHER",
+        "DOWNSTREAM_TLS_VERSION",
+        "DOWNSTREAM_PEER_FINGERPRINT_256",
+        "DOWNSTREAM_PEER_FINGERPRINT_1",
+        "DOWNSTREAM_PEER_SERIAL",
+        "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256",
+        "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1",
+        "DOWNSTREAM_PEER_CHAIN_SERIALS",
+        "DOWNSTREAM_PEER_ISSUER",
+        "DOWNSTREAM_PEER_CERT",
+        "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
+        "DOWNSTREAM_PEER_CERT_V_START",
+        "DOWNSTREAM_PEER_CERT_V_END",
+        "UPSTREAM_PEER_CERT_V_START",
+        "UPSTREAM_PEER_CERT_V_END",
+        "FILTER_CHAIN_NAME",
+        "VIRTUAL_CLUSTER_NAME",
+        "TLS_JA3_FINGERPRINT",
+        "TLS_JA4_FINGERPRINT",
+        "STREAM_ID",
+        "EMIT_TIME",
+        "EMIT_TIME_LOCAL",
+        "DYNAMIC_METADATA",
+        "CLUSTER_METADATA",
+        "UPSTREAM_METADATA",
+        "FILTER_STATE",
+        "UPSTREAM_FILTER_STATE",
+        "UPSTREAM_CONNECTION_POOL_READY_DURATION",
+        "LOCAL_REPLY_BODY",
+        "ACCESS_LOG_TYPE",
+        "GRPC_STATUS",
+        "GRPC_STATUS_NUMBER",
+        "REQUEST_HEADERS_BYTES",
+        "RESPONSE_HEADERS_BYTES",
+        "RESPONSE_TRAILERS_BYTES",
+        "STREAM_INFO_REQ",
+        "TRACE_ID",
+        "QUERY_PARAM",
+        "PATH",
+        "COALESCE",
+        "UPSTREAM_DETECTED_CLOSE_TYPE",
+        "DOWNSTREAM_DETECTED_CLOSE_TYPE",
+        "UPSTREAM_LOCAL_CLOSE_REASON",
+        "DOWNSTREAM_LOCAL_CLOSE_REASON",
+    }
+)
 
 _HEADER_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 _WHITESPACE = str.maketrans({c: "_" for c in " \t\f\v\n\r"})
@@ -94,8 +161,9 @@ def build(command: str, sub: str, max_length: int | None, path: str) -> Provider
     entry = _TABLE.get(command)
     if entry is None:
         if command in NOT_IMPLEMENTED:
-            raise ConfigError(path, f"Envoy's %{command}% command operator is not "
-                              "implemented by legatus yet")  # fmt: skip
+            raise ConfigError(
+                path, f"Envoy's %{command}% command operator is not implemented by legatus yet"
+            )
         raise ConfigError(path, f"Not supported field in StreamInfo: {command}")
     syntax, factory = entry
     if syntax == Syntax.COMMAND_ONLY and (sub or max_length is not None):
@@ -180,11 +248,9 @@ def _simple(provider: Provider) -> Callable[[str, int | None, str], Provider]:
 def _start_time(local: bool):
     def factory(sub: str, _max_length, path: str) -> Provider:
         if NEWLINE.search(sub):
-            raise ConfigError(path, "Invalid header configuration. Format string contains "
-                              "newline.")  # fmt: skip
+            raise ConfigError(path, "Invalid header configuration. Format string contains newline.")
         try:
-            formatter = DateFormatter(sub or (DEFAULT_LOCAL if local else DEFAULT_UTC),
-                                      local=local)  # fmt: skip
+            formatter = DateFormatter(sub or (DEFAULT_LOCAL if local else DEFAULT_UTC), local=local)
         except ValueError as e:
             raise ConfigError(path, f"invalid START_TIME format '{sub}': {e}") from None
 
@@ -203,8 +269,13 @@ def _duration(info) -> int | None:
 def _response_code_details(sub: str, _max_length, _path) -> Provider:
     if sub == "ALLOW_WHITESPACES":
         return _string(lambda info: info.response_code_details)
-    return _string(lambda info: None if info.response_code_details is None
-                   else info.response_code_details.translate(_WHITESPACE))  # fmt: skip
+    return _string(
+        lambda info: (
+            None
+            if info.response_code_details is None
+            else info.response_code_details.translate(_WHITESPACE)
+        )
+    )
 
 
 def _transport_failure_reason(info) -> str | None:
@@ -253,8 +324,9 @@ def _header(which: int):
         main = names[0].lower()
         alternative = names[1].lower() if len(names) == 2 else ""
         if not _valid_header_name(main) or not _valid_header_name(alternative):
-            raise ConfigError(path, "Invalid header configuration. Format string contains "
-                              "invalid characters.")  # fmt: skip
+            raise ConfigError(
+                path, "Invalid header configuration. Format string contains invalid characters."
+            )
 
         def text(_info, req, resp, trl):
             headers = (req, resp, trl)[which]
@@ -278,46 +350,82 @@ _TABLE: dict[str, tuple[Syntax, Callable[[str, int | None, str], Provider]]] = {
     "DURATION": (Syntax.COMMAND_ONLY, _simple(_optional_uint(_duration))),
     "BYTES_RECEIVED": (Syntax.COMMAND_ONLY, _simple(_uint(lambda i: i.bytes_received))),
     "BYTES_SENT": (Syntax.COMMAND_ONLY, _simple(_uint(lambda i: i.bytes_sent))),
-    "RESPONSE_FLAGS": (Syntax.COMMAND_ONLY,
-                       _simple(_string(lambda i: response_flags_string(i.response_flags)))),
-    "RESPONSE_FLAGS_LONG": (Syntax.COMMAND_ONLY, _simple(_string(
-        lambda i: response_flags_string(i.response_flags, True)))),
+    "RESPONSE_FLAGS": (
+        Syntax.COMMAND_ONLY,
+        _simple(_string(lambda i: response_flags_string(i.response_flags))),
+    ),
+    "RESPONSE_FLAGS_LONG": (
+        Syntax.COMMAND_ONLY,
+        _simple(_string(lambda i: response_flags_string(i.response_flags, True))),
+    ),
     "RESPONSE_CODE": (Syntax.COMMAND_ONLY, _simple(_uint(lambda i: i.response_code or 0))),
     "RESPONSE_CODE_DETAILS": (Syntax.PARAMS_OPTIONAL, _response_code_details),
-    "CONNECTION_TERMINATION_DETAILS": (Syntax.COMMAND_ONLY, _simple(_string(
-        lambda i: i.connection_termination_details))),
+    "CONNECTION_TERMINATION_DETAILS": (
+        Syntax.COMMAND_ONLY,
+        _simple(_string(lambda i: i.connection_termination_details)),
+    ),
     "PROTOCOL": (Syntax.COMMAND_ONLY, _simple(_string(lambda i: i.protocol))),
     "UPSTREAM_HOST": (Syntax.COMMAND_ONLY, _simple(_address("upstream_host", "full"))),
-    "UPSTREAM_CLUSTER": (Syntax.COMMAND_ONLY,
-                         _simple(_string(lambda i: i.upstream_cluster or None))),
-    "UPSTREAM_LOCAL_ADDRESS": (Syntax.COMMAND_ONLY,
-                               _simple(_address("upstream_local_address", "full"))),
-    "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": (Syntax.COMMAND_ONLY,
-                                            _simple(_address("upstream_local_address", "host"))),
-    "UPSTREAM_LOCAL_PORT": (Syntax.COMMAND_ONLY,
-                            _simple(_address("upstream_local_address", "port"))),
-    "UPSTREAM_TRANSPORT_FAILURE_REASON": (Syntax.COMMAND_ONLY,
-                                          _simple(_string(_transport_failure_reason))),
-    "UPSTREAM_CONNECTION_ID": (Syntax.COMMAND_ONLY,
-                               _simple(_uint(lambda i: i.upstream_connection_id or 0))),
-    "DOWNSTREAM_REMOTE_ADDRESS": (Syntax.COMMAND_ONLY,
-                                  _simple(_address("downstream_remote_address", "full"))),
+    "UPSTREAM_CLUSTER": (
+        Syntax.COMMAND_ONLY,
+        _simple(_string(lambda i: i.upstream_cluster or None)),
+    ),
+    "UPSTREAM_LOCAL_ADDRESS": (
+        Syntax.COMMAND_ONLY,
+        _simple(_address("upstream_local_address", "full")),
+    ),
+    "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": (
+        Syntax.COMMAND_ONLY,
+        _simple(_address("upstream_local_address", "host")),
+    ),
+    "UPSTREAM_LOCAL_PORT": (
+        Syntax.COMMAND_ONLY,
+        _simple(_address("upstream_local_address", "port")),
+    ),
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": (
+        Syntax.COMMAND_ONLY,
+        _simple(_string(_transport_failure_reason)),
+    ),
+    "UPSTREAM_CONNECTION_ID": (
+        Syntax.COMMAND_ONLY,
+        _simple(_uint(lambda i: i.upstream_connection_id or 0)),
+    ),
+    "DOWNSTREAM_REMOTE_ADDRESS": (
+        Syntax.COMMAND_ONLY,
+        _simple(_address("downstream_remote_address", "full")),
+    ),
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": (
-        Syntax.COMMAND_ONLY, _simple(_address("downstream_remote_address", "host"))),
-    "DOWNSTREAM_REMOTE_PORT": (Syntax.COMMAND_ONLY,
-                               _simple(_address("downstream_remote_address", "port"))),
+        Syntax.COMMAND_ONLY,
+        _simple(_address("downstream_remote_address", "host")),
+    ),
+    "DOWNSTREAM_REMOTE_PORT": (
+        Syntax.COMMAND_ONLY,
+        _simple(_address("downstream_remote_address", "port")),
+    ),
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": (
-        Syntax.COMMAND_ONLY, _simple(_address("downstream_direct_remote_address", "full"))),
+        Syntax.COMMAND_ONLY,
+        _simple(_address("downstream_direct_remote_address", "full")),
+    ),
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": (
-        Syntax.COMMAND_ONLY, _simple(_address("downstream_direct_remote_address", "host"))),
+        Syntax.COMMAND_ONLY,
+        _simple(_address("downstream_direct_remote_address", "host")),
+    ),
     "DOWNSTREAM_DIRECT_REMOTE_PORT": (
-        Syntax.COMMAND_ONLY, _simple(_address("downstream_direct_remote_address", "port"))),
-    "DOWNSTREAM_LOCAL_ADDRESS": (Syntax.COMMAND_ONLY,
-                                 _simple(_address("downstream_local_address", "full"))),
+        Syntax.COMMAND_ONLY,
+        _simple(_address("downstream_direct_remote_address", "port")),
+    ),
+    "DOWNSTREAM_LOCAL_ADDRESS": (
+        Syntax.COMMAND_ONLY,
+        _simple(_address("downstream_local_address", "full")),
+    ),
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": (
-        Syntax.COMMAND_ONLY, _simple(_address("downstream_local_address", "host"))),
-    "DOWNSTREAM_LOCAL_PORT": (Syntax.COMMAND_ONLY,
-                              _simple(_address("downstream_local_address", "port"))),
+        Syntax.COMMAND_ONLY,
+        _simple(_address("downstream_local_address", "host")),
+    ),
+    "DOWNSTREAM_LOCAL_PORT": (
+        Syntax.COMMAND_ONLY,
+        _simple(_address("downstream_local_address", "port")),
+    ),
     "CONNECTION_ID": (Syntax.COMMAND_ONLY, _simple(_uint(lambda i: i.connection_id or 0))),
     "REQUESTED_SERVER_NAME": (Syntax.COMMAND_ONLY, _simple(_string(_requested_server_name))),
     "ROUTE_NAME": (Syntax.COMMAND_ONLY, _simple(_string(lambda i: i.route_name or None))),
@@ -327,4 +435,4 @@ _TABLE: dict[str, tuple[Syntax, Callable[[str, int | None, str], Provider]]] = {
     "REQ": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _header(0)),
     "RESP": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _header(1)),
     "TRAILER": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _header(2)),
-}  # fmt: skip
+}

@@ -36,8 +36,11 @@ class LoadedBootstrap:
 
 def load(options: Options) -> LoadedBootstrap:
     if not options.config_path and not options.config_yaml:
-        raise ConfigError("", "At least one of --config-path or --config-yaml or "
-                          "Options::configProto() should be non-empty")  # fmt: skip
+        raise ConfigError(
+            "",
+            "At least one of --config-path or --config-yaml or "
+            "Options::configProto() should be non-empty",
+        )
     unknown = 0
     bootstrap = Bootstrap()
     if options.config_path:
@@ -86,8 +89,11 @@ def _load_file(path: str, allow_unknown: bool) -> tuple[Bootstrap, int]:
     elif path.endswith((".yaml", ".yml")):
         document = _yaml(text, path)
     else:
-        raise ConfigError("", f"Unsupported config file extension for {path}: expected .yaml, "
-                          ".yml, .json, .pb or .pb_text")  # fmt: skip
+        raise ConfigError(
+            "",
+            f"Unsupported config file extension for {path}: expected .yaml, "
+            ".yml, .json, .pb or .pb_text",
+        )
     return _parse_document(document, allow_unknown)
 
 
@@ -109,8 +115,9 @@ def _parse_document(document: dict, allow_unknown: bool) -> tuple[Bootstrap, int
     except ConfigError as strict_error:
         if not allow_unknown or "unknown field" not in strict_error.message:
             raise
-        log.warning("Unknown static field(s) ignored (--allow-unknown-static-fields): %s",
-                    strict_error)  # fmt: skip
+        log.warning(
+            "Unknown static field(s) ignored (--allow-unknown-static-fields): %s", strict_error
+        )
         return parse(document, Bootstrap, ignore_unknown_fields=True), 1
 
 
@@ -137,8 +144,11 @@ def check_static_resources(bootstrap: Bootstrap) -> None:
     for i, listener in enumerate(bootstrap.static_resources.listeners):
         path = f"static_resources.listeners[{i}]"
         if listener.name and listener.name in names:
-            raise ConfigError(f"{path}.name", f"error adding listener named '{listener.name}': "
-                              "listener with the same name already exists")  # fmt: skip
+            raise ConfigError(
+                f"{path}.name",
+                f"error adding listener named '{listener.name}': "
+                "listener with the same name already exists",
+            )
         names.add(listener.name)
         if not listener.HasField("address") and not listener.HasField("api_listener"):
             raise ConfigError(f"{path}.address", "error adding listener: address is necessary")

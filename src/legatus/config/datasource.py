@@ -14,8 +14,9 @@ def read_data_source(source, path: str) -> bytes:
             with open(source.filename, "rb") as f:
                 return f.read()
         except OSError as e:
-            raise ConfigError(f"{path}.filename",
-                              f"Invalid path: {source.filename} ({e.strerror})") from None  # fmt: skip
+            raise ConfigError(
+                f"{path}.filename", f"Invalid path: {source.filename} ({e.strerror})"
+            ) from None
     if which == "inline_bytes":
         return source.inline_bytes
     if which == "inline_string":
@@ -23,8 +24,9 @@ def read_data_source(source, path: str) -> bytes:
     if which == "environment_variable":
         value = os.environ.get(source.environment_variable)
         if value is None:
-            raise ConfigError(f"{path}.environment_variable",
-                              f"Environment variable doesn't exist: "
-                              f"{source.environment_variable}")  # fmt: skip
+            raise ConfigError(
+                f"{path}.environment_variable",
+                f"Environment variable doesn't exist: {source.environment_variable}",
+            )
         return value.encode()
     return b""

@@ -93,8 +93,13 @@ def preload_types(document: Any) -> None:
             stack.extend(node)
 
 
-def parse(document: Any, message_type: type[Message], *, path: str = "",
-          ignore_unknown_fields: bool = False) -> Message:  # fmt: skip
+def parse(
+    document: Any,
+    message_type: type[Message],
+    *,
+    path: str = "",
+    ignore_unknown_fields: bool = False,
+) -> Message:
     """Parse a JSON-like ``document`` into ``message_type``; raise ConfigError with a path."""
     preload_types(document)
     message = message_type()
@@ -116,8 +121,9 @@ def _try(document: Any, message_type: type[Message], ignore: bool) -> Exception 
     return None
 
 
-def _locate(document: Any, message_type: type[Message], path: str, ignore: bool,
-            error: Exception) -> ConfigError:  # fmt: skip
+def _locate(
+    document: Any, message_type: type[Message], path: str, ignore: bool, error: Exception
+) -> ConfigError:
     """Descend into ``document`` to the smallest part that fails to parse."""
     descriptor = message_type.DESCRIPTOR
     full_name = descriptor.full_name
@@ -152,7 +158,9 @@ def _locate(document: Any, message_type: type[Message], path: str, ignore: bool,
     return ConfigError(path, _clean_message(str(error)))
 
 
-def _locate_field(field: FieldDescriptor, value: Any, path: str, ignore: bool) -> ConfigError | None:
+def _locate_field(
+    field: FieldDescriptor, value: Any, path: str, ignore: bool
+) -> ConfigError | None:
     is_message = field.type == FieldDescriptor.TYPE_MESSAGE
     cls = message_factory.GetMessageClass(field.message_type) if is_message else None
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
@@ -192,13 +200,23 @@ def _single(field: FieldDescriptor, value: Any, path: str, ignore: bool) -> Conf
 
 
 _WELL_KNOWN_JSON = {
-    "google.protobuf.Duration", "google.protobuf.Timestamp", "google.protobuf.Struct",
-    "google.protobuf.Value", "google.protobuf.ListValue", "google.protobuf.FieldMask",
-    "google.protobuf.BoolValue", "google.protobuf.StringValue", "google.protobuf.BytesValue",
-    "google.protobuf.Int32Value", "google.protobuf.Int64Value", "google.protobuf.UInt32Value",
-    "google.protobuf.UInt64Value", "google.protobuf.FloatValue", "google.protobuf.DoubleValue",
+    "google.protobuf.Duration",
+    "google.protobuf.Timestamp",
+    "google.protobuf.Struct",
+    "google.protobuf.Value",
+    "google.protobuf.ListValue",
+    "google.protobuf.FieldMask",
+    "google.protobuf.BoolValue",
+    "google.protobuf.StringValue",
+    "google.protobuf.BytesValue",
+    "google.protobuf.Int32Value",
+    "google.protobuf.Int64Value",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.FloatValue",
+    "google.protobuf.DoubleValue",
     "google.protobuf.Empty",
-}  # fmt: skip
+}
 _WKT_WITH_VALUE = _WELL_KNOWN_JSON - {"google.protobuf.Empty"}
 _EMPTY_WKT_VALUE = {"google.protobuf.Struct": dict, "google.protobuf.ListValue": list}
 _PREFIX = re.compile(r"^(Failed to parse \w+ field: )+")

@@ -15,8 +15,9 @@ from google.protobuf.message import Message
 from legatus.config.errors import ConfigError, join_path
 
 
-def check_supported(message: Message, supported: Iterable[str], path: str,
-                    what: str | None = None) -> None:  # fmt: skip
+def check_supported(
+    message: Message, supported: Iterable[str], path: str, what: str | None = None
+) -> None:
     """Raise ConfigError for the first set field of ``message`` not in ``supported``."""
     allowed = supported if isinstance(supported, frozenset | set) else frozenset(supported)
     for field, _ in message.ListFields():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from legatus.registry import Registry
 
-
 _EXTENSIONS = (
     "filters.network.tcp_proxy",
     "filters.network.echo",
@@ -21,4 +20,3 @@ def default_registry() -> Registry:
     for name in _EXTENSIONS:
         importlib.import_module(f"legatus.extensions.{name}").register(registry)
     return registry
-

@@ -34,24 +34,28 @@ def from_proto(address, path: str, *, resolve_names: bool = False) -> SocketAddr
     """A SocketAddress from an Address proto. Listeners need IP literals (as Envoy)."""
     which = address.WhichOneof("address")
     if which != "socket_address":
-        raise ConfigError(f"{path}.{which or 'address'}",
-                          f"{which or 'an empty'} address is not supported yet; "
-                          "use socket_address")  # fmt: skip
+        raise ConfigError(
+            f"{path}.{which or 'address'}",
+            f"{which or 'an empty'} address is not supported yet; use socket_address",
+        )
     sa = address.socket_address
     if sa.protocol != 0:
         raise ConfigError(f"{path}.socket_address.protocol", "UDP sockets are not supported yet")
     if sa.WhichOneof("port_specifier") == "named_port":
         raise ConfigError(f"{path}.socket_address.named_port", "named_port is not supported")
     if sa.resolver_name:
-        raise ConfigError(f"{path}.socket_address.resolver_name", "custom resolvers are not supported")
+        raise ConfigError(
+            f"{path}.socket_address.resolver_name", "custom resolvers are not supported"
+        )
     host = sa.address
     try:
         ip = ipaddress.ip_address(host)
         host = str(ip)
     except ValueError:
         if not resolve_names:
-            raise ConfigError(f"{path}.socket_address.address",
-                              f"malformed IP address: {sa.address}") from None  # fmt: skip
+            raise ConfigError(
+                f"{path}.socket_address.address", f"malformed IP address: {sa.address}"
+            ) from None
     return SocketAddress(host, sa.port_value)
 
 

@@ -51,8 +51,12 @@ def _connection_id() -> int:
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, *, buffer_limit: int = DEFAULT_BUFFER_LIMIT,
-                 on_close: Callable[[Connection], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+        on_close: Callable[[Connection], None] | None = None,
+    ) -> None:
         self.id = _connection_id()
         self.transport: asyncio.Transport | None = None
         self.state = State.CONNECTING
@@ -262,8 +266,9 @@ class _ReadCallbacks:
         self.connection.continue_reading(self.index)
 
 
-async def connect(loop: asyncio.AbstractEventLoop, connection: Connection, address: tuple,
-                  timeout: float) -> None:  # fmt: skip
+async def connect(
+    loop: asyncio.AbstractEventLoop, connection: Connection, address: tuple, timeout: float
+) -> None:
     """Open an upstream TCP connection into ``connection``; raises OSError/TimeoutError."""
     connection._connected_waiter = loop.create_future()
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET

@@ -26,11 +26,19 @@ from legatus.config.supported import check_supported
 
 C = TypeVar("C")
 FilterChainMatch = listener_components_pb2.FilterChainMatch
-_SUPPORTED = frozenset({
-    "destination_port", "prefix_ranges", "direct_source_prefix_ranges", "source_type",
-    "source_prefix_ranges", "source_ports", "server_names", "transport_protocol",
-    "application_protocols",
-})  # fmt: skip
+_SUPPORTED = frozenset(
+    {
+        "destination_port",
+        "prefix_ranges",
+        "direct_source_prefix_ranges",
+        "source_type",
+        "source_prefix_ranges",
+        "source_ports",
+        "server_names",
+        "transport_protocol",
+        "application_protocols",
+    }
+)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -78,25 +86,34 @@ def _cidrs(ranges, path: str) -> tuple[Network, ...]:
 def compile_match(proto: FilterChainMatch, path: str) -> CompiledMatch:
     check_supported(proto, _SUPPORTED, path, "FilterChainMatch")
     return CompiledMatch(
-        destination_port=proto.destination_port.value if proto.HasField("destination_port")
+        destination_port=proto.destination_port.value
+        if proto.HasField("destination_port")
         else None,
         prefix_ranges=_cidrs(proto.prefix_ranges, f"{path}.prefix_ranges"),
         server_names=tuple(n.lower() for n in proto.server_names),
         transport_protocol=proto.transport_protocol,
         application_protocols=tuple(proto.application_protocols),
-        direct_source_prefix_ranges=_cidrs(proto.direct_source_prefix_ranges,
-                                           f"{path}.direct_source_prefix_ranges"),
+        direct_source_prefix_ranges=_cidrs(
+            proto.direct_source_prefix_ranges, f"{path}.direct_source_prefix_ranges"
+        ),
         source_type=proto.source_type,
         source_prefix_ranges=_cidrs(proto.source_prefix_ranges, f"{path}.source_prefix_ranges"),
         source_ports=tuple(proto.source_ports),
-    )  # fmt: skip
+    )
 
 
 def _duplicate_key(m: CompiledMatch) -> tuple:
-    return (m.destination_port, frozenset(m.prefix_ranges), frozenset(m.server_names),
-            m.transport_protocol, frozenset(m.application_protocols),
-            frozenset(m.direct_source_prefix_ranges), m.source_type,
-            frozenset(m.source_prefix_ranges), frozenset(m.source_ports))  # fmt: skip
+    return (
+        m.destination_port,
+        frozenset(m.prefix_ranges),
+        frozenset(m.server_names),
+        m.transport_protocol,
+        frozenset(m.application_protocols),
+        frozenset(m.direct_source_prefix_ranges),
+        m.source_type,
+        frozenset(m.source_prefix_ranges),
+        frozenset(m.source_ports),
+    )
 
 
 def _longest_prefix(ranges: tuple[Network, ...], ip) -> int:
@@ -122,15 +139,25 @@ def _server_name_score(names: tuple[str, ...], sni: str) -> int:
     return best
 
 
-_EMPTY_KEY = (None, frozenset(), frozenset(), "", frozenset(), frozenset(), 0, frozenset(),
-              frozenset())  # fmt: skip
+_EMPTY_KEY = (
+    None,
+    frozenset(),
+    frozenset(),
+    "",
+    frozenset(),
+    frozenset(),
+    0,
+    frozenset(),
+    frozenset(),
+)
 _SAME_IP_OR_LOOPBACK = FilterChainMatch.SAME_IP_OR_LOOPBACK
 _EXTERNAL = FilterChainMatch.EXTERNAL
 
 
 class FilterChainMatcher(Generic[C]):
-    def __init__(self, chains: Sequence[tuple[CompiledMatch, C]], default: C | None,
-                 *, listener_path: str) -> None:  # fmt: skip
+    def __init__(
+        self, chains: Sequence[tuple[CompiledMatch, C]], default: C | None, *, listener_path: str
+    ) -> None:
         seen: dict[tuple, int] = {}
         for i, (m, _) in enumerate(chains):
             key = _duplicate_key(m)
@@ -157,20 +184,30 @@ class FilterChainMatcher(Generic[C]):
         alpn = key.application_protocols
         sni = key.server_name.lower()
         steps: tuple[Callable[[CompiledMatch], int], ...] = (
-            lambda m: -1 if m.destination_port is None
-            else (0 if m.destination_port == key.destination_port else -2),
+            lambda m: (
+                -1
+                if m.destination_port is None
+                else (0 if m.destination_port == key.destination_port else -2)
+            ),
             lambda m: _longest_prefix(m.prefix_ranges, dst),
             lambda m: _server_name_score(m.server_names, sni),
-            lambda m: -1 if not m.transport_protocol
-            else (0 if m.transport_protocol == key.transport_protocol else -2),
-            lambda m: -1 if not m.application_protocols
-            else (0 if any(p in m.application_protocols for p in alpn) else -2),
+            lambda m: (
+                -1
+                if not m.transport_protocol
+                else (0 if m.transport_protocol == key.transport_protocol else -2)
+            ),
+            lambda m: (
+                -1
+                if not m.application_protocols
+                else (0 if any(p in m.application_protocols for p in alpn) else -2)
+            ),
             lambda m: _longest_prefix(m.direct_source_prefix_ranges, direct),
             lambda m: _source_type_score(m.source_type, src, dst),
             lambda m: _longest_prefix(m.source_prefix_ranges, src),
-            lambda m: -1 if not m.source_ports
-            else (0 if key.source_port in m.source_ports else -2),
-        )  # fmt: skip
+            lambda m: (
+                -1 if not m.source_ports else (0 if key.source_port in m.source_ports else -2)
+            ),
+        )
         candidates = self._chains
         for score in steps:
             if not candidates:

@@ -36,11 +36,21 @@ from legatus.stream_info import StreamInfo
 log = logging.getLogger("legatus.conn_handler")
 Listener = listener_pb2.Listener
 
-_SUPPORTED_LISTENER = frozenset({
-    "name", "address", "stat_prefix", "filter_chains", "default_filter_chain",
-    "per_connection_buffer_limit_bytes", "metadata", "enable_reuse_port", "access_log",
-    "traffic_direction", "tcp_backlog_size",
-})  # fmt: skip
+_SUPPORTED_LISTENER = frozenset(
+    {
+        "name",
+        "address",
+        "stat_prefix",
+        "filter_chains",
+        "default_filter_chain",
+        "per_connection_buffer_limit_bytes",
+        "metadata",
+        "enable_reuse_port",
+        "access_log",
+        "traffic_direction",
+        "tcp_backlog_size",
+    }
+)
 _SUPPORTED_CHAIN = frozenset({"filter_chain_match", "filters", "name", "metadata"})
 _SUPPORTED_FILTER = frozenset({"name", "typed_config"})
 
@@ -102,12 +112,16 @@ def compile_listener(proto: Listener, context: FactoryContext, path: str) -> Lis
     if proto.HasField("default_filter_chain"):
         dpath = f"{path}.default_filter_chain"
         if proto.default_filter_chain.HasField("filter_chain_match"):
-            raise ConfigError(f"{dpath}.filter_chain_match",
-                              "the default filter chain cannot have a filter_chain_match")
+            raise ConfigError(
+                f"{dpath}.filter_chain_match",
+                "the default filter chain cannot have a filter_chain_match",
+            )
         default = _compile_chain(proto.default_filter_chain, context, dpath)
     if not chains and default is None:
-        raise ConfigError(f"{path}.filter_chains", f"error adding listener '{address}': no "
-                          "filter chains specified")  # fmt: skip
+        raise ConfigError(
+            f"{path}.filter_chains",
+            f"error adding listener '{address}': no filter chains specified",
+        )
     from legatus.access_log.access_log import create_access_logs
 
     access_logs = create_access_logs(proto.access_log, context, f"{path}.access_log")
@@ -116,13 +130,14 @@ def compile_listener(proto: Listener, context: FactoryContext, path: str) -> Lis
         address=address,
         stat_prefix=proto.stat_prefix or address.stat_name(),
         buffer_limit=proto.per_connection_buffer_limit_bytes.value
-        if proto.HasField("per_connection_buffer_limit_bytes") else DEFAULT_BUFFER_LIMIT,
+        if proto.HasField("per_connection_buffer_limit_bytes")
+        else DEFAULT_BUFFER_LIMIT,
         matcher=FilterChainMatcher(chains, default, listener_path=path),
         reuse_port=proto.enable_reuse_port.value if proto.HasField("enable_reuse_port") else True,
         backlog=proto.tcp_backlog_size.value if proto.HasField("tcp_backlog_size") else 4096,
         access_logs=tuple(access_logs),
         proto=proto,
-    )  # fmt: skip
+    )
 
 
 def _compile_chain(chain, context: FactoryContext, path: str) -> FilterChainConfig:
@@ -133,9 +148,11 @@ def _compile_chain(chain, context: FactoryContext, path: str) -> FilterChainConf
         fpath = f"{path}.filters[{j}]"
         check_supported(f, _SUPPORTED_FILTER, fpath, "Filter")
         extension, config = context.registry.resolve(
-            Category.NETWORK_FILTER, name=f.name,
-            typed_config=f.typed_config if f.HasField("typed_config") else None, path=fpath,
-        )  # fmt: skip
+            Category.NETWORK_FILTER,
+            name=f.name,
+            typed_config=f.typed_config if f.HasField("typed_config") else None,
+            path=fpath,
+        )
         from legatus.config.validate import validate_message
 
         errors = validate_message(config, f"{fpath}.typed_config")
@@ -144,19 +161,26 @@ def _compile_chain(chain, context: FactoryContext, path: str) -> FilterChainConf
         factory = extension.factory(config, context, f"{fpath}.typed_config")
         terminal = getattr(factory, "terminal", False)
         if terminal and j != count - 1:
-            raise ConfigError(fpath, f"Error: terminal filter named {f.name} of type "
-                              f"{config.DESCRIPTOR.full_name} must be the last filter in a "
-                              "network filter chain.")  # fmt: skip
+            raise ConfigError(
+                fpath,
+                f"Error: terminal filter named {f.name} of type "
+                f"{config.DESCRIPTOR.full_name} must be the last filter in a "
+                "network filter chain.",
+            )
         if not terminal and j == count - 1:
-            raise ConfigError(fpath, f"Error: non-terminal filter named {f.name} of type "
-                              f"{config.DESCRIPTOR.full_name} is the last filter in a network "
-                              "filter chain.")  # fmt: skip
+            raise ConfigError(
+                fpath,
+                f"Error: non-terminal filter named {f.name} of type "
+                f"{config.DESCRIPTOR.full_name} is the last filter in a network "
+                "filter chain.",
+            )
         factories.append(factory)
     return FilterChainConfig(name=chain.name, factories=tuple(factories))
 
 
-def bind_socket(address: addr.SocketAddress, *, reuse_port: bool, listen: bool,
-                backlog: int = 4096) -> socket.socket:  # fmt: skip
+def bind_socket(
+    address: addr.SocketAddress, *, reuse_port: bool, listen: bool, backlog: int = 4096
+) -> socket.socket:
     sock = socket.socket(address.family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -189,8 +213,9 @@ class ActiveListener:
         self._only_chain = config.matcher._only
 
     async def start(self, sock: socket.socket) -> None:
-        self.server = await self.loop.create_server(self._new_connection, sock=sock,
-                                                    backlog=self.config.backlog)  # fmt: skip
+        self.server = await self.loop.create_server(
+            self._new_connection, sock=sock, backlog=self.config.backlog
+        )
 
     def stop(self) -> None:
         if self.server is not None:
@@ -219,15 +244,22 @@ class ActiveListener:
         conn.stream_info = info
         chain = self._only_chain
         if chain is None:
-            chain = self.config.matcher.match(ConnectionKey(
-                destination_ip=local[0], destination_port=local[1],
-                source_ip=remote[0], source_port=remote[1],
-            ))  # fmt: skip
+            chain = self.config.matcher.match(
+                ConnectionKey(
+                    destination_ip=local[0],
+                    destination_port=local[1],
+                    source_ip=remote[0],
+                    source_port=remote[1],
+                )
+            )
         if chain is None:
             stats.no_filter_chain_match.inc()
             info.set_flag(_NR)
-            log.debug("[C%d] closing connection from %s: no matching filter chain found",
-                      conn.id, info.downstream_remote_address)  # fmt: skip
+            log.debug(
+                "[C%d] closing connection from %s: no matching filter chain found",
+                conn.id,
+                info.downstream_remote_address,
+            )
             conn.close(CloseType.NO_FLUSH)
             return
         for factory in chain.factories:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
@@ -40,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
-    log.info("initializing epoch %d (base id=%d, hot restart version=%s)", options.restart_epoch,
-             options.base_id, "disabled")  # fmt: skip
+    log.info(
+        "initializing epoch %d (base id=%d, hot restart version=%s)",
+        options.restart_epoch,
+        options.base_id,
+        "disabled",
+    )
     log.info("legatus version: %s", opts.BUILD_VERSION)
     for flag, why in options.unimplemented:
         log.warning("command-line flag %s is accepted but has no effect: %s", flag, why)
@@ -66,12 +69,14 @@ def run(options: opts.Options, sink) -> int:
 
     try:
         loaded = load(options)
-        compiled = compile_config(loaded.bootstrap, registry=registry, options=options,
-                                  store=Store())  # fmt: skip
+        compiled = compile_config(
+            loaded.bootstrap, registry=registry, options=options, store=Store()
+        )
         b = loaded.bootstrap
         try:
             tag_extractor = TagExtractor.from_stats_config(
-                b.stats_config if b.HasField("stats_config") else None, options.stats_tags)
+                b.stats_config if b.HasField("stats_config") else None, options.stats_tags
+            )
         except TagConfigError as e:
             raise ConfigError("stats_config.stats_tags", str(e)) from None
     except ConfigError as e:
@@ -82,9 +87,15 @@ def run(options: opts.Options, sink) -> int:
         return 0
     import uvloop
 
-    server = Server(options=options, bootstrap=loaded.bootstrap, compiled=compiled,
-                    registry=registry, log_sink=sink, tag_extractor=tag_extractor,
-                    unknown_static_fields=loaded.unknown_static_fields)  # fmt: skip
+    server = Server(
+        options=options,
+        bootstrap=loaded.bootstrap,
+        compiled=compiled,
+        registry=registry,
+        log_sink=sink,
+        tag_extractor=tag_extractor,
+        unknown_static_fields=loaded.unknown_static_fields,
+    )
     return uvloop.run(server.run())
 
 

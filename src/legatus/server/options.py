@@ -114,7 +114,9 @@ class Options:
             service_cluster=self.service_cluster,
             service_node=self.service_node,
             service_zone=self.service_zone,
-            mode=o.Mode.Value({"serve": "Serve", "validate": "Validate"}.get(self.mode, "InitOnly")),
+            mode=o.Mode.Value(
+                {"serve": "Serve", "validate": "Validate"}.get(self.mode, "InitOnly")
+            ),
             file_flush_interval=duration_pb2.Duration(
                 seconds=self.file_flush_interval_msec // 1000,
                 nanos=(self.file_flush_interval_msec % 1000) * 1_000_000,
@@ -131,7 +133,7 @@ class Options:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # noqa: D401 - argparse hook
+    def error(self, message: str):
         raise OptionsError(message)
 
 
@@ -153,13 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     a("--version", action="store_true", help="Displays version information and exits.")
     a("-c", "--config-path", default="", help="Path to configuration file")
     a("--config-yaml", default="", help="YAML string for a v3 bootstrap proto")
-    a("--mode", default="serve", choices=MODES, help="One of 'serve' (default; validate configs "
-      "and then serve traffic normally) or 'validate' (validate configs and exit) or "
-      "'init_only' (initialize and exit).")  # fmt: skip
+    a(
+        "--mode",
+        default="serve",
+        choices=MODES,
+        help="One of 'serve' (default; validate configs "
+        "and then serve traffic normally) or 'validate' (validate configs and exit) or "
+        "'init_only' (initialize and exit).",
+    )
     a("--concurrency", type=_non_negative, default=None, help="# of worker processes to run")
     a("-l", "--log-level", default="info", help="Log levels: [" + "|".join(LOG_LEVELS) + "]")
-    a("--component-log-level", default="", help="Comma-separated list of component log levels. "
-      "For example upstream:debug,config:trace")  # fmt: skip
+    a(
+        "--component-log-level",
+        default="",
+        help="Comma-separated list of component log levels. "
+        "For example upstream:debug,config:trace",
+    )
     a("--log-path", default="", help="Path to logfile")
     a("--log-format", default=DEFAULT_LOG_FORMAT, help="Log message format in spdlog syntax")
     a("--log-format-escaped", action="store_true", help="Escape c-style escape sequences in logs")
@@ -167,38 +178,77 @@ def build_parser() -> argparse.ArgumentParser:
     a("--service-cluster", default="", help="Cluster name")
     a("--service-node", default="", help="Node name")
     a("--service-zone", default="", help="Zone name")
-    a("--drain-time-s", type=_non_negative, default=600, help="Hot restart and LDS removal "
-      "drain time in seconds")  # fmt: skip
-    a("--drain-strategy", default="gradual", choices=("gradual", "immediate"),
-      help="Hot restart drain sequence behaviour, one of 'gradual' (default) or 'immediate'.")  # fmt: skip
-    a("--parent-shutdown-time-s", type=_non_negative, default=900,
-      help="Hot restart parent shutdown time in seconds")  # fmt: skip
+    a(
+        "--drain-time-s",
+        type=_non_negative,
+        default=600,
+        help="Hot restart and LDS removal drain time in seconds",
+    )
+    a(
+        "--drain-strategy",
+        default="gradual",
+        choices=("gradual", "immediate"),
+        help="Hot restart drain sequence behaviour, one of 'gradual' (default) or 'immediate'.",
+    )
+    a(
+        "--parent-shutdown-time-s",
+        type=_non_negative,
+        default=900,
+        help="Hot restart parent shutdown time in seconds",
+    )
     a("--restart-epoch", type=_non_negative, default=0, help="hot restart epoch #")
     a("--disable-hot-restart", action="store_true", help="Disable hot restart functionality")
-    a("--base-id", type=_non_negative, default=0, help="Base ID so that multiple envoys can "
-      "run on the same host if needed")  # fmt: skip
-    a("--use-dynamic-base-id", action="store_true", help="The server chooses a base ID "
-      "dynamically.")  # fmt: skip
+    a(
+        "--base-id",
+        type=_non_negative,
+        default=0,
+        help="Base ID so that multiple envoys can run on the same host if needed",
+    )
+    a(
+        "--use-dynamic-base-id",
+        action="store_true",
+        help="The server chooses a base ID dynamically.",
+    )
     a("--base-id-path", default="", help="Path to which the base ID is written")
     a("--socket-path", default="@envoy_domain_socket", help="Path to hot restart socket file")
     a("--socket-mode", default="600", help="Socket file permission")
     a("--skip-hot-restart-on-no-parent", action="store_true")
     a("--skip-hot-restart-parent-stats", action="store_true")
     a("--hot-restart-version", action="store_true", help="Hot restart compatibility version")
-    a("--file-flush-interval-msec", type=_non_negative, default=10000,
-      help="Interval for log flushing in msec")  # fmt: skip
-    a("--local-address-ip-version", default="v4", choices=("v4", "v6"),
-      help="The local IP address version (v4 or v6).")  # fmt: skip
+    a(
+        "--file-flush-interval-msec",
+        type=_non_negative,
+        default=10000,
+        help="Interval for log flushing in msec",
+    )
+    a(
+        "--local-address-ip-version",
+        default="v4",
+        choices=("v4", "v6"),
+        help="The local IP address version (v4 or v6).",
+    )
     a("--admin-address-path", default="", help="Admin address path")
-    a("--allow-unknown-static-fields", action="store_true",
-      help="Allow unknown fields in static configuration")  # fmt: skip
-    a("--reject-unknown-dynamic-fields", action="store_true",
-      help="Reject unknown fields in dynamic configuration")  # fmt: skip
-    a("--ignore-unknown-dynamic-fields", action="store_true",
-      help="Ignore unknown fields in dynamic configuration")  # fmt: skip
+    a(
+        "--allow-unknown-static-fields",
+        action="store_true",
+        help="Allow unknown fields in static configuration",
+    )
+    a(
+        "--reject-unknown-dynamic-fields",
+        action="store_true",
+        help="Reject unknown fields in dynamic configuration",
+    )
+    a(
+        "--ignore-unknown-dynamic-fields",
+        action="store_true",
+        help="Ignore unknown fields in dynamic configuration",
+    )
     a("--stats-tag", action="append", default=[], help="Universal stats tag name:value")
-    a("--cpuset-threads", action="store_true", help="Get the default # of worker threads "
-      "from cpuset size")  # fmt: skip
+    a(
+        "--cpuset-threads",
+        action="store_true",
+        help="Get the default # of worker threads from cpuset size",
+    )
     a("--enable-core-dump", action="store_true", help="Enable core dumps")
     a("--enable-mutex-tracing", action="store_true", help="Enable mutex contention tracing")
     a("--disable-extensions", default="", help="Comma-separated list of extensions to disable")
@@ -294,6 +344,7 @@ def usage_text() -> str:
 
 
 def main_usage_error(message: str) -> int:
-    sys.stderr.write(f"PARSE ERROR: {message}\n\nFor complete USAGE and HELP type:\n"
-                     "   legatus --help\n")  # fmt: skip
+    sys.stderr.write(
+        f"PARSE ERROR: {message}\n\nFor complete USAGE and HELP type:\n   legatus --help\n"
+    )
     return 1

@@ -56,9 +56,12 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
     """Compile every cluster and listener, as validate mode and start-up both need."""
     clusters = compile_static_clusters(bootstrap)
     context = FactoryContext(
-        registry=registry, store=store, options=options, random=random.Random(),
+        registry=registry,
+        store=store,
+        options=options,
+        random=random.Random(),
         cluster_names=frozenset(c.name for c in clusters),
-    )  # fmt: skip
+    )
     listeners = [
         compile_listener(proto, context, f"static_resources.listeners[{i}]")
         for i, proto in enumerate(bootstrap.static_resources.listeners)
@@ -69,10 +72,12 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
         if listener.address.port and key in seen:
             from legatus.config.errors import ConfigError
 
-            raise ConfigError(f"static_resources.listeners[{i}].address",
-                              f"error adding listener '{listener.address}': listener "
-                              f"'{listeners[seen[key]].name}' has duplicate address "
-                              f"'{listener.address}' as existing listener")  # fmt: skip
+            raise ConfigError(
+                f"static_resources.listeners[{i}].address",
+                f"error adding listener '{listener.address}': listener "
+                f"'{listeners[seen[key]].name}' has duplicate address "
+                f"'{listener.address}' as existing listener",
+            )
         seen[key] = i
     return CompiledConfig(listeners=listeners, clusters=clusters)
 
@@ -89,8 +94,17 @@ class WorkerHandle:
 class Server:
     """The main process. Implements the admin endpoints' AdminContext."""
 
-    def __init__(self, *, options: Options, bootstrap, compiled: CompiledConfig, registry,
-                 log_sink, tag_extractor=None, unknown_static_fields: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        options: Options,
+        bootstrap,
+        compiled: CompiledConfig,
+        registry,
+        log_sink,
+        tag_extractor=None,
+        unknown_static_fields: int = 0,
+    ) -> None:
         self.options = options
         self.bootstrap = bootstrap
         self.compiled = compiled
@@ -123,8 +137,10 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("caught and eating SIGHUP. See "
-                                "documentation for how to hot restart."))  # fmt: skip
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: log.info("caught and eating SIGHUP. See documentation for how to hot restart."),
+        )
         self.state = ServerState.INITIALIZING
         self._set_server_gauges()
         try:
@@ -161,9 +177,12 @@ class Server:
     async def _initialize(self) -> None:
         t0 = time.monotonic()
         self.cluster_manager = ClusterManager(
-            self.compiled.clusters, store=self.stats, loop=self.loop, rng=random.Random(),
+            self.compiled.clusters,
+            store=self.stats,
+            loop=self.loop,
+            rng=random.Random(),
             on_hosts=self._on_hosts,
-        )  # fmt: skip
+        )
         await self.cluster_manager.initialize()
         self._reserve_listener_ports()
         if self.options.mode == "init_only":
@@ -183,11 +202,15 @@ class Server:
         """
         for config in self.compiled.listeners:
             try:
-                sock = bind_socket(config.address, reuse_port=config.reuse_port,
-                                   listen=not config.reuse_port, backlog=config.backlog)  # fmt: skip
+                sock = bind_socket(
+                    config.address,
+                    reuse_port=config.reuse_port,
+                    listen=not config.reuse_port,
+                    backlog=config.backlog,
+                )
             except OSError as e:
                 raise OSError(e.errno, f"cannot bind '{config.address}': {e.strerror}") from None
-            host, port = sock.getsockname()[:2]
+            port = sock.getsockname()[1]
             bound = addr.SocketAddress(config.address.host, port)
             proto = type(config.proto)()
             proto.CopyFrom(config.proto)
@@ -195,8 +218,9 @@ class Server:
             if not proto.name:
                 proto.name = str(bound)
             self._listener_sockets.append((config, sock, config.reuse_port))
-            self._listener_infos.append(ListenerInfo(name=proto.name, address=str(bound),
-                                                     config=proto))  # fmt: skip
+            self._listener_infos.append(
+                ListenerInfo(name=proto.name, address=str(bound), config=proto)
+            )
 
     async def _start_admin(self) -> None:
         admin = self.bootstrap.admin
@@ -213,17 +237,22 @@ class Server:
                 with open(self.options.admin_address_path, "w") as f:
                     f.write(str(bound))
             except OSError as e:
-                log.critical("cannot open admin address output file %s for writing: %s",
-                             self.options.admin_address_path, e.strerror)  # fmt: skip
+                log.critical(
+                    "cannot open admin address output file %s for writing: %s",
+                    self.options.admin_address_path,
+                    e.strerror,
+                )
 
     # Workers -------------------------------------------------------------------
 
     def _spawn_worker(self, index: int) -> None:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         close_in_child = [parent_sock.fileno()]
-        close_in_child += [w.channel.transport.get_extra_info("socket").fileno()
-                           for w in self.workers.values()
-                           if w.channel is not None and w.channel.transport is not None]  # fmt: skip
+        close_in_child += [
+            w.channel.transport.get_extra_info("socket").fileno()
+            for w in self.workers.values()
+            if w.channel is not None and w.channel.transport is not None
+        ]
         close_in_child += [s.fileno() for _, s, reuse in self._listener_sockets if reuse]
         if self._admin_server is not None:
             close_in_child += [s.fileno() for s in self._admin_server.sockets]
@@ -232,9 +261,15 @@ class Server:
             from legatus.server.worker import run_worker
 
             parent_sock.close()
-            run_worker(index=index, control_sock=child_sock, options=self.options,
-                       registry=self.registry, log_sink=self.log_sink,
-                       parent_pid=os.getppid(), close_fds=close_in_child[1:])  # fmt: skip
+            run_worker(
+                index=index,
+                control_sock=child_sock,
+                options=self.options,
+                registry=self.registry,
+                log_sink=self.log_sink,
+                parent_pid=os.getppid(),
+                close_fds=close_in_child[1:],
+            )
         child_sock.close()
         handle = WorkerHandle(index=index, pid=pid, ready=self.loop.create_future())
         self.workers[index] = handle
@@ -242,21 +277,25 @@ class Server:
 
     async def _attach_worker(self, handle: WorkerHandle, sock: socket.socket) -> None:
         _, channel = await self.loop.connect_accepted_socket(
-            lambda: control.ControlProtocol(lambda m: self._on_worker_message(handle, m),
-                                            lambda: self._on_worker_lost(handle)),
+            lambda: control.ControlProtocol(
+                lambda m: self._on_worker_message(handle, m), lambda: self._on_worker_lost(handle)
+            ),
             sock=sock,
-        )  # fmt: skip
+        )
         handle.channel = channel
         channel.send(self._configure_message())
 
     def _configure_message(self) -> control.Configure:
         listeners = []
-        for (_, sock, reuse), info in zip(self._listener_sockets, self._listener_infos,
-                                          strict=True):  # fmt: skip
-            listeners.append(control.ListenerSocket(
-                listener=info.config.SerializeToString(),
-                inherited_fd=None if reuse else sock.fileno(),
-            ))  # fmt: skip
+        for (_, sock, reuse), info in zip(
+            self._listener_sockets, self._listener_infos, strict=True
+        ):
+            listeners.append(
+                control.ListenerSocket(
+                    listener=info.config.SerializeToString(),
+                    inherited_fd=None if reuse else sock.fileno(),
+                )
+            )
         return control.Configure(
             bootstrap=self.bootstrap.SerializeToString(),
             listeners=listeners,
@@ -284,9 +323,8 @@ class Server:
             log.debug("worker %d (pid %d) is ready", handle.index, message.pid)
             if not handle.ready.done():
                 handle.ready.set_result(None)
-        elif isinstance(message, control.Failed):
-            if not handle.ready.done():
-                handle.ready.set_exception(_StartupError(message.error))
+        elif isinstance(message, control.Failed) and not handle.ready.done():
+            handle.ready.set_exception(_StartupError(message.error))
 
     def _on_worker_lost(self, handle: WorkerHandle) -> None:
         if self.workers.get(handle.index) is not handle:
@@ -299,11 +337,13 @@ class Server:
         if self._stopping:
             return
         if not handle.ready.done():
-            handle.ready.set_exception(_StartupError(f"worker {handle.index} exited during "
-                                                     f"start-up ({status})"))  # fmt: skip
+            handle.ready.set_exception(
+                _StartupError(f"worker {handle.index} exited during start-up ({status})")
+            )
             return
-        log.error("worker %d (pid %d) exited (%s); starting a new one", handle.index,
-                  handle.pid, status)  # fmt: skip
+        log.error(
+            "worker %d (pid %d) exited (%s); starting a new one", handle.index, handle.pid, status
+        )
         self.server_stats.worker_restarts.inc()
         del self.workers[handle.index]
         self._spawn_worker(handle.index)
@@ -396,8 +436,11 @@ class Server:
         s.memory_allocated.set(allocated)
         s.memory_heap_size.set(allocated)
         b = self.bootstrap
-        s.version.set(b.stats_server_version_override.value
-                      if b.HasField("stats_server_version_override") else 0)  # fmt: skip
+        s.version.set(
+            b.stats_server_version_override.value
+            if b.HasField("stats_server_version_override")
+            else 0
+        )
 
     def listeners(self) -> list[ListenerInfo]:
         return list(self._listener_infos)
@@ -406,14 +449,26 @@ class Server:
         out = []
         for config in self.compiled.clusters:
             hosts = self.cluster_manager.hosts.get(config.name, ()) if self.cluster_manager else ()
-            out.append(ClusterInfo(
-                name=config.name, config=config.proto, added_via_api=False,
-                hosts=tuple(HostInfo(
-                    address=str(h.address), hostname=h.hostname, weight=h.weight,
-                    priority=h.priority, region=h.region, zone=h.zone, sub_zone=h.sub_zone,
-                    stats_prefix=host_stats_prefix(config.stat_name, h),
-                ) for h in hosts),
-            ))  # fmt: skip
+            out.append(
+                ClusterInfo(
+                    name=config.name,
+                    config=config.proto,
+                    added_via_api=False,
+                    hosts=tuple(
+                        HostInfo(
+                            address=str(h.address),
+                            hostname=h.hostname,
+                            weight=h.weight,
+                            priority=h.priority,
+                            region=h.region,
+                            zone=h.zone,
+                            sub_zone=h.sub_zone,
+                            stats_prefix=host_stats_prefix(config.stat_name, h),
+                        )
+                        for h in hosts
+                    ),
+                )
+            )
         return out
 
 

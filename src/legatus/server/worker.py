@@ -10,6 +10,7 @@ dies, and the end of the control channel stops it too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -45,8 +46,16 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def run_worker(*, index: int, control_sock: socket.socket, options: Options, registry,
-               log_sink, parent_pid: int, close_fds: list[int]) -> None:  # fmt: skip
+def run_worker(
+    *,
+    index: int,
+    control_sock: socket.socket,
+    options: Options,
+    registry,
+    log_sink,
+    parent_pid: int,
+    close_fds: list[int],
+) -> None:
     """The body of a forked worker. Never returns: the process exits at the end."""
     code = 0
     try:
@@ -56,19 +65,18 @@ def run_worker(*, index: int, control_sock: socket.socket, options: Options, reg
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process coordinates Ctrl-C
         for fd in close_fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         asyncio.events._set_running_loop(None)  # forked from inside the main loop
         import uvloop
 
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
-        worker = Worker(index=index, options=options, registry=registry, loop=loop,
-                        log_sink=log_sink)  # fmt: skip
+        worker = Worker(
+            index=index, options=options, registry=registry, loop=loop, log_sink=log_sink
+        )
         loop.run_until_complete(worker.run(control_sock))
-    except BaseException:  # noqa: BLE001 - last resort in a forked child
+    except BaseException:
         logging.getLogger("legatus.main").exception("worker %d failed", index)
         code = 1
     finally:
@@ -120,8 +128,9 @@ class Worker:
 
     def _on_message(self, message: Any) -> None:
         if isinstance(message, control.FlushStats):
-            self.channel.send(control.StatsFlushed(request_id=message.request_id,
-                                                   flush=self.store.flush()))  # fmt: skip
+            self.channel.send(
+                control.StatsFlushed(request_id=message.request_id, flush=self.store.flush())
+            )
         elif isinstance(message, control.UpdateHosts):
             self.cluster_manager.update_hosts(message.cluster, message.hosts)
         elif isinstance(message, control.Configure):
@@ -145,7 +154,7 @@ class Worker:
     async def _configure(self, message: control.Configure) -> None:
         try:
             await self._apply(message)
-        except Exception as e:  # noqa: BLE001 - reported to the main process, which exits
+        except Exception as e:
             log.exception("worker %d failed to configure", self.index)
             self.channel.send(control.Failed(error=str(e)))
             return
@@ -179,7 +188,8 @@ class Worker:
                 sock = socket.socket(fileno=os.dup(ls.inherited_fd))
                 sock.setblocking(False)
             else:
-                sock = bind_socket(config.address, reuse_port=True, listen=True,
-                                   backlog=config.backlog)  # fmt: skip
+                sock = bind_socket(
+                    config.address, reuse_port=True, listen=True, backlog=config.backlog
+                )
             await active.start(sock)
             self.listeners.append(active)

@@ -22,9 +22,26 @@ from dataclasses import dataclass
 
 # Envoy's default histogram buckets (ms), from stats_config.histogram_bucket_settings.
 DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
-    60000, 300000, 600000, 1800000, 3600000,
-)  # fmt: skip
+    0.5,
+    1,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+    60000,
+    300000,
+    600000,
+    1800000,
+    3600000,
+)
 
 
 class Kind(enum.Enum):
@@ -113,9 +130,20 @@ class Histogram:
     """
 
     __slots__ = (
-        "bounds", "counts", "hidden", "max", "min", "name", "pending_counts", "pending_count", "pending_sum",
-        "sample_count", "sample_sum", "unit", "used",
-    )  # fmt: skip
+        "bounds",
+        "counts",
+        "hidden",
+        "max",
+        "min",
+        "name",
+        "pending_count",
+        "pending_counts",
+        "pending_sum",
+        "sample_count",
+        "sample_sum",
+        "unit",
+        "used",
+    )
     kind = Kind.HISTOGRAM
 
     def __init__(self, name: str, unit: str = "ms", bounds: tuple[float, ...] = DEFAULT_BUCKETS):
@@ -150,8 +178,14 @@ class Histogram:
         self.pending_sum += value
         self.used = True
 
-    def merge(self, counts: list[int], count: int, total: float, low: float = math.inf,
-              high: float = -math.inf) -> None:  # fmt: skip
+    def merge(
+        self,
+        counts: list[int],
+        count: int,
+        total: float,
+        low: float = math.inf,
+        high: float = -math.inf,
+    ) -> None:
         for i, c in enumerate(counts):
             self.counts[i] += c
         self.sample_count += count
@@ -337,9 +371,12 @@ class Store:
             elif isinstance(stat, Histogram):
                 if stat.pending_counts is not None:
                     histograms[stat.name] = FlushedHistogram(
-                        counts=stat.pending_counts, count=stat.pending_count,
-                        sum=stat.pending_sum, min=stat.min, max=stat.max,
-                    )  # fmt: skip
+                        counts=stat.pending_counts,
+                        count=stat.pending_count,
+                        sum=stat.pending_sum,
+                        min=stat.min,
+                        max=stat.max,
+                    )
                     stat.pending_counts = None
                     stat.pending_count = 0
                     stat.pending_sum = 0.0
@@ -386,7 +423,7 @@ class Store:
 
 
 class Scope:
-    """A name prefix in a store: ``store.scope("cluster.backend.").counter("upstream_cx_total")``."""
+    """A name prefix in a store: ``store.scope("cluster.a.").counter("upstream_cx_total")``."""
 
     __slots__ = ("prefix", "store")
 
@@ -441,12 +478,12 @@ def histogram() -> Histogram:
 class StatSet:
     """A component's stats, declared as class attributes and created in one scope.
 
-        class TcpProxyStats(StatSet):
-            downstream_cx_total = counter()
-            upstream_flush_active = gauge()
+    class TcpProxyStats(StatSet):
+        downstream_cx_total = counter()
+        upstream_flush_active = gauge()
 
-        stats = TcpProxyStats(store.scope("tcp.ingress."))
-        stats.downstream_cx_total.inc()
+    stats = TcpProxyStats(store.scope("tcp.ingress."))
+    stats.downstream_cx_total.inc()
     """
 
     _declared: tuple[_Declared, ...] = ()

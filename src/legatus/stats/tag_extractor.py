@@ -53,46 +53,96 @@ _EXPANSIONS = {
 _DEFAULT_REGEXES: tuple[tuple[str, str, str, str], ...] = (
     ("envoy.response_code", r"_rq(_(\d{3}))$", "_rq_", ""),
     ("envoy.response_code_class", r"_rq_((\d))xx$", "_rq_", ""),
-    ("envoy.dynamo_partition_id",
-     r"^http\.<TAG_VALUE>\.dynamodb\.table\.<TAG_VALUE>\.capacity\.<TAG_VALUE>"
-     r"(\.__partition_id=(\w{7}))$", ".dynamodb.table.", ""),
-    ("envoy.dynamo_operation",
-     r"^http\.<TAG_VALUE>\.dynamodb.(?:operation|table\.<TAG_VALUE>\.capacity)"
-     r"(\.(<TAG_VALUE>))(?:\.|$)", ".dynamodb.", ""),
-    ("envoy.dynamo_table", r"^http\.<TAG_VALUE>\.dynamodb.(?:table|error)\.((<TAG_VALUE>)\.)",
-     ".dynamodb.", ""),
+    (
+        "envoy.dynamo_partition_id",
+        r"^http\.<TAG_VALUE>\.dynamodb\.table\.<TAG_VALUE>\.capacity\.<TAG_VALUE>"
+        r"(\.__partition_id=(\w{7}))$",
+        ".dynamodb.table.",
+        "",
+    ),
+    (
+        "envoy.dynamo_operation",
+        r"^http\.<TAG_VALUE>\.dynamodb.(?:operation|table\.<TAG_VALUE>\.capacity)"
+        r"(\.(<TAG_VALUE>))(?:\.|$)",
+        ".dynamodb.",
+        "",
+    ),
+    (
+        "envoy.dynamo_table",
+        r"^http\.<TAG_VALUE>\.dynamodb.(?:table|error)\.((<TAG_VALUE>)\.)",
+        ".dynamodb.",
+        "",
+    ),
     ("envoy.ssl_cipher", r"^listener\..*?\.ssl\.ciphers(\.(<CIPHER>))$", ".ssl.ciphers.", ""),
-    ("envoy.ssl_curve", r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.curves(\.(<CIPHER>))$",
-     ".ssl.curves.", ""),
-    ("envoy.ssl_sigalg", r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.sigalgs(\.(<CIPHER>))$",
-     ".ssl.sigalgs.", ""),
-    ("envoy.ssl_version", r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.versions(\.(<TLS_VERSION>))$",
-     ".ssl.versions.", ""),
+    (
+        "envoy.ssl_curve",
+        r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.curves(\.(<CIPHER>))$",
+        ".ssl.curves.",
+        "",
+    ),
+    (
+        "envoy.ssl_sigalg",
+        r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.sigalgs(\.(<CIPHER>))$",
+        ".ssl.sigalgs.",
+        "",
+    ),
+    (
+        "envoy.ssl_version",
+        r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.versions(\.(<TLS_VERSION>))$",
+        ".ssl.versions.",
+        "",
+    ),
     ("cipher_suite", r"^cluster\.<TAG_VALUE>\.ssl\.ciphers(\.(<CIPHER>))$", ".ssl.ciphers.", ""),
     ("envoy.http_conn_manager_prefix", r"^listener\..*?\.http\.((<TAG_VALUE>)\.)", ".http.", ""),
-    ("envoy.worker_id",
-     r"^(?:listener\.(?:<ADDRESS>|<TAG_VALUE>)|server|listener_manager"
-     r"|thread_local_cluster_manager)\.worker_((\d+)\.)", "", ""),
+    (
+        "envoy.worker_id",
+        r"^(?:listener\.(?:<ADDRESS>|<TAG_VALUE>)|server|listener_manager"
+        r"|thread_local_cluster_manager)\.worker_((\d+)\.)",
+        "",
+        "",
+    ),
     ("envoy.listener_address", r"^listener\.((<ADDRESS>|<TAG_VALUE>)\.)", "", "admin"),
-    ("envoy.rds_route_config", r"^http\.<TAG_VALUE>\.rds\.((<ROUTE_CONFIG_NAME>)\.)\w+?$",
-     ".rds.", ""),
-    ("envoy.scoped_rds_config",
-     r"^http\.<TAG_VALUE>\.scoped_rds\.((<SCOPED_ROUTE_CONFIG_NAME>)\.)\w+?$",
-     ".scoped_rds.", ""),
-    ("envoy.rbac_policy_name",
-     r"^http\.<TAG_VALUE>\.rbac\.(?:<TAG_VALUE>\.)?policy\.((<TAG_VALUE>)\.)"
-     r"(allowed|shadow_allowed|denied|shadow_denied)$", "", ""),
+    (
+        "envoy.rds_route_config",
+        r"^http\.<TAG_VALUE>\.rds\.((<ROUTE_CONFIG_NAME>)\.)\w+?$",
+        ".rds.",
+        "",
+    ),
+    (
+        "envoy.scoped_rds_config",
+        r"^http\.<TAG_VALUE>\.scoped_rds\.((<SCOPED_ROUTE_CONFIG_NAME>)\.)\w+?$",
+        ".scoped_rds.",
+        "",
+    ),
+    (
+        "envoy.rbac_policy_name",
+        r"^http\.<TAG_VALUE>\.rbac\.(?:<TAG_VALUE>\.)?policy\.((<TAG_VALUE>)\.)"
+        r"(allowed|shadow_allowed|denied|shadow_denied)$",
+        "",
+        "",
+    ),
     ("envoy.rbac_http_prefix", r"^http\.<TAG_VALUE>\.rbac\.((<TAG_VALUE>)\.).*?", "", "policy"),
     ("envoy.proxy_protocol_prefix", r"^proxy_proto\.((<TAG_VALUE>)\.).+$", "", "versions"),
-    ("envoy.proxy_protocol_version",
-     r"^proxy_proto\.((?:<TAG_VALUE>\.)?versions\.v(<PROXY_PROTOCOL_VERSION>)\.)\w+$", "", ""),
-    ("envoy.tls_certificate",
-     r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.certificate\.((<TAG_VALUE>)\.).*$",
-     ".ssl.certificate", ""),
+    (
+        "envoy.proxy_protocol_version",
+        r"^proxy_proto\.((?:<TAG_VALUE>\.)?versions\.v(<PROXY_PROTOCOL_VERSION>)\.)\w+$",
+        "",
+        "",
+    ),
+    (
+        "envoy.tls_certificate",
+        r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.certificate\.((<TAG_VALUE>)\.).*$",
+        ".ssl.certificate",
+        "",
+    ),
     ("envoy.xds_resource_name", r"^sds\.((<TAG_VALUE>)\.).+", "", ""),
-    ("envoy.health_check_name", r"^cluster\.<TAG_VALUE>\.health_check(\.name\.(<TAG_VALUE>))\..+",
-     ".health_check.name.", ""),
-)  # fmt: skip
+    (
+        "envoy.health_check_name",
+        r"^cluster\.<TAG_VALUE>\.health_check(\.name\.(<TAG_VALUE>))\..+",
+        ".health_check.name.",
+        "",
+    ),
+)
 
 _DEFAULT_TOKENS: tuple[tuple[str, str], ...] = (
     ("envoy.mongo_callsite", "mongo.*.collection.*.callsite.$.query.**"),
@@ -127,10 +177,16 @@ _DEFAULT_TOKENS: tuple[tuple[str, str], ...] = (
 
 # std::regex (ECMAScript) accepts POSIX classes inside brackets; Python does not.
 _POSIX_CLASSES = {
-    "[:digit:]": r"\d", "[:alpha:]": "a-zA-Z", "[:alnum:]": "a-zA-Z0-9", "[:upper:]": "A-Z",
-    "[:lower:]": "a-z", "[:space:]": r"\s", "[:xdigit:]": "0-9a-fA-F", "[:w:]": r"\w",
+    "[:digit:]": r"\d",
+    "[:alpha:]": "a-zA-Z",
+    "[:alnum:]": "a-zA-Z0-9",
+    "[:upper:]": "A-Z",
+    "[:lower:]": "a-z",
+    "[:space:]": r"\s",
+    "[:xdigit:]": "0-9a-fA-F",
+    "[:w:]": r"\w",
     "[:punct:]": r"!-/:-@\[-`{-~",
-}  # fmt: skip
+}
 _REGEX_WORD = re.compile(r"\\\.|\(\?=\\\.\)")
 
 
@@ -160,8 +216,9 @@ def _regex_prefix(regex: str) -> str:
 class _RegexExtractor:
     __slots__ = ("_negative", "_regex", "_std", "_substr", "name", "prefix", "shared")
 
-    def __init__(self, name: str, regex: str, *, substr: str = "", negative: str = "",
-                 std: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, regex: str, *, substr: str = "", negative: str = "", std: bool = False
+    ) -> None:
         self.name = name
         self.prefix = _regex_prefix(regex)
         if std:

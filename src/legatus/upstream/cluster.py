@@ -36,13 +36,26 @@ class LookupFamily(enum.Enum):
     ALL = Cluster.ALL
 
 
-_SUPPORTED_CLUSTER_FIELDS = frozenset({
-    "name", "alt_stat_name", "type", "connect_timeout", "per_connection_buffer_limit_bytes",
-    "lb_policy", "load_assignment", "dns_refresh_rate", "respect_dns_ttl", "dns_lookup_family",
-    "dns_failure_refresh_rate", "metadata", "ignore_health_on_host_removal",
-})  # fmt: skip
-_SUPPORTED_LB_ENDPOINT = frozenset({"endpoint", "load_balancing_weight", "health_status",
-                                    "metadata"})  # fmt: skip
+_SUPPORTED_CLUSTER_FIELDS = frozenset(
+    {
+        "name",
+        "alt_stat_name",
+        "type",
+        "connect_timeout",
+        "per_connection_buffer_limit_bytes",
+        "lb_policy",
+        "load_assignment",
+        "dns_refresh_rate",
+        "respect_dns_ttl",
+        "dns_lookup_family",
+        "dns_failure_refresh_rate",
+        "metadata",
+        "ignore_health_on_host_removal",
+    }
+)
+_SUPPORTED_LB_ENDPOINT = frozenset(
+    {"endpoint", "load_balancing_weight", "health_status", "metadata"}
+)
 _SUPPORTED_ENDPOINT = frozenset({"address", "hostname"})
 _SUPPORTED_LOCALITY = frozenset({"locality", "lb_endpoints", "priority", "load_balancing_weight"})
 _SUPPORTED_ASSIGNMENT = frozenset({"cluster_name", "endpoints"})
@@ -98,33 +111,43 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
     try:
         kind = DiscoveryType(proto.type)
     except ValueError:
-        raise ConfigError(f"{path}.type", f"cluster type {Cluster.DiscoveryType.Name(proto.type)} "
-                          "is not supported yet") from None  # fmt: skip
+        raise ConfigError(
+            f"{path}.type",
+            f"cluster type {Cluster.DiscoveryType.Name(proto.type)} is not supported yet",
+        ) from None
     if proto.lb_policy != Cluster.ROUND_ROBIN:
-        raise ConfigError(f"{path}.lb_policy", f"lb_policy {Cluster.LbPolicy.Name(proto.lb_policy)}"
-                          " is not supported yet (ROUND_ROBIN is)")  # fmt: skip
+        raise ConfigError(
+            f"{path}.lb_policy",
+            f"lb_policy {Cluster.LbPolicy.Name(proto.lb_policy)}"
+            " is not supported yet (ROUND_ROBIN is)",
+        )
     endpoints = _endpoints(proto, path, dns=kind is not DiscoveryType.STATIC)
     if kind is DiscoveryType.LOGICAL_DNS and len(endpoints) != 1:
-        raise ConfigError(f"{path}.load_assignment",
-                          "LOGICAL_DNS clusters must have a single locality_lb_endpoint "
-                          "and a single lb_endpoint")  # fmt: skip
+        raise ConfigError(
+            f"{path}.load_assignment",
+            "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
+        )
     return ClusterConfig(
         name=proto.name,
         stat_name=proto.alt_stat_name or proto.name,
         type=kind,
-        connect_timeout=duration(proto.connect_timeout) if proto.HasField("connect_timeout")
+        connect_timeout=duration(proto.connect_timeout)
+        if proto.HasField("connect_timeout")
         else 5.0,
         buffer_limit=proto.per_connection_buffer_limit_bytes.value
-        if proto.HasField("per_connection_buffer_limit_bytes") else DEFAULT_BUFFER_LIMIT,
+        if proto.HasField("per_connection_buffer_limit_bytes")
+        else DEFAULT_BUFFER_LIMIT,
         endpoints=endpoints,
-        dns_refresh_rate=duration(proto.dns_refresh_rate) if proto.HasField("dns_refresh_rate")
+        dns_refresh_rate=duration(proto.dns_refresh_rate)
+        if proto.HasField("dns_refresh_rate")
         else 5.0,
         dns_failure_refresh_rate=duration(proto.dns_failure_refresh_rate.base_interval)
-        if proto.HasField("dns_failure_refresh_rate") else None,
+        if proto.HasField("dns_failure_refresh_rate")
+        else None,
         respect_dns_ttl=proto.respect_dns_ttl,
         dns_lookup_family=LookupFamily(proto.dns_lookup_family),
         proto=proto,
-    )  # fmt: skip
+    )
 
 
 def _endpoints(proto: Cluster, path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:
@@ -141,24 +164,33 @@ def _endpoints(proto: Cluster, path: str, *, dns: bool) -> tuple[EndpointConfig,
             if lb.WhichOneof("host_identifier") != "endpoint":
                 raise ConfigError(epath, "endpoint_name is not supported; use endpoint")
             check_supported(lb.endpoint, _SUPPORTED_ENDPOINT, f"{epath}.endpoint", "Endpoint")
-            a = addr.from_proto(lb.endpoint.address, f"{epath}.endpoint.address",
-                                resolve_names=dns)  # fmt: skip
-            out.append(EndpointConfig(
-                address=a,
-                weight=lb.load_balancing_weight.value if lb.HasField("load_balancing_weight")
-                else 1,
-                priority=locality.priority,
-                hostname=lb.endpoint.hostname,
-                region=locality.locality.region,
-                zone=locality.locality.zone,
-                sub_zone=locality.locality.sub_zone,
-            ))  # fmt: skip
+            a = addr.from_proto(lb.endpoint.address, f"{epath}.endpoint.address", resolve_names=dns)
+            out.append(
+                EndpointConfig(
+                    address=a,
+                    weight=lb.load_balancing_weight.value
+                    if lb.HasField("load_balancing_weight")
+                    else 1,
+                    priority=locality.priority,
+                    hostname=lb.endpoint.hostname,
+                    region=locality.locality.region,
+                    zone=locality.locality.zone,
+                    sub_zone=locality.locality.sub_zone,
+                )
+            )
     return tuple(out)
 
 
 def static_hosts(config: ClusterConfig) -> tuple[HostConfig, ...]:
     return tuple(
-        HostConfig(address=e.address, hostname=e.hostname, weight=e.weight, priority=e.priority,
-                   region=e.region, zone=e.zone, sub_zone=e.sub_zone)  # fmt: skip
+        HostConfig(
+            address=e.address,
+            hostname=e.hostname,
+            weight=e.weight,
+            priority=e.priority,
+            region=e.region,
+            zone=e.zone,
+            sub_zone=e.sub_zone,
+        )
         for e in config.endpoints
     )

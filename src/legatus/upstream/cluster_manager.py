@@ -27,9 +27,15 @@ def compile_static_clusters(bootstrap) -> list[ClusterConfig]:
 
 
 class ClusterManager:
-    def __init__(self, configs: list[ClusterConfig], *, store: Store,
-                 loop: asyncio.AbstractEventLoop, rng: random.Random,
-                 on_hosts: Callable[[str, tuple[HostConfig, ...]], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        configs: list[ClusterConfig],
+        *,
+        store: Store,
+        loop: asyncio.AbstractEventLoop,
+        rng: random.Random,
+        on_hosts: Callable[[str, tuple[HostConfig, ...]], None],
+    ) -> None:
         self.configs = {c.name: c for c in configs}
         self.store = store
         self.loop = loop
@@ -41,8 +47,7 @@ class ClusterManager:
             c.name: ClusterMembershipStats(store.scope(f"cluster.{c.stat_name}.")) for c in configs
         }
         self._resolvers: list = []
-        for c in configs:
-            self.stats.cluster_added.inc()
+        self.stats.cluster_added.add(len(configs))
         self.stats.active_clusters.set(len(configs))
 
     async def initialize(self) -> None:
@@ -61,11 +66,13 @@ class ClusterManager:
         resolver = DnsResolver(self.loop)
         for config in dns_clusters:
             r = DnsClusterResolver(
-                config, resolver=resolver, loop=self.loop,
+                config,
+                resolver=resolver,
+                loop=self.loop,
                 scope=self.store.scope(f"cluster.{config.stat_name}."),
                 on_hosts=lambda hosts, name=config.name: self._set_hosts(name, hosts),
                 random=self.rng,
-            )  # fmt: skip
+            )
             self._resolvers.append(r)
         await asyncio.gather(*(r.initialize() for r in self._resolvers))
         for r in self._resolvers:

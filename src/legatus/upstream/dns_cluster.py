@@ -211,15 +211,25 @@ class DnsClusterResolver:
             if ttl > 0:
                 delay = float(ttl)
         target.delay = delay
-        log.debug("dns: %s (cluster %s) resolved to %s; refresh in %gs", name, config.name,
-                  [ip for ip, _ in answer], delay)  # fmt: skip
+        log.debug(
+            "dns: %s (cluster %s) resolved to %s; refresh in %gs",
+            name,
+            config.name,
+            [ip for ip, _ in answer],
+            delay,
+        )
 
     def _failed(self, target: _Target, reason: str) -> None:
         self.stats.update_failure.inc()
         target.delay = self._backoff.next_delay()
-        log.debug("dns: %s (cluster %s) failed: %s; keeping %d host(s), retry in %gs",
-                  target.endpoint.address.host, self._config.name, reason, len(target.hosts),
-                  target.delay)  # fmt: skip
+        log.debug(
+            "dns: %s (cluster %s) failed: %s; keeping %d host(s), retry in %gs",
+            target.endpoint.address.host,
+            self._config.name,
+            reason,
+            len(target.hosts),
+            target.delay,
+        )
 
     # Hosts ---------------------------------------------------------------------
 

@@ -28,9 +28,14 @@ def context(*, loop=None, manager=None, seed: int = 1) -> FactoryContext:
     registry = Registry()
     file_logger.register(registry)
     stream_logger.register(registry)
-    return FactoryContext(registry=registry, store=Store(), options=Options(),
-                          random=random.Random(seed), loop=loop,
-                          access_log_manager=manager)  # fmt: skip
+    return FactoryContext(
+        registry=registry,
+        store=Store(),
+        options=Options(),
+        random=random.Random(seed),
+        loop=loop,
+        access_log_manager=manager,
+    )
 
 
 def info(**fields) -> StreamInfo:
@@ -55,13 +60,29 @@ def passes(filter_, stream_info, req=None, resp=None, trl=None) -> bool:
 
 @pytest.mark.parametrize(
     ("op", "value", "expected"),
-    [("GE", 404, True), ("GE", 405, False), ("EQ", 404, True), ("EQ", 0, False),
-     ("LE", 404, True), ("LE", 403, False), ("NE", 1, True), ("NE", 404, False)],
-)  # fmt: skip
+    [
+        ("GE", 404, True),
+        ("GE", 405, False),
+        ("EQ", 404, True),
+        ("EQ", 0, False),
+        ("LE", 404, True),
+        ("LE", 403, False),
+        ("NE", 1, True),
+        ("NE", 404, False),
+    ],
+)
 def test_status_code_filter(op, value, expected):
     # runtime_key names a runtime override; with no runtime layer the default applies.
-    f = flt({"status_code_filter": {"comparison": {"op": op, "value": {
-        "default_value": value, "runtime_key": "access_log.status"}}}})  # fmt: skip
+    f = flt(
+        {
+            "status_code_filter": {
+                "comparison": {
+                    "op": op,
+                    "value": {"default_value": value, "runtime_key": "access_log.status"},
+                }
+            }
+        }
+    )
     assert passes(f, info(response_code=404)) is expected
 
 
@@ -84,11 +105,23 @@ def test_not_health_check_and_traceable():
 
 
 def test_runtime_filter_samples_at_the_default_percent():
-    always = flt({"runtime_filter": {"runtime_key": "k", "percent_sampled": {
-        "numerator": 100, "denominator": "HUNDRED"}}})  # fmt: skip
+    always = flt(
+        {
+            "runtime_filter": {
+                "runtime_key": "k",
+                "percent_sampled": {"numerator": 100, "denominator": "HUNDRED"},
+            }
+        }
+    )
     never = flt({"runtime_filter": {"runtime_key": "k"}})  # unset: 0%, as in Envoy
-    half = flt({"runtime_filter": {"runtime_key": "k", "percent_sampled": {
-        "numerator": 5000, "denominator": "TEN_THOUSAND"}}})  # fmt: skip
+    half = flt(
+        {
+            "runtime_filter": {
+                "runtime_key": "k",
+                "percent_sampled": {"numerator": 5000, "denominator": "TEN_THOUSAND"},
+            }
+        }
+    )
     assert all(passes(always, info()) for _ in range(100))
     assert not any(passes(never, info()) for _ in range(100))
     hits = sum(passes(half, info()) for _ in range(2000))
@@ -133,17 +166,23 @@ def test_response_flag_filter():
         ({"name": "x-a", "string_match": {"contains": "z"}}, {"x-a": "abc"}, False),
         ({"name": "x-a", "string_match": {"safe_regex": {"regex": "a.c"}}}, {"x-a": "abc"}, True),
         ({"name": "x-a", "string_match": {"safe_regex": {"regex": "a"}}}, {"x-a": "abc"}, False),
-        ({"name": "x-a", "string_match": {"exact": "v"}, "invert_match": True}, {"x-a": "v"},
-         False),
-        ({"name": "x-a", "string_match": {"exact": ""}, "treat_missing_header_as_empty": True},
-         {}, True),
+        (
+            {"name": "x-a", "string_match": {"exact": "v"}, "invert_match": True},
+            {"x-a": "v"},
+            False,
+        ),
+        (
+            {"name": "x-a", "string_match": {"exact": ""}, "treat_missing_header_as_empty": True},
+            {},
+            True,
+        ),
         ({"name": "x-a", "range_match": {"start": 1, "end": 10}}, {"x-a": "9"}, True),
         ({"name": "x-a", "range_match": {"start": 1, "end": 10}}, {"x-a": "10"}, False),
         ({"name": "x-a", "range_match": {"start": -5, "end": 0}}, {"x-a": "-3"}, True),
         ({"name": "x-a", "exact_match": "v"}, {"x-a": "v"}, True),
         ({"name": "x-a", "prefix_match": "a"}, {"x-a": "b"}, False),
     ],
-)  # fmt: skip
+)
 def test_header_filter(header, headers, expected):
     assert passes(flt({"header_filter": {"header": header}}), info(), req=headers) is expected
 
@@ -177,8 +216,13 @@ def test_unsupported_filters_are_config_errors(document):
 
 def test_bad_regex_is_a_config_error():
     with pytest.raises(ConfigError) as e:
-        flt({"header_filter": {"header": {"name": "x", "string_match": {
-            "safe_regex": {"regex": "("}}}}})  # fmt: skip
+        flt(
+            {
+                "header_filter": {
+                    "header": {"name": "x", "string_match": {"safe_regex": {"regex": "("}}}
+                }
+            }
+        )
     assert e.value.path == "f.header_filter.header.string_match.safe_regex.regex"
 
 
@@ -191,17 +235,30 @@ def access_logs(documents: list[dict], ctx):
 
 
 def file_log(path, **config) -> dict:
-    return {"name": "envoy.access_loggers.file",
-            "typed_config": {"@type": FILE_TYPE, "path": str(path), **config}}  # fmt: skip
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {"@type": FILE_TYPE, "path": str(path), **config},
+    }
 
 
 async def test_file_logger_writes_filtered_entries(tmp_path):
     manager = AccessLogManager(asyncio.get_running_loop(), 3600.0)
     ctx = context(loop=asyncio.get_running_loop(), manager=manager)
     path = tmp_path / "a.log"
-    logs = access_logs([{**file_log(path, log_format={"text_format_source": {
-        "inline_string": "%RESPONSE_FLAGS% %BYTES_SENT%\n"}}),
-        "filter": {"response_flag_filter": {}}}], ctx)  # fmt: skip
+    logs = access_logs(
+        [
+            {
+                **file_log(
+                    path,
+                    log_format={
+                        "text_format_source": {"inline_string": "%RESPONSE_FLAGS% %BYTES_SENT%\n"}
+                    },
+                ),
+                "filter": {"response_flag_filter": {}},
+            }
+        ],
+        ctx,
+    )
     failed = info(bytes_sent=3)
     failed.set_flag(ResponseFlag.NO_HEALTHY_UPSTREAM)
     logs[0].log(info(bytes_sent=1))
@@ -213,13 +270,18 @@ async def test_file_logger_writes_filtered_entries(tmp_path):
 async def test_default_and_deprecated_formats(tmp_path):
     manager = AccessLogManager(asyncio.get_running_loop(), 3600.0)
     ctx = context(loop=asyncio.get_running_loop(), manager=manager)
-    logs = access_logs([
-        file_log(tmp_path / "default.log"),
-        file_log(tmp_path / "old.log", format="OLD %BYTES_SENT% %PROTOCOL%\n"),
-        file_log(tmp_path / "empty.log", format=""),
-        file_log(tmp_path / "json.log", json_format={"zeta": "%BYTES_SENT%", "mid": "%PROTOCOL%"}),
-        file_log(tmp_path / "typed.log", typed_json_format={"zeta": "%BYTES_SENT%"}),
-    ], ctx)  # fmt: skip
+    logs = access_logs(
+        [
+            file_log(tmp_path / "default.log"),
+            file_log(tmp_path / "old.log", format="OLD %BYTES_SENT% %PROTOCOL%\n"),
+            file_log(tmp_path / "empty.log", format=""),
+            file_log(
+                tmp_path / "json.log", json_format={"zeta": "%BYTES_SENT%", "mid": "%PROTOCOL%"}
+            ),
+            file_log(tmp_path / "typed.log", typed_json_format={"zeta": "%BYTES_SENT%"}),
+        ],
+        ctx,
+    )
     for log in logs:
         log.log(info(bytes_sent=12, upstream_host="127.0.0.1:1"))
     manager.close_all()
@@ -235,13 +297,22 @@ async def test_stdout_and_stderr_loggers(capfd):
     manager = AccessLogManager(asyncio.get_running_loop(), 3600.0)
     ctx = context(loop=asyncio.get_running_loop(), manager=manager)
     stream = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3."
-    logs = access_logs([
-        {"name": "envoy.access_loggers.stdout", "typed_config": {
-            "@type": stream + "StdoutAccessLog",
-            "log_format": {"text_format": "out %BYTES_SENT%\n"}}},
-        {"name": "envoy.access_loggers.stderr", "typed_config": {
-            "@type": stream + "StderrAccessLog"}},
-    ], ctx)  # fmt: skip
+    logs = access_logs(
+        [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": stream + "StdoutAccessLog",
+                    "log_format": {"text_format": "out %BYTES_SENT%\n"},
+                },
+            },
+            {
+                "name": "envoy.access_loggers.stderr",
+                "typed_config": {"@type": stream + "StderrAccessLog"},
+            },
+        ],
+        ctx,
+    )
     for log in logs:
         log.log(info(bytes_sent=5))
     manager.close_all()
@@ -273,24 +344,33 @@ async def test_missing_directory_when_serving(tmp_path):
 
 def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError) as e:
-        access_logs([file_log(tmp_path / "a.log", log_format={"text_format": "%FOO%"})],
-                    context())  # fmt: skip
+        access_logs([file_log(tmp_path / "a.log", log_format={"text_format": "%FOO%"})], context())
     assert e.value.path == "listeners[0].access_log[0].typed_config.log_format.text_format"
     assert e.value.message == "Not supported field in StreamInfo: FOO"
     with pytest.raises(ConfigError) as e:
         access_logs([file_log("")], context())
     assert e.value.path == "listeners[0].access_log[0].typed_config.path"
     with pytest.raises(ConfigError) as e:
-        access_logs([{**file_log(tmp_path / "a.log"),
-                      "filter": {"metadata_filter": {}}}], context())  # fmt: skip
+        access_logs(
+            [{**file_log(tmp_path / "a.log"), "filter": {"metadata_filter": {}}}], context()
+        )
     assert e.value.path == "listeners[0].access_log[0].filter.metadata_filter"
 
 
 def test_unknown_logger_extension_is_an_error():
     with pytest.raises(ConfigError, match="does not implement it"):
-        access_logs([{"name": "envoy.access_loggers.open_telemetry", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3"
-                     ".OpenTelemetryAccessLogConfig"}}], context())  # fmt: skip
+        access_logs(
+            [
+                {
+                    "name": "envoy.access_loggers.open_telemetry",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers."
+                        "open_telemetry.v3.OpenTelemetryAccessLogConfig"
+                    },
+                }
+            ],
+            context(),
+        )
 
 
 def test_a_failing_logger_never_raises(caplog):

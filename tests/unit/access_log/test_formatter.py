@@ -49,8 +49,9 @@ def tcp_info(**overrides) -> StreamInfo:
 def fmt(text: str, info=None, **kwargs) -> str:
     headers = {k: kwargs.pop(k) for k in ("req", "resp", "trl") if k in kwargs}
     formatter = compile_format(text, "f", **kwargs)
-    return formatter.format(info or tcp_info(), headers.get("req"), headers.get("resp"),
-                            headers.get("trl"))  # fmt: skip
+    return formatter.format(
+        info or tcp_info(), headers.get("req"), headers.get("resp"), headers.get("trl")
+    )
 
 
 def json_struct(document: dict) -> struct_pb2.Struct:
@@ -76,10 +77,21 @@ def test_default_format_with_upstream_connect_failure_matches_real_envoy():
 
 
 def test_default_format_for_an_http_request():
-    info = tcp_info(protocol="HTTP/1.1", response_code=200, bytes_received=0, bytes_sent=2,
-                    end_monotonic=100.0, upstream_host=None)  # fmt: skip
-    req = {":method": "GET", ":path": "/p?q=1", ":authority": "x", "user-agent": "ua",
-           "x-request-id": "cf6bddfd-7039-466c-97f9-8ae3cfc12ea3"}  # fmt: skip
+    info = tcp_info(
+        protocol="HTTP/1.1",
+        response_code=200,
+        bytes_received=0,
+        bytes_sent=2,
+        end_monotonic=100.0,
+        upstream_host=None,
+    )
+    req = {
+        ":method": "GET",
+        ":path": "/p?q=1",
+        ":authority": "x",
+        "user-agent": "ua",
+        "x-request-id": "cf6bddfd-7039-466c-97f9-8ae3cfc12ea3",
+    }
     assert fmt(DEFAULT_FORMAT, info, req=req) == (  # real Envoy (direct_response route)
         '[2026-11-26T16:01:59.284Z] "GET /p?q=1 HTTP/1.1" 200 - 0 2 0 - "-" "ua" '
         '"cf6bddfd-7039-466c-97f9-8ae3cfc12ea3" "x" "-"\n'
@@ -131,8 +143,10 @@ def test_response_flags_short_and_long_in_envoy_order():
 
 
 def test_transport_failure_reason_and_details_replace_spaces():
-    info = tcp_info(upstream_transport_failure_reason="delayed connect error: Connection refused",
-                    response_code_details="via upstream\tand more")  # fmt: skip
+    info = tcp_info(
+        upstream_transport_failure_reason="delayed connect error: Connection refused",
+        response_code_details="via upstream\tand more",
+    )
     assert fmt("%UPSTREAM_TRANSPORT_FAILURE_REASON%", info) == (  # real Envoy
         "delayed_connect_error:_Connection_refused"
     )
@@ -142,8 +156,14 @@ def test_transport_failure_reason_and_details_replace_spaces():
 
 def test_ipv6_addresses():
     info = tcp_info(downstream_remote_address="[::1]:5555")
-    assert fmt("%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% "
-               "%DOWNSTREAM_REMOTE_PORT%", info) == "[::1]:5555 ::1 5555"  # fmt: skip
+    assert (
+        fmt(
+            "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% "
+            "%DOWNSTREAM_REMOTE_PORT%",
+            info,
+        )
+        == "[::1]:5555 ::1 5555"
+    )
 
 
 def test_unset_values_render_dash_or_nothing():
@@ -205,21 +225,32 @@ def test_escapes_and_literals():
         ("%START_TIME:3%", "START_TIME does not allow length to be specified."),
         ("%REQ(A?B?C)%", "More than 1 alternative header specified in token: A?B?C"),
         ("abc %", "Incorrect configuration: abc %. Couldn't find valid command at position 4"),
-        ("x %start_time% y",
-         "Incorrect configuration: x %start_time% y. Couldn't find valid command at position 2"),
+        (
+            "x %start_time% y",
+            "Incorrect configuration: x %start_time% y. Couldn't find valid command at position 2",
+        ),
         ("%START_TIME(%Y%n)%", "Invalid header configuration. Format string contains newline."),
-        ("%REQ(a\nb)%",
-         "Incorrect configuration: %REQ(a\nb)%. Couldn't find valid command at position 0"),
-        ("%REQ(a):x%",
-         "Incorrect configuration: %REQ(a):x%. Couldn't find valid command at position 0"),
-        ("%REQ(a)b)%",
-         "Invalid header configuration. Format string contains invalid characters."),
-        ("%RESPONSE_FLAGS%%", "Incorrect configuration: %RESPONSE_FLAGS%%. Couldn't find valid "
-                              "command at position 16"),
-        ("%REQ(:a):99999999999999999999999%", "Incorrect configuration: "
-         "%REQ(:a):99999999999999999999999%. Couldn't find valid command at position 0"),
+        (
+            "%REQ(a\nb)%",
+            "Incorrect configuration: %REQ(a\nb)%. Couldn't find valid command at position 0",
+        ),
+        (
+            "%REQ(a):x%",
+            "Incorrect configuration: %REQ(a):x%. Couldn't find valid command at position 0",
+        ),
+        ("%REQ(a)b)%", "Invalid header configuration. Format string contains invalid characters."),
+        (
+            "%RESPONSE_FLAGS%%",
+            "Incorrect configuration: %RESPONSE_FLAGS%%. Couldn't find valid "
+            "command at position 16",
+        ),
+        (
+            "%REQ(:a):99999999999999999999999%",
+            "Incorrect configuration: "
+            "%REQ(:a):99999999999999999999999%. Couldn't find valid command at position 0",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_formats_are_rejected_with_envoys_text(text, message):
     with pytest.raises(ConfigError) as e:
         compile_format(text, "a.b")
@@ -240,15 +271,31 @@ T = 1795709023.925844  # 2026-11-26T16:03:43.925844Z
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [  # every row printed by real Envoy for the same time
-        ("%E3S", "43.925"), ("%Ez", "+00:00"), ("%c", "Thu Nov 26 16:03:43 2026"),
-        ("%Z", "UTC"), ("%e", "26"), ("%%f", "%925844000"), ("%%s", "%1795709023"),
-        ("%j", "330"), ("%3f%6f", "925925844"), ("%s.%3f", "1795709023.925"),
-        ("%Es", "1795709023"), ("%E6f", "925844"), ("%H:%M:%S.%3f%z", "16:03:43.925+0000"),
-        ("%F %T", "2026-11-26 16:03:43"), ("%%", "%"), ("%-d", "26"), ("%q", "%q"),
-        ("a%", "a%"), ("%4Y", "2026"), ("%0f", "%0f"), ("%10f", "      %10f"),
-        ("%E4S", "43.9258"), ("%E*S", "43.925844"),
+        ("%E3S", "43.925"),
+        ("%Ez", "+00:00"),
+        ("%c", "Thu Nov 26 16:03:43 2026"),
+        ("%Z", "UTC"),
+        ("%e", "26"),
+        ("%%f", "%925844000"),
+        ("%%s", "%1795709023"),
+        ("%j", "330"),
+        ("%3f%6f", "925925844"),
+        ("%s.%3f", "1795709023.925"),
+        ("%Es", "1795709023"),
+        ("%E6f", "925844"),
+        ("%H:%M:%S.%3f%z", "16:03:43.925+0000"),
+        ("%F %T", "2026-11-26 16:03:43"),
+        ("%%", "%"),
+        ("%-d", "26"),
+        ("%q", "%q"),
+        ("a%", "a%"),
+        ("%4Y", "2026"),
+        ("%0f", "%0f"),
+        ("%10f", "      %10f"),
+        ("%E4S", "43.9258"),
+        ("%E*S", "43.925844"),
     ],
-)  # fmt: skip
+)
 def test_start_time_formats_match_real_envoy(spec, expected):
     info = tcp_info(start_time=T)
     assert fmt(f"%START_TIME({spec})%", info) == expected
@@ -279,12 +326,22 @@ def test_start_time_local_uses_the_local_offset(monkeypatch):
 # JSON -------------------------------------------------------------------------------
 
 JSON_DOC = {
-    "zeta": "%BYTES_SENT%", "alpha": "%UPSTREAM_HOST%", "mid": "%PROTOCOL%",
-    "code": "%RESPONSE_CODE%", "port": "%DOWNSTREAM_REMOTE_PORT%", "dur": "%DURATION%",
-    "flags": "%RESPONSE_FLAGS%", "start": "%START_TIME%", "combo": "%BYTES_SENT%-%PROTOCOL%",
-    "num": 42, "flt": 1.5, "nested": {"b": "%CONNECTION_ID%", "a": "lit"},
-    "list": ["%BYTES_SENT%", "x"], "lit": "plain", "empty": "",
-}  # fmt: skip
+    "zeta": "%BYTES_SENT%",
+    "alpha": "%UPSTREAM_HOST%",
+    "mid": "%PROTOCOL%",
+    "code": "%RESPONSE_CODE%",
+    "port": "%DOWNSTREAM_REMOTE_PORT%",
+    "dur": "%DURATION%",
+    "flags": "%RESPONSE_FLAGS%",
+    "start": "%START_TIME%",
+    "combo": "%BYTES_SENT%-%PROTOCOL%",
+    "num": 42,
+    "flt": 1.5,
+    "nested": {"b": "%CONNECTION_ID%", "a": "lit"},
+    "list": ["%BYTES_SENT%", "x"],
+    "lit": "plain",
+    "empty": "",
+}
 
 
 def test_json_format_types_sorts_and_nests_like_real_envoy():
@@ -297,9 +354,17 @@ def test_json_format_types_sorts_and_nests_like_real_envoy():
 
 
 def test_json_omit_empty_values_like_real_envoy():
-    doc = {"e": "", "m": "%PROTOCOL%%PROTOCOL%", "m2": "a%PROTOCOL%b", "n": {"x": "%PROTOCOL%"},
-           "l": ["%PROTOCOL%"], "z": None, "pct": "%%", "fl": "%RESPONSE_FLAGS%",
-           "c": "%RESPONSE_CODE%"}  # fmt: skip
+    doc = {
+        "e": "",
+        "m": "%PROTOCOL%%PROTOCOL%",
+        "m2": "a%PROTOCOL%b",
+        "n": {"x": "%PROTOCOL%"},
+        "l": ["%PROTOCOL%"],
+        "z": None,
+        "pct": "%%",
+        "fl": "%RESPONSE_FLAGS%",
+        "c": "%RESPONSE_CODE%",
+    }
     omit = compile_json(json_struct(doc), "p", omit_empty_values=True)
     assert omit.format(tcp_info()) == (  # real Envoy
         '{"c":0,"e":"","fl":"-","l":[],"m":"","m2":"ab","pct":"%"}\n'
@@ -314,8 +379,16 @@ def test_json_omit_empty_values_like_real_envoy():
 
 
 def test_json_numbers_like_real_envoy():
-    doc = {"f": 1.5, "big": 1e20, "three": 3.0, "two": 2, "neg": -2.5, "bigint": 2**53,
-           "tiny": 1e-7, "b": True}  # fmt: skip
+    doc = {
+        "f": 1.5,
+        "big": 1e20,
+        "three": 3.0,
+        "two": 2,
+        "neg": -2.5,
+        "bigint": 2**53,
+        "tiny": 1e-7,
+        "b": True,
+    }
     assert compile_json(json_struct(doc), "p").format(tcp_info()) == (  # real Envoy
         '{"b":true,"big":1e+20,"bigint":9007199254740992,"f":1.5,"neg":-2.5,"three":3,'
         '"tiny":1e-07,"two":2}\n'
@@ -365,8 +438,10 @@ def sfs(document: dict):
 
 def test_substitution_format_string_variants(tmp_path):
     info = tcp_info()
-    assert compile_substitution_format(sfs({"text_format": "%BYTES_SENT%\n"}), "p").format(
-        info) == "12\n"  # fmt: skip
+    assert (
+        compile_substitution_format(sfs({"text_format": "%BYTES_SENT%\n"}), "p").format(info)
+        == "12\n"
+    )
     inline = sfs({"text_format_source": {"inline_string": "%BYTES_SENT%"}})
     assert compile_substitution_format(inline, "p").format(info) == "12"
     source = tmp_path / "format.txt"
@@ -375,9 +450,14 @@ def test_substitution_format_string_variants(tmp_path):
     assert compile_substitution_format(from_file, "p").format(info) == "file -\n"
     as_bytes = sfs({"text_format_source": {"inline_bytes": "Ynl0ZXMgJVBST1RPQ09MJQo="}})
     assert compile_substitution_format(as_bytes, "p").format(info) == "bytes -\n"  # real Envoy
-    json = sfs({"json_format": {"b": "%BYTES_SENT%"}, "omit_empty_values": True,
-                "content_type": "application/json",
-                "json_format_options": {"sort_properties": False}})  # fmt: skip
+    json = sfs(
+        {
+            "json_format": {"b": "%BYTES_SENT%"},
+            "omit_empty_values": True,
+            "content_type": "application/json",
+            "json_format_options": {"sort_properties": False},
+        }
+    )
     assert compile_substitution_format(json, "p").format(info) == '{"b":12}\n'
 
 
@@ -389,14 +469,25 @@ def test_substitution_format_string_errors():
         "Not supported field in StreamInfo: BAR",
     )
     with pytest.raises(ConfigError) as e:
-        compile_substitution_format(sfs({"text_format_source": {"filename": "/nonexistent/x"}}),
-                                    "lf")  # fmt: skip
+        compile_substitution_format(
+            sfs({"text_format_source": {"filename": "/nonexistent/x"}}), "lf"
+        )
     assert e.value.path == "lf.text_format_source.filename"
     assert e.value.message.startswith("Invalid path: /nonexistent/x")
-    formatters = sfs({"text_format": "x", "formatters": [
-        {"name": "envoy.formatter.req_without_query",
-         "typed_config": {"@type": "type.googleapis.com/google.protobuf.Struct",
-                          "value": {}}}]})  # fmt: skip
+    formatters = sfs(
+        {
+            "text_format": "x",
+            "formatters": [
+                {
+                    "name": "envoy.formatter.req_without_query",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/google.protobuf.Struct",
+                        "value": {},
+                    },
+                }
+            ],
+        }
+    )
     with pytest.raises(ConfigError) as e:
         compile_substitution_format(formatters, "lf")
     assert e.value.path == "lf.formatters[0]"

@@ -16,8 +16,9 @@ def _m(**kw):
 
 
 def _key(dst="10.0.0.1", dport=80, src="192.168.1.5", sport=40000, **kw):
-    return ConnectionKey(destination_ip=dst, destination_port=dport, source_ip=src,
-                         source_port=sport, **kw)  # fmt: skip
+    return ConnectionKey(
+        destination_ip=dst, destination_port=dport, source_ip=src, source_port=sport, **kw
+    )
 
 
 def _matcher(*chains, default=None):
@@ -43,8 +44,9 @@ def test_longest_destination_prefix_wins():
 def test_no_backtracking_falls_to_default():
     # The port-80 chain wins step one but fails the source-port step; Envoy does not
     # go back to the port-less chain: the connection gets the default chain.
-    m = _matcher(("p80", _m(destination_port=80, source_ports=[1])), ("any", _m()),
-                 default="default")  # fmt: skip
+    m = _matcher(
+        ("p80", _m(destination_port=80, source_ports=[1])), ("any", _m()), default="default"
+    )
     assert m.match(_key(dport=80, sport=2)) == "default"
 
 
@@ -61,8 +63,11 @@ def test_server_names_exact_beats_wildcard():
 
 
 def test_transport_and_application_protocols():
-    m = _matcher(("tls", _m(transport_protocol="tls")), ("raw", _m()),
-                 ("h2", _m(transport_protocol="tls", application_protocols=["h2"])))  # fmt: skip
+    m = _matcher(
+        ("tls", _m(transport_protocol="tls")),
+        ("raw", _m()),
+        ("h2", _m(transport_protocol="tls", application_protocols=["h2"])),
+    )
     assert m.match(_key()) == "raw"
     assert m.match(_key(transport_protocol="tls", application_protocols=("h2",))) == "h2"
     assert m.match(_key(transport_protocol="tls", application_protocols=("http/1.1",))) == "tls"
@@ -86,8 +91,10 @@ def test_source_type_and_ranges_and_ports():
 
 
 def test_ipv6_ranges():
-    m = _matcher(("v6", _m(prefix_ranges=[{"address_prefix": "::1", "prefix_len": 128}])),
-                 ("v4", _m(prefix_ranges=[{"address_prefix": "127.0.0.0", "prefix_len": 8}])))
+    m = _matcher(
+        ("v6", _m(prefix_ranges=[{"address_prefix": "::1", "prefix_len": 128}])),
+        ("v4", _m(prefix_ranges=[{"address_prefix": "127.0.0.0", "prefix_len": 8}])),
+    )
     assert m.match(_key(dst="::1", src="::1")) == "v6"
     assert m.match(_key(dst="127.0.0.1", src="127.0.0.1")) == "v4"
 

@@ -112,8 +112,14 @@ def _extractor() -> TagExtractor:
     return TagExtractor.from_stats_config(config)
 
 
-def _histogram(store: Store, name: str, cumulative: list[int], count: int, total: float,
-               bounds: tuple[float, ...] | None = None) -> Histogram:  # fmt: skip
+def _histogram(
+    store: Store,
+    name: str,
+    cumulative: list[int],
+    count: int,
+    total: float,
+    bounds: tuple[float, ...] | None = None,
+) -> Histogram:
     h = store.histogram(name)
     if bounds is not None:
         h.bounds = bounds
@@ -133,16 +139,25 @@ def _envoy_store() -> Store:
     """The stats behind ENVOY_GOLDEN, created in an order unlike Envoy's output."""
     store = Store()
     store.gauge("server.live").set(1)
-    for cluster, healthy, cx in (("foo-bar", 1, 0), ("foo", 1, 0), ("backend_alt", 2, 1),
-                                 ("a_b", 1, 0)):  # fmt: skip
+    for cluster, healthy, cx in (
+        ("foo-bar", 1, 0),
+        ("foo", 1, 0),
+        ("backend_alt", 2, 1),
+        ("a_b", 1, 0),
+    ):
         store.gauge(f"cluster.{cluster}.membership_healthy").set(healthy)
         store.counter(f"cluster.{cluster}.upstream_cx_total").add(cx)
     store.counter("cluster.foo.x.upstream_cx_total")
     for klass, value in (("5", 1), ("3", 0), ("2", 5), ("1", 0), ("4", 0)):
         store.counter(f"listener.127.0.0.1_0.http.ingress_http.downstream_rq_{klass}xx").add(value)
     store.counter("tcp.ingress_tcp.downstream_cx_drain_close")
-    _histogram(store, "server.initialization_time_ms", [0] * 4 + [1] * 15, 1,
-               15.483870967741935942285635974258)  # fmt: skip
+    _histogram(
+        store,
+        "server.initialization_time_ms",
+        [0] * 4 + [1] * 15,
+        1,
+        15.483870967741935942285635974258,
+    )
     _histogram(store, "http.ingress_http.downstream_rq_time", [6] * 7, 6, 0.0, CUSTOM_BUCKETS)
     _histogram(store, "http.admin.downstream_rq_time", [1] * 19, 1, 0.0)
     return store
@@ -154,9 +169,9 @@ def test_matches_envoy_byte_for_byte() -> None:
 
 def test_parses_as_prometheus_text() -> None:
     families = {
-        f.name: f for f in text_string_to_metric_families(prometheus.render(_envoy_store(),
-                                                                             _extractor()))
-    }  # fmt: skip
+        f.name: f
+        for f in text_string_to_metric_families(prometheus.render(_envoy_store(), _extractor()))
+    }
     assert families["envoy_cluster_upstream_cx"].type == "counter"  # the parser drops _total
     assert families["envoy_server_live"].type == "gauge"
     rq_time = families["envoy_http_downstream_rq_time"]
@@ -186,8 +201,9 @@ def test_filter_usedonly_and_hidden_are_the_callers_predicate() -> None:
     store.counter("cluster.a.upstream_rq_total").inc()
     store.counter("cluster.a.upstream_cx_total")
     store.counter("cluster.a.hosts.h.rq_total", hidden=True).inc()
-    body = prometheus.render(store, TagExtractor.default(),
-                             include=lambda s: s.used and not s.hidden)  # fmt: skip
+    body = prometheus.render(
+        store, TagExtractor.default(), include=lambda s: s.used and not s.hidden
+    )
     assert body == (
         "# TYPE envoy_cluster_upstream_rq_total counter\n"
         'envoy_cluster_upstream_rq_total{envoy_cluster_name="a"} 1\n'

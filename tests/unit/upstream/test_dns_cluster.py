@@ -98,8 +98,13 @@ class Harness:
         return self.store.value(f"cluster.backend.{name}")
 
     def stats(self) -> dict[str, int]:
-        names = ("update_attempt", "update_success", "update_failure", "update_empty",
-                 "update_no_rebuild")  # fmt: skip
+        names = (
+            "update_attempt",
+            "update_success",
+            "update_failure",
+            "update_empty",
+            "update_no_rebuild",
+        )
         return {n: self.stat(n) for n in names}
 
 
@@ -112,9 +117,10 @@ def addrs(hosts) -> list[str]:
 
 async def test_strict_dns_resolves_localhost_and_a_literal():
     config = cluster(
-        "STRICT_DNS", [(0, [("localhost", 8080)]), (1, [("127.0.0.2", 8081)])],
+        "STRICT_DNS",
+        [(0, [("localhost", 8080)]), (1, [("127.0.0.2", 8081)])],
         dns_lookup_family="V4_ONLY",
-    )  # fmt: skip
+    )
     resolver = DnsResolver(asyncio.get_running_loop(), timeout=2.0, tries=1)
     try:
         h = Harness(config, resolver)
@@ -123,13 +129,28 @@ async def test_strict_dns_resolves_localhost_and_a_literal():
         await resolver.close()
     assert h.published == [h.dns.hosts]
     assert h.dns.hosts == (
-        HostConfig(address=SocketAddress("127.0.0.1", 8080), hostname="localhost", weight=1,
-                   priority=0, zone="z0"),
-        HostConfig(address=SocketAddress("127.0.0.2", 8081), hostname="127.0.0.2", weight=1,
-                   priority=1, zone="z1"),
-    )  # fmt: skip
-    assert h.stats() == {"update_attempt": 2, "update_success": 2, "update_failure": 0,
-                         "update_empty": 0, "update_no_rebuild": 0}  # fmt: skip
+        HostConfig(
+            address=SocketAddress("127.0.0.1", 8080),
+            hostname="localhost",
+            weight=1,
+            priority=0,
+            zone="z0",
+        ),
+        HostConfig(
+            address=SocketAddress("127.0.0.2", 8081),
+            hostname="127.0.0.2",
+            weight=1,
+            priority=1,
+            zone="z1",
+        ),
+    )
+    assert h.stats() == {
+        "update_attempt": 2,
+        "update_success": 2,
+        "update_failure": 0,
+        "update_empty": 0,
+        "update_no_rebuild": 0,
+    }
 
 
 async def test_strict_dns_every_address_is_a_host_deduplicated():
@@ -143,12 +164,16 @@ async def test_strict_dns_every_address_is_a_host_deduplicated():
 
 async def test_refresh_reports_only_real_changes():
     config = cluster("STRICT_DNS", [(0, [("svc", 80)])])
-    resolver = ScriptedResolver({"svc": [
-        [("10.0.0.1", 0)],
-        [("10.0.0.1", 0)],                    # same: no rebuild
-        [("10.0.0.1", 0), ("10.0.0.2", 0)],   # grows
-        [("10.0.0.2", 0), ("10.0.0.1", 0)],   # reordered, same set: no rebuild
-    ]})  # fmt: skip
+    resolver = ScriptedResolver(
+        {
+            "svc": [
+                [("10.0.0.1", 0)],
+                [("10.0.0.1", 0)],  # same: no rebuild
+                [("10.0.0.1", 0), ("10.0.0.2", 0)],  # grows
+                [("10.0.0.2", 0), ("10.0.0.1", 0)],  # reordered, same set: no rebuild
+            ]
+        }
+    )
     h = Harness(config, resolver)
     await h.dns.initialize()
     h.dns.start()
@@ -157,16 +182,27 @@ async def test_refresh_reports_only_real_changes():
     finally:
         h.dns.stop()
     assert [addrs(p) for p in h.published] == [["10.0.0.1:80"], ["10.0.0.1:80", "10.0.0.2:80"]]
-    assert h.stats() == {"update_attempt": 6, "update_success": 6, "update_failure": 0,
-                         "update_empty": 0, "update_no_rebuild": 4}  # fmt: skip
+    assert h.stats() == {
+        "update_attempt": 6,
+        "update_success": 6,
+        "update_failure": 0,
+        "update_empty": 0,
+        "update_no_rebuild": 4,
+    }
 
 
 async def test_failure_keeps_previous_hosts_and_counts_update_failure():
     config = cluster("STRICT_DNS", [(0, [("svc", 80)])])
-    resolver = ScriptedResolver({"svc": [
-        [("10.0.0.1", 0)], DnsError("svc", "timeout"), DnsError("svc", "timeout"),
-        [("10.0.0.9", 0)],
-    ]})  # fmt: skip
+    resolver = ScriptedResolver(
+        {
+            "svc": [
+                [("10.0.0.1", 0)],
+                DnsError("svc", "timeout"),
+                DnsError("svc", "timeout"),
+                [("10.0.0.9", 0)],
+            ]
+        }
+    )
     h = Harness(config, resolver)
     await h.dns.initialize()
     h.dns.start()
@@ -179,8 +215,13 @@ async def test_failure_keeps_previous_hosts_and_counts_update_failure():
     finally:
         h.dns.stop()
     assert [addrs(p) for p in h.published] == [["10.0.0.1:80"], ["10.0.0.9:80"]]
-    assert h.stats() == {"update_attempt": 4, "update_success": 2, "update_failure": 2,
-                         "update_empty": 0, "update_no_rebuild": 0}  # fmt: skip
+    assert h.stats() == {
+        "update_attempt": 4,
+        "update_success": 2,
+        "update_failure": 2,
+        "update_empty": 0,
+        "update_no_rebuild": 0,
+    }
 
 
 async def test_no_records_empties_the_endpoint():
@@ -267,8 +308,9 @@ async def test_stop_ends_the_refresh():
 
 
 async def test_respect_dns_ttl_uses_the_record_ttl():
-    config = cluster("STRICT_DNS", [(0, [("svc", 80)])], dns_refresh_rate="60s",
-                     respect_dns_ttl=True)  # fmt: skip
+    config = cluster(
+        "STRICT_DNS", [(0, [("svc", 80)])], dns_refresh_rate="60s", respect_dns_ttl=True
+    )
     resolver = ScriptedResolver({"svc": [[("10.0.0.1", 1), ("10.0.0.2", 30)]]})
     h = Harness(config, resolver)
     await h.dns.initialize()
@@ -284,26 +326,36 @@ async def test_respect_dns_ttl_uses_the_record_ttl():
 
 async def test_logical_dns_has_one_host_following_the_first_address():
     config = cluster("LOGICAL_DNS", [(1, [("svc", 443)])])
-    resolver = ScriptedResolver({"svc": [
-        [("10.0.0.1", 0), ("10.0.0.2", 0)],
-        [("10.0.0.1", 0), ("10.0.0.3", 0)],   # first address unchanged: same host
-        DnsNoRecords("svc", "NODATA"),        # empty: a failure, the host stays
-        [("10.0.0.7", 0), ("10.0.0.1", 0)],   # first address changed
-    ]})  # fmt: skip
+    resolver = ScriptedResolver(
+        {
+            "svc": [
+                [("10.0.0.1", 0), ("10.0.0.2", 0)],
+                [("10.0.0.1", 0), ("10.0.0.3", 0)],  # first address unchanged: same host
+                DnsNoRecords("svc", "NODATA"),  # empty: a failure, the host stays
+                [("10.0.0.7", 0), ("10.0.0.1", 0)],  # first address changed
+            ]
+        }
+    )
     h = Harness(config, resolver)
     await h.dns.initialize()
     assert h.dns.hosts == (
-        HostConfig(address=SocketAddress("10.0.0.1", 443), hostname="svc", weight=1,
-                   priority=0, zone="z1"),  # Envoy rewrites a logical host's priority to 0
-    )  # fmt: skip
+        HostConfig(
+            address=SocketAddress("10.0.0.1", 443), hostname="svc", weight=1, priority=0, zone="z1"
+        ),  # Envoy rewrites a logical host's priority to 0
+    )
     h.dns.start()
     try:
         await resolver.wait_calls(5)
     finally:
         h.dns.stop()
     assert [addrs(p) for p in h.published] == [["10.0.0.1:443"], ["10.0.0.7:443"]]
-    assert h.stats() == {"update_attempt": 5, "update_success": 4, "update_failure": 1,
-                         "update_empty": 0, "update_no_rebuild": 2}  # fmt: skip
+    assert h.stats() == {
+        "update_attempt": 5,
+        "update_success": 4,
+        "update_failure": 1,
+        "update_empty": 0,
+        "update_no_rebuild": 2,
+    }
 
 
 async def test_logical_dns_with_localhost():

@@ -152,8 +152,10 @@ def clusters_proto(context: Any, clusters: list[ClusterInfo]) -> clusters_pb2.Cl
 
 def _host_status(context: Any, host: HostInfo, status: clusters_pb2.HostStatus) -> None:
     status.address.CopyFrom(socket_address(host.address))
-    for kind, names in ((metrics_pb2.SimpleMetric.COUNTER, HOST_COUNTERS),
-                        (metrics_pb2.SimpleMetric.GAUGE, HOST_GAUGES)):  # fmt: skip
+    for kind, names in (
+        (metrics_pb2.SimpleMetric.COUNTER, HOST_COUNTERS),
+        (metrics_pb2.SimpleMetric.GAUGE, HOST_GAUGES),
+    ):
         for name in names:
             status.stats.add(type=kind, value=host_stat(context, host, name), name=name)
     status.health_status.CopyFrom(health_status(host))

@@ -161,9 +161,10 @@ def config_dump(
             continue
         if listener.name in static_names:
             config = next(
-                item for item in context.bootstrap.static_resources.listeners
+                item
+                for item in context.bootstrap.static_resources.listeners
                 if item.name == listener.name
-            )  # fmt: skip
+            )
         route_configs = inline_route_configs(config)
         has_hcm = has_hcm or route_configs is not None
         for route_config in route_configs or ():

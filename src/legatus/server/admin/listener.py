@@ -242,9 +242,12 @@ class AdminConnection(asyncio.Protocol):
                     transport.close()
                     return
                 response = await handle(
-                    self._context, item.method, item.target, item.body,
+                    self._context,
+                    item.method,
+                    item.target,
+                    item.body,
                     content_type=item.content_type,
-                )  # fmt: skip
+                )
                 close = not item.keep_alive
                 transport.write(serialize(response, close=close, head=item.method == "HEAD"))
                 if close:

@@ -48,8 +48,9 @@ class AdminResponse:
 def respond(body: str | bytes, *, status: int = 200, content_type: str = TEXT) -> AdminResponse:
     if isinstance(body, str):
         body = body.encode()
-    return AdminResponse(status=status, headers=(("content-type", content_type), *_COMMON),
-                         body=body)  # fmt: skip
+    return AdminResponse(
+        status=status, headers=(("content-type", content_type), *_COMMON), body=body
+    )
 
 
 def text(body: str, status: int = 200) -> AdminResponse:

@@ -209,8 +209,7 @@ def home_page() -> AdminResponse:
     for e in ENDPOINTS[1:]:
         name = e.path[1:]
         if e.mutates:
-            cell = (f"<form action='{name}' method='post'>"
-                    f"<button>{name}</button></form>")  # fmt: skip
+            cell = f"<form action='{name}' method='post'><button>{name}</button></form>"
         else:
             cell = f"<a href='{name}'>{name}</a>"
         rows.append(f"<tr><td>{cell}</td><td>{e.help}</td></tr>\n")

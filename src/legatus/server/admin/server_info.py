@@ -46,8 +46,12 @@ def node(context: Any) -> base_pb2.Node:
         patch,
     )
     sha, _, status, build_type, ssl = BUILD_VERSION.split("/")
-    metadata = {"revision.sha": sha, "revision.status": status, "build.type": build_type,
-                "ssl.version": ssl}  # fmt: skip
+    metadata = {
+        "revision.sha": sha,
+        "revision.status": status,
+        "build.type": build_type,
+        "ssl.version": ssl,
+    }
     build.metadata.Clear()
     build.metadata.update(metadata)
     return out

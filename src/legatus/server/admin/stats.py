@@ -37,8 +37,13 @@ from legatus.stats.tag_extractor import TagExtractor
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
 _QUANTILE_LABELS = tuple(format(q * 100, "g") for q in QUANTILES)
-_TYPES = {"All": None, "Counters": Counter, "Gauges": Gauge, "Histograms": Histogram,
-          "TextReadouts": TextReadout}  # fmt: skip
+_TYPES = {
+    "All": None,
+    "Counters": Counter,
+    "Gauges": Gauge,
+    "Histograms": Histogram,
+    "TextReadouts": TextReadout,
+}
 _HIDDEN = {"include": "include", "exclude": "exclude", "only": "only", "showonly": "only"}
 _FORMATS = ("text", "json", "prometheus", "html")
 _BUCKET_MODES = ("", "summary", "cumulative", "disjoint", "detailed")
@@ -197,8 +202,9 @@ def handle_stats(context: Any, query: Query) -> AdminResponse:
     body = _render_text(readouts, numbers, histograms, params.buckets)
     if params.format == "html":
         escaped = body.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        return respond(f"<!DOCTYPE html>\n<html><body><pre>{escaped}</pre></body></html>\n",
-                       content_type=HTML)  # fmt: skip
+        return respond(
+            f"<!DOCTYPE html>\n<html><body><pre>{escaped}</pre></body></html>\n", content_type=HTML
+        )
     return text(body)
 
 
@@ -239,8 +245,9 @@ def _render_text(
             out.append(f"{h.name}: {_quantile_summary(h)}\n")
         elif buckets == "detailed":
             totals = ", ".join(f"{lo:g},{width:g}:{n}" for lo, width, n in _detail(h))
-            out.append(f"{h.name}:\n  totals={totals}\n  intervals=\n"
-                       f"  summary={_quantile_summary(h)}\n")  # fmt: skip
+            out.append(
+                f"{h.name}:\n  totals={totals}\n  intervals=\n  summary={_quantile_summary(h)}\n"
+            )
         else:
             counts = h.cumulative() if buckets == "cumulative" else h.counts[:-1]
             cells = " ".join(f"B{b:g}(0,{n})" for b, n in zip(h.bounds, counts, strict=True))

@@ -29,32 +29,54 @@ BOOTSTRAP = {
             {
                 "name": "tcp_in",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.tcp_proxy",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/"
-                        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                        "stat_prefix": "ingress_tcp",
-                        "cluster": "backend",
-                    },
-                }]}],
+                "filter_chains": [
+                    {
+                        "filters": [
+                            {
+                                "name": "envoy.filters.network.tcp_proxy",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/"
+                                    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                                    "stat_prefix": "ingress_tcp",
+                                    "cluster": "backend",
+                                },
+                            }
+                        ]
+                    }
+                ],
             },
             {
                 "name": "http_in",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                        "http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress_http",
-                        "route_config": {"name": "local_route", "virtual_hosts": [
-                            {"name": "vh", "domains": ["*"],
-                             "routes": [{"match": {"prefix": "/"},
-                                         "route": {"cluster": "backend"}}]},
-                        ]},
-                    },
-                }]}],
+                "filter_chains": [
+                    {
+                        "filters": [
+                            {
+                                "name": "envoy.filters.network.http_connection_manager",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                    "http_connection_manager.v3.HttpConnectionManager",
+                                    "stat_prefix": "ingress_http",
+                                    "route_config": {
+                                        "name": "local_route",
+                                        "virtual_hosts": [
+                                            {
+                                                "name": "vh",
+                                                "domains": ["*"],
+                                                "routes": [
+                                                    {
+                                                        "match": {"prefix": "/"},
+                                                        "route": {"cluster": "backend"},
+                                                    }
+                                                ],
+                                            },
+                                        ],
+                                    },
+                                },
+                            }
+                        ]
+                    }
+                ],
             },
         ],
         "clusters": [
@@ -62,14 +84,29 @@ BOOTSTRAP = {
                 "name": "backend",
                 "type": "STATIC",
                 "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {
-                        "address": "127.0.0.1", "port_value": 9}}}},
-                ]}]},
+                "load_assignment": {
+                    "cluster_name": "backend",
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {
+                                            "socket_address": {
+                                                "address": "127.0.0.1",
+                                                "port_value": 9,
+                                            }
+                                        }
+                                    }
+                                },
+                            ]
+                        }
+                    ],
+                },
             },
         ],
     },
-}  # fmt: skip
+}
 
 
 class FakeLogSink:
@@ -135,11 +172,15 @@ def make_context() -> FakeContext:
         bound = listener_pb2.Listener()
         bound.CopyFrom(config)
         bound.address.socket_address.port_value = port
-        listeners.append(ListenerInfo(name=config.name, address=f"127.0.0.1:{port}",
-                                      config=bound))  # fmt: skip
+        listeners.append(ListenerInfo(name=config.name, address=f"127.0.0.1:{port}", config=bound))
     backend: cluster_pb2.Cluster = bootstrap.static_resources.clusters[0]
-    host = HostInfo(address="127.0.0.1:9", hostname="", weight=1, priority=0,
-                    stats_prefix="cluster.backend.hosts.127.0.0.1:9.")  # fmt: skip
+    host = HostInfo(
+        address="127.0.0.1:9",
+        hostname="",
+        weight=1,
+        priority=0,
+        stats_prefix="cluster.backend.hosts.127.0.0.1:9.",
+    )
     context = FakeContext(
         bootstrap=bootstrap,
         listener_infos=listeners,

@@ -43,29 +43,49 @@ backend::127.0.0.1:9::local_origin_success_rate::-1
 
 # Envoy 1.40's ?format=json for the same cluster (one-space indent, zero values left out).
 ENVOY_CLUSTERS_JSON = {
-    "cluster_statuses": [{
-        "name": "backend",
-        "host_statuses": [{
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}},
-            "stats": [
-                {"name": "cx_connect_fail"}, {"name": "cx_total"}, {"name": "rq_error"},
-                {"name": "rq_success"}, {"name": "rq_timeout"}, {"name": "rq_total"},
-                {"type": "GAUGE", "name": "cx_active"}, {"type": "GAUGE", "name": "rq_active"},
-                {"type": "GAUGE", "name": "rq_pending_active"},
+    "cluster_statuses": [
+        {
+            "name": "backend",
+            "host_statuses": [
+                {
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}},
+                    "stats": [
+                        {"name": "cx_connect_fail"},
+                        {"name": "cx_total"},
+                        {"name": "rq_error"},
+                        {"name": "rq_success"},
+                        {"name": "rq_timeout"},
+                        {"name": "rq_total"},
+                        {"type": "GAUGE", "name": "cx_active"},
+                        {"type": "GAUGE", "name": "rq_active"},
+                        {"type": "GAUGE", "name": "rq_pending_active"},
+                    ],
+                    "health_status": {"eds_health_status": "HEALTHY"},
+                    "weight": 1,
+                    "locality": {},
+                }
             ],
-            "health_status": {"eds_health_status": "HEALTHY"},
-            "weight": 1,
-            "locality": {},
-        }],
-        "circuit_breakers": {"thresholds": [
-            {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024,
-             "max_retries": 3},
-            {"priority": "HIGH", "max_connections": 1024, "max_pending_requests": 1024,
-             "max_requests": 1024, "max_retries": 3},
-        ]},
-        "observability_name": "backend",
-    }]
-}  # fmt: skip
+            "circuit_breakers": {
+                "thresholds": [
+                    {
+                        "max_connections": 1024,
+                        "max_pending_requests": 1024,
+                        "max_requests": 1024,
+                        "max_retries": 3,
+                    },
+                    {
+                        "priority": "HIGH",
+                        "max_connections": 1024,
+                        "max_pending_requests": 1024,
+                        "max_requests": 1024,
+                        "max_retries": 3,
+                    },
+                ]
+            },
+            "observability_name": "backend",
+        }
+    ]
+}
 
 
 async def test_text_matches_envoy(admin, context):
@@ -90,13 +110,22 @@ async def test_host_stats_thresholds_and_flags(admin, context):
     threshold = config.circuit_breakers.thresholds.add()
     threshold.max_connections.value = 10
     config.alt_stat_name = "backend_alt"
-    host = HostInfo(address="[::1]:80", hostname="h2.example", weight=3, priority=1,
-                    region="r1", zone="z1", sub_zone="sz1",
-                    health_flags=("/failed_active_hc", "/failed_outlier_check"))  # fmt: skip
+    host = HostInfo(
+        address="[::1]:80",
+        hostname="h2.example",
+        weight=3,
+        priority=1,
+        region="r1",
+        zone="z1",
+        sub_zone="sz1",
+        health_flags=("/failed_active_hc", "/failed_outlier_check"),
+    )
     context.cluster_infos[0] = ClusterInfo(
-        name="backend", config=config, added_via_api=True,
+        name="backend",
+        config=config,
+        added_via_api=True,
         hosts=(*context.cluster_infos[0].hosts, host),
-    )  # fmt: skip
+    )
     _, _, body = await admin("/clusters")
     lines = body.splitlines()
     assert "backend::observability_name::backend_alt" in lines
@@ -134,14 +163,22 @@ async def test_filter(admin, context):
 
 async def test_listeners(admin):
     assert await admin("/listeners") == (
-        200, TEXT, "tcp_in::127.0.0.1:33689\nhttp_in::127.0.0.1:45139\n"
-    )  # fmt: skip
+        200,
+        TEXT,
+        "tcp_in::127.0.0.1:33689\nhttp_in::127.0.0.1:45139\n",
+    )
     status, content_type, body = await admin("/listeners?format=json")
     assert (status, content_type) == (200, "application/json")
-    assert json.loads(body) == {"listener_statuses": [
-        {"name": "tcp_in", "local_address": {"socket_address": {
-            "address": "127.0.0.1", "port_value": 33689}}},
-        {"name": "http_in", "local_address": {"socket_address": {
-            "address": "127.0.0.1", "port_value": 45139}}},
-    ]}  # fmt: skip
+    assert json.loads(body) == {
+        "listener_statuses": [
+            {
+                "name": "tcp_in",
+                "local_address": {"socket_address": {"address": "127.0.0.1", "port_value": 33689}},
+            },
+            {
+                "name": "http_in",
+                "local_address": {"socket_address": {"address": "127.0.0.1", "port_value": 45139}},
+            },
+        ]
+    }
     assert body.startswith('{\n "listener_statuses": [\n  {\n   "name": "tcp_in",')

@@ -15,9 +15,13 @@ async def test_full_dump(admin, context):
     status, content_type, body = await admin("/config_dump")
     assert (status, content_type) == (200, "application/json")
     assert _types(body) == [
-        "BootstrapConfigDump", "ClustersConfigDump", "ListenersConfigDump",
-        "ScopedRoutesConfigDump", "RoutesConfigDump", "SecretsConfigDump",
-    ]  # fmt: skip
+        "BootstrapConfigDump",
+        "ClustersConfigDump",
+        "ListenersConfigDump",
+        "ScopedRoutesConfigDump",
+        "RoutesConfigDump",
+        "SecretsConfigDump",
+    ]
     configs = json.loads(body)["configs"]
     bootstrap = configs[0]
     assert bootstrap["bootstrap"]["node"]["user_agent_name"] == "envoy"
@@ -44,43 +48,58 @@ async def test_include_eds(admin):
     assert endpoint == {
         "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
         "cluster_name": "backend",
-        "endpoints": [{
-            "locality": {},
-            "lb_endpoints": [{
-                "endpoint": {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}},
-                    "health_check_config": {},
-                },
-                "health_status": "HEALTHY",
-                "load_balancing_weight": 1,
-            }],
-            "load_balancing_weight": 0,
-        }],
+        "endpoints": [
+            {
+                "locality": {},
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {
+                                "socket_address": {"address": "127.0.0.1", "port_value": 9}
+                            },
+                            "health_check_config": {},
+                        },
+                        "health_status": "HEALTHY",
+                        "load_balancing_weight": 1,
+                    }
+                ],
+                "load_balancing_weight": 0,
+            }
+        ],
         "policy": {"overprovisioning_factor": 140},
-    }  # fmt: skip
+    }
 
 
 async def test_resource_and_mask(admin):
     _, _, body = await admin("/config_dump?resource=static_clusters&mask=cluster.name")
-    assert json.loads(body) == {"configs": [{
-        "@type": PREFIX + "ClustersConfigDump.StaticCluster",
-        "cluster": {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-                    "name": "backend"},
-    }]}  # fmt: skip
+    assert json.loads(body) == {
+        "configs": [
+            {
+                "@type": PREFIX + "ClustersConfigDump.StaticCluster",
+                "cluster": {
+                    "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                    "name": "backend",
+                },
+            }
+        ]
+    }
     _, _, body = await admin("/config_dump?resource=static_listeners")
     assert _types(body) == ["ListenersConfigDump.StaticListener"] * 2
     assert await admin("/config_dump?resource=dynamic_listeners") == (
-        200, "application/json", "{}\n"
-    )  # fmt: skip
+        200,
+        "application/json",
+        "{}\n",
+    )
 
 
 async def test_resource_errors(admin, context):
     response_body = "bogus not found in config dump"
     assert await admin("/config_dump?resource=bogus") == (404, "text/plain", response_body)
     assert await admin("/config_dump?resource=bootstrap") == (
-        400, "text/plain; charset=UTF-8",
+        400,
+        "text/plain; charset=UTF-8",
         "bootstrap is not a repeated field. Use ?mask=bootstrap to get only this field",
-    )  # fmt: skip
+    )
     status, _, body = await admin("/config_dump?resource=static_clusters&mask=bogus")
     assert status == 400 and body.endswith("could not be successfully used.")
 
@@ -94,9 +113,10 @@ async def test_mask_on_whole_dumps(admin):
     # Without ?resource=, mask paths do not go into Any fields (Envoy says so with a 400).
     for mask in ("bogus", "static_clusters.cluster.name", "bootstrap.node,static_clusters"):
         assert await admin(f"/config_dump?mask={mask}") == (
-            400, "text/plain; charset=UTF-8",
+            400,
+            "text/plain; charset=UTF-8",
             f"FieldMask {mask} could not be successfully applied to any configs.",
-        )  # fmt: skip
+        )
     _, _, body = await admin("/config_dump?mask=static_clusters")
     assert _types(body) == ["ClustersConfigDump"]
 
@@ -119,5 +139,8 @@ async def test_no_route_dumps_without_an_http_connection_manager(admin, context)
     del context.bootstrap.static_resources.listeners[1]
     _, _, body = await admin("/config_dump")
     assert _types(body) == [
-        "BootstrapConfigDump", "ClustersConfigDump", "ListenersConfigDump", "SecretsConfigDump",
-    ]  # fmt: skip
+        "BootstrapConfigDump",
+        "ClustersConfigDump",
+        "ListenersConfigDump",
+        "SecretsConfigDump",
+    ]

@@ -36,12 +36,20 @@ async def test_unknown_path_is_404_with_help(admin):
 
 
 async def test_mutating_endpoints_need_post(admin, context):
-    for path in ("/quitquitquit", "/healthcheck/fail", "/healthcheck/ok", "/reset_counters",
-                 "/reopen_logs", "/logging"):  # fmt: skip
+    for path in (
+        "/quitquitquit",
+        "/healthcheck/fail",
+        "/healthcheck/ok",
+        "/reset_counters",
+        "/reopen_logs",
+        "/logging",
+    ):
         assert await admin(path) == (405, TEXT, "Method GET not allowed, POST required.")
     assert await admin("/logging", method="PUT") == (
-        405, TEXT, "Method PUT not allowed, POST required."
-    )  # fmt: skip
+        405,
+        TEXT,
+        "Method PUT not allowed, POST required.",
+    )
     assert context.shutdowns == 0 and not context.healthcheck_failed
 
 
@@ -113,8 +121,9 @@ async def test_a_failing_handler_answers_500(context, monkeypatch):
         raise RuntimeError("boom")
 
     endpoint = router._BY_PATH["/memory"]
-    monkeypatch.setitem(router._BY_PATH, "/memory", type(endpoint)(
-        path="/memory", help=endpoint.help, handler=boom))  # fmt: skip
+    monkeypatch.setitem(
+        router._BY_PATH, "/memory", type(endpoint)(path="/memory", help=endpoint.help, handler=boom)
+    )
     response = await handle(context, "GET", "/memory")
     assert response.status == 500
     assert b"RuntimeError: boom" in response.body
@@ -139,8 +148,10 @@ def test_query_parsing(query, pairs):
 
 async def test_logging_lists_and_changes_levels(admin, context):
     assert await admin("/logging", method="POST") == (
-        200, TEXT, "active loggers:\n  admin: info\n  upstream: info\n  http: info\n\n"
-    )  # fmt: skip
+        200,
+        TEXT,
+        "active loggers:\n  admin: info\n  upstream: info\n  http: info\n\n",
+    )
     _, _, body = await admin("/logging?level=debug", method="POST")
     assert body == "active loggers:\n  admin: debug\n  upstream: debug\n  http: debug\n\n"
     await admin("/logging?upstream=trace", method="POST")

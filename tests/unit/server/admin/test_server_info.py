@@ -17,9 +17,15 @@ async def test_server_info_shape(admin, context):
     info = json.loads(body)
     # Envoy prints these keys in this order, then hot_restart_initializing.
     assert list(info) == [
-        "version", "state", "uptime_current_epoch", "uptime_all_epochs", "hot_restart_version",
-        "command_line_options", "node", "hot_restart_initializing",
-    ]  # fmt: skip
+        "version",
+        "state",
+        "uptime_current_epoch",
+        "uptime_all_epochs",
+        "hot_restart_version",
+        "command_line_options",
+        "node",
+        "hot_restart_initializing",
+    ]
     assert info["version"].split("/")[1:] == ["1.40.0", "Clean", "RELEASE", "OpenSSL"]
     assert info["state"] == "LIVE"
     assert info["uptime_current_epoch"] == info["uptime_all_epochs"] == "42s"
@@ -37,8 +43,11 @@ async def test_server_info_shape(admin, context):
         "patch": 0,
     }
     assert set(node["user_agent_build_version"]["metadata"]) == {
-        "revision.sha", "revision.status", "build.type", "ssl.version",
-    }  # fmt: skip
+        "revision.sha",
+        "revision.status",
+        "build.type",
+        "ssl.version",
+    }
     assert body.startswith('{\n "version": ') and body.endswith("}\n")
 
 
@@ -58,9 +67,13 @@ async def test_memory_fields_in_envoys_order(admin):
     assert (status, content_type) == (200, "application/json")
     data = json.loads(body)
     assert list(data) == [
-        "allocated", "heap_size", "pageheap_unmapped", "pageheap_free", "total_thread_cache",
+        "allocated",
+        "heap_size",
+        "pageheap_unmapped",
+        "pageheap_free",
+        "total_thread_cache",
         "total_physical_bytes",
-    ]  # fmt: skip
+    ]
     assert all(isinstance(v, str) for v in data.values())  # uint64 prints as a string
     assert int(data["total_physical_bytes"]) >= int(data["allocated"]) > 0
 
@@ -70,5 +83,8 @@ def test_memory_from_statm(tmp_path):
     statm.write_text("1000 300 100 10 0 500 0\n")
     m = memory(str(statm))
     page = os.sysconf("SC_PAGE_SIZE")
-    assert (m.allocated, m.heap_size, m.total_physical_bytes) == (200 * page, 500 * page,
-                                                                   300 * page)  # fmt: skip
+    assert (m.allocated, m.heap_size, m.total_physical_bytes) == (
+        200 * page,
+        500 * page,
+        300 * page,
+    )

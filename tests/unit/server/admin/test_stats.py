@@ -75,9 +75,10 @@ async def test_bad_params_answer_envoys_400s(admin, stats):
     )
     assert await admin("/stats?type=bogus") == (400, TEXT, "invalid &type= param")
     assert await admin("/stats?histogram_buckets=bogus") == (
-        400, TEXT,
+        400,
+        TEXT,
         "usage: /stats?histogram_buckets=(cumulative|disjoint|detailed|summary|prometheusnative)\n",
-    )  # fmt: skip
+    )
     status, _, body = await admin("/stats?filter=(")
     assert status == 400 and body.startswith("Invalid re2 regex: ")
 
@@ -88,7 +89,9 @@ async def test_json_shape(admin, stats):
     assert body == (
         '{"stats":[{"name":"server.live","value":1},{"histograms":{"supported_quantiles":'
         '[0,25,50,75,90,95,99,99.5,99.9,100],"computed_quantiles":[{"name":'
-        '"server.initialization_time_ms","values":[' + ",".join(['{"cumulative":15,"interval":null}'] * 10) + ']}]}}]}'
+        '"server.initialization_time_ms","values":['
+        + ",".join(['{"cumulative":15,"interval":null}'] * 10)
+        + "]}]}}]}"
     )
     _, _, body = await admin("/stats?format=json&filter=nomatch")
     assert body == '{"stats":[]}'
@@ -103,14 +106,16 @@ async def test_json_shape(admin, stats):
 
 async def test_histogram_bucket_modes(admin, stats):
     _, _, body = await admin("/stats?histogram_buckets=cumulative&filter=initialization")
-    assert body.startswith("server.initialization_time_ms: B0.5(0,0) B1(0,0) B5(0,0) B10(0,0)"
-                           " B25(0,1) B50(0,1)")  # fmt: skip
+    assert body.startswith(
+        "server.initialization_time_ms: B0.5(0,0) B1(0,0) B5(0,0) B10(0,0) B25(0,1) B50(0,1)"
+    )
     assert body.endswith(" B1.8e+06(0,1) B3.6e+06(0,1)\n")
     _, _, body = await admin("/stats?histogram_buckets=disjoint&filter=initialization")
     assert " B10(0,0) B25(0,1) B50(0,0)" in body
     _, _, body = await admin("/stats?histogram_buckets=detailed&filter=initialization")
-    assert body.startswith("server.initialization_time_ms:\n  totals=10,15:1\n  intervals=\n"
-                           "  summary=P0(nan,15)")  # fmt: skip
+    assert body.startswith(
+        "server.initialization_time_ms:\n  totals=10,15:1\n  intervals=\n  summary=P0(nan,15)"
+    )
     _, _, body = await admin("/stats?format=json&histogram_buckets=cumulative&filter=initial")
     buckets = json.loads(body)["stats"][0]["histograms"][0]["buckets"]
     assert buckets[4] == {"upper_bound": 25, "interval": 0, "cumulative": 1}
@@ -130,8 +135,10 @@ async def test_prometheus_endpoints(admin, stats, context):
     _, _, body = await admin("/stats/prometheus?filter=identifier&text_readouts")
     assert 'envoy_control_plane_identifier{text_value="cp-1"} 0\n' in body
     assert await admin("/stats/prometheus?histogram_buckets=disjoint") == (
-        400, TEXT, "unsupported prometheus histogram bucket mode"
-    )  # fmt: skip
+        400,
+        TEXT,
+        "unsupported prometheus histogram bucket mode",
+    )
     assert "hosts" not in (await admin("/stats/prometheus"))[2]
     assert context.refreshes == 6
 
@@ -145,12 +152,21 @@ async def test_stats_config_tags_apply(admin, stats, context):
 
 def test_number_formats():
     assert [format_number(x) for x in (0.0, 9.05, 1e16, float("nan"))] == [
-        "0", "9.05", "1e+16", "nan",
-    ]  # fmt: skip
+        "0",
+        "9.05",
+        "1e+16",
+        "nan",
+    ]
     # std::to_chars: shorter of fixed and scientific, fixed on ties (seen in Envoy's JSON).
     assert [json_number(x) for x in (300000, 600000, 1800000, 60000, 0.5, 1e-07, 0)] == [
-        "3e+05", "6e+05", "1800000", "60000", "0.5", "1e-07", "0",
-    ]  # fmt: skip
+        "3e+05",
+        "6e+05",
+        "1800000",
+        "60000",
+        "0.5",
+        "1e-07",
+        "0",
+    ]
     assert json_number(float("nan")) == "null"
 
 

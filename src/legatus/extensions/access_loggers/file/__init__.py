@@ -36,11 +36,13 @@ class FileAccessLogger:
         self.formatter = formatter
         self.file = file  # None in validate mode
 
-    def log(self, info, request_headers=None, response_headers=None,
-            response_trailers=None) -> None:  # fmt: skip
+    def log(
+        self, info, request_headers=None, response_headers=None, response_trailers=None
+    ) -> None:
         if self.file is not None:
-            self.file.write(self.formatter.format(info, request_headers, response_headers,
-                                                  response_trailers))  # fmt: skip
+            self.file.write(
+                self.formatter.format(info, request_headers, response_headers, response_trailers)
+            )
 
 
 def open_log_file(file_path: str, context, path: str) -> AccessLogFile | None:
@@ -75,5 +77,11 @@ def _factory(proto, context, path: str) -> FileAccessLogger:
 
 
 def register(registry: Registry) -> None:
-    registry.register(Extension(category=Category.ACCESS_LOGGER, name=NAME,
-                                config_types=(CONFIG_TYPE,), factory=_factory))  # fmt: skip
+    registry.register(
+        Extension(
+            category=Category.ACCESS_LOGGER,
+            name=NAME,
+            config_types=(CONFIG_TYPE,),
+            factory=_factory,
+        )
+    )

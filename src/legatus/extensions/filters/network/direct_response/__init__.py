@@ -33,8 +33,9 @@ class DirectResponseFilter(ReadFilter):
 
 
 def _factory(proto, context, path):
-    response = read_data_source(proto.response, f"{path}.response") if proto.HasField(
-        "response") else b""  # fmt: skip
+    response = (
+        read_data_source(proto.response, f"{path}.response") if proto.HasField("response") else b""
+    )
 
     def add_filters(connection) -> None:
         connection.add_read_filter(DirectResponseFilter(response))
@@ -44,5 +45,11 @@ def _factory(proto, context, path):
 
 
 def register(registry: Registry) -> None:
-    registry.register(Extension(category=Category.NETWORK_FILTER, name=NAME,
-                                config_types=(CONFIG_TYPE,), factory=_factory))  # fmt: skip
+    registry.register(
+        Extension(
+            category=Category.NETWORK_FILTER,
+            name=NAME,
+            config_types=(CONFIG_TYPE,),
+            factory=_factory,
+        )
+    )

@@ -26,5 +26,11 @@ def _factory(proto, context, path):
 
 
 def register(registry: Registry) -> None:
-    registry.register(Extension(category=Category.NETWORK_FILTER, name=NAME,
-                                config_types=(CONFIG_TYPE,), factory=_factory))  # fmt: skip
+    registry.register(
+        Extension(
+            category=Category.NETWORK_FILTER,
+            name=NAME,
+            config_types=(CONFIG_TYPE,),
+            factory=_factory,
+        )
+    )

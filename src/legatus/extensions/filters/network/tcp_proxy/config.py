@@ -17,10 +17,17 @@ from legatus.upstream.cluster import duration
 TcpProxy = tcp_proxy_pb2.TcpProxy
 DEFAULT_IDLE_TIMEOUT = 3600.0  # Envoy: 1 hour unless set; 0s disables
 
-_SUPPORTED = frozenset({
-    "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts",
-    "access_log", "max_downstream_connection_duration",
-})  # fmt: skip
+_SUPPORTED = frozenset(
+    {
+        "stat_prefix",
+        "cluster",
+        "weighted_clusters",
+        "idle_timeout",
+        "max_connect_attempts",
+        "access_log",
+        "max_downstream_connection_duration",
+    }
+)
 _SUPPORTED_WEIGHTED = frozenset({"name", "weight"})
 
 
@@ -70,8 +77,12 @@ def compile_config(proto: TcpProxy, context: FactoryContext, path: str) -> TcpPr
     if proto.WhichOneof("cluster_specifier") == "weighted_clusters":
         entries = proto.weighted_clusters.clusters
         for i, c in enumerate(entries):
-            check_supported(c, _SUPPORTED_WEIGHTED, f"{path}.weighted_clusters.clusters[{i}]",
-                            "TcpProxy.WeightedCluster.ClusterWeight")  # fmt: skip
+            check_supported(
+                c,
+                _SUPPORTED_WEIGHTED,
+                f"{path}.weighted_clusters.clusters[{i}]",
+                "TcpProxy.WeightedCluster.ClusterWeight",
+            )
         weights = [c.weight for c in entries]
         if sum(weights) == 0:
             raise ConfigError(f"{path}.weighted_clusters", "the sum of the weights must be > 0")
@@ -97,8 +108,9 @@ def compile_config(proto: TcpProxy, context: FactoryContext, path: str) -> TcpPr
         weighted=weighted,
         idle_timeout=idle,
         max_connect_attempts=proto.max_connect_attempts.value
-        if proto.HasField("max_connect_attempts") else 1,
+        if proto.HasField("max_connect_attempts")
+        else 1,
         max_downstream_connection_duration=max_duration,
         access_logs=tuple(access_logs),
         stats=TcpProxyStats(context.store.scope(f"tcp.{proto.stat_prefix}.")),
-    )  # fmt: skip
+    )

@@ -142,8 +142,9 @@ class TcpProxyFilter(ReadFilter):
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
             self.info.set_flag(ResponseFlag.NO_HEALTHY_UPSTREAM)
-            log.debug("[C%d] tcp_proxy: no healthy host in '%s'", self.downstream.id,
-                      cluster.config.name)  # fmt: skip
+            log.debug(
+                "[C%d] tcp_proxy: no healthy host in '%s'", self.downstream.id, cluster.config.name
+            )
             self.downstream.close(CloseType.NO_FLUSH)
             return
         self.attempts += 1
@@ -165,7 +166,7 @@ class TcpProxyFilter(ReadFilter):
         cluster = self.cluster
         try:
             await connect(self.loop, upstream, host.address, cluster.config.connect_timeout)
-        except (OSError, TimeoutError, asyncio.TimeoutError) as e:
+        except (OSError, TimeoutError) as e:
             self._on_connect_failure(upstream, host, e)
             return
         except asyncio.CancelledError:
@@ -188,8 +189,12 @@ class TcpProxyFilter(ReadFilter):
         self._release_upstream(upstream, host)
         self.upstream = None
         self.info.upstream_transport_failure_reason = reason
-        log.debug("[C%d] tcp_proxy: connect to %s failed: %s", self.downstream.id,
-                  host.config.address, reason)  # fmt: skip
+        log.debug(
+            "[C%d] tcp_proxy: connect to %s failed: %s",
+            self.downstream.id,
+            host.config.address,
+            reason,
+        )
         if self.closed:
             return
         if self.attempts < self.config.max_connect_attempts:
@@ -216,8 +221,9 @@ class TcpProxyFilter(ReadFilter):
         self.info.upstream_connected_monotonic = now
         if upstream.local_address is not None:
             la = upstream.local_address
-            self.info.upstream_local_address = f"[{la[0]}]:{la[1]}" if ":" in la[0] \
-                else f"{la[0]}:{la[1]}"  # fmt: skip
+            self.info.upstream_local_address = (
+                f"[{la[0]}]:{la[1]}" if ":" in la[0] else f"{la[0]}:{la[1]}"
+            )
         if self.closed:
             upstream.close(CloseType.NO_FLUSH)
             return
