@@ -685,10 +685,10 @@ class Bench:
                 "raw",
                 "--output",
                 str(raw),
-                "--nonblocking",
             ]
-            if a.profile_native:
-                cmd.append("--native")
+            # --nonblocking reads the worker's memory without stopping it (less overhead, a few
+            # torn stacks); --native needs to stop it for each sample.
+            cmd.append("--native" if a.profile_native else "--nonblocking")
             say(f"[legatus] py-spy during {test} ({d}s) -> {raw}")
             spy = subprocess.Popen(
                 self.pin(a.load_cpu, cmd),

@@ -96,8 +96,8 @@ class Registry:
                 )
             raise ConfigError(
                 config_path,
-                f"unsupported extension {url} (name '{name}'): legatus does not implement it "
-                f"as a {category.value} extension",
+                f"unsupported extension {url} (name '{name}'): legatus does not implement "
+                f"this {category.value} extension",
             )
         return extension, _unpack(extension, full_name, payload, config_path)
 

@@ -150,5 +150,9 @@ def check_static_resources(bootstrap: Bootstrap) -> None:
                 "listener with the same name already exists",
             )
         names.add(listener.name)
-        if not listener.HasField("address") and not listener.HasField("api_listener"):
+        if not (
+            listener.HasField("address")
+            or listener.HasField("api_listener")
+            or listener.HasField("internal_listener")
+        ):
             raise ConfigError(f"{path}.address", "error adding listener: address is necessary")

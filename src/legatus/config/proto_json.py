@@ -105,9 +105,68 @@ def parse(
     message = message_type()
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=ignore_unknown_fields)
-    except (json_format.ParseError, TypeError, ValueError, AttributeError) as e:
-        raise _locate(document, message_type, path, ignore_unknown_fields, e) from None
+    except (json_format.ParseError, TypeError, ValueError, AttributeError):
+        # Envoy's JSON parser is lenient where json_format is not; retry with the
+        # document brought into strict form before reporting anything.
+        document = _lenient(document, message_type.DESCRIPTOR)
+        message = message_type()
+        try:
+            json_format.ParseDict(document, message, ignore_unknown_fields=ignore_unknown_fields)
+        except (json_format.ParseError, TypeError, ValueError, AttributeError) as e:
+            raise _locate(document, message_type, path, ignore_unknown_fields, e) from None
     return message
+
+
+def _lenient(document: Any, descriptor) -> Any:
+    """What Envoy's parser accepts and json_format does not, made strict.
+
+    - a single value where a repeated field expects a list (``listener_filters: {...}``);
+    - enum names in another case (``type: strict_dns``): Envoy parses enums
+      case-insensitively.
+    """
+    if not isinstance(document, dict):
+        return document
+    if descriptor.full_name == "google.protobuf.Any":
+        url = document.get("@type")
+        cls = message_class(type_name(url)) if isinstance(url, str) else None
+        if cls is None or cls.DESCRIPTOR.full_name in _WELL_KNOWN_JSON:
+            return document
+        return _lenient(document, cls.DESCRIPTOR)
+    if descriptor.full_name in _WELL_KNOWN_JSON:
+        return document
+    fields = {}
+    for f in descriptor.fields:
+        fields[f.name] = f
+        fields[f.json_name] = f
+    out = {}
+    for key, value in document.items():
+        field = fields.get(key)
+        if field is not None:
+            value = _lenient_field(field, value)
+        out[key] = value
+    return out
+
+
+def _lenient_field(field: FieldDescriptor, value: Any) -> Any:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if isinstance(value, dict):
+            value_field = field.message_type.fields_by_name["value"]
+            return {k: _lenient_single(value_field, v) for k, v in value.items()}
+        return value
+    if field.is_repeated:
+        items = value if isinstance(value, list) else [value]
+        return [_lenient_single(field, v) for v in items]
+    return _lenient_single(field, value)
+
+
+def _lenient_single(field: FieldDescriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return _lenient(value, field.message_type)
+    if field.type == FieldDescriptor.TYPE_ENUM and isinstance(value, str):
+        names = field.enum_type.values_by_name
+        if value not in names and value.upper() in names:
+            return value.upper()
+    return value
 
 
 # -- finding the failing field ----------------------------------------------------
