@@ -226,6 +226,10 @@ class Pair:
     def runs(self) -> tuple[Run, Run]:
         return self.envoy, self.legatus
 
+    def both_stats(self) -> tuple[tuple[str, dict[str, int | str]], ...]:
+        """(("envoy", stats), ("legatus", stats)): assert the same thing of each."""
+        return ("envoy", self.envoy_stats), ("legatus", self.legatus_stats)
+
 
 def _free_ports(n: int) -> list[int]:
     """n distinct ports nothing listens on (held together so none is handed out twice)."""

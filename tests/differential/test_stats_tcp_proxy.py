@@ -181,8 +181,8 @@ def test_traffic_is_counted_as_envoy_counts_it(pair):
         "listener.127.0.0.1_<echo>.downstream_cx_total": 1,
         "listener.127.0.0.1_<direct>.downstream_cx_total": 1,
     }
-    for run, stats in (("envoy", pair.envoy_stats), ("legatus", pair.legatus_stats)):
-        assert {k: stats.get(k) for k in want} == want, run
+    for proxy, stats in pair.both_stats():
+        assert {k: stats.get(k) for k in want} == want, proxy
 
 
 def test_listener_on_port_0_is_named_by_configured_address(pair):
@@ -200,18 +200,18 @@ def test_listener_on_port_0_is_named_by_configured_address(pair):
 def test_upstream_fin_after_downstream_half_close_is_a_remote_destroy(pair):
     """Client FIN -> tcp_proxy half-closes the upstream -> the echo server FINs back: Envoy
     sees the upstream close from the remote side (destroy_remote, *_with_active_rq)."""
-    for stats in (pair.envoy_stats, pair.legatus_stats):
+    for proxy, stats in pair.both_stats():
         got = {
             k: stats[f"cluster.backend.upstream_cx_{k}"]
             for k in ("destroy_remote", "destroy_local")
         }
-        assert got == {"destroy_remote": 3, "destroy_local": 0}
+        assert got == {"destroy_remote": 3, "destroy_local": 0}, proxy
 
 
 def test_refused_connect_is_a_remote_destroy_and_exhausts_attempts(pair):
     """With the default max_connect_attempts (1), one refused connect counts
     upstream_cx_connect_attempts_exceeded, and the failed connection is destroy_remote."""
-    for stats in (pair.envoy_stats, pair.legatus_stats):
+    for proxy, stats in pair.both_stats():
         got = {
             k: stats[f"cluster.dead.upstream_cx_{k}"]
             for k in (
@@ -222,24 +222,29 @@ def test_refused_connect_is_a_remote_destroy_and_exhausts_attempts(pair):
                 "destroy_local",
             )
         }
-        want = {"connect_fail": 1, "connect_attempts_exceeded": 1, "destroy": 1,
-                "destroy_remote": 1, "destroy_local": 0}  # fmt: skip
-        assert got == want
+        want = {
+            "connect_fail": 1,
+            "connect_attempts_exceeded": 1,
+            "destroy": 1,
+            "destroy_remote": 1,
+            "destroy_local": 0,
+        }
+        assert got == want, proxy
 
 
 def test_static_cluster_max_host_weight_stays_zero(pair):
     """Envoy sets max_host_weight only when a dynamic host list is updated (EDS, DNS)."""
-    for stats in (pair.envoy_stats, pair.legatus_stats):
-        assert [stats[f"cluster.{c}.max_host_weight"] for c in ("backend", "dead")] == [0, 0]
+    for proxy, stats in pair.both_stats():
+        assert [stats[f"cluster.{c}.max_host_weight"] for c in ("backend", "dead")] == [0, 0], proxy
 
 
 def test_days_until_first_cert_expiring_without_certificates(pair):
     """No certificate configured: Envoy reports UINT32_MAX."""
-    for stats in (pair.envoy_stats, pair.legatus_stats):
-        assert stats["server.days_until_first_cert_expiring"] == 2**32 - 1
+    for proxy, stats in pair.both_stats():
+        assert stats["server.days_until_first_cert_expiring"] == 2**32 - 1, proxy
 
 
 def test_tcp_proxy_on_demand_stats_only_with_on_demand_config(pair):
     """Envoy declares tcp.<prefix>.on_demand_cluster_* only when `on_demand` is configured."""
-    for stats in (pair.envoy_stats, pair.legatus_stats):
-        assert sorted(n for n in stats if ".on_demand_cluster_" in n) == []
+    for proxy, stats in pair.both_stats():
+        assert sorted(n for n in stats if ".on_demand_cluster_" in n) == [], proxy
