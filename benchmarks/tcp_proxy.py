@@ -625,7 +625,26 @@ class Bench:
             "pss_kib": sum(m["pss_kib"] for m in per.values()),
         }
 
+    def wait_quiet(self, label: str) -> dict[str, float]:
+        """Wait (up to --wait-quiet s) until no core is busier than 10% without us."""
+        deadline = time.monotonic() + self.args.wait_quiet
+        while True:
+            c0 = core_times()
+            time.sleep(0.5)
+            c1 = core_times()
+            busy = {
+                k: round(100.0 * (c1[k][0] - c0[k][0]) / max(1, c1[k][1] - c0[k][1]), 1) for k in c1
+            }
+            if max(busy.values()) <= 10.0:
+                return busy
+            if time.monotonic() > deadline:
+                say(f"[{label}] WARNING: the machine is busy without the benchmark ({busy}); "
+                    "numbers will be noisy")  # fmt: skip
+                return busy
+            time.sleep(1.0)
+
     def run_proxy(self, name: str, cmd: list[str], listen: dict[str, int]) -> dict:
+        background = self.wait_quiet(name)
         proc = self.start_proxy(name, cmd)
         try:
             ready_s = self.wait_ready(proc, list(listen.values()))
@@ -649,7 +668,12 @@ class Bench:
 
                 roles = {str(main_pid): "envoy"}
             time.sleep(self.args.settle)
-            res: dict = {"ready_s": ready_s, "roles": roles, "command": cmd}
+            res: dict = {
+                "ready_s": ready_s,
+                "roles": roles,
+                "command": cmd,
+                "background_busy_pct": background,
+            }
             res["mem_idle"] = self.mem(name, pids_fn)
             res.update(self.suite(name, listen, pids_fn))
             if self.args.profile and name == "legatus":
@@ -686,9 +710,9 @@ class Bench:
                 "--output",
                 str(raw),
             ]
-            # --nonblocking reads the worker's memory without stopping it (less overhead, a few
-            # torn stacks); --native needs to stop it for each sample.
-            cmd.append("--native" if a.profile_native else "--nonblocking")
+            # --native (C frames: uvloop, libuv, libc syscalls, the GC) stops the worker for each
+            # sample; --nonblocking reads its memory without stopping it (Python frames only).
+            cmd.append("--nonblocking" if a.profile_python_only else "--native")
             say(f"[legatus] py-spy during {test} ({d}s) -> {raw}")
             spy = subprocess.Popen(
                 self.pin(a.load_cpu, cmd),
@@ -760,7 +784,9 @@ class Bench:
                 "bootstrap": cfg.read_text(),
             }
         }
+        background = self.wait_quiet("direct")
         results["direct"] = self.suite("direct", upstream, list)
+        results["direct"]["background_busy_pct"] = background
         legatus_cmd = (
             shlex.split(a.legatus_cmd) if a.legatus_cmd else [sys.executable, "-m", "legatus"]
         )
@@ -814,42 +840,78 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+_SYSCALL_NAMES = (
+    "read readv recv recvfrom recvmsg write writev send sendto sendmsg epoll_wait epoll_pwait "
+    "epoll_ctl close connect accept accept4 shutdown socket getsockname getpeername setsockopt "
+    "getsockopt syscall brk mmap munmap madvise getpid ioctl fcntl"
+)
+SYSCALLS = frozenset(_SYSCALL_NAMES.split())
+
+
 def summarize_profile(raw: Path, top: int) -> dict:
-    """Self and inclusive % of samples per function from py-spy's collapsed stacks."""
+    """Where the worker's samples went, from py-spy's collapsed stacks (``--format raw``).
+
+    - ``categories``: the leaf frame is a syscall wrapper in libc / the cyclic GC / Python code
+      (a ``.py`` frame) / other native code (uvloop, libuv, CPython, libc);
+    - ``self``: the leaf frames (where the CPU was), top N;
+    - ``inclusive``: legatus functions with everything they call, top N, leaving out the trunk
+      (frames in more than 95% of samples: the event loop and start-up frames).
+    """
     self_c: Counter[str] = Counter()
     incl_c: Counter[str] = Counter()
+    cats: Counter[str] = Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        n = int(count)
-        total += n
-        frames = [_frame_name(f) for f in stack.split(";")]
-        frames = [f for f in frames if f]
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
-        self_c[frames[-1]] += n
-        for f in set(frames):
-            incl_c[f] += n
+        n = int(count)
+        total += n
+        leaf = frames[-1]
+        func = leaf.partition(" (")[0]
+        if ".py:" in leaf or ".py)" in leaf:
+            cats["python code"] += n
+        elif func.startswith("gc_collect") or func in ("collect", "gc_collect_main"):
+            cats["cyclic GC"] += n
+        elif func in SYSCALLS and "libc" in leaf:
+            cats["syscalls"] += n
+        else:
+            cats["other native (uvloop, libuv, CPython, libc)"] += n
+        names = [_frame_name(f) for f in frames]
+        self_c[names[-1]] += n
+        for name in set(names):
+            incl_c[name] += n
     total = total or 1
 
-    def table(c: Counter[str]) -> list[list]:
-        return [[name, round(100.0 * n / total, 1)] for name, n in c.most_common(top)]
+    def pct(n: int) -> float:
+        return round(100.0 * n / total, 1)
 
-    return {"samples": total, "self": table(self_c), "inclusive": table(incl_c)}
+    inclusive = [
+        [name, pct(c)]
+        for name, c in incl_c.most_common()
+        if "legatus/" in name and c <= 0.95 * total
+    ][:top]
+    return {
+        "samples": total,
+        "categories": {k: pct(v) for k, v in cats.most_common()},
+        "self": [[name, pct(c)] for name, c in self_c.most_common(top)],
+        "inclusive": inclusive,
+    }
 
 
 def _frame_name(frame: str) -> str:
-    """``func (path/to/file.py:123)`` -> ``func (file.py)``; thread/process labels dropped."""
-    frame = frame.strip()
-    if frame.startswith(("process ", "thread ")):
-        return ""
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    file = where.rpartition(":")[0] if ":" in where else where
-    short = "/".join(file.split("/")[-2:]) if "legatus" in file else file.split("/")[-1]
-    return f"{name} ({short})" if short else name
+    """``func (path/to/file.py:123)`` -> ``func (dir/file.py)``; C frames keep their file."""
+    name, _, where = frame.strip().partition(" (")
+    file = where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
+    parts = file.split("/")
+    if "legatus" in parts:
+        file = "legatus/" + "/".join(parts[parts.index("legatus") + 1 :][-2:])
+    else:
+        file = parts[-1]
+    return f"{name} ({file})" if file else name
 
 
 # Report --------------------------------------------------------------------------------------
@@ -940,6 +1002,13 @@ def report(res: dict) -> str:
     lines.append("|---|---|---|---|")
     for key in ("throughput_sink", "throughput_echo", "connrate"):
         lines.append(f"| {key} | {_cpu(d.get(key))} | {_cpu(lg.get(key))} | {_cpu(ev.get(key))} |")
+    bg = [
+        f"{who}: " + " ".join(f"{k} {v:.0f}%" for k, v in sorted(r["background_busy_pct"].items()))
+        for who, r in (("direct", d), ("legatus", lg), ("Envoy", ev))
+        if r.get("background_busy_pct")
+    ]
+    if bg:
+        lines += ["", "Background load just before each series: " + "; ".join(bg)]
     lines.append("")
     lines.append("Targets:")
     lt, et = (
@@ -966,18 +1035,21 @@ def report(res: dict) -> str:
     if errs:
         lines += ["", "Errors:", *errs]
     prof = lg.get("profile")
-    if prof:
-        for test, p in prof.items():
-            lines += [
-                "",
-                f"py-spy, legatus worker during {test} ({p['samples']} samples, "
-                f"raw stacks: {p['raw']}):",
-                "",
-                "| self % | function | | inclusive % | function |",
-                "|---:|---|---|---:|---|",
-            ]
-            for (sn, sp), (iname, ip) in zip(p["self"], p["inclusive"], strict=False):
-                lines.append(f"| {sp} | {sn} | | {ip} | {iname} |")
+    for test, p in (prof or {}).items():
+        cats = ", ".join(f"{k} {v}%" for k, v in p["categories"].items())
+        lines += [
+            "",
+            f"py-spy, legatus worker during {test}: {p['samples']} samples ({cats}); "
+            f"raw stacks: {p['raw']}",
+            "",
+            "| self % | where the CPU was (leaf frame) | incl. % | legatus function (inclusive) |",
+            "|---:|---|---:|---|",
+        ]
+        rows = max(len(p["self"]), len(p["inclusive"]))
+        for i in range(rows):
+            sn, sp = p["self"][i] if i < len(p["self"]) else ("", "")
+            iname, ip = p["inclusive"][i] if i < len(p["inclusive"]) else ("", "")
+            lines.append(f"| {sp} | {sn} | {ip} | {iname} |")
     return "\n".join(lines)
 
 
@@ -1052,9 +1124,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile-duration", type=float, default=5.0)
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
     p.add_argument(
-        "--profile-native",
+        "--profile-python-only",
         action="store_true",
-        help="py-spy --native: include C frames (uvloop, CPython)",
+        help="py-spy --nonblocking without --native (Python frames only, lower overhead)",
     )
     p.add_argument("--profile-top", type=int, default=20)
     p.add_argument(

@@ -197,6 +197,8 @@ def _locate(
         if cls.DESCRIPTOR.full_name in _WKT_WITH_VALUE and "value" in body:
             body = body["value"]
         return _locate(body, cls, path, ignore, error)
+    if not isinstance(document, dict) and full_name not in _WELL_KNOWN_JSON:
+        return ConfigError(path, f"expected an object ({full_name}), got {_kind(document)}")
     if isinstance(document, dict) and full_name not in _WELL_KNOWN_JSON:
         fields = {}
         for f in descriptor.fields:

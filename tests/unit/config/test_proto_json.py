@@ -39,7 +39,11 @@ def _listener_with(typed_config):
             "static_resources.listeners[1].filter_chains[0].filters[0].typed_config",
             "unknown type URL",
         ),
-        ({"static_resources": {"listeners": "x"}}, "static_resources.listeners", "expected a list"),
+        (
+            {"static_resources": {"listeners": "x"}},
+            "static_resources.listeners[0]",
+            "expected an object (envoy.config.listener.v3.Listener), got a string",
+        ),
         (
             {"static_resources": {"clusters": [{"name": "c", "connect_timeout": 5}]}},
             "static_resources.clusters[0].connect_timeout",
