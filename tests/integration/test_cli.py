@@ -11,6 +11,7 @@ import sys
 import time
 
 import yaml
+
 from tests.support.process import start_proxy, wait_for
 from tests.support.upstreams import EchoServer, tcp_proxy_config
 

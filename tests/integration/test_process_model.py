@@ -7,6 +7,7 @@ import signal
 import socket
 
 import pytest
+
 from tests.support.process import alive, children, start_proxy, wait_for
 from tests.support.upstreams import EchoServer, tcp_proxy_config
 

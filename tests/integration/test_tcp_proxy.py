@@ -6,6 +6,7 @@ import socket
 import time
 
 import pytest
+
 from tests.support.process import start_proxy
 from tests.support.upstreams import EchoServer, free_port, tcp_proxy_config
 
