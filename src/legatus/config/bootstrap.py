@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from legatus.config.errors import ConfigError
 from legatus.config.proto_json import parse
+from legatus.config.supported import check_supported
 from legatus.config.validate import validate_message
 from legatus.server.options import Options
 
@@ -57,6 +58,7 @@ def load(options: Options) -> LoadedBootstrap:
     if errors:
         raise errors[0]
     check_static_resources(bootstrap)
+    check_supported_fields(bootstrap)
     return LoadedBootstrap(bootstrap=bootstrap, unknown_static_fields=unknown)
 
 
@@ -128,6 +130,25 @@ def _apply_node_flags(bootstrap: Bootstrap, options: Options) -> None:
         bootstrap.node.id = options.service_node
     if options.service_zone:
         bootstrap.node.locality.zone = options.service_zone
+
+
+_SUPPORTED_BOOTSTRAP = frozenset({
+    "node", "static_resources", "admin", "stats_config", "stats_flush_interval",
+    "stats_server_version_override",
+})  # fmt: skip
+_SUPPORTED_STATIC = frozenset({"listeners", "clusters"})
+_SUPPORTED_ADMIN = frozenset({"address", "profile_path"})
+_SUPPORTED_STATS_CONFIG = frozenset({"stats_tags", "use_all_default_tags"})
+
+
+def check_supported_fields(bootstrap: Bootstrap) -> None:
+    """Refuse top-level bootstrap features legatus does not act on yet, by path."""
+    check_supported(bootstrap, _SUPPORTED_BOOTSTRAP, "", "Bootstrap")
+    check_supported(bootstrap.static_resources, _SUPPORTED_STATIC, "static_resources",
+                    "Bootstrap.StaticResources")  # fmt: skip
+    check_supported(bootstrap.admin, _SUPPORTED_ADMIN, "admin", "Admin")
+    check_supported(bootstrap.stats_config, _SUPPORTED_STATS_CONFIG, "stats_config",
+                    "StatsConfig")  # fmt: skip
 
 
 def check_static_resources(bootstrap: Bootstrap) -> None:
