@@ -67,6 +67,12 @@ class Registry:
         for n in (extension.name, *extension.aliases):
             self._by_name[(extension.category, n)] = extension
 
+    def knows_type(self, full_name: str) -> bool:
+        """Whether any extension takes this config type (the typed-struct wrappers count)."""
+        if full_name in _TYPED_STRUCTS or full_name in _OPAQUE:
+            return True
+        return any(t == full_name for _, t in self._by_type)
+
     def extensions(self) -> list[Extension]:
         return sorted(set(self._by_name.values()), key=lambda e: (e.category.value, e.name))
 

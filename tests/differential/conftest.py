@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
 from tests.differential.scenario import envoy_and_legatus
 
 

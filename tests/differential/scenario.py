@@ -27,8 +27,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.process import ProxyProcess, envoy_command, legatus_command, start_proxy
-from tests.support.upstreams import EchoServer, free_port
+from tests.support.process import (
+    ProxyProcess,
+    envoy_command,
+    legatus_command,
+    start_proxy,
+    wait_for,
+)
+from tests.support.upstreams import EchoServer
 
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ECHO = "type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo"
@@ -201,12 +207,22 @@ def settle(run: Run, timeout: float = 10.0) -> tuple[dict[str, int | str], set[s
         time.sleep(0.1)
 
 
-def _start(name: str, config: dict, workdir: Path, ports: dict[str, int]) -> Run:
+def _start(name: str, config: dict, workdir: Path) -> ProxyProcess:
     command = envoy_command() if name == "envoy" else legatus_command()
     # Same flags for both (legatus accepts --use-dynamic-base-id as a no-op): /server_info
     # then reports the same command line options.
     args = ["--concurrency", "1"] + ([] if name == "envoy" else ["--use-dynamic-base-id"])
-    proxy = start_proxy(config, workdir / name, command=command, args=args)
+    return start_proxy(config, workdir / name, command=command, args=args, wait_live=False)
+
+
+def _ready(name: str, proxy: ProxyProcess, ports: dict[str, int]) -> Run:
+    def live() -> bool:
+        try:
+            return proxy.admin("/ready", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(live, timeout=30, what=f"{name} to become LIVE")
     bound = {n: proxy.listener_port(n) for n in LISTENERS}
     for n in FIXED_PORT_LISTENERS:
         assert bound[n] == ports[n], (name, n, bound[n], ports[n])
@@ -249,19 +265,21 @@ def _free_ports(n: int) -> list[int]:
 def envoy_and_legatus(workdir: Path):
     """Run the scenario through both proxies at once; yield a settled Pair; stop both."""
     echo = EchoServer()
-    dead_port = free_port()
     runs: list[Run] = []
     try:
-        free = iter(_free_ports(2 * len(FIXED_PORT_LISTENERS)))
+        free = iter(_free_ports(1 + 2 * len(FIXED_PORT_LISTENERS)))
+        dead_port = next(free)  # nothing listens there: connects are refused
+        procs = []
+        # Popen from this thread: Envoy sets PR_SET_PDEATHSIG, so it gets SIGTERM when the
+        # thread that started it exits (a pool thread would kill it on pool shutdown).
+        for name in ("envoy", "legatus"):
+            ports = {n: next(free) for n in FIXED_PORT_LISTENERS}
+            config = bootstrap(echo_port=echo.port, dead_port=dead_port, ports=ports)
+            proxy = _start(name, config, workdir)
+            procs.append((name, proxy, ports))
+            runs.append(Run(name=name, proxy=proxy, ports={}))  # stopped by `finally`
         with ThreadPoolExecutor(2) as pool:
-            jobs = []
-            for name in ("envoy", "legatus"):
-                ports = {n: next(free) for n in FIXED_PORT_LISTENERS}
-                config = bootstrap(echo_port=echo.port, dead_port=dead_port, ports=ports)
-                jobs.append(pool.submit(_start, name, config, workdir, ports))
-            runs.extend(job.result() for job in jobs if job.exception() is None)
-            for job in jobs:
-                job.result()  # re-raise a start-up failure, after keeping the other to stop
+            runs[:] = pool.map(lambda args: _ready(*args), procs)
             envoy, legatus = runs
             list(pool.map(drive_traffic, runs))
             (e_stats, e_hist), (l_stats, l_hist) = pool.map(settle, runs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from tests.differential.scenario import ZERO_BOUND
+from tests.differential.scenario import CLUSTERS, ZERO_BOUND
 
 # The scopes compared: what legatus implements today, at the granularity Envoy declares it.
 IN_SCOPE = re.compile(
@@ -126,7 +126,7 @@ KNOWN_HISTOGRAM_GAPS = [
 
 
 def _collapse(name: str) -> str:
-    name = re.sub(r"^cluster\.(backend|dead)\.", "cluster.<cluster>.", name)
+    name = re.sub(rf"^cluster\.({'|'.join(CLUSTERS)})\.", "cluster.<cluster>.", name)
     name = re.sub(r"^tcp\.[^.]+\.", "tcp.<prefix>.", name)
     return re.sub(r"^listener\.127\.0\.0\.1_<[a-z]+>\.", "listener.127.0.0.1_<listener>.", name)
 

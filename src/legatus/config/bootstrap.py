@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -20,9 +21,10 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from legatus.config.errors import ConfigError
-from legatus.config.proto_json import parse
+from legatus.config.proto_json import parse, type_name
 from legatus.config.supported import check_supported
 from legatus.config.validate import validate_message
+from legatus.registry import Registry
 from legatus.server.options import Options
 
 log = logging.getLogger("legatus.config")
@@ -35,7 +37,7 @@ class LoadedBootstrap:
     unknown_static_fields: int  # server.static_unknown_fields
 
 
-def load(options: Options) -> LoadedBootstrap:
+def load(options: Options, registry: Registry | None = None) -> LoadedBootstrap:
     if not options.config_path and not options.config_yaml:
         raise ConfigError(
             "",
@@ -45,12 +47,12 @@ def load(options: Options) -> LoadedBootstrap:
     unknown = 0
     bootstrap = Bootstrap()
     if options.config_path:
-        part, n = _load_file(options.config_path, options.allow_unknown_static_fields)
+        part, n = _load_file(options.config_path, options.allow_unknown_static_fields, registry)
         bootstrap.MergeFrom(part)
         unknown += n
     if options.config_yaml:
         document = _yaml(options.config_yaml, "--config-yaml")
-        part, n = _parse_document(document, options.allow_unknown_static_fields)
+        part, n = _parse_document(document, options.allow_unknown_static_fields, registry)
         bootstrap.MergeFrom(part)
         unknown += n
     _apply_node_flags(bootstrap, options)
@@ -62,7 +64,7 @@ def load(options: Options) -> LoadedBootstrap:
     return LoadedBootstrap(bootstrap=bootstrap, unknown_static_fields=unknown)
 
 
-def _load_file(path: str, allow_unknown: bool) -> tuple[Bootstrap, int]:
+def _load_file(path: str, allow_unknown: bool, registry: Registry | None) -> tuple[Bootstrap, int]:
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -89,6 +91,8 @@ def _load_file(path: str, allow_unknown: bool) -> tuple[Bootstrap, int]:
         except json.JSONDecodeError as e:
             raise ConfigError("", f"Unable to parse JSON as proto ({e}): {path}") from None
     elif path.endswith((".yaml", ".yml")):
+        if not text.strip():
+            raise ConfigError("", f"Unable to convert YAML as JSON: {path} is empty")
         document = _yaml(text, path)
     else:
         raise ConfigError(
@@ -96,7 +100,7 @@ def _load_file(path: str, allow_unknown: bool) -> tuple[Bootstrap, int]:
             f"Unsupported config file extension for {path}: expected .yaml, "
             ".yml, .json, .pb or .pb_text",
         )
-    return _parse_document(document, allow_unknown)
+    return _parse_document(document, allow_unknown, registry)
 
 
 def _yaml(text: str, where: str):
@@ -111,16 +115,52 @@ def _yaml(text: str, where: str):
     return document
 
 
-def _parse_document(document: dict, allow_unknown: bool) -> tuple[Bootstrap, int]:
+def _parse_document(
+    document: dict, allow_unknown: bool, registry: Registry | None
+) -> tuple[Bootstrap, int]:
     try:
         return parse(document, Bootstrap), 0
     except ConfigError as strict_error:
+        if registry is not None:
+            _raise_if_inside_unsupported_extension(document, strict_error, registry)
         if not allow_unknown or "unknown field" not in strict_error.message:
             raise
         log.warning(
             "Unknown static field(s) ignored (--allow-unknown-static-fields): %s", strict_error
         )
         return parse(document, Bootstrap, ignore_unknown_fields=True), 1
+
+
+_SEGMENT = re.compile(r'\.?([A-Za-z_0-9]+)|\[(\d+)\]|\["([^"]*)"\]')
+
+
+def _raise_if_inside_unsupported_extension(document: dict, error: ConfigError,
+                                           registry: Registry) -> None:  # fmt: skip
+    """A parse error inside the config of an extension legatus lacks names the extension.
+
+    Telling an operator about a bad field deep inside, say, an HTTP connection
+    manager is no help when legatus cannot run the connection manager at all.
+    """
+    node: object = document
+    path = ""
+    for m in _SEGMENT.finditer(error.path):
+        name, index, key = m.groups()
+        if name is not None:
+            path = f"{path}.{name}" if path else name
+            node = node.get(name) if isinstance(node, dict) else None
+        elif index is not None:
+            path += f"[{index}]"
+            i = int(index)
+            node = node[i] if isinstance(node, list) and i < len(node) else None
+        else:
+            path += f'["{key}"]'
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            return
+        url = node.get("@type") if isinstance(node, dict) else None
+        if isinstance(url, str) and path != error.path and not registry.knows_type(type_name(url)):
+            raise ConfigError(path, f"unsupported extension {url}: legatus does not implement it "
+                              f"(and its config did not parse: {error})") from None  # fmt: skip
 
 
 def _apply_node_flags(bootstrap: Bootstrap, options: Options) -> None:

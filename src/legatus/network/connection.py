@@ -74,6 +74,7 @@ class Connection(asyncio.Protocol):
         self.close_event: ConnectionEvent | None = None
         self._on_close = on_close
         self._read_disable_count = 0
+        self._peer_closes = False
         self._filters_initialized = False
         self._held: list[tuple[bytes, bool]] = []  # data that arrived while a filter stopped
         self._stopped_at: int | None = None
@@ -155,6 +156,9 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.read_ended = True
+        # The peer's FIN after ours ends the connection, and the peer spoke last: however
+        # the close is triggered from here on (even by a filter), it is a remote close.
+        self._peer_closes = self.write_ended
         if self._stopped_at is not None:
             self._held.append((b"", True))
         else:
@@ -224,7 +228,9 @@ class Connection(asyncio.Protocol):
                 if sock is not None:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()  # type: ignore[union-attr]
-        self._raise_event(ConnectionEvent.LOCAL_CLOSE)
+        self._raise_event(
+            ConnectionEvent.REMOTE_CLOSE if self._peer_closes else ConnectionEvent.LOCAL_CLOSE
+        )
 
     def read_disable(self, disable: bool) -> None:
         """Stop (or resume) reading; calls nest, reading resumes when all are undone."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -126,7 +127,7 @@ def compile_listener(proto: Listener, context: FactoryContext, path: str) -> Lis
 
     access_logs = create_access_logs(proto.access_log, context, f"{path}.access_log")
     return ListenerConfig(
-        name=proto.name or str(address),
+        name=proto.name or str(uuid.uuid4()),  # Envoy names an unnamed listener with a UUID
         address=address,
         stat_prefix=proto.stat_prefix or address.stat_name(),
         buffer_limit=proto.per_connection_buffer_limit_bytes.value

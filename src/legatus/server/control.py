@@ -29,7 +29,9 @@ MAX_FRAME = 256 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerSocket:
-    listener: bytes  # serialized envoy.config.listener.v3.Listener (port resolved)
+    listener: bytes  # serialized envoy.config.listener.v3.Listener, as configured
+    name: str  # the listener's name (generated when the config has none)
+    port: int  # the port the main process reserved (port 0 resolved)
     inherited_fd: int | None  # a shared listening socket (enable_reuse_port: false)
 
 

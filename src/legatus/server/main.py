@@ -68,7 +68,7 @@ def run(options: opts.Options, sink) -> int:
     from legatus.stats.tag_extractor import TagConfigError, TagExtractor
 
     try:
-        loaded = load(options)
+        loaded = load(options, registry)
         compiled = compile_config(
             loaded.bootstrap, registry=registry, options=options, store=Store()
         )

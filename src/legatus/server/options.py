@@ -127,7 +127,6 @@ class Options:
             disable_hot_restart=self.disable_hot_restart,
             restart_epoch=self.restart_epoch,
             socket_path=self.socket_path,
-            socket_mode=int(self.socket_mode, 8),
             stats_tag=[f"{k}:{v}" for k, v in self.stats_tags],
         )
 

@@ -41,6 +41,7 @@ from legatus.upstream.host import host_stats_prefix
 log = logging.getLogger("legatus.main")
 HOT_RESTART_VERSION = "disabled"
 STATS_REFRESH_TIMEOUT_S = 1.0
+_NO_CERTIFICATES = 0xFFFFFFFF  # server.days_until_first_cert_expiring with no certificates
 WORKER_SHUTDOWN_GRACE_S = 5.0
 
 
@@ -54,6 +55,8 @@ class CompiledConfig:
 
 def compile_config(bootstrap, *, registry, options: Options, store: Store) -> CompiledConfig:
     """Compile every cluster and listener, as validate mode and start-up both need."""
+    if bootstrap.admin.HasField("address"):
+        addr.from_proto(bootstrap.admin.address, "admin.address")
     clusters = compile_static_clusters(bootstrap)
     context = FactoryContext(
         registry=registry,
@@ -212,14 +215,9 @@ class Server:
                 raise OSError(e.errno, f"cannot bind '{config.address}': {e.strerror}") from None
             port = sock.getsockname()[1]
             bound = addr.SocketAddress(config.address.host, port)
-            proto = type(config.proto)()
-            proto.CopyFrom(config.proto)
-            proto.address.socket_address.port_value = port
-            if not proto.name:
-                proto.name = str(bound)
             self._listener_sockets.append((config, sock, config.reuse_port))
             self._listener_infos.append(
-                ListenerInfo(name=proto.name, address=str(bound), config=proto)
+                ListenerInfo(name=config.name, address=str(bound), config=config.proto)
             )
 
     async def _start_admin(self) -> None:
@@ -287,12 +285,12 @@ class Server:
 
     def _configure_message(self) -> control.Configure:
         listeners = []
-        for (_, sock, reuse), info in zip(
-            self._listener_sockets, self._listener_infos, strict=True
-        ):
+        for config, sock, reuse in self._listener_sockets:
             listeners.append(
                 control.ListenerSocket(
-                    listener=info.config.SerializeToString(),
+                    listener=config.proto.SerializeToString(),
+                    name=config.name,
+                    port=sock.getsockname()[1],
                     inherited_fd=None if reuse else sock.fileno(),
                 )
             )
@@ -425,9 +423,10 @@ class Server:
         s.concurrency.set(self.options.concurrency)
         s.hot_restart_epoch.set(self.options.restart_epoch)
         s.hot_restart_generation.set(1)
+        s.days_until_first_cert_expiring.set(_NO_CERTIFICATES)
         total = 0
-        for info in self._listener_infos:
-            g = self.stats.get(f"listener.{_stat_prefix(info)}.downstream_cx_active")
+        for prefix in {c.stat_prefix for c in self.compiled.listeners}:
+            g = self.stats.get(f"listener.{prefix}.downstream_cx_active")
             total += g.total() if g is not None else 0
         s.total_connections.set(total)
         pids = [os.getpid(), *(w.pid for w in self.workers.values())]
@@ -470,13 +469,6 @@ class Server:
                 )
             )
         return out
-
-
-def _stat_prefix(info: ListenerInfo) -> str:
-    if info.config.stat_prefix:
-        return info.config.stat_prefix
-    sa = info.config.address.socket_address
-    return addr.SocketAddress(sa.address, sa.port_value).stat_name()
 
 
 class _StartupError(Exception):

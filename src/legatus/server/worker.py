@@ -23,6 +23,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 
 from legatus.config.factory_context import FactoryContext
+from legatus.network.address import SocketAddress
 from legatus.network.listener import ActiveListener, bind_socket, compile_listener
 from legatus.server import control
 from legatus.server.options import Options
@@ -182,14 +183,13 @@ class Worker:
         )
         for ls in message.listeners:
             proto = listener_pb2.Listener.FromString(ls.listener)
-            config = compile_listener(proto, context, f"listener {proto.name}")
+            config = compile_listener(proto, context, f"listener {ls.name}")
             active = ActiveListener(config, context, self.index)
             if ls.inherited_fd is not None:
                 sock = socket.socket(fileno=os.dup(ls.inherited_fd))
                 sock.setblocking(False)
             else:
-                sock = bind_socket(
-                    config.address, reuse_port=True, listen=True, backlog=config.backlog
-                )
+                address = SocketAddress(config.address.host, ls.port)
+                sock = bind_socket(address, reuse_port=True, listen=True, backlog=config.backlog)
             await active.start(sock)
             self.listeners.append(active)

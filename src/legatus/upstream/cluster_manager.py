@@ -90,7 +90,9 @@ class ClusterManager:
         m.membership_healthy.set(len(hosts))
         m.membership_degraded.set(0)
         m.membership_excluded.set(0)
-        m.max_host_weight.set(max((h.weight for h in hosts), default=0))
+        if self.configs[name].type is not DiscoveryType.STATIC:
+            # Envoy sets it only when a dynamic host list is (re)built.
+            m.max_host_weight.set(max((h.weight for h in hosts), default=0))
         if previous is not None and previous != hosts:
             m.membership_change.inc()
             self.stats.cluster_updated.inc()

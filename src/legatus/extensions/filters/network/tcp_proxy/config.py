@@ -44,10 +44,6 @@ class TcpProxyStats(StatSet):
     downstream_flow_control_resumed_reading_total = counter()
     idle_timeout = counter()
     max_downstream_connection_duration = counter()
-    on_demand_cluster_attempt = counter()
-    on_demand_cluster_missing = counter()
-    on_demand_cluster_success = counter()
-    on_demand_cluster_timeout = counter()
     upstream_flush_total = counter()
     upstream_flush_active = gauge()
 

@@ -155,8 +155,12 @@ class TcpProxyFilter(ReadFilter):
         upstream.add_read_filter(_UpstreamReader(self))
         upstream.add_connection_callbacks(_UpstreamCallbacks(self))
         self.upstream = upstream
-        cluster.stats.upstream_cx_total.inc()
-        cluster.stats.upstream_cx_active.inc()
+        stats = cluster.stats
+        stats.upstream_cx_total.inc()
+        stats.upstream_cx_active.inc()
+        # Envoy's TCP pool counts each connection it hands out as a request.
+        stats.upstream_rq_pending_total.inc()
+        stats.upstream_rq_pending_active.inc()
         host.stats.cx_total.inc()
         host.stats.cx_active.inc()
         self.upstream_connect_start = self.loop.time()
@@ -170,6 +174,7 @@ class TcpProxyFilter(ReadFilter):
             self._on_connect_failure(upstream, host, e)
             return
         except asyncio.CancelledError:
+            self.cluster.stats.upstream_rq_pending_active.dec()
             self._release_upstream(upstream, host)
             raise
         finally:
@@ -186,7 +191,9 @@ class TcpProxyFilter(ReadFilter):
             cluster.stats.upstream_cx_connect_fail.inc()
             reason = f"delayed connect error: {getattr(error, 'errno', '') or error}"
         host.stats.cx_connect_fail.inc()
-        self._release_upstream(upstream, host)
+        cluster.stats.upstream_rq_pending_active.dec()
+        cluster.stats.upstream_rq_pending_failure_eject.inc()
+        self._release_upstream(upstream, host, remote=not timed_out)
         self.upstream = None
         self.info.upstream_transport_failure_reason = reason
         log.debug(
@@ -200,24 +207,35 @@ class TcpProxyFilter(ReadFilter):
         if self.attempts < self.config.max_connect_attempts:
             self._connect()
             return
-        if self.config.max_connect_attempts > 1:
-            cluster.stats.upstream_cx_connect_attempts_exceeded.inc()
-            self.info.set_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
+        cluster.stats.upstream_cx_connect_attempts_exceeded.inc()
         self.info.set_flag(ResponseFlag.UPSTREAM_CONNECTION_FAILURE)
+        self.info.set_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
         self.downstream.close(CloseType.NO_FLUSH)
 
-    def _release_upstream(self, upstream: Connection, host) -> None:
-        """Undo the active-connection gauges of an upstream that never connected."""
-        cluster = self.cluster
-        cluster.stats.upstream_cx_active.dec()
+    def _release_upstream(self, upstream: Connection, host, *, remote: bool = False) -> None:
+        """Undo the active-connection gauges of an upstream that never connected.
+
+        A refused connection is a remote close for Envoy; a timeout or a cancel, local.
+        """
+        stats = self.cluster.stats
+        stats.upstream_cx_active.dec()
         host.stats.cx_active.dec()
-        cluster.stats.upstream_cx_destroy.inc()
-        cluster.stats.upstream_cx_destroy_local.inc()
+        stats.upstream_cx_destroy.inc()
+        if remote:
+            stats.upstream_cx_destroy_remote.inc()
+        else:
+            stats.upstream_cx_destroy_local.inc()
         upstream.state = State.CLOSED
 
     def _on_connected(self, upstream: Connection) -> None:
         now = self.loop.time()
-        self.cluster.stats.upstream_cx_connect_ms.record((now - self.upstream_connect_start) * 1000)
+        stats = self.cluster.stats
+        stats.upstream_cx_connect_ms.record((now - self.upstream_connect_start) * 1000)
+        stats.upstream_rq_pending_active.dec()
+        stats.upstream_rq_total.inc()
+        stats.upstream_rq_active.inc()
+        self.host.stats.rq_total.inc()
+        self.host.stats.rq_active.inc()
         self.info.upstream_connected_monotonic = now
         if upstream.local_address is not None:
             la = upstream.local_address
@@ -248,6 +266,8 @@ class TcpProxyFilter(ReadFilter):
         if self.info.upstream_connected_monotonic is not None:
             length = self.loop.time() - self.info.upstream_connected_monotonic
             cluster.stats.upstream_cx_length_ms.record(length * 1000)
+            cluster.stats.upstream_rq_active.dec()
+            self.host.stats.rq_active.dec()
         self.upstream = None
         if not self.closed:
             self._finish(CloseType.FLUSH_WRITE, upstream_first=True)
