@@ -211,3 +211,32 @@ def test_weighted_clusters_split(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_failed_upstreams_leak_nothing(tmp_path, echo):
+    """Refused upstreams and closed clients leave no sockets or gauges behind."""
+    import os
+
+    from tests.support.process import children
+
+    cfg = tcp_proxy_config(upstream_port=free_port(), extra_tcp_proxy={"max_connect_attempts": 2})
+    proxy = start_proxy(cfg, tmp_path, args=["--concurrency", "1"])
+    try:
+        (worker,) = children(proxy.pid)
+        port = proxy.listener_port("tcp")
+        baseline = len(os.listdir(f"/proc/{worker}/fd"))
+        for i in range(50):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                if i % 2:
+                    s.sendall(b"data that never reaches an upstream")
+                s.settimeout(5)
+                assert s.recv(10) == b""
+        _wait_stat(proxy, "cluster.backend.upstream_cx_connect_attempts_exceeded", 50)
+        stats = proxy.stats()
+        assert stats["cluster.backend.upstream_cx_connect_fail"] == 100
+        assert stats["cluster.backend.upstream_cx_active"] == 0
+        assert stats["cluster.backend.upstream_rq_pending_active"] == 0
+        assert stats["listener.127.0.0.1_0.downstream_cx_active"] == 0
+        assert len(os.listdir(f"/proc/{worker}/fd")) <= baseline
+    finally:
+        proxy.stop()

@@ -17,6 +17,14 @@ from pathlib import Path
 import yaml
 
 
+_LOOP_ERRORS = (
+    "Traceback (most recent call last)",
+    "Exception in callback",
+    "Task exception was never retrieved",
+    "exception was never retrieved",
+)
+
+
 def legatus_command() -> list[str]:
     return [sys.executable, "-m", "legatus"]
 
@@ -76,7 +84,14 @@ class ProxyProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self.assert_nothing_raised()
         return self.proc.returncode
+
+    def assert_nothing_raised(self) -> None:
+        """Traffic never raises into the event loop: no traceback in the proxy's output."""
+        log = self.log()
+        for marker in _LOOP_ERRORS:
+            assert marker not in log, f"{marker!r} in the proxy's output:\n{log[-4000:]}"
 
 
 def start_proxy(
