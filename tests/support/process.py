@@ -16,7 +16,6 @@ from pathlib import Path
 
 import yaml
 
-
 _LOOP_ERRORS = (
     "Traceback (most recent call last)",
     "Exception in callback",
