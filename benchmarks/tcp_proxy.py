@@ -436,6 +436,8 @@ class CpuWindow:
         scale = 100.0 / self.hz / wall
         self.proxy_user_pct = (user - self.ticks0[0]) * scale if self.pids else None
         self.proxy_sys_pct = (system - self.ticks0[1]) * scale if self.pids else None
+        used = user + system - sum(self.ticks0)
+        self.proxy_cpu_s = used / self.hz if self.pids else None
         cores = core_times()
         self.core_busy_pct = {}
         for name, (busy, total) in cores.items():
@@ -446,6 +448,7 @@ class CpuWindow:
         return {
             "proxy_user_pct": self.proxy_user_pct,
             "proxy_sys_pct": self.proxy_sys_pct,
+            "proxy_cpu_s": self.proxy_cpu_s,
             "core_busy_pct": self.core_busy_pct,
         }
 
@@ -487,6 +490,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="legatus-bench-"))
         self.procs: list[Proc] = []
         self.script = str(Path(__file__).resolve())
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
 
     # helpers --------------------------------------------------------------------------------
 
@@ -576,6 +580,8 @@ class Bench:
         for _ in range(a.repeat):
             r = self.run_helper("_push", *argv, timeout=a.duration + 60)
             r["mb_per_s"] = r["bytes"] / r["seconds"] / 1e6
+            if r.get("proxy_cpu_s") is not None:
+                r["proxy_cpu_ms_per_gb"] = r["proxy_cpu_s"] * 1e3 / (r["bytes"] / 1e9)
             runs.append(r)
         return median_run(runs, "mb_per_s")
 
@@ -595,6 +601,8 @@ class Bench:
         for _ in range(a.repeat):
             r = self.run_helper("_connrate", *argv, timeout=a.cr_duration + 60)
             r["per_s"] = r["connections"] / r["seconds"]
+            if r.get("proxy_cpu_s") is not None and r["connections"]:
+                r["proxy_cpu_us_per_conn"] = r["proxy_cpu_s"] * 1e6 / r["connections"]
             runs.append(r)
         return median_run(runs, "per_s")
 
@@ -686,73 +694,60 @@ class Bench:
             self.procs.remove(proc)
 
     def profile(self, worker: int, listen: dict[str, int]) -> dict:
-        """py-spy the legatus worker under throughput and under connection-rate load."""
+        """py-spy the legatus worker under each load (extra runs, not in the table).
+
+        Two modes per load: ``native`` (``--native``: C frames too, so syscalls, uvloop and the
+        GC show; py-spy stops the worker for each sample) and ``python`` (``--nonblocking``:
+        Python frames only, the worker is not stopped; time in C is charged to the calling
+        Python line, and time in the event loop itself to ``run_worker``).
+        """
         pyspy = shutil.which("py-spy")
         if pyspy is None:
             say("py-spy not found (pip install py-spy): skipping --profile")
             return {}
         a = self.args
         d = a.profile_duration
+        outdir = RESULTS_DIR / f"{self.stamp}-pyspy"
+        outdir.mkdir(parents=True, exist_ok=True)
+        tests = ["throughput_sink", "connrate"]
+        if not a.skip_echo:
+            tests.insert(1, "throughput_echo")
         out = {}
-        for test in ("throughput_sink", "connrate"):
-            raw = self.tmp / f"pyspy-{test}.txt"
-            cmd = [
-                pyspy,
-                "record",
-                "--pid",
-                str(worker),
-                "--duration",
-                str(int(d)),
-                "--rate",
-                str(a.profile_rate),
-                "--format",
-                "raw",
-                "--output",
-                str(raw),
-            ]
-            # --native (C frames: uvloop, libuv, libc syscalls, the GC) stops the worker for each
-            # sample; --nonblocking reads its memory without stopping it (Python frames only).
-            cmd.append("--nonblocking" if a.profile_python_only else "--native")
-            say(f"[legatus] py-spy during {test} ({d}s) -> {raw}")
-            spy = subprocess.Popen(
-                self.pin(a.load_cpu, cmd),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            time.sleep(1.0)  # attach
-            if test == "connrate":
-                argv = [
-                    "--port",
-                    str(listen["aecho"]),
-                    "--concurrency",
-                    str(a.cr_concurrency),
-                    "--duration",
-                    str(d + 1),
-                ]
-                self.run_helper("_connrate", *argv, timeout=d + 60)
-            else:
-                argv = [
-                    "--port",
-                    str(listen["sink"]),
-                    "--connections",
-                    str(a.connections),
-                    "--bytes",
-                    str(1 << 50),
-                    "--duration",
-                    str(d + 1),
-                ]
-                self.run_helper("_push", *argv, timeout=d + 60)
-            try:
-                _, err = spy.communicate(timeout=d + 30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                _, err = spy.communicate()
-            if not raw.exists():
-                say(f"    py-spy failed: {err.strip()[-500:]}")
-                continue
-            out[test] = summarize_profile(raw, a.profile_top)
-            out[test]["raw"] = str(raw)
+        for test in tests:
+            for mode in a.profile_modes.split(","):
+                raw = outdir / f"{test}-{mode}.txt"
+                cmd = [pyspy, "record", "--pid", str(worker), "--duration", str(int(d)),
+                       "--rate", str(a.profile_rate), "--format", "raw", "--output", str(raw),
+                       "--native" if mode == "native" else "--nonblocking"]  # fmt: skip
+                say(f"[legatus] py-spy ({mode}) during {test} ({d:.0f}s) -> {raw}")
+                spy = subprocess.Popen(
+                    self.pin(a.load_cpu, cmd),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                time.sleep(1.0)  # attach
+                if test == "connrate":
+                    argv = ["--port", str(listen["aecho"]), "--concurrency",
+                            str(a.cr_concurrency), "--duration", str(d + 1)]  # fmt: skip
+                    self.run_helper("_connrate", *argv, timeout=d + 60)
+                else:
+                    argv = ["--port", str(listen["sink" if test == "throughput_sink" else "echo"]),
+                            "--connections", str(a.connections), "--bytes", str(1 << 50),
+                            "--duration", str(d + 1)]  # fmt: skip
+                    if test == "throughput_echo":
+                        argv.append("--echo")
+                    self.run_helper("_push", *argv, timeout=d + 60)
+                try:
+                    _, err = spy.communicate(timeout=d + 30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    _, err = spy.communicate()
+                if not raw.exists():
+                    say(f"    py-spy failed: {err.strip()[-500:]}")
+                    continue
+                out[f"{test}/{mode}"] = summarize_profile(raw, a.profile_top)
+                out[f"{test}/{mode}"]["raw"] = str(raw)
         return out
 
     # main -----------------------------------------------------------------------------------
@@ -784,9 +779,10 @@ class Bench:
                 "bootstrap": cfg.read_text(),
             }
         }
-        background = self.wait_quiet("direct")
-        results["direct"] = self.suite("direct", upstream, list)
-        results["direct"]["background_busy_pct"] = background
+        if not a.skip_direct:
+            background = self.wait_quiet("direct")
+            results["direct"] = self.suite("direct", upstream, list)
+            results["direct"]["background_busy_pct"] = background
         legatus_cmd = (
             shlex.split(a.legatus_cmd) if a.legatus_cmd else [sys.executable, "-m", "legatus"]
         )
@@ -846,6 +842,9 @@ _SYSCALL_NAMES = (
     "getsockopt syscall brk mmap munmap madvise getpid ioctl fcntl"
 )
 SYSCALLS = frozenset(_SYSCALL_NAMES.split())
+# Python frames that only run the loop: in --nonblocking (Python-only) stacks, a sample whose
+# leaf is one of these was in C code called by the loop (uvloop, libuv, syscalls).
+LOOP_RUNNERS = frozenset({"run_worker", "run_until_complete", "run_forever"})
 
 
 def summarize_profile(raw: Path, top: int) -> dict:
@@ -872,7 +871,9 @@ def summarize_profile(raw: Path, top: int) -> dict:
         total += n
         leaf = frames[-1]
         func = leaf.partition(" (")[0]
-        if ".py:" in leaf or ".py)" in leaf:
+        if func in LOOP_RUNNERS:
+            cats["event loop (C: uvloop, libuv, syscalls)"] += n
+        elif ".py:" in leaf or ".py)" in leaf:
             cats["python code"] += n
         elif func.startswith("gc_collect") or func in ("collect", "gc_collect_main"):
             cats["cyclic GC"] += n
@@ -963,6 +964,9 @@ def report(res: dict) -> str:
     row(f"new connections, {c} loops (conn/s)", "connrate", "per_s", "{:.0f}")
     row("  connect→echo latency p50 (ms)", "connrate", "latency_ms_p50", "{:.2f}")
     row("  connect→echo latency p99 (ms)", "connrate", "latency_ms_p99", "{:.2f}")
+    row("proxy CPU per GB, sink (ms)", "throughput_sink", "proxy_cpu_ms_per_gb", "{:.0f}")
+    row("proxy CPU per GB each way, echo (ms)", "throughput_echo", "proxy_cpu_ms_per_gb", "{:.0f}")
+    row("proxy CPU per connection (µs)", "connrate", "proxy_cpu_us_per_conn", "{:.0f}")
 
     def mem_cells(r: dict, key: str) -> tuple[str, str, str, str]:
         mem = r.get(key)
@@ -1039,7 +1043,7 @@ def report(res: dict) -> str:
         cats = ", ".join(f"{k} {v}%" for k, v in p["categories"].items())
         lines += [
             "",
-            f"py-spy, legatus worker during {test}: {p['samples']} samples ({cats}); "
+            f"py-spy, legatus worker, {test}: {p['samples']} samples ({cats}); "
             f"raw stacks: {p['raw']}",
             "",
             "| self % | where the CPU was (leaf frame) | incl. % | legatus function (inclusive) |",
@@ -1094,6 +1098,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--repeat", type=int, default=3, help="runs of each measurement; the table shows the median"
     )
     p.add_argument("--skip-envoy", action="store_true", help="measure direct and legatus only")
+    p.add_argument("--skip-direct", action="store_true", help="skip the no-proxy ceiling runs")
     p.add_argument("--skip-echo", action="store_true", help="skip the echo throughput run")
     p.add_argument(
         "--legatus-cmd",
@@ -1114,6 +1119,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=2.0,
         help="seconds between readiness and the idle memory reading",
     )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=30.0,
+        help="before each series, wait up to this long for the other processes to go quiet",
+    )
     p.add_argument("--log-level", default="warning", help="-l of both proxies")
     p.add_argument(
         "--profile",
@@ -1124,9 +1135,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile-duration", type=float, default=5.0)
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
     p.add_argument(
-        "--profile-python-only",
-        action="store_true",
-        help="py-spy --nonblocking without --native (Python frames only, lower overhead)",
+        "--profile-modes",
+        default="native,python",
+        help="py-spy modes: native (--native, C frames and syscalls), python (--nonblocking)",
     )
     p.add_argument("--profile-top", type=int, default=20)
     p.add_argument(
@@ -1166,7 +1177,7 @@ def main(argv: list[str]) -> int:
         bench.cleanup()
     text = report(results)
     print(text)
-    out = args.output or RESULTS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = args.output or RESULTS_DIR / f"{bench.stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results["report_markdown"] = text
     out.write_text(json.dumps(results, indent=2) + "\n")
