@@ -251,3 +251,28 @@ def test_component_log_level_and_format(tmp_path):
         assert "invalid component specified 'nope'" in r.stderr
     finally:
         echo.close()
+
+
+def test_admin_log_level_change_reaches_the_workers(tmp_path):
+    from tests.support.upstreams import free_port
+
+    proxy = start_proxy(
+        tcp_proxy_config(upstream_port=free_port()), tmp_path, args=["--concurrency", "2"]
+    )
+    try:
+        port = proxy.listener_port("tcp")
+
+        def refused_connection():
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.settimeout(5)
+                assert s.recv(1) == b""
+
+        refused_connection()
+        assert "tcp_proxy: connect to" not in proxy.log()
+        status, body = proxy.admin("/logging?filter=debug", method="POST")
+        assert status == 200
+        assert "  filter: debug\n" in body
+        wait_for(lambda: refused_connection() or "tcp_proxy: connect to" in proxy.log(),
+                 what="a debug line from a worker")  # fmt: skip
+    finally:
+        proxy.stop()

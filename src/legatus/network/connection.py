@@ -78,12 +78,11 @@ class Connection(asyncio.Protocol):
         self._filters_initialized = False
         self._held: list[tuple[bytes, bool]] = []  # data that arrived while a filter stopped
         self._stopped_at: int | None = None
-        self._connected_waiter: asyncio.Future | None = None
 
     # Filter chain ------------------------------------------------------------
 
     def add_read_filter(self, f: ReadFilter) -> None:
-        f.initialize_read_filter_callbacks(_ReadCallbacks(self, len(self.read_filters)))
+        f.initialize_read_filter_callbacks(_ReadCallbacks(self))
         self.read_filters.append(f)
 
     def add_write_filter(self, f: WriteFilter) -> None:
@@ -124,10 +123,9 @@ class Connection(asyncio.Protocol):
             for chunk, end in held:
                 self._iterate(0, chunk, end)
 
-    def continue_reading(self, index: int) -> None:
-        if self._stopped_at is None and index >= 0:
-            # Resuming after on_data stop: filters own what they kept; nothing held.
-            return
+    def continue_reading(self) -> None:
+        """Resume a chain stopped in ``on_new_connection``: the remaining filters, then the
+        bytes held meanwhile. (A filter that stopped ``on_data`` owns those bytes.)"""
         if self._stopped_at is not None:
             start = self._stopped_at + 1
             self._stopped_at = None
@@ -144,8 +142,6 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._connected_waiter is not None and not self._connected_waiter.done():
-            self._connected_waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
@@ -262,21 +258,19 @@ class Connection(asyncio.Protocol):
 
 
 class _ReadCallbacks:
-    __slots__ = ("connection", "index")
+    __slots__ = ("connection",)
 
-    def __init__(self, connection: Connection, index: int) -> None:
+    def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.index = index
 
     def continue_reading(self) -> None:
-        self.connection.continue_reading(self.index)
+        self.connection.continue_reading()
 
 
 async def connect(
     loop: asyncio.AbstractEventLoop, connection: Connection, address: tuple, timeout: float
 ) -> None:
     """Open an upstream TCP connection into ``connection``; raises OSError/TimeoutError."""
-    connection._connected_waiter = loop.create_future()
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     await asyncio.wait_for(
         loop.create_connection(lambda: connection, address[0], address[1], family=family),

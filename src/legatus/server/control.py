@@ -61,7 +61,7 @@ class ReopenLogs:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SetLogLevels:
-    levels: dict[str, str] = field(default_factory=dict)  # component -> level; "" = all
+    levels: dict[str, str] = field(default_factory=dict)  # component -> level
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -141,14 +141,9 @@ class Worker:
                 self.log_sink.reopen()
             if self.access_log_manager is not None:
                 self.access_log_manager.reopen_all()
-        elif isinstance(message, control.SetLogLevels):
+        elif isinstance(message, control.SetLogLevels) and self.log_sink is not None:
             for name, level in message.levels.items():
-                if self.log_sink is None:
-                    break
-                if name:
-                    self.log_sink.set_component_level(name, level)
-                else:
-                    self.log_sink.set_level(level)
+                self.log_sink.set_component_level(name, level)
         elif isinstance(message, control.Shutdown):
             self._stop()
 

@@ -12,7 +12,6 @@ import asyncio
 import random
 from collections.abc import Callable
 
-from legatus.config.errors import ConfigError
 from legatus.stats.store import Store
 from legatus.upstream.cluster import ClusterConfig, DiscoveryType, HostConfig, compile_cluster
 from legatus.upstream.cluster import static_hosts as _static_hosts
@@ -99,9 +98,3 @@ class ClusterManager:
         elif previous is None and hosts:
             m.membership_change.inc()
         self.on_hosts(name, hosts)
-
-
-def check_cluster_references(configs: list[ClusterConfig]) -> None:
-    names = {c.name for c in configs}
-    if len(names) != len(configs):
-        raise ConfigError("static_resources.clusters", "duplicate cluster names")

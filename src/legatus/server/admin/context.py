@@ -78,3 +78,6 @@ class AdminContext(Protocol):
     def set_healthcheck_failed(self, failed: bool) -> None: ...
 
     def reopen_logs(self) -> None: ...
+
+    def set_log_levels(self, levels: dict[str, str]) -> None:
+        """After POST /logging: every worker takes the main process's levels."""

@@ -23,7 +23,10 @@ def handle_logging(context: Any, query: Query) -> AdminResponse:
     error = _apply(sink, query)
     if error is not None:
         return text(render_logging_error(error, sink.levels()), 400)
-    return text(render_logging_levels(sink.levels()))
+    levels = sink.levels()
+    if len(query) and hasattr(context, "set_log_levels"):
+        context.set_log_levels(levels)  # the workers log at the same levels
+    return text(render_logging_levels(levels))
 
 
 def _apply(sink: Any, query: Query) -> str | None:
