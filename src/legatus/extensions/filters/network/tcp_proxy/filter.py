@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from legatus.network.connection import Connection, State, connect
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
@@ -189,7 +190,8 @@ class TcpProxyFilter(ReadFilter):
             reason = "connection timeout"
         else:
             cluster.stats.upstream_cx_connect_fail.inc()
-            reason = f"delayed connect error: {getattr(error, 'errno', '') or error}"
+            errno = getattr(error, "errno", None)
+            reason = f"delayed connect error: {os.strerror(errno) if errno else error}"
         host.stats.cx_connect_fail.inc()
         cluster.stats.upstream_rq_pending_active.dec()
         cluster.stats.upstream_rq_pending_failure_eject.inc()
