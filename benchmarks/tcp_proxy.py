@@ -853,8 +853,7 @@ def summarize_profile(raw: Path, top: int) -> dict:
     - ``categories``: the leaf frame is a syscall wrapper in libc / the cyclic GC / Python code
       (a ``.py`` frame) / other native code (uvloop, libuv, CPython, libc);
     - ``self``: the leaf frames (where the CPU was), top N;
-    - ``inclusive``: legatus functions with everything they call, top N, leaving out the trunk
-      (frames in more than 95% of samples: the event loop and start-up frames).
+    - ``inclusive``: legatus functions run by the event loop, with everything they call, top N.
     """
     self_c: Counter[str] = Counter()
     incl_c: Counter[str] = Counter()
@@ -883,18 +882,18 @@ def summarize_profile(raw: Path, top: int) -> dict:
             cats["other native (uvloop, libuv, CPython, libc)"] += n
         names = [_frame_name(f) for f in frames]
         self_c[names[-1]] += n
-        for name in set(names):
+        # Inclusive time counts what runs under the event loop: frames after the innermost
+        # loop runner (a stack torn by --nonblocking without one counts its leaf only).
+        runners = [i for i, f in enumerate(frames) if f.partition(" (")[0] in LOOP_RUNNERS]
+        below = names[runners[-1] + 1 :] if runners else names[-1:]
+        for name in set(below):
             incl_c[name] += n
     total = total or 1
 
     def pct(n: int) -> float:
         return round(100.0 * n / total, 1)
 
-    inclusive = [
-        [name, pct(c)]
-        for name, c in incl_c.most_common()
-        if "legatus/" in name and c <= 0.95 * total
-    ][:top]
+    inclusive = [[name, pct(c)] for name, c in incl_c.most_common() if "legatus/" in name][:top]
     return {
         "samples": total,
         "categories": {k: pct(v) for k, v in cats.most_common()},

@@ -16,6 +16,7 @@ once, as Envoy does (no drain).
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
@@ -254,6 +255,9 @@ class Server:
         close_in_child += [s.fileno() for _, s, reuse in self._listener_sockets if reuse]
         if self._admin_server is not None:
             close_in_child += [s.fileno() for s in self._admin_server.sockets]
+        # Objects that exist now are never collected in the child: keep the GC from
+        # touching (and so copying) the pages the worker shares with this process.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns
             from legatus.server.worker import run_worker
@@ -268,6 +272,7 @@ class Server:
                 parent_pid=os.getppid(),
                 close_fds=close_in_child[1:],
             )
+        gc.unfreeze()
         child_sock.close()
         handle = WorkerHandle(index=index, pid=pid, ready=self.loop.create_future())
         self.workers[index] = handle
