@@ -18,7 +18,8 @@ for traffic reasons: they close the connection and count a stat instead.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from legatus.network.connection import Connection
@@ -86,3 +87,18 @@ class ConnectionCallbacks(Protocol):
     def on_above_write_buffer_high_watermark(self) -> None: ...
 
     def on_below_write_buffer_low_watermark(self) -> None: ...
+
+
+class FilterFactory:
+    """What a network filter extension's factory returns: it adds a new instance of the
+    filter to each new connection of a chain. ``terminal`` filters (a proxy, echo) must
+    end the chain, and only they may."""
+
+    __slots__ = ("create", "terminal")
+
+    def __init__(self, create: Callable[[], Any], *, terminal: bool) -> None:
+        self.create = create
+        self.terminal = terminal
+
+    def __call__(self, connection: Connection) -> None:
+        connection.add_filter(self.create())

@@ -160,7 +160,7 @@ def _compile_chain(chain, context: FactoryContext, path: str) -> FilterChainConf
         if errors:
             raise errors[0]
         factory = extension.factory(config, context, f"{fpath}.typed_config")
-        terminal = getattr(factory, "terminal", False)
+        terminal = factory.terminal
         if terminal and j != count - 1:
             raise ConfigError(
                 fpath,

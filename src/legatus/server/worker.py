@@ -41,8 +41,9 @@ def die_with_parent(parent_pid: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    except (OSError, AttributeError) as e:
+        # Still bounded: the end of the control channel stops the worker too.
+        log.warning("cannot ask to die with the main process (prctl): %s", e)
     if os.getppid() != parent_pid:  # the main process died before prctl took effect
         os._exit(1)
 

@@ -8,7 +8,7 @@ is ignored.
 from __future__ import annotations
 
 from legatus.config.datasource import read_data_source
-from legatus.network.filter import CloseType, FilterStatus, ReadFilter
+from legatus.network.filter import CloseType, FilterFactory, FilterStatus, ReadFilter
 from legatus.registry import Category, Extension, Registry
 
 NAME = "envoy.filters.network.direct_response"
@@ -32,16 +32,11 @@ class DirectResponseFilter(ReadFilter):
         return FilterStatus.STOP_ITERATION
 
 
-def _factory(proto, context, path):
-    response = (
-        read_data_source(proto.response, f"{path}.response") if proto.HasField("response") else b""
-    )
-
-    def add_filters(connection) -> None:
-        connection.add_read_filter(DirectResponseFilter(response))
-
-    add_filters.terminal = True
-    return add_filters
+def _factory(proto, context, path) -> FilterFactory:
+    response = b""
+    if proto.HasField("response"):
+        response = read_data_source(proto.response, f"{path}.response")
+    return FilterFactory(lambda: DirectResponseFilter(response), terminal=True)
 
 
 def register(registry: Registry) -> None:

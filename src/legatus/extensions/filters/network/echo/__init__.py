@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from legatus.network.filter import FilterStatus, ReadFilter
+from legatus.network.filter import FilterFactory, FilterStatus, ReadFilter
 from legatus.registry import Category, Extension, Registry
 
 NAME = "envoy.filters.network.echo"
@@ -17,12 +17,8 @@ class EchoFilter(ReadFilter):
         return FilterStatus.STOP_ITERATION
 
 
-def _factory(proto, context, path):
-    def add_filters(connection) -> None:
-        connection.add_read_filter(EchoFilter())
-
-    add_filters.terminal = True
-    return add_filters
+def _factory(proto, context, path) -> FilterFactory:
+    return FilterFactory(EchoFilter, terminal=True)
 
 
 def register(registry: Registry) -> None:

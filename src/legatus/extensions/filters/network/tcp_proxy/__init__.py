@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from legatus.network.filter import FilterFactory
 from legatus.registry import Category, Extension, Registry
 
 NAME = "envoy.filters.network.tcp_proxy"
@@ -13,12 +14,7 @@ def _factory(proto, context, path):
     from legatus.extensions.filters.network.tcp_proxy.filter import TcpProxyFilter
 
     config = compile_config(proto, context, path)
-
-    def add_filters(connection) -> None:
-        connection.add_read_filter(TcpProxyFilter(config, context))
-
-    add_filters.terminal = True
-    return add_filters
+    return FilterFactory(lambda: TcpProxyFilter(config, context), terminal=True)
 
 
 def register(registry: Registry) -> None:
