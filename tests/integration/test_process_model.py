@@ -137,3 +137,22 @@ def test_quitquitquit_exits(tmp_path, echo):
     assert (status, body) == (200, "OK\n")
     proxy.proc.wait(10)
     assert proxy.proc.returncode == 0
+
+
+def test_workers_share_one_socket_without_reuse_port(tmp_path, echo):
+    cfg = tcp_proxy_config(upstream_port=echo.port, listener_extra={"enable_reuse_port": False})
+    proxy = start_proxy(cfg, tmp_path, args=["--concurrency", "2"])
+    try:
+        port = proxy.listener_port("tcp")
+        for _ in range(20):
+            _roundtrip(port)
+        os.kill(children(proxy.pid)[0], signal.SIGKILL)  # the replacement shares it too
+        wait_for(lambda: proxy.stats().get("server.worker_restarts") == 1, what="a restart")
+        for _ in range(20):
+            _roundtrip(port)
+        wait_for(
+            lambda: proxy.stats().get("listener.127.0.0.1_0.downstream_cx_destroy", 0) >= 20,
+            what="the connections to be counted",
+        )
+    finally:
+        proxy.stop()
