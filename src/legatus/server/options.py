@@ -40,7 +40,6 @@ _NOT_YET = {
     "which is not implemented yet",
     "reject_unknown_dynamic_fields": "xDS is not implemented yet",
     "ignore_unknown_dynamic_fields": "xDS is not implemented yet",
-    "cpuset_threads": "--cpuset-threads is not implemented yet",
     "enable_core_dump": "core dumps are not set up by legatus",
     "enable_mutex_tracing": "legatus has no mutexes to trace",
     "enable_fine_grain_logging": "fine-grain logging is not implemented yet",
@@ -270,7 +269,11 @@ def parse(argv: list[str]) -> Options:
         )
     concurrency = ns.concurrency
     if concurrency is None:
-        concurrency = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        # Envoy: the hardware threads, or with --cpuset-threads the CPUs this process may use.
+        if ns.cpuset_threads and hasattr(os, "sched_getaffinity"):
+            concurrency = len(os.sched_getaffinity(0))
+        else:
+            concurrency = os.cpu_count() or 1
     concurrency = max(concurrency, 1)
     stats_tags = []
     for tag in ns.stats_tag:
