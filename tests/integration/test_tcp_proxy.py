@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 import pytest
@@ -240,3 +241,38 @@ def test_failed_upstreams_leak_nothing(tmp_path, echo):
         assert len(os.listdir(f"/proc/{worker}/fd")) <= baseline
     finally:
         proxy.stop()
+
+
+def test_client_leaving_during_connect_cancels_it(tmp_path):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):  # fill the backlog: further connects hang until their timeout
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(blocker.getsockname())
+            fillers.append(c)
+        time.sleep(0.2)
+        cfg = tcp_proxy_config(
+            upstream_port=blocker.getsockname()[1], extra_cluster={"connect_timeout": "30s"}
+        )
+        proxy = start_proxy(cfg, tmp_path, args=["--concurrency", "1"])
+        try:
+            port = proxy.listener_port("tcp")
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            _wait_stat(proxy, "cluster.backend.upstream_rq_pending_active", 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # a reset: the client is gone, not merely done sending
+            _wait_stat(proxy, "cluster.backend.upstream_rq_pending_active", 0)
+            stats = proxy.stats()
+            assert stats["cluster.backend.upstream_cx_active"] == 0
+            assert stats["cluster.backend.upstream_cx_destroy_local"] == 1
+            assert stats["cluster.backend.upstream_cx_connect_timeout"] == 0
+        finally:
+            proxy.stop()
+    finally:
+        for c in fillers:
+            c.close()
+        blocker.close()

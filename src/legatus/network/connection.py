@@ -75,6 +75,7 @@ class Connection(asyncio.Protocol):
         self._on_close = on_close
         self._read_disable_count = 0
         self._peer_closes = False
+        self._held_bytes = 0
         self._filters_initialized = False
         self._held: list[tuple[bytes, bool]] = []  # data that arrived while a filter stopped
         self._stopped_at: int | None = None
@@ -120,6 +121,9 @@ class Connection(asyncio.Protocol):
         if data is None:
             self._stopped_at = None
             held, self._held = self._held, []
+            if self._held_bytes > self.buffer_limit:
+                self.read_disable(False)
+            self._held_bytes = 0
             for chunk, end in held:
                 self._iterate(0, chunk, end)
 
@@ -144,7 +148,13 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
         if self._stopped_at is not None:
+            # Keep reading while the chain waits (so a reset is seen at once), holding
+            # up to the buffer limit; past it, stop reading until the chain continues.
             self._held.append((data, False))
+            before = self._held_bytes
+            self._held_bytes += len(data)
+            if before <= self.buffer_limit < self._held_bytes:
+                self.read_disable(True)
             return
         self._iterate(0, data, False)
 
@@ -271,10 +281,54 @@ class _ReadCallbacks:
         self.connection.continue_reading()
 
 
-async def connect(
-    loop: asyncio.AbstractEventLoop, connection: Connection, address: tuple, timeout: float
-) -> None:
-    """Open an upstream TCP connection into ``connection``; raises OSError/TimeoutError."""
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    async with asyncio.timeout(timeout):  # no extra task, unlike wait_for in 3.11
-        await loop.create_connection(lambda: connection, address[0], address[1], family=family)
+class PendingConnect:
+    """An outgoing TCP connect under way into ``connection``.
+
+    ``on_done(error)`` runs once: with None when connected, an OSError, or a
+    TimeoutError after ``timeout`` seconds; never after ``cancel()``. One task and
+    one timer: no coroutine-level timeout, since ``asyncio.timeout``/``wait_for``
+    cost extra tasks or a getpid() per call in Python 3.11, per connection.
+    """
+
+    __slots__ = ("_cancelled", "_on_done", "_task", "_timed_out", "_timer")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connection: Connection,
+        address: tuple,
+        timeout: float,
+        on_done: Callable[[BaseException | None], None],
+    ) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._on_done = on_done
+        self._cancelled = self._timed_out = False
+        self._task = loop.create_task(
+            loop.create_connection(lambda: connection, address[0], address[1], family=family)
+        )
+        self._task.add_done_callback(self._finished)
+        self._timer = loop.call_later(timeout, self._expire)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._timer.cancel()
+        self._task.cancel()
+
+    def _expire(self) -> None:
+        self._timed_out = True
+        self._task.cancel()
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._timer.cancel()
+        if self._cancelled:
+            if not task.cancelled() and task.exception() is None:
+                task.result()[0].abort()  # connected just as it was cancelled: drop it
+            return
+        if task.cancelled():
+            error: BaseException | None = TimeoutError() if self._timed_out else None
+            if error is None:  # cancelled by someone else: nothing to report to
+                return
+        else:
+            error = task.exception()
+        on_done, self._on_done = self._on_done, None
+        on_done(error)

@@ -2,9 +2,10 @@
 
 Life of a connection:
 1. ``on_new_connection`` picks the cluster (weighted if configured), a host from
-   its load balancer, and starts connecting; the chain stops and downstream
-   reads are disabled until the upstream is connected (bytes that already
-   arrived are held by the connection and replayed on ``continue_reading``).
+   its load balancer, and starts connecting; the chain stops until the upstream
+   is connected. Bytes that arrive meanwhile are held by the connection (up to
+   its buffer limit, then it stops reading) and replayed on ``continue_reading``;
+   a client that resets meanwhile cancels the connect.
 2. A failed or timed-out connect is retried on a newly chosen host up to
    ``max_connect_attempts``; then the downstream is closed with UF (and URX
    when more than one attempt was allowed).
@@ -22,7 +23,7 @@ import asyncio
 import logging
 import os
 
-from legatus.network.connection import Connection, State, connect
+from legatus.network.connection import Connection, PendingConnect, State
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.stream_info import ResponseFlag
 
@@ -82,7 +83,7 @@ class TcpProxyFilter(ReadFilter):
         self.host = None
         self.upstream: Connection | None = None
         self.attempts = 0
-        self.connect_task: asyncio.Task | None = None
+        self.pending: PendingConnect | None = None
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.duration_timer: asyncio.TimerHandle | None = None
@@ -112,7 +113,6 @@ class TcpProxyFilter(ReadFilter):
             self.duration_timer = self.loop.call_later(
                 self.config.max_downstream_connection_duration, self._on_max_duration
             )
-        downstream.read_disable(True)
         self._connect()
         return FilterStatus.STOP_ITERATION
 
@@ -165,26 +165,24 @@ class TcpProxyFilter(ReadFilter):
         host.stats.cx_total.inc()
         host.stats.cx_active.inc()
         self.upstream_connect_start = self.loop.time()
-        self.connect_task = self.loop.create_task(self._connect_upstream(upstream, host))
+        self.pending = PendingConnect(
+            self.loop, upstream, host.address, cluster.config.connect_timeout,
+            lambda error: self._on_connect_done(upstream, host, error),
+        )  # fmt: skip
 
-    async def _connect_upstream(self, upstream: Connection, host) -> None:
-        cluster = self.cluster
-        try:
-            await connect(self.loop, upstream, host.address, cluster.config.connect_timeout)
-        except (OSError, TimeoutError) as e:
-            self._on_connect_failure(upstream, host, e)
-            return
-        except asyncio.CancelledError:
-            self.cluster.stats.upstream_rq_pending_active.dec()
-            self._release_upstream(upstream, host)
-            raise
-        finally:
-            self.connect_task = None
-        self._on_connected(upstream)
+    def _on_connect_done(self, upstream: Connection, host, error: BaseException | None) -> None:
+        self.pending = None
+        if error is None:
+            self._on_connected(upstream)
+        elif isinstance(error, OSError | TimeoutError):
+            self._on_connect_failure(upstream, host, error)
+        else:  # not a network error: a bug; close, count, and keep the loop clean
+            log.error("[C%d] tcp_proxy: connect failed: %r", self.downstream.id, error)
+            self._on_connect_failure(upstream, host, OSError(str(error)))
 
     def _on_connect_failure(self, upstream: Connection, host, error: BaseException) -> None:
         cluster = self.cluster
-        timed_out = isinstance(error, TimeoutError | asyncio.TimeoutError)
+        timed_out = isinstance(error, TimeoutError)
         if timed_out:
             cluster.stats.upstream_cx_connect_timeout.inc()
             reason = "connection timeout"
@@ -250,7 +248,6 @@ class TcpProxyFilter(ReadFilter):
         self.last_activity = now
         if self.config.idle_timeout:
             self.idle_timer = self.loop.call_later(self.config.idle_timeout, self._on_idle_check)
-        self.downstream.read_disable(False)
         self.read_callbacks.continue_reading()
 
     def on_upstream_event(self, event: ConnectionEvent) -> None:
@@ -303,8 +300,12 @@ class TcpProxyFilter(ReadFilter):
         for timer in (self.idle_timer, self.duration_timer):
             if timer is not None:
                 timer.cancel()
-        if self.connect_task is not None:
-            self.connect_task.cancel()
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+            self.cluster.stats.upstream_rq_pending_active.dec()
+            self._release_upstream(self.upstream, self.host)
+            self.upstream = None
         if self.upstream is not None:
             self.upstream.close(close_type)
         self.downstream.close(close_type)
