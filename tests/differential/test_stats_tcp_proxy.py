@@ -50,15 +50,8 @@ LEGATUS_ONLY = [
 
 # Envoy stats in IN_SCOPE that legatus does not report. Every entry is a gap to close.
 KNOWN_GAPS = [
-    # cluster.<name>.upstream_cx_*: pool, HTTP and buffer stats not declared yet
     "cluster.<cluster>.upstream_cx_close_notify",
     "cluster.<cluster>.upstream_cx_connect_with_0_rtt",
-    "cluster.<cluster>.upstream_cx_destroy_local_with_active_rq",
-    "cluster.<cluster>.upstream_cx_destroy_remote_with_active_rq",
-    "cluster.<cluster>.upstream_cx_destroy_with_active_rq",
-    "cluster.<cluster>.upstream_cx_http1_total",
-    "cluster.<cluster>.upstream_cx_http2_total",
-    "cluster.<cluster>.upstream_cx_http3_total",
     "cluster.<cluster>.upstream_cx_idle_timeout",
     "cluster.<cluster>.upstream_cx_max_duration_reached",
     "cluster.<cluster>.upstream_cx_max_requests",
@@ -68,60 +61,16 @@ KNOWN_GAPS = [
     "cluster.<cluster>.upstream_cx_protocol_error",
     "cluster.<cluster>.upstream_cx_rx_bytes_buffered",
     "cluster.<cluster>.upstream_cx_tx_bytes_buffered",
-    "listener.127.0.0.1_<listener>.downstream_cx_transport_socket_connect_timeout",
-    # the admin listener has no listener.admin.* (nor http.admin.*) stats
-    "listener.admin.downstream_cx_active",
-    "listener.admin.downstream_cx_destroy",
-    "listener.admin.downstream_cx_overflow",
-    "listener.admin.downstream_cx_overload_reject",
-    "listener.admin.downstream_cx_total",
-    "listener.admin.downstream_cx_transport_socket_connect_timeout",
-    "listener.admin.downstream_global_cx_overflow",
-    "listener.admin.downstream_listener_filter_error",
-    "listener.admin.downstream_listener_filter_remote_close",
-    "listener.admin.downstream_pre_cx_active",
-    "listener.admin.downstream_pre_cx_timeout",
-    "listener.admin.http.admin.downstream_rq_1xx",
-    "listener.admin.http.admin.downstream_rq_2xx",
-    "listener.admin.http.admin.downstream_rq_3xx",
-    "listener.admin.http.admin.downstream_rq_4xx",
-    "listener.admin.http.admin.downstream_rq_5xx",
-    "listener.admin.http.admin.downstream_rq_completed",
-    "listener.admin.main_thread.downstream_cx_active",
-    "listener.admin.main_thread.downstream_cx_total",
-    "listener.admin.no_filter_chain_match",
-    # listener_manager.* is not declared at all
-    "listener_manager.listener_added",
-    "listener_manager.listener_create_failure",
-    "listener_manager.listener_create_success",
-    "listener_manager.listener_in_place_updated",
-    "listener_manager.listener_modified",
-    "listener_manager.listener_removed",
-    "listener_manager.listener_stopped",
-    "listener_manager.total_filter_chains_draining",
-    "listener_manager.total_listeners_active",
-    "listener_manager.total_listeners_draining",
-    "listener_manager.total_listeners_warming",
-    "listener_manager.workers_pinned",
-    "listener_manager.workers_started",
-    # no watchdog, no FIPS gauge
-    "server.compilation_settings.fips_mode",
     "server.main_thread.watchdog_mega_miss",
     "server.main_thread.watchdog_miss",
     "server.worker_0.watchdog_mega_miss",
     "server.worker_0.watchdog_miss",
-    # tcp_proxy: drain/overload close, early data, delayed routing
-    "tcp.<prefix>.downstream_cx_drain_close",
-    "tcp.<prefix>.downstream_cx_overload_close",
-    "tcp.<prefix>.early_data_received_count_total",
-    "tcp.<prefix>.route_delayed_total",
 ]
 
 # Envoy histograms in IN_SCOPE that legatus does not report (histograms: names only).
 KNOWN_HISTOGRAM_GAPS = [
     "listener.127.0.0.1_<listener>.connections_accepted_per_socket_event",
     "listener.admin.connections_accepted_per_socket_event",
-    "listener.admin.downstream_cx_length_ms",
 ]
 
 
@@ -148,7 +97,9 @@ def test_stat_values_match(pair):
     differ = {
         name: {"envoy": envoy[name], "legatus": legatus[name]}
         for name in sorted(common - NAME_ONLY)
-        if envoy[name] != legatus[name]
+        # The admin listener counts the harness's own polling (/ready until LIVE, /stats
+        # until settled), which differs between the two runs.
+        if not name.startswith("listener.admin.") and envoy[name] != legatus[name]
     }
     assert differ == {}
 

@@ -56,8 +56,8 @@ _SUPPORTED_CHAIN = frozenset({"filter_chain_match", "filters", "name", "metadata
 _SUPPORTED_FILTER = frozenset({"name", "typed_config"})
 
 
-class ListenerStats(StatSet):
-    """``listener.<address or stat_prefix>.*``."""
+class ListenerCoreStats(StatSet):
+    """``listener.<name>.*`` that every listener has, the admin listener included."""
 
     downstream_cx_total = counter()
     downstream_cx_destroy = counter()
@@ -65,12 +65,18 @@ class ListenerStats(StatSet):
     downstream_cx_length_ms = histogram()
     downstream_cx_overflow = counter()
     downstream_cx_overload_reject = counter()
+    downstream_cx_transport_socket_connect_timeout = counter()
     downstream_global_cx_overflow = counter()
     downstream_pre_cx_timeout = counter()
     downstream_pre_cx_active = gauge()
     downstream_listener_filter_error = counter()
     downstream_listener_filter_remote_close = counter()
     no_filter_chain_match = counter()
+
+
+class ListenerStats(ListenerCoreStats):
+    """``listener.<address or stat_prefix>.*``."""
+
     extension_config_missing = counter()
     network_extension_config_missing = counter()
 

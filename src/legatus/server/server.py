@@ -38,6 +38,7 @@ from legatus.stats.store import Store
 from legatus.upstream.cluster import ClusterConfig, HostConfig
 from legatus.upstream.cluster_manager import ClusterManager, compile_static_clusters
 from legatus.upstream.host import host_stats_prefix
+from legatus.upstream.stats import ListenerManagerStats
 
 log = logging.getLogger("legatus.main")
 HOT_RESTART_VERSION = "disabled"
@@ -118,6 +119,8 @@ class Server:
         self.stats = Store()
         self.server_stats = ServerStats(self.stats.scope("server."))
         self.server_stats.static_unknown_fields.add(unknown_static_fields)
+        self.stats.gauge("server.compilation_settings.fips_mode")  # 0: OpenSSL, not FIPS
+        self.listener_manager_stats = ListenerManagerStats(self.stats.scope("listener_manager."))
         self.start_time = time.time()
         self.state = ServerState.PRE_INITIALIZING
         self.healthcheck_failed = False
@@ -194,7 +197,13 @@ class Server:
         await self._start_admin()
         for index in range(self.options.concurrency):
             self._spawn_worker(index)
+        lm = self.listener_manager_stats
+        lm.listener_added.add(len(self.compiled.listeners))
+        lm.total_listeners_warming.set(len(self.compiled.listeners))
         await self._wait_ready()
+        lm.total_listeners_warming.set(0)
+        lm.total_listeners_active.set(len(self.compiled.listeners))
+        lm.workers_started.set(1)
         self.server_stats.initialization_time_ms.record((time.monotonic() - t0) * 1000)
 
     def _reserve_listener_ports(self) -> None:
@@ -324,6 +333,8 @@ class Server:
                 waiter.set_result(None)
         elif isinstance(message, control.Ready):
             log.debug("worker %d (pid %d) is ready", handle.index, message.pid)
+            # Envoy counts each listener added to each worker.
+            self.listener_manager_stats.listener_create_success.add(len(self.compiled.listeners))
             if not handle.ready.done():
                 handle.ready.set_result(None)
         elif isinstance(message, control.Failed) and not handle.ready.done():

@@ -21,6 +21,12 @@ class ClusterTrafficStats(StatSet):
     upstream_cx_destroy = counter()
     upstream_cx_destroy_local = counter()
     upstream_cx_destroy_remote = counter()
+    upstream_cx_destroy_with_active_rq = counter()
+    upstream_cx_destroy_local_with_active_rq = counter()
+    upstream_cx_destroy_remote_with_active_rq = counter()
+    upstream_cx_http1_total = counter()
+    upstream_cx_http2_total = counter()
+    upstream_cx_http3_total = counter()
     upstream_cx_rx_bytes_total = counter()
     upstream_cx_tx_bytes_total = counter()
     upstream_cx_connect_ms = histogram()
@@ -45,6 +51,24 @@ class ClusterMembershipStats(StatSet):
     membership_excluded = gauge()
     membership_change = counter()
     max_host_weight = gauge()
+
+
+class ListenerManagerStats(StatSet):
+    """``listener_manager.*``, kept by the main process."""
+
+    listener_added = counter()
+    listener_modified = counter()
+    listener_removed = counter()
+    listener_stopped = counter()
+    listener_create_success = counter()
+    listener_create_failure = counter()
+    listener_in_place_updated = counter()
+    total_filter_chains_draining = gauge()
+    total_listeners_warming = gauge()
+    total_listeners_active = gauge()
+    total_listeners_draining = gauge()
+    workers_started = gauge()
+    workers_pinned = gauge()
 
 
 class ClusterManagerStats(StatSet):

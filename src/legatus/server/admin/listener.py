@@ -28,9 +28,11 @@ from typing import Any
 
 import httptools
 
+from legatus.network.listener import ListenerCoreStats, PerWorkerListenerStats
 from legatus.server.admin.response import AdminResponse
 from legatus.server.admin.router import handle
 from legatus.server.logging import get_logger
+from legatus.stats.store import StatSet, counter
 
 _log = get_logger("admin")
 MAX_BODY = 1 << 20  # admin requests carry at most a small form
@@ -123,8 +125,53 @@ def _serialize_refusal(refusal: _Refusal) -> bytes:
     return "".join(lines).encode("latin-1") + b"\r\n" + refusal.body
 
 
+class AdminListenerStats(StatSet):
+    """``listener.admin.http.admin.*``: what Envoy's admin HTTP connection manager counts."""
+
+    downstream_rq_1xx = counter()
+    downstream_rq_2xx = counter()
+    downstream_rq_3xx = counter()
+    downstream_rq_4xx = counter()
+    downstream_rq_5xx = counter()
+    downstream_rq_completed = counter()
+
+
+class _Stats:
+    """The admin listener's ``listener.admin.*`` stats, as Envoy's admin listener has them."""
+
+    __slots__ = ("http", "listener", "main_thread", "rq_by_class")
+
+    def __init__(self, store: Any) -> None:
+        scope = store.scope("listener.admin.")
+        self.listener = ListenerCoreStats(scope)
+        self.main_thread = PerWorkerListenerStats(scope.scope("main_thread."))
+        self.http = AdminListenerStats(scope.scope("http.admin."))
+        h = self.http
+        self.rq_by_class = (None, h.downstream_rq_1xx, h.downstream_rq_2xx, h.downstream_rq_3xx,
+                            h.downstream_rq_4xx, h.downstream_rq_5xx)  # fmt: skip
+
+    def opened(self) -> None:
+        self.listener.downstream_cx_total.inc()
+        self.listener.downstream_cx_active.inc()
+        self.main_thread.downstream_cx_total.inc()
+        self.main_thread.downstream_cx_active.inc()
+
+    def closed(self, length_ms: float) -> None:
+        self.listener.downstream_cx_destroy.inc()
+        self.listener.downstream_cx_active.dec()
+        self.main_thread.downstream_cx_active.dec()
+        self.listener.downstream_cx_length_ms.record(length_ms)
+
+    def answered(self, status: int) -> None:
+        if 100 <= status < 600:
+            self.rq_by_class[status // 100].inc()
+        self.http.downstream_rq_completed.inc()
+
+
 class AdminConnection(asyncio.Protocol):
-    def __init__(self, context: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, context: Any, loop: asyncio.AbstractEventLoop, stats: _Stats) -> None:
+        self._stats = stats
+        self._opened = loop.time()
         self._context = context
         self._loop = loop
         self._parser = httptools.HttpRequestParser(self)
@@ -143,6 +190,8 @@ class AdminConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._opened = self._loop.time()
+        self._stats.opened()
 
     def data_received(self, data: bytes) -> None:
         if self._done:
@@ -162,6 +211,7 @@ class AdminConnection(asyncio.Protocol):
         return True  # keep the transport open until the answers are written
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stats.closed((self._loop.time() - self._opened) * 1000)
         self._done = True
         self._queue.clear()
         if self._task is not None:
@@ -238,6 +288,7 @@ class AdminConnection(asyncio.Protocol):
                     transport.resume_reading()
                     self._paused = False
                 if isinstance(item, _Refusal):
+                    self._stats.answered(item.status)
                     transport.write(_serialize_refusal(item))
                     transport.close()
                     return
@@ -249,6 +300,7 @@ class AdminConnection(asyncio.Protocol):
                     content_type=item.content_type,
                 )
                 close = not item.keep_alive
+                self._stats.answered(response.status)
                 transport.write(serialize(response, close=close, head=item.method == "HEAD"))
                 if close:
                     transport.close()
@@ -271,8 +323,9 @@ async def start_admin(
     """Listen for admin requests on ``host:port`` (0: any free port); returns the
     server (close it to stop) and the port it is bound to."""
     loop = loop or asyncio.get_running_loop()
+    stats = _Stats(context.stats)
     server = await loop.create_server(
-        lambda: AdminConnection(context, loop), host, port, reuse_address=True
+        lambda: AdminConnection(context, loop, stats), host, port, reuse_address=True
     )
     bound_port = server.sockets[0].getsockname()[1]
     return server, bound_port

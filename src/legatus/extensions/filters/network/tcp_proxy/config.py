@@ -44,6 +44,10 @@ class TcpProxyStats(StatSet):
     downstream_flow_control_resumed_reading_total = counter()
     idle_timeout = counter()
     max_downstream_connection_duration = counter()
+    downstream_cx_drain_close = counter()  # no drain yet: stays 0
+    downstream_cx_overload_close = counter()  # no overload manager yet: stays 0
+    early_data_received_count_total = counter()  # no early data (upstream_connect_mode)
+    route_delayed_total = counter()
     upstream_flush_total = counter()
     upstream_flush_active = gauge()
 

@@ -263,10 +263,17 @@ class TcpProxyFilter(ReadFilter):
         else:
             cluster.stats.upstream_cx_destroy_local.inc()
         if self.info.upstream_connected_monotonic is not None:
+            # Connected means handed to this proxy: Envoy's pool counts it "with active rq".
+            stats = cluster.stats
             length = self.loop.time() - self.info.upstream_connected_monotonic
-            cluster.stats.upstream_cx_length_ms.record(length * 1000)
-            cluster.stats.upstream_rq_active.dec()
+            stats.upstream_cx_length_ms.record(length * 1000)
+            stats.upstream_rq_active.dec()
             self.host.stats.rq_active.dec()
+            stats.upstream_cx_destroy_with_active_rq.inc()
+            if event is ConnectionEvent.REMOTE_CLOSE:
+                stats.upstream_cx_destroy_remote_with_active_rq.inc()
+            else:
+                stats.upstream_cx_destroy_local_with_active_rq.inc()
         self.upstream = None
         if not self.closed:
             self._finish(CloseType.FLUSH_WRITE, upstream_first=True)
