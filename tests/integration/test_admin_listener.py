@@ -99,8 +99,19 @@ async def test_get_post_404_405(admin):
         assert r.headers["x-content-type-options"] == "nosniff"
         assert r.headers["server"] == "envoy"
         assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", r.headers["date"])
-        r = await client.get("/stats")
+        r = await client.get("/stats?filter=^server")
         assert r.text == "server.live: 1\n"
+        r = await client.get("/stats?filter=^listener.admin.(http|downstream_cx_total)")
+        # The admin listener counts itself, as Envoy's: this connection, 2 answers so far.
+        assert r.text == (
+            "listener.admin.downstream_cx_total: 1\n"
+            "listener.admin.http.admin.downstream_rq_1xx: 0\n"
+            "listener.admin.http.admin.downstream_rq_2xx: 2\n"
+            "listener.admin.http.admin.downstream_rq_3xx: 0\n"
+            "listener.admin.http.admin.downstream_rq_4xx: 0\n"
+            "listener.admin.http.admin.downstream_rq_5xx: 0\n"
+            "listener.admin.http.admin.downstream_rq_completed: 2\n"
+        )
         r = await client.get("/nope")
         assert r.status_code == 404 and r.text.startswith("invalid path. admin commands are:\n")
         r = await client.get("/healthcheck/fail")
