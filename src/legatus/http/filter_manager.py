@@ -1,0 +1,371 @@
+"""Running one stream's HTTP filter chains (Envoy's FilterManager).
+
+Theory of operation. Each direction (decoding the request, encoding the
+response) is a chain of ``_Active`` filter slots. An event (headers, a piece of
+body, trailers) enters the chain at a slot and walks forward. A slot that is
+*blocked* keeps the events that reach it in its own queue, in order:
+
+- a filter that stopped the headers (STOP_ITERATION) still sees later body
+  pieces through its data hook; if one returns CONTINUE, the slot unblocks;
+- a filter that stopped with STOP_ALL_ITERATION_AND_* sees nothing more until
+  it calls continue_*(): body and trailers queue in its slot untouched;
+- a filter that buffered body (STOP_ITERATION_AND_BUFFER/WATERMARK) queues it.
+
+``continue_decoding()``/``continue_encoding()`` unblocks the slot and releases
+its queue to the next slot, where the same rules apply. Bytes queued in a
+direction are counted against the stream's buffer limit: past it a buffering
+request gets 413 and a buffering response 500 (Envoy's answers), while the
+watermark statuses ask the owner to stop reading instead (``on_watermark``).
+
+Sans-I/O: the owner (the connection manager's active stream) feeds the
+decoder side and receives the encoder side's output through ``StreamSink``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from legatus.http.filter import (
+    FilterDataStatus,
+    FilterHeadersStatus,
+    FilterTrailersStatus,
+    StreamDecoderFilter,
+    StreamEncoderFilter,
+)
+from legatus.http.headers import HeaderMap
+from legatus.stream_info import StreamInfo
+
+
+class StreamSink(Protocol):
+    """Where the encoder chain's output goes (the codec), and stream-level actions."""
+
+    def write_headers(self, headers: HeaderMap, end_stream: bool) -> None: ...
+
+    def write_data(self, data: bytes, end_stream: bool) -> None: ...
+
+    def write_trailers(self, trailers: HeaderMap) -> None: ...
+
+    def on_watermark(self, *, decoding: bool, above: bool) -> None:
+        """Too much (or again little enough) is buffered: stop (or resume) reading."""
+
+    def build_local_reply(self, status: int, body: bytes, details: str,
+                          headers: dict[str, str] | None) -> tuple[HeaderMap, bytes]:  # fmt: skip
+        """Envoy's local-reply headers and body for this stream (local_reply_config)."""
+
+
+class _Kind(enum.Enum):
+    HEADERS = 0
+    DATA = 1
+    TRAILERS = 2
+
+
+class _Block(enum.Enum):
+    NONE = 0
+    HEADERS = 1  # headers stopped; data still goes through the filter's data hook
+    ALL = 2  # stop-all: nothing reaches the filter until it continues
+    DATA = 3  # body buffered by the filter; later data still goes through its hook
+
+
+_HEADERS_STOP = {
+    FilterHeadersStatus.STOP_ITERATION: _Block.HEADERS,
+    FilterHeadersStatus.STOP_ALL_ITERATION_AND_BUFFER: _Block.ALL,
+    FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK: _Block.ALL,
+}
+_WATERMARK = {
+    FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK,
+    FilterDataStatus.STOP_ITERATION_AND_WATERMARK,
+}
+
+
+class _Active:
+    """One filter's slot in one direction."""
+
+    __slots__ = ("block", "chain", "filter", "index", "queue", "watermark")
+
+    def __init__(self, chain: _Chain, index: int, f: Any) -> None:
+        self.chain = chain
+        self.index = index
+        self.filter = f
+        self.block = _Block.NONE
+        self.watermark = False
+        self.queue: deque[tuple[_Kind, Any, bool]] = deque()
+
+    def continue_iteration(self) -> None:
+        self.chain.resume(self)
+
+
+class _Chain:
+    """One direction's filters and the events held in them."""
+
+    def __init__(self, manager: FilterManager, filters: Sequence[Any], *, decoding: bool):
+        self.manager = manager
+        self.decoding = decoding
+        self.slots = [_Active(self, i, f) for i, f in enumerate(filters)]
+        self.queued_bytes = 0
+        self.above_watermark = False
+        self.ended = False  # end_stream has entered the chain
+
+    # Walking -------------------------------------------------------------------
+
+    def start(self, kind: _Kind, payload: Any, end_stream: bool) -> None:
+        if end_stream or kind is _Kind.TRAILERS:
+            self.ended = True
+        self.walk(0, kind, payload, end_stream)
+
+    def walk(self, start: int, kind: _Kind, payload: Any, end_stream: bool) -> None:
+        slots = self.slots
+        manager = self.manager
+        for i in range(start, len(slots)):
+            if manager.done and self.decoding:
+                return  # a local reply ended the request side
+            slot = slots[i]
+            block = slot.block
+            if block is _Block.ALL or (block is not _Block.NONE and kind is _Kind.HEADERS):
+                self.hold(slot, kind, payload, end_stream)
+                return
+            # Unblocked, or stopped only for headers/body: body and trailers still
+            # go through the filter's hooks, which may continue the chain.
+            if not self.call(slot, kind, payload, end_stream):
+                return
+        manager.chain_end(self, kind, payload, end_stream)
+
+    def call(self, slot: _Active, kind: _Kind, payload: Any, end_stream: bool) -> bool:
+        """Run one hook; True if the event goes on to the next slot."""
+        f = slot.filter
+        d = self.decoding
+        if kind is _Kind.HEADERS:
+            status = (f.decode_headers if d else f.encode_headers)(payload, end_stream)
+            if status is FilterHeadersStatus.CONTINUE:
+                return True
+            if status is FilterHeadersStatus.CONTINUE_AND_DONT_END_STREAM:
+                self.walk(slot.index + 1, kind, payload, False)
+                return False
+            slot.block = _HEADERS_STOP[status]
+            slot.watermark = status in _WATERMARK
+            slot.queue.append((kind, payload, end_stream))
+            return False
+        if kind is _Kind.DATA:
+            status = (f.decode_data if d else f.encode_data)(payload, end_stream)
+            if status is FilterDataStatus.CONTINUE:
+                if slot.block is not _Block.NONE:  # continuing data releases held headers
+                    self.hold(slot, kind, payload, end_stream)
+                    self.resume(slot)
+                    return False
+                return True
+            if status is FilterDataStatus.STOP_ITERATION_NO_BUFFER:
+                if end_stream:  # the filter took the bytes; the end of stream waits for it
+                    if slot.block is _Block.NONE:
+                        slot.block = _Block.DATA
+                    slot.queue.append((kind, b"", True))
+                return False
+            if slot.block is _Block.NONE:
+                slot.block = _Block.DATA
+            slot.watermark = status in _WATERMARK
+            self.hold(slot, kind, payload, end_stream)
+            return False
+        status = (f.decode_trailers if d else f.encode_trailers)(payload)
+        if status is FilterTrailersStatus.CONTINUE:
+            if slot.block is not _Block.NONE:  # the end of the stream releases what it held
+                self.hold(slot, kind, payload, True)
+                self.resume(slot)
+                return False
+            return True
+        slot.block = _Block.ALL
+        slot.queue.append((kind, payload, True))
+        return False
+
+    def hold(self, slot: _Active, kind: _Kind, payload: Any, end_stream: bool) -> None:
+        slot.queue.append((kind, payload, end_stream))
+        if kind is _Kind.DATA and payload:
+            self.queued_bytes += len(payload)
+            self.manager.check_limit(self, slot)
+
+    def resume(self, slot: _Active) -> None:
+        """The filter in ``slot`` continues: release what it holds, in order."""
+        if slot.block is _Block.NONE and not slot.queue:
+            return
+        slot.block = _Block.NONE
+        queue = slot.queue
+        start = slot.index + 1
+        while queue and slot.block is _Block.NONE:
+            kind, payload, end_stream = queue.popleft()
+            if kind is _Kind.DATA and payload:
+                self.queued_bytes -= len(payload)
+            self.walk(start, kind, payload, end_stream)
+        self.manager.check_limit(self, slot)
+
+    def buffered(self, slot: _Active) -> bytearray:
+        out = bytearray()
+        for kind, payload, _ in slot.queue:
+            if kind is _Kind.DATA:
+                out += payload
+        return out
+
+
+class FilterManager:
+    """The decoder and encoder chains of one stream."""
+
+    def __init__(self, *, decoder_filters: Sequence[StreamDecoderFilter],
+                 encoder_filters: Sequence[StreamEncoderFilter], sink: StreamSink,
+                 stream_info: StreamInfo, buffer_limit: int) -> None:  # fmt: skip
+        self.sink = sink
+        self.stream_info = stream_info
+        self.buffer_limit = buffer_limit
+        self.route: Any = None
+        self.route_resolver: Callable[[], Any] | None = None
+        self.done = False  # a response is complete (or the request was answered locally)
+        self.response_started = False
+        self.decoder = _Chain(self, decoder_filters, decoding=True)
+        # Encoder filters run in reverse configuration order.
+        self.encoder = _Chain(self, list(reversed(encoder_filters)), decoding=False)
+        for slot in self.decoder.slots:
+            slot.filter.set_decoder_filter_callbacks(_DecoderCallbacks(self, slot))
+        for slot in self.encoder.slots:
+            slot.filter.set_encoder_filter_callbacks(_EncoderCallbacks(self, slot))
+
+    # From the codec ------------------------------------------------------------
+
+    def decode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
+        self.decoder.start(_Kind.HEADERS, headers, end_stream)
+
+    def decode_data(self, data: bytes, end_stream: bool) -> None:
+        self.decoder.start(_Kind.DATA, data, end_stream)
+
+    def decode_trailers(self, trailers: HeaderMap) -> None:
+        self.decoder.start(_Kind.TRAILERS, trailers, True)
+
+    # From the router or a local reply ------------------------------------------
+
+    def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
+        self.response_started = True
+        self.encoder.start(_Kind.HEADERS, headers, end_stream)
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        self.encoder.start(_Kind.DATA, data, end_stream)
+
+    def encode_trailers(self, trailers: HeaderMap) -> None:
+        self.encoder.start(_Kind.TRAILERS, trailers, True)
+
+    def send_local_reply(self, status: int, body: bytes = b"", *, details: str,
+                         headers: dict[str, str] | None = None, flags: int = 0) -> None:  # fmt: skip
+        info = self.stream_info
+        info.response_code_details = details
+        if flags:
+            info.response_flags |= flags
+        if self.response_started:
+            return  # too late to answer: the owner resets the stream instead
+        self.done = True
+        reply_headers, reply_body = self.sink.build_local_reply(status, body, details, headers)
+        self.encode_headers(reply_headers, not reply_body)
+        if reply_body:
+            self.encode_data(reply_body, True)
+
+    # Chain ends and limits -----------------------------------------------------
+
+    def chain_end(self, chain: _Chain, kind: _Kind, payload: Any, end_stream: bool) -> None:
+        if chain.decoding:
+            return  # the router (the last decoder filter) has taken the request
+        sink = self.sink
+        if kind is _Kind.HEADERS:
+            sink.write_headers(payload, end_stream)
+        elif kind is _Kind.DATA:
+            sink.write_data(payload, end_stream)
+        else:
+            sink.write_trailers(payload)
+        if end_stream or kind is _Kind.TRAILERS:
+            self.done = True
+
+    def check_limit(self, chain: _Chain, slot: _Active) -> None:
+        over = chain.queued_bytes > self.buffer_limit
+        if slot.watermark:
+            if over != chain.above_watermark:
+                chain.above_watermark = over
+                self.sink.on_watermark(decoding=chain.decoding, above=over)
+            return
+        if not over:
+            return
+        if chain.decoding:
+            self.send_local_reply(413, b"Payload Too Large", details="request_payload_too_large")
+        else:
+            slot.queue.clear()
+            chain.queued_bytes = 0
+            self.response_started = False
+            self.send_local_reply(500, b"Internal Server Error",
+                                  details="response_payload_too_large")  # fmt: skip
+
+    def on_destroy(self) -> None:
+        seen = set()
+        for slot in (*self.decoder.slots, *self.encoder.slots):
+            if id(slot.filter) not in seen:
+                seen.add(id(slot.filter))
+                slot.filter.on_destroy()
+
+
+class _DecoderCallbacks:
+    __slots__ = ("manager", "slot")
+
+    def __init__(self, manager: FilterManager, slot: _Active) -> None:
+        self.manager = manager
+        self.slot = slot
+
+    @property
+    def stream_info(self) -> StreamInfo:
+        return self.manager.stream_info
+
+    @property
+    def route(self) -> Any:
+        return self.manager.route
+
+    def continue_decoding(self) -> None:
+        self.slot.continue_iteration()
+
+    def send_local_reply(self, status: int, body: bytes = b"", *, details: str,
+                         headers: dict[str, str] | None = None, flags: int = 0) -> None:  # fmt: skip
+        self.manager.send_local_reply(status, body, details=details, headers=headers, flags=flags)
+
+    def decoding_buffer(self) -> bytearray | None:
+        return self.manager.decoder.buffered(self.slot) if self.slot.queue else None
+
+    def add_decoded_data(self, data: bytes) -> None:
+        self.manager.decoder.walk(self.slot.index + 1, _Kind.DATA, data, False)
+
+    def clear_route_cache(self) -> None:
+        if self.manager.route_resolver is not None:
+            self.manager.route = self.manager.route_resolver()
+
+    def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
+        self.manager.encode_headers(headers, end_stream)
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        self.manager.encode_data(data, end_stream)
+
+    def encode_trailers(self, trailers: HeaderMap) -> None:
+        self.manager.encode_trailers(trailers)
+
+
+class _EncoderCallbacks:
+    __slots__ = ("manager", "slot")
+
+    def __init__(self, manager: FilterManager, slot: _Active) -> None:
+        self.manager = manager
+        self.slot = slot
+
+    @property
+    def stream_info(self) -> StreamInfo:
+        return self.manager.stream_info
+
+    @property
+    def route(self) -> Any:
+        return self.manager.route
+
+    def continue_encoding(self) -> None:
+        self.slot.continue_iteration()
+
+    def encoding_buffer(self) -> bytearray | None:
+        return self.manager.encoder.buffered(self.slot) if self.slot.queue else None
+
+    def add_encoded_data(self, data: bytes) -> None:
+        self.manager.encoder.walk(self.slot.index + 1, _Kind.DATA, data, False)
