@@ -86,9 +86,15 @@ class StreamDecoderFilterCallbacks(Protocol):
     def continue_decoding(self) -> None:
         """Resume the decoder chain after the filter that stopped it."""
 
-    def send_local_reply(self, status: int, body: bytes = b"", *, details: str,
-                         headers: dict[str, str] | None = None,
-                         flags: int = 0) -> None:  # fmt: skip
+    def send_local_reply(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        details: str,
+        headers: dict[str, str] | None = None,
+        flags: int = 0,
+    ) -> None:
         """Answer the request from here; the response passes through the encoder
         filters of the filters before this one."""
 

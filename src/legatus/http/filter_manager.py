@@ -51,8 +51,9 @@ class StreamSink(Protocol):
     def on_watermark(self, *, decoding: bool, above: bool) -> None:
         """Too much (or again little enough) is buffered: stop (or resume) reading."""
 
-    def build_local_reply(self, status: int, body: bytes, details: str,
-                          headers: dict[str, str] | None) -> tuple[HeaderMap, bytes]:  # fmt: skip
+    def build_local_reply(
+        self, status: int, body: bytes, details: str, headers: dict[str, str] | None
+    ) -> tuple[HeaderMap, bytes]:
         """Envoy's local-reply headers and body for this stream (local_reply_config)."""
 
 
@@ -208,9 +209,15 @@ class _Chain:
 class FilterManager:
     """The decoder and encoder chains of one stream."""
 
-    def __init__(self, *, decoder_filters: Sequence[StreamDecoderFilter],
-                 encoder_filters: Sequence[StreamEncoderFilter], sink: StreamSink,
-                 stream_info: StreamInfo, buffer_limit: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        decoder_filters: Sequence[StreamDecoderFilter],
+        encoder_filters: Sequence[StreamEncoderFilter],
+        sink: StreamSink,
+        stream_info: StreamInfo,
+        buffer_limit: int,
+    ) -> None:
         self.sink = sink
         self.stream_info = stream_info
         self.buffer_limit = buffer_limit
@@ -249,8 +256,15 @@ class FilterManager:
     def encode_trailers(self, trailers: HeaderMap) -> None:
         self.encoder.start(_Kind.TRAILERS, trailers, True)
 
-    def send_local_reply(self, status: int, body: bytes = b"", *, details: str,
-                         headers: dict[str, str] | None = None, flags: int = 0) -> None:  # fmt: skip
+    def send_local_reply(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        details: str,
+        headers: dict[str, str] | None = None,
+        flags: int = 0,
+    ) -> None:
         info = self.stream_info
         info.response_code_details = details
         if flags:
@@ -293,8 +307,9 @@ class FilterManager:
             slot.queue.clear()
             chain.queued_bytes = 0
             self.response_started = False
-            self.send_local_reply(500, b"Internal Server Error",
-                                  details="response_payload_too_large")  # fmt: skip
+            self.send_local_reply(
+                500, b"Internal Server Error", details="response_payload_too_large"
+            )
 
     def on_destroy(self) -> None:
         seen = set()
@@ -322,8 +337,15 @@ class _DecoderCallbacks:
     def continue_decoding(self) -> None:
         self.slot.continue_iteration()
 
-    def send_local_reply(self, status: int, body: bytes = b"", *, details: str,
-                         headers: dict[str, str] | None = None, flags: int = 0) -> None:  # fmt: skip
+    def send_local_reply(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        details: str,
+        headers: dict[str, str] | None = None,
+        flags: int = 0,
+    ) -> None:
         self.manager.send_local_reply(status, body, details=details, headers=headers, flags=flags)
 
     def decoding_buffer(self) -> bytearray | None:

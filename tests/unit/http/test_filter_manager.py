@@ -42,8 +42,9 @@ class Sink:
 class Recorder(StreamFilter):
     """Records what it sees; returns scripted statuses."""
 
-    def __init__(self, name, log, *, headers=H.CONTINUE, data=D.CONTINUE,
-                 trailers=T.CONTINUE) -> None:  # fmt: skip
+    def __init__(
+        self, name, log, *, headers=H.CONTINUE, data=D.CONTINUE, trailers=T.CONTINUE
+    ) -> None:
         self.name = name
         self.log = log
         self.headers_status = headers
@@ -89,8 +90,13 @@ class Router(StreamFilter):
 
 def _manager(filters, encoders=(), limit=1 << 20):
     sink = Sink()
-    fm = FilterManager(decoder_filters=filters, encoder_filters=list(encoders), sink=sink,
-                       stream_info=StreamInfo(now_monotonic=0.0), buffer_limit=limit)  # fmt: skip
+    fm = FilterManager(
+        decoder_filters=filters,
+        encoder_filters=list(encoders),
+        sink=sink,
+        stream_info=StreamInfo(now_monotonic=0.0),
+        buffer_limit=limit,
+    )
     return fm, sink
 
 
@@ -106,32 +112,45 @@ def test_everything_continues_in_order():
     log = []
     fm, sink = _manager([Recorder("a", log), Recorder("b", log), Router(log)])
     _request(fm)
-    assert [e[:2] for e in log] == [("a", "headers"), ("b", "headers"), ("router", "headers"),
-                                    ("a", "data"), ("b", "data"), ("router", "data"),
-                                    ("a", "data"), ("b", "data"), ("router", "data")]  # fmt: skip
+    assert [e[:2] for e in log] == [
+        ("a", "headers"),
+        ("b", "headers"),
+        ("router", "headers"),
+        ("a", "data"),
+        ("b", "data"),
+        ("router", "data"),
+        ("a", "data"),
+        ("b", "data"),
+        ("router", "data"),
+    ]
     assert sink.out == [("headers", "200", False), ("data", b"a", False), ("data", b"b", True)]
 
 
 def test_stop_iteration_still_sees_data_and_continuing_releases_headers():
     log = []
     a = Recorder("a", log, headers=H.STOP_ITERATION, data=D.STOP_ITERATION_AND_BUFFER)
-    fm, sink = _manager([a, Router(log)])
+    fm, _sink = _manager([a, Router(log)])
     _request(fm)
     assert ("router", "headers", False) not in log
-    assert [e for e in log if e[0] == "a"] == [("a", "headers", False), ("a", "data", b"a", False),
-                                               ("a", "data", b"b", True)]  # fmt: skip
+    assert [e for e in log if e[0] == "a"] == [
+        ("a", "headers", False),
+        ("a", "data", b"a", False),
+        ("a", "data", b"b", True),
+    ]
     assert fm.decoder.queued_bytes == 2
     a.decoder_callbacks.continue_decoding()
-    assert [e for e in log if e[0] == "router"] == [("router", "headers", False),
-                                                    ("router", "data", b"a", False),
-                                                    ("router", "data", b"b", True)]  # fmt: skip
+    assert [e for e in log if e[0] == "router"] == [
+        ("router", "headers", False),
+        ("router", "data", b"a", False),
+        ("router", "data", b"b", True),
+    ]
     assert fm.decoder.queued_bytes == 0
 
 
 def test_data_continue_releases_stopped_headers():
     log = []
     a = Recorder("a", log, headers=H.STOP_ITERATION)
-    fm, sink = _manager([a, Router(log)])
+    fm, _sink = _manager([a, Router(log)])
     fm.decode_headers(HeaderMap([(":path", "/")]), False)
     assert not any(e[0] == "router" for e in log)
     fm.decode_data(b"x", True)  # the filter's data hook continues: headers go first
@@ -141,7 +160,7 @@ def test_data_continue_releases_stopped_headers():
 def test_stop_all_holds_body_and_trailers_without_calling_the_filter():
     log = []
     a = Recorder("a", log, headers=H.STOP_ALL_ITERATION_AND_BUFFER)
-    fm, sink = _manager([a, Router(log)])
+    fm, _sink = _manager([a, Router(log)])
     _request(fm, trailers=True)
     assert [e for e in log if e[0] == "a"] == [("a", "headers", False)]
     assert a.decoder_callbacks.decoding_buffer() == bytearray(b"ab")
@@ -220,7 +239,7 @@ def test_encoder_filters_run_in_reverse_order():
             headers.set("x-" + self.name, "1")
             return H.CONTINUE
 
-    fm, sink = _manager([Router([])], encoders=[Enc("first"), Enc("second")])
+    fm, _sink = _manager([Router([])], encoders=[Enc("first"), Enc("second")])
     fm.decode_headers(HeaderMap([(":path", "/")]), True)
     assert log == ["second", "first"]
 
@@ -228,7 +247,7 @@ def test_encoder_filters_run_in_reverse_order():
 def test_no_buffer_end_stream_waits_for_continue():
     log = []
     a = Recorder("a", log, data=D.STOP_ITERATION_NO_BUFFER)
-    fm, sink = _manager([a, Router(log)])
+    fm, _sink = _manager([a, Router(log)])
     _request(fm, body=(b"z",))
     assert ("router", "data", b"z", True) not in log
     a.decoder_callbacks.continue_decoding()
