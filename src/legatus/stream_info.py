@@ -90,12 +90,20 @@ RESPONSE_FLAG_NAMES: tuple[tuple[ResponseFlag, str, str], ...] = (
 FLAG_BY_SHORT_NAME: dict[str, ResponseFlag] = {short: f for f, short, _ in RESPONSE_FLAG_NAMES}
 
 
+_NAMES: dict[ResponseFlag, tuple[str, str]] = {f: (s, n) for f, s, n in RESPONSE_FLAG_NAMES}
+
+
 @functools.lru_cache(maxsize=256)
-def response_flags_string(flags: int, long: bool = False) -> str:
-    """``%RESPONSE_FLAGS%`` (``UF,URX``) or, with ``long``, ``%RESPONSE_FLAGS_LONG%``; ``-``."""
-    index = 2 if long else 1
-    names = [entry[index] for entry in RESPONSE_FLAG_NAMES if flags & entry[0]]
-    return ",".join(names) if names else "-"
+def response_flags_string(order: tuple[ResponseFlag, ...] | int, long: bool = False) -> str:
+    """``%RESPONSE_FLAGS%`` (``UF,URX``) or, with ``long``, ``%RESPONSE_FLAGS_LONG%``; ``-``.
+
+    Envoy 1.40 lists the flags in the order they were set (its router sets URX
+    before UF, its tcp_proxy UF before URX), so StreamInfo keeps that order.
+    """
+    if isinstance(order, int):  # a bit set: Envoy's declaration order
+        order = tuple(f for f, _, _ in RESPONSE_FLAG_NAMES if order & f)
+    index = 1 if long else 0
+    return ",".join(_NAMES[f][index] for f in order) if order else "-"
 
 
 class StreamInfo:
@@ -111,6 +119,7 @@ class StreamInfo:
         "downstream_remote_address",
         "end_monotonic",
         "filter_state",
+        "flag_order",
         "health_check",
         "protocol",
         "requested_server_name",
@@ -136,6 +145,7 @@ class StreamInfo:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.response_flags = 0
+        self.flag_order: tuple[ResponseFlag, ...] = ()
         self.connection_id: int | None = None
         self.downstream_remote_address: str | None = None  # "ip:port"
         self.downstream_direct_remote_address: str | None = None
@@ -155,7 +165,18 @@ class StreamInfo:
         self.health_check = False  # set by the HTTP health_check filter; not_health_check_filter
 
     def set_flag(self, flag: ResponseFlag) -> None:
-        self.response_flags |= flag
+        if flag & (flag - 1):  # several at once
+            self.set_flags(flag)
+            return
+        if flag and not self.response_flags & flag:
+            self.response_flags |= flag
+            self.flag_order += (flag,)
+
+    def set_flags(self, flags: int) -> None:
+        """Set several flags at once (Envoy's order among them)."""
+        for flag, _, _ in RESPONSE_FLAG_NAMES:
+            if flags & flag:
+                self.set_flag(flag)
 
     def has_flag(self, flag: ResponseFlag) -> bool:
         return bool(self.response_flags & flag)

@@ -14,10 +14,10 @@ random number (Envoy derives it from ``x-request-id`` unless ``use_independent_r
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from legatus.common.matchers import HeaderMatcher
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
 from legatus.registry import Category
@@ -292,128 +292,3 @@ def compile_filter(proto, path: str, context) -> AccessLogFilter:
     if which in _UNSUPPORTED_FILTERS:
         raise ConfigError(sub_path, f"access log filter '{which}' is not supported by legatus yet")
     raise ConfigError(sub_path, "an access log filter must set one filter_specifier")
-
-
-# HeaderMatcher (envoy.config.route.v3.HeaderMatcher), as Envoy's HeaderUtility ----------
-
-_HEADER_MATCHER_FIELDS = (
-    "name",
-    "exact_match",
-    "safe_regex_match",
-    "range_match",
-    "present_match",
-    "prefix_match",
-    "suffix_match",
-    "contains_match",
-    "string_match",
-    "invert_match",
-    "treat_missing_header_as_empty",
-)
-
-
-class HeaderMatcher:
-    """One header condition on a lower-case ``name -> value`` mapping."""
-
-    __slots__ = ("invert", "kind", "name", "operand", "present", "treat_missing_as_empty")
-
-    def __init__(self, proto, path: str) -> None:
-        check_supported(proto, _HEADER_MATCHER_FIELDS, path, "HeaderMatcher")
-        self.name = proto.name.lower()
-        self.invert = proto.invert_match
-        self.treat_missing_as_empty = proto.treat_missing_header_as_empty
-        self.present = True
-        which = proto.WhichOneof("header_match_specifier")
-        spec_path = join_path(path, which or "")
-        if which is None:
-            self.kind, self.operand = "present", None
-        elif which == "present_match":
-            self.kind, self.operand, self.present = "present", None, proto.present_match
-        elif which == "range_match":
-            self.kind = "range"
-            self.operand = (proto.range_match.start, proto.range_match.end)
-        elif which == "safe_regex_match":
-            self.kind, self.operand = "regex", _regex(proto.safe_regex_match, spec_path)
-        elif which == "string_match":
-            self.kind, self.operand = "string", StringMatcher(proto.string_match, spec_path)
-        else:  # exact_match, prefix_match, suffix_match, contains_match (deprecated)
-            self.kind, self.operand = which.removesuffix("_match"), getattr(proto, which)
-
-    def matches(self, headers) -> bool:
-        value = headers.get(self.name)
-        if value is None:
-            if not self.treat_missing_as_empty:
-                if self.invert:
-                    return self.kind == "present" and self.present
-                return self.kind == "present" and not self.present
-            value = ""
-        kind, operand = self.kind, self.operand
-        if kind == "present":
-            match = self.present
-        elif kind == "exact":
-            match = not operand or value == operand
-        elif kind == "prefix":
-            match = value.startswith(operand)
-        elif kind == "suffix":
-            match = value.endswith(operand)
-        elif kind == "contains":
-            match = operand in value
-        elif kind == "regex":
-            match = operand.fullmatch(value) is not None
-        elif kind == "range":
-            match = _in_range(value, operand)
-        else:
-            match = operand.matches(value)
-        return match != self.invert
-
-
-def _in_range(value: str, bounds: tuple[int, int]) -> bool:
-    text = value[1:] if value[:1] in "+-" else value
-    if not text.isdigit() or not text.isascii():
-        return False
-    number = int(value)
-    return bounds[0] <= number < bounds[1]
-
-
-def _regex(proto, path: str) -> re.Pattern:
-    try:
-        return re.compile(proto.regex)
-    except re.error as e:
-        raise ConfigError(join_path(path, "regex"), f"Invalid regex '{proto.regex}': {e}") from None
-
-
-class StringMatcher:
-    """``envoy.type.matcher.v3.StringMatcher`` (``custom`` is not supported)."""
-
-    __slots__ = ("ignore_case", "kind", "operand")
-
-    def __init__(self, proto, path: str) -> None:
-        check_supported(
-            proto,
-            ("exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"),
-            path,
-            "StringMatcher",
-        )
-        which = proto.WhichOneof("match_pattern")
-        if which is None:
-            raise ConfigError(join_path(path, "match_pattern"), "a match pattern is required")
-        self.kind = which
-        self.ignore_case = proto.ignore_case and which != "safe_regex"
-        if which == "safe_regex":
-            self.operand: Any = _regex(proto.safe_regex, join_path(path, "safe_regex"))
-        else:
-            operand = getattr(proto, which)
-            self.operand = operand.lower() if self.ignore_case else operand
-
-    def matches(self, value: str) -> bool:
-        kind, operand = self.kind, self.operand
-        if kind == "safe_regex":
-            return operand.fullmatch(value) is not None
-        if self.ignore_case:
-            value = value.lower()
-        if kind == "exact":
-            return value == operand
-        if kind == "prefix":
-            return value.startswith(operand)
-        if kind == "suffix":
-            return value.endswith(operand)
-        return operand in value

@@ -352,11 +352,11 @@ _TABLE: dict[str, tuple[Syntax, Callable[[str, int | None, str], Provider]]] = {
     "BYTES_SENT": (Syntax.COMMAND_ONLY, _simple(_uint(lambda i: i.bytes_sent))),
     "RESPONSE_FLAGS": (
         Syntax.COMMAND_ONLY,
-        _simple(_string(lambda i: response_flags_string(i.response_flags))),
+        _simple(_string(lambda i: response_flags_string(i.flag_order))),
     ),
     "RESPONSE_FLAGS_LONG": (
         Syntax.COMMAND_ONLY,
-        _simple(_string(lambda i: response_flags_string(i.response_flags, True))),
+        _simple(_string(lambda i: response_flags_string(i.flag_order, True))),
     ),
     "RESPONSE_CODE": (Syntax.COMMAND_ONLY, _simple(_uint(lambda i: i.response_code or 0))),
     "RESPONSE_CODE_DETAILS": (Syntax.PARAMS_OPTIONAL, _response_code_details),

@@ -268,7 +268,7 @@ class FilterManager:
         info = self.stream_info
         info.response_code_details = details
         if flags:
-            info.response_flags |= flags
+            info.set_flags(flags)
         if self.response_started:
             return  # too late to answer: the owner resets the stream instead
         self.done = True

@@ -1,0 +1,266 @@
+"""What a matched route does: forward (``route``), answer directly, or redirect.
+
+``RouteAction`` (forward to a cluster) is compiled here with Envoy 1.40's rules:
+
+- the cluster comes from ``cluster``, ``cluster_header`` (first value of the header, ""
+  when absent: the router then answers ``cluster_not_found_response_code``) or
+  ``weighted_clusters``; with ``validate_clusters`` a static name that is not a known
+  cluster is an error (``route: unknown cluster 'x'``);
+- at most one of ``prefix_rewrite`` and ``regex_rewrite``; ``rewrite_path`` computes the
+  new ``:path`` (the router filter sets it and ``x-envoy-original-path``);
+- ``host_rewrite_literal`` / ``host_rewrite_header`` / ``auto_host_rewrite`` (the last needs
+  the upstream host, so it is a flag for the router), ``append_x_forwarded_host``;
+- ``timeout`` (default 15 s; 0 disables it), ``idle_timeout``;
+- ``internal_redirect_policy`` (or the deprecated ``internal_redirect_action`` and
+  ``max_internal_redirects``), without predicates.
+
+``DirectResponseAction`` is a status and a body read once from its DataSource (at most
+``max_direct_response_body_size_bytes``, 4096 by default). Redirects live in redirect.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from legatus.common.matchers import ascii_lower, header_values
+from legatus.common.regex import RegexRewrite, compile_rewrite
+from legatus.config.datasource import read_data_source
+from legatus.config.errors import ConfigError, join_path
+from legatus.config.supported import check_supported
+from legatus.router.header_mutations import is_modifiable_header
+from legatus.router.matchers import PathMatcher, path_for_matching
+from legatus.router.weighted_clusters import WeightedClusters, compile_weighted_clusters
+
+__all__ = [
+    "DirectResponseAction",
+    "InternalRedirectPolicy",
+    "RouteAction",
+    "compile_direct_response",
+    "compile_route_action",
+    "rewrite_path_with",
+]
+
+DEFAULT_TIMEOUT = 15.0  # seconds, Envoy's DEFAULT_ROUTE_TIMEOUT_MS
+DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE = 4096
+
+_ROUTE_ACTION_FIELDS = (
+    "cluster",
+    "cluster_header",
+    "weighted_clusters",
+    "cluster_not_found_response_code",
+    "prefix_rewrite",
+    "regex_rewrite",
+    "host_rewrite_literal",
+    "auto_host_rewrite",
+    "host_rewrite_header",
+    "append_x_forwarded_host",
+    "timeout",
+    "idle_timeout",
+    "internal_redirect_policy",
+    "internal_redirect_action",
+    "max_internal_redirects",
+)
+# ClusterNotFoundResponseCode: SERVICE_UNAVAILABLE, NOT_FOUND, INTERNAL_SERVER_ERROR.
+_CLUSTER_NOT_FOUND_CODES = (503, 404, 500)
+_VALID_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_HANDLE_INTERNAL_REDIRECT = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InternalRedirectPolicy:
+    max_internal_redirects: int = 1
+    redirect_response_codes: frozenset[int] = frozenset({302})
+    allow_cross_scheme_redirect: bool = False
+    response_headers_to_copy: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteAction:
+    cluster: str = ""  # static cluster name ("" with cluster_header / weighted_clusters)
+    cluster_header: str = ""  # lower-case header naming the cluster
+    weighted_clusters: WeightedClusters | None = None
+    cluster_not_found_response_code: int = 503
+    prefix_rewrite: str = ""
+    regex_rewrite: RegexRewrite | None = None
+    host_rewrite_literal: str = ""
+    host_rewrite_header: str = ""  # lower-case
+    auto_host_rewrite: bool = False
+    append_x_forwarded_host: bool = False
+    timeout: float = DEFAULT_TIMEOUT  # seconds; 0 disables the route timeout
+    idle_timeout: float | None = None  # seconds; None: the connection manager's
+    internal_redirect_policy: InternalRedirectPolicy | None = None
+    path_matcher: PathMatcher | None = None  # the route's, for prefix_rewrite
+
+    def rewrite_path(self, path: str) -> str | None:
+        """The new ``:path`` for this route, or None when it rewrites nothing."""
+        return rewrite_path_with(path, self.prefix_rewrite, self.regex_rewrite, self.path_matcher)
+
+    def host_rewrite(self, headers) -> str | None:
+        """The new ``:authority`` from the literal or the named header, else None.
+
+        ``auto_host_rewrite`` is the router's (it needs the upstream host). Envoy's order:
+        a weighted cluster's ``host_rewrite_literal`` is set first (plainly), then this
+        rewrite, if any, replaces it (appending the previous host to ``x-forwarded-host``
+        with ``append_x_forwarded_host``).
+        """
+        if self.host_rewrite_literal:
+            return self.host_rewrite_literal
+        if self.host_rewrite_header:
+            values = header_values(headers, self.host_rewrite_header)
+            if values and values[0]:
+                return values[0]
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectResponseAction:
+    status: int
+    body: bytes = b""
+
+    def rewrite_path(self, path: str) -> None:
+        """A direct response rewrites no path."""
+        return None
+
+
+def rewrite_path_with(
+    path: str, prefix_rewrite: str, regex_rewrite: RegexRewrite | None, matcher: PathMatcher | None
+) -> str | None:
+    """Envoy's currentUrlPathAfterRewriteWithMatchedPath for one rewrite configuration.
+
+    A prefix rewrite replaces the matched part (the configured prefix or path; the whole
+    path for a regex route); a regex rewrite applies to the path without its query string.
+    Either way the query string is kept.
+    """
+    if prefix_rewrite:
+        matched = matcher.matched_length(path) if matcher is not None else 0
+        return prefix_rewrite + path[matched:]
+    if regex_rewrite is not None:
+        just_path = path_for_matching(path)
+        return regex_rewrite.apply(just_path) + path[len(just_path) :]
+    return None
+
+
+def compile_route_action(
+    proto,
+    path: str,
+    *,
+    route_name: str,
+    path_matcher: PathMatcher,
+    cluster_names: frozenset[str] | None,
+) -> RouteAction:
+    """Compile ``Route.route`` at ``path``; ``cluster_names`` None skips cluster validation."""
+    check_supported(proto, _ROUTE_ACTION_FIELDS, path, "RouteAction")
+    which = proto.WhichOneof("cluster_specifier")
+    weighted = None
+    if which == "weighted_clusters":
+        weighted = compile_weighted_clusters(
+            proto.weighted_clusters, join_path(path, "weighted_clusters"), route_name
+        )
+    if cluster_names is not None:
+        _validate_clusters(proto, weighted, path, cluster_names)
+    if proto.prefix_rewrite and proto.HasField("regex_rewrite"):
+        raise ConfigError(
+            path, "Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy"
+        )
+    regex_rewrite = None
+    if proto.HasField("regex_rewrite"):
+        regex_rewrite = compile_rewrite(proto.regex_rewrite, join_path(path, "regex_rewrite"))
+    return RouteAction(
+        cluster=proto.cluster,
+        cluster_header=ascii_lower(proto.cluster_header),
+        weighted_clusters=weighted,
+        cluster_not_found_response_code=_CLUSTER_NOT_FOUND_CODES[
+            proto.cluster_not_found_response_code
+        ],
+        prefix_rewrite=proto.prefix_rewrite,
+        regex_rewrite=regex_rewrite,
+        host_rewrite_literal=proto.host_rewrite_literal,
+        host_rewrite_header=ascii_lower(proto.host_rewrite_header),
+        auto_host_rewrite=proto.auto_host_rewrite.value,
+        append_x_forwarded_host=proto.append_x_forwarded_host,
+        timeout=_seconds(proto.timeout) if proto.HasField("timeout") else DEFAULT_TIMEOUT,
+        idle_timeout=_seconds(proto.idle_timeout) if proto.HasField("idle_timeout") else None,
+        internal_redirect_policy=_internal_redirect_policy(proto, path),
+        path_matcher=path_matcher,
+    )
+
+
+def _validate_clusters(proto, weighted, path: str, cluster_names: frozenset[str]) -> None:
+    if proto.cluster and proto.cluster not in cluster_names:
+        raise ConfigError(join_path(path, "cluster"), f"route: unknown cluster '{proto.cluster}'")
+    if weighted is not None:
+        for i, cluster in enumerate(weighted.clusters):
+            if cluster.name and cluster.name not in cluster_names:
+                raise ConfigError(
+                    f"{join_path(path, 'weighted_clusters.clusters')}[{i}].name",
+                    f"route: unknown weighted cluster '{cluster.name}'",
+                )
+
+
+def _internal_redirect_policy(proto, path: str) -> InternalRedirectPolicy | None:
+    if proto.HasField("internal_redirect_policy"):
+        policy = proto.internal_redirect_policy
+        policy_path = join_path(path, "internal_redirect_policy")
+        check_supported(
+            policy,
+            (
+                "max_internal_redirects",
+                "redirect_response_codes",
+                "allow_cross_scheme_redirect",
+                "response_headers_to_copy",
+            ),
+            policy_path,
+            "InternalRedirectPolicy",
+        )
+        copied = []
+        for i, name in enumerate(policy.response_headers_to_copy):
+            if not is_modifiable_header(name):
+                raise ConfigError(
+                    f"{join_path(policy_path, 'response_headers_to_copy')}[{i}]",
+                    ":-prefixed headers or Hosts may not be specified here.",
+                )
+            copied.append(ascii_lower(name))
+        codes = frozenset(policy.redirect_response_codes)
+        return InternalRedirectPolicy(
+            max_internal_redirects=(
+                policy.max_internal_redirects.value
+                if policy.HasField("max_internal_redirects")
+                else 1
+            ),
+            # Envoy drops codes that are not redirects; none configured means 302 only.
+            redirect_response_codes=codes & _VALID_REDIRECT_CODES if codes else frozenset({302}),
+            allow_cross_scheme_redirect=policy.allow_cross_scheme_redirect,
+            response_headers_to_copy=tuple(copied),
+        )
+    if proto.internal_redirect_action != _HANDLE_INTERNAL_REDIRECT:
+        return None
+    maximum = proto.max_internal_redirects.value if proto.HasField("max_internal_redirects") else 1
+    return InternalRedirectPolicy(max_internal_redirects=maximum)
+
+
+def compile_direct_response(proto, path: str, *, max_body_size: int) -> DirectResponseAction:
+    check_supported(proto, ("status", "body"), path, "DirectResponseAction")
+    body = b""
+    if proto.HasField("body"):
+        body_path = join_path(path, "body")
+        check_supported(
+            proto.body,
+            ("filename", "inline_bytes", "inline_string", "environment_variable"),
+            body_path,
+            "DataSource",
+        )
+        body = read_data_source(proto.body, body_path)
+        if len(body) > max_body_size:
+            what = (
+                f"file {proto.body.filename}"
+                if proto.body.WhichOneof("specifier") == "filename"
+                else "response body"
+            )
+            raise ConfigError(
+                body_path, f"{what} size is {len(body)} bytes; maximum is {max_body_size}"
+            )
+    return DirectResponseAction(status=proto.status, body=body)
+
+
+def _seconds(duration) -> float:
+    return duration.seconds + duration.nanos / 1e9

@@ -1,0 +1,494 @@
+"""A route configuration compiled into a RouteTable: virtual hosts, routes, actions.
+
+``compile_route_config(proto, context, path)`` turns an ``envoy.config.route.v3.
+RouteConfiguration`` into an immutable ``RouteTable`` once; ``RouteTable.route(headers,
+random_value)`` is the per-request lookup (Envoy's ConfigImpl / RouteMatcher /
+VirtualHostImpl in ``source/common/router/config_impl.cc``):
+
+1. The virtual host is chosen by ``:authority``, lower-cased (ASCII), port included unless
+   ``ignore_port_in_host_matching`` (then anything after the last ``:`` outside IPv6
+   brackets is dropped): an exact domain first; then suffix wildcards (``*.example.com``,
+   ``*-bar.example.com``), longest first; then prefix wildcards (``foo.*``), longest first;
+   then ``*``. A wildcard never matches an empty part (``*.a.com`` does not match
+   ``.a.com``). Domains are unique across the table and only one ``*`` is allowed. A
+   table whose only domain is ``*`` routes requests without ``:authority`` too.
+2. Without ``x-forwarded-proto`` (the connection manager always sets it) nothing routes,
+   as in Envoy. The routes of the virtual host are tried in order; the first whose
+   RouteMatch matches wins (see matchers.py).
+3. The result is a ``RouteMatch``: the route, its virtual host and, for a forwarding
+   route, the cluster picked for this request (``cluster``, ``cluster_header`` or
+   ``weighted_clusters`` with ``random_value``).
+
+Static routes resolve to a RouteMatch built at config time, so a lookup allocates nothing
+for them. ``validate_clusters`` (default true for a route configuration given inline in
+the connection manager, as Envoy does; pass ``validate_clusters_default=False`` for RDS)
+rejects static cluster names not in ``context.cluster_names``.
+
+Not implemented yet, and refused by name when set: VHDS, ``vhost_header``,
+``internal_only_headers``, cluster specifier plugins, request mirroring, metadata;
+virtual host ``matcher`` trees, ``require_tls``, ``virtual_clusters`` (their
+``vhost.<vh>.vcluster.<vc>.*`` stats), rate limits, CORS, retry and hedge policies;
+route ``decorator``, ``tracing``, ``stat_prefix``, ``metadata``, filter/non-forwarding
+actions; and, in RouteMatch/RouteAction, what matchers.py and action.py list.
+``typed_per_filter_config`` is kept as raw ``Any`` messages for the HTTP filter chain.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from legatus.common.matchers import ascii_lower
+from legatus.config.errors import ConfigError, join_path
+from legatus.config.supported import check_supported
+from legatus.router.action import (
+    DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE,
+    DirectResponseAction,
+    RouteAction,
+    compile_direct_response,
+    compile_route_action,
+)
+from legatus.router.header_mutations import EMPTY, HeaderMutations, compile_header_mutations
+from legatus.router.matchers import RouteMatcher, compile_route_match, path_for_matching
+from legatus.router.redirect import RedirectAction, compile_redirect
+from legatus.router.weighted_clusters import ClusterWeight
+
+__all__ = ["Route", "RouteMatch", "RouteTable", "VirtualHost", "compile_route_config"]
+
+Action = RouteAction | RedirectAction | DirectResponseAction
+
+_ROUTE_CONFIG_FIELDS = (
+    "name",
+    "virtual_hosts",
+    "request_headers_to_add",
+    "request_headers_to_remove",
+    "response_headers_to_add",
+    "response_headers_to_remove",
+    "most_specific_header_mutations_wins",
+    "validate_clusters",
+    "max_direct_response_body_size_bytes",
+    "ignore_port_in_host_matching",
+    "ignore_path_parameters_in_path_matching",
+    "typed_per_filter_config",
+)
+_VIRTUAL_HOST_FIELDS = (
+    "name",
+    "domains",
+    "routes",
+    "request_headers_to_add",
+    "request_headers_to_remove",
+    "response_headers_to_add",
+    "response_headers_to_remove",
+    "typed_per_filter_config",
+)
+_ROUTE_FIELDS = (
+    "name",
+    "match",
+    "route",
+    "redirect",
+    "direct_response",
+    "typed_per_filter_config",
+    "request_headers_to_add",
+    "request_headers_to_remove",
+    "response_headers_to_add",
+    "response_headers_to_remove",
+)
+
+PerFilterConfig = Mapping[str, Any]  # filter name -> google.protobuf.Any
+
+
+def _per_filter(proto) -> PerFilterConfig:
+    return types.MappingProxyType(dict(proto.typed_per_filter_config))
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """The answer for one request: the route, its virtual host, and the cluster picked."""
+
+    route: Route
+    cluster_name: str | None = None  # None for redirects and direct responses
+    weighted_cluster: ClusterWeight | None = None
+
+    @property
+    def name(self) -> str:
+        return self.route.name
+
+    @property
+    def virtual_host(self) -> VirtualHost:
+        return self.route.virtual_host
+
+    @property
+    def action(self) -> Action:
+        return self.route.action
+
+    def rewrite_path(self, path: str) -> str | None:
+        """The ``:path`` after the route's prefix/regex rewrite (a redirect's for a redirect
+        route), or None when nothing is rewritten (then no ``x-envoy-original-path`` either).
+        """
+        return self.route.action.rewrite_path(path)
+
+    def finalize_request_headers(self, headers, info) -> None:
+        """Apply every level's request header mutations, in Envoy's order."""
+        weighted = self.weighted_cluster
+        if weighted is not None and weighted.request_headers:
+            weighted.request_headers.apply(headers, info, headers)
+        for mutations in self.route.request_headers:
+            mutations.apply(headers, info, headers)
+
+    def finalize_response_headers(self, request_headers, response_headers, info) -> None:
+        """Apply every level's response header mutations, in Envoy's order."""
+        weighted = self.weighted_cluster
+        if weighted is not None and weighted.response_headers:
+            weighted.response_headers.apply(
+                response_headers, info, request_headers, response_headers
+            )
+        for mutations in self.route.response_headers:
+            mutations.apply(response_headers, info, request_headers, response_headers)
+
+    def per_filter_configs(self, filter_name: str) -> list[Any]:
+        """The raw per-filter configs for ``filter_name``, least specific first."""
+        route = self.route
+        levels = (
+            route.virtual_host.table_per_filter_config,
+            route.virtual_host.typed_per_filter_config,
+            route.typed_per_filter_config,
+            self.weighted_cluster.typed_per_filter_config if self.weighted_cluster else None,
+        )
+        return [level[filter_name] for level in levels if level and filter_name in level]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    name: str
+    virtual_host: VirtualHost
+    match: RouteMatcher
+    action: Action
+    # Levels to apply in order (route config / virtual host / route, as the table says).
+    request_headers: tuple[HeaderMutations, ...] = ()
+    response_headers: tuple[HeaderMutations, ...] = ()
+    typed_per_filter_config: PerFilterConfig = field(default_factory=dict)
+    static_match: RouteMatch | None = None  # prebuilt answer when nothing varies per request
+    weighted_matches: tuple[RouteMatch | None, ...] = ()  # prebuilt per named weighted cluster
+
+    def select(self, headers, random_value: int) -> RouteMatch:
+        static = self.static_match
+        if static is not None:
+            return static
+        action = self.action
+        weighted = action.weighted_clusters  # type: ignore[union-attr]
+        if weighted is not None:
+            index = weighted.pick_index(headers, random_value)
+            prebuilt = self.weighted_matches[index]
+            if prebuilt is not None:
+                return prebuilt
+            cluster = weighted.clusters[index]
+            return RouteMatch(self, weighted.cluster_name(cluster, headers), cluster)
+        value = headers.get(action.cluster_header)  # type: ignore[union-attr]
+        return RouteMatch(self, value or "")
+
+
+class VirtualHost:
+    """A compiled virtual host. Built once by compile_route_config, then never changed."""
+
+    __slots__ = (
+        "domains",
+        "ignore_path_parameters",
+        "name",
+        "routes",
+        "table_per_filter_config",
+        "typed_per_filter_config",
+    )
+
+    def __init__(self, *, name: str, domains: tuple[str, ...], ignore_path_parameters: bool):
+        self.name = name
+        self.domains = domains
+        self.ignore_path_parameters = ignore_path_parameters
+        self.routes: tuple[Route, ...] = ()
+        self.typed_per_filter_config: PerFilterConfig = types.MappingProxyType({})
+        self.table_per_filter_config: PerFilterConfig = types.MappingProxyType({})
+
+    def route(self, headers, random_value: int) -> RouteMatch | None:
+        if not headers.get("x-forwarded-proto"):
+            return None  # Envoy: no scheme, no route (the HCM always sets it)
+        path = headers.get(":path")
+        if path is None:
+            return None  # only CONNECT routes match without a path; legatus has none yet
+        stripped = path_for_matching(path, self.ignore_path_parameters)
+        for route in self.routes:
+            if route.match.matches(headers, path, stripped, random_value):
+                return route.select(headers, random_value)
+        return None
+
+    def __repr__(self) -> str:
+        return f"VirtualHost({self.name!r})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteTable:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+    exact: Mapping[str, VirtualHost]
+    suffixes: tuple[tuple[int, Mapping[str, VirtualHost]], ...]  # longest first
+    prefixes: tuple[tuple[int, Mapping[str, VirtualHost]], ...]  # longest first
+    default: VirtualHost | None
+    ignore_port_in_host_matching: bool = False
+    most_specific_header_mutations_wins: bool = False
+    request_headers: HeaderMutations = EMPTY
+    response_headers: HeaderMutations = EMPTY
+    typed_per_filter_config: PerFilterConfig = field(default_factory=dict)
+
+    def route(self, headers, random_value: int) -> RouteMatch | None:
+        """The route for a request (None: no virtual host or no route matched)."""
+        virtual_host = self.find_virtual_host(headers)
+        if virtual_host is None:
+            return None
+        return virtual_host.route(headers, random_value)
+
+    def find_virtual_host(self, headers) -> VirtualHost | None:
+        if not self.exact and not self.suffixes and not self.prefixes:
+            return self.default
+        host = headers.get(":authority")
+        if host is None:
+            host = headers.get("host")
+            if host is None:
+                return None
+        if self.ignore_port_in_host_matching:
+            host = _without_port(host)
+        host = ascii_lower(host)
+        found = self.exact.get(host)
+        if found is not None:
+            return found
+        size = len(host)
+        for length, table in self.suffixes:
+            if length < size:
+                found = table.get(host[size - length :])
+                if found is not None:
+                    return found
+        for length, table in self.prefixes:
+            if length < size:
+                found = table.get(host[:length])
+                if found is not None:
+                    return found
+        return self.default
+
+
+def _without_port(host: str) -> str:
+    """Envoy's HeaderUtility::getPortStart: cut at the last ':' not inside [IPv6]."""
+    colon = host.rfind(":")
+    if colon < 0:
+        return host
+    bracket = host.rfind("]")
+    if bracket < 0 or bracket < colon:
+        return host[:colon]
+    return host
+
+
+def compile_route_config(
+    proto, context, path: str = "", *, validate_clusters_default: bool = True
+) -> RouteTable:
+    """Compile a RouteConfiguration (PGV rules included); ConfigError names the field."""
+    from legatus.config.validate import validate_message
+
+    errors = validate_message(proto, path)
+    if errors:
+        raise errors[0]
+    check_supported(proto, _ROUTE_CONFIG_FIELDS, path, "RouteConfiguration")
+    validate = (
+        proto.validate_clusters.value
+        if proto.HasField("validate_clusters")
+        else validate_clusters_default
+    )
+    max_body = (
+        proto.max_direct_response_body_size_bytes.value
+        if proto.HasField("max_direct_response_body_size_bytes")
+        else DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE
+    )
+    table_request = compile_header_mutations(
+        proto.request_headers_to_add, proto.request_headers_to_remove, path, prefix="request"
+    )
+    table_response = compile_header_mutations(
+        proto.response_headers_to_add, proto.response_headers_to_remove, path, prefix="response"
+    )
+    builder = _Builder(
+        table_name=proto.name,
+        cluster_names=frozenset(context.cluster_names) if validate else None,
+        max_body=max_body,
+        most_specific_wins=proto.most_specific_header_mutations_wins,
+        table_request=table_request,
+        table_response=table_response,
+        table_per_filter_config=_per_filter(proto),
+        ignore_path_parameters=proto.ignore_path_parameters_in_path_matching,
+    )
+    virtual_hosts = []
+    for i, vh_proto in enumerate(proto.virtual_hosts):
+        vh_path = f"{join_path(path, 'virtual_hosts')}[{i}]"
+        virtual_host = builder.virtual_host(vh_proto, vh_path)
+        virtual_hosts.append(virtual_host)
+        builder.add_domains(virtual_host, vh_path)
+    return RouteTable(
+        name=proto.name,
+        virtual_hosts=tuple(virtual_hosts),
+        exact=types.MappingProxyType(builder.exact),
+        suffixes=_by_length(builder.suffixes),
+        prefixes=_by_length(builder.prefixes),
+        default=builder.default,
+        ignore_port_in_host_matching=proto.ignore_port_in_host_matching,
+        most_specific_header_mutations_wins=proto.most_specific_header_mutations_wins,
+        request_headers=table_request,
+        response_headers=table_response,
+        typed_per_filter_config=builder.table_per_filter_config,
+    )
+
+
+def _by_length(tables: dict[int, dict[str, VirtualHost]]):
+    return tuple(
+        (length, types.MappingProxyType(tables[length])) for length in sorted(tables, reverse=True)
+    )
+
+
+@dataclass(kw_only=True)
+class _Builder:
+    """Compile-time state shared by the virtual hosts of one table."""
+
+    table_name: str
+    cluster_names: frozenset[str] | None
+    max_body: int
+    most_specific_wins: bool
+    table_request: HeaderMutations
+    table_response: HeaderMutations
+    table_per_filter_config: PerFilterConfig
+    ignore_path_parameters: bool
+    exact: dict[str, VirtualHost] = field(default_factory=dict)
+    suffixes: dict[int, dict[str, VirtualHost]] = field(default_factory=dict)
+    prefixes: dict[int, dict[str, VirtualHost]] = field(default_factory=dict)
+    default: VirtualHost | None = None
+
+    def virtual_host(self, proto, path: str) -> VirtualHost:
+        check_supported(proto, _VIRTUAL_HOST_FIELDS, path, "VirtualHost")
+        virtual_host = VirtualHost(
+            name=proto.name,
+            domains=tuple(proto.domains),
+            ignore_path_parameters=self.ignore_path_parameters,
+        )
+        virtual_host.typed_per_filter_config = _per_filter(proto)
+        virtual_host.table_per_filter_config = self.table_per_filter_config
+        vh_request = compile_header_mutations(
+            proto.request_headers_to_add, proto.request_headers_to_remove, path, prefix="request"
+        )
+        vh_response = compile_header_mutations(
+            proto.response_headers_to_add,
+            proto.response_headers_to_remove,
+            path,
+            prefix="response",
+        )
+        routes = []
+        for i, route_proto in enumerate(proto.routes):
+            route_path = f"{join_path(path, 'routes')}[{i}]"
+            routes.append(
+                self.route(route_proto, route_path, virtual_host, vh_request, vh_response)
+            )
+        virtual_host.routes = tuple(routes)
+        return virtual_host
+
+    def route(
+        self,
+        proto,
+        path: str,
+        virtual_host: VirtualHost,
+        vh_request: HeaderMutations,
+        vh_response: HeaderMutations,
+    ) -> Route:
+        check_supported(proto, _ROUTE_FIELDS, path, "Route")
+        matcher = compile_route_match(proto.match, join_path(path, "match"))
+        which = proto.WhichOneof("action")
+        action_path = join_path(path, which or "action")
+        action: Action
+        if which == "route":
+            action = compile_route_action(
+                proto.route,
+                action_path,
+                route_name=proto.name,
+                path_matcher=matcher.path,
+                cluster_names=self.cluster_names,
+            )
+        elif which == "redirect":
+            action = compile_redirect(proto.redirect, action_path, path_matcher=matcher.path)
+        elif which == "direct_response":
+            action = compile_direct_response(
+                proto.direct_response, action_path, max_body_size=self.max_body
+            )
+        else:
+            raise ConfigError(action_path, "one of route, redirect or direct_response is required")
+        route_request = compile_header_mutations(
+            proto.request_headers_to_add, proto.request_headers_to_remove, path, prefix="request"
+        )
+        route_response = compile_header_mutations(
+            proto.response_headers_to_add,
+            proto.response_headers_to_remove,
+            path,
+            prefix="response",
+        )
+        route = Route(
+            name=proto.name,
+            virtual_host=virtual_host,
+            match=matcher,
+            action=action,
+            request_headers=self._levels(route_request, vh_request, self.table_request),
+            response_headers=self._levels(route_response, vh_response, self.table_response),
+            typed_per_filter_config=_per_filter(proto),
+        )
+        static = _static_match(route)
+        if static is not None:
+            object.__setattr__(route, "static_match", static)
+        elif isinstance(action, RouteAction) and action.weighted_clusters is not None:
+            prebuilt = tuple(
+                RouteMatch(route, cluster.name, cluster) if cluster.name else None
+                for cluster in action.weighted_clusters.clusters
+            )
+            object.__setattr__(route, "weighted_matches", prebuilt)
+        return route
+
+    def _levels(self, route_level, vh_level, table_level) -> tuple[HeaderMutations, ...]:
+        # Envoy: most specific first by default, so the least specific overwrite lands last.
+        levels = (route_level, vh_level, table_level)
+        if self.most_specific_wins:
+            levels = levels[::-1]
+        return tuple(level for level in levels if level)
+
+    def add_domains(self, virtual_host: VirtualHost, path: str) -> None:
+        for i, domain in enumerate(virtual_host.domains):
+            domain = ascii_lower(domain)
+            if domain == "*":
+                if self.default is not None:
+                    raise ConfigError(
+                        f"{join_path(path, 'domains')}[{i}]",
+                        f"Only a single wildcard domain is permitted in route {self.table_name}",
+                    )
+                self.default = virtual_host
+                continue
+            if domain.startswith("*"):
+                table = self.suffixes.setdefault(len(domain) - 1, {})
+                key = domain[1:]
+            elif domain.endswith("*"):
+                table = self.prefixes.setdefault(len(domain) - 1, {})
+                key = domain[:-1]
+            else:
+                table, key = self.exact, domain
+            if key in table:
+                raise ConfigError(
+                    f"{join_path(path, 'domains')}[{i}]",
+                    "Only unique values for domains are permitted. Duplicate entry of domain "
+                    f"{domain} in route {self.table_name}",
+                )
+            table[key] = virtual_host
+
+
+def _static_match(route: Route) -> RouteMatch | None:
+    action = route.action
+    if isinstance(action, RouteAction):
+        if action.weighted_clusters is not None or action.cluster_header:
+            return None
+        return RouteMatch(route, action.cluster)
+    return RouteMatch(route)
