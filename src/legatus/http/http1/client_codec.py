@@ -1,0 +1,433 @@
+"""The upstream HTTP/1 codec: request events in, bytes out; response bytes in, events out.
+
+Envoy's ``ClientConnectionImpl`` (codec_impl.cc), sans-I/O, on httptools. One request at a
+time (Envoy does not pipeline upstream): ``encode_request_headers`` starts an exchange and a
+fresh llhttp response parser, the response ends it. Theory of operation:
+
+- Request head: ``METHOD path HTTP/1.1`` (``METHOD host:port`` for CONNECT), ``:authority`` as
+  ``host``, then ``content-length: 0`` for a head that ends a request whose method may carry
+  a body, or ``transfer-encoding: chunked`` (no chunking for CONNECT and upgrades).
+- Response: 1xx other than 101 are ``InformationalHeaders`` and the final response follows;
+  1xx/204 may not carry ``transfer-encoding`` or a non-zero ``content-length`` (a zero one is
+  dropped); Content-Length with Transfer-Encoding and a Transfer-Encoding other than chunked
+  are protocol errors, as in Envoy. A response to HEAD ends at its head (llhttp is told by
+  stopping it there); 204, 304 and ``content-length: 0`` end at the head too. A response
+  without length runs to ``feed_eof()``. A 101 to an upgrade, or a 2xx to CONNECT, turns the
+  connection into a tunnel: later bytes are ``ResponseData`` until ``feed_eof()``.
+- Obs-fold in a response head is unfolded as Balsa does (the head is buffered whole and parsed
+  again); header lines are otherwise parsed strictly by llhttp.
+- Bytes after the complete response, or with no request outstanding, are a protocol error
+  (Envoy: "extraneous data after response complete", "premature response").
+- ``reusable``: after a complete response, whether the pool may send another request on this
+  connection (not closing, not HTTP/1.0 without keep-alive, not read to EOF, no error).
+
+Protocol errors carry status 502 (the router's upstream protocol error answer) and Envoy's
+codec details.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpResponseParser,
+)
+
+from legatus.http.headers import HeaderMap
+from legatus.http.http1 import common as c
+from legatus.http.http1.events import (
+    HTTP_10,
+    HTTP_11,
+    ClientEvent,
+    InformationalHeaders,
+    ProtocolError,
+    ResponseData,
+    ResponseHeaders,
+    ResponseTrailers,
+)
+from legatus.http.http1.stream_encoder import StreamEncoder, encode_head
+
+MAX_RESPONSE_HEADERS_KB = 80  # Envoy's default (the vanilla http_parser limit)
+_BODILESS_METHODS = frozenset(("GET", "HEAD", "DELETE", "TRACE", "CONNECT"))
+_UPSTREAM_ERROR = 502
+
+
+class _Phase(enum.IntEnum):
+    """Where the exchange is (an IntEnum: cheap to compare and hash)."""
+
+    IDLE = 0  # no request outstanding
+    WAITING = 1  # request sent, response head not complete
+    FOLD = 2  # response head with obs-fold: buffered whole, then unfolded and re-parsed
+    BODY = 3  # response head done, body being read
+    TUNNEL = 4  # upgrade / CONNECT: raw bytes
+    DONE = 5  # response complete within the current feed
+    CLOSED = 6  # error or EOF: the connection is not reusable
+
+
+class ClientCodec(c.MessageDecoder):
+    """The upstream side of one HTTP/1 connection (see module doc)."""
+
+    _limit_status = _UPSTREAM_ERROR
+    _policy_status = _UPSTREAM_ERROR
+
+    __slots__ = (
+        "_body",
+        "_connect",
+        "_encoder",
+        "_fed",
+        "_head_raw",
+        "_head_request",
+        "_heads",
+        "_informational",
+        "_keep_alive",
+        "_out",
+        "_parser",
+        "_phase",
+        "_ready",
+        "_refolded",
+        "_reusable",
+        "_until_eof",
+        "_upgrade_request",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_response_headers_kb: int = MAX_RESPONSE_HEADERS_KB,
+        max_response_headers_count: int = 100,
+        enable_trailers: bool = False,
+    ) -> None:
+        super().__init__(
+            max_size=max_response_headers_kb * 1024,
+            max_count=max_response_headers_count,
+            enable_trailers=enable_trailers,
+        )
+        self._phase = _Phase.IDLE
+        self._parser: HttpResponseParser | None = None
+        self._encoder = StreamEncoder(trailers_enabled=enable_trailers)
+        self._out: list[ClientEvent] = []
+        self._body: list[bytes] = []
+        self._ready: ResponseHeaders | None = None
+        self._head_request = False
+        self._connect = False
+        self._upgrade_request = False
+        self._informational = False
+        self._until_eof = False
+        self._keep_alive = True
+        self._reusable = True
+        self._fed: list[bytes] = []
+        self._heads = 0
+        self._head_raw = 0
+        self._refolded = False
+
+    # Encoding --------------------------------------------------------------------------
+
+    def encode_request_headers(self, headers: HeaderMap, end_stream: bool) -> bytes:
+        """Start a request; raises ``ValueError`` for a head no codec can write."""
+        if self._phase is not _Phase.IDLE:
+            raise ValueError(f"a request is already outstanding ({self._phase.name})")
+        method = headers.get(":method")
+        path = headers.get(":path")
+        connect = method == "CONNECT"
+        if not method or (path is None and not connect):
+            raise ValueError(":method and :path must be specified")
+        upgrade = "upgrade" in headers and c.has_token(headers.get("connection"), "upgrade")
+        target = headers.get(":authority", "") if connect else path
+        encoder = self._encoder = StreamEncoder(trailers_enabled=self._enable_trailers)
+        framing = encoder.framing(
+            headers,
+            status=None,
+            end_stream=end_stream,
+            chunking_disabled=connect or upgrade,
+            bodiless_request=method in _BODILESS_METHODS,
+        )
+        head = encode_head(f"{method} {target} HTTP/1.1\r\n", headers, framing)
+        self._start_exchange(head=method == "HEAD", connect=connect, upgrade=upgrade)
+        return head
+
+    def encode_data(self, data: bytes, end_stream: bool) -> bytes:
+        return self._encoder.data(data, end_stream)
+
+    def encode_trailers(self, trailers: HeaderMap) -> bytes:
+        return self._encoder.trailers(trailers)
+
+    def _start_exchange(self, *, head: bool, connect: bool, upgrade: bool) -> None:
+        self._phase = _Phase.WAITING
+        self._head_request = head
+        self._connect = connect
+        self._upgrade_request = upgrade
+        self._informational = False
+        self._until_eof = False
+        self._ready = None
+        self._reusable = False
+        self._fed = []
+        self._heads = 0
+        self._head_raw = 0
+        self._refolded = False
+        self._error = None
+        self._reset_head()
+        self._parser = HttpResponseParser(self)
+        self._parser.set_dangerous_leniencies(**c.LENIENCIES)
+
+    # Decoding --------------------------------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        """After a complete response: another request may use this connection."""
+        return self._phase is _Phase.IDLE and self._reusable
+
+    @property
+    def awaiting_response(self) -> bool:
+        """A request is outstanding and its response is not complete (an EOF now is a
+        connection termination, for the pool to report)."""
+        return self._phase in (_Phase.WAITING, _Phase.FOLD, _Phase.BODY)
+
+    def feed(self, data: bytes) -> list[ClientEvent]:
+        out = self._out = []
+        phase = self._phase
+        if not data or phase is _Phase.CLOSED:
+            return out
+        if phase is _Phase.TUNNEL:
+            out.append(ResponseData(data=data, end_stream=False))
+            return out
+        if phase is _Phase.IDLE:
+            # Bytes with no request outstanding: left over from the last response, or not a
+            # response to anything.
+            self._error_event(c.EXTRANEOUS_DATA if self._heads else c.PREMATURE_RESPONSE)
+            return out
+        while data:
+            if self._phase is _Phase.FOLD:
+                data = self._unfold(data)
+            else:
+                self._parse(data)
+                data = self._unfold(b"") if self._phase is _Phase.FOLD else b""
+        self._flush_body()
+        if self._phase is not _Phase.WAITING and self._phase is not _Phase.FOLD:
+            self._fed = []
+        if self._phase is _Phase.DONE:
+            self._phase = _Phase.IDLE
+        return out
+
+    def _parse(self, data: bytes) -> None:
+        parser = self._parser
+        assert parser is not None
+        if self._phase is _Phase.WAITING:
+            self._fed.append(data)  # where the head ends (_after_head), or to unfold it
+        try:
+            parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            self._after_head(data, e.args[0])
+        except HttpParserError as e:
+            if isinstance(e.__context__, _StopAtHead):
+                self._after_head(data, None)
+            else:
+                self._on_parse_error(e)
+        else:
+            if self._phase is _Phase.WAITING:
+                self._head_raw += len(data)
+                if self._head_raw > self._max_size:
+                    self._error_event(c.HEADERS_TOO_LARGE)
+
+    def _unfold(self, data: bytes) -> bytes:
+        """Obs-fold in the (first) response head: buffer it whole, unfold, parse it again."""
+        buffer = b"".join((*self._fed, data))
+        try:
+            split = c.unfold(buffer)
+        except ValueError:
+            self._error_event(c.CODEC_ERROR)
+            return b""
+        if split is None:
+            if len(buffer) > self._max_size:
+                self._error_event(c.HEADERS_TOO_LARGE)
+            else:
+                self._fed = [buffer]
+            return b""
+        self._phase = _Phase.WAITING
+        self._refolded = True
+        self._fed = []
+        self._reset_head()
+        self._parser = HttpResponseParser(self)
+        self._parser.set_dangerous_leniencies(**c.LENIENCIES)
+        return split[0] + split[1]
+
+    def feed_eof(self) -> list[ClientEvent]:
+        """The upstream closed. Ends a response read to EOF, or a tunnel."""
+        out = self._out = []
+        if self._phase is _Phase.TUNNEL or (self._phase is _Phase.BODY and self._until_eof):
+            out.append(ResponseData(data=b"".join(self._body), end_stream=True))
+            self._body.clear()
+        self._phase = _Phase.CLOSED
+        self._reusable = False
+        return out
+
+    def _flush_body(self) -> None:
+        if self._body:
+            self._out.append(ResponseData(data=b"".join(self._body), end_stream=False))
+            self._body.clear()
+
+    def _on_parse_error(self, e: HttpParserError) -> None:
+        if self._error is not None:
+            self._flush_body()
+            self._out.append(self._error)
+            self._close()
+        elif isinstance(e, HttpParserCallbackError):
+            if not isinstance(e.__context__, c.Abort):
+                raise e.__context__ or e  # a bug in a callback, not bad traffic
+            self._error_event(c.EXTRANEOUS_DATA)
+        elif (
+            self._phase is _Phase.WAITING
+            and self._heads == 0
+            and not self._refolded
+            and c.has_fold(b"".join(self._fed))
+        ):
+            self._phase = _Phase.FOLD
+            self._fed = [b"".join(self._fed)]
+        else:
+            self._error_event(c.CODEC_ERROR)
+
+    def _error_event(self, details: str) -> None:
+        self._flush_body()
+        self._out.append(ProtocolError(status=_UPSTREAM_ERROR, details=details))
+        self._close()
+
+    def _close(self) -> None:
+        self._phase = _Phase.CLOSED
+        self._reusable = False
+
+    def _after_head(self, data: bytes, offset: int | None) -> None:
+        """llhttp stopped after a head (HEAD, CONNECT 2xx, 101): what follows it."""
+        if offset is None:
+            # The end of the n-th head in what this parser was fed.
+            fed = b"".join(self._fed)
+            end = 0
+            for _ in range(self._heads):
+                end = fed.find(b"\r\n\r\n", end) + 4
+            rest = fed[end:]
+        else:
+            rest = data[offset:]
+        if self._phase is _Phase.TUNNEL:
+            if rest:
+                self._out.append(ResponseData(data=rest, end_stream=False))
+        elif rest:
+            self._error_event(c.EXTRANEOUS_DATA)
+        self._fed = []
+
+    # Parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._phase is _Phase.DONE:
+            raise c.Abort()  # extraneous data after the response
+        self._reset_head()
+        self._headers.add(":status", "")
+
+    def on_headers_complete(self) -> None:
+        self._decode_block(self._headers, 0)
+        self._heads += 1
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
+        headers = self._headers
+        headers.set(":status", str(status))
+        http10 = parser.get_http_version() != "1.1"
+        transfer_encoding = c.joined(headers, "transfer-encoding")
+        content_length = headers.get("content-length")
+        if status < 200 or status == 204:
+            if transfer_encoding is not None:
+                raise self._fail(_UPSTREAM_ERROR, c.TRANSFER_ENCODING_NOT_ALLOWED)
+            if content_length is not None:
+                if content_length != "0":
+                    raise self._fail(_UPSTREAM_ERROR, c.CONTENT_LENGTH_NOT_ALLOWED)
+                headers.remove("content-length")
+                content_length = None
+        if transfer_encoding is not None:
+            if content_length is not None:
+                raise self._fail(_UPSTREAM_ERROR, c.CHUNKED_CONTENT_LENGTH)
+            if transfer_encoding.lower() != "chunked":
+                raise self._fail(_UPSTREAM_ERROR, c.INVALID_TRANSFER_ENCODING)
+        if status < 200 and status != 101:
+            self._informational = True
+            self._out.append(InformationalHeaders(headers=headers))
+            return
+        upgrade = (
+            status == 101
+            and self._upgrade_request
+            and "upgrade" in headers
+            and c.has_token(headers.get("connection"), "upgrade")
+        )
+        tunnel = upgrade or (self._connect and 200 <= status < 300)
+        if status == 101 and not upgrade:
+            raise self._fail(_UPSTREAM_ERROR, c.CODEC_ERROR)
+        chunked = transfer_encoding is not None
+        no_body = (
+            self._head_request
+            or status == 204
+            or status == 304
+            or (content_length == "0" and not chunked)
+        )
+        self._until_eof = not tunnel and not no_body and not chunked and content_length is None
+        keep_alive = not (tunnel or self._until_eof or c.should_close_connection(http10, headers))
+        self._keep_alive = keep_alive
+        protocol = HTTP_10 if http10 else HTTP_11
+        if tunnel:
+            self._phase = _Phase.TUNNEL
+            self._out.append(ResponseHeaders(
+                headers=headers, end_stream=False, keep_alive=False, upgrade=True,
+                protocol=protocol,
+            ))  # fmt: skip
+            if not upgrade:  # llhttp does not know the request was CONNECT
+                raise _StopAtHead()
+            return
+        if no_body:
+            event = ResponseHeaders(
+                headers=headers, end_stream=True, keep_alive=keep_alive, protocol=protocol
+            )
+            if self._head_request:
+                # llhttp cannot be told the request was HEAD: stop it at the end of the head.
+                self._out.append(event)
+                self._finish()
+                raise _StopAtHead()
+            self._ready = event
+        else:
+            self._phase = _Phase.BODY
+            self._out.append(ResponseHeaders(
+                headers=headers, end_stream=False, keep_alive=keep_alive, protocol=protocol,
+            ))  # fmt: skip
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self._phase is _Phase.TUNNEL:
+            return
+        out = self._out
+        trailers = None
+        if self._items:
+            if self._enable_trailers:
+                trailers = HeaderMap()
+                self._decode_block(trailers, 0)
+            else:
+                self._items.clear()
+        if self._ready is not None:
+            out.append(self._ready)
+            self._ready = None
+        elif trailers:
+            self._flush_body()
+            out.append(ResponseTrailers(trailers=trailers))
+        else:
+            out.append(ResponseData(data=b"".join(self._body), end_stream=True))
+            self._body.clear()
+        self._finish()
+
+    def _finish(self) -> None:
+        self._phase = _Phase.DONE
+        self._reusable = self._keep_alive
+
+
+class _StopAtHead(Exception):
+    """Stops llhttp after a head whose body it would otherwise wait for."""

@@ -1,0 +1,230 @@
+"""What the HTTP/1 server and client codecs share: header decoding, Envoy's checks, details.
+
+``MessageDecoder`` holds the per-message state both httptools-driven codecs fill from the
+``on_header`` callback: one HeaderMap per head (names lower-cased once, through a bounded
+cache of raw names; values decoded with latin-1 once; trailing whitespace trimmed as Envoy
+does), the header count and block size against the limits, the underscores policy, and
+trailers. llhttp parses header lines strictly (it refuses control characters in values, which
+Envoy reports as ``http1.invalid_characters``); obs-fold, which Envoy's Balsa parser accepts,
+is handled by the codecs by unfolding the head and parsing it again (``unfold``).
+
+Errors found inside a parser callback are stored on the decoder and raised as ``Abort`` to
+stop llhttp; the codec then reports the stored ``ProtocolError``.
+"""
+
+from __future__ import annotations
+
+from legatus.http.headers import HeaderMap
+from legatus.http.http1.events import ProtocolError
+from legatus.http.http1.settings import HeadersWithUnderscoresAction
+
+# Envoy's response code details (codec_impl.cc Http1ResponseCodeDetails, and the shared ones).
+CODEC_ERROR = "http1.codec_error"
+INVALID_CHARACTERS = "http1.invalid_characters"
+HEADERS_TOO_LARGE = "http1.headers_too_large"
+TOO_MANY_HEADERS = "http1.too_many_headers"
+CONNECTION_HEADER_REJECTED = "http1.connection_header_rejected"
+INVALID_URL = "http1.invalid_url"
+INVALID_TRANSFER_ENCODING = "http1.invalid_transfer_encoding"
+BODY_DISALLOWED = "http1.body_disallowed"
+TRANSFER_ENCODING_NOT_ALLOWED = "http1.transfer_encoding_not_allowed"
+CONTENT_LENGTH_NOT_ALLOWED = "http1.content_length_not_allowed"
+UNEXPECTED_UNDERSCORE = "http1.unexpected_underscore"
+CHUNKED_CONTENT_LENGTH = "http1.content_length_and_chunked_not_allowed"
+INVALID_SCHEME = "http1.invalid_scheme"
+LOW_VERSION = "low_version"
+INVALID_AUTHORITY = "http.invalid_authority"
+# legatus' own (Envoy reports these as bare codec statuses without details).
+EXTRANEOUS_DATA = "http1.extraneous_data"
+PREMATURE_RESPONSE = "http1.premature_response"
+
+# llhttp's leniencies both codecs run with; each one is then Envoy's check, done by the codec:
+# Content-Length with Transfer-Encoding, the Transfer-Encoding value, the version, spaces after
+# a chunk size (Balsa accepts them), and data after a closing message (the codec stops reading
+# instead). Header lines stay strict: lenient_headers would also accept whitespace before the
+# first header line, which Envoy refuses (a request-smuggling vector).
+LENIENCIES = {
+    "lenient_chunked_length": True,
+    "lenient_transfer_encoding": True,
+    "lenient_version": True,
+    "lenient_keep_alive": True,
+    "lenient_data_after_close": True,
+    "lenient_spaces_after_chunk_size": True,
+}
+
+# llhttp's reason for an empty Transfer-Encoding value.
+EMPTY_TE_ERROR = "Empty Transfer-Encoding"
+# Bytes that are not control characters (CR and LF are framing, not content).
+_NOT_CONTROL = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_OWS = frozenset(b" \t")
+
+_NAME_CACHE_MAX = 4096
+_NAMES: dict[bytes, str] = {}
+for _name in (
+    "Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language", "Connection",
+    "Content-Length", "Content-Type", "Transfer-Encoding", "Cookie", "Set-Cookie", "Date",
+    "Server", "Cache-Control", "Authorization", "Referer", "Origin", "Upgrade", "Expect", "TE",
+    "Keep-Alive", "X-Forwarded-For", "X-Forwarded-Proto", "X-Request-Id", "Location", "ETag",
+    "Last-Modified", "If-None-Match", "If-Modified-Since", "Range", "Vary", "Pragma",
+):  # fmt: skip
+    for _variant in (_name, _name.lower()):
+        _NAMES[_variant.encode()] = _name.lower()
+
+
+def decode_name(raw: bytes) -> str:
+    """A header name, lower-cased, decoded once (raw spellings are cached, up to a bound)."""
+    name = _NAMES.get(raw)
+    if name is None:
+        name = raw.decode("latin-1").lower()
+        if len(_NAMES) < _NAME_CACHE_MAX:
+            _NAMES[raw] = name
+    return name
+
+
+def has_control_characters(data: bytes) -> bool:
+    return bool(data.translate(None, _NOT_CONTROL))
+
+
+def unfold(buffer: bytes) -> tuple[bytes, bytes] | None:
+    """Split ``buffer`` (starting at a message, leading empty lines allowed) into its head with
+    obs-folds removed as Balsa does (the CRLF goes, the whitespace stays) and what follows;
+    None while the head is incomplete. A first header line starting with whitespace is no
+    fold (Envoy refuses it): ``ValueError``."""
+    buffer = buffer.lstrip(b"\r\n")
+    end = buffer.find(b"\r\n\r\n")
+    if end == -1:
+        return None
+    first = buffer.find(b"\r\n")
+    if buffer[first + 2 : first + 3] in (b" ", b"\t"):
+        raise ValueError("whitespace before the first header line")
+    head = buffer[: end + 4].replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t")
+    return head, buffer[end + 4 :]
+
+
+def has_fold(head: bytes) -> bool:
+    return b"\r\n " in head or b"\r\n\t" in head
+
+
+def has_token(value: str | None, token: str) -> bool:
+    """Envoy's ``StringUtil::caseFindToken(value, ",", token)``."""
+    if not value:
+        return False
+    lowered = value.lower()
+    if token not in lowered:
+        return False
+    return any(part.strip(" \t") == token for part in lowered.split(","))
+
+
+def should_close_connection(http10: bool, headers: HeaderMap) -> bool:
+    """Envoy's ``HeaderUtility::shouldCloseConnection`` for HTTP/1.0 and 1.1."""
+    connection = headers.get("connection")
+    if http10:
+        if not has_token(connection, "keep-alive"):
+            return True
+    elif connection is not None and has_token(connection, "close"):
+        return True
+    return has_token(headers.get("proxy-connection"), "close")
+
+
+def joined(headers: HeaderMap, name: str) -> str | None:
+    """The value of ``name`` with repeats joined by ``,``, as Envoy's inline headers are (the
+    joined value replaces the repeats)."""
+    values = headers.get_all(name)
+    if len(values) <= 1:
+        return values[0] if values else None
+    value = ",".join(v for v in values if v)
+    headers.set(name, value)
+    return value
+
+
+class Abort(Exception):
+    """Raised inside a parser callback to stop llhttp; the reason is on the decoder."""
+
+
+class MessageDecoder:
+    """Header block decoding shared by the server and the client codec (see module doc).
+
+    ``on_header`` only collects the raw (name, value) pairs; ``_decode_block`` turns a complete
+    block into the HeaderMap in one tight loop (names through the cache, values trimmed and
+    decoded, count, size and underscores checked). Errors Envoy finds header by header
+    (underscores, count) are reported once the block is complete, as Balsa hands Envoy whole
+    blocks; the size is also bounded while a block spans reads (by the codecs)."""
+
+    _limit_status = 431  # headers too large or too many
+    _policy_status = 400  # underscores rejected
+
+    __slots__ = (
+        "_enable_trailers",
+        "_error",
+        "_headers",
+        "_items",
+        "_max_count",
+        "_max_size",
+        "_size",
+        "_underscores",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_size: int,
+        max_count: int,
+        enable_trailers: bool,
+        underscores: HeadersWithUnderscoresAction = HeadersWithUnderscoresAction.ALLOW,
+    ) -> None:
+        self._max_size = max_size
+        self._max_count = max_count
+        self._enable_trailers = enable_trailers
+        self._underscores = (
+            None if underscores is HeadersWithUnderscoresAction.ALLOW else (underscores)
+        )
+        self._error: ProtocolError | None = None
+        self._items: list[tuple[bytes, bytes]] = []
+        self._reset_head()
+
+    def _reset_head(self) -> None:
+        self._headers = HeaderMap()
+        self._items.clear()
+        self._size = 0
+
+    def _fail(self, status: int, details: str) -> Abort:
+        if self._error is None:
+            self._error = ProtocolError(status=status, details=details)
+        return Abort()
+
+    # Parser callback ------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._items.append((name, value))
+
+    def _decode_block(self, target: HeaderMap, size: int) -> None:
+        """Add the collected pairs to ``target``; ``size`` is what the block already counts
+        (the request line). Raises ``Abort`` (with the error set) on a limit or policy."""
+        items = self._items
+        names = _NAMES
+        underscores = self._underscores
+        added = 0
+        rejected_at = -1  # position (among added headers) of the first one with "_"
+        add = target.add
+        for name, value in items:
+            key = names.get(name)
+            if key is None:
+                key = decode_name(name)
+            if value and value[-1] in _OWS:
+                value = value.rstrip(b" \t")
+            size += len(name) + len(value) + 4
+            if underscores is not None and rejected_at < 0 and "_" in key:
+                if underscores is HeadersWithUnderscoresAction.DROP_HEADER:
+                    continue
+                rejected_at = added
+            add(key, value.decode("latin-1"))
+            added += 1
+        items.clear()
+        self._size = size
+        if size > self._max_size:
+            raise self._fail(self._limit_status, HEADERS_TOO_LARGE)
+        # Envoy checks header by header, underscores before the count: the first error wins.
+        if rejected_at >= 0 and rejected_at <= self._max_count:
+            raise self._fail(self._policy_status, UNEXPECTED_UNDERSCORE)
+        if added > self._max_count:
+            raise self._fail(self._limit_status, TOO_MANY_HEADERS)

@@ -1,0 +1,555 @@
+"""The downstream HTTP/1 codec: request bytes in, events out; response events in, bytes out.
+
+Envoy's ``ServerConnectionImpl`` (source/common/http/http1/codec_impl.cc), sans-I/O, on
+httptools (llhttp). Theory of operation:
+
+- ``feed(data)`` runs llhttp over the bytes; its callbacks collect the request head (see
+  common.MessageDecoder) and Envoy's checks run when the head is complete, in Envoy's order:
+  the method (Balsa's list), the block's size, the first per-header error (underscores,
+  count), Balsa's URL check, CONNECT with a body, Content-Length with Transfer-Encoding, the
+  Transfer-Encoding value, the Connection header's nominations, the request target
+  (origin-form, ``*`` for OPTIONS, absolute-form -> ``:authority``/``:scheme``/``:path``,
+  authority-form for CONNECT), the version (HTTP/1.0 refused unless accepted), the authority.
+  llhttp's own refusals become ``http1.codec_error``, or ``http1.invalid_characters`` when the
+  head holds a control character (Balsa checks those first). A failure is a ``ProtocolError``
+  with Envoy's status and details; the codec stops. Missing Host is the HCM's check
+  (``missing_host_header``), not the codec's: the head comes without ``:authority``.
+- A request without a body (no chunked, no Content-Length > 0, no upgrade) is reported once,
+  as ``RequestHeaders(end_stream=True)``, when llhttp completes it, as Envoy defers it. Body
+  pieces of one ``feed`` are joined into one ``RequestData`` (never more than what arrived).
+- Pipelining: after each complete request the codec pauses, as Envoy's parser does. Events of
+  requests that arrived in the same ``feed`` are held, later bytes are buffered unparsed, and
+  ``resume()`` (called once the response went out) releases the next request. While paused,
+  ``wants_data`` turns False once ``buffer_limit`` bytes wait: the connection should stop
+  reading, so memory stays bounded by the limit plus one read.
+- Upgrade (``Upgrade`` + ``Connection: upgrade``) and CONNECT put the codec in tunnel mode:
+  ``RequestHeaders(end_stream=False, upgrade=True)``, then every byte is ``RequestData`` and
+  ``feed_eof()`` ends the stream. An ``h2c`` upgrade is stripped and served as HTTP/1.1, as
+  Envoy does. ``PRI * HTTP/2.0`` is a codec error (400, ``http1.codec_error``).
+- Responses: ``encode_headers``/``encode_data``/``encode_trailers`` frame the response to the
+  oldest unanswered request (HTTP/1.0 status line for an HTTP/1.0 request, no body for HEAD,
+  1xx, 204 and 304, chunked without a content-length, see stream_encoder).
+  ``close_after_response`` says the connection must close once the bytes are written.
+
+Obs-fold: llhttp parses header lines strictly; a folded head is buffered to its end, unfolded
+as Balsa does (the CRLF removed, the whitespace kept) and parsed again with a fresh parser. The
+start of the message must be known for that, which it is unless another request completed
+earlier in the same ``feed`` (a pipelined folded head is refused).
+
+Known divergences from Envoy 1.40 (Balsa), all stricter, listed in the differential table: a
+bare LF ending a head or trailer line, a bare CR inside a header value, whitespace after the
+version, and bytes between chunk data and its CRLF are 400 ``http1.codec_error`` here (Balsa
+tolerates them); an ``h2c`` upgrade request with a chunked body is refused; the method
+``MSEARCH`` is refused (Balsa accepts it, llhttp does not). The head size is counted from what
+llhttp delivers (request line and ``name: value`` lines), which equals Balsa's count unless a
+line carries extra optional whitespace.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
+
+from legatus.http.headers import HeaderMap
+from legatus.http.http1 import common as c
+from legatus.http.http1 import request_head as rh
+from legatus.http.http1.events import (
+    HTTP_10,
+    HTTP_11,
+    ProtocolError,
+    RequestData,
+    RequestHeaders,
+    RequestTrailers,
+    ServerEvent,
+    ends_request,
+)
+from legatus.http.http1.settings import DEFAULT_SETTINGS, Http1Settings
+from legatus.http.http1.stream_encoder import Exchange, ResponseEncoder
+
+
+class _In(enum.IntEnum):
+    """Where the request stream is (an IntEnum: members are dict keys on the hot path)."""
+
+    IDLE = 0  # between requests
+    HEAD = 1  # inside a request head
+    FOLD = 2  # a head with obs-fold: buffered until complete, then unfolded and re-parsed
+    BODY = 3  # head done, body (or trailers) being read
+    TUNNEL = 4  # upgrade/CONNECT: raw bytes
+    CLOSED = 5  # after an error, EOF, or a request that closes the connection
+
+
+# The one transition table of the request stream (``ServerCodec._enter``).
+_TRANSITIONS: dict[_In, frozenset[_In]] = {
+    _In.IDLE: frozenset((_In.HEAD, _In.CLOSED)),
+    _In.HEAD: frozenset((_In.BODY, _In.FOLD, _In.CLOSED)),
+    _In.FOLD: frozenset((_In.IDLE, _In.CLOSED)),
+    _In.BODY: frozenset((_In.IDLE, _In.TUNNEL, _In.CLOSED)),
+    _In.TUNNEL: frozenset((_In.CLOSED,)),
+    _In.CLOSED: frozenset((_In.CLOSED,)),
+}
+
+
+class ServerCodec(c.MessageDecoder):
+    """The downstream side of one HTTP/1 connection (see module doc)."""
+
+    __slots__ = (
+        "_body",
+        "_boundary",
+        "_buffer_limit",
+        "_completed_in_feed",
+        "_exchange",
+        "_fold_buf",
+        "_head_chunks",
+        "_head_raw",
+        "_held",
+        "_method",
+        "_msg_start_known",
+        "_out",
+        "_parser",
+        "_paused",
+        "_pending",
+        "_pending_size",
+        "_raw_left",
+        "_ready",
+        "_refolded",
+        "_responses",
+        "_settings",
+        "_state",
+        "_swallow_complete",
+        "_tunnel",
+        "_url",
+    )
+
+    def __init__(self, settings: Http1Settings = DEFAULT_SETTINGS, *, buffer_limit: int = 1 << 20):
+        super().__init__(
+            max_size=settings.max_request_headers_kb * 1024,
+            max_count=settings.max_request_headers_count,
+            enable_trailers=settings.enable_trailers,
+            underscores=settings.headers_with_underscores_action,
+        )
+        self._settings = settings
+        self._buffer_limit = buffer_limit
+        self._parser = HttpRequestParser(self)
+        self._parser.set_dangerous_leniencies(**c.LENIENCIES)
+        self._state = _In.IDLE
+        self._out: list[ServerEvent] = []
+        self._boundary: int | None = None
+        self._body: list[bytes] = []
+        self._url = b""
+        self._method = ""
+        self._ready: RequestHeaders | None = None  # a bodiless request, until complete
+        self._tunnel = False
+        self._swallow_complete = False
+        self._raw_left = 0
+        self._exchange: Exchange | None = None
+        self._responses = ResponseEncoder(enable_trailers=settings.enable_trailers)
+        self._paused = False
+        self._held: deque[ServerEvent] = deque()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._head_chunks: list[bytes] = []
+        self._head_raw = 0
+        self._completed_in_feed = False
+        self._msg_start_known = True
+        self._fold_buf = b""
+        self._refolded = False
+
+    # Decoding --------------------------------------------------------------------------
+
+    def _enter(self, state: _In) -> None:
+        if state not in _TRANSITIONS[self._state]:
+            raise RuntimeError(f"HTTP/1 server codec: {self._state.name} -> {state.name}")
+        self._state = state
+
+    def feed(self, data: bytes) -> list[ServerEvent]:
+        """Parse ``data``; the events of the current request (see module doc on pausing)."""
+        if self._paused:
+            if data and self._state is not _In.CLOSED:
+                self._pending.append(data)
+                self._pending_size += len(data)
+            return []
+        return self._dispatch(data)
+
+    def feed_eof(self) -> list[ServerEvent]:
+        """The peer closed its side. Ends a tunnel's stream; otherwise nothing to report."""
+        tunnel = self._state is _In.TUNNEL
+        self._enter(_In.CLOSED)
+        return [RequestData(data=b"", end_stream=True)] if tunnel else []
+
+    def pause(self) -> None:
+        """Stop parsing: later bytes are buffered until ``resume()``."""
+        self._paused = True
+
+    def resume(self) -> list[ServerEvent]:
+        """Release the next request: held events first, then buffered bytes."""
+        if not self._paused:
+            return []
+        self._paused = False
+        out: list[ServerEvent] = []
+        held = self._held
+        while held:
+            event = held.popleft()
+            out.append(event)
+            if ends_request(event):
+                self._paused = True
+                return out
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            out.extend(self._dispatch(data))
+        return out
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def wants_data(self) -> bool:
+        """False when reading more would only grow the buffer (paused and over the limit), or
+        when nothing more will be parsed."""
+        if self._state is _In.CLOSED:
+            return False
+        return not (self._paused and self._pending_size >= self._buffer_limit)
+
+    def _dispatch(self, data: bytes) -> list[ServerEvent]:
+        out = self._out = []
+        self._boundary = None
+        self._completed_in_feed = False
+        while data:
+            state = self._state
+            if state is _In.TUNNEL:
+                out.append(RequestData(data=data, end_stream=False))
+                break
+            if state is _In.CLOSED:
+                break
+            if state is _In.FOLD:
+                data = self._unfold(data)
+                continue
+            if self._raw_left:
+                data = self._raw_body(data)
+                continue
+            try:
+                self._parser.feed_data(data)
+            except HttpParserUpgrade as e:
+                data = data[e.args[0] :]
+                self._after_llhttp_upgrade()
+                continue
+            except HttpParserError as e:
+                data = self._on_parse_error(e, data)
+                continue
+            if self._state is _In.HEAD:
+                # A head spanning reads: bound what llhttp and httptools hold for it. When the
+                # head began after another request in this read, only its parsed part counts.
+                self._head_chunks.append(data)
+                self._head_raw = self._size if self._head_raw < 0 else self._head_raw + len(data)
+                if self._head_raw > self._max_size:
+                    self._error_event(ProtocolError(status=431, details=c.HEADERS_TOO_LARGE))
+            break
+        if self._body:
+            out.append(RequestData(data=b"".join(self._body), end_stream=False))
+            self._body.clear()
+        boundary = self._boundary
+        if boundary is not None:
+            self._paused = True
+            if boundary < len(out):
+                self._held.extend(out[boundary:])
+                del out[boundary:]
+        return out
+
+    def _on_parse_error(self, e: HttpParserError, data: bytes) -> bytes:
+        """Report the error; or, for an obs-fold in a head whose start is known, switch to
+        unfolding it (returns the bytes to parse next)."""
+        error = self._error
+        if error is None:
+            if isinstance(e, HttpParserCallbackError):
+                if not isinstance(e.__context__, c.Abort):
+                    raise e.__context__ or e  # a bug in a callback, not bad traffic
+                self._enter(_In.CLOSED)  # a silent stop (data after a closing request)
+                return b""
+            if self._state is _In.BODY:
+                details = c.CODEC_ERROR
+            else:
+                head = b"".join((*self._head_chunks, data))
+                reason = str(e)
+                # An obs-fold (whatever llhttp made of it), or an empty Transfer-Encoding (to
+                # judge it on the whole head, as Balsa does): buffer the head, parse it again.
+                if (
+                    (reason == c.EMPTY_TE_ERROR or c.has_fold(head))
+                    and self._msg_start_known
+                    and not self._refolded
+                    and not c.has_control_characters(head)
+                ):
+                    self._enter(_In.FOLD)
+                    self._fold_buf = b""
+                    self._head_chunks = []
+                    return head
+                # Balsa checks the characters of the whole head before anything else.
+                if c.has_control_characters(head):
+                    details = c.INVALID_CHARACTERS
+                elif reason == c.EMPTY_TE_ERROR:
+                    # Envoy: Transfer-Encoding present, with Content-Length or not a chunked one.
+                    cl_te = b"\ncontent-length:" in head.lower()
+                    error = ProtocolError(
+                        status=400 if cl_te else 501,
+                        details=c.CHUNKED_CONTENT_LENGTH if cl_te else c.INVALID_TRANSFER_ENCODING,
+                    )
+                    self._error_event(error)
+                    return b""
+                else:
+                    details = c.CODEC_ERROR
+            error = ProtocolError(status=400, details=details)
+        self._error_event(error)
+        return b""
+
+    def _unfold(self, data: bytes) -> bytes:
+        buffer = self._fold_buf + data if self._fold_buf else data
+        try:
+            split = c.unfold(buffer)
+        except ValueError:
+            self._error_event(ProtocolError(status=400, details=c.CODEC_ERROR))
+            return b""
+        if split is None:
+            if len(buffer) > self._max_size:
+                self._error_event(ProtocolError(status=431, details=c.HEADERS_TOO_LARGE))
+            else:
+                self._fold_buf = buffer
+            return b""
+        self._fold_buf = b""
+        self._refolded = True
+        self._parser = HttpRequestParser(self)
+        self._parser.set_dangerous_leniencies(**c.LENIENCIES)
+        self._enter(_In.IDLE)
+        return split[0] + split[1]
+
+    def _error_event(self, error: ProtocolError) -> None:
+        if self._body:
+            self._out.append(RequestData(data=b"".join(self._body), end_stream=False))
+            self._body.clear()
+        self._out.append(error)
+        if self._boundary is None:
+            self._boundary = len(self._out)
+        self._enter(_In.CLOSED)
+        self._responses.on_protocol_error(self._exchange)
+
+    def _after_llhttp_upgrade(self) -> None:
+        if self._tunnel:
+            self._enter(_In.TUNNEL)
+        elif self._swallow_complete:
+            # An h2c upgrade with a body: llhttp skipped it, count its bytes ourselves.
+            self._swallow_complete = False
+            if self._raw_left == 0:
+                self._error_event(ProtocolError(status=400, details=c.CODEC_ERROR))
+
+    def _raw_body(self, data: bytes) -> bytes:
+        piece = data[: self._raw_left]
+        self._raw_left -= len(piece)
+        self._body.append(piece)
+        if self._raw_left == 0:
+            self._complete()
+        return data[len(piece) :]
+
+    # Parser callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._state is _In.CLOSED:
+            raise c.Abort()
+        self._enter(_In.HEAD)
+        self._msg_start_known = not self._completed_in_feed
+        self._reset_head()
+        headers = self._headers
+        headers.add(":method", "")
+        headers.add(":path", "")
+        headers.add(":authority", "")
+        self._url = b""
+        self._head_chunks = []
+        self._head_raw = 0 if self._msg_start_known else -1
+        self._exchange = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._size += len(url)
+        if self._size > self._max_size:
+            raise self._fail(431, c.HEADERS_TOO_LARGE)
+
+    def on_headers_complete(self) -> None:
+        raw_method = self._parser.get_method()
+        method = rh.METHODS.get(raw_method)
+        if method is None:
+            raise self._fail(400, c.CODEC_ERROR)
+        # The block's size as Balsa counts it: request line (" ", " HTTP/1.1\r\n"), header
+        # lines, the final CRLF.
+        self._decode_block(self._headers, self._size + len(raw_method) + 14)
+        self._method = method
+        connect = method == "CONNECT"
+        url = self._url.decode("latin-1")
+        if not connect and not (url[:1] == "/" or url[:1] == "*") and not rh.balsa_url_ok(url):
+            raise self._fail(400, c.CODEC_ERROR)
+        headers = self._headers
+        http10 = self._parser.get_http_version() != "1.1"
+
+        # Upgrade: llhttp's rule is Envoy's (Upgrade + Connection: upgrade, or CONNECT).
+        connection = c.joined(headers, "connection")
+        upgrade = "upgrade" in headers and c.has_token(connection, "upgrade")
+        llhttp_upgrade = upgrade or connect
+        if upgrade and headers.get("upgrade", "").lower() == "h2c":
+            connection = rh.strip_h2c(headers, connection)
+            upgrade = False
+        tunnel = upgrade or connect
+
+        content_length = headers.get("content-length")
+        if connect and content_length is not None:
+            if content_length != "0":
+                raise self._fail(400, c.BODY_DISALLOWED)
+            headers.remove("content-length")
+            content_length = None
+        transfer_encoding = c.joined(headers, "transfer-encoding")
+        if transfer_encoding is not None and content_length is not None:
+            if self._settings.allow_chunked_length and transfer_encoding.lower() == "chunked":
+                headers.remove("content-length")
+                content_length = None
+            else:
+                raise self._fail(400, c.CHUNKED_CONTENT_LENGTH)
+        if transfer_encoding is not None and (transfer_encoding.lower() != "chunked" or connect):
+            raise self._fail(501, c.INVALID_TRANSFER_ENCODING)
+        if (
+            not tunnel
+            and connection is not None
+            and connection.lower() not in rh.NOTHING_NOMINATED
+            and not rh.sanitize_connection(headers, connection)
+        ):
+            raise self._fail(400, c.CONNECTION_HEADER_REJECTED)
+
+        hosts = headers.get_all("host")
+        if hosts:
+            headers.remove("host")
+            headers.set(
+                ":authority", ",".join(h for h in hosts if h) if len(hosts) > 1 else hosts[0]
+            )
+        else:
+            headers.remove(":authority")
+        self._handle_path(headers, url, method, connect)
+        headers.set(":method", method)
+        if http10:
+            if not self._settings.accept_http_10:
+                raise self._fail(426, c.LOW_VERSION)
+            if ":authority" not in headers and self._settings.default_host_for_http_10:
+                headers.set(":authority", self._settings.default_host_for_http_10)
+        authority = headers.get(":authority")
+        if authority and not rh.authority_is_valid(authority):
+            raise self._fail(400, c.INVALID_AUTHORITY)
+
+        chunked = transfer_encoding is not None
+        body_length = int(content_length) if content_length is not None else 0
+        keep_alive = not c.should_close_connection(http10, headers)
+        expect = headers.get("expect")
+        self._exchange = self._responses.expect(
+            Exchange(http10=http10, head=method == "HEAD", connect=connect, keep_alive=keep_alive)
+        )
+        self._tunnel = tunnel
+        self._swallow_complete = tunnel
+        if llhttp_upgrade and not tunnel and (chunked or body_length):
+            # llhttp skips the body of what it takes for an upgrade (h2c): read it ourselves.
+            self._swallow_complete = True
+            self._raw_left = 0 if chunked else body_length
+        self._enter(_In.BODY)
+        self._head_chunks = []
+        self._refolded = False
+        has_body = chunked or body_length or tunnel
+        event = RequestHeaders(
+            headers=headers,
+            end_stream=not has_body,
+            keep_alive=keep_alive,
+            expect_continue=expect is not None and expect.lower() == "100-continue",
+            upgrade=tunnel,
+            protocol=HTTP_10 if http10 else HTTP_11,
+        )
+        if has_body:
+            self._ready = None
+            self._out.append(event)
+        else:
+            self._ready = event  # reported when llhttp completes the request, as Envoy does
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._swallow_complete:
+            return
+        self._complete()
+
+    def _complete(self) -> None:
+        """The request is complete: its last event, then the pause at this boundary."""
+        out = self._out
+        trailers = None
+        if self._items:
+            if self._enable_trailers:
+                trailers = HeaderMap()
+                self._decode_block(trailers, 0)
+            else:
+                self._items.clear()  # Envoy ignores trailers unless enabled
+        if self._ready is not None:
+            out.append(self._ready)
+            self._ready = None
+        elif trailers:
+            if self._body:
+                out.append(RequestData(data=b"".join(self._body), end_stream=False))
+                self._body.clear()
+            out.append(RequestTrailers(trailers=trailers))
+        else:
+            out.append(RequestData(data=b"".join(self._body), end_stream=True))
+            self._body.clear()
+        exchange = self._exchange
+        assert exchange is not None
+        exchange.request_done = True
+        self._completed_in_feed = True
+        self._enter(_In.IDLE if exchange.keep_alive else _In.CLOSED)
+        if self._boundary is None:
+            self._boundary = len(out)
+
+    def _handle_path(self, headers: HeaderMap, url: str, method: str, connect: bool) -> None:
+        """Envoy's ``handlePath``: the request target into ``:path`` (and ``:authority``)."""
+        if not connect and url and (url[0] == "/" or (method == "OPTIONS" and url[0] == "*")):
+            headers.set(":path", url)
+            return
+        if not connect and not self._settings.allow_absolute_url:
+            headers.set(":path", url)
+            return
+        parsed = rh.parse_absolute_url(url, connect)
+        if parsed is None:
+            raise self._fail(400, c.INVALID_URL)
+        scheme, authority, path = parsed
+        headers.set(":authority", authority)
+        if connect:
+            headers.remove(":path")
+            return
+        scheme = scheme.lower()
+        headers.set(":scheme", scheme)
+        if scheme != "http" and scheme != "https":
+            raise self._fail(400, c.INVALID_SCHEME)
+        headers.set(":path", path)
+
+    # Encoding ------------------------------------------------------------------------------
+
+    @property
+    def close_after_response(self) -> bool:
+        """The connection must close once the encoded bytes are written (a request or response
+        that closes it, a response delimited by the close, an error, an early response)."""
+        return self._responses.close
+
+    def encode_headers(self, headers: HeaderMap, end_stream: bool) -> bytes:
+        """The response head for the oldest unanswered request (1xx heads may precede it)."""
+        return self._responses.encode_headers(headers, end_stream)
+
+    def encode_data(self, data: bytes, end_stream: bool) -> bytes:
+        return self._responses.encode_data(data, end_stream)
+
+    def encode_trailers(self, trailers: HeaderMap) -> bytes:
+        return self._responses.encode_trailers(trailers)
