@@ -19,6 +19,28 @@ def echo():
     server.close()
 
 
+@pytest.fixture
+def unanswering_port():
+    """A loopback port whose connects hang: a listener with a full backlog that never accepts
+    drops further SYNs (192.0.2.0/24 would do too, but tests stay on loopback)."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(blocker.getsockname())
+            fillers.append(c)
+        time.sleep(0.2)
+        yield blocker.getsockname()[1]
+    finally:
+        for c in fillers:
+            c.close()
+        blocker.close()
+
+
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     out = bytearray()
     while len(out) < n:
@@ -104,37 +126,19 @@ def test_max_connect_attempts_retries(tmp_path):
         proxy.stop()
 
 
-def test_connect_timeout_is_counted(tmp_path):
-    # 192.0.2.0/24 is never routed to; a SYN there gets no answer. To keep the test on
-    # loopback, use a listener whose backlog is full instead: a listening socket with
-    # backlog 0 that never accepts drops further SYNs, so connects time out.
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen(0)
-    fillers = []
+def test_connect_timeout_is_counted(tmp_path, unanswering_port):
+    cfg = tcp_proxy_config(
+        upstream_port=unanswering_port, extra_cluster={"connect_timeout": "0.25s"}
+    )
+    proxy = start_proxy(cfg, tmp_path)
     try:
-        for _ in range(4):
-            c = socket.socket()
-            c.setblocking(False)
-            c.connect_ex(blocker.getsockname())
-            fillers.append(c)
-        time.sleep(0.2)
-        cfg = tcp_proxy_config(
-            upstream_port=blocker.getsockname()[1], extra_cluster={"connect_timeout": "0.25s"}
-        )
-        proxy = start_proxy(cfg, tmp_path)
-        try:
-            port = proxy.listener_port("tcp")
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.settimeout(5)
-                assert s.recv(10) == b""
-            _wait_stat(proxy, "cluster.backend.upstream_cx_connect_timeout", 1)
-        finally:
-            proxy.stop()
+        port = proxy.listener_port("tcp")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.settimeout(5)
+            assert s.recv(10) == b""
+        _wait_stat(proxy, "cluster.backend.upstream_cx_connect_timeout", 1)
     finally:
-        for c in fillers:
-            c.close()
-        blocker.close()
+        proxy.stop()
 
 
 def test_unknown_cluster_counts_no_route(tmp_path, echo):
@@ -243,36 +247,19 @@ def test_failed_upstreams_leak_nothing(tmp_path, echo):
         proxy.stop()
 
 
-def test_client_leaving_during_connect_cancels_it(tmp_path):
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen(0)
-    fillers = []
+def test_client_leaving_during_connect_cancels_it(tmp_path, unanswering_port):
+    cfg = tcp_proxy_config(upstream_port=unanswering_port, extra_cluster={"connect_timeout": "30s"})
+    proxy = start_proxy(cfg, tmp_path, args=["--concurrency", "1"])
     try:
-        for _ in range(4):  # fill the backlog: further connects hang until their timeout
-            c = socket.socket()
-            c.setblocking(False)
-            c.connect_ex(blocker.getsockname())
-            fillers.append(c)
-        time.sleep(0.2)
-        cfg = tcp_proxy_config(
-            upstream_port=blocker.getsockname()[1], extra_cluster={"connect_timeout": "30s"}
-        )
-        proxy = start_proxy(cfg, tmp_path, args=["--concurrency", "1"])
-        try:
-            port = proxy.listener_port("tcp")
-            s = socket.create_connection(("127.0.0.1", port), timeout=5)
-            _wait_stat(proxy, "cluster.backend.upstream_rq_pending_active", 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            s.close()  # a reset: the client is gone, not merely done sending
-            _wait_stat(proxy, "cluster.backend.upstream_rq_pending_active", 0)
-            stats = proxy.stats()
-            assert stats["cluster.backend.upstream_cx_active"] == 0
-            assert stats["cluster.backend.upstream_cx_destroy_local"] == 1
-            assert stats["cluster.backend.upstream_cx_connect_timeout"] == 0
-        finally:
-            proxy.stop()
+        port = proxy.listener_port("tcp")
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        _wait_stat(proxy, "cluster.backend.upstream_rq_pending_active", 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # a reset: the client is gone, not merely done sending
+        _wait_stat(proxy, "cluster.backend.upstream_rq_pending_active", 0)
+        stats = proxy.stats()
+        assert stats["cluster.backend.upstream_cx_active"] == 0
+        assert stats["cluster.backend.upstream_cx_destroy_local"] == 1
+        assert stats["cluster.backend.upstream_cx_connect_timeout"] == 0
     finally:
-        for c in fillers:
-            c.close()
-        blocker.close()
+        proxy.stop()

@@ -319,7 +319,9 @@ class FilterManager:
                 slot.filter.on_destroy()
 
 
-class _DecoderCallbacks:
+class _Callbacks:
+    """What both directions' callbacks share: the stream and the filter's slot."""
+
     __slots__ = ("manager", "slot")
 
     def __init__(self, manager: FilterManager, slot: _Active) -> None:
@@ -333,6 +335,10 @@ class _DecoderCallbacks:
     @property
     def route(self) -> Any:
         return self.manager.route
+
+
+class _DecoderCallbacks(_Callbacks):
+    __slots__ = ()
 
     def continue_decoding(self) -> None:
         self.slot.continue_iteration()
@@ -368,20 +374,8 @@ class _DecoderCallbacks:
         self.manager.encode_trailers(trailers)
 
 
-class _EncoderCallbacks:
-    __slots__ = ("manager", "slot")
-
-    def __init__(self, manager: FilterManager, slot: _Active) -> None:
-        self.manager = manager
-        self.slot = slot
-
-    @property
-    def stream_info(self) -> StreamInfo:
-        return self.manager.stream_info
-
-    @property
-    def route(self) -> Any:
-        return self.manager.route
+class _EncoderCallbacks(_Callbacks):
+    __slots__ = ()
 
     def continue_encoding(self) -> None:
         self.slot.continue_iteration()
