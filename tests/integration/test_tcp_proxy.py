@@ -137,6 +137,7 @@ def test_connect_timeout_is_counted(tmp_path, unanswering_port):
             s.settimeout(5)
             assert s.recv(10) == b""
         _wait_stat(proxy, "cluster.backend.upstream_cx_connect_timeout", 1)
+        assert proxy.stats()["cluster.backend.upstream_cx_connect_fail"] == 1  # as Envoy
     finally:
         proxy.stop()
 

@@ -183,11 +183,11 @@ class TcpProxyFilter(ReadFilter):
     def _on_connect_failure(self, upstream: Connection, host, error: BaseException) -> None:
         cluster = self.cluster
         timed_out = isinstance(error, TimeoutError)
+        cluster.stats.upstream_cx_connect_fail.inc()  # Envoy counts timeouts here too
         if timed_out:
             cluster.stats.upstream_cx_connect_timeout.inc()
-            reason = "connection timeout"
+            reason = ""  # Envoy gives no transport failure reason for a timeout
         else:
-            cluster.stats.upstream_cx_connect_fail.inc()
             errno = getattr(error, "errno", None)
             reason = f"delayed connect error: {os.strerror(errno) if errno else error}"
         host.stats.cx_connect_fail.inc()
@@ -195,7 +195,7 @@ class TcpProxyFilter(ReadFilter):
         cluster.stats.upstream_rq_pending_failure_eject.inc()
         self._release_upstream(upstream, host, remote=not timed_out)
         self.upstream = None
-        self.info.upstream_transport_failure_reason = reason
+        self.info.upstream_transport_failure_reason = reason or None
         log.debug(
             "[C%d] tcp_proxy: connect to %s failed: %s",
             self.downstream.id,
