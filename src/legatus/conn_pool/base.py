@@ -1,0 +1,480 @@
+"""The connection-pool state machine shared by every protocol: Envoy's ``ConnPoolImplBase``.
+
+One pool per (host, priority) per worker. Theory of operation:
+
+- A pool owns ``ActiveClient``s (one connection each) in one of five states; every change of
+  state goes through ``ConnPool.transition``, which refuses a change the table does not allow::
+
+      CONNECTING ──> READY <──> BUSY ──> DRAINING ──> CLOSED
+          │            │          │                      ^
+          └──> BUSY / DRAINING / CLOSED; any state but CLOSED ──> CLOSED
+
+  READY: can take another stream now. BUSY: at its concurrent-stream limit (1 for HTTP/1).
+  DRAINING: takes no new stream and closes when its last stream ends
+  (``max_requests_per_connection`` reached, or the pool is draining).
+- ``new_stream(decoder, callbacks)`` attaches the stream to the most recently readied client
+  at once (``callbacks.on_pool_ready(encoder, host)``, returns None), or queues it as pending
+  (returns the ``PendingStream`` to cancel it) and opens a connection if the connecting
+  capacity does not cover the queue and the circuit breaker allows it (a pool with no
+  connection at all opens one anyway, as Envoy does). Pending streams are served FIFO.
+- Limits (``ResourceManager``): a full pending queue fails the stream with ``OVERFLOW``
+  (``upstream_rq_pending_overflow``); no room for a connection counts ``upstream_cx_overflow``
+  and the stream waits; no room for an active request fails it with ``OVERFLOW`` when it is
+  attached (also ``upstream_rq_pending_overflow``, as Envoy counts it).
+- A connection that closes before it connected fails *every* pending stream of the pool (not
+  only the one it was opened for), with ``TIMEOUT``, ``REMOTE_CONNECTION_FAILURE`` or
+  ``LOCAL_CONNECTION_FAILURE`` and the transport failure reason, as Envoy's
+  ``purgePendingStreams``; a stream queued from inside ``on_pool_failure`` (a retry) is not
+  failed with them.
+- Time comes from the injected loop: one connect timer per connecting client and one idle
+  timer per idle client that re-arms itself for the time left (so a busy connection costs no
+  timer operations per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from legatus.conn_pool import (
+    CancelPolicy,
+    DrainBehavior,
+    PoolCallbacks,
+    PoolContext,
+    PoolFailureReason,
+    PoolStateError,
+)
+from legatus.network.filter import ConnectionEvent
+from legatus.upstream.host import Host
+
+log = logging.getLogger("legatus.pool")
+
+UNLIMITED_STREAMS = (1 << 32) - 1  # Envoy's translateZeroToUnlimited for stream limits
+
+
+class ClientState(enum.Enum):
+    CONNECTING = "connecting"
+    READY = "ready"
+    BUSY = "busy"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+S = ClientState
+_TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
+    S.CONNECTING: frozenset({S.READY, S.BUSY, S.DRAINING, S.CLOSED}),
+    S.READY: frozenset({S.BUSY, S.DRAINING, S.CLOSED}),
+    S.BUSY: frozenset({S.READY, S.DRAINING, S.CLOSED}),
+    S.DRAINING: frozenset({S.CLOSED}),
+    S.CLOSED: frozenset(),
+}
+
+
+class PendingStream:
+    """A stream waiting for a connection: Envoy's ``Cancellable``."""
+
+    __slots__ = ("callbacks", "decoder", "pool")
+
+    def __init__(self, pool: ConnPool, decoder: Any, callbacks: PoolCallbacks) -> None:
+        self.pool = pool
+        self.decoder = decoder
+        self.callbacks = callbacks
+
+    def cancel(self, policy: CancelPolicy = CancelPolicy.DEFAULT) -> None:
+        """Give up waiting (no callback follows). A no-op once the stream got its answer."""
+        self.pool._on_pending_cancel(self, policy)
+
+
+class ActiveClient:
+    """One connection of a pool; protocol subclasses implement the four methods at the end
+    and report ``pool.on_connection_event`` / ``pool.on_stream_closed``."""
+
+    def __init__(self, pool: ConnPool, *, concurrent_stream_limit: int) -> None:
+        ctx = pool.context
+        self.pool = pool
+        self.id = 0  # the connection id, set by the subclass
+        self.state = ClientState.CONNECTING
+        limit = ctx.settings.max_requests_per_connection
+        self.remaining_streams = limit if limit else UNLIMITED_STREAMS
+        self.concurrent_stream_limit = concurrent_stream_limit or UNLIMITED_STREAMS
+        self.has_handshake_completed = False
+        self.timed_out = False
+        self.resources_released = False
+        self.streams_total = 0
+        loop = ctx.loop
+        self.created_at = loop.time()
+        self.idle_since = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.connect_timer: asyncio.TimerHandle | None = loop.call_later(
+            ctx.settings.connect_timeout, self.on_connect_timeout
+        )
+        host = pool.host
+        host.stats.cx_total.inc()
+        host.stats.cx_active.inc()
+        ctx.stats.upstream_cx_total.inc()
+        ctx.stats.upstream_cx_active.inc()
+        ctx.resource_manager.connections.inc()
+
+    def current_unused_capacity(self) -> int:
+        return min(self.remaining_streams, self.concurrent_stream_limit - self.num_active_streams())
+
+    def on_connect_timeout(self) -> None:
+        self.connect_timer = None
+        log.debug("[C%d] connect timeout", self.id)
+        self.pool.context.stats.upstream_cx_connect_timeout.inc()
+        self.timed_out = True
+        self.close()
+
+    def release_resources(self) -> None:
+        if self.resources_released:
+            return
+        self.resources_released = True
+        ctx = self.pool.context
+        ctx.stats.upstream_cx_length_ms.record((ctx.loop.time() - self.created_at) * 1000)
+        ctx.stats.upstream_cx_active.dec()
+        self.pool.host.stats.cx_active.dec()
+        ctx.resource_manager.connections.dec()
+
+    def cancel_timers(self) -> None:
+        for timer in (self.connect_timer, self.idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self.connect_timer = self.idle_timer = None
+
+    # Protocol interface --------------------------------------------------------
+
+    def num_active_streams(self) -> int:
+        raise NotImplementedError
+
+    def closing_with_incomplete_stream(self) -> bool:
+        """For ``upstream_cx_destroy_with_active_rq``: a stream was cut off by the close."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close now (no flush); must report ``on_connection_event`` with a close event, once."""
+        raise NotImplementedError
+
+    def new_stream_encoder(self, decoder: Any) -> Any:
+        """Start a stream whose response goes to ``decoder``; returns its request encoder."""
+        raise NotImplementedError
+
+
+class ConnPool:
+    """Streams to one host, over a set of ``ActiveClient``s (see module doc)."""
+
+    def __init__(
+        self,
+        host: Host,
+        context: PoolContext,
+        client_factory: Callable[[ConnPool], ActiveClient],
+    ) -> None:
+        self.host = host
+        self.context = context
+        self.loop = context.loop
+        self._client_factory = client_factory
+        self._clients: dict[ClientState, dict[ActiveClient, None]] = {
+            s: {} for s in (S.CONNECTING, S.READY, S.BUSY, S.DRAINING)
+        }
+        self._pending: dict[PendingStream, None] = {}  # insertion order = FIFO
+        self._purging: dict[PendingStream, None] | None = None
+        self._connecting_capacity = 0
+        self._active_streams = 0
+        self._idle_callbacks: list[Callable[[], None]] = []
+        self._draining_for_deletion = False
+        self._upstream_ready_handle: asyncio.Handle | None = None
+
+    # Public API ----------------------------------------------------------------
+
+    def new_stream(self, decoder: Any, callbacks: PoolCallbacks) -> PendingStream | None:
+        if self._draining_for_deletion:
+            raise PoolStateError("new_stream on a pool draining for deletion")
+        ready = self._clients[S.READY]
+        if ready:
+            self._attach(next(reversed(ready)), decoder, callbacks)
+            return None
+        rm = self.context.resource_manager
+        if not rm.can_queue():
+            self.context.pool_stats.upstream_rq_pending_overflow.inc()
+            callbacks.on_pool_failure(PoolFailureReason.OVERFLOW, "", None)
+            return None
+        pending = PendingStream(self, decoder, callbacks)
+        stats = self.context.stats
+        stats.upstream_rq_pending_total.inc()
+        stats.upstream_rq_pending_active.inc()
+        rm.pending_requests.inc()
+        self._pending[pending] = None
+        self._try_create_connections()
+        return pending
+
+    def drain(self, behavior: DrainBehavior = DrainBehavior.DRAIN_EXISTING_CONNECTIONS) -> None:
+        if behavior is DrainBehavior.DRAIN_AND_DELETE:
+            self._draining_for_deletion = True
+            self._check_idle_and_close_if_draining()
+            return
+        self._close_idle_clients()
+        for state in (S.READY, S.BUSY):
+            for client in list(self._clients[state]):
+                self.transition(client, S.DRAINING)
+
+    def add_idle_callback(self, callback: Callable[[], None]) -> None:
+        """``callback()`` runs when the pool is found empty (no pending stream, no client);
+        possibly more than once for one emptying, as Envoy's idle callbacks."""
+        self._idle_callbacks.append(callback)
+
+    def is_idle(self) -> bool:
+        return not self._pending and not any(self._clients.values())
+
+    def has_active_streams(self) -> bool:
+        return bool(self._pending) or self._active_streams > 0
+
+    def clients(self, state: ClientState) -> tuple[ActiveClient, ...]:
+        return tuple(self._clients[state]) if state is not S.CLOSED else ()
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # The state machine ----------------------------------------------------------
+
+    def transition(self, client: ActiveClient, new: ClientState) -> None:
+        old = client.state
+        if new not in _TRANSITIONS[old]:
+            raise PoolStateError(f"C{client.id}: {old.value} -> {new.value} is not allowed")
+        del self._clients[old][client]
+        client.state = new
+        if new is not S.CLOSED:
+            self._clients[new][client] = None
+
+    # Reported by the clients ------------------------------------------------------
+
+    def on_connection_event(
+        self, client: ActiveClient, event: ConnectionEvent, failure_reason: str = ""
+    ) -> None:
+        if event is ConnectionEvent.CONNECTED:
+            self._on_connected(client)
+            return
+        ctx = self.context
+        stats = ctx.stats
+        client.cancel_timers()
+        if not client.has_handshake_completed:
+            self._connecting_capacity -= client.current_unused_capacity()
+        client.remaining_streams = 0
+        log.debug("[C%d] client disconnected, failure reason: %s", client.id, failure_reason)
+        remote = event is ConnectionEvent.REMOTE_CLOSE
+        stats.upstream_cx_destroy.inc()
+        (stats.upstream_cx_destroy_remote if remote else stats.upstream_cx_destroy_local).inc()
+        if client.closing_with_incomplete_stream():
+            stats.upstream_cx_destroy_with_active_rq.inc()
+            if remote:
+                stats.upstream_cx_destroy_remote_with_active_rq.inc()
+            else:
+                stats.upstream_cx_destroy_local_with_active_rq.inc()
+        if client.has_handshake_completed:
+            ctx.pool_stats.upstream_rq_per_cx.record(client.streams_total)
+        else:
+            client.has_handshake_completed = True
+            stats.upstream_cx_connect_fail.inc()
+            self.host.stats.cx_connect_fail.inc()
+            if client.timed_out:
+                reason = PoolFailureReason.TIMEOUT
+            elif remote:
+                reason = PoolFailureReason.REMOTE_CONNECTION_FAILURE
+            else:
+                reason = PoolFailureReason.LOCAL_CONNECTION_FAILURE
+            self._purge_pending(reason, failure_reason)
+            if not self._draining_for_deletion:
+                self._try_create_connections()
+        client.release_resources()
+        self.transition(client, S.CLOSED)
+        self._check_idle()
+        if self._pending:
+            self._try_create_connections()
+
+    def on_stream_closed(self, client: ActiveClient, *, delay_attaching: bool) -> None:
+        """A stream of ``client`` ended (completed or reset); the client no longer counts it."""
+        ctx = self.context
+        self._active_streams -= 1
+        self.host.stats.rq_active.dec()
+        ctx.stats.upstream_rq_active.dec()
+        ctx.resource_manager.requests.dec()
+        state = client.state
+        if state is S.DRAINING and client.num_active_streams() == 0:
+            client.close()
+            return
+        if state is S.BUSY and client.current_unused_capacity() > 0:
+            self.transition(client, S.READY)
+            if not delay_attaching:
+                self._on_upstream_ready()
+        if client.state is not S.CLOSED and client.num_active_streams() == 0:
+            self._start_idle(client)
+
+    def schedule_on_upstream_ready(self) -> None:
+        """Attach pending streams on the next loop iteration (an HTTP/1 upstream may close
+        right after its response: give that close a chance to be seen first)."""
+        if self._upstream_ready_handle is None:
+            self._upstream_ready_handle = self.loop.call_soon(self._scheduled_upstream_ready)
+
+    def check_idle_and_close_if_draining(self) -> None:
+        self._check_idle_and_close_if_draining()
+
+    # Internals --------------------------------------------------------------------
+
+    def _on_connected(self, client: ActiveClient) -> None:
+        ctx = self.context
+        if client.connect_timer is not None:
+            client.connect_timer.cancel()
+            client.connect_timer = None
+        self._connecting_capacity -= client.current_unused_capacity()
+        client.has_handshake_completed = True
+        ctx.stats.upstream_cx_connect_ms.record((ctx.loop.time() - client.created_at) * 1000)
+        if client.state is S.CONNECTING:
+            self.transition(client, S.READY if client.current_unused_capacity() > 0 else S.BUSY)
+        if client.state is S.READY:
+            self._on_upstream_ready()
+        if client.state is not S.CLOSED and client.num_active_streams() == 0:
+            self._start_idle(client)
+        self._check_idle_and_close_if_draining()
+
+    def _attach(self, client: ActiveClient, decoder: Any, callbacks: PoolCallbacks) -> None:
+        ctx = self.context
+        rm = ctx.resource_manager
+        if not rm.can_send_request():
+            ctx.pool_stats.upstream_rq_pending_overflow.inc()
+            callbacks.on_pool_failure(PoolFailureReason.OVERFLOW, "", self.host)
+            return
+        capacity = client.current_unused_capacity()
+        client.streams_total += 1
+        client.remaining_streams -= 1
+        if client.remaining_streams == 0:
+            log.debug("[C%d] maximum requests per connection, start draining", client.id)
+            ctx.pool_stats.upstream_cx_max_requests.inc()
+            self.transition(client, S.DRAINING)
+        elif capacity == 1:
+            self.transition(client, S.BUSY)
+        self._active_streams += 1
+        host_stats = self.host.stats
+        host_stats.rq_total.inc()
+        host_stats.rq_active.inc()
+        ctx.stats.upstream_rq_total.inc()
+        ctx.stats.upstream_rq_active.inc()
+        rm.requests.inc()
+        encoder = client.new_stream_encoder(decoder)
+        callbacks.on_pool_ready(encoder, self.host)
+
+    def _on_upstream_ready(self) -> None:
+        pending, ready = self._pending, self._clients[S.READY]
+        while pending and ready:
+            stream = next(iter(pending))
+            self._release_pending(stream)
+            self._attach(next(reversed(ready)), stream.decoder, stream.callbacks)
+        if pending:
+            self._try_create_connections()
+
+    def _scheduled_upstream_ready(self) -> None:
+        self._upstream_ready_handle = None
+        self._on_upstream_ready()
+
+    def _release_pending(self, stream: PendingStream) -> None:
+        del self._pending[stream]
+        self.context.stats.upstream_rq_pending_active.dec()
+        self.context.resource_manager.pending_requests.dec()
+
+    def _try_create_connections(self) -> None:
+        # Envoy tries up to 3 (its preconnect cap); without preconnect one is enough.
+        for _ in range(3):
+            if not self._try_create_connection():
+                return
+
+    def _try_create_connection(self) -> bool:
+        """Open a connection if the queue needs one; True if one was opened within limits."""
+        if len(self._pending) <= self._connecting_capacity:
+            return False
+        ctx = self.context
+        allowed = ctx.resource_manager.can_create_connection()
+        if not allowed:
+            ctx.pool_stats.upstream_cx_overflow.inc()
+            if any(self._clients.values()):
+                return False
+        log.debug("creating a new connection (connecting=%d)", len(self._clients[S.CONNECTING]))
+        client = self._client_factory(self)
+        self._clients[S.CONNECTING][client] = None
+        self._connecting_capacity += client.current_unused_capacity()
+        return allowed
+
+    def _purge_pending(self, reason: PoolFailureReason, failure_reason: str) -> None:
+        purging = self._purging = self._pending
+        self._pending = {}
+        stats = self.context.stats
+        rm = self.context.resource_manager
+        try:
+            while purging:
+                stream = next(iter(purging))
+                del purging[stream]
+                stats.upstream_rq_pending_active.dec()
+                rm.pending_requests.dec()
+                stats.upstream_rq_pending_failure_eject.inc()
+                stream.callbacks.on_pool_failure(reason, failure_reason, self.host)
+        finally:
+            self._purging = None
+
+    def _on_pending_cancel(self, stream: PendingStream, policy: CancelPolicy) -> None:
+        purging = self._purging
+        if purging is not None and stream in purging:
+            del purging[stream]
+            self.context.stats.upstream_rq_pending_active.dec()
+            self.context.resource_manager.pending_requests.dec()
+        elif stream in self._pending:
+            self._release_pending(stream)
+        else:
+            return  # already attached or failed
+        connecting = self._clients[S.CONNECTING]
+        if policy is CancelPolicy.CLOSE_EXCESS and connecting:
+            client = next(reversed(connecting))
+            if len(self._pending) <= self._connecting_capacity - client.current_unused_capacity():
+                self.transition(client, S.DRAINING)
+                client.close()
+        self.context.pool_stats.upstream_rq_cancelled.inc()
+        self._check_idle_and_close_if_draining()
+
+    def _close_idle_clients(self) -> None:
+        idle = [c for c in self._clients[S.READY] if c.num_active_streams() == 0]
+        if not self._pending:
+            idle.extend(self._clients[S.CONNECTING])
+        for client in idle:
+            client.close()
+
+    def _check_idle_and_close_if_draining(self) -> None:
+        if self._draining_for_deletion:
+            self._close_idle_clients()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._idle_callbacks and self.is_idle():
+            for callback in list(self._idle_callbacks):
+                callback()
+
+    # Per-client idle timeout (Envoy's CodecClient idle timer) ----------------------
+
+    def _start_idle(self, client: ActiveClient) -> None:
+        timeout = self.context.settings.idle_timeout
+        if not timeout:
+            return
+        client.idle_since = self.loop.time()
+        if client.idle_timer is None:
+            client.idle_timer = self.loop.call_later(timeout, self._on_idle_check, client)
+
+    def _on_idle_check(self, client: ActiveClient) -> None:
+        client.idle_timer = None
+        if client.state is S.CLOSED or client.num_active_streams() > 0:
+            return  # the end of the current stream re-arms it
+        timeout = self.context.settings.idle_timeout or 0.0
+        remaining = client.idle_since + timeout - self.loop.time()
+        if remaining > 0:
+            client.idle_timer = self.loop.call_later(remaining, self._on_idle_check, client)
+            return
+        log.debug("[C%d] idle timeout", client.id)
+        self.context.pool_stats.upstream_cx_idle_timeout.inc()
+        client.close()

@@ -1,0 +1,391 @@
+"""The HTTP/1.1 connection pool: Envoy's ``Http1::ActiveClient`` with its ``CodecClient``.
+
+Each ``Http1ActiveClient`` owns one upstream ``Connection`` and one sans-I/O ``ClientCodec``
+and carries one stream at a time (no pipelining, as Envoy). Life of a stream:
+
+1. ``on_pool_ready(encoder, host)`` hands the router a ``RequestEncoder``; request bytes go out
+   as the router encodes them. Response bytes are fed to the codec, whose events become
+   ``ResponseDecoder`` calls (``on_informational_headers``, ``on_headers``, ``on_data``,
+   ``on_trailers``).
+2. When the response is complete the connection is reused (READY again, attached to the next
+   pending stream on the next loop iteration) unless: the request was not complete yet (the
+   connection is closed, as Envoy's "response before request complete"); the upstream said
+   ``connection: close`` or answered HTTP/1.0 without keep-alive, or the body ran to the close
+   (closed, ``upstream_cx_close_notify`` when the headers asked for it); or the upstream
+   already closed.
+3. A connection that closes under an unfinished response resets the stream: ``on_reset`` with
+   ``CONNECTION_TERMINATION`` (the router's UC), or ``PROTOCOL_ERROR`` after a codec error
+   (UPE; ``upstream_cx_protocol_error``). ``encoder.reset()`` (the router giving up) closes
+   the connection without calling the decoder back. A response delimited by the close of the
+   connection completes when the upstream closes, FIN or RST.
+4. Flow control: ``encoder.read_disable(True)`` stops reading the upstream (nested, undone
+   when the stream ends); the upstream connection's write-buffer watermarks reach the
+   stream's ``add_callbacks`` subscribers (``on_above_write_buffer_high_watermark``,
+   ``on_below_write_buffer_low_watermark``), for the router to pause the downstream.
+
+A FIN from the upstream closes the connection (HTTP upstreams do not half-close, as Envoy's
+codec client) and counts as a remote close.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from legatus.conn_pool import PoolContext, ResponseDecoder, StreamResetReason
+from legatus.conn_pool.base import ActiveClient, ConnPool
+from legatus.http.headers import HeaderMap
+from legatus.http.http1 import common as h1
+from legatus.http.http1.client_codec import ClientCodec
+from legatus.http.http1.events import (
+    HTTP_10,
+    HTTP_11,
+    InformationalHeaders,
+    ProtocolError,
+    ResponseData,
+    ResponseHeaders,
+    ResponseTrailers,
+)
+from legatus.network.connection import Connection
+from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
+from legatus.upstream.host import Host
+
+log = logging.getLogger("legatus.pool")
+
+
+class RequestEncoder:
+    """One request on an upstream HTTP/1 connection (the router's side of a stream)."""
+
+    __slots__ = ("_callbacks", "_client", "_read_disabled", "close_connection", "decode_complete",
+                 "decoder", "done", "encode_complete", "protocol_error_details",
+                 "response_complete")  # fmt: skip
+
+    def __init__(self, client: Http1ActiveClient, decoder: ResponseDecoder) -> None:
+        self._client = client
+        self.decoder = decoder
+        self._callbacks: list[Any] = []
+        self._read_disabled = 0
+        self.encode_complete = False  # the whole request went to the connection
+        self.response_complete = False  # the decoder saw the end of the response
+        self.decode_complete = False  # Envoy's decode_complete_ (complete and request done)
+        self.close_connection = False
+        self.done = False  # detached from the connection: encoding is a no-op
+        self.protocol_error_details: str | None = None  # the codec's details after UPE
+
+    # Request ------------------------------------------------------------------
+
+    def encode_headers(self, headers: HeaderMap, end_stream: bool) -> str | None:
+        """Send the request head; returns an error message (and sends nothing) for a head the
+        codec cannot write (a required header removed, CR/LF in a value), as Envoy's
+        ``encodeHeaders`` status: the router answers it with a local reply and resets."""
+        if self.done:
+            return None
+        try:
+            data = self._client.codec.encode_request_headers(headers, end_stream)
+        except ValueError as e:
+            return str(e)
+        self._client.write(data)
+        if end_stream:
+            self.encode_complete = True
+        return None
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        if self.done or self.encode_complete:
+            return
+        out = self._client.codec.encode_data(data, end_stream)
+        if out:
+            self._client.write(out)
+        if end_stream:
+            self.encode_complete = True
+
+    def encode_trailers(self, trailers: HeaderMap) -> None:
+        if self.done or self.encode_complete:
+            return
+        out = self._client.codec.encode_trailers(trailers)
+        if out:
+            self._client.write(out)
+        self.encode_complete = True
+
+    def reset(self) -> None:
+        """Abandon the stream (the router's local reset): HTTP/1 closes the connection. The
+        decoder is not called back."""
+        if not self.done:
+            self._client.reset_stream(self)
+
+    # Flow control ---------------------------------------------------------------
+
+    def read_disable(self, disable: bool) -> None:
+        """Stop (True) or resume (False) reading the response; calls nest."""
+        if self.done:
+            return
+        if disable:
+            self._read_disabled += 1
+        elif self._read_disabled:
+            self._read_disabled -= 1
+        else:
+            return
+        self._client.connection.read_disable(disable)
+
+    def add_callbacks(self, callbacks: Any) -> None:
+        """Subscribe to the upstream write buffer's watermarks (``on_above_...``/``on_below_...``);
+        told at once if the buffer is already above its high mark."""
+        self._callbacks.append(callbacks)
+        if not self.done and self._client.connection.above_high_watermark:
+            callbacks.on_above_write_buffer_high_watermark()
+
+    def remove_callbacks(self, callbacks: Any) -> None:
+        if callbacks in self._callbacks:
+            self._callbacks.remove(callbacks)
+
+    @property
+    def above_high_watermark(self) -> bool:
+        return not self.done and self._client.connection.above_high_watermark
+
+    # Connection facts (for stream info / access logs) ---------------------------
+
+    @property
+    def connection_id(self) -> int:
+        return self._client.connection.id
+
+    @property
+    def local_address(self) -> tuple[Any, ...] | None:
+        return self._client.connection.local_address
+
+    @property
+    def protocol(self) -> str:
+        return HTTP_11
+
+    def _detach(self) -> None:
+        self.done = True
+        while self._read_disabled:
+            self._read_disabled -= 1
+            self._client.connection.read_disable(False)
+
+
+class _CodecReadFilter(ReadFilter):
+    """The upstream connection's only read filter: bytes go to the codec."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: Http1ActiveClient) -> None:
+        self.client = client
+
+    def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        client = self.client
+        if data:
+            client.pool.context.stats.upstream_cx_rx_bytes_total.add(len(data))
+            client.dispatch(client.decode(data))
+        if end_stream:
+            client.on_remote_eof()
+        return FilterStatus.STOP_ITERATION
+
+
+class Http1ActiveClient(ActiveClient):
+    def __init__(self, pool: Http1ConnPool) -> None:
+        super().__init__(pool, concurrent_stream_limit=1)
+        ctx = pool.context
+        ctx.stats.upstream_cx_http1_total.inc()
+        connection = Connection(buffer_limit=ctx.settings.buffer_limit)
+        self.id = connection.id
+        self.connection = connection
+        self.codec = pool.codec_factory()
+        self.stream: RequestEncoder | None = None
+        self.remote_closed = False
+        self.protocol_error = False
+        self._eof_fed = False
+        self._closed = False
+        self._failure_reason = ""
+        connection.add_read_filter(_CodecReadFilter(self))
+        connection.add_connection_callbacks(self)
+        host, port = pool.host.address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        loop = ctx.loop
+        self._connect_task = loop.create_task(
+            loop.create_connection(lambda: connection, host, port, family=family)
+        )
+        self._connect_task.add_done_callback(self._on_connect_done)
+
+    # ActiveClient --------------------------------------------------------------
+
+    def num_active_streams(self) -> int:
+        return 0 if self.stream is None else 1
+
+    def closing_with_incomplete_stream(self) -> bool:
+        return self.stream is not None and not self.stream.decode_complete
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        task = self._connect_task
+        if task is not None:
+            task.cancel()
+        self.connection.close(CloseType.NO_FLUSH)  # raises the close event: on_event
+
+    def new_stream_encoder(self, decoder: Any) -> RequestEncoder:
+        stream = self.stream = RequestEncoder(self, decoder)
+        return stream
+
+    # Connecting ------------------------------------------------------------------
+
+    def _on_connect_done(self, task: Any) -> None:
+        self._connect_task = None
+        if task.cancelled():
+            return  # close() cancelled it and reported the close
+        error = task.exception()
+        if self._closed:
+            if error is None:
+                task.result()[0].abort()  # connected just as it was closed: drop it
+            return
+        if error is None:
+            self.pool.on_connection_event(self, ConnectionEvent.CONNECTED)
+            return
+        errno = getattr(error, "errno", None)
+        self._failure_reason = f"delayed connect error: {os.strerror(errno) if errno else error}"
+        self.remote_closed = True  # Envoy: a failed connect is a remote close
+        self.connection.close(CloseType.NO_FLUSH)
+
+    # Reading ---------------------------------------------------------------------
+
+    def dispatch(self, events: list) -> None:
+        for event in events:
+            cls = type(event)
+            if cls is ProtocolError:
+                self._on_protocol_error(event)
+                return
+            stream = self.stream
+            if stream is None or stream.done or stream.response_complete:
+                continue
+            decoder = stream.decoder
+            if cls is ResponseHeaders:
+                headers = event.headers
+                http10 = event.protocol == HTTP_10
+                if h1.should_close_connection(http10, headers):
+                    self.pool.context.pool_stats.upstream_cx_close_notify.inc()
+                stream.close_connection = not event.keep_alive
+                end = event.end_stream
+                if end:
+                    stream.response_complete = True
+                decoder.on_headers(headers, end)
+            elif cls is ResponseData:
+                end = event.end_stream
+                if end:
+                    stream.response_complete = True
+                decoder.on_data(event.data, end)
+            elif cls is ResponseTrailers:
+                end = stream.response_complete = True
+                decoder.on_trailers(event.trailers)
+            elif cls is InformationalHeaders:
+                end = False
+                decoder.on_informational_headers(event.headers)
+            else:
+                continue
+            if end and not stream.done:
+                self._on_response_complete(stream)
+
+    def _on_response_complete(self, stream: RequestEncoder) -> None:
+        stream.decode_complete = stream.encode_complete
+        if not stream.encode_complete:
+            self.close()  # response before request complete: the connection is not reusable
+        elif stream.close_connection or self.remote_closed or not self.codec.reusable:
+            self.close()
+        else:
+            self._detach_stream(stream)
+            pool = self.pool
+            pool.schedule_on_upstream_ready()
+            pool.on_stream_closed(self, delay_attaching=True)
+            pool.check_idle_and_close_if_draining()
+
+    def _detach_stream(self, stream: RequestEncoder) -> None:
+        stream._detach()
+        self.stream = None
+
+    def _on_protocol_error(self, error: ProtocolError) -> None:
+        self.pool.context.pool_stats.upstream_cx_protocol_error.inc()
+        self.protocol_error = True
+        if self.stream is not None:
+            self.stream.protocol_error_details = error.details
+        self.close()
+
+    def on_remote_eof(self) -> None:
+        self.remote_closed = True
+        self._feed_eof()
+        if not self._closed:
+            self.connection.close(CloseType.NO_FLUSH)
+
+    def _feed_eof(self) -> None:
+        if not self._eof_fed:
+            self._eof_fed = True
+            self.dispatch(self.decode(None))
+
+    def decode(self, data: bytes | None) -> list:
+        """The codec's events for ``data`` (None: the upstream closed)."""
+        try:
+            return self.codec.feed(data) if data is not None else self.codec.feed_eof()
+        except Exception:  # a codec bug: never into the loop; the connection is lost instead
+            log.exception("[C%d] HTTP/1 client codec failed", self.id)
+            return [ProtocolError(status=502, details=h1.CODEC_ERROR)]
+
+    # Writing ---------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.pool.context.stats.upstream_cx_tx_bytes_total.add(len(data))
+        self.connection.write(data)
+
+    def reset_stream(self, stream: RequestEncoder) -> None:
+        if stream is self.stream and not stream.done:
+            stream.done = True  # no decoder callback for a local reset
+            self.close()
+
+    # Connection callbacks ------------------------------------------------------------
+
+    def on_event(self, event: ConnectionEvent) -> None:
+        if self._closed or event is ConnectionEvent.CONNECTED:
+            return
+        if event is ConnectionEvent.REMOTE_CLOSE:
+            self.remote_closed = True
+            self._feed_eof()  # a response delimited by the close is complete now (even on RST)
+        if self.remote_closed:
+            event = ConnectionEvent.REMOTE_CLOSE
+        self._closed = True
+        stream = self.stream
+        if stream is not None and not stream.done and not stream.response_complete:
+            stream.done = True
+            reason = (
+                StreamResetReason.PROTOCOL_ERROR
+                if self.protocol_error
+                else StreamResetReason.CONNECTION_TERMINATION
+            )
+            stream.decoder.on_reset(reason, "")
+        self.pool.on_connection_event(self, event, self._failure_reason)
+        if stream is not None:
+            self._detach_stream(stream)
+            self.pool.on_stream_closed(self, delay_attaching=True)
+
+    def on_above_write_buffer_high_watermark(self) -> None:
+        stream = self.stream
+        if stream is not None and not stream.done:
+            for cb in list(stream._callbacks):
+                cb.on_above_write_buffer_high_watermark()
+
+    def on_below_write_buffer_low_watermark(self) -> None:
+        stream = self.stream
+        if stream is not None and not stream.done:
+            for cb in list(stream._callbacks):
+                cb.on_below_write_buffer_low_watermark()
+
+
+class Http1ConnPool(ConnPool):
+    """HTTP/1.1 streams to one host (Envoy's ``Http1::allocateConnPool``)."""
+
+    def __init__(
+        self,
+        host: Host,
+        context: PoolContext,
+        *,
+        codec_factory: Callable[[], ClientCodec] = ClientCodec,
+    ) -> None:
+        super().__init__(host, context, Http1ActiveClient)  # type: ignore[arg-type]
+        self.codec_factory = codec_factory
