@@ -97,6 +97,8 @@ PROM_ENVOY_ONLY = [
     ("envoy_server_main_thread_watchdog_miss", "counter", ()),
     ("envoy_server_worker_watchdog_mega_miss", "counter", ("envoy_worker_id",)),
     ("envoy_server_worker_watchdog_miss", "counter", ("envoy_worker_id",)),
+    ("envoy_tcp_downstream_cx_rx_bytes_buffered", "gauge", ("envoy_tcp_prefix",)),
+    ("envoy_tcp_downstream_cx_tx_bytes_buffered", "gauge", ("envoy_tcp_prefix",)),
 ]
 PROM_LEGATUS_ONLY = [
     ("envoy_server_worker_restarts", "counter", ()),  # legatus only, see test_stats_tcp_proxy

@@ -65,6 +65,8 @@ KNOWN_GAPS = [
     "server.main_thread.watchdog_miss",
     "server.worker_0.watchdog_mega_miss",
     "server.worker_0.watchdog_miss",
+    "tcp.<prefix>.downstream_cx_rx_bytes_buffered",
+    "tcp.<prefix>.downstream_cx_tx_bytes_buffered",
 ]
 
 # Envoy histograms in IN_SCOPE that legatus does not report (histograms: names only).

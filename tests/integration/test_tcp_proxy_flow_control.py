@@ -99,3 +99,48 @@ def test_stalled_upstream_pauses_the_client(tmp_path):
         sink.resumed.set()
         proxy.stop()
         sink.close()
+
+
+def test_upstream_flush_after_the_client_is_gone(tmp_path):
+    """A client that resets leaves its last bytes draining to the upstream (Envoy's flush).
+
+    The upstream's buffer limit is large so the client is never paused: a reset is only
+    noticed while reading, and uvloop stops polling a paused socket (Envoy's early-close
+    detection while read-disabled is a known gap, docs/compatibility.md).
+    """
+    import struct
+
+    sink = SinkServer()
+    sink.paused.set()
+    cfg = tcp_proxy_config(
+        upstream_port=sink.port, extra_cluster={"per_connection_buffer_limit_bytes": 64 << 20}
+    )
+    proxy = start_proxy(cfg, tmp_path, args=["--concurrency", "1"])
+    try:
+        port = proxy.listener_port("tcp")
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        for _ in range(16):
+            s.sendall(CHUNK)
+        wait_for(
+            lambda: proxy.stats()["tcp.tcp.downstream_cx_rx_bytes_total"] == 16 << 20,
+            what="the proxy to have read everything",
+        )
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # a reset: the client is gone while the upstream still has bytes to take
+        wait_for(
+            lambda: proxy.stats().get("tcp.tcp.upstream_flush_active") == 1,
+            what="an active upstream flush",
+        )
+        sink.resumed.set()
+        sink.paused.clear()
+        assert sink.done.wait(30)
+        assert sink.received == 16 << 20  # nothing the proxy had taken was lost
+        stats = wait_for(
+            lambda: (st := proxy.stats())["tcp.tcp.upstream_flush_active"] == 0 and st,
+            what="the flush to end",
+        )
+        assert stats["tcp.tcp.upstream_flush_total"] == 1
+    finally:
+        sink.resumed.set()
+        proxy.stop()
+        sink.close()

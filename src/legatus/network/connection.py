@@ -40,7 +40,8 @@ DEFAULT_BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes 
 class State(enum.Enum):
     CONNECTING = 0
     OPEN = 1
-    CLOSED = 2
+    CLOSING = 2  # closed with FLUSH_WRITE: what is buffered still drains, then CLOSED
+    CLOSED = 3
 
 
 _ids = itertools.count()  # one sequence for downstream and upstream, from 0, as Envoy's
@@ -110,7 +111,7 @@ class Connection(asyncio.Protocol):
     def _iterate(self, start: int, data: bytes | None, end_stream: bool) -> None:
         filters = self.read_filters
         for i in range(start, len(filters)):
-            if self.state is State.CLOSED:
+            if self.state is State.CLOSED or self.state is State.CLOSING:
                 return
             f = filters[i]
             status = f.on_new_connection() if data is None else f.on_data(data, end_stream)
@@ -175,8 +176,16 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is State.CLOSED:
             return
+        if self.state is State.CLOSING and exc is None:
+            # Our FLUSH_WRITE close has drained: the close is ours (or the peer's, when
+            # its FIN completed a half-closed connection).
+            event = (
+                ConnectionEvent.REMOTE_CLOSE if self._peer_closes else ConnectionEvent.LOCAL_CLOSE
+            )
+        else:
+            event = ConnectionEvent.REMOTE_CLOSE
         self.state = State.CLOSED
-        self._raise_event(ConnectionEvent.REMOTE_CLOSE)
+        self._raise_event(event)
 
     def pause_writing(self) -> None:
         self.above_high_watermark = True
@@ -213,6 +222,10 @@ class Connection(asyncio.Protocol):
     def close(self, close_type: CloseType = CloseType.FLUSH_WRITE) -> None:
         if self.state is State.CLOSED:
             return
+        if self.state is State.CLOSING:
+            if close_type is not CloseType.FLUSH_WRITE:
+                self.transport.abort()  # type: ignore[union-attr]  # connection_lost follows
+            return
         if self.transport is None:
             self.state = State.CLOSED
             self._raise_event(ConnectionEvent.LOCAL_CLOSE)
@@ -220,13 +233,20 @@ class Connection(asyncio.Protocol):
         self._close_transport(close_type)
 
     def _close_transport(self, close_type: CloseType) -> None:
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self.state is State.CLOSING:
             return
-        self.state = State.CLOSED
         transport = self.transport
         if close_type is CloseType.FLUSH_WRITE:
+            if transport.get_write_buffer_size():  # type: ignore[union-attr]
+                # Envoy keeps a flushing connection until its bytes are written; the
+                # close event (and the stats that follow it) wait for connection_lost.
+                self.state = State.CLOSING
+                transport.close()  # type: ignore[union-attr]
+                return
+            self.state = State.CLOSED
             transport.close()  # type: ignore[union-attr]
         else:
+            self.state = State.CLOSED
             if close_type is CloseType.ABORT_RESET:
                 sock = transport.get_extra_info("socket")  # type: ignore[union-attr]
                 if sock is not None:

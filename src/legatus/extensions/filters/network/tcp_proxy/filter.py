@@ -88,6 +88,7 @@ class TcpProxyFilter(ReadFilter):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.duration_timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.flushing = False
         self.upstream_connect_start = 0.0
 
     # Downstream --------------------------------------------------------------
@@ -133,7 +134,7 @@ class TcpProxyFilter(ReadFilter):
             return
         if event is ConnectionEvent.REMOTE_CLOSE and self.upstream is None:
             self.info.set_flag(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
-        self._finish(CloseType.FLUSH_WRITE, upstream_first=False)
+        self._finish(CloseType.FLUSH_WRITE, downstream_gone=True)
 
     # Upstream ------------------------------------------------------------------
 
@@ -275,8 +276,11 @@ class TcpProxyFilter(ReadFilter):
             else:
                 stats.upstream_cx_destroy_local_with_active_rq.inc()
         self.upstream = None
+        if self.flushing:
+            self.flushing = False
+            self.config.stats.upstream_flush_active.dec()
         if not self.closed:
-            self._finish(CloseType.FLUSH_WRITE, upstream_first=True)
+            self._finish(CloseType.FLUSH_WRITE)
 
     # Timers and teardown -------------------------------------------------------
 
@@ -290,7 +294,7 @@ class TcpProxyFilter(ReadFilter):
             return
         self.config.stats.idle_timeout.inc()
         log.debug("[C%d] tcp_proxy: idle timeout", self.downstream.id)
-        self._finish(CloseType.NO_FLUSH, upstream_first=False)
+        self._finish(CloseType.NO_FLUSH)
 
     def _on_max_duration(self) -> None:
         self.duration_timer = None
@@ -298,9 +302,9 @@ class TcpProxyFilter(ReadFilter):
             return
         self.config.stats.max_downstream_connection_duration.inc()
         self.info.set_flag(ResponseFlag.DURATION_TIMEOUT)
-        self._finish(CloseType.NO_FLUSH, upstream_first=False)
+        self._finish(CloseType.NO_FLUSH)
 
-    def _finish(self, close_type: CloseType, *, upstream_first: bool) -> None:
+    def _finish(self, close_type: CloseType, *, downstream_gone: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
@@ -313,8 +317,14 @@ class TcpProxyFilter(ReadFilter):
             self.cluster.stats.upstream_rq_pending_active.dec()
             self._release_upstream(self.upstream, self.host)
             self.upstream = None
-        if self.upstream is not None:
-            self.upstream.close(close_type)
+        upstream = self.upstream
+        if upstream is not None:
+            if downstream_gone and upstream.write_buffer_size():
+                # Envoy's "upstream flush": the client is gone, its last bytes still drain.
+                self.flushing = True
+                self.config.stats.upstream_flush_total.inc()
+                self.config.stats.upstream_flush_active.inc()
+            upstream.close(close_type)
         self.downstream.close(close_type)
 
     def on_downstream_closed(self) -> None:
