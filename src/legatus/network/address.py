@@ -57,7 +57,3 @@ def from_proto(address, path: str, *, resolve_names: bool = False) -> SocketAddr
                 f"{path}.socket_address.address", f"malformed IP address: {sa.address}"
             ) from None
     return SocketAddress(host, sa.port_value)
-
-
-def from_sockname(sockname: tuple) -> SocketAddress:
-    return SocketAddress(str(ipaddress.ip_address(sockname[0])), sockname[1])

@@ -77,7 +77,6 @@ class Connection(asyncio.Protocol):
         self._read_disable_count = 0
         self._peer_closes = False
         self._held_bytes = 0
-        self._filters_initialized = False
         self._held: list[tuple[bytes, bool]] = []  # data that arrived while a filter stopped
         self._stopped_at: int | None = None
 
@@ -100,13 +99,10 @@ class Connection(asyncio.Protocol):
     def add_connection_callbacks(self, cb: ConnectionCallbacks) -> None:
         self.callbacks.append(cb)
 
-    def initialize_read_filters(self) -> bool:
-        """Run ``on_new_connection`` over the chain; False if there are no filters."""
-        if not self.read_filters:
-            return False
-        self._filters_initialized = True
-        self._iterate(0, None, False)
-        return True
+    def initialize_read_filters(self) -> None:
+        """Run ``on_new_connection`` over the chain."""
+        if self.read_filters:
+            self._iterate(0, None, False)
 
     def _iterate(self, start: int, data: bytes | None, end_stream: bool) -> None:
         filters = self.read_filters
@@ -267,10 +263,6 @@ class Connection(asyncio.Protocol):
             self._read_disable_count -= 1
             if self._read_disable_count == 0 and transport is not None and self.state is State.OPEN:
                 transport.resume_reading()
-
-    @property
-    def reading_enabled(self) -> bool:
-        return self._read_disable_count == 0
 
     def write_buffer_size(self) -> int:
         t = self.transport

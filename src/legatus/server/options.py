@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from legatus import __version__
 
@@ -86,7 +86,6 @@ class Options:
     show_help: bool = False
     show_version: bool = False
     show_hot_restart_version: bool = False
-    argv: tuple[str, ...] = field(default_factory=tuple)
 
     def to_proto(self):  # -> envoy.admin.v3.CommandLineOptions
         """The ``command_line_options`` of /server_info."""
@@ -315,7 +314,6 @@ def parse(argv: list[str]) -> Options:
         show_help=ns.help,
         show_version=ns.version,
         show_hot_restart_version=ns.hot_restart_version,
-        argv=tuple(argv),
     )
 
 

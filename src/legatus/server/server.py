@@ -134,7 +134,6 @@ class Server:
         self._shutdown = None
         self._request_ids = itertools.count(1)
         self._stopping = False
-        self.exit_code = 0
 
     # Start-up ------------------------------------------------------------------
 
@@ -179,7 +178,7 @@ class Server:
         self._close_sockets()
         log.info("main dispatch loop exited")
         log.info("exiting")
-        return self.exit_code
+        return 0
 
     async def _initialize(self) -> None:
         t0 = time.monotonic()

@@ -98,7 +98,7 @@ class StreamEncoder:
             if not bodiless_request:
                 add = "content-length: 0\r\n"
         elif http10:
-            pass
+            pass  # HTTP/1.0 has no chunking: the body ends when the connection closes
         else:
             if not connect_response:
                 add = "transfer-encoding: chunked\r\n"
