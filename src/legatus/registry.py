@@ -32,6 +32,7 @@ class Category(enum.Enum):
     """Extension categories, named after Envoy's (``envoy.filters.network``...)."""
 
     NETWORK_FILTER = "envoy.filters.network"
+    HTTP_FILTER = "envoy.filters.http"
     LISTENER_FILTER = "envoy.filters.listener"
     ACCESS_LOGGER = "envoy.access_loggers"
     TRANSPORT_SOCKET_DOWNSTREAM = "envoy.transport_sockets.downstream"

@@ -8,6 +8,8 @@ _EXTENSIONS = (
     "filters.network.tcp_proxy",
     "filters.network.echo",
     "filters.network.direct_response",
+    "filters.network.http_connection_manager",
+    "filters.http.router",
     "access_loggers.file",
     "access_loggers.stream",
 )

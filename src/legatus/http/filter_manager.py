@@ -52,9 +52,27 @@ class StreamSink(Protocol):
         """Too much (or again little enough) is buffered: stop (or resume) reading."""
 
     def build_local_reply(
-        self, status: int, body: bytes, details: str, headers: dict[str, str] | None
+        self,
+        status: int,
+        body: bytes,
+        details: str,
+        headers: dict[str, str] | None,
+        modify_headers: Callable[[HeaderMap], None] | None = None,
     ) -> tuple[HeaderMap, bytes]:
-        """Envoy's local-reply headers and body for this stream (local_reply_config)."""
+        """Envoy's local-reply headers and body for this stream (local_reply_config);
+        ``modify_headers`` runs on the headers before the local_reply_config rewrite."""
+
+    def add_watermark_callbacks(self, callbacks: Any) -> None:
+        """Subscribe to the downstream write buffer's watermarks (the router pauses the
+        upstream read while the client is slow)."""
+
+    def remove_watermark_callbacks(self, callbacks: Any) -> None: ...
+
+    def reset_stream(self) -> None:
+        """Abandon the stream after its response started (HTTP/1: close the connection)."""
+
+    def touch(self) -> None:
+        """Activity on the stream (restarts stream_idle_timeout)."""
 
 
 class _Kind(enum.Enum):
@@ -264,15 +282,19 @@ class FilterManager:
         details: str,
         headers: dict[str, str] | None = None,
         flags: int = 0,
+        modify_headers: Callable[[HeaderMap], None] | None = None,
     ) -> None:
         info = self.stream_info
         info.response_code_details = details
         if flags:
             info.set_flags(flags)
         if self.response_started:
-            return  # too late to answer: the owner resets the stream instead
+            self.sink.reset_stream()  # too late to answer: the stream is reset instead
+            return
         self.done = True
-        reply_headers, reply_body = self.sink.build_local_reply(status, body, details, headers)
+        reply_headers, reply_body = self.sink.build_local_reply(
+            status, body, details, headers, modify_headers
+        )
         self.encode_headers(reply_headers, not reply_body)
         if reply_body:
             self.encode_data(reply_body, True)
@@ -351,8 +373,37 @@ class _DecoderCallbacks(_Callbacks):
         details: str,
         headers: dict[str, str] | None = None,
         flags: int = 0,
+        modify_headers: Callable[[HeaderMap], None] | None = None,
     ) -> None:
-        self.manager.send_local_reply(status, body, details=details, headers=headers, flags=flags)
+        self.manager.send_local_reply(
+            status, body, details=details, headers=headers, flags=flags,
+            modify_headers=modify_headers,
+        )  # fmt: skip
+
+    @property
+    def stream(self) -> Any:
+        """The stream's owner (the connection manager's ActiveStream): its connection,
+        request headers and whether the request is internal."""
+        return self.manager.sink
+
+    def add_downstream_watermark_callbacks(self, callbacks: Any) -> None:
+        self.manager.sink.add_watermark_callbacks(callbacks)
+
+    def remove_downstream_watermark_callbacks(self, callbacks: Any) -> None:
+        self.manager.sink.remove_watermark_callbacks(callbacks)
+
+    def on_decoder_filter_above_write_buffer_high_watermark(self) -> None:
+        """The filter's own sink (the upstream) is backed up: stop reading the client."""
+        self.manager.sink.on_watermark(decoding=True, above=True)
+
+    def on_decoder_filter_below_write_buffer_low_watermark(self) -> None:
+        self.manager.sink.on_watermark(decoding=True, above=False)
+
+    def reset_stream(self) -> None:
+        self.manager.sink.reset_stream()
+
+    def touch(self) -> None:
+        self.manager.sink.touch()
 
     def decoding_buffer(self) -> bytearray | None:
         return self.manager.decoder.buffered(self.slot) if self.slot.queue else None

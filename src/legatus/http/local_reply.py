@@ -232,6 +232,7 @@ def render_local_reply(
     request_headers: HeaderMap | None,
     info=None,
     config: LocalReplyConfig | None = None,
+    modify_headers=None,
 ) -> tuple[HeaderMap, bytes]:
     """The response headers and body of ``reply`` (Envoy's sendLocalReply).
 
@@ -244,6 +245,8 @@ def render_local_reply(
     headers = HeaderMap([(":status", str(reply.status))])
     for name, value in reply.headers:
         headers.set(name, value)
+    if modify_headers is not None:
+        modify_headers(headers)
     original_content_type = headers.get("content-type")
     code, body, content_type, json_body = (config or DEFAULT_LOCAL_REPLY_CONFIG).rewrite(
         request_headers, headers, info, reply.status, reply.body

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import logging
 import socket
 import struct
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from legatus.network.filter import (
     ReadFilter,
     WriteFilter,
 )
+
+log = logging.getLogger("legatus.connection")
 
 DEFAULT_BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default
 
@@ -79,6 +82,8 @@ class Connection(asyncio.Protocol):
         self._held_bytes = 0
         self._held: list[tuple[bytes, bool]] = []  # data that arrived while a filter stopped
         self._stopped_at: int | None = None
+        self._pending: list[bytes] | None = None  # written this loop iteration, not yet sent
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # Filter chain ------------------------------------------------------------
 
@@ -136,6 +141,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
+        self._loop = asyncio.get_running_loop()
         self.state = State.OPEN
         transport.set_write_buffer_limits(high=self.buffer_limit, low=self.buffer_limit // 2)
         # uvloop sets TCP_NODELAY on every TCP socket itself (as Envoy does).
@@ -153,7 +159,12 @@ class Connection(asyncio.Protocol):
             if before <= self.buffer_limit < self._held_bytes:
                 self.read_disable(True)
             return
-        self._iterate(0, data, False)
+        try:
+            self._iterate(0, data, False)
+        except Exception:
+            # A bug, never traffic: the connection goes, the worker stays.
+            log.exception("[C%d] error while processing data; closing the connection", self.id)
+            self.close(CloseType.NO_FLUSH)
 
     def eof_received(self) -> bool:
         self.read_ended = True
@@ -204,20 +215,41 @@ class Connection(asyncio.Protocol):
         self.raw_write(data, end_stream)
 
     def raw_write(self, data: bytes, end_stream: bool) -> None:
-        transport = self.transport
+        """Queue ``data``; it reaches the socket at the end of this loop iteration, together
+        with whatever else is written meanwhile (Envoy writes a connection's buffer once per
+        event too). A response head and body sent in one go cost one send(2), not two."""
         if data:
             self.bytes_sent += len(data)
-            transport.write(data)  # type: ignore[union-attr]
+            pending = self._pending
+            if pending is None:
+                self._pending = [data]
+                self._loop.call_soon(self._flush)
+            else:
+                pending.append(data)
         if end_stream:
+            self._flush()
+            transport = self.transport
             self.write_ended = True
             if self.read_ended:
                 self._close_transport(CloseType.FLUSH_WRITE)
             elif transport.can_write_eof():  # type: ignore[union-attr]
                 transport.write_eof()  # type: ignore[union-attr]
 
-    def close(self, close_type: CloseType = CloseType.FLUSH_WRITE) -> None:
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        if self.state is State.OPEN:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[union-attr]
+
+    def close(self, close_type: CloseType = CloseType.FLUSH_WRITE, *, remote: bool = False) -> None:
+        """Close the connection. ``remote``: the peer ended it (its FIN on a connection that
+        does not half-close), so the close event is REMOTE_CLOSE."""
         if self.state is State.CLOSED:
             return
+        if remote:
+            self._peer_closes = True
         if self.state is State.CLOSING:
             if close_type is not CloseType.FLUSH_WRITE:
                 self.transport.abort()  # type: ignore[union-attr]  # connection_lost follows
@@ -233,6 +265,7 @@ class Connection(asyncio.Protocol):
             return
         transport = self.transport
         if close_type is CloseType.FLUSH_WRITE:
+            self._flush()
             if transport.get_write_buffer_size():  # type: ignore[union-attr]
                 # Envoy keeps a flushing connection until its bytes are written; the
                 # close event (and the stats that follow it) wait for connection_lost.
@@ -266,7 +299,10 @@ class Connection(asyncio.Protocol):
 
     def write_buffer_size(self) -> int:
         t = self.transport
-        return t.get_write_buffer_size() if t is not None and self.state is State.OPEN else 0
+        if t is None or self.state is not State.OPEN:
+            return 0
+        pending = self._pending
+        return t.get_write_buffer_size() + (sum(map(len, pending)) if pending else 0)
 
     def _raise_event(self, event: ConnectionEvent) -> None:
         self.close_event = event

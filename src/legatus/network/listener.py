@@ -11,6 +11,7 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import uuid
@@ -110,6 +111,8 @@ class ListenerConfig:
 def compile_listener(proto: Listener, context: FactoryContext, path: str) -> ListenerConfig:
     check_supported(proto, _SUPPORTED_LISTENER, path, "Listener")
     address = addr.from_proto(proto.address, f"{path}.address")
+    stat_prefix = proto.stat_prefix or address.stat_name()
+    context = dataclasses.replace(context, listener_stat_prefix=f"listener.{stat_prefix}.")
     chains = []
     for i, chain in enumerate(proto.filter_chains):
         cpath = f"{path}.filter_chains[{i}]"
@@ -135,7 +138,7 @@ def compile_listener(proto: Listener, context: FactoryContext, path: str) -> Lis
     return ListenerConfig(
         name=proto.name or str(uuid.uuid4()),  # Envoy names an unnamed listener with a UUID
         address=address,
-        stat_prefix=proto.stat_prefix or address.stat_name(),
+        stat_prefix=stat_prefix,
         buffer_limit=proto.per_connection_buffer_limit_bytes.value
         if proto.HasField("per_connection_buffer_limit_bytes")
         else DEFAULT_BUFFER_LIMIT,

@@ -51,8 +51,13 @@ _SUPPORTED_CLUSTER_FIELDS = frozenset(
         "dns_failure_refresh_rate",
         "metadata",
         "ignore_health_on_host_removal",
+        "circuit_breakers",
+        "typed_extension_protocol_options",
+        "max_requests_per_connection",
     }
 )
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+DEFAULT_UPSTREAM_IDLE_TIMEOUT = 3600.0  # common_http_protocol_options.idle_timeout: 1 hour
 _SUPPORTED_LB_ENDPOINT = frozenset(
     {"endpoint", "load_balancing_weight", "health_status", "metadata"}
 )
@@ -85,6 +90,8 @@ class ClusterConfig:
     respect_dns_ttl: bool
     dns_lookup_family: LookupFamily
     proto: Cluster
+    max_requests_per_connection: int = 0  # 0: unlimited
+    upstream_idle_timeout: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,7 +134,12 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
             f"{path}.load_assignment",
             "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
         )
+    max_requests, idle = _http_protocol_options(proto, path)
+    if proto.HasField("circuit_breakers"):
+        _check_circuit_breakers(proto.circuit_breakers, f"{path}.circuit_breakers")
     return ClusterConfig(
+        max_requests_per_connection=max_requests,
+        upstream_idle_timeout=idle,
         name=proto.name,
         stat_name=proto.alt_stat_name or proto.name,
         type=kind,
@@ -148,6 +160,66 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
         dns_lookup_family=LookupFamily(proto.dns_lookup_family),
         proto=proto,
     )
+
+
+def _check_circuit_breakers(proto, path: str) -> None:
+    """Refuse at load time what the workers' ResourceManager would refuse."""
+    from legatus.stats.store import Store
+    from legatus.upstream.resource_manager import ResourceManager, ResourcePriority
+
+    for priority in ResourcePriority:
+        ResourceManager.from_circuit_breakers(proto, Store().scope(""), priority, path)
+
+
+def _http_protocol_options(proto: Cluster, path: str) -> tuple[int, float | None]:
+    """The upstream HTTP options the HTTP/1.1 pools use: max_requests_per_connection and
+    the idle timeout, from ``typed_extension_protocol_options`` (HttpProtocolOptions) or the
+    cluster's deprecated ``max_requests_per_connection``."""
+    max_requests = (
+        proto.max_requests_per_connection.value
+        if proto.HasField("max_requests_per_connection")
+        else 0
+    )
+    idle: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT
+    for key, any_proto in proto.typed_extension_protocol_options.items():
+        opath = f"{path}.typed_extension_protocol_options['{key}']"
+        if any_proto.type_url.rsplit("/", 1)[-1] != HTTP_PROTOCOL_OPTIONS:
+            raise ConfigError(
+                opath, f"protocol options {any_proto.type_url} are not supported by legatus yet"
+            )
+        from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        any_proto.Unpack(options)
+        check_supported(
+            options,
+            ("common_http_protocol_options", "explicit_http_config"),
+            opath,
+            "HttpProtocolOptions",
+        )
+        if options.HasField("explicit_http_config"):
+            explicit = options.explicit_http_config
+            if explicit.WhichOneof("protocol_config") != "http_protocol_options":
+                raise ConfigError(
+                    f"{opath}.explicit_http_config",
+                    "only HTTP/1.1 upstreams (http_protocol_options) are supported by legatus yet",
+                )
+            check_supported(
+                explicit.http_protocol_options,
+                (),
+                f"{opath}.explicit_http_config.http_protocol_options",
+                "Http1ProtocolOptions",
+            )
+        if options.HasField("common_http_protocol_options"):
+            common = options.common_http_protocol_options
+            cpath = f"{opath}.common_http_protocol_options"
+            supported = ("idle_timeout", "max_requests_per_connection")
+            check_supported(common, supported, cpath, "HttpProtocolOptions")
+            if common.HasField("idle_timeout"):
+                idle = duration(common.idle_timeout) or None
+            if common.HasField("max_requests_per_connection"):
+                max_requests = common.max_requests_per_connection.value
+    return max_requests, idle
 
 
 def _endpoints(proto: Cluster, path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:

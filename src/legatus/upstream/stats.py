@@ -36,6 +36,7 @@ class ClusterTrafficStats(StatSet):
     upstream_rq_pending_total = counter()
     upstream_rq_pending_active = gauge()
     upstream_rq_pending_failure_eject = counter()
+    upstream_rq_timeout = counter()
     upstream_flow_control_paused_reading_total = counter()
     upstream_flow_control_resumed_reading_total = counter()
     upstream_flow_control_backed_up_total = counter()

@@ -1,14 +1,17 @@
-"""The clusters as one worker sees them: host snapshots, load balancers, stats.
+"""The clusters as one worker sees them: host snapshots, load balancers, pools, stats.
 
 The main process sends each worker the cluster configs and, whenever they
 change, the host sets; the worker swaps in a new host tuple and balancer
-(connections already open keep their Host object).
+(connections already open keep their Host object). HTTP connection pools are made
+per host on first use; a host that leaves the cluster has its pool drained and
+deleted once idle, as Envoy does.
 """
 
 from __future__ import annotations
 
 import random
 
+from legatus.http.codes import ResponseCodeStats
 from legatus.stats.store import Store
 from legatus.upstream.cluster import ClusterConfig, HostConfig
 from legatus.upstream.host import Host, host_stats_prefix
@@ -17,15 +20,60 @@ from legatus.upstream.stats import ClusterTrafficStats
 
 
 class ThreadLocalCluster:
-    __slots__ = ("_rng", "_store", "config", "hosts", "lb", "stats")
+    __slots__ = ("_loop", "_pool_context", "_pools", "_rng", "_store", "code_stats", "config",
+                 "hosts", "lb", "scope", "stats")  # fmt: skip
 
-    def __init__(self, config: ClusterConfig, store: Store, rng: random.Random) -> None:
+    def __init__(self, config: ClusterConfig, store: Store, rng: random.Random, loop=None) -> None:
         self.config = config
         self._store = store
         self._rng = rng
-        self.stats = ClusterTrafficStats(store.scope(f"cluster.{config.stat_name}."))
+        self._loop = loop
+        self.scope = store.scope(f"cluster.{config.stat_name}.")
+        self.stats = ClusterTrafficStats(self.scope)
+        self.code_stats = ResponseCodeStats(self.scope)
         self.hosts: tuple[Host, ...] = ()
         self.lb: RoundRobin[Host] = RoundRobin((), (), rng)
+        self._pools: dict = {}
+        self._pool_context = None
+
+    def http_conn_pool(self, host: Host):
+        """The HTTP/1.1 pool to ``host`` on this worker (made on first use)."""
+        pool = self._pools.get(host)
+        if pool is None:
+            from legatus.conn_pool.http1 import Http1ConnPool
+
+            pool = self._pools[host] = Http1ConnPool(host, self._context())
+        return pool
+
+    def _context(self):
+        context = self._pool_context
+        if context is None:
+            from legatus.conn_pool import PoolContext
+            from legatus.upstream.resource_manager import ResourceManager, ResourcePriority
+
+            config = self.config
+            proto = config.proto
+            resource_manager = ResourceManager.from_circuit_breakers(
+                proto.circuit_breakers if proto.HasField("circuit_breakers") else None,
+                self.scope,
+                ResourcePriority.DEFAULT,
+            )
+            context = self._pool_context = PoolContext.for_cluster(
+                self,
+                self.scope,
+                self._loop,
+                resource_manager=resource_manager,
+                max_requests_per_connection=config.max_requests_per_connection,
+                idle_timeout=config.upstream_idle_timeout,
+            )
+        return context
+
+    def drain_pools(self) -> None:
+        """Close every pool's idle connections and let busy ones finish (cluster removed)."""
+        from legatus.conn_pool import DrainBehavior
+
+        for pool in self._pools.values():
+            pool.drain(DrainBehavior.DRAIN_EXISTING_CONNECTIONS)
 
     def update_hosts(self, hosts: tuple[HostConfig, ...]) -> None:
         old = {h.config: h for h in self.hosts}
@@ -33,24 +81,35 @@ class ThreadLocalCluster:
             old.get(h) or Host(h, self._store.scope(host_stats_prefix(self.config.stat_name, h)))
             for h in hosts
         )
+        gone = set(self.hosts) - set(new)
         self.hosts = new
         self.lb = RoundRobin(new, [h.config.weight for h in new], self._rng)
+        for host in gone:
+            pool = self._pools.pop(host, None)
+            if pool is not None:
+                from legatus.conn_pool import DrainBehavior
+
+                pool.drain(DrainBehavior.DRAIN_AND_DELETE)
 
     def choose_host(self) -> Host | None:
         return self.lb.choose()
 
 
 class ThreadLocalClusterManager:
-    def __init__(self, store: Store, rng: random.Random) -> None:
+    def __init__(self, store: Store, rng: random.Random, loop=None) -> None:
         self._store = store
         self._rng = rng
+        self._loop = loop
         self.clusters: dict[str, ThreadLocalCluster] = {}
 
     def get(self, name: str) -> ThreadLocalCluster | None:
         return self.clusters.get(name)
 
     def add_or_update(self, config: ClusterConfig, hosts: tuple[HostConfig, ...]) -> None:
-        cluster = ThreadLocalCluster(config, self._store, self._rng)
+        old = self.clusters.get(config.name)
+        if old is not None:
+            old.drain_pools()
+        cluster = ThreadLocalCluster(config, self._store, self._rng, self._loop)
         cluster.update_hosts(hosts)
         self.clusters[config.name] = cluster
 

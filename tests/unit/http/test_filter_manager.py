@@ -34,9 +34,14 @@ class Sink:
     def on_watermark(self, *, decoding, above):
         self.watermarks.append((decoding, above))
 
-    def build_local_reply(self, status, body, details, headers):
+    def build_local_reply(self, status, body, details, headers, modify_headers=None):
         h = HeaderMap([(":status", str(status)), ("content-length", str(len(body)))])
+        if modify_headers is not None:
+            modify_headers(h)
         return h, body
+
+    def reset_stream(self):
+        self.out.append(("reset",))
 
 
 class Recorder(StreamFilter):

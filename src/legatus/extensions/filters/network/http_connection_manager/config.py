@@ -1,0 +1,234 @@
+"""``envoy.filters.network.http_connection_manager``: its config, compiled once per chain.
+
+Everything a connection needs per request is decided here, at config time: the codec
+settings, the header policy, the route table, the HTTP filter factories, the local reply
+config, the timeouts and the stats (Envoy's ``HttpConnectionManagerConfig``). A field legatus
+does not act on is refused by name; HTTP/2 and HTTP/3 codecs are refused until they exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
+from legatus.access_log.access_log import create_access_logs
+from legatus.config.errors import ConfigError, join_path
+from legatus.config.factory_context import FactoryContext
+from legatus.config.supported import check_supported
+from legatus.http.codes import DownstreamCodeStats
+from legatus.http.conn_manager_stats import ConnManagerStatSets, declare_conn_manager_stats
+from legatus.http.conn_manager_utility import (
+    HEADER_HCM_FIELDS,
+    HeaderPolicy,
+    compile_request_policy,
+)
+from legatus.http.http1.settings import Http1Settings
+from legatus.http.local_reply import LocalReplyConfig, compile_local_reply_config
+from legatus.registry import Category
+from legatus.router.config import RouteTable, compile_route_config
+from legatus.upstream.cluster import duration
+
+HttpConnectionManager = hcm_pb2.HttpConnectionManager
+
+ROUTER_NAME = "envoy.filters.http.router"
+DEFAULT_STREAM_IDLE_TIMEOUT = 300.0  # Envoy: 5 minutes unless set; 0 disables
+DEFAULT_IDLE_TIMEOUT = 3600.0  # common_http_protocol_options.idle_timeout: 1 hour
+DEFAULT_DELAYED_CLOSE_TIMEOUT = 1.0
+DEFAULT_DRAIN_TIMEOUT = 5.0
+
+_SUPPORTED = frozenset({
+    "codec_type", "stat_prefix", "route_config", "http_filters", "common_http_protocol_options",
+    "http_protocol_options", "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
+    "request_headers_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
+    "local_reply_config", "proxy_100_continue", "strip_matching_host_port",
+    "strip_any_host_port", "strip_trailing_host_dot", *HEADER_HCM_FIELDS,
+})  # fmt: skip
+_SUPPORTED_COMMON = (
+    "idle_timeout", "max_connection_duration", "max_headers_count", "max_stream_duration",
+    "headers_with_underscores_action", "max_requests_per_connection",
+)  # fmt: skip
+_SUPPORTED_HTTP_FILTER = ("name", "typed_config", "disabled")
+_AUTO, _HTTP1 = 0, 1
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFilterFactory:
+    """One configured HTTP filter: ``create()`` makes the instance for a new stream.
+
+    ``disabled`` filters are skipped unless a route's per-filter config enables them
+    (Envoy's ``disabled`` field); legatus does not enable them per route yet, so they
+    are never created.
+    """
+
+    name: str
+    create: Callable[[], Any]
+    terminal: bool
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HcmConfig:
+    stat_prefix: str
+    codec_settings: Http1Settings
+    header_policy: HeaderPolicy
+    route_table: RouteTable
+    filter_factories: tuple[HttpFilterFactory, ...]
+    local_reply: LocalReplyConfig | None
+    access_logs: tuple
+    stats: ConnManagerStatSets
+    code_stats: DownstreamCodeStats
+    stream_idle_timeout: float | None
+    request_timeout: float | None
+    request_headers_timeout: float | None
+    idle_timeout: float | None
+    max_connection_duration: float | None
+    max_stream_duration: float | None
+    max_requests_per_connection: int
+    delayed_close_timeout: float | None
+    proxy_100_continue: bool
+    strip_port: int  # 0 no, 1 matching the listener's port, 2 any
+    strip_trailing_host_dot: bool
+
+
+def _seconds(proto, field: str, default: float | None) -> float | None:
+    """A Duration field: the default when unset, None when 0 (Envoy: disabled)."""
+    if not proto.HasField(field):
+        return default
+    return duration(getattr(proto, field)) or None
+
+
+def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
+    check_supported(proto, _SUPPORTED, path, "HttpConnectionManager")
+    if proto.codec_type not in (_AUTO, _HTTP1):
+        name = HttpConnectionManager.CodecType.Name(proto.codec_type)
+        raise ConfigError(
+            join_path(path, "codec_type"),
+            f"codec_type {name} is not supported by legatus yet (HTTP/1.1 only)",
+        )
+    if proto.WhichOneof("route_specifier") != "route_config":
+        raise ConfigError(
+            path, "HttpConnectionManager needs an inline route_config (RDS and scoped routes "
+            "are not supported by legatus yet)"
+        )  # fmt: skip
+    common = proto.common_http_protocol_options if proto.HasField(
+        "common_http_protocol_options"
+    ) else None  # fmt: skip
+    common_path = join_path(path, "common_http_protocol_options")
+    if common is not None:
+        check_supported(common, _SUPPORTED_COMMON, common_path, "HttpProtocolOptions")
+    codec_settings = Http1Settings.from_protos(
+        proto.http_protocol_options if proto.HasField("http_protocol_options") else None,
+        common,
+        max_request_headers_kb=proto.max_request_headers_kb.value
+        if proto.HasField("max_request_headers_kb")
+        else 0,
+        path=path,
+    )
+    node = context.options
+    policy = compile_request_policy(
+        proto,
+        path,
+        service_cluster=getattr(node, "service_cluster", "") or "",
+        service_node=getattr(node, "service_node", "") or "",
+    )
+    route_table = compile_route_config(proto.route_config, context, join_path(path, "route_config"))
+    factories = _http_filters(proto, context, path)
+    local_reply = None
+    if proto.HasField("local_reply_config"):
+        local_reply = compile_local_reply_config(
+            proto.local_reply_config, join_path(path, "local_reply_config"), context
+        )
+    stats = declare_conn_manager_stats(
+        context.store.scope(""),
+        proto.stat_prefix,
+        listener_prefix=context.listener_stat_prefix,
+    )
+    idle = DEFAULT_IDLE_TIMEOUT
+    max_connection_duration = max_stream_duration = None
+    max_requests = 0
+    if common is not None:
+        idle = _seconds(common, "idle_timeout", DEFAULT_IDLE_TIMEOUT)
+        max_connection_duration = _seconds(common, "max_connection_duration", None)
+        max_stream_duration = _seconds(common, "max_stream_duration", None)
+        if common.HasField("max_requests_per_connection"):
+            max_requests = common.max_requests_per_connection.value
+    strip = 2 if proto.strip_any_host_port else 1 if proto.strip_matching_host_port else 0
+    return HcmConfig(
+        stat_prefix=proto.stat_prefix,
+        codec_settings=codec_settings,
+        header_policy=policy,
+        route_table=route_table,
+        filter_factories=factories,
+        local_reply=local_reply,
+        access_logs=tuple(
+            create_access_logs(proto.access_log, context, join_path(path, "access_log"))
+        ),
+        stats=stats,
+        code_stats=DownstreamCodeStats(stats.named, stats.listener),
+        stream_idle_timeout=_seconds(proto, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT),
+        request_timeout=_seconds(proto, "request_timeout", None),
+        request_headers_timeout=_seconds(proto, "request_headers_timeout", None),
+        idle_timeout=idle,
+        max_connection_duration=max_connection_duration,
+        max_stream_duration=max_stream_duration,
+        max_requests_per_connection=max_requests,
+        delayed_close_timeout=_seconds(
+            proto, "delayed_close_timeout", DEFAULT_DELAYED_CLOSE_TIMEOUT
+        ),
+        proxy_100_continue=proto.proxy_100_continue,
+        strip_port=strip,
+        strip_trailing_host_dot=proto.strip_trailing_host_dot,
+    )
+
+
+def _http_filters(proto, context: FactoryContext, path: str) -> tuple[HttpFilterFactory, ...]:
+    """The HTTP filter chain; Envoy's checks on terminal filters, with its messages. An empty
+    list means the router alone, as in Envoy."""
+    filters_path = join_path(path, "http_filters")
+    entries = list(proto.http_filters)
+    if not entries:
+        from legatus.extensions.filters.http.router import default_router_factory
+
+        return (default_router_factory(context),)
+    factories = []
+    for i, entry in enumerate(entries):
+        fpath = f"{filters_path}[{i}]"
+        check_supported(entry, _SUPPORTED_HTTP_FILTER, fpath, "HttpFilter")
+        extension, config = context.registry.resolve(
+            Category.HTTP_FILTER,
+            name=entry.name,
+            typed_config=entry.typed_config if entry.HasField("typed_config") else None,
+            path=fpath,
+        )
+        from legatus.config.validate import validate_message
+
+        errors = validate_message(config, f"{fpath}.typed_config")
+        if errors:
+            raise errors[0]
+        created = extension.factory(config, context, f"{fpath}.typed_config")
+        factory = HttpFilterFactory(
+            name=entry.name,
+            create=created.create,
+            terminal=created.terminal,
+            disabled=entry.disabled,
+        )
+        last = i == len(entries) - 1
+        if factory.terminal and not last:
+            raise ConfigError(
+                fpath,
+                f"Error: terminal filter named {entry.name} of type {extension.name} must be "
+                "the last filter in a http filter chain.",
+            )
+        if not factory.terminal and last:
+            raise ConfigError(
+                fpath,
+                f"Error: non-terminal filter named {entry.name} of type {extension.name} is "
+                "the last filter in a http filter chain.",
+            )
+        factories.append(factory)
+    return tuple(factories)

@@ -1,0 +1,795 @@
+"""The HTTP connection manager: Envoy's ``ConnectionManagerImpl`` over HTTP/1.1.
+
+One ``ConnectionManager`` is the terminal network filter of a downstream connection. It feeds
+the bytes to the sans-I/O ``ServerCodec`` and turns its events into streams:
+
+- ``RequestHeaders`` opens an ``ActiveStream``: Envoy's request checks (a Host is required),
+  the header policy (x-forwarded-*, x-request-id, x-envoy-* stripping), the route lookup,
+  then the stream's HTTP filter chain (a ``FilterManager``) runs ``decode_headers``; the
+  router, last in the chain, takes the request upstream.
+- ``RequestData`` / ``RequestTrailers`` continue the current stream's decoding.
+- ``ProtocolError`` answers the request with Envoy's codec-error reply and closes.
+
+The encoder chain's output comes back through the stream (``StreamSink``): response
+headers get the connection manager's response headers (date, server, via), then the
+codec frames them and they are written. The codec pauses after each complete request
+(pipelining): when a stream ends, the next request is released with ``codec.resume()``.
+A response that starts before its request is complete closes the connection after it, as
+Envoy does for HTTP/1 (the rest of the request would otherwise have to be read first).
+
+Timers, all off the data path (a deadline is stamped, one timer re-arms itself):
+``idle_timeout`` (no stream on the connection), ``max_connection_duration``,
+``request_headers_timeout`` (from the first byte of a request to its head),
+``request_timeout``, ``stream_idle_timeout`` and ``max_stream_duration`` per stream.
+
+Flow control (Envoy's watermarks): the downstream write buffer above its high watermark
+stops the upstream read of the current stream (through the router's watermark callbacks);
+a filter (the router, for the upstream write buffer) above its watermark stops the
+downstream read. Reasons nest (``Connection.read_disable``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from legatus.http.conn_manager_utility import (
+    date_header,
+    mutate_request_headers,
+    mutate_response_headers,
+)
+from legatus.http.filter import StreamDecoderFilter, StreamEncoderFilter
+from legatus.http.filter_manager import FilterManager
+from legatus.http.headers import HeaderMap
+from legatus.http.http1.events import (
+    HTTP_10,
+    ProtocolError,
+    RequestData,
+    RequestHeaders,
+    RequestTrailers,
+)
+from legatus.http.http1.server_codec import ServerCodec
+from legatus.http.local_reply import (
+    ENVOY_LOCAL_REPLIES,
+    LocalReply,
+    codec_error,
+    render_local_reply,
+)
+from legatus.network.connection import State
+from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
+from legatus.stream_info import ResponseFlag, StreamInfo
+
+log = logging.getLogger("legatus.http")
+
+_CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Local replies after which Envoy closes the connection although the request was complete.
+_CLOSING_DETAILS = frozenset(
+    r.details for r in ENVOY_LOCAL_REPLIES.values() if r.close_connection
+) - {r.details for r in ENVOY_LOCAL_REPLIES.values() if not r.close_connection}
+
+
+class ConnectionManager(ReadFilter):
+    """The terminal filter of an HTTP connection (see module doc)."""
+
+    def __init__(self, config, context) -> None:
+        self.config = config
+        self.context = context
+        self.loop = context.loop
+        self.connection: Any = None
+        self.codec: ServerCodec | None = None
+        self.stream: ActiveStream | None = None
+        self.requests = 0
+        self.draining = False  # the next response says connection: close, then we close
+        self.closing = False
+        self.codec_read_disabled = False
+        self.dispatching = False
+        self.resume_pending = False
+        self.deadline: float | None = None  # see set_deadline
+        self.timer: Any = None
+        self.duration_timer: Any = None
+        self.headers_timer: Any = None
+        self.delayed_close_timer: Any = None
+        self.above_write_watermark = False
+
+    # Connection life -------------------------------------------------------------------
+
+    def on_new_connection(self) -> FilterStatus:
+        conn = self.connection = self.read_callbacks.connection
+        config = self.config
+        stats = config.stats.named
+        stats.downstream_cx_total.inc()
+        stats.downstream_cx_active.inc()
+        stats.downstream_cx_http1_total.inc()
+        stats.downstream_cx_http1_active.inc()
+        conn.add_connection_callbacks(self)
+        self.codec = ServerCodec(config.codec_settings, buffer_limit=conn.buffer_limit)
+        self.started = self.loop.time()
+        if config.idle_timeout:
+            self.set_deadline(config.idle_timeout)
+        if config.max_connection_duration:
+            self.duration_timer = self.loop.call_later(
+                config.max_connection_duration, self._on_max_connection_duration
+            )
+        return FilterStatus.CONTINUE
+
+    def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        if data:
+            self.config.stats.named.downstream_cx_rx_bytes_total.add(len(data))
+            if self.closing:
+                return FilterStatus.STOP_ITERATION  # a delayed close drains what still comes
+            codec = self.codec
+            if self.stream is None and not codec.paused:
+                self._start_headers_timer()
+            self._dispatch(codec.feed(data))
+        if end_stream:
+            self._on_remote_eof()
+        return FilterStatus.STOP_ITERATION
+
+    def _on_remote_eof(self) -> None:
+        """The client's FIN: HTTP connections do not half-close (as in Envoy), so the
+        connection ends; a stream still in progress is reset."""
+        if self.connection.state is State.OPEN:
+            self.connection.close(CloseType.NO_FLUSH, remote=True)
+
+    def on_event(self, event: ConnectionEvent) -> None:
+        if event is ConnectionEvent.CONNECTED:
+            return
+        stats = self.config.stats.named
+        stats.downstream_cx_active.dec()
+        stats.downstream_cx_http1_active.dec()
+        stats.downstream_cx_destroy.inc()
+        remote = event is ConnectionEvent.REMOTE_CLOSE
+        (stats.downstream_cx_destroy_remote if remote else stats.downstream_cx_destroy_local).inc()
+        stats.downstream_cx_length_ms.record((self.loop.time() - self.started) * 1000)
+        stream = self.stream
+        if stream is not None and not stream.destroyed:
+            stats.downstream_cx_destroy_active_rq.inc()
+            if remote:
+                stats.downstream_cx_destroy_remote_active_rq.inc()
+            else:
+                stats.downstream_cx_destroy_local_active_rq.inc()
+            stream.on_reset(remote)
+        self._cancel_timers()
+        self.codec = None
+
+    def on_above_write_buffer_high_watermark(self) -> None:
+        self.above_write_watermark = True
+        if self.stream is not None:
+            self.stream.on_downstream_watermark(True)
+
+    def on_below_write_buffer_low_watermark(self) -> None:
+        self.above_write_watermark = False
+        if self.stream is not None:
+            self.stream.on_downstream_watermark(False)
+
+    def _cancel_timers(self) -> None:
+        for name in ("timer", "duration_timer", "headers_timer", "delayed_close_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+
+    # Codec events ----------------------------------------------------------------------
+
+    def _dispatch(self, events: list) -> None:
+        """Hand the codec's events to streams; streams that end during this run release the
+        next pipelined request here (a loop, not a recursion)."""
+        if self.dispatching:
+            self._pending_events.extend(events)
+            return
+        self.dispatching = True
+        self._pending_events = events
+        try:
+            while True:
+                i = 0
+                while i < len(self._pending_events):
+                    event = self._pending_events[i]
+                    i += 1
+                    if self.codec is None or self.closing:
+                        break
+                    self._on_event(event)
+                self._pending_events = []
+                if self.resume_pending and self.codec is not None and not self.closing:
+                    self.resume_pending = False
+                    self._pending_events = self.codec.resume()
+                    if self._pending_events:
+                        continue
+                break
+        finally:
+            self.dispatching = False
+        self._update_codec_read()
+
+    def _on_event(self, event) -> None:
+        cls = type(event)
+        if cls is RequestHeaders:
+            self._cancel_headers_timer()
+            self.stream = ActiveStream(self, event)
+            self.stream.decode_headers(event)
+        elif cls is RequestData:
+            stream = self.stream
+            if stream is not None and not stream.destroyed:
+                stream.decode_data(event.data, event.end_stream)
+        elif cls is RequestTrailers:
+            stream = self.stream
+            if stream is not None and not stream.destroyed:
+                stream.decode_trailers(event.trailers)
+        else:
+            self._on_protocol_error(event)
+
+    def _on_protocol_error(self, error: ProtocolError) -> None:
+        self._cancel_headers_timer()
+        self.config.stats.named.downstream_cx_protocol_error.inc()
+        stream = self.stream
+        if stream is None or stream.destroyed:
+            stream = self.stream = ActiveStream(self, None)
+        elif stream.response_started:
+            self.close(CloseType.FLUSH_WRITE)
+            return
+        self.draining = True
+        stream.send_codec_error(error)
+
+    def _update_codec_read(self) -> None:
+        codec = self.codec
+        if codec is None:
+            return
+        want = codec.wants_data
+        if want == self.codec_read_disabled:
+            self.codec_read_disabled = not want
+            self.connection.read_disable(not want)
+
+    # Streams ---------------------------------------------------------------------------
+
+    def on_stream_done(self, stream: ActiveStream) -> None:
+        """A stream ended (response complete, or reset): next request, or close."""
+        if self.stream is stream:
+            self.stream = None
+        if self.codec is None or self.connection.state is not State.OPEN:
+            return
+        codec = self.codec
+        if self.draining or codec.close_after_response or stream.request_incomplete:
+            self._close_after_response()
+            return
+        self.set_deadline(self.config.idle_timeout)
+        if codec.paused:
+            if self.dispatching:
+                self.resume_pending = True
+            else:
+                self._dispatch(codec.resume())
+
+    def _close_after_response(self) -> None:
+        """Envoy's FlushWriteAndDelay: write what is buffered, then close; a client that keeps
+        sending meanwhile is not answered with a RST, its bytes are read and dropped, up to
+        ``delayed_close_timeout``."""
+        if self.closing:
+            return
+        self.closing = True
+        conn = self.connection
+        delay = self.config.delayed_close_timeout
+        if not delay or conn.read_ended:
+            conn.close(CloseType.FLUSH_WRITE)
+            return
+        # Send our FIN after the buffered bytes, keep reading (and dropping) until the
+        # client closes too or the delay passes.
+        conn.write(b"", end_stream=True)
+        if self.codec_read_disabled:
+            self.codec_read_disabled = False
+            conn.read_disable(False)
+        self.delayed_close_timer = self.loop.call_later(delay, self._on_delayed_close)
+
+    def _on_delayed_close(self) -> None:
+        self.delayed_close_timer = None
+        if self.connection.state is State.OPEN:
+            self.config.stats.named.downstream_cx_delayed_close_timeout.inc()
+            self.connection.close(CloseType.NO_FLUSH)
+
+    def close(self, close_type: CloseType) -> None:
+        self.closing = True
+        self.connection.close(close_type)
+
+    def start_drain(self) -> None:
+        """Close once the current response (if any) is written, saying connection: close."""
+        self.draining = True
+        if self.stream is None:
+            self._close_after_response()
+
+    # Timers ----------------------------------------------------------------------------
+
+    def set_deadline(self, timeout: float | None) -> None:
+        """One timer serves both idle timeouts: the connection's ``idle_timeout`` while no
+        stream is open, the stream's ``stream_idle_timeout`` while one is. Activity only
+        moves the deadline; the timer re-arms itself when it fires early, so the data path
+        never creates a timer."""
+        if not timeout:
+            self.deadline = None
+            return
+        deadline = self.deadline = self.loop.time() + timeout
+        if self.timer is None:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        deadline = self.deadline
+        if deadline is None or self.connection.state is not State.OPEN:
+            return
+        if self.loop.time() < deadline:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+            return
+        self.deadline = None
+        stream = self.stream
+        if stream is not None and not stream.destroyed:
+            stream.on_idle_timeout()
+            return
+        self.config.stats.named.downstream_cx_idle_timeout.inc()
+        self.close(CloseType.FLUSH_WRITE)
+
+    def _on_max_connection_duration(self) -> None:
+        self.duration_timer = None
+        self.config.stats.named.downstream_cx_max_duration_reached.inc()
+        self.start_drain()
+
+    def _start_headers_timer(self) -> None:
+        timeout = self.config.request_headers_timeout
+        if timeout and self.headers_timer is None:
+            self.headers_timer = self.loop.call_later(timeout, self._on_headers_timeout)
+
+    def _cancel_headers_timer(self) -> None:
+        if self.headers_timer is not None:
+            self.headers_timer.cancel()
+            self.headers_timer = None
+
+    def _on_headers_timeout(self) -> None:
+        self.headers_timer = None
+        self.config.stats.named.downstream_rq_header_timeout.inc()
+        stream = self.stream = ActiveStream(self, None)
+        self.draining = True
+        stream.send_reply(ENVOY_LOCAL_REPLIES["request_header_timeout"])
+
+
+class ActiveStream:
+    """One request and its response (Envoy's ``ActiveStream``); the filter manager's sink."""
+
+    __slots__ = (
+        "code_stats_charged",
+        "destroyed",
+        "duration_timer",
+        "filter_manager",
+        "http10",
+        "idle_timeout",
+        "info",
+        "internal",
+        "is_head",
+        "manager",
+        "protocol",
+        "random_value",
+        "request_complete",
+        "request_headers",
+        "request_timer",
+        "response_complete",
+        "response_headers",
+        "response_started",
+        "response_trailers",
+        "route_table",
+        "watermark_callbacks",
+    )  # fmt: skip
+
+    def __init__(self, manager: ConnectionManager, event: RequestHeaders | None) -> None:
+        self.manager = manager
+        config = manager.config
+        loop = manager.loop
+        conn_info = manager.connection.stream_info
+        info = self.info = StreamInfo(now_monotonic=loop.time())
+        info.connection_id = conn_info.connection_id
+        info.downstream_local_address = conn_info.downstream_local_address
+        info.downstream_remote_address = conn_info.downstream_remote_address
+        info.downstream_direct_remote_address = conn_info.downstream_direct_remote_address
+        self.protocol = event.protocol if event is not None else "HTTP/1.1"
+        self.http10 = self.protocol == HTTP_10
+        info.protocol = self.protocol
+        self.request_headers: HeaderMap | None = event.headers if event is not None else None
+        self.response_headers: HeaderMap | None = None
+        self.response_trailers: HeaderMap | None = None
+        self.filter_manager: FilterManager | None = None
+        self.request_complete = False
+        self.response_started = False
+        self.response_complete = False
+        self.destroyed = False
+        self.internal = False
+        self.code_stats_charged = False
+        self.is_head = False
+        self.watermark_callbacks: list = []
+        self.idle_timeout = config.stream_idle_timeout
+        self.request_timer = None
+        self.duration_timer = None
+        self.random_value = 0
+        self.route_table = config.route_table
+        stats = config.stats.named
+        stats.downstream_rq_total.inc()
+        stats.downstream_rq_http1_total.inc()
+        stats.downstream_rq_active.inc()
+        manager.requests += 1
+        manager.set_deadline(self.idle_timeout)
+        if config.request_timeout:
+            self.request_timer = loop.call_later(config.request_timeout, self._on_request_timeout)
+        if config.max_stream_duration:
+            self.duration_timer = loop.call_later(
+                config.max_stream_duration, self._on_max_stream_duration
+            )
+
+    @property
+    def request_incomplete(self) -> bool:
+        return not self.request_complete
+
+    @property
+    def connection(self):
+        return self.manager.connection
+
+    # Decoding --------------------------------------------------------------------------
+
+    def decode_headers(self, event: RequestHeaders) -> None:
+        manager = self.manager
+        config = manager.config
+        headers = event.headers
+        end_stream = event.end_stream
+        self.is_head = headers.get(":method") == "HEAD"
+        max_requests = config.max_requests_per_connection
+        if max_requests and manager.requests >= max_requests:
+            if not manager.draining:
+                config.stats.named.downstream_cx_max_requests_reached.inc()
+            manager.draining = True
+        if ":authority" not in headers:
+            self._create_filter_chain(())
+            self.send_reply(ENVOY_LOCAL_REPLIES["missing_host_header"])
+            return
+        if event.upgrade:
+            self._create_filter_chain(())
+            if headers.get(":method") == "CONNECT":
+                config.stats.router.no_route.inc()
+                self.info.set_flag(ResponseFlag.NO_ROUTE_FOUND)
+                self.send_reply(ENVOY_LOCAL_REPLIES["connect_not_routed"])
+            else:
+                self.send_reply(ENVOY_LOCAL_REPLIES["upgrade_failed"])
+            return
+        if config.strip_port or config.strip_trailing_host_dot:
+            _strip_host(headers, config, self.info.downstream_local_address)
+        connection = manager.connection
+        info = self.info
+        result = mutate_request_headers(
+            config.header_policy,
+            headers,
+            remote_address=info.downstream_remote_address or "",
+            direct_remote_address=info.downstream_direct_remote_address,
+            local_address=info.downstream_local_address,
+            random=manager.context.random,
+        )
+        info.downstream_remote_address = result.final_remote_address
+        self.internal = result.internal
+        if end_stream:
+            self._end_decode()
+        if event.expect_continue and not config.proxy_100_continue:
+            # Envoy answers 100-continue itself (unless proxy_100_continue) and drops Expect.
+            headers.remove("expect")
+            connection.write(_CONTINUE_100)
+        self.random_value = manager.context.random.getrandbits(63)
+        route = self.route_table.route(headers, self.random_value)
+        self._create_filter_chain(config.filter_factories)
+        fm = self.filter_manager
+        fm.route = route
+        fm.route_resolver = self._resolve_route
+        if route is not None:
+            info.route_name = route.name or None
+        fm.decode_headers(headers, end_stream)
+
+    def _resolve_route(self):
+        headers = self.request_headers
+        route = self.route_table.route(headers, self.random_value)
+        self.info.route_name = route.name if route is not None and route.name else None
+        return route
+
+    def _create_filter_chain(self, factories) -> None:
+        decoders: list = []
+        encoders: list = []
+        for factory in factories:
+            if factory.disabled:
+                continue
+            f = factory.create()
+            if isinstance(f, StreamDecoderFilter):
+                decoders.append(f)
+            if isinstance(f, StreamEncoderFilter):
+                encoders.append(f)
+        self.filter_manager = FilterManager(
+            decoder_filters=decoders,
+            encoder_filters=encoders,
+            sink=self,
+            stream_info=self.info,
+            buffer_limit=self.manager.connection.buffer_limit,
+        )
+
+    def decode_data(self, data: bytes, end_stream: bool) -> None:
+        if data:
+            self.info.bytes_received += len(data)
+        if self.idle_timeout:
+            self.manager.set_deadline(self.idle_timeout)
+        if end_stream:
+            self._end_decode()
+        if self.filter_manager is not None and not self.response_complete:
+            self.filter_manager.decode_data(data, end_stream)
+
+    def decode_trailers(self, trailers: HeaderMap) -> None:
+        if self.idle_timeout:
+            self.manager.set_deadline(self.idle_timeout)
+        self._end_decode()
+        if self.filter_manager is not None and not self.response_complete:
+            self.filter_manager.decode_trailers(trailers)
+
+    def _end_decode(self) -> None:
+        self.request_complete = True
+        self.info.last_downstream_rx_byte_received = self.manager.loop.time()
+        if self.request_timer is not None:
+            self.request_timer.cancel()
+            self.request_timer = None
+        if self.response_complete:
+            self._destroy()
+
+    # Encoding (StreamSink) -------------------------------------------------------------
+
+    def write_headers(self, headers: HeaderMap, end_stream: bool) -> None:
+        if self.destroyed:
+            return
+        manager = self.manager
+        config = manager.config
+        mutate_response_headers(
+            config.header_policy, headers, self.request_headers, date=date_header()
+        )
+        status = headers.get(":status", "0")
+        if status[0] == "1":
+            if status == "100":  # a proxied 100-continue (proxy_100_continue)
+                self._write(manager.codec.encode_headers(headers, False))
+            return
+        self.response_started = True
+        if not self.request_complete:
+            manager.draining = True
+            config.stats.named.downstream_rq_response_before_rq_complete.inc()
+        if manager.draining:
+            headers.set("connection", "close")
+        self.response_headers = headers
+        info = self.info
+        info.response_code = int(status)
+        info.first_downstream_tx_byte_sent = manager.loop.time()
+        try:
+            data = manager.codec.encode_headers(headers, end_stream)
+        except ValueError:
+            log.debug("[C%d] response headers could not be encoded", manager.connection.id)
+            manager.close(CloseType.NO_FLUSH)
+            return
+        self._write(data)
+        if end_stream:
+            self._end_encode()
+
+    def write_data(self, data: bytes, end_stream: bool) -> None:
+        if self.destroyed:
+            return
+        if data:
+            self.info.bytes_sent += len(data)
+        if self.idle_timeout:
+            self.manager.set_deadline(self.idle_timeout)
+        out = self.manager.codec.encode_data(data, end_stream)
+        if out:
+            self._write(out)
+        if end_stream:
+            self._end_encode()
+
+    def write_trailers(self, trailers: HeaderMap) -> None:
+        if self.destroyed:
+            return
+        self.response_trailers = trailers
+        out = self.manager.codec.encode_trailers(trailers)
+        if out:
+            self._write(out)
+        self._end_encode()
+
+    def _write(self, data: bytes) -> None:
+        manager = self.manager
+        manager.config.stats.named.downstream_cx_tx_bytes_total.add(len(data))
+        manager.connection.write(data)
+
+    def _end_encode(self) -> None:
+        self.response_complete = True
+        self.info.last_downstream_tx_byte_sent = self.manager.loop.time()
+        if self.request_complete or self.manager.draining:
+            self._destroy()
+
+    def on_watermark(self, *, decoding: bool, above: bool) -> None:
+        if decoding:
+            stats = self.manager.config.stats.named
+            if above:
+                stats.downstream_flow_control_paused_reading_total.inc()
+            else:
+                stats.downstream_flow_control_resumed_reading_total.inc()
+            self.manager.connection.read_disable(above)
+        else:
+            self.on_downstream_watermark(above)
+
+    def on_downstream_watermark(self, above: bool) -> None:
+        for callbacks in list(self.watermark_callbacks):
+            if above:
+                callbacks.on_above_write_buffer_high_watermark()
+            else:
+                callbacks.on_below_write_buffer_low_watermark()
+
+    def add_watermark_callbacks(self, callbacks) -> None:
+        self.watermark_callbacks.append(callbacks)
+        if self.manager.above_write_watermark:
+            callbacks.on_above_write_buffer_high_watermark()
+
+    def remove_watermark_callbacks(self, callbacks) -> None:
+        if callbacks in self.watermark_callbacks:
+            self.watermark_callbacks.remove(callbacks)
+
+    def build_local_reply(
+        self,
+        status: int,
+        body: bytes,
+        details: str,
+        headers: dict[str, str] | None,
+        modify_headers: Callable[[HeaderMap], None] | None = None,
+    ) -> tuple[HeaderMap, bytes]:
+        if details in _CLOSING_DETAILS:
+            self.manager.draining = True
+        reply = LocalReply(
+            status=status,
+            body=body.decode("utf-8", "surrogateescape") if body else "",
+            details=details,
+            headers=tuple(headers.items()) if headers else (),
+        )
+        return render_local_reply(
+            reply,
+            request_headers=self.request_headers,
+            info=self.info,
+            config=self.manager.config.local_reply,
+            modify_headers=modify_headers,
+        )
+
+    def send_reply(self, reply: LocalReply) -> None:
+        """A local reply from the connection manager itself (not from a filter)."""
+        if reply.flags:
+            self.info.set_flags(reply.flags)
+        if reply.close_connection:
+            self.manager.draining = True
+        if self.filter_manager is None:
+            self._create_filter_chain(())
+        self.filter_manager.send_local_reply(
+            reply.status,
+            reply.body.encode(),
+            details=reply.details,
+            headers=dict(reply.headers) if reply.headers else None,
+        )
+
+    def send_codec_error(self, error: ProtocolError) -> None:
+        reply = codec_error(error.status, error.details)
+        self.manager.draining = True
+        if self.response_started:
+            self.manager.close(CloseType.FLUSH_WRITE)
+            return
+        headers, body = render_local_reply(
+            reply,
+            request_headers=self.request_headers,
+            info=self.info,
+            config=self.manager.config.local_reply,
+        )
+        self.info.set_flags(reply.flags)  # DPE is set after the reply is formatted, as Envoy
+        self.write_headers(headers, not body)
+        if body:
+            self.write_data(body, True)
+
+    def reset_stream(self) -> None:
+        """A filter (the router, after the response started) gives up on the stream: HTTP/1
+        has no stream reset, so the connection closes."""
+        if self.destroyed:
+            return
+        stats = self.manager.config.stats.named
+        stats.downstream_rq_tx_reset.inc()
+        self.manager.close(CloseType.FLUSH_WRITE)
+
+    # Timers ----------------------------------------------------------------------------
+
+    def touch(self) -> None:
+        """Activity on the stream from a filter (upstream bytes): the idle timer restarts."""
+        if self.idle_timeout:
+            self.manager.set_deadline(self.idle_timeout)
+
+    def on_idle_timeout(self) -> None:
+        self.manager.config.stats.named.downstream_rq_idle_timeout.inc()
+        self._timeout_reply(
+            "stream_idle_timeout"
+            if self.request_complete
+            else "stream_idle_timeout_request_incomplete"
+        )
+
+    def _on_request_timeout(self) -> None:
+        self.request_timer = None
+        if self.destroyed:
+            return
+        self.manager.config.stats.named.downstream_rq_timeout.inc()
+        self._timeout_reply("request_timeout")
+
+    def _on_max_stream_duration(self) -> None:
+        self.duration_timer = None
+        if self.destroyed:
+            return
+        self.manager.config.stats.named.downstream_rq_max_duration_reached.inc()
+        self._timeout_reply("max_duration_timeout")
+
+    def _timeout_reply(self, key: str) -> None:
+        if self.response_started:
+            if key.startswith("stream_idle"):
+                self.info.set_flag(ResponseFlag.STREAM_IDLE_TIMEOUT)
+            self.reset_stream()
+            return
+        self.send_reply(ENVOY_LOCAL_REPLIES[key])
+
+    # End of the stream -----------------------------------------------------------------
+
+    def on_reset(self, remote: bool) -> None:
+        """The connection closed under the stream."""
+        if self.destroyed:
+            return
+        if remote:
+            self.manager.config.stats.named.downstream_rq_rx_reset.inc()
+            self.info.set_flag(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
+        self._destroy()
+
+    def _destroy(self) -> None:
+        if self.destroyed:
+            return
+        self.destroyed = True
+        manager = self.manager
+        config = manager.config
+        loop = manager.loop
+        for timer in (self.request_timer, self.duration_timer):
+            if timer is not None:
+                timer.cancel()
+        self.request_timer = self.duration_timer = None
+        stats = config.stats.named
+        stats.downstream_rq_active.dec()
+        now = loop.time()
+        info = self.info
+        info.end_monotonic = now
+        if self.response_complete:
+            stats.downstream_rq_time.record((now - info.start_monotonic) * 1000)
+        code = info.response_code
+        if code and self.response_complete:
+            config.code_stats.charge(code, health_check=info.health_check)
+        fm = self.filter_manager
+        if fm is not None:
+            fm.on_destroy()
+        for access_log in config.access_logs:
+            access_log.log(
+                info, self.request_headers, self.response_headers, self.response_trailers
+            )
+        self.watermark_callbacks = []
+        manager.on_stream_done(self)
+
+
+def _strip_host(headers: HeaderMap, config, local_address: str | None) -> None:
+    """strip_matching_host_port / strip_any_host_port / strip_trailing_host_dot on :authority."""
+    host = headers.get(":authority")
+    if not host:
+        return
+    colon = host.rfind(":")
+    if colon > 0 and host.rfind("]") < colon:
+        port = host[colon + 1 :]
+        if config.strip_port == 2 or (
+            config.strip_port == 1
+            and local_address is not None
+            and local_address.rsplit(":", 1)[-1] == port
+        ):
+            host = host[:colon]
+    if config.strip_trailing_host_dot:
+        colon = host.rfind(":")
+        if colon > 0 and host.rfind("]") < colon:
+            if host[colon - 1] == ".":
+                host = host[: colon - 1] + host[colon:]
+        elif host.endswith("."):
+            host = host[:-1]
+    headers.set(":authority", host)

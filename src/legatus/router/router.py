@@ -1,0 +1,576 @@
+"""The router filter (``envoy.filters.http.router``): Envoy's ``Router::Filter``.
+
+The last decoder filter of every HTTP filter chain. For each request it:
+
+1. answers locally when the route says so: no route (404 NR), a direct response or a
+   redirect, an unknown cluster (503 NC, or the route's cluster_not_found_response_code),
+   no healthy host (503 UH);
+2. finalizes the request headers in Envoy's order: the route's header mutations (weighted
+   cluster, route, virtual host, route configuration levels), the host rewrite (literal,
+   from a header; auto_host_rewrite with the upstream host's hostname), the path rewrite
+   (with ``x-envoy-original-path``), ``x-envoy-expected-rq-timeout-ms``;
+3. asks the host's HTTP/1.1 connection pool for a stream (``UpstreamRequest``) and sends
+   the request as it arrives; body that arrives before the pool is ready is held here
+   (past the buffer limit the downstream read pauses);
+4. once the downstream request is complete, starts the route timeout (504 UT);
+5. feeds the upstream response into the encoder chain: the response code stats
+   (``cluster.<name>.upstream_rq_<code>``...), ``x-envoy-upstream-service-time``, the route's
+   response header mutations.
+
+An upstream failure before the response started is a local reply with Envoy's body, details
+and flag (UF, UO with ``x-envoy-overloaded``, UC, UPE 502, UT 504); after it started, the
+downstream stream is reset. Retries, shadowing, hedging and internal redirects are not here
+yet (the route compiler refuses their config).
+
+Flow control: the upstream write buffer's watermarks pause and resume the downstream read
+(``on_decoder_filter_above_write_buffer_high_watermark``); the downstream's pause and
+resume the upstream read (``read_disable`` on the upstream stream).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from legatus.conn_pool import PoolFailureReason, ResponseDecoder, StreamResetReason
+from legatus.http.conn_manager_stats import RouterFilterStats
+from legatus.http.conn_manager_utility import update_authority
+from legatus.http.filter import (
+    FilterDataStatus,
+    FilterHeadersStatus,
+    FilterTrailersStatus,
+    StreamDecoderFilter,
+)
+from legatus.http.headers import HeaderMap
+from legatus.http.local_reply import ENVOY_LOCAL_REPLIES, LocalReply, upstream_reset
+from legatus.router.action import DirectResponseAction
+from legatus.router.redirect import RedirectAction, redirect_location
+from legatus.stream_info import ResponseFlag as F
+
+log = logging.getLogger("legatus.router")
+
+_TIMEOUT_HEADERS = (
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+)
+_RESET_FLAGS = {
+    StreamResetReason.LOCAL_CONNECTION_FAILURE: F.UPSTREAM_CONNECTION_FAILURE,
+    StreamResetReason.REMOTE_CONNECTION_FAILURE: F.UPSTREAM_CONNECTION_FAILURE,
+    StreamResetReason.CONNECTION_TIMEOUT: F.UPSTREAM_CONNECTION_FAILURE,
+    StreamResetReason.CONNECTION_TERMINATION: F.UPSTREAM_CONNECTION_TERMINATION,
+    StreamResetReason.LOCAL_RESET: F.LOCAL_RESET,
+    StreamResetReason.OVERFLOW: F.UPSTREAM_OVERFLOW,
+    StreamResetReason.REMOTE_RESET: F.UPSTREAM_REMOTE_RESET,
+    StreamResetReason.PROTOCOL_ERROR: F.UPSTREAM_PROTOCOL_ERROR,
+}
+_POOL_FAILURES = {
+    PoolFailureReason.OVERFLOW: StreamResetReason.OVERFLOW,
+    PoolFailureReason.LOCAL_CONNECTION_FAILURE: StreamResetReason.LOCAL_CONNECTION_FAILURE,
+    PoolFailureReason.REMOTE_CONNECTION_FAILURE: StreamResetReason.REMOTE_CONNECTION_FAILURE,
+    PoolFailureReason.TIMEOUT: StreamResetReason.CONNECTION_TIMEOUT,
+}
+_TIMEOUT_REPLY = ENVOY_LOCAL_REPLIES["upstream_request_timeout"]
+_NO_HEALTHY = ENVOY_LOCAL_REPLIES["no_healthy_upstream"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouterConfig:
+    """The router's config (``envoy.extensions.filters.http.router.v3.Router``) and what it
+    shares across streams."""
+
+    stats: RouterFilterStats
+    cluster_manager: Any  # the worker's ThreadLocalClusterManager
+    loop: Any
+    suppress_envoy_headers: bool = False
+    respect_expected_rq_timeout: bool = False
+    dynamic_stats: bool = True
+
+
+class Router(StreamDecoderFilter):
+    __slots__ = (
+        "buffered",
+        "buffered_bytes",
+        "cluster",
+        "config",
+        "downstream_paused",
+        "end_stream",
+        "host",
+        "request_complete_time",
+        "request_done",
+        "request_headers",
+        "route",
+        "start_time",
+        "timeout",
+        "timer",
+        "trailers",
+        "upstream",
+    )  # fmt: skip
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.upstream: UpstreamRequest | None = None
+        self.route = None
+        self.cluster = None
+        self.host = None
+        self.request_headers: HeaderMap | None = None
+        self.buffered: list[bytes] = []
+        self.buffered_bytes = 0
+        self.trailers: HeaderMap | None = None
+        self.request_done = False
+        self.downstream_paused = False
+        self.timeout = 0.0
+        self.timer = None
+        self.request_complete_time = 0.0
+        self.start_time = 0.0
+
+    # Decoding ------------------------------------------------------------------------
+
+    def decode_headers(self, headers: HeaderMap, end_stream: bool) -> FilterHeadersStatus:
+        cb = self.decoder_callbacks
+        config = self.config
+        stats = config.stats
+        stats.rq_total.inc()
+        info = cb.stream_info
+        route = cb.route
+        if route is None:
+            stats.no_route.inc()
+            cb.send_local_reply(404, details="route_not_found", flags=F.NO_ROUTE_FOUND)
+            return FilterHeadersStatus.STOP_ITERATION
+        action = route.action
+        if type(action) is DirectResponseAction:
+            stats.rq_direct_response.inc()
+            self._direct_reply(route, headers, action.status, action.body, None)
+            return FilterHeadersStatus.STOP_ITERATION
+        if type(action) is RedirectAction:
+            stats.rq_redirect.inc()
+            self._direct_reply(route, headers, action.response_code, b"", action)
+            return FilterHeadersStatus.STOP_ITERATION
+        name = route.cluster_name
+        cluster = config.cluster_manager.get(name) if name else None
+        if cluster is None:
+            stats.no_cluster.inc()
+            cb.send_local_reply(
+                action.cluster_not_found_response_code,
+                details="cluster_not_found",
+                flags=F.NO_CLUSTER_FOUND,
+            )
+            return FilterHeadersStatus.STOP_ITERATION
+        self.route = route
+        self.cluster = cluster
+        info.upstream_cluster = name
+        self.timeout = self._final_timeout(headers, action)
+        host = cluster.choose_host()
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.inc()
+            self._local_reply(_NO_HEALTHY)
+            return FilterHeadersStatus.STOP_ITERATION
+        self.host = host
+        self._finalize_request_headers(headers, route, action, host, info)
+        self.request_headers = headers
+        self.request_done = end_stream
+        self.start_time = config.loop.time()
+        if end_stream:
+            self._on_request_complete()
+        self.upstream = UpstreamRequest(self, cluster, host)
+        self.upstream.start()
+        return FilterHeadersStatus.STOP_ITERATION
+
+    def decode_data(self, data: bytes, end_stream: bool) -> FilterDataStatus:
+        if end_stream:
+            self.request_done = True
+        upstream = self.upstream
+        if upstream is not None and upstream.encoder is not None:
+            upstream.encoder.encode_data(data, end_stream)
+        elif upstream is not None and data:
+            self.buffered.append(data)
+            self.buffered_bytes += len(data)
+            if (
+                not self.downstream_paused
+                and self.buffered_bytes > self.decoder_callbacks.stream.connection.buffer_limit
+            ):
+                self.downstream_paused = True
+                self.decoder_callbacks.on_decoder_filter_above_write_buffer_high_watermark()
+        if end_stream:
+            self._on_request_complete()
+        return FilterDataStatus.STOP_ITERATION_NO_BUFFER
+
+    def decode_trailers(self, trailers: HeaderMap) -> FilterTrailersStatus:
+        self.request_done = True
+        upstream = self.upstream
+        if upstream is not None and upstream.encoder is not None:
+            upstream.encoder.encode_trailers(trailers)
+        else:
+            self.trailers = trailers
+        self._on_request_complete()
+        return FilterTrailersStatus.STOP_ITERATION
+
+    def on_destroy(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.reset()
+        self.buffered = []
+        if self.downstream_paused:  # the connection may carry the next request
+            self.downstream_paused = False
+            self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
+
+    # Request ----------------------------------------------------------------------------
+
+    def _final_timeout(self, headers: HeaderMap, action) -> float:
+        """Envoy's FilterUtility::finalTimeout: the route's timeout, or the request's
+        x-envoy-upstream-rq-timeout-ms (headers an external client sent were stripped)."""
+        timeout = action.timeout
+        value = headers.get("x-envoy-upstream-rq-timeout-ms")
+        if self.config.respect_expected_rq_timeout:
+            expected = headers.get("x-envoy-expected-rq-timeout-ms")
+            if expected is not None and expected.isdigit():
+                timeout = int(expected) / 1000
+        elif value is not None and value.isdigit():
+            timeout = int(value) / 1000
+        for name in _TIMEOUT_HEADERS:
+            headers.remove(name)
+        if timeout and not self.config.suppress_envoy_headers:
+            headers.set("x-envoy-expected-rq-timeout-ms", str(round(timeout * 1000)))
+        return timeout
+
+    def _finalize_request_headers(self, headers, route, action, host, info) -> None:
+        route.finalize_request_headers(headers, info)
+        keep_original = not self.config.suppress_envoy_headers
+        weighted = route.weighted_cluster
+        if weighted is not None and weighted.host_rewrite_literal:
+            headers.set(":authority", weighted.host_rewrite_literal)
+        new_host = action.host_rewrite(headers)
+        if new_host is None and action.auto_host_rewrite and host.config.hostname:
+            new_host = host.config.hostname
+        if new_host is not None:
+            update_authority(
+                headers,
+                new_host,
+                append_x_forwarded_host=action.append_x_forwarded_host,
+                keep_original=keep_original,
+            )
+        path = headers.get(":path")
+        if path is not None:
+            new_path = route.rewrite_path(path)
+            if new_path is not None:
+                if keep_original:
+                    headers.set("x-envoy-original-path", path)
+                headers.set(":path", new_path)
+
+    def _on_request_complete(self) -> None:
+        loop = self.config.loop
+        self.request_complete_time = loop.time()
+        if self.timeout and self.timer is None and self.cluster is not None:
+            self.timer = loop.call_later(self.timeout, self._on_timeout)
+
+    def on_pool_ready(self, upstream: UpstreamRequest) -> None:
+        """The upstream stream exists: send what the downstream sent so far."""
+        encoder = upstream.encoder
+        body = self.buffered
+        trailers = self.trailers
+        headers_end = self.request_done and not body and trailers is None
+        error = encoder.encode_headers(self.request_headers, headers_end)
+        if error is not None:
+            log.debug("upstream request headers could not be encoded: %s", error)
+            self.upstream = None
+            upstream.reset()
+            self._local_reply(
+                LocalReply(status=503, body="", details="upstream_reset_before_response_started")
+            )
+            return
+        if body:
+            self.buffered = []
+            self.buffered_bytes = 0
+            last = len(body) - 1
+            for i, chunk in enumerate(body):
+                encoder.encode_data(chunk, self.request_done and trailers is None and i == last)
+            if self.downstream_paused:
+                self.downstream_paused = False
+                self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
+        if trailers is not None:
+            encoder.encode_trailers(trailers)
+
+    # Response ---------------------------------------------------------------------------
+
+    def on_upstream_headers(self, headers: HeaderMap, end_stream: bool) -> None:
+        cb = self.decoder_callbacks
+        route = self.route
+        status = headers.get(":status", "0")
+        code = int(status) if status.isdigit() else 0
+        if self.config.dynamic_stats:
+            self.cluster.code_stats.charge(code, internal=cb.stream.internal)
+        if not self.config.suppress_envoy_headers:
+            service_ms = round((self.config.loop.time() - self.request_complete_time) * 1000)
+            headers.set("x-envoy-upstream-service-time", str(service_ms))
+        route.finalize_response_headers(self.request_headers, headers, cb.stream_info)
+        if end_stream:
+            self._on_upstream_complete()
+        cb.encode_headers(headers, end_stream)
+
+    def on_upstream_data(self, data: bytes, end_stream: bool) -> None:
+        if end_stream:
+            self._on_upstream_complete()
+        self.decoder_callbacks.encode_data(data, end_stream)
+
+    def on_upstream_trailers(self, trailers: HeaderMap) -> None:
+        self._on_upstream_complete()
+        self.decoder_callbacks.encode_trailers(trailers)
+
+    def _on_upstream_complete(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.config.dynamic_stats and self.request_done:
+            ms = (self.config.loop.time() - self.start_time) * 1000
+            self.cluster.code_stats.record_time(ms, internal=self.decoder_callbacks.stream.internal)
+        self.upstream = None
+
+    def on_upstream_reset(
+        self, reason: StreamResetReason, transport_failure_reason: str, response_started: bool
+    ) -> None:
+        self.upstream = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        cb = self.decoder_callbacks
+        info = cb.stream_info
+        if transport_failure_reason:
+            info.upstream_transport_failure_reason = transport_failure_reason
+        flag = _RESET_FLAGS.get(reason, 0)
+        if response_started:
+            self.config.stats.rq_reset_after_downstream_response_started.inc()
+            if flag:
+                info.set_flag(flag)
+            cb.reset_stream()
+            return
+        overflow = reason is StreamResetReason.OVERFLOW
+        extra = (
+            (("x-envoy-overloaded", "true"),)
+            if overflow and not self.config.suppress_envoy_headers
+            else ()
+        )
+        protocol_error = reason is StreamResetReason.PROTOCOL_ERROR
+        if self.config.dynamic_stats and self.cluster is not None:
+            self.cluster.code_stats.charge(
+                502 if protocol_error else 503, internal=cb.stream.internal
+            )
+        self._local_reply(
+            upstream_reset(
+                reason.value,
+                flags=flag,
+                status=502 if protocol_error else 503,
+                transport_failure_reason=transport_failure_reason,
+                headers=extra,
+            )
+        )
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        cluster = self.cluster
+        cluster.stats.upstream_rq_timeout.inc()
+        if self.host is not None:
+            self.host.stats.rq_timeout.inc()
+        upstream = self.upstream
+        self.upstream = None
+        response_started = upstream is not None and upstream.response_started
+        if upstream is not None:
+            upstream.reset()
+        cb = self.decoder_callbacks
+        if response_started:
+            cb.stream_info.set_flag(F.UPSTREAM_REQUEST_TIMEOUT)
+            self.config.stats.rq_reset_after_downstream_response_started.inc()
+            cb.reset_stream()
+            return
+        if self.config.dynamic_stats:
+            cluster.code_stats.charge(504, internal=cb.stream.internal)
+        self._local_reply(_TIMEOUT_REPLY)
+
+    # Local replies ---------------------------------------------------------------------
+
+    def _local_reply(self, reply: LocalReply) -> None:
+        self.decoder_callbacks.send_local_reply(
+            reply.status,
+            reply.body.encode(),
+            details=reply.details,
+            headers=dict(reply.headers) if reply.headers else None,
+            flags=reply.flags,
+        )
+
+    def _direct_reply(self, route, headers, status: int, body: bytes, redirect) -> None:
+        cb = self.decoder_callbacks
+        location = None
+        if redirect is not None or status == 201 or 300 <= status < 400:
+            location = redirect_location(headers, redirect)
+        info = cb.stream_info
+
+        def modify(response_headers: HeaderMap) -> None:
+            if location is not None:
+                response_headers.set("location", location)
+            route.finalize_response_headers(headers, response_headers, info)
+
+        cb.send_local_reply(status, body, details="direct_response", modify_headers=modify)
+
+
+class UpstreamRequest(ResponseDecoder):
+    """One try of the request on one upstream host: the pool's callbacks and the response
+    decoder (Envoy's ``UpstreamRequest``)."""
+
+    __slots__ = ("cluster", "downstream_watermarks", "encoder", "host", "pending",
+                 "response_started", "router", "upstream_watermarks")  # fmt: skip
+
+    def __init__(self, router: Router, cluster, host) -> None:
+        self.router = router
+        self.cluster = cluster
+        self.host = host
+        self.encoder = None
+        self.pending = None
+        self.response_started = False
+        self.downstream_watermarks = _DownstreamWatermarks(self)
+        self.upstream_watermarks = _UpstreamWatermarks(self)
+
+    def start(self) -> None:
+        pool = self.cluster.http_conn_pool(self.host)
+        self.pending = pool.new_stream(self, self)
+
+    def reset(self) -> None:
+        """The router gives up on this try (timeout, downstream gone)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.cancel()
+        encoder = self.encoder
+        if encoder is not None:
+            self._unsubscribe(encoder)
+            encoder.reset()
+
+    # Pool callbacks ---------------------------------------------------------------------
+
+    def on_pool_ready(self, encoder, host) -> None:
+        self.pending = None
+        router = self.router
+        if router.upstream is not self:
+            encoder.reset()
+            return
+        self.encoder = encoder
+        info = router.decoder_callbacks.stream_info
+        info.upstream_host = str(host.config.address)
+        info.upstream_local_address = _fmt(encoder.local_address)
+        info.upstream_connection_id = encoder.connection_id
+        info.upstream_protocol = encoder.protocol
+        info.first_upstream_tx_byte_sent = router.config.loop.time()
+        encoder.add_callbacks(self.upstream_watermarks)
+        router.decoder_callbacks.add_downstream_watermark_callbacks(self.downstream_watermarks)
+        router.on_pool_ready(self)
+
+    def on_pool_failure(self, reason: PoolFailureReason, transport_failure_reason: str, host):
+        self.pending = None
+        router = self.router
+        if router.upstream is not self:
+            return
+        if host is not None:
+            router.decoder_callbacks.stream_info.upstream_host = str(host.config.address)
+        router.on_upstream_reset(_POOL_FAILURES[reason], transport_failure_reason, False)
+
+    # Response ---------------------------------------------------------------------------
+
+    def on_headers(self, headers: HeaderMap, end_stream: bool) -> None:
+        self.response_started = True
+        router = self.router
+        cb = router.decoder_callbacks
+        cb.stream_info.first_upstream_rx_byte_received = router.config.loop.time()
+        if end_stream:
+            self._complete()
+        router.on_upstream_headers(headers, end_stream)
+
+    def on_data(self, data: bytes, end_stream: bool) -> None:
+        router = self.router
+        router.decoder_callbacks.touch()
+        if end_stream:
+            self._complete()
+        router.on_upstream_data(data, end_stream)
+
+    def on_trailers(self, trailers: HeaderMap) -> None:
+        self._complete()
+        self.router.on_upstream_trailers(trailers)
+
+    def on_reset(self, reason: StreamResetReason, details: str) -> None:
+        router = self.router
+        if router.upstream is not self:
+            return
+        self._detach()
+        router.on_upstream_reset(reason, details, self.response_started)
+
+    def _complete(self) -> None:
+        router = self.router
+        router.decoder_callbacks.stream_info.last_upstream_rx_byte_received = (
+            router.config.loop.time()
+        )
+        self._detach()
+
+    def _detach(self) -> None:
+        encoder = self.encoder
+        if encoder is not None:
+            self._unsubscribe(encoder)
+
+    def _unsubscribe(self, encoder) -> None:
+        self.encoder = None
+        encoder.remove_callbacks(self.upstream_watermarks)
+        callbacks = self.router.decoder_callbacks
+        callbacks.remove_downstream_watermark_callbacks(self.downstream_watermarks)
+        if self.upstream_watermarks.paused:  # the request is over: let the client read again
+            self.upstream_watermarks.on_below_write_buffer_low_watermark()
+
+
+class _DownstreamWatermarks:
+    """The client reads slowly: stop reading the upstream response until it catches up."""
+
+    __slots__ = ("upstream",)
+
+    def __init__(self, upstream: UpstreamRequest) -> None:
+        self.upstream = upstream
+
+    def on_above_write_buffer_high_watermark(self) -> None:
+        upstream = self.upstream
+        if upstream.encoder is not None:
+            upstream.cluster.stats.upstream_flow_control_paused_reading_total.inc()
+            upstream.encoder.read_disable(True)
+
+    def on_below_write_buffer_low_watermark(self) -> None:
+        upstream = self.upstream
+        if upstream.encoder is not None:
+            upstream.cluster.stats.upstream_flow_control_resumed_reading_total.inc()
+            upstream.encoder.read_disable(False)
+
+
+class _UpstreamWatermarks:
+    """The upstream reads slowly: stop reading the client's request body until it drains."""
+
+    __slots__ = ("paused", "upstream")
+
+    def __init__(self, upstream: UpstreamRequest) -> None:
+        self.upstream = upstream
+        self.paused = False
+
+    def on_above_write_buffer_high_watermark(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.upstream.cluster.stats.upstream_flow_control_backed_up_total.inc()
+            self.upstream.router.decoder_callbacks.on_decoder_filter_above_write_buffer_high_watermark()
+
+    def on_below_write_buffer_low_watermark(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.upstream.cluster.stats.upstream_flow_control_drained_total.inc()
+            self.upstream.router.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
+
+
+def _fmt(address) -> str | None:
+    if not address:
+        return None
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
