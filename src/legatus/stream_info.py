@@ -117,10 +117,18 @@ class StreamInfo:
         "downstream_direct_remote_address",
         "downstream_local_address",
         "downstream_remote_address",
+        "dynamic_metadata",
         "end_monotonic",
         "filter_state",
+        "first_downstream_tx_byte_sent",
+        "first_upstream_rx_byte_received",
+        "first_upstream_tx_byte_sent",
         "flag_order",
         "health_check",
+        "last_downstream_rx_byte_received",
+        "last_downstream_tx_byte_sent",
+        "last_upstream_rx_byte_received",
+        "last_upstream_tx_byte_sent",
         "protocol",
         "requested_server_name",
         "response_code",
@@ -134,7 +142,10 @@ class StreamInfo:
         "upstream_connection_id",
         "upstream_host",
         "upstream_local_address",
+        "upstream_protocol",
+        "upstream_request_attempt_count",
         "upstream_transport_failure_reason",
+        "virtual_cluster_name",
     )
 
     def __init__(self, *, now_monotonic: float, now_wall: float | None = None) -> None:
@@ -163,6 +174,19 @@ class StreamInfo:
         self.filter_state: dict | None = None
         self.upstream_connection_id: int | None = None  # %UPSTREAM_CONNECTION_ID%
         self.health_check = False  # set by the HTTP health_check filter; not_health_check_filter
+        # HTTP stream timings (loop monotonic seconds; None until they happen), as Envoy's
+        # DownstreamTiming / UpstreamTiming: %REQUEST_DURATION% and friends read them.
+        self.last_downstream_rx_byte_received: float | None = None
+        self.first_upstream_tx_byte_sent: float | None = None
+        self.last_upstream_tx_byte_sent: float | None = None
+        self.first_upstream_rx_byte_received: float | None = None
+        self.last_upstream_rx_byte_received: float | None = None
+        self.first_downstream_tx_byte_sent: float | None = None
+        self.last_downstream_tx_byte_sent: float | None = None
+        self.upstream_request_attempt_count: int | None = None  # the router's tries
+        self.upstream_protocol: str | None = None  # "HTTP/1.1" once an upstream is chosen
+        self.virtual_cluster_name: str | None = None
+        self.dynamic_metadata: dict | None = None  # filter namespace -> Struct-like dict
 
     def set_flag(self, flag: ResponseFlag) -> None:
         if flag & (flag - 1):  # several at once

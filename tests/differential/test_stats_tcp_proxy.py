@@ -50,15 +50,6 @@ LEGATUS_ONLY = [
 
 # Envoy stats in IN_SCOPE that legatus does not report. Every entry is a gap to close.
 KNOWN_GAPS = [
-    "cluster.<cluster>.upstream_cx_close_notify",
-    "cluster.<cluster>.upstream_cx_connect_with_0_rtt",
-    "cluster.<cluster>.upstream_cx_idle_timeout",
-    "cluster.<cluster>.upstream_cx_max_duration_reached",
-    "cluster.<cluster>.upstream_cx_max_requests",
-    "cluster.<cluster>.upstream_cx_overflow",
-    "cluster.<cluster>.upstream_cx_pool_overflow",
-    "cluster.<cluster>.upstream_cx_preconnect_skipped",
-    "cluster.<cluster>.upstream_cx_protocol_error",
     "cluster.<cluster>.upstream_cx_rx_bytes_buffered",
     "cluster.<cluster>.upstream_cx_tx_bytes_buffered",
     "server.main_thread.watchdog_mega_miss",

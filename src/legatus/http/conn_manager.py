@@ -83,8 +83,6 @@ class ConnectionManager(ReadFilter):
         self.draining = False  # the next response says connection: close, then we close
         self.closing = False
         self.codec_read_disabled = False
-        self.dispatching = False
-        self.resume_pending = False
         self.deadline: float | None = None  # see set_deadline
         self.timer: Any = None
         self.duration_timer: Any = None
@@ -144,11 +142,12 @@ class ConnectionManager(ReadFilter):
         stats.downstream_cx_length_ms.record((self.loop.time() - self.started) * 1000)
         stream = self.stream
         if stream is not None and not stream.destroyed:
-            stats.downstream_cx_destroy_active_rq.inc()
-            if remote:
-                stats.downstream_cx_destroy_remote_active_rq.inc()
-            else:
-                stats.downstream_cx_destroy_local_active_rq.inc()
+            if not stream.response_complete:
+                stats.downstream_cx_destroy_active_rq.inc()
+                if remote:
+                    stats.downstream_cx_destroy_remote_active_rq.inc()
+                else:
+                    stats.downstream_cx_destroy_local_active_rq.inc()
             stream.on_reset(remote)
         self._cancel_timers()
         self.codec = None
@@ -173,31 +172,12 @@ class ConnectionManager(ReadFilter):
     # Codec events ----------------------------------------------------------------------
 
     def _dispatch(self, events: list) -> None:
-        """Hand the codec's events to streams; streams that end during this run release the
-        next pipelined request here (a loop, not a recursion)."""
-        if self.dispatching:
-            self._pending_events.extend(events)
-            return
-        self.dispatching = True
-        self._pending_events = events
-        try:
-            while True:
-                i = 0
-                while i < len(self._pending_events):
-                    event = self._pending_events[i]
-                    i += 1
-                    if self.codec is None or self.closing:
-                        break
-                    self._on_event(event)
-                self._pending_events = []
-                if self.resume_pending and self.codec is not None and not self.closing:
-                    self.resume_pending = False
-                    self._pending_events = self.codec.resume()
-                    if self._pending_events:
-                        continue
+        """Hand the codec's events to the streams. The codec pauses after each request, so
+        one call carries at most one request; the next is released when the stream ends."""
+        for event in events:
+            if self.codec is None or self.closing:
                 break
-        finally:
-            self.dispatching = False
+            self._on_event(event)
         self._update_codec_read()
 
     def _on_event(self, event) -> None:
@@ -240,48 +220,63 @@ class ConnectionManager(ReadFilter):
 
     # Streams ---------------------------------------------------------------------------
 
+    def on_response_complete(self, stream: ActiveStream) -> bool:
+        """The response of ``stream`` went out. True if the connection stays for the next
+        request; otherwise it is closing (the stream then ends with the connection). Envoy
+        closes at once only after an upstream response to a complete request whose client
+        asked for the close (``connection: close``, HTTP/1.0); otherwise (a local reply, a
+        request still arriving, a drain) it delays the close."""
+        if self.codec is None or self.connection.state is not State.OPEN:
+            return False
+        if self.draining or self.codec.close_after_response or not stream.request_complete:
+            self._close_after_response(
+                delay=stream.local_reply
+                or not stream.request_complete
+                or not stream.saw_connection_close
+            )
+            return False
+        return True
+
     def on_stream_done(self, stream: ActiveStream) -> None:
-        """A stream ended (response complete, or reset): next request, or close."""
+        """A stream ended: release the next pipelined request on the next loop iteration (by
+        then the upstream connection this stream used is free again, as in Envoy)."""
         if self.stream is stream:
             self.stream = None
-        if self.codec is None or self.connection.state is not State.OPEN:
-            return
-        codec = self.codec
-        if self.draining or codec.close_after_response or stream.request_incomplete:
-            self._close_after_response()
+        if self.codec is None or self.closing or self.connection.state is not State.OPEN:
             return
         self.set_deadline(self.config.idle_timeout)
-        if codec.paused:
-            if self.dispatching:
-                self.resume_pending = True
-            else:
-                self._dispatch(codec.resume())
+        if self.codec.paused:
+            self.loop.call_soon(self._resume)
 
-    def _close_after_response(self) -> None:
-        """Envoy's FlushWriteAndDelay: write what is buffered, then close; a client that keeps
-        sending meanwhile is not answered with a RST, its bytes are read and dropped, up to
-        ``delayed_close_timeout``."""
+    def _resume(self) -> None:
+        codec = self.codec
+        if codec is not None and self.stream is None and not self.closing:
+            self._dispatch(codec.resume())
+
+    def _close_after_response(self, *, delay: bool) -> None:
+        """Close once the response is written. After a local reply Envoy waits (FlushWrite-
+        AndDelay): it sends no FIN and keeps reading and dropping what the client still sends,
+        until the client closes or ``delayed_close_timeout`` passes, so that unread request
+        bytes do not turn the close into a RST that could destroy the reply. After an
+        upstream response it closes at once."""
         if self.closing:
             return
         self.closing = True
         conn = self.connection
-        delay = self.config.delayed_close_timeout
-        if not delay or conn.read_ended:
+        timeout = self.config.delayed_close_timeout
+        if not delay or not timeout or conn.read_ended:
             conn.close(CloseType.FLUSH_WRITE)
             return
-        # Send our FIN after the buffered bytes, keep reading (and dropping) until the
-        # client closes too or the delay passes.
-        conn.write(b"", end_stream=True)
         if self.codec_read_disabled:
             self.codec_read_disabled = False
             conn.read_disable(False)
-        self.delayed_close_timer = self.loop.call_later(delay, self._on_delayed_close)
+        self.delayed_close_timer = self.loop.call_later(timeout, self._on_delayed_close)
 
     def _on_delayed_close(self) -> None:
         self.delayed_close_timer = None
         if self.connection.state is State.OPEN:
             self.config.stats.named.downstream_cx_delayed_close_timeout.inc()
-            self.connection.close(CloseType.NO_FLUSH)
+            self.connection.close(CloseType.FLUSH_WRITE)
 
     def close(self, close_type: CloseType) -> None:
         self.closing = True
@@ -291,7 +286,7 @@ class ConnectionManager(ReadFilter):
         """Close once the current response (if any) is written, saying connection: close."""
         self.draining = True
         if self.stream is None:
-            self._close_after_response()
+            self._close_after_response(delay=True)
 
     # Timers ----------------------------------------------------------------------------
 
@@ -304,7 +299,11 @@ class ConnectionManager(ReadFilter):
             self.deadline = None
             return
         deadline = self.deadline = self.loop.time() + timeout
-        if self.timer is None:
+        timer = self.timer
+        if timer is None:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+        elif deadline < timer.when():  # sooner than the timer: it must fire earlier
+            timer.cancel()
             self.timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -321,7 +320,7 @@ class ConnectionManager(ReadFilter):
             stream.on_idle_timeout()
             return
         self.config.stats.named.downstream_cx_idle_timeout.inc()
-        self.close(CloseType.FLUSH_WRITE)
+        self._close_after_response(delay=True)
 
     def _on_max_connection_duration(self) -> None:
         self.duration_timer = None
@@ -359,6 +358,7 @@ class ActiveStream:
         "info",
         "internal",
         "is_head",
+        "local_reply",
         "manager",
         "protocol",
         "random_value",
@@ -370,6 +370,7 @@ class ActiveStream:
         "response_started",
         "response_trailers",
         "route_table",
+        "saw_connection_close",
         "watermark_callbacks",
     )  # fmt: skip
 
@@ -396,6 +397,8 @@ class ActiveStream:
         self.destroyed = False
         self.internal = False
         self.code_stats_charged = False
+        self.local_reply = False
+        self.saw_connection_close = event is not None and not event.keep_alive
         self.is_head = False
         self.watermark_callbacks: list = []
         self.idle_timeout = config.stream_idle_timeout
@@ -417,10 +420,6 @@ class ActiveStream:
             )
 
     @property
-    def request_incomplete(self) -> bool:
-        return not self.request_complete
-
-    @property
     def connection(self):
         return self.manager.connection
 
@@ -437,18 +436,12 @@ class ActiveStream:
             if not manager.draining:
                 config.stats.named.downstream_cx_max_requests_reached.inc()
             manager.draining = True
+            self.saw_connection_close = True  # close when done, as if the client asked
+        if end_stream:
+            self._end_decode()
         if ":authority" not in headers:
             self._create_filter_chain(())
             self.send_reply(ENVOY_LOCAL_REPLIES["missing_host_header"])
-            return
-        if event.upgrade:
-            self._create_filter_chain(())
-            if headers.get(":method") == "CONNECT":
-                config.stats.router.no_route.inc()
-                self.info.set_flag(ResponseFlag.NO_ROUTE_FOUND)
-                self.send_reply(ENVOY_LOCAL_REPLIES["connect_not_routed"])
-            else:
-                self.send_reply(ENVOY_LOCAL_REPLIES["upgrade_failed"])
             return
         if config.strip_port or config.strip_trailing_host_dot:
             _strip_host(headers, config, self.info.downstream_local_address)
@@ -464,27 +457,46 @@ class ActiveStream:
         )
         info.downstream_remote_address = result.final_remote_address
         self.internal = result.internal
-        if end_stream:
-            self._end_decode()
         if event.expect_continue and not config.proxy_100_continue:
             # Envoy answers 100-continue itself (unless proxy_100_continue) and drops Expect.
             headers.remove("expect")
-            connection.write(_CONTINUE_100)
+            self.send_continue(None)
         self.random_value = manager.context.random.getrandbits(63)
         route = self.route_table.route(headers, self.random_value)
+        if route is not None:
+            info.route_name = route.name or None
+            info.upstream_cluster = self._known_cluster(route)
+        if event.upgrade:  # no upgrade_configs: Envoy refuses upgrades and CONNECT here
+            self._create_filter_chain(())
+            if headers.get(":method") == "CONNECT":
+                config.stats.router.no_route.inc()
+                info.set_flag(ResponseFlag.NO_ROUTE_FOUND)
+                self.send_reply(ENVOY_LOCAL_REPLIES["connect_not_routed"])
+            else:
+                config.stats.named.downstream_rq_ws_on_non_ws_route.inc()
+                self.send_reply(ENVOY_LOCAL_REPLIES["upgrade_failed"])
+            return
         self._create_filter_chain(config.filter_factories)
         fm = self.filter_manager
         fm.route = route
         fm.route_resolver = self._resolve_route
-        if route is not None:
-            info.route_name = route.name or None
         fm.decode_headers(headers, end_stream)
 
     def _resolve_route(self):
         headers = self.request_headers
         route = self.route_table.route(headers, self.random_value)
-        self.info.route_name = route.name if route is not None and route.name else None
+        info = self.info
+        info.route_name = route.name or None if route is not None else None
+        info.upstream_cluster = self._known_cluster(route) if route is not None else None
         return route
+
+    def _known_cluster(self, route) -> str | None:
+        """%UPSTREAM_CLUSTER% once routed: the route's cluster, if it exists (Envoy keeps
+        the cluster's info, which an unknown name does not have)."""
+        name = route.cluster_name
+        if name and self.manager.context.cluster_manager.get(name) is not None:
+            return name
+        return None
 
     def _create_filter_chain(self, factories) -> None:
         decoders: list = []
@@ -528,7 +540,7 @@ class ActiveStream:
         if self.request_timer is not None:
             self.request_timer.cancel()
             self.request_timer = None
-        if self.response_complete:
+        if self.response_complete and not self.manager.closing:
             self._destroy()
 
     # Encoding (StreamSink) -------------------------------------------------------------
@@ -538,20 +550,24 @@ class ActiveStream:
             return
         manager = self.manager
         config = manager.config
-        mutate_response_headers(
-            config.header_policy, headers, self.request_headers, date=date_header()
-        )
         status = headers.get(":status", "0")
         if status[0] == "1":
             if status == "100":  # a proxied 100-continue (proxy_100_continue)
-                self._write(manager.codec.encode_headers(headers, False))
+                self.send_continue(headers)
             return
+        mutate_response_headers(
+            config.header_policy, headers, self.request_headers, date=date_header()
+        )
         self.response_started = True
         if not self.request_complete:
             manager.draining = True
             config.stats.named.downstream_rq_response_before_rq_complete.inc()
+        if self.saw_connection_close:
+            manager.draining = True
         if manager.draining:
             headers.set("connection", "close")
+        elif self.http10:
+            headers.set("connection", "keep-alive")
         self.response_headers = headers
         info = self.info
         info.response_code = int(status)
@@ -588,6 +604,18 @@ class ActiveStream:
             self._write(out)
         self._end_encode()
 
+    def send_continue(self, headers: HeaderMap | None) -> None:
+        """A 100 Continue: ours (``headers`` None) or the upstream's; counted as a response."""
+        manager = self.manager
+        if headers is None:
+            data = _CONTINUE_100
+        else:
+            headers.remove("connection")
+            headers.remove("transfer-encoding")
+            data = manager.codec.encode_headers(headers, False)
+        self._write(data)
+        manager.config.code_stats.charge(100)
+
     def _write(self, data: bytes) -> None:
         manager = self.manager
         manager.config.stats.named.downstream_cx_tx_bytes_total.add(len(data))
@@ -596,7 +624,7 @@ class ActiveStream:
     def _end_encode(self) -> None:
         self.response_complete = True
         self.info.last_downstream_tx_byte_sent = self.manager.loop.time()
-        if self.request_complete or self.manager.draining:
+        if self.manager.on_response_complete(self) and self.request_complete:
             self._destroy()
 
     def on_watermark(self, *, decoding: bool, above: bool) -> None:
@@ -634,6 +662,7 @@ class ActiveStream:
         headers: dict[str, str] | None,
         modify_headers: Callable[[HeaderMap], None] | None = None,
     ) -> tuple[HeaderMap, bytes]:
+        self.local_reply = True
         if details in _CLOSING_DETAILS:
             self.manager.draining = True
         reply = LocalReply(
@@ -668,9 +697,11 @@ class ActiveStream:
     def send_codec_error(self, error: ProtocolError) -> None:
         reply = codec_error(error.status, error.details)
         self.manager.draining = True
+        self.local_reply = True
         if self.response_started:
             self.manager.close(CloseType.FLUSH_WRITE)
             return
+        self._reset_filters()  # the request is dead: cancel what its filters started upstream
         headers, body = render_local_reply(
             reply,
             request_headers=self.request_headers,
@@ -681,6 +712,12 @@ class ActiveStream:
         self.write_headers(headers, not body)
         if body:
             self.write_data(body, True)
+
+    def _reset_filters(self) -> None:
+        fm = self.filter_manager
+        if fm is not None:
+            self.filter_manager = None
+            fm.on_destroy()
 
     def reset_stream(self) -> None:
         """A filter (the router, after the response started) gives up on the stream: HTTP/1
@@ -734,8 +771,9 @@ class ActiveStream:
         """The connection closed under the stream."""
         if self.destroyed:
             return
-        if remote:
+        if not (self.request_complete and self.response_complete):
             self.manager.config.stats.named.downstream_rq_rx_reset.inc()
+        if remote and not self.response_complete:
             self.info.set_flag(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
         self._destroy()
 

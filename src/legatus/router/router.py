@@ -29,6 +29,8 @@ resume the upstream read (``read_disable`` on the upstream stream).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -50,11 +52,19 @@ from legatus.stream_info import ResponseFlag as F
 
 log = logging.getLogger("legatus.router")
 
-_TIMEOUT_HEADERS = (
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-upstream-rq-timeout-alt-response",
-    "x-envoy-expected-rq-timeout-ms",
+# Request headers the router consumes (Envoy's timeout and retry headers).
+_CONSUMED_HEADERS = frozenset(
+    (
+        "x-envoy-upstream-rq-timeout-ms",
+        "x-envoy-upstream-rq-per-try-timeout-ms",
+        "x-envoy-upstream-rq-timeout-alt-response",
+        "x-envoy-retry-on",
+        "x-envoy-retry-grpc-on",
+        "x-envoy-max-retries",
+        "x-envoy-retriable-status-codes",
+        "x-envoy-retriable-header-names",
+        "x-envoy-hedge-on-per-try-timeout",
+    )
 )
 _RESET_FLAGS = {
     StreamResetReason.LOCAL_CONNECTION_FAILURE: F.UPSTREAM_CONNECTION_FAILURE,
@@ -73,6 +83,7 @@ _POOL_FAILURES = {
     PoolFailureReason.TIMEOUT: StreamResetReason.CONNECTION_TIMEOUT,
 }
 _TIMEOUT_REPLY = ENVOY_LOCAL_REPLIES["upstream_request_timeout"]
+_TIMEOUT_ALT_REPLY = ENVOY_LOCAL_REPLIES["upstream_request_timeout_alt"]
 _NO_HEALTHY = ENVOY_LOCAL_REPLIES["no_healthy_upstream"]
 
 
@@ -91,6 +102,7 @@ class RouterConfig:
 
 class Router(StreamDecoderFilter):
     __slots__ = (
+        "alt_response",
         "buffered",
         "buffered_bytes",
         "cluster",
@@ -98,6 +110,7 @@ class Router(StreamDecoderFilter):
         "downstream_paused",
         "end_stream",
         "host",
+        "per_try",
         "request_complete_time",
         "request_done",
         "request_headers",
@@ -122,6 +135,8 @@ class Router(StreamDecoderFilter):
         self.request_done = False
         self.downstream_paused = False
         self.timeout = 0.0
+        self.per_try = 0.0
+        self.alt_response = False
         self.timer = None
         self.request_complete_time = 0.0
         self.start_time = 0.0
@@ -145,7 +160,7 @@ class Router(StreamDecoderFilter):
             self._direct_reply(route, headers, action.status, action.body, None)
             return FilterHeadersStatus.STOP_ITERATION
         if type(action) is RedirectAction:
-            stats.rq_redirect.inc()
+            stats.rq_direct_response.inc()  # Envoy: a redirect is a direct response entry
             self._direct_reply(route, headers, action.response_code, b"", action)
             return FilterHeadersStatus.STOP_ITERATION
         name = route.cluster_name
@@ -165,6 +180,8 @@ class Router(StreamDecoderFilter):
         host = cluster.choose_host()
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
+            if config.dynamic_stats:
+                cluster.code_stats.charge(503, internal=self.decoder_callbacks.stream.internal)
             self._local_reply(_NO_HEALTHY)
             return FilterHeadersStatus.STOP_ITERATION
         self.host = host
@@ -223,20 +240,31 @@ class Router(StreamDecoderFilter):
     # Request ----------------------------------------------------------------------------
 
     def _final_timeout(self, headers: HeaderMap, action) -> float:
-        """Envoy's FilterUtility::finalTimeout: the route's timeout, or the request's
-        x-envoy-upstream-rq-timeout-ms (headers an external client sent were stripped)."""
+        """Envoy's FilterUtility::finalTimeout. The route's timeout, unless the request (an
+        internal one: an external client's x-envoy-* headers were stripped) asks for another
+        with x-envoy-upstream-rq-timeout-ms; x-envoy-upstream-rq-per-try-timeout-ms bounds
+        the one try legatus makes (no retries yet). The router consumes these headers and the
+        retry ones, and tells the upstream the time it has in x-envoy-expected-rq-timeout-ms
+        (in place of the client's, if any)."""
         timeout = action.timeout
-        value = headers.get("x-envoy-upstream-rq-timeout-ms")
-        if self.config.respect_expected_rq_timeout:
+        config = self.config
+        if config.respect_expected_rq_timeout:
             expected = headers.get("x-envoy-expected-rq-timeout-ms")
             if expected is not None and expected.isdigit():
                 timeout = int(expected) / 1000
-        elif value is not None and value.isdigit():
-            timeout = int(value) / 1000
-        for name in _TIMEOUT_HEADERS:
-            headers.remove(name)
-        if timeout and not self.config.suppress_envoy_headers:
-            headers.set("x-envoy-expected-rq-timeout-ms", str(round(timeout * 1000)))
+        else:
+            value = headers.get("x-envoy-upstream-rq-timeout-ms")
+            if value is not None and value.isdigit():
+                timeout = int(value) / 1000
+        per_try = headers.get("x-envoy-upstream-rq-per-try-timeout-ms")
+        self.per_try = int(per_try) / 1000 if per_try is not None and per_try.isdigit() else 0.0
+        self.alt_response = "x-envoy-upstream-rq-timeout-alt-response" in headers
+        headers.remove_all(_CONSUMED_HEADERS)
+        expected_timeout = timeout
+        if self.per_try and (not timeout or self.per_try < timeout):
+            expected_timeout = self.per_try
+        if expected_timeout and not config.suppress_envoy_headers:
+            headers.set("x-envoy-expected-rq-timeout-ms", str(round(expected_timeout * 1000)))
         return timeout
 
     def _finalize_request_headers(self, headers, route, action, host, info) -> None:
@@ -266,8 +294,13 @@ class Router(StreamDecoderFilter):
     def _on_request_complete(self) -> None:
         loop = self.config.loop
         self.request_complete_time = loop.time()
-        if self.timeout and self.timer is None and self.cluster is not None:
-            self.timer = loop.call_later(self.timeout, self._on_timeout)
+        if self.timer is not None or self.cluster is None:
+            return
+        timeout, per_try = self.timeout, self.per_try
+        if per_try and (not timeout or per_try < timeout):
+            self.timer = loop.call_later(per_try, self._on_timeout, True)
+        elif timeout:
+            self.timer = loop.call_later(timeout, self._on_timeout, False)
 
     def on_pool_ready(self, upstream: UpstreamRequest) -> None:
         """The upstream stream exists: send what the downstream sent so far."""
@@ -301,8 +334,10 @@ class Router(StreamDecoderFilter):
     def on_upstream_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         cb = self.decoder_callbacks
         route = self.route
+        cb.stream_info.response_code_details = "via_upstream"
         status = headers.get(":status", "0")
         code = int(status) if status.isdigit() else 0
+        cb.stream_info.response_code = code  # %RESPONSE_CODE% in response header values
         if self.config.dynamic_stats:
             self.cluster.code_stats.charge(code, internal=cb.stream.internal)
         if not self.config.suppress_envoy_headers:
@@ -370,10 +405,13 @@ class Router(StreamDecoderFilter):
             )
         )
 
-    def _on_timeout(self) -> None:
+    def _on_timeout(self, per_try: bool) -> None:
         self.timer = None
         cluster = self.cluster
-        cluster.stats.upstream_rq_timeout.inc()
+        if per_try:
+            cluster.stats.upstream_rq_per_try_timeout.inc()
+        else:
+            cluster.stats.upstream_rq_timeout.inc()
         if self.host is not None:
             self.host.stats.rq_timeout.inc()
         upstream = self.upstream
@@ -387,9 +425,12 @@ class Router(StreamDecoderFilter):
             self.config.stats.rq_reset_after_downstream_response_started.inc()
             cb.reset_stream()
             return
+        reply = _TIMEOUT_ALT_REPLY if self.alt_response else _TIMEOUT_REPLY
+        if per_try:
+            reply = dataclasses.replace(reply, details="upstream_per_try_timeout")
         if self.config.dynamic_stats:
-            cluster.code_stats.charge(504, internal=cb.stream.internal)
-        self._local_reply(_TIMEOUT_REPLY)
+            cluster.code_stats.charge(reply.status, internal=cb.stream.internal)
+        self._local_reply(reply)
 
     # Local replies ---------------------------------------------------------------------
 
@@ -458,7 +499,7 @@ class UpstreamRequest(ResponseDecoder):
             return
         self.encoder = encoder
         info = router.decoder_callbacks.stream_info
-        info.upstream_host = str(host.config.address)
+        info.upstream_host = host.address_text
         info.upstream_local_address = _fmt(encoder.local_address)
         info.upstream_connection_id = encoder.connection_id
         info.upstream_protocol = encoder.protocol
@@ -473,10 +514,23 @@ class UpstreamRequest(ResponseDecoder):
         if router.upstream is not self:
             return
         if host is not None:
-            router.decoder_callbacks.stream_info.upstream_host = str(host.config.address)
+            router.decoder_callbacks.stream_info.upstream_host = host.address_text
         router.on_upstream_reset(_POOL_FAILURES[reason], transport_failure_reason, False)
 
     # Response ---------------------------------------------------------------------------
+
+    def on_informational_headers(self, headers: HeaderMap) -> None:
+        """A 1xx from the upstream: a 100 goes to the client (Envoy proxies it only with
+        proxy_100_continue, and the connection manager strips Expect otherwise)."""
+        router = self.router
+        if router.config.dynamic_stats:
+            status = headers.get(":status", "")
+            if status.isdigit():
+                router.cluster.code_stats.charge(
+                    int(status), internal=router.decoder_callbacks.stream.internal
+                )
+        if headers.get(":status") == "100":
+            router.decoder_callbacks.stream.send_continue(headers)
 
     def on_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         self.response_started = True
@@ -569,6 +623,7 @@ class _UpstreamWatermarks:
             self.upstream.router.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
 
 
+@functools.lru_cache(maxsize=4096)
 def _fmt(address) -> str | None:
     if not address:
         return None

@@ -46,6 +46,8 @@ class ClusterManager:
             c.name: ClusterMembershipStats(store.scope(f"cluster.{c.stat_name}.")) for c in configs
         }
         self._resolvers: list = []
+        for c in configs:
+            store.scope(f"cluster.{c.stat_name}.default.").counter("total_match_count").inc()
         self.stats.cluster_added.add(len(configs))
         self.stats.active_clusters.set(len(configs))
 

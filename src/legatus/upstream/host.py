@@ -26,9 +26,10 @@ def host_stats_prefix(cluster_stat_name: str, host: HostConfig) -> str:
 
 
 class Host:
-    __slots__ = ("address", "config", "stats")
+    __slots__ = ("address", "address_text", "config", "stats")
 
     def __init__(self, config: HostConfig, scope: Scope) -> None:
         self.config = config
         self.address = config.address.as_tuple()
+        self.address_text = str(config.address)  # "ip:port", for %UPSTREAM_HOST%
         self.stats = HostStats(scope, hidden=True)

@@ -21,7 +21,7 @@ from legatus.upstream.stats import ClusterTrafficStats
 
 class ThreadLocalCluster:
     __slots__ = ("_loop", "_pool_context", "_pools", "_rng", "_store", "code_stats", "config",
-                 "hosts", "lb", "scope", "stats")  # fmt: skip
+                 "hosts", "lb", "resource_managers", "scope", "stats")  # fmt: skip
 
     def __init__(self, config: ClusterConfig, store: Store, rng: random.Random, loop=None) -> None:
         self.config = config
@@ -35,6 +35,15 @@ class ThreadLocalCluster:
         self.lb: RoundRobin[Host] = RoundRobin((), (), rng)
         self._pools: dict = {}
         self._pool_context = None
+        from legatus.upstream.resource_manager import ResourceManager, ResourcePriority
+
+        breakers = (
+            config.proto.circuit_breakers if config.proto.HasField("circuit_breakers") else None
+        )
+        self.resource_managers = tuple(
+            ResourceManager.from_circuit_breakers(breakers, self.scope, priority)
+            for priority in ResourcePriority
+        )
 
     def http_conn_pool(self, host: Host):
         """The HTTP/1.1 pool to ``host`` on this worker (made on first use)."""
@@ -49,20 +58,15 @@ class ThreadLocalCluster:
         context = self._pool_context
         if context is None:
             from legatus.conn_pool import PoolContext
-            from legatus.upstream.resource_manager import ResourceManager, ResourcePriority
+            from legatus.http.conn_manager_stats import Http1CodecStats
 
             config = self.config
-            proto = config.proto
-            resource_manager = ResourceManager.from_circuit_breakers(
-                proto.circuit_breakers if proto.HasField("circuit_breakers") else None,
-                self.scope,
-                ResourcePriority.DEFAULT,
-            )
+            Http1CodecStats(self.scope.scope("http1."))  # Envoy: with the first HTTP/1 pool
             context = self._pool_context = PoolContext.for_cluster(
                 self,
                 self.scope,
                 self._loop,
-                resource_manager=resource_manager,
+                resource_manager=self.resource_managers[0],
                 max_requests_per_connection=config.max_requests_per_connection,
                 idle_timeout=config.upstream_idle_timeout,
             )

@@ -21,7 +21,11 @@ from legatus.config.errors import ConfigError, join_path
 from legatus.config.factory_context import FactoryContext
 from legatus.config.supported import check_supported
 from legatus.http.codes import DownstreamCodeStats
-from legatus.http.conn_manager_stats import ConnManagerStatSets, declare_conn_manager_stats
+from legatus.http.conn_manager_stats import (
+    ConnManagerStatSets,
+    Http1CodecStats,
+    declare_conn_manager_stats,
+)
 from legatus.http.conn_manager_utility import (
     HEADER_HCM_FIELDS,
     HeaderPolicy,
@@ -143,6 +147,7 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         local_reply = compile_local_reply_config(
             proto.local_reply_config, join_path(path, "local_reply_config"), context
         )
+    Http1CodecStats(context.store.scope("http1."))  # the downstream codec's, shared by all HCMs
     stats = declare_conn_manager_stats(
         context.store.scope(""),
         proto.stat_prefix,
