@@ -18,6 +18,7 @@ Behaviour by path:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -39,10 +40,8 @@ class HttpUpstream:
         self.stopping.set()
         self.sock.close()
         for c in list(self._conns):
-            try:
+            with contextlib.suppress(OSError):
                 c.close()
-            except OSError:
-                pass
 
     def _accept(self) -> None:
         while not self.stopping.is_set():

@@ -445,7 +445,6 @@ class ActiveStream:
             return
         if config.strip_port or config.strip_trailing_host_dot:
             _strip_host(headers, config, self.info.downstream_local_address)
-        connection = manager.connection
         info = self.info
         result = mutate_request_headers(
             config.header_policy,

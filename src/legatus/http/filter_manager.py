@@ -266,13 +266,28 @@ class FilterManager:
 
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         self.response_started = True
-        self.encoder.start(_Kind.HEADERS, headers, end_stream)
+        if self.encoder.slots:
+            self.encoder.start(_Kind.HEADERS, headers, end_stream)
+            return
+        # No encoder filter (the common chain: the router alone): straight to the codec.
+        if end_stream:
+            self.encoder.ended = self.done = True
+        self.sink.write_headers(headers, end_stream)
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
-        self.encoder.start(_Kind.DATA, data, end_stream)
+        if self.encoder.slots:
+            self.encoder.start(_Kind.DATA, data, end_stream)
+            return
+        if end_stream:
+            self.encoder.ended = self.done = True
+        self.sink.write_data(data, end_stream)
 
     def encode_trailers(self, trailers: HeaderMap) -> None:
-        self.encoder.start(_Kind.TRAILERS, trailers, True)
+        if self.encoder.slots:
+            self.encoder.start(_Kind.TRAILERS, trailers, True)
+            return
+        self.encoder.ended = self.done = True
+        self.sink.write_trailers(trailers)
 
     def send_local_reply(
         self,

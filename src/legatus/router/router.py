@@ -432,6 +432,21 @@ class Router(StreamDecoderFilter):
             cluster.code_stats.charge(reply.status, internal=cb.stream.internal)
         self._local_reply(reply)
 
+    # Watermarks of the downstream connection's write buffer -------------------------------
+
+    def on_above_write_buffer_high_watermark(self) -> None:
+        """The client reads slowly: stop reading the upstream response until it catches up."""
+        upstream = self.upstream
+        if upstream is not None and upstream.encoder is not None:
+            self.cluster.stats.upstream_flow_control_paused_reading_total.inc()
+            upstream.encoder.read_disable(True)
+
+    def on_below_write_buffer_low_watermark(self) -> None:
+        upstream = self.upstream
+        if upstream is not None and upstream.encoder is not None:
+            self.cluster.stats.upstream_flow_control_resumed_reading_total.inc()
+            upstream.encoder.read_disable(False)
+
     # Local replies ---------------------------------------------------------------------
 
     def _local_reply(self, reply: LocalReply) -> None:
@@ -462,8 +477,8 @@ class UpstreamRequest(ResponseDecoder):
     """One try of the request on one upstream host: the pool's callbacks and the response
     decoder (Envoy's ``UpstreamRequest``)."""
 
-    __slots__ = ("cluster", "downstream_watermarks", "encoder", "host", "pending",
-                 "response_started", "router", "upstream_watermarks")  # fmt: skip
+    __slots__ = ("cluster", "encoder", "host", "paused_downstream", "pending",
+                 "response_started", "router")  # fmt: skip
 
     def __init__(self, router: Router, cluster, host) -> None:
         self.router = router
@@ -472,8 +487,7 @@ class UpstreamRequest(ResponseDecoder):
         self.encoder = None
         self.pending = None
         self.response_started = False
-        self.downstream_watermarks = _DownstreamWatermarks(self)
-        self.upstream_watermarks = _UpstreamWatermarks(self)
+        self.paused_downstream = False
 
     def start(self) -> None:
         pool = self.cluster.http_conn_pool(self.host)
@@ -504,8 +518,8 @@ class UpstreamRequest(ResponseDecoder):
         info.upstream_connection_id = encoder.connection_id
         info.upstream_protocol = encoder.protocol
         info.first_upstream_tx_byte_sent = router.config.loop.time()
-        encoder.add_callbacks(self.upstream_watermarks)
-        router.decoder_callbacks.add_downstream_watermark_callbacks(self.downstream_watermarks)
+        encoder.add_callbacks(self)  # the upstream's write buffer: see the watermark hooks
+        router.decoder_callbacks.add_downstream_watermark_callbacks(router)
         router.on_pool_ready(self)
 
     def on_pool_failure(self, reason: PoolFailureReason, transport_failure_reason: str, host):
@@ -573,54 +587,26 @@ class UpstreamRequest(ResponseDecoder):
 
     def _unsubscribe(self, encoder) -> None:
         self.encoder = None
-        encoder.remove_callbacks(self.upstream_watermarks)
+        encoder.remove_callbacks(self)
         callbacks = self.router.decoder_callbacks
-        callbacks.remove_downstream_watermark_callbacks(self.downstream_watermarks)
-        if self.upstream_watermarks.paused:  # the request is over: let the client read again
-            self.upstream_watermarks.on_below_write_buffer_low_watermark()
+        callbacks.remove_downstream_watermark_callbacks(self.router)
+        if self.paused_downstream:  # the request is over: let the client read again
+            self.on_below_write_buffer_low_watermark()
 
-
-class _DownstreamWatermarks:
-    """The client reads slowly: stop reading the upstream response until it catches up."""
-
-    __slots__ = ("upstream",)
-
-    def __init__(self, upstream: UpstreamRequest) -> None:
-        self.upstream = upstream
+    # Watermarks of the upstream connection's write buffer ---------------------------------
 
     def on_above_write_buffer_high_watermark(self) -> None:
-        upstream = self.upstream
-        if upstream.encoder is not None:
-            upstream.cluster.stats.upstream_flow_control_paused_reading_total.inc()
-            upstream.encoder.read_disable(True)
+        """The upstream reads slowly: stop reading the client's request body."""
+        if not self.paused_downstream:
+            self.paused_downstream = True
+            self.cluster.stats.upstream_flow_control_backed_up_total.inc()
+            self.router.decoder_callbacks.on_decoder_filter_above_write_buffer_high_watermark()
 
     def on_below_write_buffer_low_watermark(self) -> None:
-        upstream = self.upstream
-        if upstream.encoder is not None:
-            upstream.cluster.stats.upstream_flow_control_resumed_reading_total.inc()
-            upstream.encoder.read_disable(False)
-
-
-class _UpstreamWatermarks:
-    """The upstream reads slowly: stop reading the client's request body until it drains."""
-
-    __slots__ = ("paused", "upstream")
-
-    def __init__(self, upstream: UpstreamRequest) -> None:
-        self.upstream = upstream
-        self.paused = False
-
-    def on_above_write_buffer_high_watermark(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self.upstream.cluster.stats.upstream_flow_control_backed_up_total.inc()
-            self.upstream.router.decoder_callbacks.on_decoder_filter_above_write_buffer_high_watermark()
-
-    def on_below_write_buffer_low_watermark(self) -> None:
-        if self.paused:
-            self.paused = False
-            self.upstream.cluster.stats.upstream_flow_control_drained_total.inc()
-            self.upstream.router.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
+        if self.paused_downstream:
+            self.paused_downstream = False
+            self.cluster.stats.upstream_flow_control_drained_total.inc()
+            self.router.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
 
 
 @functools.lru_cache(maxsize=4096)
