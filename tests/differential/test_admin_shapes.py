@@ -55,8 +55,6 @@ MISSING_ENDPOINTS = [
     "/init_dump",
     "/memory/tcmalloc",
     "/peak_heap_dump",
-    "/runtime",
-    "/runtime_modify",
     "/stats/recentlookups",
     "/stats/recentlookups/clear",
     "/stats/recentlookups/disable",
@@ -76,15 +74,6 @@ PROM_SCOPE = re.compile(
 )
 # The same gaps as test_stats_tcp_proxy.KNOWN_GAPS, as Prometheus families.
 PROM_ENVOY_ONLY = [
-    ("envoy_cluster_upstream_cx_close_notify", "counter", ("envoy_cluster_name",)),
-    ("envoy_cluster_upstream_cx_connect_with_0_rtt", "counter", ("envoy_cluster_name",)),
-    ("envoy_cluster_upstream_cx_idle_timeout", "counter", ("envoy_cluster_name",)),
-    ("envoy_cluster_upstream_cx_max_duration_reached", "counter", ("envoy_cluster_name",)),
-    ("envoy_cluster_upstream_cx_max_requests", "counter", ("envoy_cluster_name",)),
-    ("envoy_cluster_upstream_cx_overflow", "counter", ("envoy_cluster_name",)),
-    ("envoy_cluster_upstream_cx_pool_overflow", "counter", ("envoy_cluster_name",)),
-    ("envoy_cluster_upstream_cx_preconnect_skipped", "counter", ("envoy_cluster_name",)),
-    ("envoy_cluster_upstream_cx_protocol_error", "counter", ("envoy_cluster_name",)),
     ("envoy_cluster_upstream_cx_rx_bytes_buffered", "gauge", ("envoy_cluster_name",)),
     ("envoy_cluster_upstream_cx_tx_bytes_buffered", "gauge", ("envoy_cluster_name",)),
     ("envoy_listener_admin_connections_accepted_per_socket_event", "histogram", ("le",)),

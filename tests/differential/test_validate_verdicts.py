@@ -39,6 +39,10 @@ UNSUPPORTED = re.compile(r"not supported|unsupported|does not implement", re.I)
 
 # Example files legatus accepts today (Envoy accepts every one of them).
 LEGATUS_ACCEPTS = [
+    "examples__csrf__crosssite__envoy.yaml",
+    "examples__double-proxy__envoy.yaml",
+    "examples__front-proxy__service-envoy-2.yaml",
+    "examples__front-proxy__service-envoy.yaml",
     "examples__tls__envoy-https-passthrough.yaml",
     "examples__websocket__envoy-wss-passthrough.yaml",
 ]

@@ -5,10 +5,16 @@ small predicate objects) with the logger extension named by its ``typed_config``
 stdout, stderr...), resolved through the registry. ``log(info, ...)`` is called once per
 connection (TCP) or stream (HTTP) when it ends.
 
-Runtime: legatus has no runtime layer yet, so every runtime key reads as absent: a
-ComparisonFilter compares with ``value.default_value`` and a RuntimeFilter samples at
-``percent_sampled`` (0% when unset, as in Envoy). The RuntimeFilter always draws its own
-random number (Envoy derives it from ``x-request-id`` unless ``use_independent_randomness``).
+Runtime: filters read the process's runtime (``context.runtime``) at evaluation time, as
+Envoy's do, so ``/runtime_modify`` changes them at once; without a runtime every key reads
+as absent. A ComparisonFilter compares with ``runtime_key``'s integer, else
+``value.default_value``. A RuntimeFilter logs when ``random % denominator`` is below
+``runtime_key``'s integer (a numerator over the filter's own denominator, capped at it),
+else below ``percent_sampled.numerator`` (0% when unset): Envoy's
+``featureEnabled(key, numerator, random, denominator)``. Its random number is the
+``x-request-id`` read as Envoy's UUID request-id extension does (the first 8 characters as
+hexadecimal), so every log sampling the same request agrees; a missing or unreadable id,
+or ``use_independent_randomness``, draws a fresh one.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from legatus.access_log.http_operators import grpc_status
+from legatus.access_log.providers import milliseconds
 from legatus.common.matchers import HeaderMatcher
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
@@ -96,16 +104,19 @@ _EQ, _GE, _LE, _NE = 0, 1, 2, 3
 
 
 class _Comparison(AccessLogFilter):
-    __slots__ = ("op", "value")
+    __slots__ = ("default", "op", "runtime", "runtime_key")
 
-    def __init__(self, proto, path: str) -> None:
+    def __init__(self, proto, path: str, context) -> None:
         check_supported(proto, ("op", "value"), path, "ComparisonFilter")
-        # value.runtime_key names a runtime override; with no runtime, the default applies.
         self.op = proto.op
-        self.value = proto.value.default_value
+        self.default = proto.value.default_value
+        self.runtime_key = proto.value.runtime_key
+        self.runtime = getattr(context, "runtime", None) if self.runtime_key else None
 
     def compare(self, lhs: int) -> bool:
-        op, value = self.op, self.value
+        op, value = self.op, self.default
+        if self.runtime is not None:
+            value = self.runtime.get_integer(self.runtime_key, value)
         if op == _GE:
             return lhs >= value
         if op == _LE:
@@ -126,8 +137,8 @@ class DurationFilter(_Comparison):
     __slots__ = ()
 
     def evaluate(self, info, request_headers, response_headers, response_trailers) -> bool:
-        duration = info.duration_ms()
-        return duration is not None and self.compare(duration)
+        end = info.end_monotonic
+        return end is not None and self.compare(milliseconds(info.start_monotonic, end))
 
 
 class NotHealthCheckFilter(AccessLogFilter):
@@ -150,7 +161,7 @@ _DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 
 
 class RuntimeFilter(AccessLogFilter):
-    __slots__ = ("denominator", "numerator", "random")
+    __slots__ = ("denominator", "independent", "key", "numerator", "random", "runtime")
 
     def __init__(self, proto, path: str, context) -> None:
         check_supported(
@@ -159,12 +170,48 @@ class RuntimeFilter(AccessLogFilter):
             path,
             "RuntimeFilter",
         )
+        self.key = proto.runtime_key
         self.numerator = proto.percent_sampled.numerator
         self.denominator = _DENOMINATORS[proto.percent_sampled.denominator]
+        self.independent = proto.use_independent_randomness
         self.random = context.random
+        self.runtime = getattr(context, "runtime", None)
 
     def evaluate(self, info, request_headers, response_headers, response_trailers) -> bool:
-        return self.random.getrandbits(64) % self.denominator < self.numerator
+        denominator = self.denominator
+        value = None
+        if not self.independent and request_headers is not None:
+            value = request_id_integer(request_headers.get("x-request-id"))
+        if value is None:
+            value = self.random.getrandbits(64)
+        numerator = self.numerator
+        if self.runtime is not None:
+            numerator = self.runtime.get_integer(self.key, numerator)
+        return value % denominator < min(numerator, denominator)
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+_SPACE = " \t\n\v\f\r"
+
+
+def request_id_integer(request_id: str | None) -> int | None:
+    """Envoy's UUIDRequestIDExtension::toInteger: the first 8 characters as hexadecimal.
+
+    They are read as ``strtoull(s, &end, 16)`` reads them, all 8 consumed: leading blanks,
+    a sign (a minus wraps around, as unsigned arithmetic does) and ``0x`` are allowed.
+    """
+    if request_id is None or len(request_id) < 8:
+        return None
+    text = request_id[:8].lstrip(_SPACE)
+    negative = text[:1] == "-"
+    if text and text[0] in "+-":
+        text = text[1:]
+    if text[:2] in ("0x", "0X") and len(text) > 2 and text[2] in _HEX:
+        text = text[2:]
+    if not text or not _HEX.issuperset(text):
+        return None
+    value = int(text, 16)
+    return (-value) % 2**64 if negative else value
 
 
 class _Operator(AccessLogFilter):
@@ -227,18 +274,7 @@ class ResponseFlagFilter(AccessLogFilter):
         return bool(info.response_flags)
 
 
-_GRPC_MAX_KNOWN = 16
-_GRPC_INVALID = -1
-_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
-
-
-def _grpc_status_from(headers) -> int | None:
-    value = headers.get("grpc-status") if headers else None
-    if not value:
-        return None
-    if not value.isdigit() or int(value) > _GRPC_MAX_KNOWN:
-        return _GRPC_INVALID
-    return int(value)
+_GRPC_UNKNOWN = 2
 
 
 class GrpcStatusFilter(AccessLogFilter):
@@ -252,11 +288,9 @@ class GrpcStatusFilter(AccessLogFilter):
         self.exclude = proto.exclude
 
     def evaluate(self, info, request_headers, response_headers, response_trailers) -> bool:
-        status = _grpc_status_from(response_trailers)
+        status = grpc_status(info, response_headers, response_trailers, allow_user_defined=False)
         if status is None:
-            status = _grpc_status_from(response_headers)
-        if status is None:
-            status = 2 if not info.response_code else _HTTP_TO_GRPC.get(info.response_code, 2)
+            status = _GRPC_UNKNOWN
         found = status in self.statuses
         return not found if self.exclude else found
 
@@ -270,9 +304,9 @@ def compile_filter(proto, path: str, context) -> AccessLogFilter:
     sub = getattr(proto, which) if which else None
     sub_path = join_path(path, which or "filter_specifier")
     if which == "status_code_filter":
-        return StatusCodeFilter(sub.comparison, join_path(sub_path, "comparison"))
+        return StatusCodeFilter(sub.comparison, join_path(sub_path, "comparison"), context)
     if which == "duration_filter":
-        return DurationFilter(sub.comparison, join_path(sub_path, "comparison"))
+        return DurationFilter(sub.comparison, join_path(sub_path, "comparison"), context)
     if which == "not_health_check_filter":
         return NotHealthCheckFilter()
     if which == "traceable_filter":

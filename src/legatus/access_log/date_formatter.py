@@ -39,7 +39,16 @@ class DateFormatter:
     ends in ``000`` as Envoy's does.
     """
 
-    __slots__ = ("_cache_key", "_cache_parts", "_has_subseconds", "_local", "_segments")
+    __slots__ = (
+        "_cache_after",
+        "_cache_before",
+        "_cache_key",
+        "_cache_parts",
+        "_local",
+        "_one_sub",
+        "_segments",
+        "_subs",
+    )
 
     def __init__(self, format_string: str, *, local: bool = False) -> None:
         self._local = local
@@ -65,25 +74,38 @@ class DateFormatter:
         if rest:
             segments.append(("text", _absl_pieces(rest)))
         self._segments = tuple(segments)
-        self._has_subseconds = any(s[0] == "sub" for s in segments)
+        self._subs = tuple((i, s) for i, s in enumerate(segments) if s[0] == "sub")
+        # The usual formats have one sub-second field: cache the text around it.
+        self._one_sub = self._subs[0][1] if len(self._subs) == 1 else None
         self._cache_key: int | None = None
         self._cache_parts: list[str] = []
+        self._cache_before = self._cache_after = ""
         self.format(0.0)  # strftime rejects some formats (embedded NUL): fail at config time
 
     def format(self, when: float) -> str:
-        micros = round(when * 1_000_000)
-        seconds, fraction = divmod(micros, 1_000_000)
+        seconds, fraction = divmod(round(when * 1_000_000), 1_000_000)
         if seconds != self._cache_key:
-            self._cache_parts = self._render_second(seconds)
-            self._cache_key = seconds
-        parts = self._cache_parts
-        if not self._has_subseconds:
-            return "".join(parts)
-        nanos = f"{fraction:06d}000"
-        out = []
-        for segment, cached in zip(self._segments, parts, strict=True):
-            out.append(_subseconds(segment, nanos) if segment[0] == "sub" else cached)
-        return "".join(out)
+            self._fill_cache(seconds)
+        one = self._one_sub
+        if one is not None:
+            return self._cache_before + _subseconds(one, fraction) + self._cache_after
+        if not self._subs:
+            return self._cache_before
+        parts = list(self._cache_parts)
+        for index, segment in self._subs:
+            parts[index] = _subseconds(segment, fraction)
+        return "".join(parts)
+
+    def _fill_cache(self, seconds: int) -> None:
+        parts = self._render_second(seconds)
+        self._cache_parts = parts
+        self._cache_key = seconds
+        if self._one_sub is not None:
+            index = self._subs[0][0]
+            self._cache_before = "".join(parts[:index])
+            self._cache_after = "".join(parts[index + 1 :])
+        elif not self._subs:
+            self._cache_before = "".join(parts)
 
     def _render_second(self, seconds: int) -> list[str]:
         tm = time.localtime(seconds) if self._local else time.gmtime(seconds)
@@ -98,8 +120,10 @@ class DateFormatter:
         return parts
 
 
-def _subseconds(segment: tuple, nanos: str) -> str:
+def _subseconds(segment: tuple, micros: int) -> str:
+    """The fraction of the second (microseconds, as Envoy's clock gives) at ``width`` digits."""
     _, width, with_dot = segment
+    nanos = f"{micros:06d}000"
     if width == _DYNAMIC:
         width = len(nanos.rstrip("0"))
     if with_dot:

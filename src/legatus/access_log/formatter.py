@@ -26,7 +26,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from legatus.access_log.operators import Provider, build
+from legatus.access_log.json_text import json_number, json_string
+from legatus.access_log.metadata import RawJson
+from legatus.access_log.operators import build
+from legatus.access_log.providers import Provider
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
 
@@ -89,31 +92,57 @@ def parse(text: str, path: str) -> list[str | Provider]:
 
 
 class Formatter:
-    """A compiled text format. Immutable; ``format`` never raises on traffic data."""
+    """A compiled text format. Immutable; ``format`` never raises on traffic data.
 
-    __slots__ = ("_empty", "_parts", "text")
+    The parts are compiled into one Python function (``_compile_text``): literals and the
+    operators' inline expressions in a single f-string, so a line costs one call plus the
+    operators that have no inline form.
+    """
+
+    __slots__ = ("format", "text")
 
     def __init__(self, text: str, parts: list[str | Provider], *, omit_empty_values: bool):
         self.text = text
-        self._parts = tuple(p if isinstance(p, str) else p.text for p in parts)
-        self._empty = "" if omit_empty_values else "-"
+        self.format = _compile_text(parts, "" if omit_empty_values else "-")
 
-    def format(
-        self,
-        info: Any,
-        request_headers: Headers = None,
-        response_headers: Headers = None,
-        response_trailers: Headers = None,
-    ) -> str:
-        out = []
-        empty = self._empty
-        for part in self._parts:
-            if part.__class__ is str:
-                out.append(part)
-            else:
-                value = part(info, request_headers, response_headers, response_trailers)
-                out.append(empty if value is None else value)
-        return "".join(out)
+
+def _compile_text(parts: list[str | Provider], empty: str) -> Callable[..., str]:
+    """``format(info, request_headers=None, response_headers=None, response_trailers=None)``.
+
+    Generated source: ``return 'lit' f"{_D if (_v1 := EXPR) is None else _v1}" ...``, with
+    every constant bound as a global of the generated function (no literal inside an
+    expression, so no quoting issue); adjacent literals and f-strings compile to one
+    string build.
+    """
+    env: dict[str, Any] = {"_D": empty}
+    pieces: list[str] = []
+    for i, part in enumerate(parts):
+        if part.__class__ is str:
+            if part:
+                pieces.append(repr(part))
+            continue
+        inline = part.inline  # type: ignore[union-attr]
+        if inline is None:
+            env[f"_p{i}"] = part.text  # type: ignore[union-attr]
+            expr = f"_p{i}(info, req, resp, trl)"
+        else:
+            template, constants = inline
+            names = []
+            for j, constant in enumerate(constants):
+                names.append(f"_c{i}_{j}")
+                env[names[-1]] = constant
+            expr = template.format(*names, t=f"_t{i}")
+        if part.never_none:  # type: ignore[union-attr]
+            pieces.append(f'f"{{{expr}}}"')
+        else:
+            pieces.append(f'f"{{_D if (_v{i} := {expr}) is None else _v{i}}}"')
+    source = (
+        "def format(info, request_headers=None, response_headers=None, response_trailers=None):\n"
+        "    req, resp, trl = request_headers, response_headers, response_trailers\n"
+        f"    return {' '.join(pieces) or repr('')}\n"
+    )
+    exec(compile(source, "<access log format>", "exec"), env)
+    return env["format"]
 
 
 def compile_format(text: str, path: str, *, omit_empty_values: bool = False) -> Formatter:
@@ -126,57 +155,14 @@ def compile_format(text: str, path: str, *, omit_empty_values: bool = False) -> 
 # Node: f(info, req, resp, trailers) -> JSON text, or None for a null (omittable) value.
 Node = Callable[[Any, Headers, Headers, Headers], "str | None"]
 
-_ESCAPE = re.compile(r'["\\\x00-\x1f]')
-_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-}
-_INVALID_UTF8 = re.compile("[\udc80-\udcff]")
-
-
-def _escape_char(m: re.Match) -> str:
-    c = m.group()
-    return _ESCAPES.get(c) or f"\\u{ord(c):04x}"
-
-
-def json_string(s: str) -> str:
-    """A JSON string as Envoy writes it: UTF-8 kept, ``"``, ``\\`` and controls escaped.
-
-    A string carrying undecodable bytes (surrogate-escaped) is written as Envoy writes
-    invalid UTF-8: every byte that is not printable ASCII as ``\\u00XX``.
-    """
-    if _INVALID_UTF8.search(s):
-        raw = s.encode("utf-8", "surrogateescape")
-        return (
-            '"'
-            + "".join(
-                chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\u{b:04x}" for b in raw
-            )
-            + '"'
-        )
-    if _ESCAPE.search(s) is None:
-        return '"' + s + '"'
-    return '"' + _ESCAPE.sub(_escape_char, s) + '"'
-
-
-def json_number(x: float | int) -> str:
-    """Numbers as Envoy prints them: shortest round-trip digits, no ``.0`` (``3``, ``1e+20``)."""
-    if isinstance(x, int):
-        return str(x)
-    text = repr(float(x))
-    return text[:-2] if text.endswith(".0") else text
-
 
 def _json_value(value: Any) -> str | None:
     if value is None:
         return None
     if value.__class__ is str:
         return json_string(value)
+    if value.__class__ is RawJson:
+        return value
     if value is True or value is False:
         return "true" if value else "false"
     return json_number(value)

@@ -1,59 +1,46 @@
 """Envoy's access-log command operators (``%BYTES_SENT%``, ``%REQ(X?Y):N%``...).
 
-Each operator compiles once into a ``Provider``: two functions of
-``(info, request_headers, response_headers, response_trailers)``:
+``build`` turns one parsed ``%COMMAND(SUB):LENGTH%`` into a ``Provider`` (providers.py),
+after Envoy's syntax checks (which operators take a parameter, which a ``:LENGTH``). The
+stream-info operators are here (Envoy's stream_info_formatter.cc), the HTTP ones in
+http_operators.py and ``DYNAMIC_METADATA`` in metadata.py; the error texts are Envoy's.
 
-- ``text`` returns the operator's string, or None for "not set" (rendered ``-``, or
-  nothing with ``omit_empty_values``);
-- ``value`` returns the typed value used by JSON formats: ``int`` for counters, ports,
-  durations and codes, ``str`` otherwise, None for "not set" (JSON ``null``).
-
-The table and the syntax rules (which operators take a parameter, which a ``:LENGTH``)
-follow Envoy's stream_info_formatter.cc and http_specific_formatter.cc; the error texts
-are Envoy's. Header maps are mappings of lower-case name to value (pseudo-headers such
-as ``:path`` included); a missing map (TCP) behaves as an empty one.
+Durations are milliseconds from the stream's start (``%DURATION%`` to its end) to the
+HTTP timing recorded on the stream info: ``%REQUEST_DURATION%`` the last request byte
+received, ``%REQUEST_TX_DURATION%`` the last byte sent upstream, ``%RESPONSE_DURATION%``
+the first upstream response byte; ``%RESPONSE_TX_DURATION%`` runs from that first upstream
+byte to the last byte sent downstream. Each is unset (``-``) until its timing happened.
 """
 
 from __future__ import annotations
 
-import enum
+import json
 import os
 import socket
+import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from legatus.access_log.date_formatter import DEFAULT_LOCAL, DEFAULT_UTC, NEWLINE, DateFormatter
+from legatus.access_log.http_operators import HTTP_OPERATORS
+from legatus.access_log.metadata import METADATA_OPERATORS
+from legatus.access_log.providers import (
+    Factory,
+    Provider,
+    Syntax,
+    address,
+    milliseconds,
+    optional_uint,
+    simple,
+    string,
+    uint,
+)
 from legatus.config.errors import ConfigError
 from legatus.stream_info import response_flags_string
-
-Getter = Callable[[Any, Any, Any, Any], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Provider:
-    text: Getter
-    value: Getter
-
-
-class Syntax(enum.IntFlag):
-    """Envoy's CommandSyntaxChecker flags."""
-
-    COMMAND_ONLY = 0
-    PARAMS_REQUIRED = 1
-    PARAMS_OPTIONAL = 2
-    LENGTH_ALLOWED = 4
-
 
 # Envoy operators legatus does not implement yet: named in the error instead of Envoy's
 # generic "Not supported field", so that an operator knows it is a gap, not a typo.
 NOT_IMPLEMENTED = frozenset(
     {
-        "REQUEST_DURATION",
-        "REQUEST_TX_DURATION",
-        "RESPONSE_DURATION",
-        "RESPONSE_TX_DURATION",
         "DOWNSTREAM_HANDSHAKE_DURATION",
         "ROUNDTRIP_DURATION",
         "BYTES_RETRANSMITTED",
@@ -66,16 +53,10 @@ NOT_IMPLEMENTED = frozenset(
         "UPSTREAM_HEADER_BYTES_SENT",
         "DOWNSTREAM_WIRE_BYTES_SENT",
         "DOWNSTREAM_HEADER_BYTES_SENT",
-        "UPSTREAM_PROTOCOL",
         "COMMON_DURATION",
         "CUSTOM_FLAGS",
         "UPSTREAM_HOST_NAME",
         "UPSTREAM_HOST_NAME_WITHOUT_PORT",
-        "UPSTREAM_CLUSTER_RAW",
-        "UPSTREAM_REMOTE_ADDRESS",
-        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
-        "UPSTREAM_REMOTE_PORT",
-        "UPSTREAM_REQUEST_ATTEMPT_COUNT",
         "UPSTREAM_TLS_CIPHER",
         "UPSTREAM_TLS_VERSION",
         "UPSTREAM_TLS_SESSION_ID",
@@ -120,30 +101,16 @@ NOT_IMPLEMENTED = frozenset(
         "UPSTREAM_PEER_CERT_V_START",
         "UPSTREAM_PEER_CERT_V_END",
         "FILTER_CHAIN_NAME",
-        "VIRTUAL_CLUSTER_NAME",
         "TLS_JA3_FINGERPRINT",
         "TLS_JA4_FINGERPRINT",
-        "STREAM_ID",
-        "EMIT_TIME",
-        "EMIT_TIME_LOCAL",
-        "DYNAMIC_METADATA",
         "CLUSTER_METADATA",
         "UPSTREAM_METADATA",
         "FILTER_STATE",
         "UPSTREAM_FILTER_STATE",
         "UPSTREAM_CONNECTION_POOL_READY_DURATION",
-        "LOCAL_REPLY_BODY",
         "ACCESS_LOG_TYPE",
-        "GRPC_STATUS",
-        "GRPC_STATUS_NUMBER",
-        "REQUEST_HEADERS_BYTES",
-        "RESPONSE_HEADERS_BYTES",
-        "RESPONSE_TRAILERS_BYTES",
         "STREAM_INFO_REQ",
         "TRACE_ID",
-        "QUERY_PARAM",
-        "PATH",
-        "COALESCE",
         "UPSTREAM_DETECTED_CLOSE_TYPE",
         "DOWNSTREAM_DETECTED_CLOSE_TYPE",
         "UPSTREAM_LOCAL_CLOSE_REASON",
@@ -151,7 +118,6 @@ NOT_IMPLEMENTED = frozenset(
     }
 )
 
-_HEADER_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 _WHITESPACE = str.maketrans({c: "_" for c in " \t\f\v\n\r"})
 _HOSTNAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-")
 
@@ -175,77 +141,12 @@ def build(command: str, sub: str, max_length: int | None, path: str) -> Provider
     return factory(sub, max_length, path)
 
 
-# Helpers that build providers --------------------------------------------------------
+# Times ---------------------------------------------------------------------------------
 
 
-def _string(get: Callable[[Any], str | None]) -> Provider:
-    def text(info, _req, _resp, _trl):
-        return get(info)
+def _system_time(local: bool, emit: bool):
+    """START_TIME(_LOCAL): the stream's start; EMIT_TIME(_LOCAL): when the line is written."""
 
-    return Provider(text, text)
-
-
-def _uint(get: Callable[[Any], int]) -> Provider:
-    def value(info, _req, _resp, _trl):
-        return get(info)
-
-    def text(info, _req, _resp, _trl):
-        return str(get(info))
-
-    return Provider(text, value)
-
-
-def _optional_uint(get: Callable[[Any], int | None]) -> Provider:
-    def text(info, _req, _resp, _trl):
-        v = get(info)
-        return None if v is None else str(v)
-
-    def value(info, _req, _resp, _trl):
-        return get(info)
-
-    return Provider(text, value)
-
-
-def split_address(address: str) -> tuple[str, str]:
-    """``1.2.3.4:80`` -> (``1.2.3.4``, ``80``); ``[::1]:80`` -> (``::1``, ``80``)."""
-    if address.startswith("["):
-        host, _, port = address[1:].rpartition("]:")
-        return host, port
-    host, sep, port = address.rpartition(":")
-    return (host, port) if sep else (address, "")
-
-
-def _address(attr: str, part: str) -> Provider:
-    """An ``ip:port`` StreamInfo field with its ``_WITHOUT_PORT`` / ``_PORT`` variants."""
-    if part == "full":
-        return _string(lambda info: getattr(info, attr))
-    if part == "host":
-        return _string(lambda info: _host_of(getattr(info, attr)))
-
-    def port_text(info, _req, _resp, _trl):
-        address = getattr(info, attr)
-        return None if address is None else split_address(address)[1]
-
-    def port_value(info, _req, _resp, _trl):
-        address = getattr(info, attr)
-        port = None if address is None else split_address(address)[1]
-        return int(port) if port else None
-
-    return Provider(port_text, port_value)
-
-
-def _host_of(address: str | None) -> str | None:
-    return None if address is None else split_address(address)[0]
-
-
-def _simple(provider: Provider) -> Callable[[str, int | None, str], Provider]:
-    return lambda _sub, _max_length, _path: provider
-
-
-# Operators ---------------------------------------------------------------------------
-
-
-def _start_time(local: bool):
     def factory(sub: str, _max_length, path: str) -> Provider:
         if NEWLINE.search(sub):
             raise ConfigError(path, "Invalid header configuration. Format string contains newline.")
@@ -253,23 +154,37 @@ def _start_time(local: bool):
             formatter = DateFormatter(sub or (DEFAULT_LOCAL if local else DEFAULT_UTC), local=local)
         except ValueError as e:
             raise ConfigError(path, f"invalid START_TIME format '{sub}': {e}") from None
+        render = formatter.format
+        if emit:
 
-        def text(info, _req, _resp, _trl):
-            return formatter.format(info.start_time)
+            def text(_info, _req, _resp, _trl):
+                return render(time.time())
 
-        return Provider(text, text)
+            return Provider(text, text, ("{0}({1}())", (render, time.time)))
+
+        def start(info, _req, _resp, _trl):
+            return render(info.start_time)
+
+        return Provider(start, start, ("{0}(info.start_time)", (render,)))
 
     return factory
 
 
-def _duration(info) -> int | None:
-    return info.duration_ms()
+def _span(start_attr: str, end_attr: str):
+    def get(info) -> int | None:
+        start, end = getattr(info, start_attr), getattr(info, end_attr)
+        return None if start is None or end is None else milliseconds(start, end)
+
+    return simple(optional_uint(get))
+
+
+# Stream-info strings --------------------------------------------------------------------
 
 
 def _response_code_details(sub: str, _max_length, _path) -> Provider:
     if sub == "ALLOW_WHITESPACES":
-        return _string(lambda info: info.response_code_details)
-    return _string(
+        return string(lambda info: info.response_code_details)
+    return string(
         lambda info: (
             None
             if info.response_code_details is None
@@ -294,145 +209,255 @@ def _requested_server_name(info) -> str | None:
 
 def _hostname(_sub, _max_length, _path) -> Provider:
     name = socket.gethostname() or None
-    return _string(lambda _info: name)
+    return string(lambda _info: name)
 
 
 def _environment(sub: str, max_length: int | None, _path) -> Provider:
     value = os.environ.get(sub)
     value = "-" if value is None else value[:max_length]
-    return _string(lambda _info: value)
+    return string(lambda _info: value)
 
 
 def _unique_id(_sub, _max_length, _path) -> Provider:
-    return _string(lambda _info: str(uuid.uuid4()))
+    return string(lambda _info: str(uuid.uuid4()))
 
 
-def _valid_header_name(name: str) -> bool:
-    """Envoy's HeaderUtility::headerNameIsValid on the lower-cased name."""
-    if name.startswith(":"):
-        return len(name) > 1 and all(c in _HEADER_TOKEN for c in name[1:])
-    return all(c in _HEADER_TOKEN for c in name)
+def _duration(info) -> int | None:
+    end = info.end_monotonic
+    return None if end is None else milliseconds(info.start_monotonic, end)
 
 
-def _header(which: int):
-    """REQ / RESP / TRAILER: ``(main?alternative):max_length``, first value found."""
+def _response_flags(info, _req, _resp, _trl):
+    return response_flags_string(info.flag_order)
 
-    def factory(sub: str, max_length: int | None, path: str) -> Provider:
-        names = sub.split("?")
-        if len(names) > 2:
-            raise ConfigError(path, "More than 1 alternative header specified in token: " + sub)
-        main = names[0].lower()
-        alternative = names[1].lower() if len(names) == 2 else ""
-        if not _valid_header_name(main) or not _valid_header_name(alternative):
+
+def _duration_text(info, _req, _resp, _trl):
+    end = info.end_monotonic
+    return None if end is None else str(milliseconds(info.start_monotonic, end))
+
+
+# COALESCE ---------------------------------------------------------------------------------
+
+
+def _coalesce(sub: str, max_length: int | None, path: str) -> Provider:
+    """``%COALESCE({"operators": [...]}):Z%``: the first operator with a non-empty value.
+
+    Each entry is a command name or ``{"command", "param", "max_length"}``; text skips
+    unset and empty strings, JSON skips nulls and empty strings (Envoy's CoalesceFormatter).
+    """
+    try:
+        config = json.loads(sub)
+    except ValueError as e:
+        raise ConfigError(
+            path, f"COALESCE: failed to parse JSON configuration: JSON supplied is not valid. {e}"
+        ) from None
+    if not isinstance(config, dict) or "operators" not in config:
+        raise ConfigError(path, "COALESCE: JSON configuration must contain 'operators' array")
+    entries = config["operators"]
+    if not isinstance(entries, list):
+        raise ConfigError(path, "COALESCE: 'operators' must be an array")
+    if not entries:
+        raise ConfigError(path, "COALESCE: 'operators' array must not be empty")
+    providers = []
+    for i, entry in enumerate(entries):
+        try:
+            providers.append(_coalesce_entry(entry, path))
+        except ConfigError as e:
             raise ConfigError(
-                path, "Invalid header configuration. Format string contains invalid characters."
-            )
+                path, f"COALESCE: failed to parse operator at index {i}: {e.message}"
+            ) from None
+    texts = tuple(p.text for p in providers)
+    values = tuple(p.value for p in providers)
 
-        def text(_info, req, resp, trl):
-            headers = (req, resp, trl)[which]
-            if not headers:
-                return None
-            value = headers.get(main)
-            if value is None and alternative:
-                value = headers.get(alternative)
-            if value is None:
-                return None
-            return value if max_length is None else value[:max_length]
+    def text(info, req, resp, trl):
+        for get in texts:
+            value = get(info, req, resp, trl)
+            if value:
+                return value if max_length is None else value[:max_length]
+        return None
 
-        return Provider(text, text)
+    def value(info, req, resp, trl):
+        for get in values:
+            typed = get(info, req, resp, trl)
+            if typed is None or typed == "":
+                continue
+            if typed.__class__ is str and max_length is not None:
+                return typed[:max_length]
+            return typed
+        return None
 
-    return factory
+    return Provider(text, value)
 
 
-_TABLE: dict[str, tuple[Syntax, Callable[[str, int | None, str], Provider]]] = {
-    "START_TIME": (Syntax.PARAMS_OPTIONAL, _start_time(local=False)),
-    "START_TIME_LOCAL": (Syntax.PARAMS_OPTIONAL, _start_time(local=True)),
-    "DURATION": (Syntax.COMMAND_ONLY, _simple(_optional_uint(_duration))),
-    "BYTES_RECEIVED": (Syntax.COMMAND_ONLY, _simple(_uint(lambda i: i.bytes_received))),
-    "BYTES_SENT": (Syntax.COMMAND_ONLY, _simple(_uint(lambda i: i.bytes_sent))),
+def _coalesce_entry(entry, path: str) -> Provider:
+    if isinstance(entry, str):
+        command, param, entry_max = entry, "", None
+    elif isinstance(entry, dict):
+        command = entry.get("command")
+        if not isinstance(command, str):
+            raise ConfigError(path, "operator object must have 'command' field")
+        param = entry.get("param", "")
+        if not isinstance(param, str):
+            raise ConfigError(path, "'param' field must be a string")
+        entry_max = entry.get("max_length")
+        if entry_max is not None:
+            if not isinstance(entry_max, int) or isinstance(entry_max, bool):
+                raise ConfigError(path, "'max_length' field must be an integer")
+            if entry_max <= 0:
+                raise ConfigError(path, "'max_length' must be a positive integer")
+    else:
+        raise ConfigError(
+            path,
+            "operator entry must be either a string (command name) or an object with "
+            "'command' field",
+        )
+    if command not in _TABLE or command == "COALESCE":
+        raise ConfigError(path, f"unknown command: '{command}'")
+    return build(command, param, entry_max, path)
+
+
+_TABLE: dict[str, tuple[Syntax, Factory]] = {
+    "START_TIME": (Syntax.PARAMS_OPTIONAL, _system_time(local=False, emit=False)),
+    "START_TIME_LOCAL": (Syntax.PARAMS_OPTIONAL, _system_time(local=True, emit=False)),
+    "EMIT_TIME": (Syntax.PARAMS_OPTIONAL, _system_time(local=False, emit=True)),
+    "EMIT_TIME_LOCAL": (Syntax.PARAMS_OPTIONAL, _system_time(local=True, emit=True)),
+    "DURATION": (
+        Syntax.COMMAND_ONLY,
+        simple(Provider(_duration_text, optional_uint(_duration).value)),
+    ),
+    "REQUEST_DURATION": (
+        Syntax.COMMAND_ONLY,
+        _span("start_monotonic", "last_downstream_rx_byte_received"),
+    ),
+    "REQUEST_TX_DURATION": (
+        Syntax.COMMAND_ONLY,
+        _span("start_monotonic", "last_upstream_tx_byte_sent"),
+    ),
+    "RESPONSE_DURATION": (
+        Syntax.COMMAND_ONLY,
+        _span("start_monotonic", "first_upstream_rx_byte_received"),
+    ),
+    "RESPONSE_TX_DURATION": (
+        Syntax.COMMAND_ONLY,
+        _span("first_upstream_rx_byte_received", "last_downstream_tx_byte_sent"),
+    ),
+    "BYTES_RECEIVED": (
+        Syntax.COMMAND_ONLY,
+        simple(uint(lambda i: i.bytes_received, "info.bytes_received")),
+    ),
+    "BYTES_SENT": (Syntax.COMMAND_ONLY, simple(uint(lambda i: i.bytes_sent, "info.bytes_sent"))),
     "RESPONSE_FLAGS": (
         Syntax.COMMAND_ONLY,
-        _simple(_string(lambda i: response_flags_string(i.flag_order))),
+        simple(
+            Provider(
+                _response_flags,
+                _response_flags,
+                ("{0}(info.flag_order)", (response_flags_string,)),
+                never_none=True,
+            )
+        ),
     ),
     "RESPONSE_FLAGS_LONG": (
         Syntax.COMMAND_ONLY,
-        _simple(_string(lambda i: response_flags_string(i.flag_order, True))),
+        simple(string(lambda i: response_flags_string(i.flag_order, True))),
     ),
-    "RESPONSE_CODE": (Syntax.COMMAND_ONLY, _simple(_uint(lambda i: i.response_code or 0))),
+    "RESPONSE_CODE": (
+        Syntax.COMMAND_ONLY,
+        simple(uint(lambda i: i.response_code or 0, "(info.response_code or 0)")),
+    ),
     "RESPONSE_CODE_DETAILS": (Syntax.PARAMS_OPTIONAL, _response_code_details),
     "CONNECTION_TERMINATION_DETAILS": (
         Syntax.COMMAND_ONLY,
-        _simple(_string(lambda i: i.connection_termination_details)),
+        simple(string(lambda i: i.connection_termination_details)),
     ),
-    "PROTOCOL": (Syntax.COMMAND_ONLY, _simple(_string(lambda i: i.protocol))),
-    "UPSTREAM_HOST": (Syntax.COMMAND_ONLY, _simple(_address("upstream_host", "full"))),
-    "UPSTREAM_CLUSTER": (
+    "PROTOCOL": (Syntax.COMMAND_ONLY, simple(string(lambda i: i.protocol, "info.protocol"))),
+    "UPSTREAM_PROTOCOL": (Syntax.COMMAND_ONLY, simple(string(lambda i: i.upstream_protocol))),
+    "UPSTREAM_HOST": (Syntax.COMMAND_ONLY, simple(address("upstream_host", "full"))),
+    # Envoy's UPSTREAM_CLUSTER is the cluster's alt_stat_name when it has one; the stream
+    # info records the cluster's name, which is what UPSTREAM_CLUSTER_RAW shows.
+    "UPSTREAM_CLUSTER": (Syntax.COMMAND_ONLY, simple(string(lambda i: i.upstream_cluster or None))),
+    "UPSTREAM_CLUSTER_RAW": (
         Syntax.COMMAND_ONLY,
-        _simple(_string(lambda i: i.upstream_cluster or None)),
+        simple(string(lambda i: i.upstream_cluster or None)),
+    ),
+    # The upstream connection's remote address is the host's address (no proxy between).
+    "UPSTREAM_REMOTE_ADDRESS": (Syntax.COMMAND_ONLY, simple(address("upstream_host", "full"))),
+    "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": (
+        Syntax.COMMAND_ONLY,
+        simple(address("upstream_host", "host")),
+    ),
+    "UPSTREAM_REMOTE_PORT": (Syntax.COMMAND_ONLY, simple(address("upstream_host", "port"))),
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT": (
+        Syntax.COMMAND_ONLY,
+        simple(uint(lambda i: i.upstream_request_attempt_count or 0)),
     ),
     "UPSTREAM_LOCAL_ADDRESS": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("upstream_local_address", "full")),
+        simple(address("upstream_local_address", "full")),
     ),
     "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("upstream_local_address", "host")),
+        simple(address("upstream_local_address", "host")),
     ),
     "UPSTREAM_LOCAL_PORT": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("upstream_local_address", "port")),
+        simple(address("upstream_local_address", "port")),
     ),
     "UPSTREAM_TRANSPORT_FAILURE_REASON": (
         Syntax.COMMAND_ONLY,
-        _simple(_string(_transport_failure_reason)),
+        simple(string(_transport_failure_reason)),
     ),
     "UPSTREAM_CONNECTION_ID": (
         Syntax.COMMAND_ONLY,
-        _simple(_uint(lambda i: i.upstream_connection_id or 0)),
+        simple(uint(lambda i: i.upstream_connection_id or 0)),
     ),
     "DOWNSTREAM_REMOTE_ADDRESS": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("downstream_remote_address", "full")),
+        simple(address("downstream_remote_address", "full")),
     ),
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("downstream_remote_address", "host")),
+        simple(address("downstream_remote_address", "host")),
     ),
     "DOWNSTREAM_REMOTE_PORT": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("downstream_remote_address", "port")),
+        simple(address("downstream_remote_address", "port")),
     ),
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("downstream_direct_remote_address", "full")),
+        simple(address("downstream_direct_remote_address", "full")),
     ),
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("downstream_direct_remote_address", "host")),
+        simple(address("downstream_direct_remote_address", "host")),
     ),
     "DOWNSTREAM_DIRECT_REMOTE_PORT": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("downstream_direct_remote_address", "port")),
+        simple(address("downstream_direct_remote_address", "port")),
     ),
     "DOWNSTREAM_LOCAL_ADDRESS": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("downstream_local_address", "full")),
+        simple(address("downstream_local_address", "full")),
     ),
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("downstream_local_address", "host")),
+        simple(address("downstream_local_address", "host")),
     ),
     "DOWNSTREAM_LOCAL_PORT": (
         Syntax.COMMAND_ONLY,
-        _simple(_address("downstream_local_address", "port")),
+        simple(address("downstream_local_address", "port")),
     ),
-    "CONNECTION_ID": (Syntax.COMMAND_ONLY, _simple(_uint(lambda i: i.connection_id or 0))),
-    "REQUESTED_SERVER_NAME": (Syntax.COMMAND_ONLY, _simple(_string(_requested_server_name))),
-    "ROUTE_NAME": (Syntax.COMMAND_ONLY, _simple(_string(lambda i: i.route_name or None))),
+    "CONNECTION_ID": (Syntax.COMMAND_ONLY, simple(uint(lambda i: i.connection_id or 0))),
+    "REQUESTED_SERVER_NAME": (Syntax.COMMAND_ONLY, simple(string(_requested_server_name))),
+    "ROUTE_NAME": (Syntax.COMMAND_ONLY, simple(string(lambda i: i.route_name or None))),
+    "VIRTUAL_CLUSTER_NAME": (
+        Syntax.COMMAND_ONLY,
+        simple(string(lambda i: i.virtual_cluster_name or None)),
+    ),
     "HOSTNAME": (Syntax.COMMAND_ONLY, _hostname),
     "ENVIRONMENT": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _environment),
     "UNIQUE_ID": (Syntax.COMMAND_ONLY, _unique_id),
-    "REQ": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _header(0)),
-    "RESP": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _header(1)),
-    "TRAILER": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _header(2)),
+    "COALESCE": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _coalesce),
+    **HTTP_OPERATORS,
+    **METADATA_OPERATORS,
 }

@@ -105,14 +105,65 @@ def _load_file(path: str, allow_unknown: bool, registry: Registry | None) -> tup
 
 def _yaml(text: str, where: str):
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError("", f"Unable to parse YAML in {where}: {e}") from None
     if document is None:
         return {}
     if not isinstance(document, dict):
         raise ConfigError("", f"{where}: the bootstrap must be a YAML/JSON object")
+    _static_layers_as_envoy_reads_them(document)
     return document
+
+
+class _YamlFloat(float):
+    """A float that remembers how the YAML wrote it (``3.0``, ``0.50``, ``1.0e+20``)."""
+
+    __slots__ = ("text",)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    number = _YamlFloat(loader.construct_yaml_float(node))
+    number.text = node.value
+    return number
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+_INT32 = range(-(2**31), 2**31)
+
+
+def _static_layers_as_envoy_reads_them(document: dict) -> None:
+    """Runtime static layers keep what Envoy's YAML loader gives a Struct.
+
+    Envoy's loader turns a YAML float or an integer beyond int32 into a string (the float
+    as written), and a runtime value keeps that text (``/runtime`` shows ``3.0``, not
+    ``3``). Elsewhere in the bootstrap a number and its string parse alike, so only the
+    static layers, where the text shows, are rewritten.
+    """
+    runtime = document.get("layered_runtime", document.get("layeredRuntime"))
+    layers = runtime.get("layers") if isinstance(runtime, dict) else None
+    for layer in layers if isinstance(layers, list) else ():
+        if not isinstance(layer, dict):
+            continue
+        for key in ("static_layer", "staticLayer"):
+            if key in layer:
+                layer[key] = _as_envoy_yaml(layer[key])
+
+
+def _as_envoy_yaml(value):
+    if isinstance(value, _YamlFloat):
+        return value.text
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT32:
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _as_envoy_yaml(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_as_envoy_yaml(inner) for inner in value]
+    return value
 
 
 def _parse_document(
@@ -174,7 +225,7 @@ def _apply_node_flags(bootstrap: Bootstrap, options: Options) -> None:
 
 _SUPPORTED_BOOTSTRAP = frozenset({
     "node", "static_resources", "admin", "stats_config", "stats_flush_interval",
-    "stats_server_version_override",
+    "stats_server_version_override", "layered_runtime",
 })  # fmt: skip
 _SUPPORTED_STATIC = frozenset({"listeners", "clusters"})
 _SUPPORTED_ADMIN = frozenset({"address", "profile_path"})

@@ -320,6 +320,7 @@ def compile_route_config(
         table_response=table_response,
         table_per_filter_config=_per_filter(proto),
         ignore_path_parameters=proto.ignore_path_parameters_in_path_matching,
+        runtime=getattr(context, "runtime", None),
     )
     virtual_hosts = []
     for i, vh_proto in enumerate(proto.virtual_hosts):
@@ -360,6 +361,7 @@ class _Builder:
     table_response: HeaderMutations
     table_per_filter_config: PerFilterConfig
     ignore_path_parameters: bool
+    runtime: Any = None  # legatus.runtime.Runtime, for runtime_fraction
     exact: dict[str, VirtualHost] = field(default_factory=dict)
     suffixes: dict[int, dict[str, VirtualHost]] = field(default_factory=dict)
     prefixes: dict[int, dict[str, VirtualHost]] = field(default_factory=dict)
@@ -401,7 +403,7 @@ class _Builder:
         vh_response: HeaderMutations,
     ) -> Route:
         check_supported(proto, _ROUTE_FIELDS, path, "Route")
-        matcher = compile_route_match(proto.match, join_path(path, "match"))
+        matcher = compile_route_match(proto.match, join_path(path, "match"), self.runtime)
         which = proto.WhichOneof("action")
         action_path = join_path(path, which or "action")
         action: Action

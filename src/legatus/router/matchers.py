@@ -15,8 +15,11 @@ are Envoy 1.40's (``config_impl.cc``), checked against the real Envoy with reque
   or no specifier needs the parameter present, ``present_match: false`` needs it absent;
 - ``grpc``: ``content-type`` is ``application/grpc`` or starts with ``application/grpc+``
   (the method does not matter);
-- ``runtime_fraction``: ``random_value % denominator < numerator``. legatus has no runtime
-  layer (a static, empty runtime), so ``default_value`` always decides.
+- ``runtime_fraction``: the runtime's ``feature_enabled(runtime_key, default_value,
+  random_value)``: the value of ``runtime_key`` (a fraction, or an integer percentage; above
+  100 always matches) replaces ``default_value``; then ``random_value % denominator <
+  numerator``. The runtime is read per request, so ``/runtime_modify`` takes effect at once.
+  Compiled without a runtime (or with an empty key), ``default_value`` alone decides.
 
 Everything is compiled into closures at config time; matching a request allocates nothing
 except for query-string parsing on routes that match on query parameters.
@@ -151,12 +154,16 @@ class RouteMatcher:
     headers: tuple[HeaderMatcher, ...] = ()
     query_parameters: tuple[QueryParameterMatcher, ...] = ()
     grpc: bool = False
-    runtime_fraction: tuple[int, int] | None = None  # (numerator, denominator)
+    runtime_fraction: tuple[int, int] | None = None  # the default (numerator, denominator)
+    runtime_key: str = ""
     matches: Callable[[object, str, str, int], bool] = None  # type: ignore[assignment]
 
 
-def compile_route_match(proto, path: str) -> RouteMatcher:
-    """Compile a ``RouteMatch`` at ``path`` (``...routes[i].match``)."""
+def compile_route_match(proto, path: str, runtime=None) -> RouteMatcher:
+    """Compile a ``RouteMatch`` at ``path`` (``...routes[i].match``).
+
+    ``runtime`` (legatus.runtime.Runtime, or None) answers ``runtime_fraction`` per request.
+    """
     check_supported(proto, _ROUTE_MATCH_FIELDS, path, "RouteMatch")
     which = proto.WhichOneof("path_specifier")
     if which is None:
@@ -177,25 +184,41 @@ def compile_route_match(proto, path: str) -> RouteMatcher:
         QueryParameterMatcher(q, f"{join_path(path, 'query_parameters')}[{i}]")
         for i, q in enumerate(proto.query_parameters)
     )
-    runtime = None
+    fraction = None
+    runtime_key = ""
     if proto.HasField("runtime_fraction"):
         default = proto.runtime_fraction.default_value
-        runtime = (default.numerator, _DENOMINATORS[default.denominator])
+        fraction = (default.numerator, _DENOMINATORS[default.denominator])
+        runtime_key = proto.runtime_fraction.runtime_key
     grpc = proto.HasField("grpc")
     return RouteMatcher(
         path=path_matcher,
         headers=headers,
         query_parameters=query,
         grpc=grpc,
-        runtime_fraction=runtime,
-        matches=_predicate(path_matcher, headers, query, grpc, runtime),
+        runtime_fraction=fraction,
+        runtime_key=runtime_key,
+        matches=_predicate(
+            path_matcher, headers, query, grpc, _fraction_test(fraction, runtime_key, runtime)
+        ),
     )
 
 
-def _predicate(path_matcher: PathMatcher, headers, query, grpc: bool, runtime):
+def _fraction_test(fraction, key: str, runtime) -> Callable[[int], bool] | None:
+    """``random_value -> matches`` for a runtime_fraction; None without one."""
+    if fraction is None:
+        return None
+    numerator, denominator = fraction
+    if runtime is None or not key:  # an empty key is never found in a runtime
+        return lambda random_value: random_value % denominator < numerator
+    feature_enabled = runtime.feature_enabled
+    return lambda random_value: feature_enabled(key, numerator, denominator, random_value)
+
+
+def _predicate(path_matcher: PathMatcher, headers, query, grpc: bool, fraction_test):
     """One function for the whole RouteMatch, specialised for the common shapes."""
     path_test = _path_test(path_matcher)
-    if not headers and not query and not grpc and runtime is None:
+    if not headers and not query and not grpc and fraction_test is None:
         if path_test is None:
             return lambda _headers, _path, _stripped, _random: True
         return lambda _headers, _path, stripped, _random: path_test(stripped)
@@ -203,7 +226,7 @@ def _predicate(path_matcher: PathMatcher, headers, query, grpc: bool, runtime):
     def matches(request_headers, path: str, stripped: str, random_value: int) -> bool:
         if path_test is not None and not path_test(stripped):
             return False
-        if runtime is not None and random_value % runtime[1] >= runtime[0]:
+        if fraction_test is not None and not fraction_test(random_value):
             return False
         if grpc and not _is_grpc(request_headers):
             return False

@@ -41,12 +41,23 @@ class Configure:
     listeners: list[ListenerSocket]
     clusters: list[bytes]  # serialized envoy.config.cluster.v3.Cluster
     hosts: dict[str, tuple[HostConfig, ...]]
+    # The runtime's admin layer (key -> text): the worker compiles the layers from the
+    # bootstrap, and a worker started after a /runtime_modify must see it too.
+    runtime_overrides: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateHosts:
     cluster: str
     hosts: tuple[HostConfig, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateRuntime:
+    """The runtime's admin layer after a /runtime_modify: the whole layer, not the change,
+    so applying it twice or late is harmless."""
+
+    overrides: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,10 +30,11 @@ from typing import Any
 from legatus.config.factory_context import FactoryContext
 from legatus.network import address as addr
 from legatus.network.listener import ListenerConfig, bind_socket, compile_listener
+from legatus.runtime import Runtime, compile_runtime
 from legatus.server import control
 from legatus.server.admin.context import ClusterInfo, HostInfo, ListenerInfo, ServerState
 from legatus.server.options import Options
-from legatus.server.server_stats import ServerStats, process_memory
+from legatus.server.server_stats import RuntimeStats, ServerStats, process_memory
 from legatus.stats.store import Store
 from legatus.upstream.cluster import ClusterConfig, HostConfig
 from legatus.upstream.cluster_manager import ClusterManager, compile_static_clusters
@@ -45,6 +46,9 @@ HOT_RESTART_VERSION = "disabled"
 STATS_REFRESH_TIMEOUT_S = 1.0
 _NO_CERTIFICATES = 0xFFFFFFFF  # server.days_until_first_cert_expiring with no certificates
 WORKER_SHUTDOWN_GRACE_S = 5.0
+# Envoy 1.40 loads its runtime snapshot twice while starting (runtime.load_success is 2
+# before any /runtime_modify).
+STARTUP_RUNTIME_LOADS = 2
 
 
 @dataclass(slots=True)
@@ -53,12 +57,14 @@ class CompiledConfig:
 
     listeners: list[ListenerConfig]
     clusters: list[ClusterConfig]
+    runtime: Runtime = field(default_factory=Runtime)
 
 
 def compile_config(bootstrap, *, registry, options: Options, store: Store) -> CompiledConfig:
-    """Compile every cluster and listener, as validate mode and start-up both need."""
+    """Compile the runtime, every cluster and listener, as validate mode and start-up need."""
     if bootstrap.admin.HasField("address"):
         addr.from_proto(bootstrap.admin.address, "admin.address")
+    runtime = compile_runtime(bootstrap)  # first, as Envoy: the rest of the config may use it
     clusters = compile_static_clusters(bootstrap)
     context = FactoryContext(
         registry=registry,
@@ -66,6 +72,7 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
         options=options,
         random=random.Random(),
         cluster_names=frozenset(c.name for c in clusters),
+        runtime=runtime,
     )
     listeners = [
         compile_listener(proto, context, f"static_resources.listeners[{i}]")
@@ -84,7 +91,7 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
                 f"'{listener.address}' as existing listener",
             )
         seen[key] = i
-    return CompiledConfig(listeners=listeners, clusters=clusters)
+    return CompiledConfig(listeners=listeners, clusters=clusters, runtime=runtime)
 
 
 @dataclass(slots=True)
@@ -121,6 +128,10 @@ class Server:
         self.server_stats.static_unknown_fields.add(unknown_static_fields)
         self.stats.gauge("server.compilation_settings.fips_mode")  # 0: OpenSSL, not FIPS
         self.listener_manager_stats = ListenerManagerStats(self.stats.scope("listener_manager."))
+        self.runtime = compiled.runtime
+        self.runtime_stats = RuntimeStats(self.stats.scope("runtime."))
+        for _ in range(STARTUP_RUNTIME_LOADS):
+            self.runtime_stats.loaded(self.runtime)
         self.start_time = time.time()
         self.state = ServerState.PRE_INITIALIZING
         self.healthcheck_failed = False
@@ -312,6 +323,7 @@ class Server:
             listeners=listeners,
             clusters=[c.proto.SerializeToString() for c in self.compiled.clusters],
             hosts=dict(self.cluster_manager.hosts),
+            runtime_overrides=self.runtime.admin_overrides(),
         )
 
     async def _wait_ready(self) -> None:
@@ -415,6 +427,16 @@ class Server:
 
     def set_healthcheck_failed(self, failed: bool) -> None:
         self.healthcheck_failed = failed
+
+    def modify_runtime(self, values: dict[str, str]) -> None:
+        """POST /runtime_modify: change the admin layer here, then in every worker.
+
+        Raises RuntimeModifyError (nothing changed) as Envoy's mergeValues refuses.
+        """
+        self.runtime.merge_values(values)
+        self.runtime_stats.admin_layer_changed(self.runtime)
+        self.runtime_stats.loaded(self.runtime)
+        self._broadcast(control.UpdateRuntime(overrides=self.runtime.admin_overrides()))
 
     async def refresh_stats(self) -> None:
         waiters = []

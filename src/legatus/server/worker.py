@@ -19,12 +19,14 @@ import signal
 import socket
 from typing import Any
 
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 
 from legatus.config.factory_context import FactoryContext
 from legatus.network.address import SocketAddress
 from legatus.network.listener import ActiveListener, bind_socket, compile_listener
+from legatus.runtime import Runtime, compile_runtime
 from legatus.server import control
 from legatus.server.options import Options
 from legatus.stats.store import Store
@@ -95,18 +97,19 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop = loop
         self.store = Store()
         self.rng = random.Random()
-        self.cluster_manager = ThreadLocalClusterManager(self.store, self.rng)
+        self.cluster_manager = ThreadLocalClusterManager(self.store, self.rng, self.loop)
         self.listeners: list[ActiveListener] = []
         self.channel: control.ControlProtocol | None = None
         self.done = loop.create_future()
         self.access_log_manager = None
+        self.runtime: Runtime | None = None
 
     async def run(self, sock: socket.socket) -> None:
         loop = self.loop
         loop.add_signal_handler(signal.SIGTERM, self._stop)
-        _, self.channel = await loop.connect_accepted_socket(
-            lambda: control.ControlProtocol(self._on_message, self._stop), sock=sock
-        )
+        # Made before the socket is attached: a message can arrive before the await returns.
+        self.channel = control.ControlProtocol(self._on_message, self._stop)
+        await loop.connect_accepted_socket(lambda: self.channel, sock=sock)
         flusher = loop.create_task(self._periodic_flush())
         try:
             await self.done
@@ -136,7 +139,18 @@ class Worker:
         elif isinstance(message, control.UpdateHosts):
             self.cluster_manager.update_hosts(message.cluster, message.hosts)
         elif isinstance(message, control.Configure):
+            # Compiled at once, not in the task: an UpdateRuntime right behind must find it.
+            try:
+                bootstrap = bootstrap_pb2.Bootstrap.FromString(message.bootstrap)
+                self.runtime = compile_runtime(bootstrap)
+                self.runtime.replace_admin_overrides(message.runtime_overrides)
+            except Exception as e:  # the main process compiled the same bootstrap: a bug
+                log.exception("worker %d failed to compile the runtime", self.index)
+                self.channel.send(control.Failed(error=str(e)))
+                return
             self.loop.create_task(self._configure(message))
+        elif isinstance(message, control.UpdateRuntime) and self.runtime is not None:
+            self.runtime.replace_admin_overrides(message.overrides)
         elif isinstance(message, control.ReopenLogs):
             if self.log_sink is not None:
                 self.log_sink.reopen()
@@ -176,6 +190,7 @@ class Worker:
             cluster_manager=self.cluster_manager,
             access_log_manager=self.access_log_manager,
             cluster_names=frozenset(self.cluster_manager.clusters),
+            runtime=self.runtime,
         )
         for ls in message.listeners:
             proto = listener_pb2.Listener.FromString(ls.listener)

@@ -199,10 +199,11 @@ def _http_protocol_options(proto: Cluster, path: str) -> tuple[int, float | None
         )
         if options.HasField("explicit_http_config"):
             explicit = options.explicit_http_config
-            if explicit.WhichOneof("protocol_config") != "http_protocol_options":
+            which = explicit.WhichOneof("protocol_config")
+            if which != "http_protocol_options":
                 raise ConfigError(
-                    f"{opath}.explicit_http_config",
-                    "only HTTP/1.1 upstreams (http_protocol_options) are supported by legatus yet",
+                    f"{opath}.explicit_http_config.{which}",
+                    f"{which} is not supported by legatus yet (HTTP/1.1 upstreams only)",
                 )
             check_supported(
                 explicit.http_protocol_options,

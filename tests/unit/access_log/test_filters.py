@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import threading
 
 import pytest
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -265,6 +267,39 @@ async def test_file_logger_writes_filtered_entries(tmp_path):
     logs[0].log(failed)
     manager.close_all()
     assert path.read_text() == "UH 3\n"
+
+
+async def test_file_logger_lines_are_written_off_the_loop_after_the_interval(tmp_path, monkeypatch):
+    """An HTTP entry through the file logger: buffered on the loop, written by the writer
+    thread once the flush interval passes, and the rest at shutdown."""
+    loop = asyncio.get_running_loop()
+    store = Store()
+    manager = AccessLogManager(loop, 0.05, store=store)
+    ctx = context(loop=loop, manager=manager)
+    path = tmp_path / "http.log"
+    fmt = "%REQ(:METHOD)% %PATH(NQ)% %PROTOCOL% %RESPONSE_CODE% %UPSTREAM_REQUEST_ATTEMPT_COUNT%\n"
+    logs = access_logs([file_log(path, log_format={"text_format": fmt})], ctx)
+    writers: list[str] = []
+    real_write = os.write
+
+    def recording_write(fd, data):
+        writers.append(threading.current_thread().name)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", recording_write)
+    request = {":method": "GET", ":path": "/a?b=1"}
+    logs[0].log(info(protocol="HTTP/1.1", response_code=200), request, {":status": "200"})
+    assert path.read_text() == ""
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if path.read_text():
+            break
+    assert path.read_text() == "GET /a HTTP/1.1 200 0\n"
+    assert store.value("filesystem.flushed_by_timer") == 1
+    logs[0].log(info(protocol="HTTP/1.0", response_code=404), {":method": "HEAD"}, None)
+    manager.close_all()
+    assert path.read_text() == "GET /a HTTP/1.1 200 0\nHEAD - HTTP/1.0 404 0\n"
+    assert set(writers) == {"access-log-writer"}
 
 
 async def test_default_and_deprecated_formats(tmp_path):

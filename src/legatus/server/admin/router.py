@@ -8,8 +8,9 @@ Routing follows Envoy 1.40: the path before ``?`` must equal an endpoint's
 path exactly (``/stats/`` and ``/STATS`` are unknown); an unknown path is 404
 with ``invalid path. `` and the help text; a mutating endpoint answers any
 method but POST with 405 ``Method <M> not allowed, POST required.`` (no
-newline); other endpoints accept any method. A POST's form-encoded body adds
-to the query parameters, as Envoy's admin UI relies on.
+newline); other endpoints accept any method. A POST without query parameters takes
+them from its form-encoded body, as Envoy's admin UI relies on (with query
+parameters, Envoy ignores the body).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from legatus.server.admin import (
     listeners,
     logging_levels,
     memory,
+    runtime,
     server_control,
     server_info,
     stats,
@@ -125,6 +127,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              handler=server_control.handle_reopen_logs, mutates=True),
     Endpoint(path="/reset_counters", help="reset all counters to zero",
              handler=server_control.handle_reset_counters, mutates=True),
+    Endpoint(path="/runtime", help="print runtime values", handler=runtime.handle_runtime),
+    Endpoint(
+        path="/runtime_modify",
+        help="Adds or modifies runtime values as passed in query parameters. To delete a "
+        "previously added key, use an empty string as the value. Note that deletion only "
+        "applies to overrides added via this endpoint; values loaded from disk can be "
+        "modified via override but not deleted. E.g. ?key1=value1&key2=value2...",
+        handler=runtime.handle_runtime_modify,
+        mutates=True,
+    ),
     Endpoint(
         path="/server_info",
         help="print server version/status information",
@@ -182,8 +194,13 @@ async def handle(
     if endpoint.mutates and method != "POST":
         return text(f"Method {method} not allowed, POST required.", 405)
     query = Query.parse(query_string)
-    if method == "POST" and body and content_type.split(";")[0].strip().lower() == _FORM:
-        query = query + Query.parse(body.decode("utf-8", "replace"))
+    if (
+        not len(query)
+        and method == "POST"
+        and body
+        and content_type.split(";")[0].strip().lower() == _FORM
+    ):
+        query = Query.parse(body.decode("utf-8", "replace"))
     try:
         if endpoint.refresh_stats:
             await context.refresh_stats()

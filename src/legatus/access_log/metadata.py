@@ -1,0 +1,76 @@
+"""``%DYNAMIC_METADATA(NAMESPACE:KEY:...):Z%``: the stream's dynamic metadata.
+
+``info.dynamic_metadata`` maps a filter namespace to a Struct-like dict (str, number,
+bool, None, list, dict values), as filters set it. The operator looks the namespace up,
+then walks the keys through nested objects (Envoy's Config::Metadata::metadataValue):
+
+- no namespace, a missing key, a key under a value that is not an object, or an empty key
+  (``ns::k``, ``ns:``) is unset: ``-`` (JSON ``null``);
+- a string is written as it is; a null is unset in text and ``null`` in JSON;
+- anything else is written as JSON (objects with sorted keys, numbers as Struct doubles:
+  ``1e+06``), see json_text.py.
+
+``:Z`` truncates the text; in a JSON format it truncates a string value only (an object,
+list, number or boolean keeps its type, whole). Checked against Envoy 1.40 with the
+set_metadata filter.
+"""
+
+from __future__ import annotations
+
+from legatus.access_log.json_text import json_value
+from legatus.access_log.providers import Provider, Syntax
+
+_MISSING = object()
+
+
+def _lookup(metadata, namespace: str, path: tuple[str, ...]):
+    """The value at ``namespace`` / ``path``, or _MISSING."""
+    if not metadata:
+        return _MISSING
+    value = metadata.get(namespace, _MISSING)
+    if value is _MISSING:
+        return _MISSING
+    for key in path:
+        if not isinstance(value, dict):
+            return _MISSING
+        value = value.get(key, _MISSING)
+        if value is _MISSING:
+            return _MISSING
+    return value
+
+
+def _dynamic_metadata(sub: str, max_length: int | None, _path: str) -> Provider:
+    namespace, *keys = sub.split(":")
+    path = tuple(keys)
+
+    def text(info, _req, _resp, _trl):
+        value = _lookup(info.dynamic_metadata, namespace, path)
+        if value is _MISSING or value is None:
+            return None
+        out = value if value.__class__ is str else json_value(value)
+        return out if max_length is None else out[:max_length]
+
+    def typed(info, _req, _resp, _trl):
+        value = _lookup(info.dynamic_metadata, namespace, path)
+        if value is _MISSING or value is None:
+            return None
+        if value.__class__ is str:
+            return value if max_length is None else value[:max_length]
+        if value is True or value is False:
+            return value
+        if isinstance(value, (int, float)):
+            return float(value)  # a Struct number: written as a double
+        return RawJson(json_value(value))
+
+    return Provider(text, typed)
+
+
+class RawJson(str):
+    """A typed value that is already JSON text (an object or list), written as it is."""
+
+    __slots__ = ()
+
+
+METADATA_OPERATORS = {
+    "DYNAMIC_METADATA": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _dynamic_metadata),
+}
