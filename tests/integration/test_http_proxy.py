@@ -306,3 +306,33 @@ def test_default_access_log_line(tmp_path, upstream):
     assert '"GET /echo HTTP/1.1" 200 - 0 ' in line
     assert '"tester"' in line
     assert f'"127.0.0.1:{upstream.port}"' in line
+
+
+def test_internal_redirect_is_followed(tmp_path, upstream):
+    routes = [
+        {
+            "match": {"prefix": "/"},
+            "route": {
+                "cluster": "backend",
+                "internal_redirect_policy": {"max_internal_redirects": 2},
+            },
+        }
+    ]
+    proxy = _start(tmp_path, http_proxy_config(upstream.port, routes=routes))
+    try:
+        port = proxy.listener_port("http")
+        r = httpx.get(f"http://127.0.0.1:{port}/redirect-to/echo/done", timeout=5)
+        assert r.status_code == 200
+        seen = dict(r.json()["headers"])
+        assert r.json()["path"] == "/echo/done"
+        assert seen["x-envoy-original-url"] == f"http://127.0.0.1:{port}/redirect-to/echo/done"
+        # Three hops exceed max_internal_redirects: the last redirect reaches the client.
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/redirect-to/redirect-to/redirect-to/echo", timeout=5
+        )
+        assert r.status_code == 302
+        stats = proxy.stats()
+        assert stats["cluster.backend.upstream_internal_redirect_succeeded_total"] == 3
+        assert stats["http.ingress.passthrough_internal_redirect_too_many_redirects"] == 1
+    finally:
+        proxy.stop()

@@ -11,6 +11,7 @@ Behaviour by path:
 - ``/stall``: reads the request, never answers (until the server stops);
 - ``/close``: reads the request and closes without answering;
 - ``/garbage``: answers bytes that are not HTTP;
+- ``/redirect-to/<path>``: 302 to ``http://<host>/<path>``;
 - anything else: 200 ``ok``.
 
 ``connections`` counts accepted connections.
@@ -81,6 +82,13 @@ class HttpUpstream:
                 if path == "/garbage":
                     conn.sendall(b"this is not http\r\n\r\n")
                     return
+                if path.startswith("/redirect-to/"):
+                    location = "http://" + hmap.get("host", "") + path[len("/redirect-to") :]
+                    conn.sendall(
+                        b"HTTP/1.1 302 Found\r\nlocation: %s\r\ncontent-length: 0\r\n\r\n"
+                        % location.encode()
+                    )
+                    continue
                 if path.startswith("/bytes/"):
                     n = int(path.split("/")[2])
                     conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n)

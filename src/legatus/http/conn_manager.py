@@ -345,6 +345,14 @@ class ConnectionManager(ReadFilter):
         stream.send_reply(ENVOY_LOCAL_REPLIES["request_header_timeout"])
 
 
+# What a stream recreated for an internal redirect keeps from the one it replaces.
+_CARRIED_OVER = (
+    "connection_id", "downstream_local_address", "downstream_remote_address",
+    "downstream_direct_remote_address", "protocol", "bytes_received",
+    "last_downstream_rx_byte_received",
+)  # fmt: skip
+
+
 class ActiveStream:
     """One request and its response (Envoy's ``ActiveStream``); the filter manager's sink."""
 
@@ -357,6 +365,7 @@ class ActiveStream:
         "idle_timeout",
         "info",
         "internal",
+        "internal_redirects",
         "is_head",
         "local_reply",
         "manager",
@@ -398,6 +407,7 @@ class ActiveStream:
         self.internal = False
         self.code_stats_charged = False
         self.local_reply = False
+        self.internal_redirects = 0
         self.saw_connection_close = event is not None and not event.keep_alive
         self.is_head = False
         self.watermark_callbacks: list = []
@@ -728,6 +738,53 @@ class ActiveStream:
         self.manager.close(CloseType.FLUSH_WRITE)
 
     # Timers ----------------------------------------------------------------------------
+
+    def recreate(self, headers: HeaderMap, body: bytes | bytearray | None) -> None:
+        """Envoy's recreateStream, for an internal redirect: the request, with its new
+        target, goes again through route lookup and a new filter chain (the connection
+        manager's header policy is not applied twice). Deferred to the next loop iteration:
+        the router asking for it is inside an upstream read."""
+        self.internal_redirects += 1
+        config = self.manager.config
+        stats = config.stats.named
+        stats.downstream_rq_total.inc()  # Envoy's recreated stream is a new request
+        stats.downstream_rq_http1_total.inc()
+        fm = self.filter_manager
+        self.filter_manager = None
+        if fm is not None:
+            fm.on_destroy()
+        # The replaced stream is logged as Envoy logs it: the redirect's status, no response
+        # headers, the request headers as they now are; the new one keeps its start time.
+        old = self.info
+        old.end_monotonic = self.manager.loop.time()
+        for access_log in config.access_logs:
+            access_log.log(old, headers, None, None)
+        info = self.info = StreamInfo(now_monotonic=old.start_monotonic, now_wall=old.start_time)
+        for name in _CARRIED_OVER:
+            setattr(info, name, getattr(old, name))
+        self.manager.loop.call_soon(self._restart, headers, body)
+
+    def _restart(self, headers: HeaderMap, body) -> None:
+        if self.destroyed:
+            return
+        config = self.manager.config
+        route = self.route_table.route(headers, self.random_value)
+        info = self.info
+        info.route_name = route.name or None if route is not None else None
+        info.upstream_cluster = self._known_cluster(route) if route is not None else None
+        self._create_filter_chain(config.filter_factories)
+        fm = self.filter_manager
+        fm.route = route
+        fm.route_resolver = self._resolve_route
+        fm.decode_headers(headers, not body)
+        if body and self.filter_manager is fm:
+            fm.decode_data(bytes(body), True)
+
+    def set_idle_timeout(self, timeout: float) -> None:
+        """A route's ``idle_timeout`` replaces the connection manager's for this stream
+        (0 disables it)."""
+        self.idle_timeout = timeout or None
+        self.manager.set_deadline(self.idle_timeout)
 
     def touch(self) -> None:
         """Activity on the stream from a filter (upstream bytes): the idle timer restarts."""

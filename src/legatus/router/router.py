@@ -111,6 +111,8 @@ class Router(StreamDecoderFilter):
         "end_stream",
         "host",
         "per_try",
+        "request_body",
+        "request_body_overflow",
         "request_complete_time",
         "request_done",
         "request_headers",
@@ -137,6 +139,8 @@ class Router(StreamDecoderFilter):
         self.timeout = 0.0
         self.per_try = 0.0
         self.alt_response = False
+        self.request_body: bytearray | None = None  # kept for an internal redirect
+        self.request_body_overflow = False
         self.timer = None
         self.request_complete_time = 0.0
         self.start_time = 0.0
@@ -176,6 +180,8 @@ class Router(StreamDecoderFilter):
         self.route = route
         self.cluster = cluster
         info.upstream_cluster = name
+        if action.idle_timeout is not None:  # the route's own stream idle timeout
+            cb.stream.set_idle_timeout(action.idle_timeout)
         self.timeout = self._final_timeout(headers, action)
         host = cluster.choose_host()
         if host is None:
@@ -198,9 +204,13 @@ class Router(StreamDecoderFilter):
     def decode_data(self, data: bytes, end_stream: bool) -> FilterDataStatus:
         if end_stream:
             self.request_done = True
+        if data and self.route is not None and self.route.action.internal_redirect_policy:
+            self._keep_for_redirect(data)
         upstream = self.upstream
         if upstream is not None and upstream.encoder is not None:
             upstream.encoder.encode_data(data, end_stream)
+            if end_stream:
+                self._request_sent()
         elif upstream is not None and data:
             self.buffered.append(data)
             self.buffered_bytes += len(data)
@@ -214,11 +224,26 @@ class Router(StreamDecoderFilter):
             self._on_request_complete()
         return FilterDataStatus.STOP_ITERATION_NO_BUFFER
 
+    def _keep_for_redirect(self, data: bytes) -> None:
+        """A request that may be redirected internally is replayed from a copy of its body,
+        up to the buffer limit (past it, Envoy does not follow the redirect either)."""
+        if self.request_body_overflow:
+            return
+        body = self.request_body
+        if body is None:
+            body = self.request_body = bytearray()
+        if len(body) + len(data) > self.decoder_callbacks.stream.connection.buffer_limit:
+            self.request_body_overflow = True
+            self.request_body = None
+            return
+        body += data
+
     def decode_trailers(self, trailers: HeaderMap) -> FilterTrailersStatus:
         self.request_done = True
         upstream = self.upstream
         if upstream is not None and upstream.encoder is not None:
             upstream.encoder.encode_trailers(trailers)
+            self._request_sent()
         else:
             self.trailers = trailers
         self._on_request_complete()
@@ -328,6 +353,11 @@ class Router(StreamDecoderFilter):
                 self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
         if trailers is not None:
             encoder.encode_trailers(trailers)
+        if self.request_done:
+            self._request_sent()
+
+    def _request_sent(self) -> None:
+        self.decoder_callbacks.stream_info.last_upstream_tx_byte_sent = self.config.loop.time()
 
     # Response ---------------------------------------------------------------------------
 
@@ -340,6 +370,13 @@ class Router(StreamDecoderFilter):
         cb.stream_info.response_code = code  # %RESPONSE_CODE% in response header values
         if self.config.dynamic_stats:
             self.cluster.code_stats.charge(code, internal=cb.stream.internal)
+        policy = route.action.internal_redirect_policy
+        if (
+            policy is not None
+            and code in policy.redirect_response_codes
+            and self._follow_redirect(policy, headers)
+        ):
+            return
         if not self.config.suppress_envoy_headers:
             service_ms = round((self.config.loop.time() - self.request_complete_time) * 1000)
             headers.set("x-envoy-upstream-service-time", str(service_ms))
@@ -347,6 +384,59 @@ class Router(StreamDecoderFilter):
         if end_stream:
             self._on_upstream_complete()
         cb.encode_headers(headers, end_stream)
+
+    def _follow_redirect(self, policy, response_headers: HeaderMap) -> bool:
+        """Envoy's internal redirect: a redirect response the route says to follow becomes
+        a new request to its location, through a new route lookup and filter chain; the
+        client never sees the redirect. False (the response passes through, counted under
+        ``passthrough_internal_redirect_*``) when it cannot be followed."""
+        stats = self.config.stats
+        cb = self.decoder_callbacks
+        stream = cb.stream
+        if not self.request_done or self.request_body_overflow:
+            return False
+        parsed = _parse_location(response_headers.get("location") or "")
+        if parsed is None:
+            stats.passthrough_internal_redirect_bad_location.inc()
+            self.cluster.stats.upstream_internal_redirect_failed_total.inc()
+            return False
+        scheme, authority, path = parsed
+        request = self.request_headers
+        current_scheme = request.get(":scheme") or request.get("x-forwarded-proto") or "http"
+        if scheme != current_scheme and not policy.allow_cross_scheme_redirect:
+            stats.passthrough_internal_redirect_unsafe_scheme.inc()
+            self.cluster.stats.upstream_internal_redirect_failed_total.inc()
+            return False
+        if stream.internal_redirects >= policy.max_internal_redirects:
+            stats.passthrough_internal_redirect_too_many_redirects.inc()
+            self.cluster.stats.upstream_internal_redirect_failed_total.inc()
+            return False
+        original_url = f"{current_scheme}://{request.get(':authority', '')}"
+        original_url += request.get("x-envoy-original-path") or request.get(":path") or ""
+        for name in policy.response_headers_to_copy:
+            values = response_headers.get_all(name)
+            request.remove(name)
+            for value in values:
+                request.add(name, value)
+        status = response_headers.get(":status")
+        request.set("x-envoy-original-url", original_url)
+        request.remove("x-envoy-original-path")
+        request.set(":authority", authority)
+        request.set(":path", path)
+        if request.get(":scheme") is not None:
+            request.set(":scheme", scheme)
+        body = self.request_body
+        if status == "303" and request.get(":method") not in ("GET", "HEAD"):
+            request.set(":method", "GET")
+            request.remove("content-length")
+            body = None
+        self.cluster.stats.upstream_internal_redirect_succeeded_total.inc()
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.reset()
+        stream.recreate(request, body)
+        return True
 
     def on_upstream_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
@@ -490,6 +580,7 @@ class UpstreamRequest(ResponseDecoder):
         self.paused_downstream = False
 
     def start(self) -> None:
+        self.router.decoder_callbacks.stream_info.upstream_request_attempt_count = 1
         pool = self.cluster.http_conn_pool(self.host)
         self.pending = pool.new_stream(self, self)
 
@@ -607,6 +698,19 @@ class UpstreamRequest(ResponseDecoder):
             self.paused_downstream = False
             self.cluster.stats.upstream_flow_control_drained_total.inc()
             self.router.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
+
+
+def _parse_location(location: str) -> tuple[str, str, str] | None:
+    """An absolute http(s) URL as (scheme, authority, path with query), or None."""
+    scheme, sep, rest = location.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https"):
+        return None
+    slash = rest.find("/")
+    authority, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    if not authority or any(c in location for c in "\r\n\0 "):
+        return None
+    return scheme, authority, path
 
 
 @functools.lru_cache(maxsize=4096)

@@ -47,6 +47,8 @@ class ClusterTrafficStats(StatSet):
     upstream_rq_rx_reset_no_error = counter()
     upstream_rq_tx_reset = counter()
     upstream_rq_per_cx = histogram()
+    upstream_internal_redirect_failed_total = counter()
+    upstream_internal_redirect_succeeded_total = counter()
 
     upstream_cx_total = counter()
     upstream_cx_active = gauge()
@@ -83,7 +85,7 @@ class ClusterMembershipStats(StatSet):
     """Kept by the main process, which owns membership, updates and load balancing state.
 
     As with the traffic stats, Envoy declares all of these with the cluster; the load
-    balancer subset/zone, EDS assignment and internal redirect counters stay 0 until their
+    balancer subset/zone and EDS assignment counters stay 0 until their
     features exist (their config is refused). ``default.total_match_count`` counts the
     transport socket matches (only the default one exists: one per cluster)."""
 
@@ -113,8 +115,6 @@ class ClusterMembershipStats(StatSet):
     update_no_rebuild = counter()
     update_success = counter()
     upstream_http3_broken = counter()
-    upstream_internal_redirect_failed_total = counter()
-    upstream_internal_redirect_succeeded_total = counter()
     upstream_queue_overloaded = counter()
     version = gauge()
     warming_state = gauge()
