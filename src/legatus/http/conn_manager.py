@@ -40,7 +40,7 @@ from legatus.http.conn_manager_utility import (
     mutate_response_headers,
 )
 from legatus.http.filter import StreamDecoderFilter, StreamEncoderFilter
-from legatus.http.filter_manager import FilterManager
+from legatus.http.filter_manager import FilterManager, TerminalFilterManager
 from legatus.http.headers import HeaderMap
 from legatus.http.http1.events import (
     HTTP_10,
@@ -508,6 +508,12 @@ class ActiveStream:
         return None
 
     def _create_filter_chain(self, factories) -> None:
+        if len(factories) == 1 and factories[0].terminal and not factories[0].disabled:
+            # The router alone: no chain to walk.
+            self.filter_manager = TerminalFilterManager(
+                factories[0].create(), sink=self, stream_info=self.info
+            )
+            return
         decoders: list = []
         encoders: list = []
         for factory in factories:

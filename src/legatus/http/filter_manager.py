@@ -451,3 +451,94 @@ class _EncoderCallbacks(_Callbacks):
 
     def add_encoded_data(self, data: bytes) -> None:
         self.manager.encoder.walk(self.slot.index + 1, _Kind.DATA, data, False)
+
+
+class TerminalFilterManager:
+    """The chain of the common case: one terminal decoder filter (the router) and no
+    encoder filter. Same contract as ``FilterManager`` from both sides (the owner drives it
+    the same way; the filter gets the same callbacks), without walking chains: the filter is
+    called directly and its output goes straight to the sink. The filter's statuses do not
+    matter, as nothing comes after it; after a local reply, request events are dropped."""
+
+    __slots__ = ("done", "filter", "response_started", "route", "route_resolver", "sink",
+                 "stream_info")  # fmt: skip
+
+    def __init__(self, f: StreamDecoderFilter, *, sink: StreamSink, stream_info: StreamInfo):
+        self.sink = sink
+        self.stream_info = stream_info
+        self.route: Any = None
+        self.route_resolver: Callable[[], Any] | None = None
+        self.done = False
+        self.response_started = False
+        self.filter = f
+        f.set_decoder_filter_callbacks(self)  # type: ignore[arg-type]
+
+    # From the owner -------------------------------------------------------------
+
+    def decode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
+        self.filter.decode_headers(headers, end_stream)
+
+    def decode_data(self, data: bytes, end_stream: bool) -> None:
+        if not self.done:
+            self.filter.decode_data(data, end_stream)
+
+    def decode_trailers(self, trailers: HeaderMap) -> None:
+        if not self.done:
+            self.filter.decode_trailers(trailers)
+
+    def on_destroy(self) -> None:
+        self.filter.on_destroy()
+
+    # The filter's callbacks -----------------------------------------------------------
+
+    def continue_decoding(self) -> None:
+        """Nothing follows a terminal filter."""
+
+    def decoding_buffer(self) -> bytearray | None:
+        return None
+
+    def add_decoded_data(self, data: bytes) -> None:
+        """Nothing follows a terminal filter to take the data."""
+
+    def clear_route_cache(self) -> None:
+        if self.route_resolver is not None:
+            self.route = self.route_resolver()
+
+    def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
+        self.response_started = True
+        if end_stream:
+            self.done = True
+        self.sink.write_headers(headers, end_stream)
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        if end_stream:
+            self.done = True
+        self.sink.write_data(data, end_stream)
+
+    def encode_trailers(self, trailers: HeaderMap) -> None:
+        self.done = True
+        self.sink.write_trailers(trailers)
+
+    send_local_reply = FilterManager.send_local_reply
+
+    @property
+    def stream(self) -> Any:
+        return self.sink
+
+    def add_downstream_watermark_callbacks(self, callbacks: Any) -> None:
+        self.sink.add_watermark_callbacks(callbacks)
+
+    def remove_downstream_watermark_callbacks(self, callbacks: Any) -> None:
+        self.sink.remove_watermark_callbacks(callbacks)
+
+    def on_decoder_filter_above_write_buffer_high_watermark(self) -> None:
+        self.sink.on_watermark(decoding=True, above=True)
+
+    def on_decoder_filter_below_write_buffer_low_watermark(self) -> None:
+        self.sink.on_watermark(decoding=True, above=False)
+
+    def reset_stream(self) -> None:
+        self.sink.reset_stream()
+
+    def touch(self) -> None:
+        self.sink.touch()

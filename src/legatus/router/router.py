@@ -582,7 +582,9 @@ class UpstreamRequest(ResponseDecoder):
     def start(self) -> None:
         self.router.decoder_callbacks.stream_info.upstream_request_attempt_count = 1
         pool = self.cluster.http_conn_pool(self.host)
-        self.pending = pool.new_stream(self, self)
+        self.pending = pending = pool.new_stream(self, self)
+        if pending is not None:  # queued for a connection: Envoy has the host from here on
+            self.router.decoder_callbacks.stream_info.upstream_host = self.host.address_text
 
     def reset(self) -> None:
         """The router gives up on this try (timeout, downstream gone)."""
@@ -625,8 +627,8 @@ class UpstreamRequest(ResponseDecoder):
     # Response ---------------------------------------------------------------------------
 
     def on_informational_headers(self, headers: HeaderMap) -> None:
-        """A 1xx from the upstream: a 100 goes to the client (Envoy proxies it only with
-        proxy_100_continue, and the connection manager strips Expect otherwise)."""
+        """A 1xx from the upstream: a 100 goes to the client if it asked for one (the
+        connection manager strips Expect unless proxy_100_continue); others are dropped."""
         router = self.router
         if router.config.dynamic_stats:
             status = headers.get(":status", "")
@@ -634,7 +636,9 @@ class UpstreamRequest(ResponseDecoder):
                 router.cluster.code_stats.charge(
                     int(status), internal=router.decoder_callbacks.stream.internal
                 )
-        if headers.get(":status") == "100":
+        expect = router.request_headers.get("expect") if router.request_headers else None
+        if headers.get(":status") == "100" and expect and expect.lower() == "100-continue":
+            # Only a 100 the client asked for (and so proxy_100_continue let through).
             router.decoder_callbacks.stream.send_continue(headers)
 
     def on_headers(self, headers: HeaderMap, end_stream: bool) -> None:

@@ -115,7 +115,7 @@ class ClusterMembershipStats(StatSet):
     update_no_rebuild = counter()
     update_success = counter()
     upstream_http3_broken = counter()
-    upstream_queue_overloaded = counter()
+    upstream_queue_overloaded = gauge()
     version = gauge()
     warming_state = gauge()
 
