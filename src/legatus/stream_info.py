@@ -107,86 +107,51 @@ def response_flags_string(order: tuple[ResponseFlag, ...] | int, long: bool = Fa
 
 
 class StreamInfo:
-    """Mutable record of one connection or stream. Times: wall clock start, monotonic spans."""
+    """Mutable record of one connection or stream. Times: wall clock start, monotonic spans.
 
-    __slots__ = (
-        "bytes_received",
-        "bytes_sent",
-        "connection_id",
-        "connection_termination_details",
-        "downstream_direct_remote_address",
-        "downstream_local_address",
-        "downstream_remote_address",
-        "dynamic_metadata",
-        "end_monotonic",
-        "filter_state",
-        "first_downstream_tx_byte_sent",
-        "first_upstream_rx_byte_received",
-        "first_upstream_tx_byte_sent",
-        "flag_order",
-        "health_check",
-        "last_downstream_rx_byte_received",
-        "last_downstream_tx_byte_sent",
-        "last_upstream_rx_byte_received",
-        "last_upstream_tx_byte_sent",
-        "protocol",
-        "requested_server_name",
-        "response_code",
-        "response_code_details",
-        "response_flags",
-        "route_name",
-        "start_monotonic",
-        "start_time",
-        "upstream_cluster",
-        "upstream_connected_monotonic",
-        "upstream_connection_id",
-        "upstream_host",
-        "upstream_local_address",
-        "upstream_protocol",
-        "upstream_request_attempt_count",
-        "upstream_transport_failure_reason",
-        "virtual_cluster_name",
-    )
+    Every field has a class-level default, so making one (once per connection and once per
+    HTTP request) sets only the start times; the rest is written when it happens."""
+
+    end_monotonic: float | None = None
+    upstream_connected_monotonic: float | None = None
+    bytes_received = 0
+    bytes_sent = 0
+    response_flags = 0
+    flag_order: tuple[ResponseFlag, ...] = ()
+    connection_id: int | None = None
+    downstream_remote_address: str | None = None  # "ip:port"
+    downstream_direct_remote_address: str | None = None
+    downstream_local_address: str | None = None
+    upstream_host: str | None = None
+    upstream_local_address: str | None = None
+    upstream_cluster: str | None = None
+    upstream_transport_failure_reason: str | None = None
+    connection_termination_details: str | None = None
+    requested_server_name: str | None = None
+    route_name: str | None = None
+    protocol: str | None = None  # "HTTP/1.1" for HTTP streams; None for TCP
+    response_code: int | None = None
+    response_code_details: str | None = None
+    filter_state: dict | None = None
+    upstream_connection_id: int | None = None  # %UPSTREAM_CONNECTION_ID%
+    health_check = False  # set by the HTTP health_check filter; not_health_check_filter
+    # HTTP stream timings (loop monotonic seconds; None until they happen), as Envoy's
+    # DownstreamTiming / UpstreamTiming: %REQUEST_DURATION% and friends read them.
+    last_downstream_rx_byte_received: float | None = None
+    first_upstream_tx_byte_sent: float | None = None
+    last_upstream_tx_byte_sent: float | None = None
+    first_upstream_rx_byte_received: float | None = None
+    last_upstream_rx_byte_received: float | None = None
+    first_downstream_tx_byte_sent: float | None = None
+    last_downstream_tx_byte_sent: float | None = None
+    upstream_request_attempt_count: int | None = None  # the router's tries
+    upstream_protocol: str | None = None  # "HTTP/1.1" once an upstream is chosen
+    virtual_cluster_name: str | None = None
+    dynamic_metadata: dict | None = None  # filter namespace -> Struct-like dict
 
     def __init__(self, *, now_monotonic: float, now_wall: float | None = None) -> None:
         self.start_time = time.time() if now_wall is None else now_wall
         self.start_monotonic = now_monotonic
-        self.end_monotonic: float | None = None
-        self.upstream_connected_monotonic: float | None = None
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.response_flags = 0
-        self.flag_order: tuple[ResponseFlag, ...] = ()
-        self.connection_id: int | None = None
-        self.downstream_remote_address: str | None = None  # "ip:port"
-        self.downstream_direct_remote_address: str | None = None
-        self.downstream_local_address: str | None = None
-        self.upstream_host: str | None = None
-        self.upstream_local_address: str | None = None
-        self.upstream_cluster: str | None = None
-        self.upstream_transport_failure_reason: str | None = None
-        self.connection_termination_details: str | None = None
-        self.requested_server_name: str | None = None
-        self.route_name: str | None = None
-        self.protocol: str | None = None  # "HTTP/1.1" for HTTP streams; None for TCP
-        self.response_code: int | None = None
-        self.response_code_details: str | None = None
-        self.filter_state: dict | None = None
-        self.upstream_connection_id: int | None = None  # %UPSTREAM_CONNECTION_ID%
-        self.health_check = False  # set by the HTTP health_check filter; not_health_check_filter
-        # HTTP stream timings (loop monotonic seconds; None until they happen), as Envoy's
-        # DownstreamTiming / UpstreamTiming: %REQUEST_DURATION% and friends read them.
-        self.last_downstream_rx_byte_received: float | None = None
-        self.first_upstream_tx_byte_sent: float | None = None
-        self.last_upstream_tx_byte_sent: float | None = None
-        self.first_upstream_rx_byte_received: float | None = None
-        self.last_upstream_rx_byte_received: float | None = None
-        self.first_downstream_tx_byte_sent: float | None = None
-        self.last_downstream_tx_byte_sent: float | None = None
-        self.upstream_request_attempt_count: int | None = None  # the router's tries
-        self.upstream_protocol: str | None = None  # "HTTP/1.1" once an upstream is chosen
-        self.virtual_cluster_name: str | None = None
-        self.dynamic_metadata: dict | None = None  # filter namespace -> Struct-like dict
 
     def set_flag(self, flag: ResponseFlag) -> None:
         if flag & (flag - 1):  # several at once

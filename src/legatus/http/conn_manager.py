@@ -44,6 +44,7 @@ from legatus.http.filter_manager import FilterManager, TerminalFilterManager
 from legatus.http.headers import HeaderMap
 from legatus.http.http1.events import (
     HTTP_10,
+    HTTP_11,
     ProtocolError,
     RequestData,
     RequestHeaders,
@@ -356,32 +357,25 @@ _CARRIED_OVER = (
 class ActiveStream:
     """One request and its response (Envoy's ``ActiveStream``); the filter manager's sink."""
 
-    __slots__ = (
-        "code_stats_charged",
-        "destroyed",
-        "duration_timer",
-        "filter_manager",
-        "http10",
-        "idle_timeout",
-        "info",
-        "internal",
-        "internal_redirects",
-        "is_head",
-        "local_reply",
-        "manager",
-        "protocol",
-        "random_value",
-        "request_complete",
-        "request_headers",
-        "request_timer",
-        "response_complete",
-        "response_headers",
-        "response_started",
-        "response_trailers",
-        "route_table",
-        "saw_connection_close",
-        "watermark_callbacks",
-    )  # fmt: skip
+    # Defaults at class level: a new stream sets only what differs (one per request).
+    response_headers: HeaderMap | None = None
+    response_trailers: HeaderMap | None = None
+    filter_manager: FilterManager | TerminalFilterManager | None = None
+    request_complete = False
+    response_started = False
+    response_complete = False
+    destroyed = False
+    internal = False
+    local_reply = False
+    internal_redirects = 0
+    saw_connection_close = False
+    is_head = False
+    http10 = False
+    protocol = "HTTP/1.1"
+    request_headers: HeaderMap | None = None
+    request_timer: Any = None
+    duration_timer: Any = None
+    random_value = 0
 
     def __init__(self, manager: ConnectionManager, event: RequestHeaders | None) -> None:
         self.manager = manager
@@ -393,28 +387,17 @@ class ActiveStream:
         info.downstream_local_address = conn_info.downstream_local_address
         info.downstream_remote_address = conn_info.downstream_remote_address
         info.downstream_direct_remote_address = conn_info.downstream_direct_remote_address
-        self.protocol = event.protocol if event is not None else "HTTP/1.1"
-        self.http10 = self.protocol == HTTP_10
+        if event is not None:
+            self.request_headers = event.headers
+            protocol = event.protocol
+            if protocol != HTTP_11:
+                self.protocol = protocol
+                self.http10 = protocol == HTTP_10
+            if not event.keep_alive:
+                self.saw_connection_close = True
         info.protocol = self.protocol
-        self.request_headers: HeaderMap | None = event.headers if event is not None else None
-        self.response_headers: HeaderMap | None = None
-        self.response_trailers: HeaderMap | None = None
-        self.filter_manager: FilterManager | None = None
-        self.request_complete = False
-        self.response_started = False
-        self.response_complete = False
-        self.destroyed = False
-        self.internal = False
-        self.code_stats_charged = False
-        self.local_reply = False
-        self.internal_redirects = 0
-        self.saw_connection_close = event is not None and not event.keep_alive
-        self.is_head = False
         self.watermark_callbacks: list = []
         self.idle_timeout = config.stream_idle_timeout
-        self.request_timer = None
-        self.duration_timer = None
-        self.random_value = 0
         self.route_table = config.route_table
         stats = config.stats.named
         stats.downstream_rq_total.inc()
