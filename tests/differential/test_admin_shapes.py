@@ -74,8 +74,6 @@ PROM_SCOPE = re.compile(
 )
 # The same gaps as test_stats_tcp_proxy.KNOWN_GAPS, as Prometheus families.
 PROM_ENVOY_ONLY = [
-    ("envoy_cluster_upstream_cx_rx_bytes_buffered", "gauge", ("envoy_cluster_name",)),
-    ("envoy_cluster_upstream_cx_tx_bytes_buffered", "gauge", ("envoy_cluster_name",)),
     ("envoy_listener_admin_connections_accepted_per_socket_event", "histogram", ("le",)),
     (
         "envoy_listener_connections_accepted_per_socket_event",
@@ -86,8 +84,6 @@ PROM_ENVOY_ONLY = [
     ("envoy_server_main_thread_watchdog_miss", "counter", ()),
     ("envoy_server_worker_watchdog_mega_miss", "counter", ("envoy_worker_id",)),
     ("envoy_server_worker_watchdog_miss", "counter", ("envoy_worker_id",)),
-    ("envoy_tcp_downstream_cx_rx_bytes_buffered", "gauge", ("envoy_tcp_prefix",)),
-    ("envoy_tcp_downstream_cx_tx_bytes_buffered", "gauge", ("envoy_tcp_prefix",)),
 ]
 PROM_LEGATUS_ONLY = [
     ("envoy_server_worker_restarts", "counter", ()),  # legatus only, see test_stats_tcp_proxy

@@ -102,6 +102,9 @@ class ConnectionManager(ReadFilter):
         stats.downstream_cx_http1_total.inc()
         stats.downstream_cx_http1_active.inc()
         conn.add_connection_callbacks(self)
+        conn.set_buffer_gauges(
+            stats.downstream_cx_rx_bytes_buffered, stats.downstream_cx_tx_bytes_buffered
+        )
         self.codec = ServerCodec(config.codec_settings, buffer_limit=conn.buffer_limit)
         self.started = self.loop.time()
         if config.idle_timeout:

@@ -83,6 +83,10 @@ class Connection(asyncio.Protocol):
         self._held: list[tuple[bytes, bool]] = []  # data that arrived while a filter stopped
         self._stopped_at: int | None = None
         self._pending: list[bytes] | None = None  # written this loop iteration, not yet sent
+        self._rx_gauge: Any = None  # see set_buffer_gauges
+        self._tx_gauge: Any = None
+        self._last_read = 0
+        self._last_tx = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # Filter chain ------------------------------------------------------------
@@ -148,8 +152,21 @@ class Connection(asyncio.Protocol):
         self.local_address = transport.get_extra_info("sockname")
         self.remote_address = transport.get_extra_info("peername")
 
+    def set_buffer_gauges(self, rx: Any, tx: Any) -> None:
+        """Keep Envoy's ``*_cx_rx_bytes_buffered`` / ``*_cx_tx_bytes_buffered`` gauges (shared
+        by the connections of a listener's filter or a cluster) as Envoy's connections do: rx
+        holds what the last read brought in (Envoy updates it on each read, before its
+        filters drain the buffer), tx what waits to be written, sampled when the write buffer
+        crosses its watermarks. Both give back this connection's share when it closes."""
+        self._rx_gauge = rx
+        self._tx_gauge = tx
+
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
+        rx = self._rx_gauge
+        if rx is not None:
+            rx.add(len(data) - self._last_read)
+            self._last_read = len(data)
         if self._stopped_at is not None:
             # Keep reading while the chain waits (so a reset is seen at once), holding
             # up to the buffer limit; past it, stop reading until the chain continues.
@@ -194,12 +211,21 @@ class Connection(asyncio.Protocol):
         self.state = State.CLOSED
         self._raise_event(event)
 
+    def _sample_tx(self) -> None:
+        tx = self._tx_gauge
+        if tx is not None and self.transport is not None:
+            size = self.transport.get_write_buffer_size()
+            tx.add(size - self._last_tx)
+            self._last_tx = size
+
     def pause_writing(self) -> None:
+        self._sample_tx()
         self.above_high_watermark = True
         for cb in self.callbacks:
             cb.on_above_write_buffer_high_watermark()
 
     def resume_writing(self) -> None:
+        self._sample_tx()
         self.above_high_watermark = False
         for cb in self.callbacks:
             cb.on_below_write_buffer_low_watermark()
@@ -306,6 +332,10 @@ class Connection(asyncio.Protocol):
 
     def _raise_event(self, event: ConnectionEvent) -> None:
         self.close_event = event
+        if self._rx_gauge is not None:
+            self._rx_gauge.sub(self._last_read)
+            self._tx_gauge.sub(self._last_tx)
+            self._rx_gauge = self._tx_gauge = None
         for cb in list(self.callbacks):
             cb.on_event(event)
         if self._on_close is not None:

@@ -15,8 +15,7 @@ class ClusterTrafficStats(StatSet):
     Envoy declares every one of these when the cluster is created, whether or not the feature
     behind it is used; so does legatus. The retry, per-try, 0-RTT, maintenance-mode and
     preconnect counters stay 0 because their features do not exist yet (their config is
-    refused); the pools and the router count the rest. ``*_bytes_buffered`` gauges are not
-    declared (docs/compatibility.md).
+    refused); the pools and the router count the rest.
     """
 
     upstream_cx_close_notify = counter()
@@ -47,6 +46,8 @@ class ClusterTrafficStats(StatSet):
     upstream_rq_rx_reset_no_error = counter()
     upstream_rq_tx_reset = counter()
     upstream_rq_per_cx = histogram()
+    upstream_cx_rx_bytes_buffered = gauge()  # see Connection.set_buffer_gauges
+    upstream_cx_tx_bytes_buffered = gauge()
     upstream_internal_redirect_failed_total = counter()
     upstream_internal_redirect_succeeded_total = counter()
 

@@ -38,6 +38,8 @@ class TcpProxyStats(StatSet):
     downstream_cx_no_route = counter()
     downstream_cx_tx_bytes_total = counter()
     downstream_cx_rx_bytes_total = counter()
+    downstream_cx_rx_bytes_buffered = gauge()
+    downstream_cx_tx_bytes_buffered = gauge()
     downstream_flow_control_paused_reading_total = counter()
     downstream_flow_control_resumed_reading_total = counter()
     idle_timeout = counter()

@@ -100,6 +100,9 @@ class TcpProxyFilter(ReadFilter):
         stats = self.config.stats
         stats.downstream_cx_total.inc()
         downstream.add_connection_callbacks(_DownstreamCallbacks(self))
+        downstream.set_buffer_gauges(
+            stats.downstream_cx_rx_bytes_buffered, stats.downstream_cx_tx_bytes_buffered
+        )
         name = self.config.pick_cluster(self.context.random)
         self.info.upstream_cluster = name
         cluster = self.context.cluster_manager.get(name)
@@ -153,6 +156,9 @@ class TcpProxyFilter(ReadFilter):
         self.host = host
         self.info.upstream_host = str(host.config.address)
         upstream = Connection(buffer_limit=cluster.config.buffer_limit)
+        upstream.set_buffer_gauges(
+            cluster.stats.upstream_cx_rx_bytes_buffered, cluster.stats.upstream_cx_tx_bytes_buffered
+        )
         self.info.upstream_connection_id = upstream.id
         upstream.add_read_filter(_UpstreamReader(self))
         upstream.add_connection_callbacks(_UpstreamCallbacks(self))
