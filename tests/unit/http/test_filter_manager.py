@@ -8,7 +8,7 @@ from legatus.http.filter import (
     FilterTrailersStatus,
     StreamFilter,
 )
-from legatus.http.filter_manager import FilterManager
+from legatus.http.filter_manager import FilterManager, TerminalFilterManager
 from legatus.http.headers import HeaderMap
 from legatus.stream_info import StreamInfo
 
@@ -257,3 +257,48 @@ def test_no_buffer_end_stream_waits_for_continue():
     assert ("router", "data", b"z", True) not in log
     a.decoder_callbacks.continue_decoding()
     assert log[-1] == ("router", "data", b"", True)
+
+
+# The router-only chain ----------------------------------------------------------------
+
+
+def _terminal(router):
+    sink = Sink()
+    return TerminalFilterManager(router, sink=sink, stream_info=StreamInfo(now_monotonic=0.0)), sink
+
+
+def test_terminal_manager_passes_the_request_and_response_through():
+    log = []
+    fm, sink = _terminal(Router(log))
+    _request(fm, body=(b"a", b"b"))
+    assert log == [("router", "headers", False), ("router", "data", b"a", False),
+                   ("router", "data", b"b", True)]  # fmt: skip
+    assert sink.out == [("headers", "200", False), ("data", b"a", False), ("data", b"b", True)]
+    assert fm.done
+
+
+def test_terminal_manager_local_reply_ends_the_request_side():
+    class Refuser(StreamFilter):
+        def decode_headers(self, headers, end_stream):
+            self.decoder_callbacks.send_local_reply(404, b"", details="route_not_found")
+            return H.STOP_ITERATION
+
+        def decode_data(self, data, end_stream):
+            raise AssertionError("the request is over after a local reply")
+
+    fm, sink = _terminal(Refuser())
+    _request(fm, body=(b"ignored",))
+    assert sink.out == [("headers", "404", True)]
+    assert fm.stream_info.response_code_details == "route_not_found"
+
+
+def test_terminal_manager_local_reply_after_the_response_started_resets():
+    class Late(StreamFilter):
+        def decode_headers(self, headers, end_stream):
+            self.decoder_callbacks.encode_headers(HeaderMap([(":status", "200")]), False)
+            self.decoder_callbacks.send_local_reply(504, b"late", details="response_timeout")
+            return H.STOP_ITERATION
+
+    fm, sink = _terminal(Late())
+    fm.decode_headers(HeaderMap([(":method", "GET")]), True)
+    assert sink.out == [("headers", "200", False), ("reset",)]
