@@ -240,6 +240,8 @@ def test_stream_idle_timeout_and_connection_idle_timeout(tmp_path, upstream):
     hcm = {
         "stream_idle_timeout": "0.3s",
         "common_http_protocol_options": {"idle_timeout": "0.5s"},
+        "drain_timeout": "0.2s",
+        "delayed_close_timeout": "0.2s",
     }
     routes = [{"match": {"prefix": "/"}, "route": {"cluster": "backend", "timeout": "0s"}}]
     proxy = _start(tmp_path, http_proxy_config(upstream.port, routes=routes, hcm=hcm))

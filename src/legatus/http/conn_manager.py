@@ -89,6 +89,7 @@ class ConnectionManager(ReadFilter):
         self.duration_timer: Any = None
         self.headers_timer: Any = None
         self.delayed_close_timer: Any = None
+        self.drain_timer: Any = None
         self.above_write_watermark = False
 
     # Connection life -------------------------------------------------------------------
@@ -167,7 +168,8 @@ class ConnectionManager(ReadFilter):
             self.stream.on_downstream_watermark(False)
 
     def _cancel_timers(self) -> None:
-        for name in ("timer", "duration_timer", "headers_timer", "delayed_close_timer"):
+        for name in ("timer", "duration_timer", "headers_timer", "delayed_close_timer",
+                     "drain_timer"):  # fmt: skip
             timer = getattr(self, name)
             if timer is not None:
                 timer.cancel()
@@ -287,8 +289,17 @@ class ConnectionManager(ReadFilter):
         self.connection.close(close_type)
 
     def start_drain(self) -> None:
-        """Close once the current response (if any) is written, saying connection: close."""
+        """Envoy's drain sequence for HTTP/1: the response in progress (if any) says
+        ``connection: close`` and the connection closes after it; an idle connection closes
+        ``drain_timeout`` later (a request arriving meanwhile is still served, and closes it)."""
+        if self.draining:
+            return
         self.draining = True
+        if self.stream is None:
+            self.drain_timer = self.loop.call_later(self.config.drain_timeout, self._on_drained)
+
+    def _on_drained(self) -> None:
+        self.drain_timer = None
         if self.stream is None:
             self._close_after_response(delay=True)
 
@@ -324,7 +335,7 @@ class ConnectionManager(ReadFilter):
             stream.on_idle_timeout()
             return
         self.config.stats.named.downstream_cx_idle_timeout.inc()
-        self._close_after_response(delay=True)
+        self.start_drain()
 
     def _on_max_connection_duration(self) -> None:
         self.duration_timer = None

@@ -94,6 +94,7 @@ class HcmConfig:
     max_stream_duration: float | None
     max_requests_per_connection: int
     delayed_close_timeout: float | None
+    drain_timeout: float
     proxy_100_continue: bool
     strip_port: int  # 0 no, 1 matching the listener's port, 2 any
     strip_trailing_host_dot: bool
@@ -186,6 +187,7 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         delayed_close_timeout=_seconds(
             proto, "delayed_close_timeout", DEFAULT_DELAYED_CLOSE_TIMEOUT
         ),
+        drain_timeout=_seconds(proto, "drain_timeout", DEFAULT_DRAIN_TIMEOUT) or 0.0,
         proxy_100_continue=proto.proxy_100_continue,
         strip_port=strip,
         strip_trailing_host_dot=proto.strip_trailing_host_dot,
