@@ -708,7 +708,7 @@ class Side:
                     values[name] = entry["value"]
             for h in entry.get("histograms", {}).get("computed_quantiles", []):
                 name = self.normalize(h["name"])
-                if pattern.match(name):
+                if pattern.match(name) and not KNOWN_GAP_STATS.search(name):
                     histograms.add(name)
         for name, value in values.items():
             if name.endswith("downstream_cx_tx_bytes_total"):
@@ -736,6 +736,8 @@ class Side:
                 labels = {k: self.normalize(v) for k, v in sample.labels.items()}
                 if not any(labels.get(k) in v for k, v in ours.items()):
                     continue
+                if KNOWN_GAP_STATS.search(sample.name):
+                    continue
                 shown = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "le")
                 key = f"{family.type} {sample.name}{{{shown}}}"
                 if family.type == "histogram":
@@ -746,6 +748,11 @@ class Side:
                 else:
                     out[key] = int(sample.value)
         return out
+
+
+# Stats Envoy produces and legatus does not yet, left out of every comparison; each is listed
+# under "Known gaps" in docs/compatibility.md. Shrink this as legatus catches up.
+KNOWN_GAP_STATS = re.compile(r"connections_accepted_per_socket_event")
 
 
 def _scope(listeners, clusters, full: bool) -> re.Pattern:
