@@ -34,6 +34,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from legatus.common.deadline_timer import DeadlineTimer
 from legatus.http.conn_manager_utility import (
     date_header,
     mutate_request_headers,
@@ -90,6 +91,7 @@ class ConnectionManager(ReadFilter):
         self.headers_timer: Any = None
         self.delayed_close_timer: Any = None
         self.drain_timer: Any = None
+        self.route_timer: DeadlineTimer | None = None
         self.above_write_watermark = False
 
     # Connection life -------------------------------------------------------------------
@@ -103,6 +105,7 @@ class ConnectionManager(ReadFilter):
         stats.downstream_cx_http1_total.inc()
         stats.downstream_cx_http1_active.inc()
         conn.add_connection_callbacks(self)
+        self.route_timer = DeadlineTimer(self.loop)  # the router's, for each stream in turn
         conn.set_buffer_gauges(
             stats.downstream_cx_rx_bytes_buffered, stats.downstream_cx_tx_bytes_buffered
         )
@@ -168,6 +171,8 @@ class ConnectionManager(ReadFilter):
             self.stream.on_downstream_watermark(False)
 
     def _cancel_timers(self) -> None:
+        if self.route_timer is not None:
+            self.route_timer.close()
         for name in ("timer", "duration_timer", "headers_timer", "delayed_close_timer",
                      "drain_timer"):  # fmt: skip
             timer = getattr(self, name)
@@ -782,6 +787,11 @@ class ActiveStream:
         fm.decode_headers(headers, not body)
         if body and self.filter_manager is fm:
             fm.decode_data(bytes(body), True)
+
+    @property
+    def route_timer(self) -> DeadlineTimer:
+        """The route timeout's timer, shared by the connection's streams (one at a time)."""
+        return self.manager.route_timer
 
     def set_idle_timeout(self, timeout: float) -> None:
         """A route's ``idle_timeout`` replaces the connection manager's for this stream

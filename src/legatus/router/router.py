@@ -323,9 +323,11 @@ class Router(StreamDecoderFilter):
             return
         timeout, per_try = self.timeout, self.per_try
         if per_try and (not timeout or per_try < timeout):
-            self.timer = loop.call_later(per_try, self._on_timeout, True)
+            timer = self.timer = self.decoder_callbacks.stream.route_timer
+            timer.set(per_try, self._on_timeout, True)
         elif timeout:
-            self.timer = loop.call_later(timeout, self._on_timeout, False)
+            timer = self.timer = self.decoder_callbacks.stream.route_timer
+            timer.set(timeout, self._on_timeout, False)
 
     def on_pool_ready(self, upstream: UpstreamRequest) -> None:
         """The upstream stream exists: send what the downstream sent so far."""
