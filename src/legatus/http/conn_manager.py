@@ -869,6 +869,7 @@ class ActiveStream:
             config.code_stats.charge(code, health_check=info.health_check)
         fm = self.filter_manager
         if fm is not None:
+            self.filter_manager = None
             fm.on_destroy()
         for access_log in config.access_logs:
             access_log.log(

@@ -350,7 +350,13 @@ class FilterManager:
 
     def on_destroy(self) -> None:
         seen = set()
-        for slot in (*self.decoder.slots, *self.encoder.slots):
+        slots = (*self.decoder.slots, *self.encoder.slots)
+        # Filters and their callbacks point back here: drop the slots (breaking the cycle,
+        # so that the stream is freed by reference counting) before telling the filters.
+        self.decoder.slots = []
+        self.encoder.slots = []
+        self.route_resolver = None
+        for slot in slots:
             if id(slot.filter) not in seen:
                 seen.add(id(slot.filter))
                 slot.filter.on_destroy()
@@ -487,7 +493,13 @@ class TerminalFilterManager:
             self.filter.decode_trailers(trailers)
 
     def on_destroy(self) -> None:
-        self.filter.on_destroy()
+        # Filter <-> manager is a reference cycle: broken here so the stream is freed at once
+        # by reference counting, not later by the cyclic GC.
+        f = self.filter
+        self.filter = None  # type: ignore[assignment]
+        self.route_resolver = None
+        if f is not None:
+            f.on_destroy()
 
     # The filter's callbacks -----------------------------------------------------------
 
