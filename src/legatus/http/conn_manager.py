@@ -604,7 +604,7 @@ class ActiveStream:
             return
         if data:
             self.info.bytes_sent += len(data)
-        if self.idle_timeout:
+        if self.idle_timeout and not end_stream:  # the stream's end re-arms it anyway
             self.manager.set_deadline(self.idle_timeout)
         out = self.manager.codec.encode_data(data, end_stream)
         if out:
@@ -636,7 +636,11 @@ class ActiveStream:
     def _write(self, data: bytes) -> None:
         manager = self.manager
         manager.config.stats.named.downstream_cx_tx_bytes_total.add(len(data))
-        manager.connection.write(data)
+        conn = manager.connection
+        if conn.write_filters:
+            conn.write(data)
+        elif conn.state is State.OPEN and not conn.write_ended:
+            conn.raw_write(data, False)
 
     def _end_encode(self) -> None:
         self.response_complete = True
