@@ -62,6 +62,10 @@ class ClientState(enum.Enum):
     DRAINING = "draining"
     CLOSED = "closed"
 
+    # Members are singletons compared by identity: hash them by identity too, in C (Enum's
+    # own __hash__ is Python code, and states are dict keys twice per stream).
+    __hash__ = object.__hash__
+
 
 S = ClientState
 _TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
@@ -71,6 +75,10 @@ _TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
     S.DRAINING: frozenset({S.CLOSED}),
     S.CLOSED: frozenset(),
 }
+_ALLOWED = frozenset((old, new) for old, news in _TRANSITIONS.items() for new in news)
+# The members as module globals: reading a member through its enum class runs Python code in
+# 3.11 (about ten times a global's cost), and the pool tests states several times a stream.
+_CONNECTING, _READY, _BUSY, _DRAINING, _CLOSED = ClientState
 
 
 class PendingStream:
@@ -96,7 +104,7 @@ class ActiveClient:
         ctx = pool.context
         self.pool = pool
         self.id = 0  # the connection id, set by the subclass
-        self.state = ClientState.CONNECTING
+        self.state = _CONNECTING
         limit = ctx.settings.max_requests_per_connection
         self.remaining_streams = limit if limit else UNLIMITED_STREAMS
         self.concurrent_stream_limit = concurrent_stream_limit or UNLIMITED_STREAMS
@@ -119,7 +127,9 @@ class ActiveClient:
         ctx.resource_manager.connections.inc()
 
     def current_unused_capacity(self) -> int:
-        return min(self.remaining_streams, self.concurrent_stream_limit - self.num_active_streams())
+        free = self.concurrent_stream_limit - self.num_active_streams()
+        remaining = self.remaining_streams
+        return remaining if remaining < free else free
 
     def on_connect_timeout(self) -> None:
         self.connect_timer = None
@@ -176,7 +186,7 @@ class ConnPool:
         self.loop = context.loop
         self._client_factory = client_factory
         self._clients: dict[ClientState, dict[ActiveClient, None]] = {
-            s: {} for s in (S.CONNECTING, S.READY, S.BUSY, S.DRAINING)
+            s: {} for s in (_CONNECTING, _READY, _BUSY, _DRAINING)
         }
         self._pending: dict[PendingStream, None] = {}  # insertion order = FIFO
         self._purging: dict[PendingStream, None] | None = None
@@ -191,7 +201,7 @@ class ConnPool:
     def new_stream(self, decoder: Any, callbacks: PoolCallbacks) -> PendingStream | None:
         if self._draining_for_deletion:
             raise PoolStateError("new_stream on a pool draining for deletion")
-        ready = self._clients[S.READY]
+        ready = self._clients[_READY]
         if ready:
             self._attach(next(reversed(ready)), decoder, callbacks)
             return None
@@ -212,12 +222,12 @@ class ConnPool:
     def drain(self, behavior: DrainBehavior = DrainBehavior.DRAIN_EXISTING_CONNECTIONS) -> None:
         if behavior is DrainBehavior.DRAIN_AND_DELETE:
             self._draining_for_deletion = True
-            self._check_idle_and_close_if_draining()
+            self.check_idle_and_close_if_draining()
             return
         self._close_idle_clients()
-        for state in (S.READY, S.BUSY):
+        for state in (_READY, _BUSY):
             for client in list(self._clients[state]):
-                self.transition(client, S.DRAINING)
+                self.transition(client, _DRAINING)
 
     def add_idle_callback(self, callback: Callable[[], None]) -> None:
         """``callback()`` runs when the pool is found empty (no pending stream, no client);
@@ -231,7 +241,7 @@ class ConnPool:
         return bool(self._pending) or self._active_streams > 0
 
     def clients(self, state: ClientState) -> tuple[ActiveClient, ...]:
-        return tuple(self._clients[state]) if state is not S.CLOSED else ()
+        return tuple(self._clients[state]) if state is not _CLOSED else ()
 
     @property
     def pending_count(self) -> int:
@@ -241,12 +251,13 @@ class ConnPool:
 
     def transition(self, client: ActiveClient, new: ClientState) -> None:
         old = client.state
-        if new not in _TRANSITIONS[old]:
+        if (old, new) not in _ALLOWED:
             raise PoolStateError(f"C{client.id}: {old.value} -> {new.value} is not allowed")
-        del self._clients[old][client]
+        clients = self._clients
+        del clients[old][client]
         client.state = new
-        if new is not S.CLOSED:
-            self._clients[new][client] = None
+        if new is not _CLOSED:
+            clients[new][client] = None
 
     # Reported by the clients ------------------------------------------------------
 
@@ -288,7 +299,7 @@ class ConnPool:
             if not self._draining_for_deletion:
                 self._try_create_connections()
         client.release_resources()
-        self.transition(client, S.CLOSED)
+        self.transition(client, _CLOSED)
         self._check_idle()
         if self._pending:
             self._try_create_connections()
@@ -301,24 +312,30 @@ class ConnPool:
         ctx.stats.upstream_rq_active.dec()
         ctx.resource_manager.requests.dec()
         state = client.state
-        if state is S.DRAINING and client.num_active_streams() == 0:
+        if state is _DRAINING and client.num_active_streams() == 0:
             client.close()
             return
-        if state is S.BUSY and client.current_unused_capacity() > 0:
-            self.transition(client, S.READY)
+        if state is _BUSY and client.current_unused_capacity() > 0:
+            self.transition(client, _READY)
             if not delay_attaching:
                 self._on_upstream_ready()
-        if client.state is not S.CLOSED and client.num_active_streams() == 0:
+        if client.state is not _CLOSED and client.num_active_streams() == 0:
             self._start_idle(client)
 
     def schedule_on_upstream_ready(self) -> None:
         """Attach pending streams on the next loop iteration (an HTTP/1 upstream may close
-        right after its response: give that close a chance to be seen first)."""
+        right after its response: give that close a chance to be seen first).
+
+        Scheduled even when nothing is pending, as Envoy does: a stream queued before the
+        next iteration (its client closed meanwhile) is then served, or its connection
+        retried, by this callback."""
         if self._upstream_ready_handle is None:
             self._upstream_ready_handle = self.loop.call_soon(self._scheduled_upstream_ready)
 
     def check_idle_and_close_if_draining(self) -> None:
-        self._check_idle_and_close_if_draining()
+        if self._draining_for_deletion:
+            self._close_idle_clients()
+        self._check_idle()
 
     # Internals --------------------------------------------------------------------
 
@@ -330,13 +347,13 @@ class ConnPool:
         self._connecting_capacity -= client.current_unused_capacity()
         client.has_handshake_completed = True
         ctx.stats.upstream_cx_connect_ms.record((ctx.loop.time() - client.created_at) * 1000)
-        if client.state is S.CONNECTING:
-            self.transition(client, S.READY if client.current_unused_capacity() > 0 else S.BUSY)
-        if client.state is S.READY:
+        if client.state is _CONNECTING:
+            self.transition(client, _READY if client.current_unused_capacity() > 0 else _BUSY)
+        if client.state is _READY:
             self._on_upstream_ready()
-        if client.state is not S.CLOSED and client.num_active_streams() == 0:
+        if client.state is not _CLOSED and client.num_active_streams() == 0:
             self._start_idle(client)
-        self._check_idle_and_close_if_draining()
+        self.check_idle_and_close_if_draining()
 
     def _attach(self, client: ActiveClient, decoder: Any, callbacks: PoolCallbacks) -> None:
         ctx = self.context
@@ -351,9 +368,9 @@ class ConnPool:
         if client.remaining_streams == 0:
             log.debug("[C%d] maximum requests per connection, start draining", client.id)
             ctx.pool_stats.upstream_cx_max_requests.inc()
-            self.transition(client, S.DRAINING)
+            self.transition(client, _DRAINING)
         elif capacity == 1:
-            self.transition(client, S.BUSY)
+            self.transition(client, _BUSY)
         self._active_streams += 1
         host_stats = self.host.stats
         host_stats.rq_total.inc()
@@ -365,7 +382,7 @@ class ConnPool:
         callbacks.on_pool_ready(encoder, self.host)
 
     def _on_upstream_ready(self) -> None:
-        pending, ready = self._pending, self._clients[S.READY]
+        pending, ready = self._pending, self._clients[_READY]
         while pending and ready:
             stream = next(iter(pending))
             self._release_pending(stream)
@@ -375,7 +392,8 @@ class ConnPool:
 
     def _scheduled_upstream_ready(self) -> None:
         self._upstream_ready_handle = None
-        self._on_upstream_ready()
+        if self._pending:  # (``_on_upstream_ready`` does nothing without pending streams)
+            self._on_upstream_ready()
 
     def _release_pending(self, stream: PendingStream) -> None:
         del self._pending[stream]
@@ -398,9 +416,9 @@ class ConnPool:
             ctx.pool_stats.upstream_cx_overflow.inc()
             if any(self._clients.values()):
                 return False
-        log.debug("creating a new connection (connecting=%d)", len(self._clients[S.CONNECTING]))
+        log.debug("creating a new connection (connecting=%d)", len(self._clients[_CONNECTING]))
         client = self._client_factory(self)
-        self._clients[S.CONNECTING][client] = None
+        self._clients[_CONNECTING][client] = None
         self._connecting_capacity += client.current_unused_capacity()
         return allowed
 
@@ -430,26 +448,21 @@ class ConnPool:
             self._release_pending(stream)
         else:
             return  # already attached or failed
-        connecting = self._clients[S.CONNECTING]
+        connecting = self._clients[_CONNECTING]
         if policy is CancelPolicy.CLOSE_EXCESS and connecting:
             client = next(reversed(connecting))
             if len(self._pending) <= self._connecting_capacity - client.current_unused_capacity():
-                self.transition(client, S.DRAINING)
+                self.transition(client, _DRAINING)
                 client.close()
         self.context.pool_stats.upstream_rq_cancelled.inc()
-        self._check_idle_and_close_if_draining()
+        self.check_idle_and_close_if_draining()
 
     def _close_idle_clients(self) -> None:
-        idle = [c for c in self._clients[S.READY] if c.num_active_streams() == 0]
+        idle = [c for c in self._clients[_READY] if c.num_active_streams() == 0]
         if not self._pending:
-            idle.extend(self._clients[S.CONNECTING])
+            idle.extend(self._clients[_CONNECTING])
         for client in idle:
             client.close()
-
-    def _check_idle_and_close_if_draining(self) -> None:
-        if self._draining_for_deletion:
-            self._close_idle_clients()
-        self._check_idle()
 
     def _check_idle(self) -> None:
         if self._idle_callbacks and self.is_idle():
@@ -468,7 +481,7 @@ class ConnPool:
 
     def _on_idle_check(self, client: ActiveClient) -> None:
         client.idle_timer = None
-        if client.state is S.CLOSED or client.num_active_streams() > 0:
+        if client.state is _CLOSED or client.num_active_streams() > 0:
             return  # the end of the current stream re-arms it
         timeout = self.context.settings.idle_timeout or 0.0
         remaining = client.idle_since + timeout - self.loop.time()

@@ -54,6 +54,7 @@ from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, Rea
 from legatus.upstream.host import Host
 
 log = logging.getLogger("legatus.pool")
+_STOP_ITERATION = FilterStatus.STOP_ITERATION  # a global: enum members are slow to read in 3.11
 
 
 class RequestEncoder:
@@ -180,7 +181,7 @@ class _CodecReadFilter(ReadFilter):
             client.dispatch(client.decode(data))
         if end_stream:
             client.on_remote_eof()
-        return FilterStatus.STOP_ITERATION
+        return _STOP_ITERATION
 
 
 class Http1ActiveClient(ActiveClient):
@@ -189,6 +190,9 @@ class Http1ActiveClient(ActiveClient):
         ctx = pool.context
         ctx.stats.upstream_cx_http1_total.inc()
         connection = Connection(buffer_limit=ctx.settings.buffer_limit)
+        connection.set_buffer_gauges(
+            ctx.stats.upstream_cx_rx_bytes_buffered, ctx.stats.upstream_cx_tx_bytes_buffered
+        )
         self.id = connection.id
         self.connection = connection
         self.codec = pool.codec_factory()
@@ -261,10 +265,13 @@ class Http1ActiveClient(ActiveClient):
             decoder = stream.decoder
             if cls is ResponseHeaders:
                 headers = event.headers
-                http10 = event.protocol == HTTP_10
-                if h1.should_close_connection(http10, headers):
+                keep_alive = event.keep_alive
+                # A response the codec keeps alive did not ask to close (the codec checked).
+                if not keep_alive and h1.should_close_connection(
+                    event.protocol == HTTP_10, headers
+                ):
                     self.pool.context.pool_stats.upstream_cx_close_notify.inc()
-                stream.close_connection = not event.keep_alive
+                stream.close_connection = not keep_alive
                 end = event.end_stream
                 if end:
                     stream.response_complete = True

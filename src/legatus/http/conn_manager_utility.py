@@ -39,7 +39,6 @@ import ipaddress
 import re
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from random import Random
 
@@ -67,19 +66,29 @@ UNSUPPORTED_HCM_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 # x-envoy-* request headers Envoy removes from every external request...
-_EXTERNAL_STRIP = (
+_EXTERNAL_STRIP = frozenset((
     "x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-retry-on",
     "x-envoy-retry-grpc-on", "x-envoy-max-retries", "x-envoy-upstream-alt-stat-name",
     "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms",
     "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-expected-rq-timeout-ms",
     "x-envoy-upstream-stream-duration-ms", "x-envoy-force-trace", "x-envoy-ip-tags",
     "x-envoy-original-url", "x-envoy-hedge-on-per-try-timeout",
-)  # fmt: skip
+))  # fmt: skip
 # ...and these too when we are the edge (use_remote_address and external).
-_EDGE_STRIP = (
+_EDGE_STRIP = frozenset((
     "x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
     "x-envoy-downstream-service-node", "x-envoy-original-path", "x-envoy-original-host",
-)  # fmt: skip
+))  # fmt: skip
+_EDGE_AND_EXTERNAL_STRIP = _EDGE_STRIP | _EXTERNAL_STRIP
+_UPGRADE_HOP_BY_HOP = frozenset(("connection", "upgrade"))  # kept for an upgrade only
+# Removed from every request and response (none is set back later, so one call removes them
+# with the two above when the message is no upgrade).
+_REQUEST_HOP_BY_HOP = frozenset(
+    ("x-envoy-internal", "keep-alive", "proxy-connection", "transfer-encoding")
+)
+_RESPONSE_HOP_BY_HOP = frozenset(("transfer-encoding", "keep-alive", "proxy-connection"))
+_REQUEST_HOP_BY_HOP_ALL = _UPGRADE_HOP_BY_HOP | _REQUEST_HOP_BY_HOP
+_RESPONSE_HOP_BY_HOP_ALL = _UPGRADE_HOP_BY_HOP | _RESPONSE_HOP_BY_HOP
 # Position 14 of a UUID (its version digit) carries the trace reason; '4' is "not traced".
 _TRACE_BYTE = 14
 
@@ -88,6 +97,11 @@ class ServerHeaderTransformation(enum.IntEnum):
     OVERWRITE = 0
     APPEND_IF_ABSENT = 1
     PASS_THROUGH = 2
+
+
+# Globals: reading an enum member through its class runs Python code in 3.11.
+_OVERWRITE = ServerHeaderTransformation.OVERWRITE
+_APPEND_IF_ABSENT = ServerHeaderTransformation.APPEND_IF_ABSENT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,11 +129,31 @@ class HeaderPolicy:
     sanitize_client_cert: bool = True
 
 
-@dataclass(frozen=True, slots=True)
 class MutateResult:
-    internal: bool  # x-envoy-internal: true was set
-    edge: bool  # external and use_remote_address: we are the trust boundary
-    final_remote_address: str  # the client, for the stream info ("ip:port"; XFF ones port 0)
+    """What ``mutate_request_headers`` decided. A plain slotted class (one per request): a
+    frozen dataclass costs several times more to build. Not mutated after it is built."""
+
+    __slots__ = ("edge", "final_remote_address", "internal")
+
+    def __init__(self, internal: bool, edge: bool, final_remote_address: str) -> None:
+        self.internal = internal  # x-envoy-internal: true was set
+        self.edge = edge  # external and use_remote_address: we are the trust boundary
+        # The client, for the stream info ("ip:port"; addresses from XFF have port 0).
+        self.final_remote_address = final_remote_address
+
+    def _key(self) -> tuple[bool, bool, str]:
+        return self.internal, self.edge, self.final_remote_address
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if type(other) is MutateResult else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "MutateResult(internal={!r}, edge={!r}, final_remote_address={!r})".format(
+            *self._key()
+        )
 
 
 def compile_request_policy(
@@ -246,15 +280,14 @@ def mutate_request_headers(
     configuration's list, stripped from external requests. Addresses are ``ip:port``,
     ``[ip6]:port`` or a unix socket path.
     """
-    if not is_upgrade(headers):
-        headers.remove("connection")
-        headers.remove("upgrade")
-        _sanitize_te(headers)
-    headers.remove("x-envoy-internal")
-    headers.remove("keep-alive")
-    headers.remove("proxy-connection")
-    headers.remove("transfer-encoding")
-    _sanitize_referer(headers)
+    if "upgrade" in headers and is_upgrade(headers):
+        headers.remove_all(_REQUEST_HOP_BY_HOP)
+    else:
+        headers.remove_all(_REQUEST_HOP_BY_HOP_ALL)
+        if "te" in headers:
+            _sanitize_te(headers)
+    if "referer" in headers:
+        _sanitize_referer(headers)
 
     xff = _single_value(headers, "x-forwarded-for")
     scheme = "https" if is_tls else "http"
@@ -262,16 +295,18 @@ def mutate_request_headers(
     # The trusted client: an IP from x-forwarded-for, else the peer (None: a unix socket).
     final_ip: Ip | None = None
     from_xff = False
+    peer: Ip | None = None
+    peer_text = ""
     if policy.use_remote_address:
         trusted_checks = xff is None
         if hops > 0 and xff is not None:
             final_ip = _last_xff_address(xff, hops - 1)[0]
             from_xff = final_ip is not None
-        peer = _ip_of(remote_address)
+        peer, peer_loopback, peer_text = _peer_of(remote_address)
         if final_ip is None:
             final_ip = peer
         if not policy.skip_xff_append and peer is not None:
-            appended = policy.local_address if peer.is_loopback else _ip_text(peer)
+            appended = policy.local_address if peer_loopback else peer_text
             headers.set("x-forwarded-for", f"{xff},{appended}" if xff else appended)
         # A hop we do not trust cannot tell us the scheme or port: overwrite them.
         if hops == 0 or "x-forwarded-proto" not in headers:
@@ -297,18 +332,16 @@ def mutate_request_headers(
     # Internal: a trusted address from an absent or single-entry x-forwarded-for, listed in
     # internal_address_config. Without use_remote_address and without XFF: external.
     if final_ip is not None:
-        internal = trusted_checks and _is_internal(policy, final_ip)
+        internal = (
+            trusted_checks and bool(policy.internal_networks) and _is_internal(policy, final_ip)
+        )
     else:
         internal = policy.use_remote_address and trusted_checks and policy.unix_sockets_internal
     edge = not internal and policy.use_remote_address
     if internal:
         headers.set("x-envoy-internal", "true")
     else:
-        if edge:
-            for name in _EDGE_STRIP:
-                headers.remove(name)
-        for name in _EXTERNAL_STRIP:
-            headers.remove(name)
+        headers.remove_all(_EDGE_AND_EXTERNAL_STRIP if edge else _EXTERNAL_STRIP)
         for name in internal_only_headers:
             headers.remove(name)
 
@@ -321,7 +354,9 @@ def mutate_request_headers(
     if policy.via:
         headers.append_value("via", policy.via, ", ")
     if edge and final_ip is not None:
-        headers.set("x-envoy-external-address", _ip_text(final_ip))
+        headers.set(
+            "x-envoy-external-address", peer_text if final_ip is peer else _ip_text(final_ip)
+        )
     if policy.generate_request_id:
         _set_request_id(policy, headers, edge, random)
     if policy.sanitize_client_cert:
@@ -331,7 +366,7 @@ def mutate_request_headers(
         final = f"[{_ip_text(final_ip)}]:0" if final_ip.version == 6 else f"{final_ip}:0"
     else:
         final = remote_address
-    return MutateResult(internal=internal, edge=edge, final_remote_address=final)
+    return MutateResult(internal, edge, final)
 
 
 def _set_forwarded_port(headers: HeaderMap, local_address: str | None) -> None:
@@ -343,10 +378,22 @@ def _set_forwarded_port(headers: HeaderMap, local_address: str | None) -> None:
 def _set_request_id(policy: HeaderPolicy, headers: HeaderMap, edge: bool, random: Random) -> None:
     current = headers.get("x-request-id")
     if current is None or (edge and not policy.preserve_external_request_id):
-        headers.set("x-request-id", str(uuid.UUID(int=random.getrandbits(128), version=4)))
+        headers.set("x-request-id", _uuid4_text(random.getrandbits(128)))
     elif edge and policy.pack_trace_reason and len(current) == 36:
         # A preserved external ID loses any trace reason it claims (Envoy: NotTraceable).
         headers.set("x-request-id", current[:_TRACE_BYTE] + "4" + current[_TRACE_BYTE + 1 :])
+
+
+# The version (4) and variant (RFC 4122) bits, as uuid.UUID(version=4) sets them.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (4 << 76) | (0x8000 << 48)
+
+
+def _uuid4_text(bits: int) -> str:
+    """``str(uuid.UUID(int=bits, version=4))`` (lower-case 8-4-4-4-12, as Envoy writes its
+    request IDs) without building a UUID object: it runs once per request."""
+    h = "%032x" % ((bits & _UUID4_CLEAR) | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _sanitize_te(headers: HeaderMap) -> None:
@@ -433,23 +480,24 @@ def mutate_response_headers(
 ) -> None:
     """Hop-by-hop cleanup, x-request-id echo, via, then date (when given and absent) and
     server, for upstream responses and local replies alike."""
-    if request_headers is not None and is_upgrade(request_headers) and is_upgrade(response_headers):
+    if (
+        "upgrade" in response_headers
+        and request_headers is not None
+        and is_upgrade(request_headers)
+        and is_upgrade(response_headers)
+    ):
         if "transfer-encoding" not in response_headers and "content-length" not in response_headers:
             status = response_headers.get(":status", "")
             if not status.startswith("1"):
                 response_headers.set("content-length", "0")
+        response_headers.remove_all(_RESPONSE_HOP_BY_HOP)
     else:
-        response_headers.remove("connection")
-        response_headers.remove("upgrade")
-    response_headers.remove("transfer-encoding")
-    response_headers.remove("keep-alive")
-    response_headers.remove("proxy-connection")
+        response_headers.remove_all(_RESPONSE_HOP_BY_HOP_ALL)
     if date is not None and "date" not in response_headers:
         response_headers.set("date", date)
     transformation = policy.server_header_transformation
-    if transformation is ServerHeaderTransformation.OVERWRITE or (
-        transformation is ServerHeaderTransformation.APPEND_IF_ABSENT
-        and "server" not in response_headers
+    if transformation is _OVERWRITE or (
+        transformation is _APPEND_IF_ABSENT and "server" not in response_headers
     ):
         response_headers.set("server", policy.server_name)
     if request_headers is not None and (
@@ -482,6 +530,8 @@ Ip = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def _single_value(headers: HeaderMap, name: str) -> str | None:
     """One value (a repeated header is joined with ',', as Envoy's codec does)."""
+    if not headers.has_repeats:
+        return headers.get(name)
     values = headers.get_all(name)
     if not values:
         return None
@@ -528,6 +578,16 @@ def _ip_of(address: str) -> Ip | None:
     if address.count(":") == 1:
         return _parse_ip(address.partition(":")[0])
     return _parse_ip(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_of(address: str) -> tuple[Ip | None, bool, str]:
+    """The peer's IP, whether it is loopback, and its text (per connection address: the
+    ipaddress properties cost more than the lookup)."""
+    ip = _ip_of(address)
+    if ip is None:
+        return None, False, ""
+    return ip, ip.is_loopback, _ip_text(ip)
 
 
 def _port_of(address: str) -> str | None:

@@ -7,12 +7,14 @@ alike. Order is kept. A name may repeat (``set-cookie``, or a client sending a
 header twice): ``get`` returns the first value, ``get_all`` every value.
 
 Hot path: most names occur once, so the map is one dict of name -> value; a
-repeated name moves its values into a side list. No copies on read.
+repeated name moves its values into a side list. No copies on read; ``items()`` of a map
+without repeats is the dict's own iterator. A codec decodes a block into a plain dict and
+hands it over with ``adopt`` (one object, no per-header method call).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 
 
 class HeaderMap:
@@ -23,6 +25,15 @@ class HeaderMap:
         self._multi: dict[str, list[str]] | None = None
         for name, value in items:
             self.add(name, value)
+
+    @classmethod
+    def adopt(cls, values: dict[str, str]) -> HeaderMap:
+        """A map over ``values`` (lower-case names, one value each), taken over, not copied:
+        the caller must not use the dict afterwards."""
+        new = cls.__new__(cls)
+        new._values = values
+        new._multi = None
+        return new
 
     # Reading -----------------------------------------------------------------------
 
@@ -48,10 +59,13 @@ class HeaderMap:
 
     def items(self) -> Iterator[tuple[str, str]]:
         """Every (name, value), repeated names once per value, in insertion order."""
+        if self._multi is None:
+            return iter(self._values.items())
+        return self._items_with_repeats()
+
+    def _items_with_repeats(self) -> Iterator[tuple[str, str]]:
         multi = self._multi
-        if multi is None:
-            yield from self._values.items()
-            return
+        assert multi is not None
         for name, value in self._values.items():
             values = multi.get(name)
             if values is None:
@@ -59,6 +73,11 @@ class HeaderMap:
             else:
                 for v in values:
                     yield name, v
+
+    @property
+    def has_repeats(self) -> bool:
+        """Some name has more than one value (a codec then joins the ones it reads)."""
+        return self._multi is not None
 
     def names(self) -> Iterable[str]:
         return self._values.keys()
@@ -108,13 +127,21 @@ class HeaderMap:
         if self._multi is not None:
             self._multi.pop(name, None)
 
+    def remove_all(self, names: Set[str]) -> None:
+        """``remove`` each of ``names`` (a set or frozenset): for fixed lists of names, most
+        often all absent, which one C-level set check finds."""
+        values = self._values
+        if names.isdisjoint(values):
+            return
+        for name in names.intersection(values):
+            self.remove(name)
+
     def remove_prefix(self, prefix: str) -> None:
         for name in [n for n in self._values if n.startswith(prefix)]:
             self.remove(name)
 
     def copy(self) -> HeaderMap:
-        new = HeaderMap()
-        new._values = dict(self._values)
+        new = HeaderMap.adopt(self._values.copy())
         if self._multi is not None:
             new._multi = {k: list(v) for k, v in self._multi.items()}
         return new

@@ -53,6 +53,7 @@ from legatus.http.http1.stream_encoder import StreamEncoder, encode_head
 MAX_RESPONSE_HEADERS_KB = 80  # Envoy's default (the vanilla http_parser limit)
 _BODILESS_METHODS = frozenset(("GET", "HEAD", "DELETE", "TRACE", "CONNECT"))
 _UPSTREAM_ERROR = 502
+_STATUS_TEXT = {code: str(code) for code in range(100, 600)}
 
 
 class _Phase(enum.IntEnum):
@@ -65,6 +66,11 @@ class _Phase(enum.IntEnum):
     TUNNEL = 4  # upgrade / CONNECT: raw bytes
     DONE = 5  # response complete within the current feed
     CLOSED = 6  # error or EOF: the connection is not reusable
+
+
+# The members as module globals: reading a member through its enum class runs Python code in
+# 3.11 (about ten times a global's cost), and the codec tests its phase several times a feed.
+_IDLE, _WAITING, _FOLD, _BODY, _TUNNEL, _DONE, _CLOSED = _Phase
 
 
 class ClientCodec(c.MessageDecoder):
@@ -85,6 +91,7 @@ class ClientCodec(c.MessageDecoder):
         "_keep_alive",
         "_out",
         "_parser",
+        "_parser_clean",
         "_phase",
         "_ready",
         "_refolded",
@@ -105,8 +112,9 @@ class ClientCodec(c.MessageDecoder):
             max_count=max_response_headers_count,
             enable_trailers=enable_trailers,
         )
-        self._phase = _Phase.IDLE
+        self._phase = _IDLE
         self._parser: HttpResponseParser | None = None
+        self._parser_clean = False  # the parser ended a message cleanly: it can take the next
         self._encoder = StreamEncoder(trailers_enabled=enable_trailers)
         self._out: list[ClientEvent] = []
         self._body: list[bytes] = []
@@ -127,16 +135,21 @@ class ClientCodec(c.MessageDecoder):
 
     def encode_request_headers(self, headers: HeaderMap, end_stream: bool) -> bytes:
         """Start a request; raises ``ValueError`` for a head no codec can write."""
-        if self._phase is not _Phase.IDLE:
+        if self._phase is not _IDLE:
             raise ValueError(f"a request is already outstanding ({self._phase.name})")
-        method = headers.get(":method")
-        path = headers.get(":path")
+        get = headers.get
+        method = get(":method")
+        path = get(":path")
         connect = method == "CONNECT"
         if not method or (path is None and not connect):
             raise ValueError(":method and :path must be specified")
-        upgrade = "upgrade" in headers and c.has_token(headers.get("connection"), "upgrade")
-        target = headers.get(":authority", "") if connect else path
-        encoder = self._encoder = StreamEncoder(trailers_enabled=self._enable_trailers)
+        connection = get("connection")
+        upgrade = (
+            connection is not None and "upgrade" in headers and c.has_token(connection, "upgrade")
+        )
+        target = get(":authority", "") if connect else path
+        encoder = self._encoder  # one per connection: reset for this request
+        encoder.done = False
         framing = encoder.framing(
             headers,
             status=None,
@@ -144,7 +157,7 @@ class ClientCodec(c.MessageDecoder):
             chunking_disabled=connect or upgrade,
             bodiless_request=method in _BODILESS_METHODS,
         )
-        head = encode_head(f"{method} {target} HTTP/1.1\r\n", headers, framing)
+        head = encode_head(f"{method} {target} HTTP/1.1", headers, framing)
         self._start_exchange(head=method == "HEAD", connect=connect, upgrade=upgrade)
         return head
 
@@ -155,7 +168,7 @@ class ClientCodec(c.MessageDecoder):
         return self._encoder.trailers(trailers)
 
     def _start_exchange(self, *, head: bool, connect: bool, upgrade: bool) -> None:
-        self._phase = _Phase.WAITING
+        self._phase = _WAITING
         self._head_request = head
         self._connect = connect
         self._upgrade_request = upgrade
@@ -163,58 +176,68 @@ class ClientCodec(c.MessageDecoder):
         self._until_eof = False
         self._ready = None
         self._reusable = False
-        self._fed = []
+        if self._fed:
+            self._fed = []
         self._heads = 0
         self._head_raw = 0
         self._refolded = False
         self._error = None
-        self._reset_head()
-        self._parser = HttpResponseParser(self)
-        self._parser.set_dangerous_leniencies(**c.LENIENCIES)
+        self._items.clear()
+        self._size = 0
+        if self._parser_clean:
+            # llhttp is back at the start of a message after a complete keep-alive response.
+            self._parser_clean = False
+        else:
+            self._parser = HttpResponseParser(self)
+            self._parser.set_dangerous_leniencies(**c.LENIENCIES)
 
     # Decoding --------------------------------------------------------------------------
 
     @property
     def reusable(self) -> bool:
         """After a complete response: another request may use this connection."""
-        return self._phase is _Phase.IDLE and self._reusable
+        return self._phase is _IDLE and self._reusable
 
     @property
     def awaiting_response(self) -> bool:
         """A request is outstanding and its response is not complete (an EOF now is a
         connection termination, for the pool to report)."""
-        return self._phase in (_Phase.WAITING, _Phase.FOLD, _Phase.BODY)
+        return self._phase in (_WAITING, _FOLD, _BODY)
 
     def feed(self, data: bytes) -> list[ClientEvent]:
         out = self._out = []
         phase = self._phase
-        if not data or phase is _Phase.CLOSED:
+        if not data or phase is _CLOSED:
             return out
-        if phase is _Phase.TUNNEL:
+        if phase is _TUNNEL:
             out.append(ResponseData(data=data, end_stream=False))
             return out
-        if phase is _Phase.IDLE:
+        if phase is _IDLE:
             # Bytes with no request outstanding: left over from the last response, or not a
             # response to anything.
             self._error_event(c.EXTRANEOUS_DATA if self._heads else c.PREMATURE_RESPONSE)
             return out
         while data:
-            if self._phase is _Phase.FOLD:
+            if self._phase is _FOLD:
                 data = self._unfold(data)
             else:
                 self._parse(data)
-                data = self._unfold(b"") if self._phase is _Phase.FOLD else b""
-        self._flush_body()
-        if self._phase is not _Phase.WAITING and self._phase is not _Phase.FOLD:
+                data = self._unfold(b"") if self._phase is _FOLD else b""
+        if self._body:
+            self._flush_body()
+        phase = self._phase
+        if phase is _DONE:
+            self._phase = _IDLE
+        elif phase is _WAITING or phase is _FOLD:
+            return out
+        if self._fed:
             self._fed = []
-        if self._phase is _Phase.DONE:
-            self._phase = _Phase.IDLE
         return out
 
     def _parse(self, data: bytes) -> None:
         parser = self._parser
         assert parser is not None
-        if self._phase is _Phase.WAITING:
+        if self._phase is _WAITING:
             self._fed.append(data)  # where the head ends (_after_head), or to unfold it
         try:
             parser.feed_data(data)
@@ -226,7 +249,7 @@ class ClientCodec(c.MessageDecoder):
             else:
                 self._on_parse_error(e)
         else:
-            if self._phase is _Phase.WAITING:
+            if self._phase is _WAITING:
                 self._head_raw += len(data)
                 if self._head_raw > self._max_size:
                     self._error_event(c.HEADERS_TOO_LARGE)
@@ -245,10 +268,11 @@ class ClientCodec(c.MessageDecoder):
             else:
                 self._fed = [buffer]
             return b""
-        self._phase = _Phase.WAITING
+        self._phase = _WAITING
         self._refolded = True
         self._fed = []
-        self._reset_head()
+        self._items.clear()
+        self._size = 0
         self._parser = HttpResponseParser(self)
         self._parser.set_dangerous_leniencies(**c.LENIENCIES)
         return split[0] + split[1]
@@ -256,10 +280,10 @@ class ClientCodec(c.MessageDecoder):
     def feed_eof(self) -> list[ClientEvent]:
         """The upstream closed. Ends a response read to EOF, or a tunnel."""
         out = self._out = []
-        if self._phase is _Phase.TUNNEL or (self._phase is _Phase.BODY and self._until_eof):
+        if self._phase is _TUNNEL or (self._phase is _BODY and self._until_eof):
             out.append(ResponseData(data=b"".join(self._body), end_stream=True))
             self._body.clear()
-        self._phase = _Phase.CLOSED
+        self._phase = _CLOSED
         self._reusable = False
         return out
 
@@ -278,12 +302,12 @@ class ClientCodec(c.MessageDecoder):
                 raise e.__context__ or e  # a bug in a callback, not bad traffic
             self._error_event(c.EXTRANEOUS_DATA)
         elif (
-            self._phase is _Phase.WAITING
+            self._phase is _WAITING
             and self._heads == 0
             and not self._refolded
             and c.has_fold(b"".join(self._fed))
         ):
-            self._phase = _Phase.FOLD
+            self._phase = _FOLD
             self._fed = [b"".join(self._fed)]
         else:
             self._error_event(c.CODEC_ERROR)
@@ -294,7 +318,7 @@ class ClientCodec(c.MessageDecoder):
         self._close()
 
     def _close(self) -> None:
-        self._phase = _Phase.CLOSED
+        self._phase = _CLOSED
         self._reusable = False
 
     def _after_head(self, data: bytes, offset: int | None) -> None:
@@ -308,7 +332,7 @@ class ClientCodec(c.MessageDecoder):
             rest = fed[end:]
         else:
             rest = data[offset:]
-        if self._phase is _Phase.TUNNEL:
+        if self._phase is _TUNNEL:
             if rest:
                 self._out.append(ResponseData(data=rest, end_stream=False))
         elif rest:
@@ -318,22 +342,24 @@ class ClientCodec(c.MessageDecoder):
     # Parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._phase is _Phase.DONE:
+        if self._phase is _DONE:
             raise c.Abort()  # extraneous data after the response
-        self._reset_head()
-        self._headers.add(":status", "")
+        self._items.clear()
+        self._size = 0
 
     def on_headers_complete(self) -> None:
-        self._decode_block(self._headers, 0)
-        self._heads += 1
         parser = self._parser
         assert parser is not None
         status = parser.get_status_code()
-        headers = self._headers
-        headers.set(":status", str(status))
+        headers = self._decode_block({":status": _STATUS_TEXT.get(status) or str(status)}, 0)
+        self._heads += 1
         http10 = parser.get_http_version() != "1.1"
-        transfer_encoding = c.joined(headers, "transfer-encoding")
-        content_length = headers.get("content-length")
+        get = headers.get
+        transfer_encoding = (
+            c.joined(headers, "transfer-encoding") if headers.has_repeats
+            else get("transfer-encoding")
+        )  # fmt: skip
+        content_length = get("content-length")
         if status < 200 or status == 204:
             if transfer_encoding is not None:
                 raise self._fail(_UPSTREAM_ERROR, c.TRANSFER_ENCODING_NOT_ALLOWED)
@@ -349,13 +375,13 @@ class ClientCodec(c.MessageDecoder):
                 raise self._fail(_UPSTREAM_ERROR, c.INVALID_TRANSFER_ENCODING)
         if status < 200 and status != 101:
             self._informational = True
-            self._out.append(InformationalHeaders(headers=headers))
+            self._out.append(InformationalHeaders(headers))
             return
         upgrade = (
             status == 101
             and self._upgrade_request
             and "upgrade" in headers
-            and c.has_token(headers.get("connection"), "upgrade")
+            and c.has_token(get("connection"), "upgrade")
         )
         tunnel = upgrade or (self._connect and 200 <= status < 300)
         if status == 101 and not upgrade:
@@ -372,7 +398,7 @@ class ClientCodec(c.MessageDecoder):
         self._keep_alive = keep_alive
         protocol = HTTP_10 if http10 else HTTP_11
         if tunnel:
-            self._phase = _Phase.TUNNEL
+            self._phase = _TUNNEL
             self._out.append(ResponseHeaders(
                 headers=headers, end_stream=False, keep_alive=False, upgrade=True,
                 protocol=protocol,
@@ -381,9 +407,7 @@ class ClientCodec(c.MessageDecoder):
                 raise _StopAtHead()
             return
         if no_body:
-            event = ResponseHeaders(
-                headers=headers, end_stream=True, keep_alive=keep_alive, protocol=protocol
-            )
+            event = ResponseHeaders(headers, True, keep_alive, False, protocol)
             if self._head_request:
                 # llhttp cannot be told the request was HEAD: stop it at the end of the head.
                 self._out.append(event)
@@ -391,10 +415,8 @@ class ClientCodec(c.MessageDecoder):
                 raise _StopAtHead()
             self._ready = event
         else:
-            self._phase = _Phase.BODY
-            self._out.append(ResponseHeaders(
-                headers=headers, end_stream=False, keep_alive=keep_alive, protocol=protocol,
-            ))  # fmt: skip
+            self._phase = _BODY
+            self._out.append(ResponseHeaders(headers, False, keep_alive, False, protocol))
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -403,14 +425,13 @@ class ClientCodec(c.MessageDecoder):
         if self._informational:
             self._informational = False
             return
-        if self._phase is _Phase.TUNNEL:
+        if self._phase is _TUNNEL:
             return
         out = self._out
         trailers = None
         if self._items:
             if self._enable_trailers:
-                trailers = HeaderMap()
-                self._decode_block(trailers, 0)
+                trailers = self._decode_block({}, 0)
             else:
                 self._items.clear()
         if self._ready is not None:
@@ -418,14 +439,16 @@ class ClientCodec(c.MessageDecoder):
             self._ready = None
         elif trailers:
             self._flush_body()
-            out.append(ResponseTrailers(trailers=trailers))
+            out.append(ResponseTrailers(trailers))
         else:
-            out.append(ResponseData(data=b"".join(self._body), end_stream=True))
-            self._body.clear()
+            body = self._body
+            out.append(ResponseData(b"".join(body) if body else b"", True))
+            body.clear()
         self._finish()
+        self._parser_clean = True
 
     def _finish(self) -> None:
-        self._phase = _Phase.DONE
+        self._phase = _DONE
         self._reusable = self._keep_alive
 
 

@@ -119,11 +119,12 @@ def should_close_connection(http10: bool, headers: HeaderMap) -> bool:
     """Envoy's ``HeaderUtility::shouldCloseConnection`` for HTTP/1.0 and 1.1."""
     connection = headers.get("connection")
     if http10:
-        if not has_token(connection, "keep-alive"):
+        if connection is None or not has_token(connection, "keep-alive"):
             return True
     elif connection is not None and has_token(connection, "close"):
         return True
-    return has_token(headers.get("proxy-connection"), "close")
+    proxy_connection = headers.get("proxy-connection")
+    return proxy_connection is not None and has_token(proxy_connection, "close")
 
 
 def joined(headers: HeaderMap, name: str) -> str | None:
@@ -145,7 +146,7 @@ class MessageDecoder:
     """Header block decoding shared by the server and the client codec (see module doc).
 
     ``on_header`` only collects the raw (name, value) pairs; ``_decode_block`` turns a complete
-    block into the HeaderMap in one tight loop (names through the cache, values trimmed and
+    block into a HeaderMap in one tight loop (names through the cache, values trimmed and
     decoded, count, size and underscores checked). Errors Envoy finds header by header
     (underscores, count) are reported once the block is complete, as Balsa hands Envoy whole
     blocks; the size is also bounded while a block spans reads (by the codecs)."""
@@ -156,7 +157,6 @@ class MessageDecoder:
     __slots__ = (
         "_enable_trailers",
         "_error",
-        "_headers",
         "_items",
         "_max_count",
         "_max_size",
@@ -180,16 +180,11 @@ class MessageDecoder:
         )
         self._error: ProtocolError | None = None
         self._items: list[tuple[bytes, bytes]] = []
-        self._reset_head()
-
-    def _reset_head(self) -> None:
-        self._headers = HeaderMap()
-        self._items.clear()
         self._size = 0
 
     def _fail(self, status: int, details: str) -> Abort:
         if self._error is None:
-            self._error = ProtocolError(status=status, details=details)
+            self._error = ProtocolError(status, details)
         return Abort()
 
     # Parser callback ------------------------------------------------------------------
@@ -197,15 +192,15 @@ class MessageDecoder:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._items.append((name, value))
 
-    def _decode_block(self, target: HeaderMap, size: int) -> None:
-        """Add the collected pairs to ``target``; ``size`` is what the block already counts
-        (the request line). Raises ``Abort`` (with the error set) on a limit or policy."""
+    def _decode_block(self, values: dict[str, str], size: int) -> HeaderMap:
+        """The collected pairs added to ``values`` (the pseudo-headers the codec puts first),
+        as a HeaderMap; ``size`` is what the block already counts (the request line). Raises
+        ``Abort`` (with the error set) on a limit or policy."""
         items = self._items
+        if self._underscores is not None:
+            return self._decode_block_checked(values, size)
         names = _NAMES
-        underscores = self._underscores
-        added = 0
-        rejected_at = -1  # position (among added headers) of the first one with "_"
-        add = target.add
+        repeats = None
         for name, value in items:
             key = names.get(name)
             if key is None:
@@ -213,7 +208,39 @@ class MessageDecoder:
             if value and value[-1] in _OWS:
                 value = value.rstrip(b" \t")
             size += len(name) + len(value) + 4
-            if underscores is not None and rejected_at < 0 and "_" in key:
+            if key in values:
+                if repeats is None:
+                    repeats = []
+                repeats.append((key, value.decode("latin-1")))
+            else:
+                values[key] = value.decode("latin-1")
+        added = len(items)
+        items.clear()
+        headers = HeaderMap.adopt(values)
+        if repeats is not None:
+            for key, value in repeats:
+                headers.add(key, value)
+        self._size = size
+        if size > self._max_size:
+            raise self._fail(self._limit_status, HEADERS_TOO_LARGE)
+        if added > self._max_count:
+            raise self._fail(self._limit_status, TOO_MANY_HEADERS)
+        return headers
+
+    def _decode_block_checked(self, values: dict[str, str], size: int) -> HeaderMap:
+        """``_decode_block`` with a headers-with-underscores policy other than ALLOW."""
+        items = self._items
+        underscores = self._underscores
+        headers = HeaderMap.adopt(values)
+        add = headers.add
+        added = 0
+        rejected_at = -1  # position (among added headers) of the first one with "_"
+        for name, value in items:
+            key = decode_name(name)
+            if value and value[-1] in _OWS:
+                value = value.rstrip(b" \t")
+            size += len(name) + len(value) + 4
+            if rejected_at < 0 and "_" in key:
                 if underscores is HeadersWithUnderscoresAction.DROP_HEADER:
                     continue
                 rejected_at = added
@@ -228,3 +255,4 @@ class MessageDecoder:
             raise self._fail(self._policy_status, UNEXPECTED_UNDERSCORE)
         if added > self._max_count:
             raise self._fail(self._limit_status, TOO_MANY_HEADERS)
+        return headers

@@ -12,8 +12,6 @@ whole body unless it arrived in one read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from legatus.http.codes import reason_phrase
 from legatus.http.headers import HeaderMap
 
@@ -21,8 +19,34 @@ HTTP_11 = "HTTP/1.1"
 HTTP_10 = "HTTP/1.0"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestHeaders:
+class _Event:
+    """Value semantics for the events: equal when of the same class with equal fields.
+
+    Events are built once or twice per request, so they are plain slotted classes with a
+    positional ``__init__`` (keywords work too): a frozen dataclass sets each field through
+    ``object.__setattr__``, several times slower. Nobody mutates an event after building it.
+    """
+
+    __slots__ = ()
+    _FIELDS: tuple[str, ...] = ()  # in constructor order
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._fields()))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._FIELDS)
+        return f"{type(self).__name__}({fields})"
+
+
+class RequestHeaders(_Event):
     """A request head: ``:method``, ``:path`` (absent for CONNECT), ``:authority`` (from Host,
     or the absolute-form URL), ``:scheme`` only for an absolute-form URL, then the headers in
     arrival order with lower-case names.
@@ -34,73 +58,106 @@ class RequestHeaders:
     ``HTTP/1.0`` (any other version, when HTTP/1.0 is accepted, counts as 1.0, as in Envoy).
     """
 
-    headers: HeaderMap
-    end_stream: bool
-    keep_alive: bool = True
-    expect_continue: bool = False
-    upgrade: bool = False
-    protocol: str = HTTP_11
+    __slots__ = ("end_stream", "expect_continue", "headers", "keep_alive", "protocol", "upgrade")
+    _FIELDS = ("headers", "end_stream", "keep_alive", "expect_continue", "upgrade", "protocol")
+
+    def __init__(
+        self,
+        headers: HeaderMap,
+        end_stream: bool,
+        keep_alive: bool = True,
+        expect_continue: bool = False,
+        upgrade: bool = False,
+        protocol: str = HTTP_11,
+    ) -> None:
+        self.headers = headers
+        self.end_stream = end_stream
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+        self.protocol = protocol
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestData:
-    data: bytes
-    end_stream: bool
+class RequestData(_Event):
+    __slots__ = _FIELDS = ("data", "end_stream")
+
+    def __init__(self, data: bytes, end_stream: bool) -> None:
+        self.data = data
+        self.end_stream = end_stream
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestTrailers:
+class RequestTrailers(_Event):
     """Trailers of a chunked request (only with ``enable_trailers``); they end the request."""
 
-    trailers: HeaderMap
+    __slots__ = _FIELDS = ("trailers",)
+
+    def __init__(self, trailers: HeaderMap) -> None:
+        self.trailers = trailers
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InformationalHeaders:
+class InformationalHeaders(_Event):
     """A 1xx response other than 101 (100 Continue, 102, 103...); the final one follows."""
 
-    headers: HeaderMap
+    __slots__ = _FIELDS = ("headers",)
+
+    def __init__(self, headers: HeaderMap) -> None:
+        self.headers = headers
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResponseHeaders:
+class ResponseHeaders(_Event):
     """A final response head (``:status`` first). ``keep_alive``: the connection may be reused
     after this response (no ``Connection: close``, HTTP/1.0 only with keep-alive, not
     delimited by the close of the connection, not an upgrade)."""
 
-    headers: HeaderMap
-    end_stream: bool
-    keep_alive: bool = True
-    upgrade: bool = False
-    protocol: str = HTTP_11
+    __slots__ = ("end_stream", "headers", "keep_alive", "protocol", "upgrade")
+    _FIELDS = ("headers", "end_stream", "keep_alive", "upgrade", "protocol")
+
+    def __init__(
+        self,
+        headers: HeaderMap,
+        end_stream: bool,
+        keep_alive: bool = True,
+        upgrade: bool = False,
+        protocol: str = HTTP_11,
+    ) -> None:
+        self.headers = headers
+        self.end_stream = end_stream
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.protocol = protocol
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResponseData:
-    data: bytes
-    end_stream: bool
+class ResponseData(_Event):
+    __slots__ = _FIELDS = ("data", "end_stream")
+
+    def __init__(self, data: bytes, end_stream: bool) -> None:
+        self.data = data
+        self.end_stream = end_stream
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResponseTrailers:
-    trailers: HeaderMap
+class ResponseTrailers(_Event):
+    __slots__ = _FIELDS = ("trailers",)
+
+    def __init__(self, trailers: HeaderMap) -> None:
+        self.trailers = trailers
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProtocolError:
+class ProtocolError(_Event):
     """The peer broke HTTP/1; the codec stops. ``details`` is Envoy's response code details
     (``%RESPONSE_CODE_DETAILS%``), ``status`` the local reply Envoy sends downstream (the
     connection is closed after it). On the client side the router answers 502 (UPE) whatever
     the status; ``details`` then names the cause as Envoy's codec does."""
 
-    status: int
-    details: str
+    __slots__ = ("details", "status")
+    _FIELDS = ("status", "details")
 
-    def __post_init__(self) -> None:
-        if not 100 <= self.status <= 599:
-            raise ValueError(f"status {self.status} out of range")
-        if not self.details:
+    def __init__(self, status: int, details: str) -> None:
+        if not 100 <= status <= 599:
+            raise ValueError(f"status {status} out of range")
+        if not details:
             raise ValueError("details must not be empty")
+        self.status = status
+        self.details = details
 
     @property
     def body(self) -> bytes:

@@ -85,14 +85,18 @@ class _In(enum.IntEnum):
     CLOSED = 5  # after an error, EOF, or a request that closes the connection
 
 
+# The members as module globals: reading a member through its enum class runs Python code in
+# 3.11 (about ten times a global's cost), and the codec tests its state several times a request.
+_IDLE, _HEAD, _FOLD, _BODY, _TUNNEL, _CLOSED = _In
+
 # The one transition table of the request stream (``ServerCodec._enter``).
 _TRANSITIONS: dict[_In, frozenset[_In]] = {
-    _In.IDLE: frozenset((_In.HEAD, _In.CLOSED)),
-    _In.HEAD: frozenset((_In.BODY, _In.FOLD, _In.CLOSED)),
-    _In.FOLD: frozenset((_In.IDLE, _In.CLOSED)),
-    _In.BODY: frozenset((_In.IDLE, _In.TUNNEL, _In.CLOSED)),
-    _In.TUNNEL: frozenset((_In.CLOSED,)),
-    _In.CLOSED: frozenset((_In.CLOSED,)),
+    _IDLE: frozenset((_HEAD, _CLOSED)),
+    _HEAD: frozenset((_BODY, _FOLD, _CLOSED)),
+    _FOLD: frozenset((_IDLE, _CLOSED)),
+    _BODY: frozenset((_IDLE, _TUNNEL, _CLOSED)),
+    _TUNNEL: frozenset((_CLOSED,)),
+    _CLOSED: frozenset((_CLOSED,)),
 }
 
 
@@ -109,7 +113,6 @@ class ServerCodec(c.MessageDecoder):
         "_head_chunks",
         "_head_raw",
         "_held",
-        "_method",
         "_msg_start_known",
         "_out",
         "_parser",
@@ -138,12 +141,11 @@ class ServerCodec(c.MessageDecoder):
         self._buffer_limit = buffer_limit
         self._parser = HttpRequestParser(self)
         self._parser.set_dangerous_leniencies(**c.LENIENCIES)
-        self._state = _In.IDLE
+        self._state = _IDLE
         self._out: list[ServerEvent] = []
         self._boundary: int | None = None
         self._body: list[bytes] = []
         self._url = b""
-        self._method = ""
         self._ready: RequestHeaders | None = None  # a bodiless request, until complete
         self._tunnel = False
         self._swallow_complete = False
@@ -171,7 +173,7 @@ class ServerCodec(c.MessageDecoder):
     def feed(self, data: bytes) -> list[ServerEvent]:
         """Parse ``data``; the events of the current request (see module doc on pausing)."""
         if self._paused:
-            if data and self._state is not _In.CLOSED:
+            if data and self._state is not _CLOSED:
                 self._pending.append(data)
                 self._pending_size += len(data)
             return []
@@ -179,8 +181,8 @@ class ServerCodec(c.MessageDecoder):
 
     def feed_eof(self) -> list[ServerEvent]:
         """The peer closed its side. Ends a tunnel's stream; otherwise nothing to report."""
-        tunnel = self._state is _In.TUNNEL
-        self._enter(_In.CLOSED)
+        tunnel = self._state is _TUNNEL
+        self._enter(_CLOSED)
         return [RequestData(data=b"", end_stream=True)] if tunnel else []
 
     def pause(self) -> None:
@@ -215,7 +217,7 @@ class ServerCodec(c.MessageDecoder):
     def wants_data(self) -> bool:
         """False when reading more would only grow the buffer (paused and over the limit), or
         when nothing more will be parsed."""
-        if self._state is _In.CLOSED:
+        if self._state is _CLOSED:
             return False
         return not (self._paused and self._pending_size >= self._buffer_limit)
 
@@ -225,12 +227,12 @@ class ServerCodec(c.MessageDecoder):
         self._completed_in_feed = False
         while data:
             state = self._state
-            if state is _In.TUNNEL:
+            if state is _TUNNEL:
                 out.append(RequestData(data=data, end_stream=False))
                 break
-            if state is _In.CLOSED:
+            if state is _CLOSED:
                 break
-            if state is _In.FOLD:
+            if state is _FOLD:
                 data = self._unfold(data)
                 continue
             if self._raw_left:
@@ -245,7 +247,7 @@ class ServerCodec(c.MessageDecoder):
             except HttpParserError as e:
                 data = self._on_parse_error(e, data)
                 continue
-            if self._state is _In.HEAD:
+            if self._state is _HEAD:
                 # A head spanning reads: bound what llhttp and httptools hold for it. When the
                 # head began after another request in this read, only its parsed part counts.
                 self._head_chunks.append(data)
@@ -272,9 +274,9 @@ class ServerCodec(c.MessageDecoder):
             if isinstance(e, HttpParserCallbackError):
                 if not isinstance(e.__context__, c.Abort):
                     raise e.__context__ or e  # a bug in a callback, not bad traffic
-                self._enter(_In.CLOSED)  # a silent stop (data after a closing request)
+                self._enter(_CLOSED)  # a silent stop (data after a closing request)
                 return b""
-            if self._state is _In.BODY:
+            if self._state is _BODY:
                 details = c.CODEC_ERROR
             else:
                 head = b"".join((*self._head_chunks, data))
@@ -287,7 +289,7 @@ class ServerCodec(c.MessageDecoder):
                     and not self._refolded
                     and not c.has_control_characters(head)
                 ):
-                    self._enter(_In.FOLD)
+                    self._enter(_FOLD)
                     self._fold_buf = b""
                     self._head_chunks = []
                     return head
@@ -326,7 +328,7 @@ class ServerCodec(c.MessageDecoder):
         self._refolded = True
         self._parser = HttpRequestParser(self)
         self._parser.set_dangerous_leniencies(**c.LENIENCIES)
-        self._enter(_In.IDLE)
+        self._enter(_IDLE)
         return split[0] + split[1]
 
     def _error_event(self, error: ProtocolError) -> None:
@@ -336,12 +338,12 @@ class ServerCodec(c.MessageDecoder):
         self._out.append(error)
         if self._boundary is None:
             self._boundary = len(self._out)
-        self._enter(_In.CLOSED)
+        self._enter(_CLOSED)
         self._responses.on_protocol_error(self._exchange)
 
     def _after_llhttp_upgrade(self) -> None:
         if self._tunnel:
-            self._enter(_In.TUNNEL)
+            self._enter(_TUNNEL)
         elif self._swallow_complete:
             # An h2c upgrade with a body: llhttp skipped it, count its bytes ourselves.
             self._swallow_complete = False
@@ -359,17 +361,18 @@ class ServerCodec(c.MessageDecoder):
     # Parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._state is _In.CLOSED:
+        state = self._state
+        if state is _CLOSED:
             raise c.Abort()
-        self._enter(_In.HEAD)
+        if state is not _IDLE:
+            self._enter(_HEAD)  # refused: a message begins only between requests
+        self._state = _HEAD
         self._msg_start_known = not self._completed_in_feed
-        self._reset_head()
-        headers = self._headers
-        headers.add(":method", "")
-        headers.add(":path", "")
-        headers.add(":authority", "")
+        self._items.clear()
+        self._size = 0
         self._url = b""
-        self._head_chunks = []
+        if self._head_chunks:
+            self._head_chunks = []
         self._head_raw = 0 if self._msg_start_known else -1
         self._exchange = None
 
@@ -380,76 +383,93 @@ class ServerCodec(c.MessageDecoder):
             raise self._fail(431, c.HEADERS_TOO_LARGE)
 
     def on_headers_complete(self) -> None:
-        raw_method = self._parser.get_method()
+        parser = self._parser
+        raw_method = parser.get_method()
         method = rh.METHODS.get(raw_method)
         if method is None:
             raise self._fail(400, c.CODEC_ERROR)
         # The block's size as Balsa counts it: request line (" ", " HTTP/1.1\r\n"), header
-        # lines, the final CRLF.
-        self._decode_block(self._headers, self._size + len(raw_method) + 14)
-        self._method = method
+        # lines, the final CRLF. The pseudo-headers come first, in this order.
+        headers = self._decode_block(
+            {":method": method, ":path": "", ":authority": ""},
+            self._size + len(raw_method) + 14,
+        )
         connect = method == "CONNECT"
         url = self._url.decode("latin-1")
-        if not connect and not (url[:1] == "/" or url[:1] == "*") and not rh.balsa_url_ok(url):
+        first = url[:1]
+        if not connect and first != "/" and first != "*" and not rh.balsa_url_ok(url):
             raise self._fail(400, c.CODEC_ERROR)
-        headers = self._headers
-        http10 = self._parser.get_http_version() != "1.1"
+        http10 = parser.get_http_version() != "1.1"
+        get = headers.get
+        repeated = headers.has_repeats
 
         # Upgrade: llhttp's rule is Envoy's (Upgrade + Connection: upgrade, or CONNECT).
-        connection = c.joined(headers, "connection")
-        upgrade = "upgrade" in headers and c.has_token(connection, "upgrade")
+        connection = c.joined(headers, "connection") if repeated else get("connection")
+        upgrade = (
+            connection is not None and "upgrade" in headers and c.has_token(connection, "upgrade")
+        )
         llhttp_upgrade = upgrade or connect
-        if upgrade and headers.get("upgrade", "").lower() == "h2c":
+        if upgrade and get("upgrade", "").lower() == "h2c":
             connection = rh.strip_h2c(headers, connection)
             upgrade = False
         tunnel = upgrade or connect
 
-        content_length = headers.get("content-length")
+        content_length = get("content-length")
         if connect and content_length is not None:
             if content_length != "0":
                 raise self._fail(400, c.BODY_DISALLOWED)
             headers.remove("content-length")
             content_length = None
-        transfer_encoding = c.joined(headers, "transfer-encoding")
-        if transfer_encoding is not None and content_length is not None:
-            if self._settings.allow_chunked_length and transfer_encoding.lower() == "chunked":
-                headers.remove("content-length")
-                content_length = None
-            else:
-                raise self._fail(400, c.CHUNKED_CONTENT_LENGTH)
-        if transfer_encoding is not None and (transfer_encoding.lower() != "chunked" or connect):
-            raise self._fail(501, c.INVALID_TRANSFER_ENCODING)
+        transfer_encoding = (
+            c.joined(headers, "transfer-encoding") if repeated else get("transfer-encoding")
+        )
+        if transfer_encoding is not None:
+            chunked_te = transfer_encoding.lower() == "chunked"
+            if content_length is not None:
+                if self._settings.allow_chunked_length and chunked_te:
+                    headers.remove("content-length")
+                    content_length = None
+                else:
+                    raise self._fail(400, c.CHUNKED_CONTENT_LENGTH)
+            if not chunked_te or connect:
+                raise self._fail(501, c.INVALID_TRANSFER_ENCODING)
         if (
-            not tunnel
-            and connection is not None
+            connection is not None
+            and not tunnel
             and connection.lower() not in rh.NOTHING_NOMINATED
             and not rh.sanitize_connection(headers, connection)
         ):
             raise self._fail(400, c.CONNECTION_HEADER_REJECTED)
 
-        hosts = headers.get_all("host")
-        if hosts:
-            headers.remove("host")
-            headers.set(
-                ":authority", ",".join(h for h in hosts if h) if len(hosts) > 1 else hosts[0]
+        if repeated:
+            hosts = headers.get_all("host")
+            host = (
+                (",".join(h for h in hosts if h) if len(hosts) > 1 else hosts[0]) if hosts else None
             )
         else:
+            host = get("host")
+        if host is not None:
+            headers.remove("host")
+            headers.set(":authority", host)
+        else:
             headers.remove(":authority")
-        self._handle_path(headers, url, method, connect)
-        headers.set(":method", method)
+        if not connect and (first == "/" or (first == "*" and method == "OPTIONS")):
+            headers.set(":path", url)
+        else:
+            self._handle_path(headers, url, connect)
         if http10:
             if not self._settings.accept_http_10:
                 raise self._fail(426, c.LOW_VERSION)
             if ":authority" not in headers and self._settings.default_host_for_http_10:
                 headers.set(":authority", self._settings.default_host_for_http_10)
-        authority = headers.get(":authority")
+        authority = get(":authority")
         if authority and not rh.authority_is_valid(authority):
             raise self._fail(400, c.INVALID_AUTHORITY)
 
         chunked = transfer_encoding is not None
         body_length = int(content_length) if content_length is not None else 0
         keep_alive = not c.should_close_connection(http10, headers)
-        expect = headers.get("expect")
+        expect = get("expect")
         self._exchange = self._responses.expect(
             Exchange(http10=http10, head=method == "HEAD", connect=connect, keep_alive=keep_alive)
         )
@@ -459,17 +479,18 @@ class ServerCodec(c.MessageDecoder):
             # llhttp skips the body of what it takes for an upgrade (h2c): read it ourselves.
             self._swallow_complete = True
             self._raw_left = 0 if chunked else body_length
-        self._enter(_In.BODY)
-        self._head_chunks = []
+        self._enter(_BODY)
+        if self._head_chunks:
+            self._head_chunks = []
         self._refolded = False
         has_body = chunked or body_length or tunnel
         event = RequestHeaders(
-            headers=headers,
-            end_stream=not has_body,
-            keep_alive=keep_alive,
-            expect_continue=expect is not None and expect.lower() == "100-continue",
-            upgrade=tunnel,
-            protocol=HTTP_10 if http10 else HTTP_11,
+            headers,
+            not has_body,
+            keep_alive,
+            expect is not None and expect.lower() == "100-continue",
+            tunnel,
+            HTTP_10 if http10 else HTTP_11,
         )
         if has_body:
             self._ready = None
@@ -491,8 +512,7 @@ class ServerCodec(c.MessageDecoder):
         trailers = None
         if self._items:
             if self._enable_trailers:
-                trailers = HeaderMap()
-                self._decode_block(trailers, 0)
+                trailers = self._decode_block({}, 0)
             else:
                 self._items.clear()  # Envoy ignores trailers unless enabled
         if self._ready is not None:
@@ -510,15 +530,14 @@ class ServerCodec(c.MessageDecoder):
         assert exchange is not None
         exchange.request_done = True
         self._completed_in_feed = True
-        self._enter(_In.IDLE if exchange.keep_alive else _In.CLOSED)
+        self._enter(_IDLE if exchange.keep_alive else _CLOSED)
         if self._boundary is None:
             self._boundary = len(out)
 
-    def _handle_path(self, headers: HeaderMap, url: str, method: str, connect: bool) -> None:
-        """Envoy's ``handlePath``: the request target into ``:path`` (and ``:authority``)."""
-        if not connect and url and (url[0] == "/" or (method == "OPTIONS" and url[0] == "*")):
-            headers.set(":path", url)
-            return
+    def _handle_path(self, headers: HeaderMap, url: str, connect: bool) -> None:
+        """Envoy's ``handlePath`` for a target that is not origin-form (nor ``*`` for
+        OPTIONS): absolute-form into ``:authority``/``:scheme``/``:path``, authority-form for
+        CONNECT."""
         if not connect and not self._settings.allow_absolute_url:
             headers.set(":path", url)
             return

@@ -30,29 +30,44 @@ from legatus.http.http1.common import has_token
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+_FRAMING_LENGTH_0 = "content-length: 0"
+_FRAMING_CHUNKED = "transfer-encoding: chunked"
 
 
 def encode_head(first_line: str, headers: HeaderMap, framing: str) -> bytes:
-    """``first_line`` (with its CRLF), the headers, ``framing`` (a header line or ``""``)."""
-    parts = [first_line]
-    append = parts.append
+    """``first_line``, the headers, ``framing`` (a header line or ``""``), each line ended with
+    CRLF, then the empty line. Lines are given without their CRLF."""
+    prefixes = _PREFIXES
+    lines = [first_line]
+    append = lines.append
     for name, value in headers.items():
-        if name[0] == ":":
-            if name == ":authority":
-                append(f"host: {value}\r\n")
-            continue
-        if name == "transfer-encoding":
-            continue
-        append(f"{name}: {value}\r\n")
-    lines = len(parts)
+        prefix = prefixes.get(name)
+        if prefix is None:
+            prefix = _prefix(name)
+        if prefix:
+            append(prefix + value)
     if framing:
         append(framing)
-        lines += 1
-    append("\r\n")
-    block = "".join(parts)
-    if block.count("\n") != lines + 1 or block.count("\r") != lines + 1 or "\x00" in block:
+    # CR, LF or NUL inside a line would split the message (three memchr over the lines).
+    text = "".join(lines)
+    if "\r" in text or "\n" in text or "\x00" in text:
         raise ValueError("a header name or value contains CR, LF or NUL")
-    return block.encode("latin-1")
+    append("")
+    append("")
+    return "\r\n".join(lines).encode("latin1")  # (CPython's fast-path spelling of latin-1)
+
+
+# Header name -> the start of its line ("" for what is not written: pseudo-headers other than
+# :authority, which goes out as host, and transfer-encoding, which the encoder decides).
+_PREFIXES: dict[str, str] = {":authority": "host: "}
+_PREFIXES_MAX = 4096
+
+
+def _prefix(name: str) -> str:
+    prefix = "" if name[0] == ":" or name == "transfer-encoding" else f"{name}: "
+    if len(_PREFIXES) < _PREFIXES_MAX:
+        _PREFIXES[name] = prefix
+    return prefix
 
 
 class StreamEncoder:
@@ -86,27 +101,22 @@ class StreamEncoder:
         """
         self.headers_sent = True
         self.chunked = False
+        if end_stream:
+            self.done = True
         self.body_allowed = not head_response and status != 204 and status != 304
-        add = ""
         if (
             "content-length" in headers
             or chunking_disabled
             or (status is not None and (status < 200 or status == 204 or status == 304))
         ):
-            pass  # the body (if any) goes as is
-        elif end_stream and not head_response:
-            if not bodiless_request:
-                add = "content-length: 0\r\n"
-        elif http10:
-            pass  # HTTP/1.0 has no chunking: the body ends when the connection closes
-        else:
-            if not connect_response:
-                add = "transfer-encoding: chunked\r\n"
-            upgrade = "upgrade" in headers and has_token(headers.get("connection"), "upgrade")
-            self.chunked = not upgrade and not head_response and not connect_response
-        if end_stream:
-            self.done = True
-        return add
+            return ""  # the body (if any) goes as is
+        if end_stream and not head_response:
+            return "" if bodiless_request else _FRAMING_LENGTH_0
+        if http10:
+            return ""  # HTTP/1.0 has no chunking: the body ends when the connection closes
+        upgrade = "upgrade" in headers and has_token(headers.get("connection"), "upgrade")
+        self.chunked = not upgrade and not head_response and not connect_response
+        return "" if connect_response else _FRAMING_CHUNKED
 
     def data(self, data: bytes, end_stream: bool) -> bytes:
         if self.done:
@@ -131,21 +141,27 @@ class StreamEncoder:
             return b""
         if not self.trailers_enabled:
             return LAST_CHUNK
-        return encode_head("0\r\n", trailers, "")
+        return encode_head("0", trailers, "")
 
 
-class Exchange:
-    """One request and its response: what the response encoder needs to know."""
+class Exchange(StreamEncoder):
+    """One request and the encoder of its response: what the response encoder needs to know
+    (one object per request, not two)."""
 
-    __slots__ = ("connect", "encoder", "head", "http10", "keep_alive", "request_done")
+    __slots__ = ("connect", "head", "http10", "keep_alive", "request_done")
 
     def __init__(self, *, http10: bool, head: bool, connect: bool, keep_alive: bool) -> None:
+        # StreamEncoder's fields, set here rather than through a second __init__ call.
+        self.chunked = False
+        self.body_allowed = True
+        self.done = False
+        self.headers_sent = False
+        self.trailers_enabled = False
         self.http10 = http10
         self.head = head
         self.connect = connect
         self.keep_alive = keep_alive
         self.request_done = False
-        self.encoder = StreamEncoder()
 
 
 class ResponseEncoder:
@@ -171,24 +187,29 @@ class ResponseEncoder:
             self.expect(Exchange(http10=False, head=False, connect=False, keep_alive=False))
 
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> bytes:
-        exchange = self._current()
-        status = int(headers.get(":status") or 0)
-        encoder = exchange.encoder
-        framing = encoder.framing(
+        exchanges = self.exchanges
+        exchange = exchanges[0] if exchanges else self._current()
+        status_text = headers.get(":status") or "0"
+        status = _STATUS_CODES.get(status_text)
+        if status is None:
+            status = int(status_text)
+        http10 = exchange.http10
+        framing = exchange.framing(
             headers,
             status=status,
             end_stream=end_stream,
             connect_response=exchange.connect and 200 <= status < 300,
             head_response=exchange.head,
-            http10=exchange.http10,
+            http10=http10,
         )
-        head = encode_head(_status_line(exchange.http10, status), headers, framing)
+        head = encode_head(_status_line(http10, status), headers, framing)
         if status < 200 and status != 101:
-            encoder.done = False  # informational: the final response is still to come
+            exchange.done = False  # informational: the final response is still to come
             return head
-        if has_token(headers.get("connection"), "close") or (
-            exchange.http10 and not framing and "content-length" not in headers
-            and encoder.body_allowed and not end_stream
+        connection = headers.get("connection")
+        if (connection is not None and has_token(connection, "close")) or (
+            http10 and not framing and "content-length" not in headers
+            and exchange.body_allowed and not end_stream
         ):  # fmt: skip
             self.close = True  # asked for, or the body runs to the close
         if end_stream:
@@ -196,16 +217,17 @@ class ResponseEncoder:
         return head
 
     def encode_data(self, data: bytes, end_stream: bool) -> bytes:
-        exchange = self._current()
-        out = exchange.encoder.data(data, end_stream)
+        exchanges = self.exchanges
+        exchange = exchanges[0] if exchanges else self._current()
+        out = exchange.data(data, end_stream)
         if end_stream:
             self._done(exchange)
         return out
 
     def encode_trailers(self, trailers: HeaderMap) -> bytes:
         exchange = self._current()
-        exchange.encoder.trailers_enabled = self.enable_trailers
-        out = exchange.encoder.trailers(trailers)
+        exchange.trailers_enabled = self.enable_trailers
+        out = exchange.trailers(trailers)
         self._done(exchange)
         return out
 
@@ -222,14 +244,15 @@ class ResponseEncoder:
             self.close = True  # an early response, or a request that closes the connection
 
 
-_STATUS_LINES: dict[tuple[bool, int], str] = {}
+_STATUS_LINES: dict[tuple[bool, int], str] = {}  # (http10, status) -> status line
+_STATUS_CODES = {str(code): code for code in range(100, 600)}  # ":status" -> int, no int()
 
 
 def _status_line(http10: bool, status: int) -> str:
     line = _STATUS_LINES.get((http10, status))
     if line is None:
         version = "HTTP/1.0" if http10 else "HTTP/1.1"
-        line = f"{version} {status} {reason_phrase(status)}\r\n"
+        line = f"{version} {status} {reason_phrase(status)}"
         if len(_STATUS_LINES) < 2048:
             _STATUS_LINES[(http10, status)] = line
     return line
