@@ -20,7 +20,7 @@ One pool per (host, priority) per worker. Theory of operation:
 - Limits (``ResourceManager``): a full pending queue fails the stream with ``OVERFLOW``
   (``upstream_rq_pending_overflow``); no room for a connection counts ``upstream_cx_overflow``
   and the stream waits; no room for an active request fails it with ``OVERFLOW`` when it is
-  attached (also ``upstream_rq_pending_overflow``, as Envoy counts it).
+  attached (``upstream_rq_active_overflow``, as Envoy 1.38+ counts it).
 - A connection that closes before it connected fails *every* pending stream of the pool (not
   only the one it was opened for), with ``TIMEOUT``, ``REMOTE_CONNECTION_FAILURE`` or
   ``LOCAL_CONNECTION_FAILURE`` and the transport failure reason, as Envoy's
@@ -359,7 +359,8 @@ class ConnPool:
         ctx = self.context
         rm = ctx.resource_manager
         if not rm.can_send_request():
-            ctx.pool_stats.upstream_rq_pending_overflow.inc()
+            # Envoy 1.38+ counts the active-request breaker apart from the pending queue's.
+            ctx.stats.upstream_rq_active_overflow.inc()
             callbacks.on_pool_failure(PoolFailureReason.OVERFLOW, "", self.host)
             return
         capacity = client.current_unused_capacity()

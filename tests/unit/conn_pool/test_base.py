@@ -305,7 +305,9 @@ def test_max_requests_overflow_is_checked_when_attaching():
     h.created[0].connect()
     h.created[1].connect()
     assert b.failure[0] is PoolFailureReason.OVERFLOW
-    assert h.stat("upstream_rq_pending_overflow") == 1  # Envoy counts it under this name
+    # Envoy 1.38+ counts the active-request breaker apart from the pending queue.
+    assert h.stat("upstream_rq_active_overflow") == 1
+    assert h.stat("upstream_rq_pending_overflow") == 0
     assert h.stat("upstream_rq_total") == 1 and h.stat("upstream_rq_pending_active") == 0
     assert h.stat("cluster.backend.circuit_breakers.default.rq_open") == 1
 

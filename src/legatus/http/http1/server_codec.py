@@ -293,8 +293,10 @@ class ServerCodec(c.MessageDecoder):
                     self._fold_buf = b""
                     self._head_chunks = []
                     return head
-                # Balsa checks the characters of the whole head before anything else.
-                if c.has_control_characters(head):
+                # Balsa checks the characters of the whole head (up to its empty line, not
+                # what follows it: an HTTP/2 preface's frames) before anything else.
+                end = head.find(b"\r\n\r\n")
+                if c.has_control_characters(head if end < 0 else head[: end + 4]):
                     details = c.INVALID_CHARACTERS
                 elif reason == c.EMPTY_TE_ERROR:
                     # Envoy: Transfer-Encoding present, with Content-Length or not a chunked one.

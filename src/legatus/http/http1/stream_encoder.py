@@ -40,6 +40,9 @@ def encode_head(first_line: str, headers: HeaderMap, framing: str) -> bytes:
     prefixes = _PREFIXES
     lines = [first_line]
     append = lines.append
+    authority = headers.get(":authority")
+    if authority is not None:  # Envoy's :authority is a pseudo-header, so host comes first
+        append("host: " + authority)
     for name, value in headers.items():
         prefix = prefixes.get(name)
         if prefix is None:
@@ -57,9 +60,9 @@ def encode_head(first_line: str, headers: HeaderMap, framing: str) -> bytes:
     return "\r\n".join(lines).encode("latin1")  # (CPython's fast-path spelling of latin-1)
 
 
-# Header name -> the start of its line ("" for what is not written: pseudo-headers other than
-# :authority, which goes out as host, and transfer-encoding, which the encoder decides).
-_PREFIXES: dict[str, str] = {":authority": "host: "}
+# Header name -> the start of its line ("" for what is not written here: pseudo-headers
+# (:authority goes out first, as host) and transfer-encoding, which the encoder decides).
+_PREFIXES: dict[str, str] = {":authority": ""}
 _PREFIXES_MAX = 4096
 
 
