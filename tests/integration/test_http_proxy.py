@@ -56,6 +56,9 @@ def test_keep_alive_requests_reuse_one_upstream_connection(tmp_path, upstream):
         assert stats["cluster.backend.upstream_rq_200"] == 5
         assert stats["cluster.backend.upstream_cx_total"] == 1
         assert upstream.connections == 1
+        _, clusters = proxy.admin("/clusters")
+        host = f"backend::127.0.0.1:{upstream.port}::"
+        assert f"{host}rq_success::5" in clusters and f"{host}rq_total::5" in clusters
     finally:
         proxy.stop()
 

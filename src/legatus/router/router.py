@@ -372,6 +372,7 @@ class Router(StreamDecoderFilter):
         cb.stream_info.response_code = code  # %RESPONSE_CODE% in response header values
         if self.config.dynamic_stats:
             self.cluster.code_stats.charge(code, internal=cb.stream.internal)
+        self._charge_host(code)
         policy = route.action.internal_redirect_policy
         if (
             policy is not None
@@ -449,6 +450,12 @@ class Router(StreamDecoderFilter):
         self._on_upstream_complete()
         self.decoder_callbacks.encode_trailers(trailers)
 
+    def _charge_host(self, code: int) -> None:
+        """The host's rq_success / rq_error (Envoy's chargeUpstreamCode; /clusters shows them)."""
+        host = self.host
+        if host is not None:
+            (host.stats.rq_error if code >= 500 else host.stats.rq_success).inc()
+
     def _on_upstream_complete(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
@@ -487,6 +494,7 @@ class Router(StreamDecoderFilter):
             self.cluster.code_stats.charge(
                 502 if protocol_error else 503, internal=cb.stream.internal
             )
+        self._charge_host(503)
         self._local_reply(
             upstream_reset(
                 reason.value,
@@ -522,6 +530,7 @@ class Router(StreamDecoderFilter):
             reply = dataclasses.replace(reply, details="upstream_per_try_timeout")
         if self.config.dynamic_stats:
             cluster.code_stats.charge(reply.status, internal=cb.stream.internal)
+        self._charge_host(reply.status)
         self._local_reply(reply)
 
     # Watermarks of the downstream connection's write buffer -------------------------------
