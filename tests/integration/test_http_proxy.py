@@ -341,3 +341,21 @@ def test_internal_redirect_is_followed(tmp_path, upstream):
         assert stats["http.ingress.passthrough_internal_redirect_too_many_redirects"] == 1
     finally:
         proxy.stop()
+
+
+def test_two_workers_share_the_traffic_and_the_stats_add_up(tmp_path, upstream):
+    proxy = start_proxy(http_proxy_config(upstream.port), tmp_path, args=["--concurrency", "2"])
+    try:
+        port = proxy.listener_port("http")
+        for _ in range(20):  # a new connection each time: the kernel spreads them
+            assert httpx.get(f"http://127.0.0.1:{port}/echo").status_code == 200
+        wait_for(
+            lambda: proxy.stats()["http.ingress.downstream_rq_2xx"] == 20,
+            what="the workers' stats to reach the main process",
+        )
+        stats = proxy.stats()
+        assert stats["cluster.backend.upstream_rq_200"] == 20
+        assert stats["http.ingress.downstream_cx_total"] == 20
+        assert stats["listener.127.0.0.1_0.http.ingress.downstream_rq_completed"] == 20
+    finally:
+        proxy.stop()
