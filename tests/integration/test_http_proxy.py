@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.http_upstream import HttpUpstream, http_proxy_config
 from tests.support.process import children, rss_bytes, start_proxy, wait_for
-from tests.support.upstreams import free_port
+from tests.support.upstreams import free_port, static_cluster
 
 
 @pytest.fixture
@@ -192,29 +192,7 @@ def test_route_timeout_answers_504_and_frees_the_stream(tmp_path, upstream):
 
 
 def test_upstream_failures_are_local_replies(tmp_path, upstream):
-    dead = {
-        "name": "dead",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": "dead",
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": "127.0.0.1",
-                                        "port_value": free_port(),
-                                    }
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-    }
+    dead = static_cluster("dead", free_port())
     routes = [
         {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "backend"}},

@@ -25,6 +25,8 @@ import socket
 import threading
 import time
 
+from tests.support.upstreams import static_cluster
+
 
 class HttpUpstream:
     def __init__(self) -> None:
@@ -187,29 +189,7 @@ def http_proxy_config(
         ],
     }
     listener_config.update(listener or {})
-    backend = {
-        "name": "backend",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": "backend",
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": "127.0.0.1",
-                                        "port_value": upstream_port,
-                                    }
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-    }
+    backend = static_cluster("backend", upstream_port)
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {

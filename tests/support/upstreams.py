@@ -44,6 +44,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def static_cluster(name: str, port: int) -> dict:
+    """A STATIC cluster with one endpoint, 127.0.0.1:``port``, and a 1 s connect timeout."""
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+    return {
+        "name": name,
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
+
+
 def tcp_proxy_config(
     *,
     upstream_port: int,
@@ -69,30 +82,7 @@ def tcp_proxy_config(
         ],
         **(listener_extra or {}),
     }
-    cluster_cfg = {
-        "name": "backend",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": "backend",
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": "127.0.0.1",
-                                        "port_value": upstream_port,
-                                    }
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-        **(extra_cluster or {}),
-    }
+    cluster_cfg = {**static_cluster("backend", upstream_port), **(extra_cluster or {})}
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {"listeners": [listener], "clusters": [cluster_cfg]},
