@@ -13,14 +13,18 @@ the bytes to the sans-I/O ``ServerCodec`` and turns its events into streams:
 The encoder chain's output comes back through the stream (``StreamSink``): response
 headers get the connection manager's response headers (date, server, via), then the
 codec frames them and they are written. The codec pauses after each complete request
-(pipelining): when a stream ends, the next request is released with ``codec.resume()``.
-A response that starts before its request is complete closes the connection after it, as
-Envoy does for HTTP/1 (the rest of the request would otherwise have to be read first).
+(pipelining): when a stream ends, the next request is released with ``codec.resume()`` on
+the next loop iteration. A response that starts before its request is complete closes the
+connection after it, as Envoy does for HTTP/1 (the rest of the request would otherwise have
+to be read first). How and when the connection closes (at once, after a delay, after a
+drain) follows Envoy 1.40: see docs/http-connection-manager.md.
 
-Timers, all off the data path (a deadline is stamped, one timer re-arms itself):
-``idle_timeout`` (no stream on the connection), ``max_connection_duration``,
-``request_headers_timeout`` (from the first byte of a request to its head),
-``request_timeout``, ``stream_idle_timeout`` and ``max_stream_duration`` per stream.
+Timers: ``idle_timeout`` (no stream on the connection) and ``stream_idle_timeout`` share one
+timer whose deadline activity moves (see ``set_deadline``), and the router's timeout has one
+re-arming timer per connection (``route_timer``), so a plain request creates no timer.
+``max_connection_duration``, ``request_headers_timeout`` (from the first byte of a request to
+its head), ``request_timeout``, ``max_stream_duration`` and ``drain_timeout`` get timers only
+when configured.
 
 Flow control (Envoy's watermarks): the downstream write buffer above its high watermark
 stops the upstream read of the current stream (through the router's watermark callbacks);
@@ -136,7 +140,9 @@ class ConnectionManager(ReadFilter):
         """The client's FIN: HTTP connections do not half-close (as in Envoy), so the
         connection ends; a stream still in progress is reset."""
         if self.connection.state is State.OPEN:
-            self.connection.close(CloseType.NO_FLUSH, remote=True)
+            # Closing already (the reply is written): let what is queued still go out.
+            close_type = CloseType.FLUSH_WRITE if self.closing else CloseType.NO_FLUSH
+            self.connection.close(close_type, remote=True)
 
     def on_event(self, event: ConnectionEvent) -> None:
         if event is ConnectionEvent.CONNECTED:
