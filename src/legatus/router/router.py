@@ -19,8 +19,10 @@ The last decoder filter of every HTTP filter chain. For each request it:
 
 An upstream failure before the response started is a local reply with Envoy's body, details
 and flag (UF, UO with ``x-envoy-overloaded``, UC, UPE 502, UT 504); after it started, the
-downstream stream is reset. Retries, shadowing, hedging and internal redirects are not here
-yet (the route compiler refuses their config).
+downstream stream is reset. A redirect response the route's internal redirect policy covers
+is followed here (``_follow_redirect``): the stream is recreated with the new target.
+Retries, shadowing and hedging are not here yet (the route compiler refuses their config;
+the request headers that ask for them are consumed, as Envoy's router consumes them).
 
 Flow control: the upstream write buffer's watermarks pause and resume the downstream read
 (``on_decoder_filter_above_write_buffer_high_watermark``); the downstream's pause and
