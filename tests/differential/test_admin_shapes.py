@@ -74,12 +74,6 @@ PROM_SCOPE = re.compile(
 )
 # The same gaps as test_stats_tcp_proxy.KNOWN_GAPS, as Prometheus families.
 PROM_ENVOY_ONLY = [
-    ("envoy_listener_admin_connections_accepted_per_socket_event", "histogram", ("le",)),
-    (
-        "envoy_listener_connections_accepted_per_socket_event",
-        "histogram",
-        ("envoy_listener_address", "le"),
-    ),
     ("envoy_server_main_thread_watchdog_mega_miss", "counter", ()),
     ("envoy_server_main_thread_watchdog_miss", "counter", ()),
     ("envoy_server_worker_watchdog_mega_miss", "counter", ("envoy_worker_id",)),

@@ -58,8 +58,6 @@ KNOWN_GAPS = [
 
 # Envoy histograms in IN_SCOPE that legatus does not report (histograms: names only).
 KNOWN_HISTOGRAM_GAPS = [
-    "listener.127.0.0.1_<listener>.connections_accepted_per_socket_event",
-    "listener.admin.connections_accepted_per_socket_event",
 ]
 
 

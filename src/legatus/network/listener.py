@@ -73,6 +73,30 @@ class ListenerCoreStats(StatSet):
     downstream_listener_filter_error = counter()
     downstream_listener_filter_remote_close = counter()
     no_filter_chain_match = counter()
+    connections_accepted_per_socket_event = histogram()
+
+
+class AcceptBatch:
+    """Envoy's ``connections_accepted_per_socket_event``: how many connections one readiness
+    event of the listening socket brought. uvloop accepts until the socket is drained and
+    reports each connection before it returns to the loop, so the connections accepted within
+    one loop iteration are one event's: the first schedules the count's recording."""
+
+    __slots__ = ("_count", "_histogram", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, histogram) -> None:
+        self._loop = loop
+        self._histogram = histogram
+        self._count = 0
+
+    def accepted(self) -> None:
+        if not self._count:
+            self._loop.call_soon(self._record)
+        self._count += 1
+
+    def _record(self) -> None:
+        self._histogram.record(self._count)
+        self._count = 0
 
 
 class ListenerStats(ListenerCoreStats):
@@ -217,6 +241,7 @@ class ActiveListener:
         self.loop: asyncio.AbstractEventLoop = context.loop  # type: ignore[assignment]
         scope = context.store.scope(f"listener.{config.stat_prefix}.")
         self.stats = ListenerStats(scope)
+        self.accept_batch = AcceptBatch(self.loop, self.stats.connections_accepted_per_socket_event)
         self.worker_stats = PerWorkerListenerStats(scope.scope(f"worker_{worker_index}."))
         self.connections: set[Connection] = set()
         self.server: asyncio.AbstractServer | None = None
@@ -240,6 +265,7 @@ class ActiveListener:
         return _DownstreamConnection(self)
 
     def on_accepted(self, conn: Connection) -> None:
+        self.accept_batch.accepted()
         stats = self.stats
         stats.downstream_cx_total.inc()
         stats.downstream_cx_active.inc()

@@ -28,7 +28,7 @@ from typing import Any
 
 import httptools
 
-from legatus.network.listener import ListenerCoreStats, PerWorkerListenerStats
+from legatus.network.listener import AcceptBatch, ListenerCoreStats, PerWorkerListenerStats
 from legatus.server.admin.response import AdminResponse
 from legatus.server.admin.router import handle
 from legatus.server.logging import get_logger
@@ -139,11 +139,12 @@ class AdminListenerStats(StatSet):
 class _Stats:
     """The admin listener's ``listener.admin.*`` stats, as Envoy's admin listener has them."""
 
-    __slots__ = ("http", "listener", "main_thread", "rq_by_class")
+    __slots__ = ("accept_batch", "http", "listener", "main_thread", "rq_by_class")
 
     def __init__(self, store: Any) -> None:
         scope = store.scope("listener.admin.")
         self.listener = ListenerCoreStats(scope)
+        self.accept_batch: AcceptBatch | None = None
         self.main_thread = PerWorkerListenerStats(scope.scope("main_thread."))
         self.http = AdminListenerStats(scope.scope("http.admin."))
         h = self.http
@@ -151,6 +152,12 @@ class _Stats:
                             h.downstream_rq_4xx, h.downstream_rq_5xx)  # fmt: skip
 
     def opened(self) -> None:
+        batch = self.accept_batch
+        if batch is None:
+            batch = self.accept_batch = AcceptBatch(
+                asyncio.get_running_loop(), self.listener.connections_accepted_per_socket_event
+            )
+        batch.accepted()
         self.listener.downstream_cx_total.inc()
         self.listener.downstream_cx_active.inc()
         self.main_thread.downstream_cx_total.inc()
