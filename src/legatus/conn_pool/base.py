@@ -3,7 +3,9 @@
 One pool per (host, priority) per worker. Theory of operation:
 
 - A pool owns ``ActiveClient``s (one connection each) in one of five states; every change of
-  state goes through ``ConnPool.transition``, which refuses a change the table does not allow::
+  state goes through ``ConnPool.transition``, which refuses a change the table does not allow
+  (the two moves of every stream, READY -> BUSY at attach and BUSY -> READY at its end, are
+  copies of it inlined where the old state is known, so the table always allows them)::
 
       CONNECTING ──> READY <──> BUSY ──> DRAINING ──> CLOSED
           │            │          │                      ^
@@ -195,13 +197,27 @@ class ConnPool:
         self._idle_callbacks: list[Callable[[], None]] = []
         self._draining_for_deletion = False
         self._upstream_ready_handle: asyncio.Handle | None = None
+        # What every stream touches, looked up once (the stats and limits are fixed for the
+        # pool's life): a stream costs a few attribute reads less at attach and at close.
+        self._ready = self._clients[_READY]
+        self._busy = self._clients[_BUSY]
+        self._requests = context.resource_manager.requests
+        stats, host_stats = context.stats, host.stats
+        self._rq_started = (
+            host_stats.rq_total.inc,
+            host_stats.rq_active.inc,
+            stats.upstream_rq_total.inc,
+            stats.upstream_rq_active.inc,
+        )
+        self._host_rq_active = host_stats.rq_active
+        self._rq_active = stats.upstream_rq_active
 
     # Public API ----------------------------------------------------------------
 
     def new_stream(self, decoder: Any, callbacks: PoolCallbacks) -> PendingStream | None:
         if self._draining_for_deletion:
             raise PoolStateError("new_stream on a pool draining for deletion")
-        ready = self._clients[_READY]
+        ready = self._ready
         if ready:
             self._attach(next(reversed(ready)), decoder, callbacks)
             return None
@@ -306,20 +322,29 @@ class ConnPool:
 
     def on_stream_closed(self, client: ActiveClient, *, delay_attaching: bool) -> None:
         """A stream of ``client`` ended (completed or reset); the client no longer counts it."""
-        ctx = self.context
         self._active_streams -= 1
-        self.host.stats.rq_active.dec()
-        ctx.stats.upstream_rq_active.dec()
-        ctx.resource_manager.requests.dec()
+        self._host_rq_active.dec()
+        self._rq_active.dec()
+        self._requests.dec()
         state = client.state
-        if state is _DRAINING and client.num_active_streams() == 0:
-            client.close()
-            return
-        if state is _BUSY and client.current_unused_capacity() > 0:
-            self.transition(client, _READY)
+        active = client.num_active_streams()
+        if state is _DRAINING:
+            if active == 0:
+                client.close()
+                return
+        elif (
+            state is _BUSY
+            and client.remaining_streams > 0
+            and client.concurrent_stream_limit > active  # current_unused_capacity() > 0
+        ):
+            # BUSY -> READY, always allowed (the table's check, inlined on this hot path).
+            del self._busy[client]
+            client.state = _READY
+            self._ready[client] = None
             if not delay_attaching:
                 self._on_upstream_ready()
-        if client.state is not _CLOSED and client.num_active_streams() == 0:
+                active = client.num_active_streams()
+        if active == 0 and client.state is not _CLOSED:
             self._start_idle(client)
 
     def schedule_on_upstream_ready(self) -> None:
@@ -335,7 +360,9 @@ class ConnPool:
     def check_idle_and_close_if_draining(self) -> None:
         if self._draining_for_deletion:
             self._close_idle_clients()
-        self._check_idle()
+        if self._idle_callbacks and self.is_idle():  # _check_idle, inlined: once a stream
+            for callback in list(self._idle_callbacks):
+                callback()
 
     # Internals --------------------------------------------------------------------
 
@@ -356,31 +383,30 @@ class ConnPool:
         self.check_idle_and_close_if_draining()
 
     def _attach(self, client: ActiveClient, decoder: Any, callbacks: PoolCallbacks) -> None:
-        ctx = self.context
-        rm = ctx.resource_manager
-        if not rm.can_send_request():
+        """Give ``client`` (a READY one: both callers take it from that set) the stream."""
+        requests = self._requests
+        if requests.count >= requests.max:  # not rm.can_send_request()
             # Envoy 1.38+ counts the active-request breaker apart from the pending queue's.
-            ctx.stats.upstream_rq_active_overflow.inc()
+            self.context.stats.upstream_rq_active_overflow.inc()
             callbacks.on_pool_failure(PoolFailureReason.OVERFLOW, "", self.host)
             return
-        capacity = client.current_unused_capacity()
         client.streams_total += 1
-        client.remaining_streams -= 1
-        if client.remaining_streams == 0:
+        remaining = client.remaining_streams = client.remaining_streams - 1
+        if remaining == 0:
             log.debug("[C%d] maximum requests per connection, start draining", client.id)
-            ctx.pool_stats.upstream_cx_max_requests.inc()
+            self.context.pool_stats.upstream_cx_max_requests.inc()
             self.transition(client, _DRAINING)
-        elif capacity == 1:
-            self.transition(client, _BUSY)
+        elif remaining > 0 and client.concurrent_stream_limit - client.num_active_streams() == 1:
+            # This stream takes the last free slot (remaining_streams was above 1, so the
+            # capacity was the free slots). READY -> BUSY, always allowed: inlined.
+            del self._ready[client]
+            client.state = _BUSY
+            self._busy[client] = None
         self._active_streams += 1
-        host_stats = self.host.stats
-        host_stats.rq_total.inc()
-        host_stats.rq_active.inc()
-        ctx.stats.upstream_rq_total.inc()
-        ctx.stats.upstream_rq_active.inc()
-        rm.requests.inc()
-        encoder = client.new_stream_encoder(decoder)
-        callbacks.on_pool_ready(encoder, self.host)
+        for inc in self._rq_started:
+            inc()
+        requests.inc()
+        callbacks.on_pool_ready(client.new_stream_encoder(decoder), self.host)
 
     def _on_upstream_ready(self) -> None:
         pending, ready = self._pending, self._clients[_READY]

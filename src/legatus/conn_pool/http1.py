@@ -177,8 +177,12 @@ class _CodecReadFilter(ReadFilter):
     def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
         client = self.client
         if data:
-            client.pool.context.stats.upstream_cx_rx_bytes_total.add(len(data))
-            client.dispatch(client.decode(data))
+            client.rx_bytes_total.add(len(data))
+            try:  # decode(data), inlined: once a read
+                events = client.codec.feed(data)
+            except Exception:
+                events = client.codec_failed()
+            client.dispatch(events)
         if end_stream:
             client.on_remote_eof()
         return _STOP_ITERATION
@@ -189,6 +193,8 @@ class Http1ActiveClient(ActiveClient):
         super().__init__(pool, concurrent_stream_limit=1)
         ctx = pool.context
         ctx.stats.upstream_cx_http1_total.inc()
+        self.rx_bytes_total = ctx.stats.upstream_cx_rx_bytes_total
+        self._tx_bytes_total = ctx.stats.upstream_cx_tx_bytes_total
         connection = Connection(buffer_limit=ctx.settings.buffer_limit)
         connection.set_buffer_gauges(
             ctx.stats.upstream_cx_rx_bytes_buffered, ctx.stats.upstream_cx_tx_bytes_buffered
@@ -299,7 +305,11 @@ class Http1ActiveClient(ActiveClient):
         elif stream.close_connection or self.remote_closed or not self.codec.reusable:
             self.close()
         else:
-            self._detach_stream(stream)
+            # _detach_stream, inlined: this runs once a keep-alive stream.
+            stream.done = True
+            if stream._read_disabled:
+                stream._detach()
+            self.stream = None
             pool = self.pool
             pool.schedule_on_upstream_ready()
             pool.on_stream_closed(self, delay_attaching=True)
@@ -331,14 +341,18 @@ class Http1ActiveClient(ActiveClient):
         """The codec's events for ``data`` (None: the upstream closed)."""
         try:
             return self.codec.feed(data) if data is not None else self.codec.feed_eof()
-        except Exception:  # a codec bug: never into the loop; the connection is lost instead
-            log.exception("[C%d] HTTP/1 client codec failed", self.id)
-            return [ProtocolError(status=502, details=h1.CODEC_ERROR)]
+        except Exception:
+            return self.codec_failed()
+
+    def codec_failed(self) -> list:
+        """A codec bug: never into the loop; the connection is lost instead."""
+        log.exception("[C%d] HTTP/1 client codec failed", self.id)
+        return [ProtocolError(status=502, details=h1.CODEC_ERROR)]
 
     # Writing ---------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.pool.context.stats.upstream_cx_tx_bytes_total.add(len(data))
+        self._tx_bytes_total.add(len(data))
         self.connection.write(data)
 
     def reset_stream(self, stream: RequestEncoder) -> None:

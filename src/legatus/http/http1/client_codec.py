@@ -158,18 +158,9 @@ class ClientCodec(c.MessageDecoder):
             bodiless_request=method in _BODILESS_METHODS,
         )
         head = encode_head(f"{method} {target} HTTP/1.1", headers, framing)
-        self._start_exchange(head=method == "HEAD", connect=connect, upgrade=upgrade)
-        return head
-
-    def encode_data(self, data: bytes, end_stream: bool) -> bytes:
-        return self._encoder.data(data, end_stream)
-
-    def encode_trailers(self, trailers: HeaderMap) -> bytes:
-        return self._encoder.trailers(trailers)
-
-    def _start_exchange(self, *, head: bool, connect: bool, upgrade: bool) -> None:
+        # A new exchange (inlined: once a request).
         self._phase = _WAITING
-        self._head_request = head
+        self._head_request = method == "HEAD"
         self._connect = connect
         self._upgrade_request = upgrade
         self._informational = False
@@ -190,6 +181,13 @@ class ClientCodec(c.MessageDecoder):
         else:
             self._parser = HttpResponseParser(self)
             self._parser.set_dangerous_leniencies(**c.LENIENCIES)
+        return head
+
+    def encode_data(self, data: bytes, end_stream: bool) -> bytes:
+        return self._encoder.data(data, end_stream)
+
+    def encode_trailers(self, trailers: HeaderMap) -> bytes:
+        return self._encoder.trailers(trailers)
 
     # Decoding --------------------------------------------------------------------------
 
@@ -360,6 +358,29 @@ class ClientCodec(c.MessageDecoder):
             else get("transfer-encoding")
         )  # fmt: skip
         content_length = get("content-length")
+        if (
+            content_length is not None
+            and transfer_encoding is None
+            and status >= 200
+            and status != 204
+            and status != 304
+            and content_length != "0"
+            and not self._head_request
+            and not self._connect
+        ):
+            # The common response: a body framed by content-length, nothing to reject, no
+            # tunnel. What the general path below decides for it, with fewer tests.
+            if http10 or "connection" in headers or "proxy-connection" in headers:
+                keep_alive = not c.should_close_connection(http10, headers)
+            else:
+                keep_alive = True
+            self._until_eof = False
+            self._keep_alive = keep_alive
+            self._phase = _BODY
+            self._out.append(
+                ResponseHeaders(headers, False, keep_alive, False, HTTP_10 if http10 else HTTP_11)
+            )
+            return
         if status < 200 or status == 204:
             if transfer_encoding is not None:
                 raise self._fail(_UPSTREAM_ERROR, c.TRANSFER_ENCODING_NOT_ALLOWED)
@@ -444,7 +465,8 @@ class ClientCodec(c.MessageDecoder):
             body = self._body
             out.append(ResponseData(b"".join(body) if body else b"", True))
             body.clear()
-        self._finish()
+        self._phase = _DONE  # _finish, inlined: once a response
+        self._reusable = self._keep_alive
         self._parser_clean = True
 
     def _finish(self) -> None:

@@ -193,12 +193,13 @@ class MessageDecoder:
         self._items.append((name, value))
 
     def _decode_block(self, values: dict[str, str], size: int) -> HeaderMap:
-        """The collected pairs added to ``values`` (the pseudo-headers the codec puts first),
-        as a HeaderMap; ``size`` is what the block already counts (the request line). Raises
+        """The collected pairs added to ``values`` (the pseudo-headers the codec puts first;
+        a plain dict, or a HeaderMap without repeats, which is then filled and returned), as
+        a HeaderMap; ``size`` is what the block already counts (the request line). Raises
         ``Abort`` (with the error set) on a limit or policy."""
         items = self._items
         if self._underscores is not None:
-            return self._decode_block_checked(values, size)
+            return self._decode_block_checked(dict(values), size)
         names = _NAMES
         repeats = None
         for name, value in items:
@@ -216,7 +217,8 @@ class MessageDecoder:
                 values[key] = value.decode("latin-1")
         added = len(items)
         items.clear()
-        headers = HeaderMap.adopt(values)
+        # A map seeded by the codec is filled in place (no copy into a new map).
+        headers = values if type(values) is HeaderMap else HeaderMap.adopt(values)
         if repeats is not None:
             for key, value in repeats:
                 headers.add(key, value)

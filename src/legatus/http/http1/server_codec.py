@@ -73,6 +73,8 @@ from legatus.http.http1.events import (
 from legatus.http.http1.settings import DEFAULT_SETTINGS, Http1Settings
 from legatus.http.http1.stream_encoder import Exchange, ResponseEncoder
 
+_new_map = dict.__new__
+
 
 class _In(enum.IntEnum):
     """Where the request stream is (an IntEnum: members are dict keys on the hot path)."""
@@ -392,10 +394,12 @@ class ServerCodec(c.MessageDecoder):
             raise self._fail(400, c.CODEC_ERROR)
         # The block's size as Balsa counts it: request line (" ", " HTTP/1.1\r\n"), header
         # lines, the final CRLF. The pseudo-headers come first, in this order.
-        headers = self._decode_block(
-            {":method": method, ":path": "", ":authority": ""},
-            self._size + len(raw_method) + 14,
-        )
+        seed = _new_map(HeaderMap)  # filled in place by _decode_block (no dict to copy)
+        seed._entries = None
+        seed[":method"] = method
+        seed[":path"] = ""
+        seed[":authority"] = ""
+        headers = self._decode_block(seed, self._size + len(raw_method) + 14)
         connect = method == "CONNECT"
         url = self._url.decode("latin-1")
         first = url[:1]
