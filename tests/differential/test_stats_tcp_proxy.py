@@ -57,8 +57,7 @@ KNOWN_GAPS = [
 ]
 
 # Envoy histograms in IN_SCOPE that legatus does not report (histograms: names only).
-KNOWN_HISTOGRAM_GAPS = [
-]
+KNOWN_HISTOGRAM_GAPS = []
 
 
 def _collapse(name: str) -> str:
