@@ -55,16 +55,24 @@ class Extension:
     config_types: tuple[str, ...]
     factory: Callable[[Message, Any, str], Any]
     aliases: tuple[str, ...] = ()
+    # An HTTP filter that takes a per-route config (``typed_per_filter_config``): its proto
+    # type(s), and ``route_factory(config, context, path)`` compiling one (Envoy's
+    # createRouteSpecificFilterConfig).
+    route_config_types: tuple[str, ...] = ()
+    route_factory: Callable[[Message, Any, str], Any] | None = None
 
 
 class Registry:
     def __init__(self) -> None:
         self._by_type: dict[tuple[Category, str], Extension] = {}
         self._by_name: dict[tuple[Category, str], Extension] = {}
+        self._by_route_type: dict[str, Extension] = {}
 
     def register(self, extension: Extension) -> None:
         for t in extension.config_types:
             self._by_type[(extension.category, t)] = extension
+        for t in extension.route_config_types:
+            self._by_route_type[t] = extension
         for n in (extension.name, *extension.aliases):
             self._by_name[(extension.category, n)] = extension
 
@@ -73,6 +81,10 @@ class Registry:
         if full_name in _TYPED_STRUCTS or full_name in _OPAQUE:
             return True
         return any(t == full_name for _, t in self._by_type)
+
+    def route_config_extension(self, full_name: str) -> Extension | None:
+        """The HTTP filter whose per-route config has this proto type, if legatus has it."""
+        return self._by_route_type.get(full_name)
 
     def extensions(self) -> list[Extension]:
         return sorted(set(self._by_name.values()), key=lambda e: (e.category.value, e.name))

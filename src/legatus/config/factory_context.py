@@ -31,6 +31,8 @@ class FactoryContext:
     runtime: Any = None  # legatus.runtime.Runtime (the bootstrap's layered_runtime); None: empty
     listener_stat_prefix: str | None = None  # the listener a network filter is built for
     http_stat_prefix: str | None = None  # the HCM an HTTP filter is built for
+    http_filter_name: str = ""  # the HttpFilter ``name`` a filter is built for: the key of its
+    # per-route configs (RouteMatch.most_specific_per_filter_config)
 
     @property
     def validating(self) -> bool:

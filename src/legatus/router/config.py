@@ -30,7 +30,8 @@ virtual host ``matcher`` trees, ``require_tls``, ``virtual_clusters`` (their
 ``vhost.<vh>.vcluster.<vc>.*`` stats), rate limits, CORS, retry and hedge policies;
 route ``decorator``, ``tracing``, ``stat_prefix``, ``metadata``, filter/non-forwarding
 actions; and, in RouteMatch/RouteAction, what matchers.py and action.py list.
-``typed_per_filter_config`` is kept as raw ``Any`` messages for the HTTP filter chain.
+``typed_per_filter_config`` is compiled by the HTTP filter that owns each entry's type
+(per_filter_config.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ from legatus.router.action import (
 )
 from legatus.router.header_mutations import EMPTY, HeaderMutations, compile_header_mutations
 from legatus.router.matchers import RouteMatcher, compile_route_match, path_for_matching
+from legatus.router.per_filter_config import (
+    EMPTY as NO_PER_FILTER_CONFIG,
+)
+from legatus.router.per_filter_config import (
+    PerFilterConfig,
+    compile_per_filter_configs,
+)
 from legatus.router.redirect import RedirectAction, compile_redirect
 from legatus.router.weighted_clusters import ClusterWeight
 
@@ -96,11 +104,11 @@ _ROUTE_FIELDS = (
     "response_headers_to_remove",
 )
 
-PerFilterConfig = Mapping[str, Any]  # filter name -> google.protobuf.Any
 
-
-def _per_filter(proto) -> PerFilterConfig:
-    return types.MappingProxyType(dict(proto.typed_per_filter_config))
+def _per_filter(proto, context, path: str) -> PerFilterConfig:
+    return compile_per_filter_configs(
+        proto.typed_per_filter_config, context, join_path(path, "typed_per_filter_config")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +155,26 @@ class RouteMatch:
         for mutations in self.route.response_headers:
             mutations.apply(response_headers, info, request_headers, response_headers)
 
+    def most_specific_per_filter_config(self, filter_name: str) -> Any:
+        """The compiled per-route config of the filter named ``filter_name`` (its
+        ``HttpFilter.name``) at the most specific level that has one, or None."""
+        weighted = self.weighted_cluster
+        if weighted is not None:
+            found = weighted.typed_per_filter_config.get(filter_name)
+            if found is not None:
+                return found
+        route = self.route
+        found = route.typed_per_filter_config.get(filter_name)
+        if found is not None:
+            return found
+        virtual_host = route.virtual_host
+        found = virtual_host.typed_per_filter_config.get(filter_name)
+        if found is not None:
+            return found
+        return virtual_host.table_per_filter_config.get(filter_name)
+
     def per_filter_configs(self, filter_name: str) -> list[Any]:
-        """The raw per-filter configs for ``filter_name``, least specific first."""
+        """The compiled per-filter configs for ``filter_name``, least specific first."""
         route = self.route
         levels = (
             route.virtual_host.table_per_filter_config,
@@ -168,7 +194,7 @@ class Route:
     # Levels to apply in order (route config / virtual host / route, as the table says).
     request_headers: tuple[HeaderMutations, ...] = ()
     response_headers: tuple[HeaderMutations, ...] = ()
-    typed_per_filter_config: PerFilterConfig = field(default_factory=dict)
+    typed_per_filter_config: PerFilterConfig = field(default_factory=lambda: NO_PER_FILTER_CONFIG)
     static_match: RouteMatch | None = None  # prebuilt answer when nothing varies per request
     weighted_matches: tuple[RouteMatch | None, ...] = ()  # prebuilt per named weighted cluster
 
@@ -206,8 +232,8 @@ class VirtualHost:
         self.domains = domains
         self.ignore_path_parameters = ignore_path_parameters
         self.routes: tuple[Route, ...] = ()
-        self.typed_per_filter_config: PerFilterConfig = types.MappingProxyType({})
-        self.table_per_filter_config: PerFilterConfig = types.MappingProxyType({})
+        self.typed_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
+        self.table_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
 
     def route(self, headers, random_value: int) -> RouteMatch | None:
         if not headers.get("x-forwarded-proto"):
@@ -237,7 +263,7 @@ class RouteTable:
     most_specific_header_mutations_wins: bool = False
     request_headers: HeaderMutations = EMPTY
     response_headers: HeaderMutations = EMPTY
-    typed_per_filter_config: PerFilterConfig = field(default_factory=dict)
+    typed_per_filter_config: PerFilterConfig = field(default_factory=lambda: NO_PER_FILTER_CONFIG)
 
     def route(self, headers, random_value: int) -> RouteMatch | None:
         """The route for a request (None: no virtual host or no route matched)."""
@@ -318,9 +344,10 @@ def compile_route_config(
         most_specific_wins=proto.most_specific_header_mutations_wins,
         table_request=table_request,
         table_response=table_response,
-        table_per_filter_config=_per_filter(proto),
+        table_per_filter_config=_per_filter(proto, context, path),
         ignore_path_parameters=proto.ignore_path_parameters_in_path_matching,
         runtime=getattr(context, "runtime", None),
+        context=context,
     )
     virtual_hosts = []
     for i, vh_proto in enumerate(proto.virtual_hosts):
@@ -362,6 +389,7 @@ class _Builder:
     table_per_filter_config: PerFilterConfig
     ignore_path_parameters: bool
     runtime: Any = None  # legatus.runtime.Runtime, for runtime_fraction
+    context: Any = None  # the FactoryContext, for per-filter configs
     exact: dict[str, VirtualHost] = field(default_factory=dict)
     suffixes: dict[int, dict[str, VirtualHost]] = field(default_factory=dict)
     prefixes: dict[int, dict[str, VirtualHost]] = field(default_factory=dict)
@@ -374,7 +402,7 @@ class _Builder:
             domains=tuple(proto.domains),
             ignore_path_parameters=self.ignore_path_parameters,
         )
-        virtual_host.typed_per_filter_config = _per_filter(proto)
+        virtual_host.typed_per_filter_config = _per_filter(proto, self.context, path)
         virtual_host.table_per_filter_config = self.table_per_filter_config
         vh_request = compile_header_mutations(
             proto.request_headers_to_add, proto.request_headers_to_remove, path, prefix="request"
@@ -439,8 +467,22 @@ class _Builder:
             action=action,
             request_headers=self._levels(route_request, vh_request, self.table_request),
             response_headers=self._levels(route_response, vh_response, self.table_response),
-            typed_per_filter_config=_per_filter(proto),
+            typed_per_filter_config=_per_filter(proto, self.context, path),
         )
+        if isinstance(action, RouteAction) and action.weighted_clusters is not None:
+            for k, (cluster, cluster_proto) in enumerate(
+                zip(
+                    action.weighted_clusters.clusters,
+                    proto.route.weighted_clusters.clusters,
+                    strict=True,
+                )
+            ):
+                cpath = f"{action_path}.weighted_clusters.clusters[{k}]"
+                object.__setattr__(
+                    cluster,
+                    "typed_per_filter_config",
+                    _per_filter(cluster_proto, self.context, cpath),
+                )
         static = _static_match(route)
         if static is not None:
             object.__setattr__(route, "static_match", static)

@@ -146,7 +146,7 @@ def _cluster_weight(proto, path: str) -> ClusterWeight:
             prefix="response",
         ),
         host_rewrite_literal=proto.host_rewrite_literal,
-        typed_per_filter_config=types.MappingProxyType(dict(proto.typed_per_filter_config)),
+        # compiled by the route table (legatus.router.per_filter_config)
     )
 
 

@@ -14,9 +14,9 @@ from legatus.http.headers import HeaderMap
 from legatus.router.config import RouteTable, compile_route_config
 
 
-def context(clusters=()) -> FactoryContext:
+def context(clusters=(), registry=None) -> FactoryContext:
     return FactoryContext(
-        registry=None,  # type: ignore[arg-type]
+        registry=registry,  # type: ignore[arg-type]
         store=None,  # type: ignore[arg-type]
         options=None,  # type: ignore[arg-type]
         random=random.Random(1),
@@ -24,9 +24,9 @@ def context(clusters=()) -> FactoryContext:
     )
 
 
-def table(document: dict, *, clusters=("c1", "c2", "c3"), **kwargs) -> RouteTable:
+def table(document: dict, *, clusters=("c1", "c2", "c3"), registry=None, **kwargs) -> RouteTable:
     proto = parse(document, route_pb2.RouteConfiguration)
-    return compile_route_config(proto, context(clusters), "route_config", **kwargs)
+    return compile_route_config(proto, context(clusters, registry), "route_config", **kwargs)
 
 
 def config_error(document: dict, **kwargs) -> ConfigError:

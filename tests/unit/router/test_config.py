@@ -116,7 +116,30 @@ def test_pgv_rules_are_checked_first():
     assert error.path == "route_config.virtual_hosts[0].routes[0].match"
 
 
-def test_typed_per_filter_config_is_kept_raw_at_every_level():
+def _struct_filter_registry():
+    """A registry with one HTTP filter whose per-route config is a Struct (as a dict)."""
+    from google.protobuf import json_format
+
+    from legatus.registry import Category, Extension, Registry
+
+    registry = Registry()
+    registry.register(
+        Extension(
+            category=Category.HTTP_FILTER,
+            name="test.struct_filter",
+            config_types=("test.StructFilter",),
+            factory=lambda proto, context, path: None,
+            route_config_types=("google.protobuf.Struct",),
+            route_factory=lambda proto, context, path: {
+                **json_format.MessageToDict(proto),
+                "path": path,
+            },
+        )
+    )
+    return registry
+
+
+def test_typed_per_filter_config_is_compiled_at_every_level():
     weighted = {
         "weighted_clusters": {
             "clusters": [
@@ -138,22 +161,41 @@ def test_typed_per_filter_config_is_kept_raw_at_every_level():
             "virtual_hosts": [
                 vhost([route], typed_per_filter_config={"f": any_struct(level="vhost")})
             ],
-        }
+        },
+        registry=_struct_filter_registry(),
     )
-    assert t.typed_per_filter_config["f"].type_url == STRUCT
+    assert t.typed_per_filter_config["f"]["level"] == "table"
     match = t.route(request(), 0)
     configs = match.per_filter_configs("f")
-    assert [c.type_url for c in configs] == [STRUCT] * 4  # least specific first
-    from google.protobuf import struct_pb2
-
-    levels = []
-    for packed in configs:
-        value = struct_pb2.Struct()
-        packed.Unpack(value)
-        levels.append(value["level"])
-    assert levels == ["table", "vhost", "route", "cluster"]
-    assert len(match.per_filter_configs("g")) == 1
+    assert [c["level"] for c in configs] == ["table", "vhost", "route", "cluster"]
+    assert configs[-1]["path"] == (
+        "route_config.virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0]"
+        ".typed_per_filter_config['f']"
+    )
+    assert match.most_specific_per_filter_config("f")["level"] == "cluster"
+    assert match.most_specific_per_filter_config("g") == {
+        "path": match.per_filter_configs("g")[0]["path"]
+    }
     assert match.per_filter_configs("absent") == []
+    assert match.most_specific_per_filter_config("absent") is None
+
+
+def test_typed_per_filter_config_of_an_unknown_type_is_refused_unless_optional():
+    unknown = {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}
+    routes = [forward("r", {"cluster": "c1"}, typed_per_filter_config={"fault": unknown})]
+    error = config_error(routes_config(routes), registry=_struct_filter_registry())
+    assert error.path == (
+        "route_config.virtual_hosts[0].routes[0].typed_per_filter_config['fault']"
+    )
+    assert "envoy.extensions.filters.http.fault.v3.HTTPFault" in error.message
+    optional = {
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+        "config": unknown,
+        "is_optional": True,
+    }
+    routes = [forward("r", {"cluster": "c1"}, typed_per_filter_config={"fault": optional})]
+    match = table(routes_config(routes), registry=_struct_filter_registry()).route(request(), 0)
+    assert match.most_specific_per_filter_config("fault") is None
 
 
 def test_route_match_result():

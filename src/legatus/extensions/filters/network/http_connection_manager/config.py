@@ -9,7 +9,7 @@ does not act on is refused by name; HTTP/2 and HTTP/3 codecs are refused until t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -143,7 +143,6 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
     )
     route_table = compile_route_config(proto.route_config, context, join_path(path, "route_config"))
     factories = _http_filters(proto, context, path)
-    _check_per_filter_configs(proto.route_config, join_path(path, "route_config"))
     local_reply = None
     if proto.HasField("local_reply_config"):
         local_reply = compile_local_reply_config(
@@ -218,7 +217,9 @@ def _http_filters(proto, context: FactoryContext, path: str) -> tuple[HttpFilter
         errors = validate_message(config, f"{fpath}.typed_config")
         if errors:
             raise errors[0]
-        created = extension.factory(config, context, f"{fpath}.typed_config")
+        created = extension.factory(
+            config, replace(context, http_filter_name=entry.name), f"{fpath}.typed_config"
+        )
         factory = HttpFilterFactory(
             name=entry.name,
             create=created.create,
@@ -240,39 +241,3 @@ def _http_filters(proto, context: FactoryContext, path: str) -> tuple[HttpFilter
             )
         factories.append(factory)
     return tuple(factories)
-
-
-_FILTER_CONFIG = "envoy.config.route.v3.FilterConfig"
-
-
-def _check_per_filter_configs(route_config, path: str) -> None:
-    """``typed_per_filter_config`` at every level of the route table. No HTTP filter legatus
-    has takes a per-route config yet (the router has none), so each entry is refused by name,
-    unless it is a ``FilterConfig`` marked ``is_optional`` (Envoy skips those too when the
-    filter is absent)."""
-
-    def check(message, where: str) -> None:
-        for name, config in message.typed_per_filter_config.items():
-            if config.type_url.rsplit("/", 1)[-1] == _FILTER_CONFIG:
-                from envoy.config.route.v3 import route_components_pb2
-
-                wrapper = route_components_pb2.FilterConfig()
-                config.Unpack(wrapper)
-                if wrapper.is_optional:
-                    continue
-            raise ConfigError(
-                f"{where}.typed_per_filter_config['{name}']",
-                f"no HTTP filter '{name}' with a per-route config in this legatus "
-                "(only envoy.filters.http.router, which takes none)",
-            )
-
-    check(route_config, path)
-    for i, vh in enumerate(route_config.virtual_hosts):
-        vpath = f"{path}.virtual_hosts[{i}]"
-        check(vh, vpath)
-        for j, route in enumerate(vh.routes):
-            rpath = f"{vpath}.routes[{j}]"
-            check(route, rpath)
-            if route.HasField("route") and route.route.HasField("weighted_clusters"):
-                for k, cluster in enumerate(route.route.weighted_clusters.clusters):
-                    check(cluster, f"{rpath}.route.weighted_clusters.clusters[{k}]")
