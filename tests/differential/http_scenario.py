@@ -290,6 +290,8 @@ class Reply:
     close: bool = False  # `connection: close` on the response, then close
     continue_100: bool = False  # answer `expect: 100-continue` with a 100 before the body
     interim_100: bool = False  # send a 100 Continue before the response, asked or not
+    then: Reply | None = None  # after ``times`` requests on the path, answer as ``then`` does
+    times: int = 1
 
 
 @dataclass
@@ -311,6 +313,7 @@ class ScriptedUpstream:
         self.requests: list[UpstreamRequest] = []
         self.connections = 0
         self.held = 0
+        self._hits: dict[str, int] = {}
         self._lock = threading.Lock()
         self._released = threading.Event()
         self._closing = threading.Event()
@@ -328,7 +331,16 @@ class ScriptedUpstream:
     def reply_for(self, target: str) -> Reply:
         path = target.split("?", 1)[0]
         best = max((p for p in self.scripts if path.startswith(p)), key=len, default=None)
-        return self.scripts[best] if best is not None else Reply()
+        if best is None:
+            return Reply()
+        reply = self.scripts[best]
+        with self._lock:
+            hit = self._hits.get(best, 0)
+            self._hits[best] = hit + 1
+        while reply.then is not None and hit >= reply.times:
+            hit -= reply.times
+            reply = reply.then
+        return reply
 
     def close(self) -> None:
         self._closing.set()

@@ -29,6 +29,7 @@ from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
 from legatus.router.header_mutations import is_modifiable_header
 from legatus.router.matchers import PathMatcher, path_for_matching
+from legatus.router.retry_policy import RetryPolicy, compile_retry_policy
 from legatus.router.weighted_clusters import WeightedClusters, compile_weighted_clusters
 
 __all__ = [
@@ -59,6 +60,7 @@ _ROUTE_ACTION_FIELDS = (
     "internal_redirect_policy",
     "internal_redirect_action",
     "max_internal_redirects",
+    "retry_policy",
 )
 # ClusterNotFoundResponseCode: SERVICE_UNAVAILABLE, NOT_FOUND, INTERNAL_SERVER_ERROR.
 _CLUSTER_NOT_FOUND_CODES = (503, 404, 500)
@@ -89,6 +91,7 @@ class RouteAction:
     timeout: float = DEFAULT_TIMEOUT  # seconds; 0 disables the route timeout
     idle_timeout: float | None = None  # seconds; None: the connection manager's
     internal_redirect_policy: InternalRedirectPolicy | None = None
+    retry_policy: RetryPolicy | None = None  # the route's, else its virtual host's
     path_matcher: PathMatcher | None = None  # the route's, for prefix_rewrite
 
     def rewrite_path(self, path: str) -> str | None:
@@ -181,6 +184,9 @@ def compile_route_action(
         timeout=_seconds(proto.timeout) if proto.HasField("timeout") else DEFAULT_TIMEOUT,
         idle_timeout=_seconds(proto.idle_timeout) if proto.HasField("idle_timeout") else None,
         internal_redirect_policy=_internal_redirect_policy(proto, path),
+        retry_policy=compile_retry_policy(proto.retry_policy, join_path(path, "retry_policy"))
+        if proto.HasField("retry_policy")
+        else None,
         path_matcher=path_matcher,
     )
 

@@ -61,6 +61,7 @@ from legatus.router.per_filter_config import (
     compile_per_filter_configs,
 )
 from legatus.router.redirect import RedirectAction, compile_redirect
+from legatus.router.retry_policy import compile_retry_policy
 from legatus.router.weighted_clusters import ClusterWeight
 
 __all__ = ["Route", "RouteMatch", "RouteTable", "VirtualHost", "compile_route_config"]
@@ -85,6 +86,9 @@ _VIRTUAL_HOST_FIELDS = (
     "name",
     "domains",
     "routes",
+    "retry_policy",
+    "include_request_attempt_count",
+    "include_attempt_count_in_response",
     "request_headers_to_add",
     "request_headers_to_remove",
     "response_headers_to_add",
@@ -221,6 +225,8 @@ class VirtualHost:
     __slots__ = (
         "domains",
         "ignore_path_parameters",
+        "include_attempt_count_in_response",
+        "include_request_attempt_count",
         "name",
         "routes",
         "table_per_filter_config",
@@ -232,6 +238,8 @@ class VirtualHost:
         self.domains = domains
         self.ignore_path_parameters = ignore_path_parameters
         self.routes: tuple[Route, ...] = ()
+        self.include_request_attempt_count = False  # x-envoy-attempt-count to the upstream
+        self.include_attempt_count_in_response = False  # and to the client
         self.typed_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
         self.table_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
 
@@ -403,6 +411,13 @@ class _Builder:
             ignore_path_parameters=self.ignore_path_parameters,
         )
         virtual_host.typed_per_filter_config = _per_filter(proto, self.context, path)
+        virtual_host.include_request_attempt_count = proto.include_request_attempt_count
+        virtual_host.include_attempt_count_in_response = proto.include_attempt_count_in_response
+        vh_retry = (
+            compile_retry_policy(proto.retry_policy, join_path(path, "retry_policy"))
+            if proto.HasField("retry_policy")
+            else None
+        )
         virtual_host.table_per_filter_config = self.table_per_filter_config
         vh_request = compile_header_mutations(
             proto.request_headers_to_add, proto.request_headers_to_remove, path, prefix="request"
@@ -416,9 +431,11 @@ class _Builder:
         routes = []
         for i, route_proto in enumerate(proto.routes):
             route_path = f"{join_path(path, 'routes')}[{i}]"
-            routes.append(
-                self.route(route_proto, route_path, virtual_host, vh_request, vh_response)
-            )
+            route = self.route(route_proto, route_path, virtual_host, vh_request, vh_response)
+            action = route.action
+            if vh_retry is not None and isinstance(action, RouteAction) and not action.retry_policy:
+                object.__setattr__(action, "retry_policy", vh_retry)  # the route's replaces it
+            routes.append(route)
         virtual_host.routes = tuple(routes)
         return virtual_host
 

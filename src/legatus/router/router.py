@@ -21,8 +21,12 @@ An upstream failure before the response started is a local reply with Envoy's bo
 and flag (UF, UO with ``x-envoy-overloaded``, UC, UPE 502, UT 504); after it started, the
 downstream stream is reset. A redirect response the route's internal redirect policy covers
 is followed here (``_follow_redirect``): the stream is recreated with the new target.
-Retries, shadowing and hedging are not here yet (the route compiler refuses their config;
-the request headers that ask for them are consumed, as Envoy's router consumes them).
+Retries (retry_state.py) are decided here: a retriable response or reset, before anything
+went to the client and once the request is complete, becomes a new try after a jittered
+back-off, on another host with the ``previous_hosts`` predicate, with the request body the
+router kept (up to the buffer limit: past it retries are abandoned, as in Envoy). Each try
+has its own per-try timeout; the route timeout covers them all. Shadowing and hedging are
+not here yet (the route compiler refuses their config).
 
 Flow control: the upstream write buffer's watermarks pause and resume the downstream read
 (``on_decoder_filter_above_write_buffer_high_watermark``); the downstream's pause and
@@ -32,12 +36,11 @@ resume the upstream read (``read_disable`` on the upstream stream).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from legatus.conn_pool import PoolFailureReason, ResponseDecoder, StreamResetReason
+from legatus.conn_pool import StreamResetReason
 from legatus.http.conn_manager_stats import RouterFilterStats
 from legatus.http.conn_manager_utility import update_authority
 from legatus.http.filter import (
@@ -50,6 +53,9 @@ from legatus.http.headers import HeaderMap
 from legatus.http.local_reply import ENVOY_LOCAL_REPLIES, LocalReply, upstream_reset
 from legatus.router.action import DirectResponseAction
 from legatus.router.redirect import RedirectAction, redirect_location
+from legatus.router.retry_policy import EMPTY_POLICY
+from legatus.router.retry_state import RetryState, RetryStatus
+from legatus.router.upstream_request import UpstreamRequest
 from legatus.stream_info import ResponseFlag as F
 
 log = logging.getLogger("legatus.router")
@@ -78,12 +84,13 @@ _RESET_FLAGS = {
     StreamResetReason.REMOTE_RESET: F.UPSTREAM_REMOTE_RESET,
     StreamResetReason.PROTOCOL_ERROR: F.UPSTREAM_PROTOCOL_ERROR,
 }
-_POOL_FAILURES = {
-    PoolFailureReason.OVERFLOW: StreamResetReason.OVERFLOW,
-    PoolFailureReason.LOCAL_CONNECTION_FAILURE: StreamResetReason.LOCAL_CONNECTION_FAILURE,
-    PoolFailureReason.REMOTE_CONNECTION_FAILURE: StreamResetReason.REMOTE_CONNECTION_FAILURE,
-    PoolFailureReason.TIMEOUT: StreamResetReason.CONNECTION_TIMEOUT,
-}
+_CONNECT_FAILURES = frozenset(
+    (
+        StreamResetReason.LOCAL_CONNECTION_FAILURE,
+        StreamResetReason.REMOTE_CONNECTION_FAILURE,
+        StreamResetReason.CONNECTION_TIMEOUT,
+    )
+)
 _TIMEOUT_REPLY = ENVOY_LOCAL_REPLIES["upstream_request_timeout"]
 _TIMEOUT_ALT_REPLY = ENVOY_LOCAL_REPLIES["upstream_request_timeout_alt"]
 _NO_HEALTHY = ENVOY_LOCAL_REPLIES["no_healthy_upstream"]
@@ -100,11 +107,13 @@ class RouterConfig:
     suppress_envoy_headers: bool = False
     respect_expected_rq_timeout: bool = False
     dynamic_stats: bool = True
+    random: Any = None  # random.Random: retry back-off jitter
 
 
 class Router(StreamDecoderFilter):
     __slots__ = (
         "alt_response",
+        "attempts",
         "buffered",
         "buffered_bytes",
         "cluster",
@@ -113,11 +122,14 @@ class Router(StreamDecoderFilter):
         "end_stream",
         "host",
         "per_try",
+        "per_try_timer",
         "request_body",
         "request_body_overflow",
         "request_complete_time",
         "request_done",
         "request_headers",
+        "retry_state",
+        "retry_timer",
         "route",
         "start_time",
         "timeout",
@@ -146,6 +158,10 @@ class Router(StreamDecoderFilter):
         self.timer = None
         self.request_complete_time = 0.0
         self.start_time = 0.0
+        self.retry_state: RetryState | None = None
+        self.retry_timer = None
+        self.per_try_timer = None
+        self.attempts = 0
 
     # Decoding ------------------------------------------------------------------------
 
@@ -184,6 +200,11 @@ class Router(StreamDecoderFilter):
         info.upstream_cluster = name
         if action.idle_timeout is not None:  # the route's own stream idle timeout
             cb.stream.set_idle_timeout(action.idle_timeout)
+        policy = action.retry_policy
+        if policy is not None or "x-envoy-retry-on" in headers:
+            self.retry_state = RetryState.create(
+                policy or EMPTY_POLICY, headers, cluster, config.random
+            )
         self.timeout = self._final_timeout(headers, action)
         host = cluster.choose_host()
         if host is None:
@@ -199,6 +220,8 @@ class Router(StreamDecoderFilter):
         self.start_time = config.loop.time()
         if end_stream:
             self._on_request_complete()
+        self.attempts = 1
+        info.upstream_request_attempt_count = 1
         self.upstream = UpstreamRequest(self, cluster, host)
         self.upstream.start()
         return FilterHeadersStatus.STOP_ITERATION
@@ -206,8 +229,12 @@ class Router(StreamDecoderFilter):
     def decode_data(self, data: bytes, end_stream: bool) -> FilterDataStatus:
         if end_stream:
             self.request_done = True
-        if data and self.route is not None and self.route.action.internal_redirect_policy:
-            self._keep_for_redirect(data)
+        if (
+            data
+            and self.route is not None
+            and (self.retry_state is not None or self.route.action.internal_redirect_policy)
+        ):
+            self._keep_body(data)
         upstream = self.upstream
         if upstream is not None and upstream.encoder is not None:
             upstream.encoder.encode_data(data, end_stream)
@@ -226,9 +253,10 @@ class Router(StreamDecoderFilter):
             self._on_request_complete()
         return FilterDataStatus.STOP_ITERATION_NO_BUFFER
 
-    def _keep_for_redirect(self, data: bytes) -> None:
-        """A request that may be redirected internally is replayed from a copy of its body,
-        up to the buffer limit (past it, Envoy does not follow the redirect either)."""
+    def _keep_body(self, data: bytes) -> None:
+        """A request that may be retried or redirected internally is replayed from a copy of
+        its body, up to the buffer limit (past it, Envoy gives up retrying and does not
+        follow the redirect either)."""
         if self.request_body_overflow:
             return
         body = self.request_body
@@ -237,6 +265,10 @@ class Router(StreamDecoderFilter):
         if len(body) + len(data) > self.decoder_callbacks.stream.connection.buffer_limit:
             self.request_body_overflow = True
             self.request_body = None
+            if self.retry_state is not None:
+                self.retry_state.release()
+                self.retry_state = None
+                self.cluster.stats.retry_or_shadow_abandoned.inc()
             return
         body += data
 
@@ -246,6 +278,8 @@ class Router(StreamDecoderFilter):
         if upstream is not None and upstream.encoder is not None:
             upstream.encoder.encode_trailers(trailers)
             self._request_sent()
+            if self.retry_state is not None:
+                self.trailers = trailers  # for a retry
         else:
             self.trailers = trailers
         self._on_request_complete()
@@ -255,6 +289,9 @@ class Router(StreamDecoderFilter):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.retry_state is not None:
+            self._cancel_retry_timers()
+            self.retry_state.release()
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
@@ -284,7 +321,10 @@ class Router(StreamDecoderFilter):
             if value is not None and value.isdigit():
                 timeout = int(value) / 1000
         per_try = headers.get("x-envoy-upstream-rq-per-try-timeout-ms")
-        self.per_try = int(per_try) / 1000 if per_try is not None and per_try.isdigit() else 0.0
+        if per_try is not None and per_try.isdigit():
+            self.per_try = int(per_try) / 1000
+        elif action.retry_policy is not None:
+            self.per_try = action.retry_policy.per_try_timeout
         self.alt_response = "x-envoy-upstream-rq-timeout-alt-response" in headers
         headers.remove_all(_CONSUMED_HEADERS)
         expected_timeout = timeout
@@ -296,6 +336,8 @@ class Router(StreamDecoderFilter):
 
     def _finalize_request_headers(self, headers, route, action, host, info) -> None:
         route.finalize_request_headers(headers, info)
+        if route.virtual_host.include_request_attempt_count:
+            headers.set("x-envoy-attempt-count", "1")
         keep_original = not self.config.suppress_envoy_headers
         weighted = route.weighted_cluster
         if weighted is not None and weighted.host_rewrite_literal:
@@ -324,7 +366,12 @@ class Router(StreamDecoderFilter):
         if self.timer is not None or self.cluster is None:
             return
         timeout, per_try = self.timeout, self.per_try
-        if per_try and (not timeout or per_try < timeout):
+        if self.retry_state is not None:  # the route timeout here, each try's on its own
+            if timeout:
+                timer = self.timer = self.decoder_callbacks.stream.route_timer
+                timer.set(timeout, self._on_timeout, False)
+            self._start_per_try_timer()
+        elif per_try and (not timeout or per_try < timeout):
             timer = self.timer = self.decoder_callbacks.stream.route_timer
             timer.set(per_try, self._on_timeout, True)
         elif timeout:
@@ -372,6 +419,9 @@ class Router(StreamDecoderFilter):
         status = headers.get(":status", "0")
         code = int(status) if status.isdigit() else 0
         cb.stream_info.response_code = code  # %RESPONSE_CODE% in response header values
+        retry = self.retry_state
+        if retry is not None and self._retry_on_headers(retry, headers, code, end_stream):
+            return
         if self.config.dynamic_stats:
             self.cluster.code_stats.charge(code, internal=cb.stream.internal)
         self._charge_host(code)
@@ -385,6 +435,8 @@ class Router(StreamDecoderFilter):
         if not self.config.suppress_envoy_headers:
             service_ms = round((self.config.loop.time() - self.request_complete_time) * 1000)
             headers.set("x-envoy-upstream-service-time", str(service_ms))
+        if route.virtual_host.include_attempt_count_in_response:
+            headers.set("x-envoy-attempt-count", str(self.attempts))
         route.finalize_response_headers(self.request_headers, headers, cb.stream_info)
         if end_stream:
             self._on_upstream_complete()
@@ -462,6 +514,9 @@ class Router(StreamDecoderFilter):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.per_try_timer is not None:
+            self.per_try_timer.cancel()
+            self.per_try_timer = None
         if self.config.dynamic_stats and self.request_done:
             ms = (self.config.loop.time() - self.start_time) * 1000
             self.cluster.code_stats.record_time(ms, internal=self.decoder_callbacks.stream.internal)
@@ -471,13 +526,21 @@ class Router(StreamDecoderFilter):
         self, reason: StreamResetReason, transport_failure_reason: str, response_started: bool
     ) -> None:
         self.upstream = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         cb = self.decoder_callbacks
         info = cb.stream_info
         if transport_failure_reason:
             info.upstream_transport_failure_reason = transport_failure_reason
+        retry = self.retry_state
+        if retry is not None and not response_started:
+            would = self.request_done and retry.would_retry_reset(
+                overflow=reason is StreamResetReason.OVERFLOW,
+                connect_failure=reason in _CONNECT_FAILURES,
+            )
+            if self._retry_decision(retry, would):
+                return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         flag = _RESET_FLAGS.get(reason, 0)
         if response_started:
             self.config.stats.rq_reset_after_downstream_response_started.inc()
@@ -502,13 +565,21 @@ class Router(StreamDecoderFilter):
                 reason.value,
                 flags=flag,
                 status=502 if protocol_error else 503,
+                retried=self.attempts > 1,
                 transport_failure_reason=transport_failure_reason,
                 headers=extra,
             )
         )
 
     def _on_timeout(self, per_try: bool) -> None:
-        self.timer = None
+        if self.retry_state is not None:
+            if per_try:
+                self.per_try_timer = None
+            else:
+                self.timer = None
+                self._cancel_retry_timers()
+        else:
+            self.timer = None
         cluster = self.cluster
         if per_try:
             cluster.stats.upstream_rq_per_try_timeout.inc()
@@ -522,6 +593,18 @@ class Router(StreamDecoderFilter):
         if upstream is not None:
             upstream.reset()
         cb = self.decoder_callbacks
+        retry = self.retry_state
+        # Envoy retries a try that timed out as it retries a reset one.
+        if (
+            per_try
+            and retry is not None
+            and not response_started
+            and self._retry_decision(retry, self.request_done and retry.would_retry_reset())
+        ):
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if response_started:
             cb.stream_info.set_flag(F.UPSTREAM_REQUEST_TIMEOUT)
             self.config.stats.rq_reset_after_downstream_response_started.inc()
@@ -534,6 +617,102 @@ class Router(StreamDecoderFilter):
             cluster.code_stats.charge(reply.status, internal=cb.stream.internal)
         self._charge_host(reply.status)
         self._local_reply(reply)
+
+    # Retries ----------------------------------------------------------------------------
+
+    def _retry_on_headers(self, retry: RetryState, headers, code: int, end_stream: bool) -> bool:
+        """A response the policy retries is dropped (counted under ``retry.``) and the request
+        tried again; True when that happens."""
+        would = self.request_done and retry.would_retry_headers(headers, code)
+        status = retry.should_retry(would)
+        if status is RetryStatus.YES:
+            if self.config.dynamic_stats:
+                internal = self.decoder_callbacks.stream.internal
+                self.cluster.retry_code_stats.charge(code, internal=internal)
+            self._charge_host(code)
+            self._schedule_retry()
+            return True
+        self._flag_retry_status(status)
+        return False
+
+    def _retry_decision(self, retry: RetryState, would_retry: bool) -> bool:
+        """After a reset or a per-try timeout: retry (True), or flag why not."""
+        status = retry.should_retry(would_retry)
+        if status is RetryStatus.YES:
+            self._schedule_retry()
+            return True
+        self._flag_retry_status(status)
+        return False
+
+    def _flag_retry_status(self, status: RetryStatus) -> None:
+        if status is RetryStatus.LIMIT_EXCEEDED:
+            self.decoder_callbacks.stream_info.set_flag(F.UPSTREAM_RETRY_LIMIT_EXCEEDED)
+        elif status is RetryStatus.OVERFLOW:
+            self.decoder_callbacks.stream_info.set_flag(F.UPSTREAM_OVERFLOW)
+
+    def _schedule_retry(self) -> None:
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.reset()
+        if self.per_try_timer is not None:
+            self.per_try_timer.cancel()
+            self.per_try_timer = None
+        retry = self.retry_state
+        retry.previous_hosts.append(self.host)
+        self.retry_timer = self.config.loop.call_later(retry.next_back_off(), self._do_retry)
+
+    def _do_retry(self) -> None:
+        """The back-off is over: the next try, on a host the retry predicates accept."""
+        self.retry_timer = None
+        retry = self.retry_state
+        cluster = self.cluster
+        host = cluster.choose_host()
+        attempts = retry.policy.host_selection_max_attempts
+        while host is not None and attempts > 0 and retry.host_rejected(host):
+            attempts -= 1
+            host = cluster.choose_host()
+        cb = self.decoder_callbacks
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.inc()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if self.config.dynamic_stats:
+                cluster.code_stats.charge(503, internal=cb.stream.internal)
+            self._local_reply(_NO_HEALTHY)
+            return
+        self.host = host
+        self.attempts += 1
+        cb.stream_info.upstream_request_attempt_count = self.attempts
+        headers = self.request_headers
+        if self.route.virtual_host.include_request_attempt_count:
+            headers.set("x-envoy-attempt-count", str(self.attempts))
+        if self.timeout and "x-envoy-expected-rq-timeout-ms" in headers:
+            # Envoy tells each retry the time left of the route timeout.
+            elapsed = int((self.config.loop.time() - self.request_complete_time) * 1000)
+            left = round(self.timeout * 1000) - elapsed
+            if self.per_try and self.per_try * 1000 < left:
+                left = round(self.per_try * 1000)
+            headers.set("x-envoy-expected-rq-timeout-ms", str(max(left, 0)))
+        body = self.request_body
+        self.buffered = [bytes(body)] if body else []
+        self.buffered_bytes = 0
+        self._start_per_try_timer()
+        self.upstream = UpstreamRequest(self, cluster, host)
+        self.upstream.start()
+
+    def _start_per_try_timer(self) -> None:
+        per_try = self.per_try
+        if per_try and (not self.timeout or per_try < self.timeout) and self.request_done:
+            self.per_try_timer = self.config.loop.call_later(per_try, self._on_timeout, True)
+
+    def _cancel_retry_timers(self) -> None:
+        for name in ("retry_timer", "per_try_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
 
     # Watermarks of the downstream connection's write buffer -------------------------------
 
@@ -576,147 +755,6 @@ class Router(StreamDecoderFilter):
         cb.send_local_reply(status, body, details="direct_response", modify_headers=modify)
 
 
-class UpstreamRequest(ResponseDecoder):
-    """One try of the request on one upstream host: the pool's callbacks and the response
-    decoder (Envoy's ``UpstreamRequest``)."""
-
-    __slots__ = ("cluster", "encoder", "host", "paused_downstream", "pending",
-                 "response_started", "router")  # fmt: skip
-
-    def __init__(self, router: Router, cluster, host) -> None:
-        self.router = router
-        self.cluster = cluster
-        self.host = host
-        self.encoder = None
-        self.pending = None
-        self.response_started = False
-        self.paused_downstream = False
-
-    def start(self) -> None:
-        self.router.decoder_callbacks.stream_info.upstream_request_attempt_count = 1
-        pool = self.cluster.http_conn_pool(self.host)
-        self.pending = pending = pool.new_stream(self, self)
-        if pending is not None:  # queued for a connection: Envoy has the host from here on
-            self.router.decoder_callbacks.stream_info.upstream_host = self.host.address_text
-
-    def reset(self) -> None:
-        """The router gives up on this try (timeout, downstream gone)."""
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.cancel()
-        encoder = self.encoder
-        if encoder is not None:
-            self._unsubscribe(encoder)
-            encoder.reset()
-
-    # Pool callbacks ---------------------------------------------------------------------
-
-    def on_pool_ready(self, encoder, host) -> None:
-        self.pending = None
-        router = self.router
-        if router.upstream is not self:
-            encoder.reset()
-            return
-        self.encoder = encoder
-        info = router.decoder_callbacks.stream_info
-        info.upstream_host = host.address_text
-        info.upstream_local_address = _fmt(encoder.local_address)
-        info.upstream_connection_id = encoder.connection_id
-        info.upstream_protocol = encoder.protocol
-        info.first_upstream_tx_byte_sent = router.config.loop.time()
-        encoder.add_callbacks(self)  # the upstream's write buffer: see the watermark hooks
-        router.decoder_callbacks.add_downstream_watermark_callbacks(router)
-        router.on_pool_ready(self)
-
-    def on_pool_failure(self, reason: PoolFailureReason, transport_failure_reason: str, host):
-        self.pending = None
-        router = self.router
-        if router.upstream is not self:
-            return
-        if host is not None:
-            router.decoder_callbacks.stream_info.upstream_host = host.address_text
-        router.on_upstream_reset(_POOL_FAILURES[reason], transport_failure_reason, False)
-
-    # Response ---------------------------------------------------------------------------
-
-    def on_informational_headers(self, headers: HeaderMap) -> None:
-        """A 1xx from the upstream: a 100 goes to the client if it asked for one (the
-        connection manager strips Expect unless proxy_100_continue); others are dropped."""
-        router = self.router
-        if router.config.dynamic_stats:
-            status = headers.get(":status", "")
-            if status.isdigit():
-                router.cluster.code_stats.charge(
-                    int(status), internal=router.decoder_callbacks.stream.internal
-                )
-        expect = router.request_headers.get("expect") if router.request_headers else None
-        if headers.get(":status") == "100" and expect and expect.lower() == "100-continue":
-            # Only a 100 the client asked for (and so proxy_100_continue let through).
-            router.decoder_callbacks.stream.send_continue(headers)
-
-    def on_headers(self, headers: HeaderMap, end_stream: bool) -> None:
-        self.response_started = True
-        router = self.router
-        cb = router.decoder_callbacks
-        cb.stream_info.first_upstream_rx_byte_received = router.config.loop.time()
-        if end_stream:
-            self._complete()
-        router.on_upstream_headers(headers, end_stream)
-
-    def on_data(self, data: bytes, end_stream: bool) -> None:
-        router = self.router
-        router.decoder_callbacks.touch()
-        if end_stream:
-            self._complete()
-        router.on_upstream_data(data, end_stream)
-
-    def on_trailers(self, trailers: HeaderMap) -> None:
-        self._complete()
-        self.router.on_upstream_trailers(trailers)
-
-    def on_reset(self, reason: StreamResetReason, details: str) -> None:
-        router = self.router
-        if router.upstream is not self:
-            return
-        self._detach()
-        router.on_upstream_reset(reason, details, self.response_started)
-
-    def _complete(self) -> None:
-        router = self.router
-        router.decoder_callbacks.stream_info.last_upstream_rx_byte_received = (
-            router.config.loop.time()
-        )
-        self._detach()
-
-    def _detach(self) -> None:
-        encoder = self.encoder
-        if encoder is not None:
-            self._unsubscribe(encoder)
-
-    def _unsubscribe(self, encoder) -> None:
-        self.encoder = None
-        encoder.remove_callbacks(self)
-        callbacks = self.router.decoder_callbacks
-        callbacks.remove_downstream_watermark_callbacks(self.router)
-        if self.paused_downstream:  # the request is over: let the client read again
-            self.on_below_write_buffer_low_watermark()
-
-    # Watermarks of the upstream connection's write buffer ---------------------------------
-
-    def on_above_write_buffer_high_watermark(self) -> None:
-        """The upstream reads slowly: stop reading the client's request body."""
-        if not self.paused_downstream:
-            self.paused_downstream = True
-            self.cluster.stats.upstream_flow_control_backed_up_total.inc()
-            self.router.decoder_callbacks.on_decoder_filter_above_write_buffer_high_watermark()
-
-    def on_below_write_buffer_low_watermark(self) -> None:
-        if self.paused_downstream:
-            self.paused_downstream = False
-            self.cluster.stats.upstream_flow_control_drained_total.inc()
-            self.router.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
-
-
 def _parse_location(location: str) -> tuple[str, str, str] | None:
     """An absolute http(s) URL as (scheme, authority, path with query), or None."""
     scheme, sep, rest = location.partition("://")
@@ -728,11 +766,3 @@ def _parse_location(location: str) -> tuple[str, str, str] | None:
     if not authority or any(c in location for c in "\r\n\0 "):
         return None
     return scheme, authority, path
-
-
-@functools.lru_cache(maxsize=4096)
-def _fmt(address) -> str | None:
-    if not address:
-        return None
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -21,7 +21,8 @@ from legatus.upstream.stats import ClusterTrafficStats
 
 class ThreadLocalCluster:
     __slots__ = ("_loop", "_pool_context", "_pools", "_rng", "_store", "code_stats", "config",
-                 "hosts", "lb", "resource_managers", "scope", "stats")  # fmt: skip
+                 "hosts", "lb", "resource_managers", "retry_code_stats", "scope",
+                 "stats")  # fmt: skip
 
     def __init__(self, config: ClusterConfig, store: Store, rng: random.Random, loop=None) -> None:
         self.config = config
@@ -31,6 +32,8 @@ class ThreadLocalCluster:
         self.scope = store.scope(f"cluster.{config.stat_name}.")
         self.stats = ClusterTrafficStats(self.scope)
         self.code_stats = ResponseCodeStats(self.scope)
+        # responses a retry replaced: cluster.<name>.retry.upstream_rq_<code>...
+        self.retry_code_stats = ResponseCodeStats(self.scope.scope("retry."), categories=False)
         self.hosts: tuple[Host, ...] = ()
         self.lb: RoundRobin[Host] = RoundRobin((), (), rng)
         self._pools: dict = {}

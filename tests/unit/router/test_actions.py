@@ -300,7 +300,6 @@ def test_direct_response_status_range_is_pgv():
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("retry_policy", {"retry_on": "5xx"}),
         ("hash_policy", [{"header": {"header_name": "x"}}]),
         ("rate_limits", [{"actions": [{"remote_address": {}}]}]),
         ("request_mirror_policies", [{"cluster": "c2"}]),

@@ -1,0 +1,180 @@
+"""One try of a request on one upstream host (Envoy's ``UpstreamRequest``).
+
+The router makes one per try: it asks the host's connection pool for a stream, hears the
+pool's answer (ready, or a failure), receives the response as the pool's
+``ResponseDecoder``, and relays the upstream connection's write-buffer watermarks to the
+downstream read. Events of a try the router has given up on (a retry, a timeout) are
+dropped here.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from legatus.conn_pool import PoolFailureReason, ResponseDecoder, StreamResetReason
+from legatus.http.headers import HeaderMap
+
+if TYPE_CHECKING:
+    from legatus.router.router import Router
+
+_POOL_FAILURES = {
+    PoolFailureReason.OVERFLOW: StreamResetReason.OVERFLOW,
+    PoolFailureReason.LOCAL_CONNECTION_FAILURE: StreamResetReason.LOCAL_CONNECTION_FAILURE,
+    PoolFailureReason.REMOTE_CONNECTION_FAILURE: StreamResetReason.REMOTE_CONNECTION_FAILURE,
+    PoolFailureReason.TIMEOUT: StreamResetReason.CONNECTION_TIMEOUT,
+}
+
+
+class UpstreamRequest(ResponseDecoder):
+    """One try of the request on one upstream host: the pool's callbacks and the response
+    decoder (Envoy's ``UpstreamRequest``)."""
+
+    __slots__ = ("cluster", "encoder", "host", "paused_downstream", "pending",
+                 "response_started", "router")  # fmt: skip
+
+    def __init__(self, router: Router, cluster, host) -> None:
+        self.router = router
+        self.cluster = cluster
+        self.host = host
+        self.encoder = None
+        self.pending = None
+        self.response_started = False
+        self.paused_downstream = False
+
+    def start(self) -> None:
+        pool = self.cluster.http_conn_pool(self.host)
+        self.pending = pending = pool.new_stream(self, self)
+        if pending is not None:  # queued for a connection: Envoy has the host from here on
+            self.router.decoder_callbacks.stream_info.upstream_host = self.host.address_text
+
+    def reset(self) -> None:
+        """The router gives up on this try (timeout, downstream gone)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.cancel()
+        encoder = self.encoder
+        if encoder is not None:
+            self._unsubscribe(encoder)
+            encoder.reset()
+
+    # Pool callbacks ---------------------------------------------------------------------
+
+    def on_pool_ready(self, encoder, host) -> None:
+        self.pending = None
+        router = self.router
+        if router.upstream is not self:
+            encoder.reset()
+            return
+        self.encoder = encoder
+        info = router.decoder_callbacks.stream_info
+        info.upstream_host = host.address_text
+        info.upstream_local_address = _fmt(encoder.local_address)
+        info.upstream_connection_id = encoder.connection_id
+        info.upstream_protocol = encoder.protocol
+        info.first_upstream_tx_byte_sent = router.config.loop.time()
+        encoder.add_callbacks(self)  # the upstream's write buffer: see the watermark hooks
+        router.decoder_callbacks.add_downstream_watermark_callbacks(router)
+        router.on_pool_ready(self)
+
+    def on_pool_failure(self, reason: PoolFailureReason, transport_failure_reason: str, host):
+        self.pending = None
+        router = self.router
+        if router.upstream is not self:
+            return
+        if host is not None:
+            router.decoder_callbacks.stream_info.upstream_host = host.address_text
+        router.on_upstream_reset(_POOL_FAILURES[reason], transport_failure_reason, False)
+
+    # Response ---------------------------------------------------------------------------
+
+    def on_informational_headers(self, headers: HeaderMap) -> None:
+        """A 1xx from the upstream: a 100 goes to the client if it asked for one (the
+        connection manager strips Expect unless proxy_100_continue); others are dropped."""
+        router = self.router
+        if router.config.dynamic_stats:
+            status = headers.get(":status", "")
+            if status.isdigit():
+                router.cluster.code_stats.charge(
+                    int(status), internal=router.decoder_callbacks.stream.internal
+                )
+        expect = router.request_headers.get("expect") if router.request_headers else None
+        if headers.get(":status") == "100" and expect and expect.lower() == "100-continue":
+            # Only a 100 the client asked for (and so proxy_100_continue let through).
+            router.decoder_callbacks.stream.send_continue(headers)
+
+    def on_headers(self, headers: HeaderMap, end_stream: bool) -> None:
+        self.response_started = True
+        router = self.router
+        if router.upstream is not self:  # a try the router gave up on (a retry)
+            return
+        cb = router.decoder_callbacks
+        cb.stream_info.first_upstream_rx_byte_received = router.config.loop.time()
+        if end_stream:
+            self._complete()
+        router.on_upstream_headers(headers, end_stream)
+
+    def on_data(self, data: bytes, end_stream: bool) -> None:
+        router = self.router
+        if router.upstream is not self:
+            return
+        router.decoder_callbacks.touch()
+        if end_stream:
+            self._complete()
+        router.on_upstream_data(data, end_stream)
+
+    def on_trailers(self, trailers: HeaderMap) -> None:
+        if self.router.upstream is not self:
+            return
+        self._complete()
+        self.router.on_upstream_trailers(trailers)
+
+    def on_reset(self, reason: StreamResetReason, details: str) -> None:
+        router = self.router
+        if router.upstream is not self:
+            return
+        self._detach()
+        router.on_upstream_reset(reason, details, self.response_started)
+
+    def _complete(self) -> None:
+        router = self.router
+        router.decoder_callbacks.stream_info.last_upstream_rx_byte_received = (
+            router.config.loop.time()
+        )
+        self._detach()
+
+    def _detach(self) -> None:
+        encoder = self.encoder
+        if encoder is not None:
+            self._unsubscribe(encoder)
+
+    def _unsubscribe(self, encoder) -> None:
+        self.encoder = None
+        encoder.remove_callbacks(self)
+        callbacks = self.router.decoder_callbacks
+        callbacks.remove_downstream_watermark_callbacks(self.router)
+        if self.paused_downstream:  # the request is over: let the client read again
+            self.on_below_write_buffer_low_watermark()
+
+    # Watermarks of the upstream connection's write buffer ---------------------------------
+
+    def on_above_write_buffer_high_watermark(self) -> None:
+        """The upstream reads slowly: stop reading the client's request body."""
+        if not self.paused_downstream:
+            self.paused_downstream = True
+            self.cluster.stats.upstream_flow_control_backed_up_total.inc()
+            self.router.decoder_callbacks.on_decoder_filter_above_write_buffer_high_watermark()
+
+    def on_below_write_buffer_low_watermark(self) -> None:
+        if self.paused_downstream:
+            self.paused_downstream = False
+            self.cluster.stats.upstream_flow_control_drained_total.inc()
+            self.router.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
+
+
+@functools.lru_cache(maxsize=4096)
+def _fmt(address) -> str | None:
+    if not address:
+        return None
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
