@@ -30,6 +30,7 @@ from legatus.config.supported import check_supported
 from legatus.router.header_mutations import is_modifiable_header
 from legatus.router.matchers import PathMatcher, path_for_matching
 from legatus.router.retry_policy import RetryPolicy, compile_retry_policy
+from legatus.router.shadow_writer import MirrorPolicy, compile_mirror_policies
 from legatus.router.weighted_clusters import WeightedClusters, compile_weighted_clusters
 
 __all__ = [
@@ -61,6 +62,7 @@ _ROUTE_ACTION_FIELDS = (
     "internal_redirect_action",
     "max_internal_redirects",
     "retry_policy",
+    "request_mirror_policies",
 )
 # ClusterNotFoundResponseCode: SERVICE_UNAVAILABLE, NOT_FOUND, INTERNAL_SERVER_ERROR.
 _CLUSTER_NOT_FOUND_CODES = (503, 404, 500)
@@ -92,6 +94,7 @@ class RouteAction:
     idle_timeout: float | None = None  # seconds; None: the connection manager's
     internal_redirect_policy: InternalRedirectPolicy | None = None
     retry_policy: RetryPolicy | None = None  # the route's, else its virtual host's
+    request_mirror_policies: tuple[MirrorPolicy, ...] = ()  # likewise
     path_matcher: PathMatcher | None = None  # the route's, for prefix_rewrite
 
     def rewrite_path(self, path: str) -> str | None:
@@ -187,6 +190,9 @@ def compile_route_action(
         retry_policy=compile_retry_policy(proto.retry_policy, join_path(path, "retry_policy"))
         if proto.HasField("retry_policy")
         else None,
+        request_mirror_policies=compile_mirror_policies(
+            proto.request_mirror_policies, join_path(path, "request_mirror_policies")
+        ),
         path_matcher=path_matcher,
     )
 

@@ -62,6 +62,7 @@ from legatus.router.per_filter_config import (
 )
 from legatus.router.redirect import RedirectAction, compile_redirect
 from legatus.router.retry_policy import compile_retry_policy
+from legatus.router.shadow_writer import compile_mirror_policies
 from legatus.router.weighted_clusters import ClusterWeight
 
 __all__ = ["Route", "RouteMatch", "RouteTable", "VirtualHost", "compile_route_config"]
@@ -87,6 +88,7 @@ _VIRTUAL_HOST_FIELDS = (
     "domains",
     "routes",
     "retry_policy",
+    "request_mirror_policies",
     "include_request_attempt_count",
     "include_attempt_count_in_response",
     "request_headers_to_add",
@@ -418,6 +420,9 @@ class _Builder:
             if proto.HasField("retry_policy")
             else None
         )
+        vh_mirrors = compile_mirror_policies(
+            proto.request_mirror_policies, join_path(path, "request_mirror_policies")
+        )
         virtual_host.table_per_filter_config = self.table_per_filter_config
         vh_request = compile_header_mutations(
             proto.request_headers_to_add, proto.request_headers_to_remove, path, prefix="request"
@@ -433,8 +438,11 @@ class _Builder:
             route_path = f"{join_path(path, 'routes')}[{i}]"
             route = self.route(route_proto, route_path, virtual_host, vh_request, vh_response)
             action = route.action
-            if vh_retry is not None and isinstance(action, RouteAction) and not action.retry_policy:
-                object.__setattr__(action, "retry_policy", vh_retry)  # the route's replaces it
+            if isinstance(action, RouteAction):  # the route's policies replace the host's
+                if vh_retry is not None and not action.retry_policy:
+                    object.__setattr__(action, "retry_policy", vh_retry)
+                if vh_mirrors and not action.request_mirror_policies:
+                    object.__setattr__(action, "request_mirror_policies", vh_mirrors)
             routes.append(route)
         virtual_host.routes = tuple(routes)
         return virtual_host

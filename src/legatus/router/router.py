@@ -26,7 +26,8 @@ went to the client and once the request is complete, becomes a new try after a j
 back-off, on another host with the ``previous_hosts`` predicate, with the request body the
 router kept (up to the buffer limit: past it retries are abandoned, as in Envoy). Each try
 has its own per-try timeout; the route timeout covers them all. Shadowing and hedging are
-not here yet (the route compiler refuses their config).
+not here yet (the route compiler refuses their config). Mirrored requests (shadow_writer.py)
+leave once the request is complete, with the same kept body.
 
 Flow control: the upstream write buffer's watermarks pause and resume the downstream read
 (``on_decoder_filter_above_write_buffer_high_watermark``); the downstream's pause and
@@ -55,6 +56,7 @@ from legatus.router.action import DirectResponseAction
 from legatus.router.redirect import RedirectAction, redirect_location
 from legatus.router.retry_policy import EMPTY_POLICY
 from legatus.router.retry_state import RetryState, RetryStatus
+from legatus.router.shadow_writer import send_shadow
 from legatus.router.upstream_request import UpstreamRequest
 from legatus.stream_info import ResponseFlag as F
 
@@ -107,7 +109,8 @@ class RouterConfig:
     suppress_envoy_headers: bool = False
     respect_expected_rq_timeout: bool = False
     dynamic_stats: bool = True
-    random: Any = None  # random.Random: retry back-off jitter
+    random: Any = None  # random.Random: retry back-off jitter, mirror fractions
+    runtime: Any = None  # legatus.runtime.Runtime: mirror runtime_fraction keys
 
 
 class Router(StreamDecoderFilter):
@@ -131,6 +134,7 @@ class Router(StreamDecoderFilter):
         "retry_state",
         "retry_timer",
         "route",
+        "shadows",
         "start_time",
         "timeout",
         "timer",
@@ -162,6 +166,7 @@ class Router(StreamDecoderFilter):
         self.retry_timer = None
         self.per_try_timer = None
         self.attempts = 0
+        self.shadows: list | None = None
 
     # Decoding ------------------------------------------------------------------------
 
@@ -214,6 +219,8 @@ class Router(StreamDecoderFilter):
             self._local_reply(_NO_HEALTHY)
             return FilterHeadersStatus.STOP_ITERATION
         self.host = host
+        if action.request_mirror_policies:
+            self._pick_shadows(action.request_mirror_policies, headers)
         self._finalize_request_headers(headers, route, action, host, info)
         self.request_headers = headers
         self.request_done = end_stream
@@ -232,7 +239,11 @@ class Router(StreamDecoderFilter):
         if (
             data
             and self.route is not None
-            and (self.retry_state is not None or self.route.action.internal_redirect_policy)
+            and (
+                self.retry_state is not None
+                or self.shadows
+                or self.route.action.internal_redirect_policy
+            )
         ):
             self._keep_body(data)
         upstream = self.upstream
@@ -265,9 +276,11 @@ class Router(StreamDecoderFilter):
         if len(body) + len(data) > self.decoder_callbacks.stream.connection.buffer_limit:
             self.request_body_overflow = True
             self.request_body = None
-            if self.retry_state is not None:
-                self.retry_state.release()
-                self.retry_state = None
+            if self.retry_state is not None or self.shadows:
+                if self.retry_state is not None:
+                    self.retry_state.release()
+                    self.retry_state = None
+                self.shadows = None
                 self.cluster.stats.retry_or_shadow_abandoned.inc()
             return
         body += data
@@ -278,8 +291,8 @@ class Router(StreamDecoderFilter):
         if upstream is not None and upstream.encoder is not None:
             upstream.encoder.encode_trailers(trailers)
             self._request_sent()
-            if self.retry_state is not None:
-                self.trailers = trailers  # for a retry
+            if self.retry_state is not None or self.shadows:
+                self.trailers = trailers  # for a retry or a shadow
         else:
             self.trailers = trailers
         self._on_request_complete()
@@ -363,6 +376,8 @@ class Router(StreamDecoderFilter):
     def _on_request_complete(self) -> None:
         loop = self.config.loop
         self.request_complete_time = loop.time()
+        if self.shadows:
+            self._send_shadows()
         if self.timer is not None or self.cluster is None:
             return
         timeout, per_try = self.timeout, self.per_try
@@ -617,6 +632,37 @@ class Router(StreamDecoderFilter):
             cluster.code_stats.charge(reply.status, internal=cb.stream.internal)
         self._charge_host(reply.status)
         self._local_reply(reply)
+
+    # Shadows ----------------------------------------------------------------------------
+
+    def _pick_shadows(self, policies, headers) -> None:
+        """The mirror clusters this request goes to (each policy's runtime fraction)."""
+        config = self.config
+        runtime = config.runtime
+        shadows = []
+        for policy in policies:
+            if not policy.enabled(runtime, config.random.getrandbits(63)):
+                continue
+            name = policy.cluster_name(headers)
+            cluster = config.cluster_manager.get(name) if name else None
+            if cluster is not None:
+                shadows.append((policy, cluster))
+        self.shadows = shadows or None
+
+    def _send_shadows(self) -> None:
+        shadows, self.shadows = self.shadows, None
+        body = bytes(self.request_body) if self.request_body else None
+        timeout = self.route.action.timeout
+        for policy, cluster in shadows:
+            send_shadow(
+                policy,
+                cluster,
+                self.request_headers,
+                body,
+                self.trailers,
+                timeout,
+                self.config.loop,
+            )
 
     # Retries ----------------------------------------------------------------------------
 

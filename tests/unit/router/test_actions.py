@@ -302,7 +302,6 @@ def test_direct_response_status_range_is_pgv():
     [
         ("hash_policy", [{"header": {"header_name": "x"}}]),
         ("rate_limits", [{"actions": [{"remote_address": {}}]}]),
-        ("request_mirror_policies", [{"cluster": "c2"}]),
         ("cors", {}),
         ("metadata_match", {}),
         ("upgrade_configs", [{"upgrade_type": "websocket"}]),

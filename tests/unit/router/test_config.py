@@ -51,7 +51,6 @@ def test_route_configuration_fields_refused_by_name(field, value):
         ("cors", {}),
         ("hedge_policy", {}),
         ("per_request_buffer_limit_bytes", 10),
-        ("request_mirror_policies", [{"cluster": "c1"}]),
         ("metadata", {"filter_metadata": {"a": {}}}),
         (
             "matcher",

@@ -26,6 +26,7 @@ def compile_router_config(proto, context, path: str):
         respect_expected_rq_timeout=bool(proto and proto.respect_expected_rq_timeout),
         dynamic_stats=not (proto and proto.HasField("dynamic_stats")) or proto.dynamic_stats.value,
         random=context.random,
+        runtime=context.runtime,
     )
 
 
