@@ -1,10 +1,11 @@
 """HTTP/1.1 scenarios run through the real Envoy and legatus, and what the two are compared on.
 
 A test module declares, on each test (``@scenario(...)``), the listeners and clusters the test
-uses; one fixture starts Envoy and legatus once per module with every declared listener, each
-proxy with its own ``ScriptedUpstream`` (an HTTP/1.1 server that records what it is sent and
-answers per path as scripted), then each test runs the same traffic against both at once
-(``http_pair.run(traffic)``) and compares, once both have settled:
+uses (and, in ``SCRIPTS``, what the upstream answers per path; in ``BOOTSTRAP``, more bootstrap
+fields such as ``layered_runtime``); one fixture starts Envoy and legatus once per module with
+every declared listener, each proxy with its own ``ScriptedUpstream`` (an HTTP/1.1 server that
+records what it is sent and answers per path as scripted), then each test runs the same traffic
+against both at once (``http_pair.run(traffic)``) and compares, once both have settled:
 
 - what the traffic function returns (usually the client's responses, ``Response.view()``),
 - the requests the upstream saw (request line, header lines in order, body, framing, and
@@ -921,7 +922,10 @@ class Outcome:
 class HttpPair:
     """Envoy and legatus, each with every listener and cluster of a test module."""
 
-    def __init__(self, workdir: Path, listeners, clusters, scripts: dict[str, Reply]) -> None:
+    def __init__(
+        self, workdir: Path, listeners, clusters, scripts: dict[str, Reply], extra=None
+    ) -> None:
+        self.extra = extra or {}  # more bootstrap fields (a module's BOOTSTRAP)
         self.sides: dict[str, Side] = {}
         self.error: str | None = None
         self._upstreams: list[ScriptedUpstream] = []
@@ -944,6 +948,7 @@ class HttpPair:
         log_dir = workdir / name
         log_dir.mkdir(parents=True)
         config = _bootstrap(listeners, clusters, ports, log_dir, upstream.port, refused)
+        config.update(self.extra)
         command, args = _command(name)
         args = [*args, "--concurrency", "1", "--file-flush-interval-msec", "10"]
         try:
@@ -1015,7 +1020,8 @@ class BoundPair:
 def http_pair_processes_fixture(request, tmp_path_factory):
     listeners, clusters = _specs_of(request.module)
     scripts = getattr(request.module, "SCRIPTS", {})
-    pair = HttpPair(tmp_path_factory.mktemp("http"), listeners, clusters, scripts)
+    extra = getattr(request.module, "BOOTSTRAP", {})
+    pair = HttpPair(tmp_path_factory.mktemp("http"), listeners, clusters, scripts, extra)
     yield pair
     pair.close()
 

@@ -153,6 +153,7 @@ def compile_route_action(
     route_name: str,
     path_matcher: PathMatcher,
     cluster_names: frozenset[str] | None,
+    runtime=None,
 ) -> RouteAction:
     """Compile ``Route.route`` at ``path``; ``cluster_names`` None skips cluster validation."""
     check_supported(proto, _ROUTE_ACTION_FIELDS, path, "RouteAction")
@@ -160,7 +161,7 @@ def compile_route_action(
     weighted = None
     if which == "weighted_clusters":
         weighted = compile_weighted_clusters(
-            proto.weighted_clusters, join_path(path, "weighted_clusters"), route_name
+            proto.weighted_clusters, join_path(path, "weighted_clusters"), route_name, runtime
         )
     if cluster_names is not None:
         _validate_clusters(proto, weighted, path, cluster_names)

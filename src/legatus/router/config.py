@@ -204,7 +204,7 @@ class Route:
     static_match: RouteMatch | None = None  # prebuilt answer when nothing varies per request
     weighted_matches: tuple[RouteMatch | None, ...] = ()  # prebuilt per named weighted cluster
 
-    def select(self, headers, random_value: int) -> RouteMatch:
+    def select(self, headers, random_value: int) -> RouteMatch | None:
         static = self.static_match
         if static is not None:
             return static
@@ -212,6 +212,8 @@ class Route:
         weighted = action.weighted_clusters  # type: ignore[union-attr]
         if weighted is not None:
             index = weighted.pick_index(headers, random_value)
+            if index is None:  # runtime weights that add up to 0: no route
+                return None
             prebuilt = self.weighted_matches[index]
             if prebuilt is not None:
                 return prebuilt
@@ -467,6 +469,7 @@ class _Builder:
                 route_name=proto.name,
                 path_matcher=matcher.path,
                 cluster_names=self.cluster_names,
+                runtime=self.runtime,
             )
         elif which == "redirect":
             action = compile_redirect(proto.redirect, action_path, path_matcher=matcher.path)

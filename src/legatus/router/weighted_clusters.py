@@ -13,8 +13,13 @@ Envoy 1.40's WeightedClusterSpecifierPlugin, minus what needs a runtime or a has
 - a weighted cluster has its own request/response header mutations, applied before the
   route's, its own ``host_rewrite_literal`` and ``typed_per_filter_config``.
 
-``runtime_key_prefix`` (weights from runtime), ``use_hash_policy`` and ``metadata_match``
-are refused: legatus has no runtime layer, hash policies or subset load balancing yet.
+With ``runtime_key_prefix`` each cluster's weight is read per request from the runtime key
+``<prefix>.<cluster name>`` (the configured weight when the key is absent), so a canary's
+share moves with ``/runtime_modify`` or a runtime layer; the total is the sum of those
+weights, and a total of 0 routes nowhere (404 NR), as in Envoy.
+
+``use_hash_policy`` and ``metadata_match`` are refused: no hash policies or subset load
+balancing here yet.
 """
 
 from __future__ import annotations
@@ -66,11 +71,15 @@ class WeightedClusters:
     total_weight: int
     header_name: str = ""  # lower-case; "" to use the request's random value
     ends: tuple[int, ...] = ()  # cumulative weights: cluster i covers [ends[i-1], ends[i])
+    runtime_keys: tuple[str, ...] = ()  # with runtime_key_prefix: each cluster's weight key
+    runtime: Any = None  # legatus.runtime.Runtime the keys are read from
 
-    def pick(self, headers, random_value: int) -> ClusterWeight:
-        return self.clusters[self.pick_index(headers, random_value)]
+    def pick(self, headers, random_value: int) -> ClusterWeight | None:
+        index = self.pick_index(headers, random_value)
+        return None if index is None else self.clusters[index]
 
-    def pick_index(self, headers, random_value: int) -> int:
+    def pick_index(self, headers, random_value: int) -> int | None:
+        """The index of the picked cluster; None when runtime weights add up to 0."""
         value = random_value
         if self.header_name:
             values = header_values(headers, self.header_name)
@@ -78,7 +87,20 @@ class WeightedClusters:
                 from_header = _simple_atou64(values[0])
                 if from_header is not None:
                     value = from_header
+        if self.runtime_keys:
+            return self._pick_by_runtime(value)
         return bisect.bisect_right(self.ends, value % self.total_weight)
+
+    def _pick_by_runtime(self, value: int) -> int | None:
+        get = self.runtime.get_integer if self.runtime is not None else None
+        ends = []
+        total = 0
+        for key, cluster in zip(self.runtime_keys, self.clusters, strict=True):
+            total += get(key, cluster.weight) if get is not None else cluster.weight
+            ends.append(total)
+        if total == 0:
+            return None
+        return bisect.bisect_right(ends, value % total)
 
     def cluster_name(self, cluster: ClusterWeight, headers) -> str:
         """The cluster a picked entry names (first value of its header, "" if absent)."""
@@ -88,8 +110,13 @@ class WeightedClusters:
         return values[0] if values else ""
 
 
-def compile_weighted_clusters(proto, path: str, route_name: str) -> WeightedClusters:
-    check_supported(proto, ("clusters", "total_weight", "header_name"), path, "WeightedCluster")
+def compile_weighted_clusters(proto, path: str, route_name: str, runtime=None) -> WeightedClusters:
+    check_supported(
+        proto,
+        ("clusters", "total_weight", "header_name", "runtime_key_prefix"),
+        path,
+        "WeightedCluster",
+    )
     clusters = []
     total = 0
     for i, entry in enumerate(proto.clusters):
@@ -118,6 +145,10 @@ def compile_weighted_clusters(proto, path: str, route_name: str) -> WeightedClus
         total_weight=total,
         header_name=ascii_lower(proto.header_name),
         ends=tuple(ends),
+        runtime_keys=tuple(f"{proto.runtime_key_prefix}.{c.name}" for c in clusters)
+        if proto.runtime_key_prefix
+        else (),
+        runtime=runtime,
     )
 
 

@@ -14,8 +14,9 @@ from legatus.http.headers import HeaderMap
 from legatus.router.config import RouteTable, compile_route_config
 
 
-def context(clusters=(), registry=None) -> FactoryContext:
+def context(clusters=(), registry=None, runtime=None) -> FactoryContext:
     return FactoryContext(
+        runtime=runtime,
         registry=registry,  # type: ignore[arg-type]
         store=None,  # type: ignore[arg-type]
         options=None,  # type: ignore[arg-type]
@@ -24,9 +25,12 @@ def context(clusters=(), registry=None) -> FactoryContext:
     )
 
 
-def table(document: dict, *, clusters=("c1", "c2", "c3"), registry=None, **kwargs) -> RouteTable:
+def table(
+    document: dict, *, clusters=("c1", "c2", "c3"), registry=None, runtime=None, **kwargs
+) -> RouteTable:
     proto = parse(document, route_pb2.RouteConfiguration)
-    return compile_route_config(proto, context(clusters, registry), "route_config", **kwargs)
+    ctx = context(clusters, registry, runtime)
+    return compile_route_config(proto, ctx, "route_config", **kwargs)
 
 
 def config_error(document: dict, **kwargs) -> ConfigError:

@@ -140,14 +140,27 @@ def test_weighted_cluster_errors(clusters, path, message):
     assert error.message == message
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [("runtime_key_prefix", "rt"), ("use_hash_policy", True)],
-)
-def test_weighted_runtime_and_hash_are_refused(field, value):
-    action = {"weighted_clusters": {**WEIGHTED["weighted_clusters"], field: value}}
+def test_weighted_use_hash_policy_is_refused():
+    action = {"weighted_clusters": {**WEIGHTED["weighted_clusters"], "use_hash_policy": True}}
     error = config_error(routes_config([forward("r", action)]))
-    assert error.path == f"{ROUTE}.route.weighted_clusters.{field}"
+    assert error.path == f"{ROUTE}.route.weighted_clusters.use_hash_policy"
+
+
+def test_weighted_cluster_weights_from_runtime_keys():
+    from legatus.runtime import Layer, Runtime
+
+    runtime = Runtime([Layer(name="admin")], admin_index=0)
+    action = {"weighted_clusters": {**WEIGHTED["weighted_clusters"], "runtime_key_prefix": "rt"}}
+    t = table(routes_config([forward("r", action)]), runtime=runtime)
+
+    def picks():
+        return [t.route(request(), v).cluster_name for v in range(4)]
+
+    assert picks() == ["c1", "c3", "c3", "c3"]  # no keys: the configured 1 and 3
+    runtime.merge_values({"rt.c1": "3", "rt.c3": "1"})
+    assert picks() == ["c1", "c1", "c1", "c3"]
+    runtime.merge_values({"rt.c1": "0", "rt.c3": "0"})
+    assert t.route(request(), 0) is None  # weights adding up to 0 route nowhere
 
 
 @pytest.mark.parametrize(
