@@ -34,6 +34,8 @@ SCRIPTS = {
     "/once418": Reply(status=418, body=b"teapot", then=OK),
     "/slow-once": Reply(delay=0.6, body=b"late", then=OK),
     "/once409": Reply(status=409, body=b"conflict", then=OK),
+    "/idle": Reply(delay=0.6, body=b"late"),
+    "/idle-once": Reply(delay=0.6, body=b"late", then=OK),
 }
 BACK_OFF = {"base_interval": "0.001s", "max_interval": "0.002s"}
 
@@ -214,4 +216,32 @@ def test_the_max_retries_breaker_stops_retries(http_pair):
     assert out.envoy.result[0]["status"] == "HTTP/1.1 503 Service Unavailable"
     assert _log(out)[0][1] == "UO"
     assert out.envoy.stats["cluster.roverflow.upstream_rq_retry_overflow"] == 1
+    out.assert_same()
+
+
+@scenario(Listener(name="ridle", routes=[route("/", {"route": {
+    "cluster": "ridle", "timeout": "5s", "retry_policy": {
+        "per_try_idle_timeout": "0.2s", "retry_back_off": BACK_OFF}}})]),
+    Cluster(name="ridle"))  # fmt: skip
+def test_a_try_without_progress_times_out_on_its_idle_timeout(http_pair):
+    def traffic(side):
+        return [side.request("ridle", "GET", "/idle").view()]
+
+    out = http_pair.run(traffic, full_stats=True)
+    assert out.envoy.result[0]["status"] == "HTTP/1.1 504 Gateway Timeout"
+    assert _log(out) == [(504, "UT", "upstream_per_try_idle_timeout")]
+    assert out.envoy.stats["cluster.ridle.upstream_rq_per_try_idle_timeout"] == 1
+    out.assert_same()
+
+
+@scenario(Listener(name="ridler", routes=[route("/", {"route": {
+    "cluster": "ridler", "timeout": "0s", "retry_policy": {
+        "retry_on": "5xx", "per_try_idle_timeout": "0.2s", "retry_back_off": BACK_OFF}}})]),
+    Cluster(name="ridler"))  # fmt: skip
+def test_a_try_idle_timeout_is_retried(http_pair):
+    def traffic(side):
+        return [side.request("ridler", "GET", "/idle-once").view()]
+
+    out = http_pair.run(traffic, full_stats=True)
+    assert out.envoy.result[0]["body"] == "finally"
     out.assert_same()

@@ -21,8 +21,14 @@ ignored in the header, as in Envoy):
 
 The gRPC conditions (``cancelled``, ``deadline-exceeded``... and ``x-envoy-retry-grpc-on``)
 wait for HTTP/2. Not supported yet, and refused by name: ``retry_priority``,
-``retry_options_predicates``, ``rate_limited_retry_back_off``, ``per_try_idle_timeout``,
-retry host predicates other than ``envoy.retry_host_predicates.previous_hosts``.
+``retry_options_predicates``, ``rate_limited_retry_back_off``, retry host predicates other
+than ``envoy.retry_host_predicates.previous_hosts``.
+
+``per_try_idle_timeout`` bounds the time a try may go without progress from the upstream
+(its response head or body): it starts once the request is complete and the try has its
+upstream stream, keeps running while the response streams, and when it fires the try ends
+as a per-try timeout does (retried the same way), counted as ``upstream_rq_per_try_idle_timeout``
+with the details ``upstream_per_try_idle_timeout``.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ _GRPC_NAMES = frozenset(
     {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
 )
 _FIELDS = (
-    "retry_on", "num_retries", "per_try_timeout",
+    "retry_on", "num_retries", "per_try_timeout", "per_try_idle_timeout",
     "retry_host_predicate", "host_selection_retry_max_attempts", "retriable_status_codes",
     "retry_back_off", "retriable_headers", "retriable_request_headers",
 )  # fmt: skip
@@ -92,6 +98,7 @@ class RetryPolicy:
     retry_on: int = 0
     num_retries: int = 1
     per_try_timeout: float = 0.0  # seconds; 0: none
+    per_try_idle_timeout: float = 0.0  # seconds without upstream progress in a try; 0: none
     retriable_status_codes: frozenset[int] = frozenset()
     retriable_headers: tuple[HeaderMatcher, ...] = ()
     retriable_request_headers: tuple[HeaderMatcher, ...] = ()
@@ -148,6 +155,7 @@ def compile_retry_policy(proto, path: str) -> RetryPolicy:
         retry_on=int(flags),
         num_retries=proto.num_retries.value if proto.HasField("num_retries") else 1,
         per_try_timeout=_seconds(proto.per_try_timeout),
+        per_try_idle_timeout=_seconds(proto.per_try_idle_timeout),
         retriable_status_codes=frozenset(proto.retriable_status_codes),
         retriable_headers=tuple(
             HeaderMatcher(m, f"{join_path(path, 'retriable_headers')}[{i}]")

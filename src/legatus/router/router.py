@@ -139,6 +139,8 @@ class Router(StreamDecoderFilter):
         "timeout",
         "timer",
         "trailers",
+        "try_idle_deadline",
+        "try_idle_timer",
         "upstream",
     )  # fmt: skip
 
@@ -167,6 +169,8 @@ class Router(StreamDecoderFilter):
         self.per_try_timer = None
         self.attempts = 0
         self.shadows: list | None = None
+        self.try_idle_timer = None  # per_try_idle_timeout: one re-arming timer per try
+        self.try_idle_deadline = 0.0
 
     # Decoding ------------------------------------------------------------------------
 
@@ -302,6 +306,7 @@ class Router(StreamDecoderFilter):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self._stop_try_idle_timer()
         if self.retry_state is not None:
             self._cancel_retry_timers()
             self.retry_state.release()
@@ -376,6 +381,9 @@ class Router(StreamDecoderFilter):
     def _on_request_complete(self) -> None:
         loop = self.config.loop
         self.request_complete_time = loop.time()
+        upstream = self.upstream
+        if upstream is not None and upstream.encoder is not None:
+            self._start_try_idle_timer()
         if self.shadows:
             self._send_shadows()
         if self.timer is not None or self.cluster is None:
@@ -421,6 +429,7 @@ class Router(StreamDecoderFilter):
             encoder.encode_trailers(trailers)
         if self.request_done:
             self._request_sent()
+            self._start_try_idle_timer()
 
     def _request_sent(self) -> None:
         self.decoder_callbacks.stream_info.last_upstream_tx_byte_sent = self.config.loop.time()
@@ -525,7 +534,37 @@ class Router(StreamDecoderFilter):
         if host is not None:
             (host.stats.rq_error if code >= 500 else host.stats.rq_success).inc()
 
+    # per_try_idle_timeout ---------------------------------------------------------------
+
+    def _start_try_idle_timer(self) -> None:
+        policy = self.route.action.retry_policy if self.route is not None else None
+        if policy is None or not policy.per_try_idle_timeout or self.try_idle_timer is not None:
+            return
+        loop = self.config.loop
+        self.try_idle_deadline = loop.time() + policy.per_try_idle_timeout
+        self.try_idle_timer = loop.call_at(self.try_idle_deadline, self._on_try_idle)
+
+    def touch_try(self) -> None:
+        """Progress from the upstream on the current try: its idle deadline moves."""
+        if self.try_idle_timer is not None:
+            policy = self.route.action.retry_policy
+            self.try_idle_deadline = self.config.loop.time() + policy.per_try_idle_timeout
+
+    def _stop_try_idle_timer(self) -> None:
+        if self.try_idle_timer is not None:
+            self.try_idle_timer.cancel()
+            self.try_idle_timer = None
+
+    def _on_try_idle(self) -> None:
+        loop = self.config.loop
+        if loop.time() < self.try_idle_deadline:  # progress since: wait for the rest
+            self.try_idle_timer = loop.call_at(self.try_idle_deadline, self._on_try_idle)
+            return
+        self.try_idle_timer = None
+        self._on_timeout(True, idle=True)
+
     def _on_upstream_complete(self) -> None:
+        self._stop_try_idle_timer()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -541,6 +580,7 @@ class Router(StreamDecoderFilter):
         self, reason: StreamResetReason, transport_failure_reason: str, response_started: bool
     ) -> None:
         self.upstream = None
+        self._stop_try_idle_timer()
         cb = self.decoder_callbacks
         info = cb.stream_info
         if transport_failure_reason:
@@ -586,9 +626,11 @@ class Router(StreamDecoderFilter):
             )
         )
 
-    def _on_timeout(self, per_try: bool) -> None:
+    def _on_timeout(self, per_try: bool, idle: bool = False) -> None:
+        if not idle:
+            self._stop_try_idle_timer()
         if self.retry_state is not None:
-            if per_try:
+            if per_try and not idle:
                 self.per_try_timer = None
             else:
                 self.timer = None
@@ -596,7 +638,12 @@ class Router(StreamDecoderFilter):
         else:
             self.timer = None
         cluster = self.cluster
-        if per_try:
+        if idle:
+            cluster.stats.upstream_rq_per_try_idle_timeout.inc()
+            if self.per_try_timer is not None:
+                self.per_try_timer.cancel()
+                self.per_try_timer = None
+        elif per_try:
             cluster.stats.upstream_rq_per_try_timeout.inc()
         else:
             cluster.stats.upstream_rq_timeout.inc()
@@ -626,7 +673,9 @@ class Router(StreamDecoderFilter):
             cb.reset_stream()
             return
         reply = _TIMEOUT_ALT_REPLY if self.alt_response else _TIMEOUT_REPLY
-        if per_try:
+        if idle:
+            reply = dataclasses.replace(reply, details="upstream_per_try_idle_timeout")
+        elif per_try:
             reply = dataclasses.replace(reply, details="upstream_per_try_timeout")
         if self.config.dynamic_stats:
             cluster.code_stats.charge(reply.status, internal=cb.stream.internal)
@@ -697,6 +746,7 @@ class Router(StreamDecoderFilter):
             self.decoder_callbacks.stream_info.set_flag(F.UPSTREAM_OVERFLOW)
 
     def _schedule_retry(self) -> None:
+        self._stop_try_idle_timer()
         upstream = self.upstream
         self.upstream = None
         if upstream is not None:

@@ -108,6 +108,8 @@ class UpstreamRequest(ResponseDecoder):
         router = self.router
         if router.upstream is not self:  # a try the router gave up on (a retry)
             return
+        if router.try_idle_timer is not None:
+            router.touch_try()
         cb = router.decoder_callbacks
         cb.stream_info.first_upstream_rx_byte_received = router.config.loop.time()
         if end_stream:
@@ -118,6 +120,8 @@ class UpstreamRequest(ResponseDecoder):
         router = self.router
         if router.upstream is not self:
             return
+        if router.try_idle_timer is not None:
+            router.touch_try()
         router.decoder_callbacks.touch()
         if end_stream:
             self._complete()
