@@ -43,6 +43,8 @@ LEGATUS_ACCEPTS = [
     "examples__double-proxy__envoy.yaml",
     "examples__front-proxy__service-envoy-2.yaml",
     "examples__front-proxy__service-envoy.yaml",
+    "examples__local_ratelimit__envoy.yaml",
+    "examples__route-mirror__envoy.yaml",
     "examples__tls__envoy-https-passthrough.yaml",
     "examples__websocket__envoy-wss-passthrough.yaml",
 ]

@@ -10,6 +10,11 @@ _EXTENSIONS = (
     "filters.network.direct_response",
     "filters.network.http_connection_manager",
     "filters.http.router",
+    "filters.http.local_ratelimit",
+    "filters.http.rbac",
+    "filters.network.local_ratelimit",
+    "filters.network.connection_limit",
+    "filters.network.rbac",
     "access_loggers.file",
     "access_loggers.stream",
 )

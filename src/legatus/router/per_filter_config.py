@@ -63,8 +63,8 @@ def compile_per_filter_configs(entries, context, path: str) -> PerFilterConfig:
                 continue
             raise ConfigError(
                 where,
-                f"no HTTP filter in legatus takes a per-route config of type {full_name} "
-                f"(entry '{name}')",
+                f"per-route config {full_name} (entry '{name}') is not supported by legatus: "
+                "no HTTP filter it has takes that type",
             )
         from legatus.config.proto_json import message_class
         from legatus.config.validate import validate_message

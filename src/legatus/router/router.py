@@ -59,6 +59,7 @@ from legatus.router.retry_state import RetryState, RetryStatus
 from legatus.router.shadow_writer import send_shadow
 from legatus.router.upstream_request import UpstreamRequest
 from legatus.stream_info import ResponseFlag as F
+from legatus.upstream.outlier_reporter import Result as OutlierResult
 
 log = logging.getLogger("legatus.router")
 
@@ -403,6 +404,7 @@ class Router(StreamDecoderFilter):
 
     def on_pool_ready(self, upstream: UpstreamRequest) -> None:
         """The upstream stream exists: send what the downstream sent so far."""
+        upstream.host.outlier.put_result(OutlierResult.LOCAL_ORIGIN_CONNECT_SUCCESS)
         encoder = upstream.encoder
         body = self.buffered
         trailers = self.trailers
@@ -443,6 +445,10 @@ class Router(StreamDecoderFilter):
         status = headers.get(":status", "0")
         code = int(status) if status.isdigit() else 0
         cb.stream_info.response_code = code  # %RESPONSE_CODE% in response header values
+        host = self.host
+        host.outlier.put_http_response_code(code)  # before any retry decision, as Envoy
+        if "x-envoy-immediate-health-check-fail" in headers:
+            host.health_checker.set_unhealthy()
         retry = self.retry_state
         if retry is not None and self._retry_on_headers(retry, headers, code, end_stream):
             return
@@ -581,6 +587,8 @@ class Router(StreamDecoderFilter):
     ) -> None:
         self.upstream = None
         self._stop_try_idle_timer()
+        if not response_started and reason is not StreamResetReason.OVERFLOW and self.host:
+            self.host.outlier.put_result(OutlierResult.LOCAL_ORIGIN_CONNECT_FAILED)
         cb = self.decoder_callbacks
         info = cb.stream_info
         if transport_failure_reason:
@@ -649,6 +657,7 @@ class Router(StreamDecoderFilter):
             cluster.stats.upstream_rq_timeout.inc()
         if self.host is not None:
             self.host.stats.rq_timeout.inc()
+            self.host.outlier.put_result(OutlierResult.LOCAL_ORIGIN_TIMEOUT, 504)
         upstream = self.upstream
         self.upstream = None
         response_started = upstream is not None and upstream.response_started

@@ -44,6 +44,18 @@ class Configure:
     # The runtime's admin layer (key -> text): the worker compiles the layers from the
     # bootstrap, and a worker started after a /runtime_modify must see it too.
     runtime_overrides: dict[str, str] = field(default_factory=dict)
+    # cluster -> host address ("ip:port") -> HealthFlag bits, for clusters with active health
+    # checking or outlier detection: a worker started later must see the current health.
+    health: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateHealth:
+    """Every host's HealthFlag bits in one cluster (the whole map, not the change, so applying
+    it twice or late is harmless). Sent after any UpdateHosts of the same cluster."""
+
+    cluster: str
+    flags: dict[str, int]  # host address ("ip:port") -> HealthFlag bits; 0 is healthy
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +103,16 @@ class Ready:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Failed:
     error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostReports:
+    """Passive health from the traffic of one worker (upstream/outlier_reporter.py)."""
+
+    # cluster -> host address -> run-length encoded outcomes, in the order they happened
+    outcomes: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    # (cluster, host address) that answered with x-envoy-immediate-health-check-fail
+    immediate_fails: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

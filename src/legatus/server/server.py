@@ -32,12 +32,22 @@ from legatus.network import address as addr
 from legatus.network.listener import ListenerConfig, bind_socket, compile_listener
 from legatus.runtime import Runtime, compile_runtime
 from legatus.server import control
-from legatus.server.admin.context import ClusterInfo, HostInfo, ListenerInfo, ServerState
+from legatus.server.admin.context import (
+    ClusterInfo,
+    HostInfo,
+    ListenerInfo,
+    OutlierInfo,
+    ServerState,
+)
 from legatus.server.options import Options
 from legatus.server.server_stats import RuntimeStats, ServerStats, process_memory
 from legatus.stats.store import Store
 from legatus.upstream.cluster import ClusterConfig, HostConfig
-from legatus.upstream.cluster_manager import ClusterManager, compile_static_clusters
+from legatus.upstream.cluster_manager import (
+    ClusterManager,
+    compile_static_clusters,
+    health_flag_names,
+)
 from legatus.upstream.host import host_stats_prefix
 from legatus.upstream.stats import ListenerManagerStats
 
@@ -199,6 +209,7 @@ class Server:
             loop=self.loop,
             rng=random.Random(),
             on_hosts=self._on_hosts,
+            on_health=self._on_health,
         )
         await self.cluster_manager.initialize()
         self._reserve_listener_ports()
@@ -324,6 +335,7 @@ class Server:
             clusters=[c.proto.SerializeToString() for c in self.compiled.clusters],
             hosts=dict(self.cluster_manager.hosts),
             runtime_overrides=self.runtime.admin_overrides(),
+            health={name: dict(flags) for name, flags in self.cluster_manager.health.items()},
         )
 
     async def _wait_ready(self) -> None:
@@ -342,6 +354,11 @@ class Server:
             waiter = handle.pending.pop(message.request_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+        elif isinstance(message, control.HostReports):
+            if self.cluster_manager is not None:
+                self.cluster_manager.on_outcomes(message.outcomes)
+                for cluster, address in message.immediate_fails:
+                    self.cluster_manager.on_immediate_health_check_fail(cluster, address)
         elif isinstance(message, control.Ready):
             log.debug("worker %d (pid %d) is ready", handle.index, message.pid)
             # Envoy counts each listener added to each worker.
@@ -381,6 +398,10 @@ class Server:
     def _on_hosts(self, cluster: str, hosts: tuple[HostConfig, ...]) -> None:
         if self.workers:
             self._broadcast(control.UpdateHosts(cluster=cluster, hosts=hosts))
+
+    def _on_health(self, cluster: str, flags: dict[str, int]) -> None:
+        if self.workers:
+            self._broadcast(control.UpdateHealth(cluster=cluster, flags=flags))
 
     async def _stop_workers(self) -> None:
         self._stopping = True
@@ -483,8 +504,10 @@ class Server:
 
     def clusters(self) -> list[ClusterInfo]:
         out = []
+        cm = self.cluster_manager
         for config in self.compiled.clusters:
-            hosts = self.cluster_manager.hosts.get(config.name, ()) if self.cluster_manager else ()
+            hosts = cm.hosts.get(config.name, ()) if cm else ()
+            detector = cm.detectors.get(config.name) if cm else None
             out.append(
                 ClusterInfo(
                     name=config.name,
@@ -500,12 +523,40 @@ class Server:
                             zone=h.zone,
                             sub_zone=h.sub_zone,
                             stats_prefix=host_stats_prefix(config.stat_name, h),
+                            health_flags=health_flag_names(
+                                cm.host_flags(config.name, str(h.address))
+                            )
+                            if cm
+                            else (),
+                            **_success_rates(detector, str(h.address)),
                         )
                         for h in hosts
                     ),
+                    outlier=_outlier_info(detector),
                 )
             )
         return out
+
+
+def _success_rates(detector, address: str) -> dict:
+    monitor = detector.hosts.get(address) if detector is not None else None
+    if monitor is None:
+        return {}
+    return {
+        "success_rate": monitor.success_rate,
+        "local_origin_success_rate": monitor.local_success_rate,
+    }
+
+
+def _outlier_info(detector) -> OutlierInfo | None:
+    if detector is None:
+        return None
+    return OutlierInfo(
+        success_rate_average=detector.success_rate_average,
+        success_rate_ejection_threshold=detector.success_rate_ejection_threshold,
+        local_origin_success_rate_average=detector.local_success_rate_average,
+        local_origin_success_rate_ejection_threshold=detector.local_success_rate_ejection_threshold,
+    )
 
 
 class _StartupError(Exception):

@@ -2,7 +2,8 @@
 
 Forked by the main process (so the code and protos already loaded are shared
 pages). It takes its configuration from the control channel only, binds its
-own SO_REUSEPORT socket for every listener, and reports stats deltas back. It
+own SO_REUSEPORT socket for every listener, and reports stats deltas back (and, for outlier
+detection and passive health checking, the outcome of each upstream response). It
 never outlives the main process: PR_SET_PDEATHSIG kills it if the main process
 dies, and the end of the control channel stops it too.
 """
@@ -31,6 +32,8 @@ from legatus.server import control
 from legatus.server.options import Options
 from legatus.stats.store import Store
 from legatus.upstream.cluster import compile_cluster
+from legatus.upstream.host import HealthFlag
+from legatus.upstream.outlier_reporter import HostHealthChecker, HostOutlier, ReportSink
 from legatus.upstream.thread_local_cluster import ThreadLocalClusterManager
 
 log = logging.getLogger("legatus.main")
@@ -103,6 +106,10 @@ class Worker:
         self.done = loop.create_future()
         self.access_log_manager = None
         self.runtime: Runtime | None = None
+        # cluster -> host address -> HealthFlag bits, as the main process last sent them.
+        self.health: dict[str, dict[str, int]] = {}
+        self.reports = ReportSink(loop, self._send_reports)
+        self._reporters: dict[tuple[str, str], tuple[HostOutlier, HostHealthChecker]] = {}
 
     async def run(self, sock: socket.socket) -> None:
         loop = self.loop
@@ -115,6 +122,7 @@ class Worker:
             await self.done
         finally:
             flusher.cancel()
+            self.reports.close()
             for listener in self.listeners:
                 listener.stop()
             for listener in self.listeners:
@@ -138,6 +146,10 @@ class Worker:
             )
         elif isinstance(message, control.UpdateHosts):
             self.cluster_manager.update_hosts(message.cluster, message.hosts)
+            self._apply_health(message.cluster)
+        elif isinstance(message, control.UpdateHealth):
+            self.health[message.cluster] = message.flags
+            self._apply_health(message.cluster)
         elif isinstance(message, control.Configure):
             # Compiled at once, not in the task: an UpdateRuntime right behind must find it.
             try:
@@ -162,6 +174,42 @@ class Worker:
         elif isinstance(message, control.Shutdown):
             self._stop()
 
+    # Health ------------------------------------------------------------------------------
+
+    def _apply_health(self, name: str) -> None:
+        """Give the cluster's hosts their health flags and passive-health reporters, then let
+        the cluster rebuild its balancing. A host the main process has not reported on yet
+        (just added) is FAILED_ACTIVE_HC when the cluster is health checked, as in Envoy."""
+        cluster = self.cluster_manager.get(name)
+        if cluster is None:
+            return
+        config = cluster.config
+        if config.health_check is None and config.outlier is None:
+            return
+        flags = self.health.get(name, {})
+        default = int(HealthFlag.FAILED_ACTIVE_HC) if config.health_check is not None else 0
+        split = config.outlier is not None and config.outlier.split_external_local_origin_errors
+        for host in cluster.hosts:
+            address = host.address_text
+            host.health_flags = flags.get(address, default)
+            reporters = self._reporters.get((name, address))
+            if reporters is None:
+                reporters = self._reporters[(name, address)] = (
+                    HostOutlier(self.reports, name, address, split=split),
+                    HostHealthChecker(self.reports, name, address),
+                )
+            if config.outlier is not None:
+                host.outlier = reporters[0]
+            if config.health_check is not None:
+                host.health_checker = reporters[1]
+        cluster.refresh_health()
+
+    def _send_reports(self, outcomes, immediate_fails) -> None:
+        if self.channel is not None:
+            self.channel.send(
+                control.HostReports(outcomes=outcomes, immediate_fails=immediate_fails)
+            )
+
     async def _configure(self, message: control.Configure) -> None:
         try:
             await self._apply(message)
@@ -177,10 +225,12 @@ class Worker:
         self.access_log_manager = AccessLogManager(
             self.loop, self.options.file_flush_interval_msec / 1000.0, store=self.store
         )
+        self.health.update(message.health)
         for raw in message.clusters:
             proto = cluster_pb2.Cluster.FromString(raw)
             config = compile_cluster(proto, f"cluster {proto.name}")
             self.cluster_manager.add_or_update(config, message.hosts.get(proto.name, ()))
+            self._apply_health(proto.name)
         context = FactoryContext(
             registry=self.registry,
             store=self.store,

@@ -18,6 +18,8 @@ from legatus.config.errors import ConfigError
 from legatus.config.supported import check_supported
 from legatus.network import address as addr
 from legatus.network.connection import DEFAULT_BUFFER_LIMIT
+from legatus.upstream.health_checker.config import HealthCheckConfig, compile_health_checks
+from legatus.upstream.outlier_detection import OutlierConfig, compile_outlier_detection
 
 Cluster = cluster_pb2.Cluster
 
@@ -54,6 +56,8 @@ _SUPPORTED_CLUSTER_FIELDS = frozenset(
         "circuit_breakers",
         "typed_extension_protocol_options",
         "max_requests_per_connection",
+        "health_checks",
+        "outlier_detection",
     }
 )
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -92,6 +96,8 @@ class ClusterConfig:
     proto: Cluster
     max_requests_per_connection: int = 0  # 0: unlimited
     upstream_idle_timeout: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT
+    health_check: HealthCheckConfig | None = None  # health_checks (at most one)
+    outlier: OutlierConfig | None = None  # outlier_detection
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,7 +143,15 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
     max_requests, idle = _http_protocol_options(proto, path)
     if proto.HasField("circuit_breakers"):
         _check_circuit_breakers(proto.circuit_breakers, f"{path}.circuit_breakers")
+    health_check = compile_health_checks(proto.health_checks, f"{path}.health_checks")
+    outlier = (
+        compile_outlier_detection(proto.outlier_detection, f"{path}.outlier_detection")
+        if proto.HasField("outlier_detection")
+        else None
+    )
     return ClusterConfig(
+        health_check=health_check,
+        outlier=outlier,
         max_requests_per_connection=max_requests,
         upstream_idle_timeout=idle,
         name=proto.name,

@@ -10,6 +10,7 @@ import enum
 
 from legatus.stats.store import Scope, StatSet, counter, gauge
 from legatus.upstream.cluster import HostConfig
+from legatus.upstream.outlier_reporter import NULL_HEALTH_CHECKER, NULL_OUTLIER
 
 
 class HostStats(StatSet):
@@ -64,7 +65,8 @@ def host_stats_prefix(cluster_stat_name: str, host: HostConfig) -> str:
 
 
 class Host:
-    __slots__ = ("address", "address_text", "config", "health_flags", "stats")
+    __slots__ = ("address", "address_text", "config", "health_checker", "health_flags",
+                 "outlier", "stats")  # fmt: skip
 
     def __init__(self, config: HostConfig, scope: Scope) -> None:
         self.config = config
@@ -72,6 +74,10 @@ class Host:
         self.address = config.address.as_tuple()
         self.address_text = str(config.address)  # "ip:port", for %UPSTREAM_HOST%
         self.stats = HostStats(scope, hidden=True)
+        # Passive health reporters (upstream/outlier_reporter.py), set by the worker for
+        # clusters with outlier detection / health checking; no-ops otherwise.
+        self.outlier = NULL_OUTLIER
+        self.health_checker = NULL_HEALTH_CHECKER
 
     def coarse_health(self) -> CoarseHealth:
         flags = self.health_flags

@@ -101,6 +101,18 @@ class ThreadLocalCluster:
     def choose_host(self) -> Host | None:
         return self.lb.choose()
 
+    def refresh_health(self) -> None:
+        """The hosts' health flags changed (the worker applied an UpdateHealth).
+
+        A minimal stand-in until the priority- and panic-aware balancers land: balance over the
+        hosts that are not unhealthy (degraded ones included), or over every host when none is
+        (Envoy's panic routing)."""
+        from legatus.upstream.host import CoarseHealth
+
+        usable = tuple(h for h in self.hosts if h.coarse_health() is not CoarseHealth.UNHEALTHY)
+        hosts = usable or self.hosts
+        self.lb = RoundRobin(hosts, [h.config.weight for h in hosts], self._rng)
+
 
 class ThreadLocalClusterManager:
     def __init__(self, store: Store, rng: random.Random, loop=None) -> None:

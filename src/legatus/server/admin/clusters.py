@@ -6,6 +6,7 @@ Text, as Envoy 1.40 prints it for each cluster (checked against the binary)::
     backend::default_priority::max_connections::1024
     ... (max_pending_requests, max_requests, max_retries; then high_priority)
     backend::added_via_api::false
+    (with outlier_detection, four ``backend::outlier::...`` lines follow observability_name)
     backend::127.0.0.1:9::cx_active::0          <- host stats, sorted by name
     backend::127.0.0.1:9::hostname::
     backend::127.0.0.1:9::health_flags::healthy
@@ -86,6 +87,21 @@ def observability_name(cluster: ClusterInfo) -> str:
 def _text_lines(context: Any, cluster: ClusterInfo) -> str:
     name = cluster.name
     out = [f"{name}::observability_name::{observability_name(cluster)}\n"]
+    outlier = cluster.outlier
+    if outlier is not None:
+        out.append(f"{name}::outlier::success_rate_average::{outlier.success_rate_average:g}\n")
+        out.append(
+            f"{name}::outlier::success_rate_ejection_threshold::"
+            f"{outlier.success_rate_ejection_threshold:g}\n"
+        )
+        out.append(
+            f"{name}::outlier::local_origin_success_rate_average::"
+            f"{outlier.local_origin_success_rate_average:g}\n"
+        )
+        out.append(
+            f"{name}::outlier::local_origin_success_rate_ejection_threshold::"
+            f"{outlier.local_origin_success_rate_ejection_threshold:g}\n"
+        )
     limits = thresholds(cluster)
     for priority, label in ((0, "default_priority"), (1, "high_priority")):
         for field, value in zip(_THRESHOLD_FIELDS, limits[priority], strict=True):
@@ -102,8 +118,8 @@ def _text_lines(context: Any, cluster: ClusterInfo) -> str:
         out.append(f"{p}sub_zone::{host.sub_zone}\n")
         out.append(f"{p}canary::false\n")
         out.append(f"{p}priority::{host.priority}\n")
-        out.append(f"{p}success_rate::-1\n")
-        out.append(f"{p}local_origin_success_rate::-1\n")
+        out.append(f"{p}success_rate::{host.success_rate:g}\n")
+        out.append(f"{p}local_origin_success_rate::{host.local_origin_success_rate:g}\n")
     return "".join(out)
 
 
@@ -145,6 +161,16 @@ def clusters_proto(context: Any, clusters: list[ClusterInfo]) -> clusters_pb2.Cl
             t = status.circuit_breakers.thresholds.add(priority=priority)
             for field, value in zip(_THRESHOLD_FIELDS, limits[priority], strict=True):
                 getattr(t, field).value = value
+        outlier = cluster.outlier
+        if outlier is not None:
+            if outlier.success_rate_ejection_threshold >= 0:
+                status.success_rate_ejection_threshold.value = (
+                    outlier.success_rate_ejection_threshold
+                )
+            if outlier.local_origin_success_rate_ejection_threshold >= 0:
+                status.local_origin_success_rate_ejection_threshold.value = (
+                    outlier.local_origin_success_rate_ejection_threshold
+                )
         for host in cluster.hosts:
             _host_status(context, host, status.host_statuses.add())
     return out
@@ -159,6 +185,10 @@ def _host_status(context: Any, host: HostInfo, status: clusters_pb2.HostStatus) 
         for name in names:
             status.stats.add(type=kind, value=host_stat(context, host, name), name=name)
     status.health_status.CopyFrom(health_status(host))
+    if host.success_rate >= 0:
+        status.success_rate.value = host.success_rate
+    if host.local_origin_success_rate >= 0:
+        status.local_origin_success_rate.value = host.local_origin_success_rate
     status.weight = host.weight
     status.hostname = host.hostname
     status.priority = host.priority

@@ -43,6 +43,18 @@ class HostInfo:
     sub_zone: str = ""
     health_flags: tuple[str, ...] = ()  # e.g. ("/failed_active_hc",); () means healthy
     stats_prefix: str = ""  # hidden per-host stats live under this prefix in the store
+    success_rate: float = -1.0  # outlier detection's last success rate; -1: none
+    local_origin_success_rate: float = -1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierInfo:
+    """A cluster's outlier detection summary (-1: not computed in the last interval)."""
+
+    success_rate_average: float = -1.0
+    success_rate_ejection_threshold: float = -1.0
+    local_origin_success_rate_average: float = -1.0
+    local_origin_success_rate_ejection_threshold: float = -1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +63,7 @@ class ClusterInfo:
     config: Any  # envoy.config.cluster.v3.Cluster
     added_via_api: bool = False
     hosts: tuple[HostInfo, ...] = field(default_factory=tuple)
+    outlier: OutlierInfo | None = None  # with outlier_detection only
 
 
 class AdminContext(Protocol):

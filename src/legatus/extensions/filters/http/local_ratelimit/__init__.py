@@ -1,0 +1,39 @@
+"""``envoy.filters.http.local_ratelimit``: a token bucket on requests (filter.py)."""
+
+from __future__ import annotations
+
+from legatus.network.filter import FilterFactory
+from legatus.registry import Category, Extension, Registry
+
+NAME = "envoy.filters.http.local_ratelimit"
+CONFIG_TYPE = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+
+
+def _factory(proto, context, path: str) -> FilterFactory:
+    from legatus.extensions.filters.http.local_ratelimit.filter import (
+        LocalRateLimitFilter,
+        compile_config,
+    )
+
+    config = compile_config(proto, context, path)
+    name = context.http_filter_name
+    return FilterFactory(lambda: LocalRateLimitFilter(config, name), terminal=False)
+
+
+def _route_factory(proto, context, path: str):
+    from legatus.extensions.filters.http.local_ratelimit.filter import compile_config
+
+    return compile_config(proto, context, path)
+
+
+def register(registry: Registry) -> None:
+    registry.register(
+        Extension(
+            category=Category.HTTP_FILTER,
+            name=NAME,
+            config_types=(CONFIG_TYPE,),
+            factory=_factory,
+            route_config_types=(CONFIG_TYPE,),
+            route_factory=_route_factory,
+        )
+    )

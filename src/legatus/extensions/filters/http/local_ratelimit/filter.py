@@ -1,0 +1,223 @@
+"""The HTTP local rate limit filter (Envoy's ``envoy.filters.http.local_ratelimit``).
+
+Per request, in ``decode_headers``, with the route's ``LocalRateLimit`` (the most specific
+``typed_per_filter_config`` entry under this filter's name) or else the filter's own:
+
+1. ``filter_enabled`` (runtime fractional percent; unset: off) decides whether the request
+   is looked at at all; if so ``<stat_prefix>.http_local_rate_limit.enabled`` counts it;
+2. a token is taken from the config's bucket (``local_rate_limit_per_downstream_connection``:
+   from the connection's own bucket for this config): ``ok`` if there was one, else
+   ``rate_limited``;
+3. a limited request that ``filter_enforced`` (unset: off) does not enforce goes on with
+   ``request_headers_to_add_when_not_enforced``; an enforced one counts ``enforced`` and is
+   answered with ``status`` (default, and for codes below 400: 429), the body
+   ``local_rate_limited``, ``response_headers_to_add``, response flag ``RL`` and details
+   ``local_rate_limited``;
+4. with ``enable_x_ratelimit_headers: DRAFT_VERSION_03`` the response (a limited one too)
+   gets ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and ``x-ratelimit-reset`` at its
+   end, from the bucket the request was checked against.
+
+Each compiled config, the filter's or a route's, has its own bucket and its own stats (under
+its own ``stat_prefix``), as in Envoy. Buckets are per worker process (Envoy shares them
+across worker threads): see docs/http-filters.md.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from legatus.common.runtime_fraction import FractionalPercentFlag
+from legatus.common.token_bucket import TokenBucket
+from legatus.config.errors import ConfigError, join_path
+from legatus.config.supported import check_supported
+from legatus.http.filter import FilterHeadersStatus, StreamFilter
+from legatus.router.header_mutations import HeaderMutations, compile_header_mutations
+from legatus.stats.store import StatSet, counter
+from legatus.stream_info import ResponseFlag
+from legatus.upstream.cluster import duration
+
+_SUPPORTED = (
+    "stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced",
+    "request_headers_to_add_when_not_enforced", "response_headers_to_add",
+    "local_rate_limit_per_downstream_connection", "enable_x_ratelimit_headers",
+    "always_consume_default_token_bucket",
+)  # fmt: skip
+_BODY = b"local_rate_limited"
+_DETAILS = "local_rate_limited"
+_MIN_FILL_INTERVAL = 0.05
+_DRAFT_VERSION_03 = 1
+
+
+class LocalRateLimitStats(StatSet):
+    """``<stat_prefix>.http_local_rate_limit.*``, as Envoy declares them."""
+
+    enabled = counter()
+    enforced = counter()
+    rate_limited = counter()
+    ok = counter()
+    shadow_mode = counter()  # Envoy's, for a shadow mode legatus does not have: stays 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BucketSpec:
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval: float
+
+    def create(self, clock) -> TokenBucket:
+        return TokenBucket(
+            max_tokens=self.max_tokens,
+            tokens_per_fill=self.tokens_per_fill,
+            fill_interval=self.fill_interval,
+            clock=clock,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalRateLimitConfig:
+    stats: LocalRateLimitStats
+    status: int
+    spec: BucketSpec | None  # None: no token_bucket, every request passes
+    bucket: TokenBucket | None  # the shared one (None per connection or without a spec)
+    per_connection: bool
+    clock: Any
+    filter_enabled: FractionalPercentFlag
+    filter_enforced: FractionalPercentFlag
+    response_headers: HeaderMutations
+    request_headers_when_not_enforced: HeaderMutations
+    x_ratelimit_headers: bool
+    # local_rate_limit_per_downstream_connection: connection -> its bucket for this config
+    connection_buckets: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+
+    def bucket_for(self, connection) -> TokenBucket | None:
+        if not self.per_connection or self.spec is None:
+            return self.bucket
+        bucket = self.connection_buckets.get(connection)
+        if bucket is None:
+            bucket = self.connection_buckets[connection] = self.spec.create(self.clock)
+        return bucket
+
+
+def compile_config(proto, context, path: str) -> LocalRateLimitConfig:
+    check_supported(proto, _SUPPORTED, path, "LocalRateLimit")
+    spec = None
+    if proto.HasField("token_bucket"):
+        tb = proto.token_bucket
+        check_supported(
+            tb,
+            ("max_tokens", "tokens_per_fill", "fill_interval"),
+            join_path(path, "token_bucket"),
+            "TokenBucket",
+        )
+        interval = duration(tb.fill_interval)
+        if interval < _MIN_FILL_INTERVAL:
+            raise ConfigError(
+                join_path(path, "token_bucket.fill_interval"),
+                "local rate limit token bucket fill timer must be >= 50ms",
+            )
+        spec = BucketSpec(
+            max_tokens=tb.max_tokens,
+            tokens_per_fill=tb.tokens_per_fill.value if tb.HasField("tokens_per_fill") else 1,
+            fill_interval=interval,
+        )
+    loop = context.loop
+    clock = loop.time if loop is not None else time.monotonic
+    per_connection = proto.local_rate_limit_per_downstream_connection
+    status = proto.status.code if proto.HasField("status") else 429
+    runtime = context.runtime
+    return LocalRateLimitConfig(
+        stats=LocalRateLimitStats(
+            context.store.scope(f"{proto.stat_prefix}.http_local_rate_limit.")
+        ),
+        status=status if status >= 400 else 429,
+        spec=spec,
+        bucket=spec.create(clock) if spec is not None and not per_connection else None,
+        per_connection=per_connection,
+        clock=clock,
+        filter_enabled=FractionalPercentFlag(
+            proto.filter_enabled if proto.HasField("filter_enabled") else None,
+            runtime=runtime,
+            rng=context.random,
+            unset=False,
+        ),
+        filter_enforced=FractionalPercentFlag(
+            proto.filter_enforced if proto.HasField("filter_enforced") else None,
+            runtime=runtime,
+            rng=context.random,
+            unset=False,
+        ),
+        response_headers=compile_header_mutations(
+            proto.response_headers_to_add, (), path, prefix="response"
+        ),
+        request_headers_when_not_enforced=_request_headers(proto, path),
+        x_ratelimit_headers=proto.enable_x_ratelimit_headers == _DRAFT_VERSION_03,
+    )
+
+
+def _request_headers(proto, path: str) -> HeaderMutations:
+    try:
+        return compile_header_mutations(
+            proto.request_headers_to_add_when_not_enforced, (), path, prefix="request"
+        )
+    except ConfigError as e:
+        fixed = e.path.replace(
+            "request_headers_to_add", "request_headers_to_add_when_not_enforced", 1
+        )
+        raise ConfigError(fixed, e.message) from None
+
+
+class LocalRateLimitFilter(StreamFilter):
+    def __init__(self, config: LocalRateLimitConfig, name: str) -> None:
+        self.config = config
+        self.name = name
+        self.bucket: TokenBucket | None = None  # set when x-ratelimit headers are due
+
+    def decode_headers(self, headers, end_stream: bool) -> FilterHeadersStatus:
+        callbacks = self.decoder_callbacks
+        config = self.config
+        route = callbacks.route
+        if route is not None:
+            config = route.most_specific_per_filter_config(self.name) or config
+        if not config.filter_enabled.enabled():
+            return FilterHeadersStatus.CONTINUE
+        stats = config.stats
+        stats.enabled.inc()
+        bucket = config.bucket_for(callbacks.stream.connection)
+        if bucket is not None and config.x_ratelimit_headers:
+            self.bucket = bucket
+        if bucket is None or bucket.consume():
+            stats.ok.inc()
+            return FilterHeadersStatus.CONTINUE
+        stats.rate_limited.inc()
+        if not config.filter_enforced.enabled():
+            mutations = config.request_headers_when_not_enforced
+            if mutations:
+                mutations.apply(headers, callbacks.stream_info, headers)
+            return FilterHeadersStatus.CONTINUE
+        stats.enforced.inc()
+        response_headers = config.response_headers
+        info = callbacks.stream_info
+
+        def modify(reply_headers) -> None:
+            if response_headers:
+                response_headers.apply(reply_headers, info, headers, reply_headers)
+
+        callbacks.send_local_reply(
+            config.status,
+            _BODY,
+            details=_DETAILS,
+            flags=ResponseFlag.RATE_LIMITED,
+            modify_headers=modify,
+        )
+        return FilterHeadersStatus.STOP_ITERATION
+
+    def encode_headers(self, headers, end_stream: bool) -> FilterHeadersStatus:
+        bucket = self.bucket
+        if bucket is not None:
+            headers.add("x-ratelimit-limit", str(bucket.max_tokens))
+            headers.add("x-ratelimit-remaining", str(bucket.remaining_tokens()))
+            headers.add("x-ratelimit-reset", str(bucket.reset_seconds()))
+        return FilterHeadersStatus.CONTINUE
