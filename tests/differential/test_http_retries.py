@@ -35,6 +35,8 @@ SCRIPTS = {
     "/slow-once": Reply(delay=0.6, body=b"late", then=OK),
     "/once409": Reply(status=409, body=b"conflict", then=OK),
     "/idle": Reply(delay=0.6, body=b"late"),
+    "/hedge-fast": Reply(delay=0.6, body=b"late", then=OK),
+    "/hedge-first": Reply(delay=0.5, body=b"first", then=Reply(delay=0.9, body=b"second")),
     "/idle-once": Reply(delay=0.6, body=b"late", then=OK),
 }
 BACK_OFF = {"base_interval": "0.001s", "max_interval": "0.002s"}
@@ -244,4 +246,36 @@ def test_a_try_idle_timeout_is_retried(http_pair):
 
     out = http_pair.run(traffic, full_stats=True)
     assert out.envoy.result[0]["body"] == "finally"
+    out.assert_same()
+
+
+def _hedging(name: str) -> tuple[Listener, Cluster]:
+    return Listener(name=name, routes=[route("/", {"route": {
+        "cluster": name, "timeout": "0s", "hedge_policy": {"hedge_on_per_try_timeout": True},
+        "retry_policy": {"retry_on": "5xx", "per_try_timeout": "0.2s",
+                         "retry_back_off": BACK_OFF}}})]), Cluster(name=name)  # fmt: skip
+
+
+@scenario(*_hedging("rhedge"))
+def test_a_slow_try_is_hedged_and_the_faster_answer_wins(http_pair):
+    def traffic(side):
+        return [side.request("rhedge", "GET", "/hedge-fast").view()]
+
+    out = http_pair.run(traffic, full_stats=True)
+    assert out.envoy.result[0]["body"] == "finally"
+    assert len(out.envoy.upstream) == 2
+    # a hedged try's per-try timeout is soft: not counted as one
+    assert out.envoy.stats["cluster.rhedge.upstream_rq_per_try_timeout"] == 0
+    assert out.envoy.stats["cluster.rhedge.upstream_rq_retry"] == 1
+    out.assert_same()
+
+
+@scenario(*_hedging("rhedge1"))
+def test_the_first_try_may_still_win_a_hedge(http_pair):
+    def traffic(side):
+        return [side.request("rhedge1", "GET", "/hedge-first").view()]
+
+    out = http_pair.run(traffic, full_stats=True)
+    assert out.envoy.result[0]["body"] == "first"
+    assert len(out.envoy.upstream) == 2
     out.assert_same()

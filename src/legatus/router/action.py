@@ -29,7 +29,11 @@ from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
 from legatus.router.header_mutations import is_modifiable_header
 from legatus.router.matchers import PathMatcher, path_for_matching
-from legatus.router.retry_policy import RetryPolicy, compile_retry_policy
+from legatus.router.retry_policy import (
+    RetryPolicy,
+    compile_hedge_policy,
+    compile_retry_policy,
+)
 from legatus.router.shadow_writer import MirrorPolicy, compile_mirror_policies
 from legatus.router.weighted_clusters import WeightedClusters, compile_weighted_clusters
 
@@ -63,6 +67,7 @@ _ROUTE_ACTION_FIELDS = (
     "max_internal_redirects",
     "retry_policy",
     "request_mirror_policies",
+    "hedge_policy",
 )
 # ClusterNotFoundResponseCode: SERVICE_UNAVAILABLE, NOT_FOUND, INTERNAL_SERVER_ERROR.
 _CLUSTER_NOT_FOUND_CODES = (503, 404, 500)
@@ -95,6 +100,7 @@ class RouteAction:
     internal_redirect_policy: InternalRedirectPolicy | None = None
     retry_policy: RetryPolicy | None = None  # the route's, else its virtual host's
     request_mirror_policies: tuple[MirrorPolicy, ...] = ()  # likewise
+    hedge_on_per_try_timeout: bool | None = None  # hedge_policy; None: the virtual host's
     path_matcher: PathMatcher | None = None  # the route's, for prefix_rewrite
 
     def rewrite_path(self, path: str) -> str | None:
@@ -190,6 +196,11 @@ def compile_route_action(
         internal_redirect_policy=_internal_redirect_policy(proto, path),
         retry_policy=compile_retry_policy(proto.retry_policy, join_path(path, "retry_policy"))
         if proto.HasField("retry_policy")
+        else None,
+        hedge_on_per_try_timeout=compile_hedge_policy(
+            proto.hedge_policy, join_path(path, "hedge_policy")
+        )
+        if proto.HasField("hedge_policy")
         else None,
         request_mirror_policies=compile_mirror_policies(
             proto.request_mirror_policies, join_path(path, "request_mirror_policies")

@@ -61,7 +61,7 @@ from legatus.router.per_filter_config import (
     compile_per_filter_configs,
 )
 from legatus.router.redirect import RedirectAction, compile_redirect
-from legatus.router.retry_policy import compile_retry_policy
+from legatus.router.retry_policy import compile_hedge_policy, compile_retry_policy
 from legatus.router.shadow_writer import compile_mirror_policies
 from legatus.router.weighted_clusters import ClusterWeight
 
@@ -89,6 +89,7 @@ _VIRTUAL_HOST_FIELDS = (
     "routes",
     "retry_policy",
     "request_mirror_policies",
+    "hedge_policy",
     "include_request_attempt_count",
     "include_attempt_count_in_response",
     "request_headers_to_add",
@@ -422,6 +423,11 @@ class _Builder:
             if proto.HasField("retry_policy")
             else None
         )
+        vh_hedge = (
+            compile_hedge_policy(proto.hedge_policy, join_path(path, "hedge_policy"))
+            if proto.HasField("hedge_policy")
+            else False
+        )
         vh_mirrors = compile_mirror_policies(
             proto.request_mirror_policies, join_path(path, "request_mirror_policies")
         )
@@ -445,6 +451,8 @@ class _Builder:
                     object.__setattr__(action, "retry_policy", vh_retry)
                 if vh_mirrors and not action.request_mirror_policies:
                     object.__setattr__(action, "request_mirror_policies", vh_mirrors)
+                if action.hedge_on_per_try_timeout is None:
+                    object.__setattr__(action, "hedge_on_per_try_timeout", vh_hedge)
             routes.append(route)
         virtual_host.routes = tuple(routes)
         return virtual_host

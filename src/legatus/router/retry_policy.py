@@ -111,6 +111,19 @@ class RetryPolicy:
 EMPTY_POLICY = RetryPolicy(retry_on=0)
 
 
+def compile_hedge_policy(proto, path: str) -> bool:
+    """``hedge_on_per_try_timeout``. Envoy implements nothing else of HedgePolicy for HTTP
+    (``initial_requests`` and ``additional_request_chance`` are documented as not
+    implemented): they are refused rather than silently ignored."""
+    check_supported(proto, ("hedge_on_per_try_timeout", "initial_requests"), path, "HedgePolicy")
+    if proto.HasField("initial_requests") and proto.initial_requests.value != 1:
+        raise ConfigError(
+            join_path(path, "initial_requests"),
+            "initial_requests other than 1 is not supported (Envoy does not implement it)",
+        )
+    return proto.hedge_on_per_try_timeout
+
+
 def _seconds(d) -> float:
     return d.seconds + d.nanos / 1e9
 

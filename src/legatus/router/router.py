@@ -25,9 +25,11 @@ Retries (retry_state.py) are decided here: a retriable response or reset, before
 went to the client and once the request is complete, becomes a new try after a jittered
 back-off, on another host with the ``previous_hosts`` predicate, with the request body the
 router kept (up to the buffer limit: past it retries are abandoned, as in Envoy). Each try
-has its own per-try timeout; the route timeout covers them all. Shadowing and hedging are
-not here yet (the route compiler refuses their config). Mirrored requests (shadow_writer.py)
-leave once the request is complete, with the same kept body.
+has its own per-try timeout; the route timeout covers them all. With
+``hedge_on_per_try_timeout`` (or an internal client's ``x-envoy-hedge-on-per-try-timeout:
+true``) a try that passes its per-try timeout is not abandoned: the next try starts beside it
+(``hedged``), and the first good response wins while the others are reset. Mirrored requests
+(shadow_writer.py) leave once the request is complete, with the same kept body.
 
 Flow control: the upstream write buffer's watermarks pause and resume the downstream read
 (``on_decoder_filter_above_write_buffer_high_watermark``); the downstream's pause and
@@ -124,6 +126,8 @@ class Router(StreamDecoderFilter):
         "config",
         "downstream_paused",
         "end_stream",
+        "hedged",
+        "hedging",
         "host",
         "per_try",
         "per_try_timer",
@@ -170,6 +174,8 @@ class Router(StreamDecoderFilter):
         self.per_try_timer = None
         self.attempts = 0
         self.shadows: list | None = None
+        self.hedging = False  # hedge_on_per_try_timeout for this request
+        self.hedged: list[UpstreamRequest] = []  # earlier tries still running beside upstream
         self.try_idle_timer = None  # per_try_idle_timeout: one re-arming timer per try
         self.try_idle_deadline = 0.0
 
@@ -210,6 +216,9 @@ class Router(StreamDecoderFilter):
         info.upstream_cluster = name
         if action.idle_timeout is not None:  # the route's own stream idle timeout
             cb.stream.set_idle_timeout(action.idle_timeout)
+        self.hedging = bool(action.hedge_on_per_try_timeout) or (
+            headers.get("x-envoy-hedge-on-per-try-timeout") == "true"
+        )
         policy = action.retry_policy
         if policy is not None or "x-envoy-retry-on" in headers:
             self.retry_state = RetryState.create(
@@ -315,6 +324,8 @@ class Router(StreamDecoderFilter):
         if upstream is not None:
             self.upstream = None
             upstream.reset()
+        if self.hedged:
+            self._reset_hedged()
         self.buffered = []
         if self.downstream_paused:  # the connection may carry the next request
             self.downstream_paused = False
@@ -347,8 +358,8 @@ class Router(StreamDecoderFilter):
         self.alt_response = "x-envoy-upstream-rq-timeout-alt-response" in headers
         headers.remove_all(_CONSUMED_HEADERS)
         expected_timeout = timeout
-        if self.per_try and (not timeout or self.per_try < timeout):
-            expected_timeout = self.per_try
+        if self.per_try and (not timeout or self.per_try < timeout) and not self.hedging:
+            expected_timeout = self.per_try  # (a hedged try may run past it)
         if expected_timeout and not config.suppress_envoy_headers:
             headers.set("x-envoy-expected-rq-timeout-ms", str(round(expected_timeout * 1000)))
         return timeout
@@ -450,6 +461,10 @@ class Router(StreamDecoderFilter):
         if "x-envoy-immediate-health-check-fail" in headers:
             host.health_checker.set_unhealthy()
         retry = self.retry_state
+        if self.hedged:
+            if self._drop_while_hedged(retry, headers, code):
+                return
+            self._reset_hedged()  # this response wins
         if retry is not None and self._retry_on_headers(retry, headers, code, end_stream):
             return
         if self.config.dynamic_stats:
@@ -589,6 +604,11 @@ class Router(StreamDecoderFilter):
         self._stop_try_idle_timer()
         if not response_started and reason is not StreamResetReason.OVERFLOW and self.host:
             self.host.outlier.put_result(OutlierResult.LOCAL_ORIGIN_CONNECT_FAILED)
+        if self.hedged and not response_started:
+            if self.per_try_timer is not None:  # an earlier try is still running: it may
+                self.per_try_timer.cancel()  # yet answer
+                self.per_try_timer = None
+            return
         cb = self.decoder_callbacks
         info = cb.stream_info
         if transport_failure_reason:
@@ -652,9 +672,14 @@ class Router(StreamDecoderFilter):
                 self.per_try_timer.cancel()
                 self.per_try_timer = None
         elif per_try:
+            if self.hedging:  # a soft timeout: not counted as a per-try timeout
+                self._hedge()
+                return
             cluster.stats.upstream_rq_per_try_timeout.inc()
         else:
             cluster.stats.upstream_rq_timeout.inc()
+            if self.hedged:
+                self._reset_hedged()
         if self.host is not None:
             self.host.stats.rq_timeout.inc()
             self.host.outlier.put_result(OutlierResult.LOCAL_ORIGIN_TIMEOUT, 504)
@@ -690,6 +715,87 @@ class Router(StreamDecoderFilter):
             cluster.code_stats.charge(reply.status, internal=cb.stream.internal)
         self._charge_host(reply.status)
         self._local_reply(reply)
+
+    # Hedging ----------------------------------------------------------------------------
+
+    def _hedge(self) -> None:
+        """A per-try timeout with hedging: the try keeps running and, if the retry policy
+        allows one more, the next try starts beside it (Envoy's soft per-try timeout)."""
+        upstream = self.upstream
+        host = self.host
+        if host is not None:
+            host.stats.rq_timeout.inc()
+            host.outlier.put_result(OutlierResult.LOCAL_ORIGIN_TIMEOUT, 504)
+        retry = self.retry_state
+        if upstream is None or upstream.response_started or retry is None:
+            return
+        status = retry.should_retry(True)
+        if status is RetryStatus.YES:
+            self._stop_try_idle_timer()
+            self.hedged.append(upstream)
+            self.upstream = None
+            retry.previous_hosts.append(host)
+            self.retry_timer = self.config.loop.call_later(retry.next_back_off(), self._do_retry)
+        else:
+            self._flag_retry_status(status)
+
+    def take_hedged(self, upstream: UpstreamRequest, headers: HeaderMap) -> bool:
+        """Response headers from an earlier, hedged try: True when they win (the try becomes
+        the current one and every other is reset), False when they are dropped."""
+        if upstream not in self.hedged:
+            return False
+        status = headers.get(":status", "0")
+        code = int(status) if status.isdigit() else 0
+        self.hedged.remove(upstream)
+        if self._drop_while_hedged(self.retry_state, headers, code, upstream):
+            upstream.host.outlier.put_http_response_code(code)
+            return False
+        current = self.upstream
+        if current is not None:
+            self.upstream = None
+            current.reset()
+        self._reset_hedged()
+        self._cancel_retry_timers()
+        self.upstream = upstream
+        self.host = upstream.host
+        return True
+
+    def _drop_while_hedged(self, retry, headers, code: int, upstream=None) -> bool:
+        """A retriable response while another try is still running is dropped (that try may
+        still answer well); True when dropped."""
+        others = bool(self.hedged) or (upstream is not None and self.upstream is not None)
+        if not others or retry is None or not retry.would_retry_headers(headers, code):
+            return False
+        if self.config.dynamic_stats:
+            internal = self.decoder_callbacks.stream.internal
+            self.cluster.retry_code_stats.charge(code, internal=internal)
+        if upstream is None:  # the current try: an earlier one takes over waiting
+            upstream, self.upstream = self.upstream, None
+            self._stop_try_idle_timer()
+            if self.per_try_timer is not None:
+                self.per_try_timer.cancel()
+                self.per_try_timer = None
+        if upstream is not None:
+            upstream.reset()
+        return True
+
+    def hedged_reset(self, upstream: UpstreamRequest, reason, details: str) -> None:
+        """An earlier, hedged try failed. If nothing else is running or coming it was the
+        last hope: it ends the request as a reset of the current try would."""
+        if upstream not in self.hedged:
+            return
+        self.hedged.remove(upstream)
+        if reason is not StreamResetReason.OVERFLOW:
+            upstream.host.outlier.put_result(OutlierResult.LOCAL_ORIGIN_CONNECT_FAILED)
+        if self.upstream is None and self.retry_timer is None and not self.hedged:
+            self.host = upstream.host
+            self.upstream = upstream  # on_upstream_reset clears it
+            self.on_upstream_reset(reason, details, upstream.response_started)
+
+    def _reset_hedged(self) -> None:
+        hedged, self.hedged = self.hedged, []
+        for upstream in hedged:
+            upstream.reset()
 
     # Shadows ----------------------------------------------------------------------------
 
@@ -797,7 +903,7 @@ class Router(StreamDecoderFilter):
             # Envoy tells each retry the time left of the route timeout.
             elapsed = int((self.config.loop.time() - self.request_complete_time) * 1000)
             left = round(self.timeout * 1000) - elapsed
-            if self.per_try and self.per_try * 1000 < left:
+            if self.per_try and self.per_try * 1000 < left and not self.hedging:
                 left = round(self.per_try * 1000)
             headers.set("x-envoy-expected-rq-timeout-ms", str(max(left, 0)))
         body = self.request_body

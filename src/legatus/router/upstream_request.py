@@ -63,7 +63,7 @@ class UpstreamRequest(ResponseDecoder):
     def on_pool_ready(self, encoder, host) -> None:
         self.pending = None
         router = self.router
-        if router.upstream is not self:
+        if router.upstream is not self and self not in router.hedged:
             encoder.reset()
             return
         self.encoder = encoder
@@ -106,7 +106,9 @@ class UpstreamRequest(ResponseDecoder):
     def on_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         self.response_started = True
         router = self.router
-        if router.upstream is not self:  # a try the router gave up on (a retry)
+        if router.upstream is not self and (  # a try the router gave up on (a retry)
+            not router.hedged or not router.take_hedged(self, headers)
+        ):
             return
         if router.try_idle_timer is not None:
             router.touch_try()
@@ -136,6 +138,9 @@ class UpstreamRequest(ResponseDecoder):
     def on_reset(self, reason: StreamResetReason, details: str) -> None:
         router = self.router
         if router.upstream is not self:
+            if router.hedged:
+                self._detach()
+                router.hedged_reset(self, reason, details)
             return
         self._detach()
         router.on_upstream_reset(reason, details, self.response_started)

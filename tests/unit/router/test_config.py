@@ -49,7 +49,6 @@ def test_route_configuration_fields_refused_by_name(field, value):
         ("require_tls", "ALL"),
         ("rate_limits", [{"actions": [{"remote_address": {}}]}]),
         ("cors", {}),
-        ("hedge_policy", {}),
         ("per_request_buffer_limit_bytes", 10),
         ("metadata", {"filter_metadata": {"a": {}}}),
         (
