@@ -39,6 +39,7 @@ class Category(enum.Enum):
     TRANSPORT_SOCKET_UPSTREAM = "envoy.transport_sockets.upstream"
     ACCESS_LOG_FILTER = "envoy.access_loggers.extension_filters"
     BOOTSTRAP = "envoy.bootstrap"
+    COMPRESSOR = "envoy.compression.compressor"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

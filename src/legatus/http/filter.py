@@ -104,6 +104,11 @@ class StreamDecoderFilterCallbacks(Protocol):
     def add_decoded_data(self, data: bytes) -> None:
         """Add body to the request as it continues (from a trailers/end-of-stream hook)."""
 
+    def inject_decoded_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None:
+        """Send data, and with ``end_stream`` the end of the request, to the filters after
+        this one now (a data hook that returns STOP_ITERATION_NO_BUFFER replaces its bytes
+        this way; the end it injects is not held for it)."""
+
     def clear_route_cache(self) -> None:
         """Headers that routing looks at were changed: match the route again."""
 
@@ -125,6 +130,9 @@ class StreamEncoderFilterCallbacks(Protocol):
     def encoding_buffer(self) -> bytearray | None: ...
 
     def add_encoded_data(self, data: bytes) -> None: ...
+
+    def inject_encoded_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None:
+        """The response side of inject_decoded_data_to_filter_chain."""
 
 
 class StreamDecoderFilter:

@@ -102,7 +102,7 @@ _WATERMARK = {
 class _Active:
     """One filter's slot in one direction."""
 
-    __slots__ = ("block", "chain", "filter", "index", "queue", "watermark")
+    __slots__ = ("block", "chain", "filter", "index", "injected_end", "queue", "watermark")
 
     def __init__(self, chain: _Chain, index: int, f: Any) -> None:
         self.chain = chain
@@ -110,6 +110,7 @@ class _Active:
         self.filter = f
         self.block = _Block.NONE
         self.watermark = False
+        self.injected_end = False  # the filter injected the end of stream itself
         self.queue: deque[tuple[_Kind, Any, bool]] = deque()
 
     def continue_iteration(self) -> None:
@@ -175,7 +176,8 @@ class _Chain:
                     return False
                 return True
             if status is FilterDataStatus.STOP_ITERATION_NO_BUFFER:
-                if end_stream:  # the filter took the bytes; the end of stream waits for it
+                if end_stream and not slot.injected_end:
+                    # The filter took the bytes; the end of stream waits for it.
                     if slot.block is _Block.NONE:
                         slot.block = _Block.DATA
                     slot.queue.append((kind, b"", True))
@@ -432,6 +434,14 @@ class _DecoderCallbacks(_Callbacks):
     def add_decoded_data(self, data: bytes) -> None:
         self.manager.decoder.walk(self.slot.index + 1, _Kind.DATA, data, False)
 
+    def inject_decoded_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None:
+        """Envoy's injectDecodedDataToFilterChain: data (and possibly the end of the stream)
+        from this filter straight to the next ones, e.g. from a data hook that returned
+        STOP_ITERATION_NO_BUFFER."""
+        if end_stream:
+            self.slot.injected_end = True
+        self.manager.decoder.walk(self.slot.index + 1, _Kind.DATA, data, end_stream)
+
     def clear_route_cache(self) -> None:
         if self.manager.route_resolver is not None:
             self.manager.route = self.manager.route_resolver()
@@ -457,6 +467,12 @@ class _EncoderCallbacks(_Callbacks):
 
     def add_encoded_data(self, data: bytes) -> None:
         self.manager.encoder.walk(self.slot.index + 1, _Kind.DATA, data, False)
+
+    def inject_encoded_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None:
+        """Envoy's injectEncodedDataToFilterChain (see the decoding side)."""
+        if end_stream:
+            self.slot.injected_end = True
+        self.manager.encoder.walk(self.slot.index + 1, _Kind.DATA, data, end_stream)
 
 
 class TerminalFilterManager:

@@ -432,9 +432,10 @@ class Router(StreamDecoderFilter):
         if body:
             self.buffered = []
             self.buffered_bytes = 0
-            last = len(body) - 1
-            for i, chunk in enumerate(body):
-                encoder.encode_data(chunk, self.request_done and trailers is None and i == last)
+            # What arrived while the connection was made goes out as one piece, as Envoy
+            # sends its buffer (a chunked request has one chunk for it, not one per read).
+            data = body[0] if len(body) == 1 else b"".join(body)
+            encoder.encode_data(data, self.request_done and trailers is None)
             if self.downstream_paused:
                 self.downstream_paused = False
                 self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
