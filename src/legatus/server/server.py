@@ -49,6 +49,7 @@ from legatus.upstream.cluster_manager import (
     health_flag_names,
 )
 from legatus.upstream.host import host_stats_prefix
+from legatus.upstream.resource_manager import CircuitBreakerTables
 from legatus.upstream.stats import ListenerManagerStats
 
 log = logging.getLogger("legatus.main")
@@ -149,6 +150,8 @@ class Server:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.cluster_manager: ClusterManager | None = None
         self.workers: dict[int, WorkerHandle] = {}
+        # The clusters' circuit-breaker counts, shared with the workers (made before the fork).
+        self.circuit_breakers: CircuitBreakerTables | None = None
         self._listener_sockets: list[tuple[ListenerConfig, socket.socket, bool]] = []
         self._listener_infos: list[ListenerInfo] = []
         self._admin_server = None
@@ -216,6 +219,7 @@ class Server:
         if self.options.mode == "init_only":
             return
         await self._start_admin()
+        self._make_circuit_breakers()
         for index in range(self.options.concurrency):
             self._spawn_worker(index)
         lm = self.listener_manager_stats
@@ -272,6 +276,17 @@ class Server:
                     e.strerror,
                 )
 
+    def _make_circuit_breakers(self) -> None:
+        """Map every cluster's circuit-breaker counts, for the workers to inherit: the limits
+        hold for the instance, as Envoy's for its threads (docs/circuit-breakers.md)."""
+        tables = self.circuit_breakers = CircuitBreakerTables(self.options.concurrency)
+        for config in self.compiled.clusters:
+            breakers = (
+                config.proto.circuit_breakers if config.proto.HasField("circuit_breakers") else None
+            )
+            scope = self.stats.scope(f"cluster.{config.stat_name}.")
+            tables.add_cluster(config.name, breakers, scope)
+
     # Workers -------------------------------------------------------------------
 
     def _spawn_worker(self, index: int) -> None:
@@ -301,6 +316,7 @@ class Server:
                 log_sink=self.log_sink,
                 parent_pid=os.getppid(),
                 close_fds=close_in_child[1:],
+                circuit_breakers=self.circuit_breakers,
             )
         gc.unfreeze()
         child_sock.close()
@@ -376,6 +392,8 @@ class Server:
             if not waiter.done():
                 waiter.set_result(None)
         self.stats.forget_worker(handle.index)
+        if self.circuit_breakers is not None:  # its connections and requests are gone
+            self.circuit_breakers.forget_worker(handle.index)
         if self._stopping:
             return
         if not handle.ready.done():
@@ -415,6 +433,8 @@ class Server:
                     break
                 await asyncio.sleep(0.01)
         self.workers.clear()
+        if self.circuit_breakers is not None:
+            self.circuit_breakers.close()
 
     def _close_sockets(self) -> None:
         for _, sock, _ in self._listener_sockets:
@@ -471,6 +491,8 @@ class Server:
                 waiters.append(fut)
         if waiters:
             await asyncio.wait(waiters, timeout=STATS_REFRESH_TIMEOUT_S)
+        if self.circuit_breakers is not None:
+            self.circuit_breakers.refresh_gauges()
         self._set_server_gauges()
 
     def _set_server_gauges(self) -> None:

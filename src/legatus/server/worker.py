@@ -62,6 +62,7 @@ def run_worker(
     log_sink,
     parent_pid: int,
     close_fds: list[int],
+    circuit_breakers=None,
 ) -> None:
     """The body of a forked worker. Never returns: the process exits at the end."""
     code = 0
@@ -80,7 +81,12 @@ def run_worker(
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         worker = Worker(
-            index=index, options=options, registry=registry, loop=loop, log_sink=log_sink
+            index=index,
+            options=options,
+            registry=registry,
+            loop=loop,
+            log_sink=log_sink,
+            circuit_breakers=circuit_breakers,
         )
         loop.run_until_complete(worker.run(control_sock))
     except BaseException:
@@ -92,7 +98,9 @@ def run_worker(
 
 
 class Worker:
-    def __init__(self, *, index: int, options: Options, registry, loop, log_sink=None) -> None:
+    def __init__(
+        self, *, index: int, options: Options, registry, loop, log_sink=None, circuit_breakers=None
+    ) -> None:
         self.index = index
         self.log_sink = log_sink
         self.options = options
@@ -100,7 +108,10 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop = loop
         self.store = Store()
         self.rng = random.Random()
-        self.cluster_manager = ThreadLocalClusterManager(self.store, self.rng, self.loop)
+        # circuit_breakers: the main process's CircuitBreakerTables, mapped before the fork.
+        self.cluster_manager = ThreadLocalClusterManager(
+            self.store, self.rng, self.loop, circuit_breakers=circuit_breakers, worker=index
+        )
         self.listeners: list[ActiveListener] = []
         self.channel: control.ControlProtocol | None = None
         self.done = loop.create_future()

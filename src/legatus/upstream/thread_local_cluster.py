@@ -24,7 +24,9 @@ class ThreadLocalCluster:
                  "hosts", "lb", "resource_managers", "retry_code_stats", "scope",
                  "stats")  # fmt: skip
 
-    def __init__(self, config: ClusterConfig, store: Store, rng: random.Random, loop=None) -> None:
+    def __init__(
+        self, config: ClusterConfig, store: Store, rng: random.Random, loop=None, *, counters=None
+    ) -> None:
         self.config = config
         self._store = store
         self._rng = rng
@@ -43,8 +45,9 @@ class ThreadLocalCluster:
         breakers = (
             config.proto.circuit_breakers if config.proto.HasField("circuit_breakers") else None
         )
+        # counters: the cluster's slots in the instance-wide table (None: count in this process)
         self.resource_managers = tuple(
-            ResourceManager.from_circuit_breakers(breakers, self.scope, priority)
+            ResourceManager.from_circuit_breakers(breakers, self.scope, priority, counters=counters)
             for priority in ResourcePriority
         )
 
@@ -55,7 +58,15 @@ class ThreadLocalCluster:
             from legatus.conn_pool.http1 import Http1ConnPool
 
             pool = self._pools[host] = Http1ConnPool(host, self._context())
+            # Envoy counts each pool against max_connection_pools and deletes it once idle.
+            self.resource_managers[0].connection_pools.inc()
+            pool.add_idle_callback(lambda: self._on_pool_idle(host, pool))
         return pool
+
+    def _on_pool_idle(self, host: Host, pool) -> None:
+        if self._pools.get(host) is pool:  # (idle callbacks may repeat)
+            del self._pools[host]
+            self.resource_managers[0].connection_pools.dec()
 
     def _context(self):
         context = self._pool_context
@@ -96,6 +107,7 @@ class ThreadLocalCluster:
             if pool is not None:
                 from legatus.conn_pool import DrainBehavior
 
+                self.resource_managers[0].connection_pools.dec()
                 pool.drain(DrainBehavior.DRAIN_AND_DELETE)
 
     def choose_host(self) -> Host | None:
@@ -115,10 +127,16 @@ class ThreadLocalCluster:
 
 
 class ThreadLocalClusterManager:
-    def __init__(self, store: Store, rng: random.Random, loop=None) -> None:
+    def __init__(
+        self, store: Store, rng: random.Random, loop=None, *, circuit_breakers=None, worker: int = 0
+    ) -> None:
         self._store = store
         self._rng = rng
         self._loop = loop
+        # The main process's CircuitBreakerTables (inherited with the fork) and this worker's
+        # slot in them: the circuit breakers count for the whole instance.
+        self._circuit_breakers = circuit_breakers
+        self._worker = worker
         self.clusters: dict[str, ThreadLocalCluster] = {}
 
     def get(self, name: str) -> ThreadLocalCluster | None:
@@ -128,7 +146,9 @@ class ThreadLocalClusterManager:
         old = self.clusters.get(config.name)
         if old is not None:
             old.drain_pools()
-        cluster = ThreadLocalCluster(config, self._store, self._rng, self._loop)
+        breakers = self._circuit_breakers
+        counters = breakers.slots(config.name, self._worker) if breakers is not None else None
+        cluster = ThreadLocalCluster(config, self._store, self._rng, self._loop, counters=counters)
         cluster.update_hosts(hosts)
         self.clusters[config.name] = cluster
 

@@ -575,7 +575,6 @@ def test_resource_manager_remaining_gauges_when_tracked():
 def test_resource_manager_from_circuit_breakers():
     from envoy.config.cluster.v3 import circuit_breaker_pb2
 
-    from legatus.config.errors import ConfigError
     from legatus.upstream.resource_manager import ResourcePriority
 
     cb = circuit_breaker_pb2.CircuitBreakers()
@@ -586,6 +585,3 @@ def test_resource_manager_from_circuit_breakers():
     assert (rm.pending_requests.max, rm.connections.max, rm.retries.max) == (7, 1024, 3)
     default = ResourceManager.from_circuit_breakers(cb, scope, ResourcePriority.DEFAULT)
     assert default.pending_requests.max == 1024
-    high.retry_budget.budget_percent.value = 20
-    with pytest.raises(ConfigError, match=r"thresholds\[0\]\.retry_budget"):
-        ResourceManager.from_circuit_breakers(cb, scope, ResourcePriority.HIGH)
