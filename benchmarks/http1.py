@@ -77,8 +77,13 @@ UPSTREAM_WRITE_HIGH = 1024 * 1024  # write buffer high-water mark of the upstrea
 RSS_TARGET_MIB = 32
 RPS_TARGET = 1.5
 READY_TIMEOUT_S = 30.0
-VARIANTS = ("nolog", "accesslog")
-VARIANT_LABEL = {"nolog": "no access log", "accesslog": "file access log"}
+VARIANTS = ("nolog", "accesslog", "traffic")
+VARIANT_LABEL = {
+    "nolog": "no access log",
+    "accesslog": "file access log",
+    "traffic": "3 hosts, health checks, retries, local rate limit",
+}
+TRAFFIC_TARGET = 0.9  # the traffic-management variant keeps 90% of the plain route's req/s
 WRK_INSTALL = (
     "wrk not found. Install it with `sudo apt-get install -y wrk` (Debian/Ubuntu package "
     "`wrk`, 4.1.0 in bookworm), or pass --wrk-bin /path/to/wrk."
@@ -227,22 +232,51 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream, timeout: 0s }}
-          http_filters:
-          - name: envoy.filters.http.router
+{route}          http_filters:
+{filters}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
   - name: upstream
     type: STATIC
     connect_timeout: 1s
-    load_assignment:
+{health}    load_assignment:
       cluster_name: upstream
       endpoints:
       - lb_endpoints:
+{endpoints}"""
+
+# The traffic-management variant: a 3-host round-robin cluster with active HTTP health
+# checks, a retry policy on the route and a local rate limit filter that never limits.
+TRAFFIC_ROUTE = """\
+                route:
+                  cluster: upstream
+                  timeout: 0s
+                  retry_policy: {{ retry_on: "5xx,reset,connect-failure", num_retries: 2 }}
+"""
+TRAFFIC_FILTER = """\
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": {rl_type}
+              stat_prefix: bench_rl
+              token_bucket:
+                {{ max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s }}
+              filter_enabled: {{ default_value: {{ numerator: 100, denominator: HUNDRED }} }}
+              filter_enforced: {{ default_value: {{ numerator: 100, denominator: HUNDRED }} }}
+"""
+TRAFFIC_HEALTH = """\
+    health_checks:
+    - timeout: 1s
+      interval: 1s
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+      http_health_check: {{ path: /64 }}
+"""
+RL_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+ENDPOINT = """\
         - endpoint:
             address:
-              socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
 """
 
 ACCESS_LOG = """\
@@ -255,16 +289,29 @@ ACCESS_LOG = """\
 
 
 def write_bootstrap(
-    path: Path, variant: str, listen_port: int, upstream_port: int, log_path: Path | None
+    path: Path,
+    variant: str,
+    listen_port: int,
+    upstream_port: int,
+    log_path: Path | None,
+    more_upstreams: tuple[int, ...] = (),
 ) -> None:
+    """``more_upstreams``: the other hosts of the traffic variant's cluster."""
     access_log = ACCESS_LOG.format(path=log_path) if log_path else ""
+    traffic = variant == "traffic"
+    ports = (upstream_port, *more_upstreams) if traffic else (upstream_port,)
     path.write_text(
         BOOTSTRAP.format(
             variant=variant,
             hcm_type=HCM_TYPE,
             listen_port=listen_port,
-            upstream_port=upstream_port,
             access_log=access_log,
+            route=TRAFFIC_ROUTE.format()
+            if traffic
+            else "                route: { cluster: upstream, timeout: 0s }\n",
+            filters=TRAFFIC_FILTER.format(rl_type=RL_TYPE) if traffic else "",
+            health=TRAFFIC_HEALTH.format() if traffic else "",
+            endpoints="".join(ENDPOINT.format(port=p) for p in ports),
         )
     )
 
@@ -665,10 +712,19 @@ class Http1Bench(Bench):
         self.listen, self.bulk_listen = free_ports(2)
         self.access_log = self.tmp / "access.log"  # one proxy runs at a time
         self.cfg: dict[str, Path] = {}
-        for variant in VARIANTS:
+        variants = [v for v in a.variants.split(",") if v]
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown:
+            raise RuntimeError(f"unknown --variants {unknown}: choose from {list(VARIANTS)}")
+        if a.skip_access_log:
+            variants = [v for v in variants if v != "accesslog"]
+        more: tuple[int, ...] = ()
+        if "traffic" in variants:  # two more hosts: the traffic variant's cluster has three
+            more = tuple(self.start_upstreams()[0] for _ in range(2))
+        for variant in variants:
             log = self.access_log if variant == "accesslog" else None
             self.cfg[variant] = self.tmp / f"bootstrap-{variant}.yaml"
-            write_bootstrap(self.cfg[variant], variant, self.listen, self.upstream_port, log)
+            write_bootstrap(self.cfg[variant], variant, self.listen, self.upstream_port, log, more)
         self.cfg["bulk"] = self.tmp / "bootstrap-bulk.yaml"
         write_bootstrap(self.cfg["bulk"], "bulk", self.bulk_listen, self.stream_port, None)
         who = [w for w in ("legatus", "envoy") if not getattr(a, f"skip_{w}")]
@@ -676,7 +732,6 @@ class Http1Bench(Bench):
             self.envoy = a.envoy_bin or shutil.which("envoy") or ""
             if not self.envoy:
                 raise RuntimeError("envoy not found on PATH (or use --envoy-bin / --skip-envoy)")
-        variants = ["nolog"] if a.skip_access_log else list(VARIANTS)
         results: dict = {"meta": self.meta(variants)}
         say(f"temp dir {self.tmp}; upstream port {self.upstream_port} ({a.upstream}); "
             f"listener port {self.listen}")  # fmt: skip
@@ -963,8 +1018,24 @@ def targets(res: dict, args: argparse.Namespace) -> list[str]:
             return "n/a (Envoy skipped)"
         return None
 
+    if not args.skip_rps and "traffic" in res["meta"]["variants"]:
+        for size in SIZES:
+            what = f"{_size_label(size)}, {VARIANT_LABEL['traffic']}"
+            lg = summ.get(f"legatus/traffic/{size}")
+            plain = summ.get(f"legatus/nolog/{size}")
+            if args.skip_legatus or "traffic" in unsupported or not lg or not plain:
+                out.append(f"- requests/s >= {TRAFFIC_TARGET}x the plain route, {what}: n/a")
+                continue
+            ratio = lg["rps"] / plain["rps"]
+            ok = "PASS" if ratio >= TRAFFIC_TARGET and not lg["errors"] else "FAIL"
+            out.append(
+                f"- requests/s >= {TRAFFIC_TARGET}x the plain route (legatus), {what}: "
+                f"{lg['rps']:.0f} vs {plain['rps']:.0f} = {ratio:.2f}x, {ok}"
+            )
     if not args.skip_rps:
         for variant in res["meta"]["variants"]:
+            if variant == "traffic":
+                continue  # judged against the plain route above
             for size in SIZES:
                 what = f"{_size_label(size)}, {VARIANT_LABEL[variant]}"
                 lg = summ.get(f"legatus/{variant}/{size}")
@@ -1054,6 +1125,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--skip-envoy", action="store_true")
     p.add_argument("--skip-direct", action="store_true", help="skip the no-proxy ceiling runs")
     p.add_argument("--skip-access-log", action="store_true", help="only the no-access-log case")
+    p.add_argument(
+        "--variants",
+        default="nolog,accesslog",
+        help="bootstraps to measure: nolog, accesslog, traffic (3 hosts, health checks, "
+        "retries, a local rate limit that never limits)",
+    )
     p.add_argument("--skip-rps", action="store_true", help="skip the wrk rounds")
     p.add_argument("--skip-bulk", action="store_true", help="skip the 1 GiB upload/download")
     p.add_argument(

@@ -24,7 +24,6 @@ decoder side and receives the encoder side's output through ``StreamSink``.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -100,33 +99,49 @@ _WATERMARK = {
 
 
 class _Active:
-    """One filter's slot in one direction."""
+    """One filter's slot in one direction; also the callbacks that filter gets for that
+    direction (``_DecoderSlot`` / ``_EncoderSlot``): one object per filter and direction."""
 
-    __slots__ = ("block", "chain", "filter", "index", "injected_end", "queue", "watermark")
+    __slots__ = ("block", "chain", "filter", "index", "injected_end", "manager", "queue",
+                 "watermark")  # fmt: skip
 
     def __init__(self, chain: _Chain, index: int, f: Any) -> None:
         self.chain = chain
+        self.manager = chain.manager
         self.index = index
         self.filter = f
         self.block = _Block.NONE
         self.watermark = False
         self.injected_end = False  # the filter injected the end of stream itself
-        self.queue: deque[tuple[_Kind, Any, bool]] = deque()
+        self.queue: list[tuple[_Kind, Any, bool]] = []  # short: a list beats a deque here
 
     def continue_iteration(self) -> None:
         self.chain.resume(self)
+
+    @property
+    def stream_info(self) -> StreamInfo:
+        return self.manager.stream_info
+
+    @property
+    def route(self) -> Any:
+        return self.manager.route
 
 
 class _Chain:
     """One direction's filters and the events held in them."""
 
+    queued_bytes = 0
+    above_watermark = False
+    ended = False  # end_stream has entered the chain
+
     def __init__(self, manager: FilterManager, filters: Sequence[Any], *, decoding: bool):
         self.manager = manager
         self.decoding = decoding
-        self.slots = [_Active(self, i, f) for i, f in enumerate(filters)]
-        self.queued_bytes = 0
-        self.above_watermark = False
-        self.ended = False  # end_stream has entered the chain
+        if filters:
+            slot_class = _DecoderSlot if decoding else _EncoderSlot
+            self.slots = [slot_class(self, i, f) for i, f in enumerate(filters)]
+        else:
+            self.slots = []
 
     # Walking -------------------------------------------------------------------
 
@@ -212,7 +227,7 @@ class _Chain:
         queue = slot.queue
         start = slot.index + 1
         while queue and slot.block is _Block.NONE:
-            kind, payload, end_stream = queue.popleft()
+            kind, payload, end_stream = queue.pop(0)
             if kind is _Kind.DATA and payload:
                 self.queued_bytes -= len(payload)
             self.walk(start, kind, payload, end_stream)
@@ -229,6 +244,11 @@ class _Chain:
 class FilterManager:
     """The decoder and encoder chains of one stream."""
 
+    route: Any = None
+    route_resolver: Callable[[], Any] | None = None
+    done = False  # a response is complete (or the request was answered locally)
+    response_started = False
+
     def __init__(
         self,
         *,
@@ -241,17 +261,13 @@ class FilterManager:
         self.sink = sink
         self.stream_info = stream_info
         self.buffer_limit = buffer_limit
-        self.route: Any = None
-        self.route_resolver: Callable[[], Any] | None = None
-        self.done = False  # a response is complete (or the request was answered locally)
-        self.response_started = False
         self.decoder = _Chain(self, decoder_filters, decoding=True)
         # Encoder filters run in reverse configuration order.
-        self.encoder = _Chain(self, list(reversed(encoder_filters)), decoding=False)
+        self.encoder = _Chain(self, encoder_filters[::-1], decoding=False)
         for slot in self.decoder.slots:
-            slot.filter.set_decoder_filter_callbacks(_DecoderCallbacks(self, slot))
+            slot.filter.set_decoder_filter_callbacks(slot)
         for slot in self.encoder.slots:
-            slot.filter.set_encoder_filter_callbacks(_EncoderCallbacks(self, slot))
+            slot.filter.set_encoder_filter_callbacks(slot)
 
     # From the codec ------------------------------------------------------------
 
@@ -351,42 +367,33 @@ class FilterManager:
             )
 
     def on_destroy(self) -> None:
-        seen = set()
-        slots = (*self.decoder.slots, *self.encoder.slots)
-        # Filters and their callbacks point back here: drop the slots (breaking the cycle,
-        # so that the stream is freed by reference counting) before telling the filters.
+        decoders, encoders = self.decoder.slots, self.encoder.slots
+        # Filters and their slots (their callbacks) point at each other and back here: drop
+        # the slots and the slots' filters (breaking the cycles, so that the stream is freed
+        # by reference counting) before telling the filters.
         self.decoder.slots = []
         self.encoder.slots = []
         self.route_resolver = None
-        for slot in slots:
-            if id(slot.filter) not in seen:
-                seen.add(id(slot.filter))
-                slot.filter.on_destroy()
+        filters = []
+        for slot in decoders:
+            filters.append(slot.filter)
+            slot.filter = None
+        for slot in encoders:
+            f = slot.filter
+            slot.filter = None
+            if f not in filters:  # a StreamFilter has a slot on each side: told once
+                filters.append(f)
+        for f in filters:
+            f.on_destroy()
 
 
-class _Callbacks:
-    """What both directions' callbacks share: the stream and the filter's slot."""
+class _DecoderSlot(_Active):
+    """A decoder filter's slot, and its StreamDecoderFilterCallbacks."""
 
-    __slots__ = ("manager", "slot")
-
-    def __init__(self, manager: FilterManager, slot: _Active) -> None:
-        self.manager = manager
-        self.slot = slot
-
-    @property
-    def stream_info(self) -> StreamInfo:
-        return self.manager.stream_info
-
-    @property
-    def route(self) -> Any:
-        return self.manager.route
-
-
-class _DecoderCallbacks(_Callbacks):
     __slots__ = ()
 
     def continue_decoding(self) -> None:
-        self.slot.continue_iteration()
+        self.chain.resume(self)
 
     def send_local_reply(
         self,
@@ -429,18 +436,18 @@ class _DecoderCallbacks(_Callbacks):
         self.manager.sink.touch()
 
     def decoding_buffer(self) -> bytearray | None:
-        return self.manager.decoder.buffered(self.slot) if self.slot.queue else None
+        return self.manager.decoder.buffered(self) if self.queue else None
 
     def add_decoded_data(self, data: bytes) -> None:
-        self.manager.decoder.walk(self.slot.index + 1, _Kind.DATA, data, False)
+        self.manager.decoder.walk(self.index + 1, _Kind.DATA, data, False)
 
     def inject_decoded_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None:
         """Envoy's injectDecodedDataToFilterChain: data (and possibly the end of the stream)
         from this filter straight to the next ones, e.g. from a data hook that returned
         STOP_ITERATION_NO_BUFFER."""
         if end_stream:
-            self.slot.injected_end = True
-        self.manager.decoder.walk(self.slot.index + 1, _Kind.DATA, data, end_stream)
+            self.injected_end = True
+        self.manager.decoder.walk(self.index + 1, _Kind.DATA, data, end_stream)
 
     def clear_route_cache(self) -> None:
         if self.manager.route_resolver is not None:
@@ -456,23 +463,25 @@ class _DecoderCallbacks(_Callbacks):
         self.manager.encode_trailers(trailers)
 
 
-class _EncoderCallbacks(_Callbacks):
+class _EncoderSlot(_Active):
+    """An encoder filter's slot, and its StreamEncoderFilterCallbacks."""
+
     __slots__ = ()
 
     def continue_encoding(self) -> None:
-        self.slot.continue_iteration()
+        self.chain.resume(self)
 
     def encoding_buffer(self) -> bytearray | None:
-        return self.manager.encoder.buffered(self.slot) if self.slot.queue else None
+        return self.manager.encoder.buffered(self) if self.queue else None
 
     def add_encoded_data(self, data: bytes) -> None:
-        self.manager.encoder.walk(self.slot.index + 1, _Kind.DATA, data, False)
+        self.manager.encoder.walk(self.index + 1, _Kind.DATA, data, False)
 
     def inject_encoded_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None:
         """Envoy's injectEncodedDataToFilterChain (see the decoding side)."""
         if end_stream:
-            self.slot.injected_end = True
-        self.manager.encoder.walk(self.slot.index + 1, _Kind.DATA, data, end_stream)
+            self.injected_end = True
+        self.manager.encoder.walk(self.index + 1, _Kind.DATA, data, end_stream)
 
 
 class TerminalFilterManager:

@@ -89,7 +89,7 @@ def parse_retry_on(text: str) -> tuple[int, list[str]]:
         if flag is None:
             unknown.append(token)
         else:
-            flags |= flag
+            flags |= int(flag)
     return flags, unknown
 
 

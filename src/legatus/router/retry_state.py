@@ -30,7 +30,15 @@ class RetryStatus(enum.Enum):
     OVERFLOW = 3
 
 
-_5XX_LIKE = RetryOn.FIVE_XX | RetryOn.GATEWAY_ERROR | RetryOn.RESET
+# Plain ints on the per-response path (IntFlag's & runs Python code).
+_FIVE_XX = int(RetryOn.FIVE_XX)
+_GATEWAY_ERROR = int(RetryOn.GATEWAY_ERROR)
+_CONNECT_FAILURE = int(RetryOn.CONNECT_FAILURE)
+_RETRIABLE_4XX = int(RetryOn.RETRIABLE_4XX)
+_RETRIABLE_STATUS_CODES = int(RetryOn.RETRIABLE_STATUS_CODES)
+_RETRIABLE_HEADERS = int(RetryOn.RETRIABLE_HEADERS)
+_ENVOY_RATE_LIMITED = int(RetryOn.ENVOY_RATE_LIMITED)
+_5XX_LIKE = int(RetryOn.FIVE_XX | RetryOn.GATEWAY_ERROR | RetryOn.RESET)
 _GATEWAY_ERRORS = (502, 503, 504)
 
 
@@ -61,7 +69,7 @@ class RetryState:
             return None
         retry_on = policy.retry_on
         if header is not None:
-            retry_on |= parse_retry_on(header)[0]
+            retry_on |= int(parse_retry_on(header)[0])
         if policy.retriable_request_headers and not any(
             m.matches(headers) for m in policy.retriable_request_headers
         ):
@@ -88,18 +96,18 @@ class RetryState:
     def would_retry_headers(self, headers, code: int) -> bool:
         retry_on = self.retry_on
         if "x-envoy-ratelimited" in headers:
-            return bool(retry_on & RetryOn.ENVOY_RATE_LIMITED)
+            return bool(retry_on & _ENVOY_RATE_LIMITED)
         if "x-envoy-overloaded" in headers:
             return False
-        if retry_on & RetryOn.FIVE_XX and 500 <= code < 600:
+        if retry_on & _FIVE_XX and 500 <= code < 600:
             return True
-        if retry_on & RetryOn.GATEWAY_ERROR and code in _GATEWAY_ERRORS:
+        if retry_on & _GATEWAY_ERROR and code in _GATEWAY_ERRORS:
             return True
-        if retry_on & RetryOn.RETRIABLE_4XX and code == 409:
+        if retry_on & _RETRIABLE_4XX and code == 409:
             return True
-        if retry_on & RetryOn.RETRIABLE_STATUS_CODES and code in self.retriable_status_codes:
+        if retry_on & _RETRIABLE_STATUS_CODES and code in self.retriable_status_codes:
             return True
-        if retry_on & RetryOn.RETRIABLE_HEADERS:
+        if retry_on & _RETRIABLE_HEADERS:
             return any(m.matches(headers) for m in self.retriable_headers)
         return False
 
@@ -108,7 +116,7 @@ class RetryState:
             return False
         if self.retry_on & _5XX_LIKE:
             return True
-        return bool(connect_failure and self.retry_on & RetryOn.CONNECT_FAILURE)
+        return bool(connect_failure and self.retry_on & _CONNECT_FAILURE)
 
     def should_retry(self, would_retry: bool) -> RetryStatus:
         stats = self._cluster.stats
