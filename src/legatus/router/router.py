@@ -117,67 +117,38 @@ class RouterConfig:
 
 
 class Router(StreamDecoderFilter):
-    __slots__ = (
-        "alt_response",
-        "attempts",
-        "buffered",
-        "buffered_bytes",
-        "cluster",
-        "config",
-        "downstream_paused",
-        "end_stream",
-        "hedged",
-        "hedging",
-        "host",
-        "per_try",
-        "per_try_timer",
-        "request_body",
-        "request_body_overflow",
-        "request_complete_time",
-        "request_done",
-        "request_headers",
-        "retry_state",
-        "retry_timer",
-        "route",
-        "shadows",
-        "start_time",
-        "timeout",
-        "timer",
-        "trailers",
-        "try_idle_deadline",
-        "try_idle_timer",
-        "upstream",
-    )  # fmt: skip
+    # Per-stream state starts from these class-level defaults: a new stream writes only what
+    # it uses (one Router per request, so its construction is on the hot path).
+    upstream: UpstreamRequest | None = None
+    route = None
+    cluster = None
+    host = None
+    request_headers: HeaderMap | None = None
+    buffered: list[bytes] | tuple = ()  # request body held while the upstream connects
+    buffered_bytes = 0
+    trailers: HeaderMap | None = None
+    request_done = False
+    downstream_paused = False
+    timeout = 0.0
+    per_try = 0.0
+    alt_response = False
+    request_body: bytearray | None = None  # kept for a retry, a shadow or a redirect
+    request_body_overflow = False
+    timer = None
+    request_complete_time = 0.0
+    start_time = 0.0
+    retry_state: RetryState | None = None
+    retry_timer = None
+    per_try_timer = None
+    attempts = 0
+    shadows: list | None = None
+    hedging = False  # hedge_on_per_try_timeout for this request
+    hedged: list[UpstreamRequest] | tuple = ()  # earlier tries still running beside upstream
+    try_idle_timer = None  # per_try_idle_timeout: one re-arming timer per try
+    try_idle_deadline = 0.0
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        self.upstream: UpstreamRequest | None = None
-        self.route = None
-        self.cluster = None
-        self.host = None
-        self.request_headers: HeaderMap | None = None
-        self.buffered: list[bytes] = []
-        self.buffered_bytes = 0
-        self.trailers: HeaderMap | None = None
-        self.request_done = False
-        self.downstream_paused = False
-        self.timeout = 0.0
-        self.per_try = 0.0
-        self.alt_response = False
-        self.request_body: bytearray | None = None  # kept for an internal redirect
-        self.request_body_overflow = False
-        self.timer = None
-        self.request_complete_time = 0.0
-        self.start_time = 0.0
-        self.retry_state: RetryState | None = None
-        self.retry_timer = None
-        self.per_try_timer = None
-        self.attempts = 0
-        self.shadows: list | None = None
-        self.hedging = False  # hedge_on_per_try_timeout for this request
-        self.hedged: list[UpstreamRequest] = []  # earlier tries still running beside upstream
-        self.try_idle_timer = None  # per_try_idle_timeout: one re-arming timer per try
-        self.try_idle_deadline = 0.0
 
     # Decoding ------------------------------------------------------------------------
 
@@ -266,7 +237,10 @@ class Router(StreamDecoderFilter):
             if end_stream:
                 self._request_sent()
         elif upstream is not None and data:
-            self.buffered.append(data)
+            if self.buffered:
+                self.buffered.append(data)
+            else:
+                self.buffered = [data]
             self.buffered_bytes += len(data)
             if (
                 not self.downstream_paused
@@ -733,7 +707,7 @@ class Router(StreamDecoderFilter):
         status = retry.should_retry(True)
         if status is RetryStatus.YES:
             self._stop_try_idle_timer()
-            self.hedged.append(upstream)
+            self.hedged = [*self.hedged, upstream]
             self.upstream = None
             retry.previous_hosts.append(host)
             self.retry_timer = self.config.loop.call_later(retry.next_back_off(), self._do_retry)
