@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install what legatus and its tests need on a fresh Debian machine with Python 3.11:
-# the system tools the tests drive (curl, procps), then a virtualenv in .venv with
-# legatus and its test extras. Safe to run again.
+# the system tools the tests drive (curl, procps, redis-server for the rate limit
+# service), then a virtualenv in .venv with legatus and its test extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in curl ps; do
+for tool in curl ps redis-server; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if ((${#need[@]})); then
@@ -14,6 +14,7 @@ if ((${#need[@]})); then
   for tool in "${need[@]}"; do
     case $tool in
       ps) pkgs+=(procps) ;;
+      redis-server) pkgs+=(redis-server) ;;
       *) pkgs+=("$tool") ;;
     esac
   done

@@ -16,9 +16,11 @@ _EXTENSIONS = (
     "compression.zstd",
     "filters.http.local_ratelimit",
     "filters.http.rbac",
+    "filters.http.ratelimit",
     "filters.network.local_ratelimit",
     "filters.network.connection_limit",
     "filters.network.rbac",
+    "filters.network.ratelimit",
     "access_loggers.file",
     "access_loggers.stream",
 )

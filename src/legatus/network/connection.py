@@ -92,7 +92,7 @@ class Connection(asyncio.Protocol):
     # Filter chain ------------------------------------------------------------
 
     def add_read_filter(self, f: ReadFilter) -> None:
-        f.initialize_read_filter_callbacks(_ReadCallbacks(self))
+        f.initialize_read_filter_callbacks(_ReadCallbacks(self, f))
         self.read_filters.append(f)
 
     def add_write_filter(self, f: WriteFilter) -> None:
@@ -350,13 +350,21 @@ class Connection(asyncio.Protocol):
 
 
 class _ReadCallbacks:
-    __slots__ = ("connection",)
+    __slots__ = ("connection", "filter")
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, f: ReadFilter) -> None:
         self.connection = connection
+        self.filter = f
 
     def continue_reading(self) -> None:
         self.connection.continue_reading()
+
+    def inject_read_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None:
+        """Envoy's injectReadDataToFilterChain: hand bytes this filter took (it stopped
+        ``on_data``) to the filters after it."""
+        conn = self.connection
+        if conn.state is State.OPEN and self.filter in conn.read_filters:
+            conn._iterate(conn.read_filters.index(self.filter) + 1, data, end_stream)
 
 
 class PendingConnect:

@@ -27,8 +27,14 @@ from legatus.common.regex import RegexRewrite, compile_rewrite
 from legatus.config.datasource import read_data_source
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
+from legatus.router.hash_policy import HashContext, HashPolicy, compile_hash_policy
 from legatus.router.header_mutations import is_modifiable_header
 from legatus.router.matchers import PathMatcher, path_for_matching
+from legatus.router.rate_limit_policy import (
+    EMPTY_POLICY,
+    RateLimitPolicy,
+    compile_rate_limit_policy,
+)
 from legatus.router.retry_policy import (
     RetryPolicy,
     compile_hedge_policy,
@@ -68,6 +74,9 @@ _ROUTE_ACTION_FIELDS = (
     "retry_policy",
     "request_mirror_policies",
     "hedge_policy",
+    "hash_policy",
+    "rate_limits",
+    "include_vh_rate_limits",
 )
 # ClusterNotFoundResponseCode: SERVICE_UNAVAILABLE, NOT_FOUND, INTERNAL_SERVER_ERROR.
 _CLUSTER_NOT_FOUND_CODES = (503, 404, 500)
@@ -102,10 +111,18 @@ class RouteAction:
     request_mirror_policies: tuple[MirrorPolicy, ...] = ()  # likewise
     hedge_on_per_try_timeout: bool | None = None  # hedge_policy; None: the virtual host's
     path_matcher: PathMatcher | None = None  # the route's, for prefix_rewrite
+    hash_policy: HashPolicy | None = None  # for RING_HASH / MAGLEV clusters (hash_policy.py)
+    rate_limit_policy: RateLimitPolicy = EMPTY_POLICY  # rate_limits (rate_limit_policy.py)
+    include_vh_rate_limits: bool = False
 
     def rewrite_path(self, path: str) -> str | None:
         """The new ``:path`` for this route, or None when it rewrites nothing."""
         return rewrite_path_with(path, self.prefix_rewrite, self.regex_rewrite, self.path_matcher)
+
+    def hash_context(self, headers, stream_info) -> HashContext:
+        """What a hashing balancer hashes for this request (``ThreadLocalCluster.choose_host``);
+        its ``set_cookies`` are the set-cookie values to add to the response."""
+        return HashContext.for_stream(self.hash_policy, headers, stream_info)
 
     def host_rewrite(self, headers) -> str | None:
         """The new ``:authority`` from the literal or the named header, else None.
@@ -206,6 +223,11 @@ def compile_route_action(
             proto.request_mirror_policies, join_path(path, "request_mirror_policies")
         ),
         path_matcher=path_matcher,
+        hash_policy=compile_hash_policy(proto.hash_policy, join_path(path, "hash_policy")),
+        rate_limit_policy=compile_rate_limit_policy(
+            proto.rate_limits, join_path(path, "rate_limits")
+        ),
+        include_vh_rate_limits=proto.include_vh_rate_limits.value,
     )
 
 

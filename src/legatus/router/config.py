@@ -27,7 +27,7 @@ rejects static cluster names not in ``context.cluster_names``.
 Not implemented yet, and refused by name when set: VHDS, ``vhost_header``,
 ``internal_only_headers``, cluster specifier plugins, request mirroring, metadata;
 virtual host ``matcher`` trees, ``require_tls``, ``virtual_clusters`` (their
-``vhost.<vh>.vcluster.<vc>.*`` stats), rate limits, CORS, retry and hedge policies;
+``vhost.<vh>.vcluster.<vc>.*`` stats), CORS;
 route ``decorator``, ``tracing``, ``stat_prefix``, ``metadata``, filter/non-forwarding
 actions; and, in RouteMatch/RouteAction, what matchers.py and action.py list.
 ``typed_per_filter_config`` is compiled by the HTTP filter that owns each entry's type
@@ -60,6 +60,7 @@ from legatus.router.per_filter_config import (
     PerFilterConfig,
     compile_per_filter_configs,
 )
+from legatus.router.rate_limit_policy import EMPTY_POLICY, compile_rate_limit_policy
 from legatus.router.redirect import RedirectAction, compile_redirect
 from legatus.router.retry_policy import compile_hedge_policy, compile_retry_policy
 from legatus.router.shadow_writer import compile_mirror_policies
@@ -97,6 +98,7 @@ _VIRTUAL_HOST_FIELDS = (
     "response_headers_to_add",
     "response_headers_to_remove",
     "typed_per_filter_config",
+    "rate_limits",
 )
 _ROUTE_FIELDS = (
     "name",
@@ -233,6 +235,7 @@ class VirtualHost:
         "include_attempt_count_in_response",
         "include_request_attempt_count",
         "name",
+        "rate_limit_policy",
         "routes",
         "table_per_filter_config",
         "typed_per_filter_config",
@@ -247,6 +250,7 @@ class VirtualHost:
         self.include_attempt_count_in_response = False  # and to the client
         self.typed_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
         self.table_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
+        self.rate_limit_policy = EMPTY_POLICY  # rate_limits (rate_limit_policy.py)
 
     def route(self, headers, random_value: int) -> RouteMatch | None:
         if not headers.get("x-forwarded-proto"):
@@ -418,6 +422,9 @@ class _Builder:
         virtual_host.typed_per_filter_config = _per_filter(proto, self.context, path)
         virtual_host.include_request_attempt_count = proto.include_request_attempt_count
         virtual_host.include_attempt_count_in_response = proto.include_attempt_count_in_response
+        virtual_host.rate_limit_policy = compile_rate_limit_policy(
+            proto.rate_limits, join_path(path, "rate_limits")
+        )
         vh_retry = (
             compile_retry_policy(proto.retry_policy, join_path(path, "retry_policy"))
             if proto.HasField("retry_policy")
@@ -496,6 +503,8 @@ class _Builder:
             path,
             prefix="response",
         )
+        if isinstance(action, RouteAction):
+            self._refuse_http2_clusters(action, action_path)
         route = Route(
             name=proto.name,
             virtual_host=virtual_host,
@@ -529,6 +538,26 @@ class _Builder:
             )
             object.__setattr__(route, "weighted_matches", prebuilt)
         return route
+
+    def _refuse_http2_clusters(self, action: RouteAction, path: str) -> None:
+        """A route to a cluster set up for HTTP/2 upstreams would get HTTP/1.1: refused."""
+        http2 = getattr(self.context, "http2_cluster_names", None)
+        if not http2:
+            return
+        names = [(join_path(path, "cluster"), action.cluster)]
+        if action.weighted_clusters is not None:
+            names += [
+                (f"{path}.weighted_clusters.clusters[{i}].name", c.name)
+                for i, c in enumerate(action.weighted_clusters.clusters)
+            ]
+        for where, name in names:
+            if name in http2:
+                raise ConfigError(
+                    where,
+                    f"route to cluster '{name}', an HTTP/2 upstream (explicit_http_config."
+                    "http2_protocol_options): not supported by legatus's router yet (HTTP/1.1 "
+                    "upstreams only; gRPC clients such as the rate limit filter may use it)",
+                )
 
     def _levels(self, route_level, vh_level, table_level) -> tuple[HeaderMutations, ...]:
         # Envoy: most specific first by default, so the least specific overwrite lands last.

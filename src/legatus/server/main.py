@@ -13,6 +13,10 @@ log = logging.getLogger("legatus.main")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ratelimit"]:  # the rate limit service (docs/ratelimit-service.md)
+        from legatus.ratelimit.cli import main as ratelimit_main
+
+        return ratelimit_main(argv[1:])
     try:
         options = opts.parse(argv)
     except opts.OptionsError as e:

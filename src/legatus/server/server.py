@@ -83,6 +83,7 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
         options=options,
         random=random.Random(),
         cluster_names=frozenset(c.name for c in clusters),
+        http2_cluster_names=frozenset(c.name for c in clusters if c.http2),
         runtime=runtime,
     )
     listeners = [

@@ -251,6 +251,9 @@ class Worker:
             cluster_manager=self.cluster_manager,
             access_log_manager=self.access_log_manager,
             cluster_names=frozenset(self.cluster_manager.clusters),
+            http2_cluster_names=frozenset(
+                name for name, c in self.cluster_manager.clusters.items() if c.config.http2
+            ),
             runtime=self.runtime,
         )
         for ls in message.listeners:

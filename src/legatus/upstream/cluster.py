@@ -19,6 +19,7 @@ from legatus.config.supported import check_supported
 from legatus.network import address as addr
 from legatus.network.connection import DEFAULT_BUFFER_LIMIT
 from legatus.upstream.health_checker.config import HealthCheckConfig, compile_health_checks
+from legatus.upstream.lb_config import DEFAULT_LB, LbConfig, compile_lb_config
 from legatus.upstream.outlier_detection import OutlierConfig, compile_outlier_detection
 
 Cluster = cluster_pb2.Cluster
@@ -46,6 +47,12 @@ _SUPPORTED_CLUSTER_FIELDS = frozenset(
         "connect_timeout",
         "per_connection_buffer_limit_bytes",
         "lb_policy",
+        "ring_hash_lb_config",
+        "maglev_lb_config",
+        "least_request_lb_config",
+        "round_robin_lb_config",
+        "common_lb_config",
+        "load_balancing_policy",
         "load_assignment",
         "dns_refresh_rate",
         "respect_dns_ttl",
@@ -67,7 +74,7 @@ _SUPPORTED_LB_ENDPOINT = frozenset(
 )
 _SUPPORTED_ENDPOINT = frozenset({"address", "hostname"})
 _SUPPORTED_LOCALITY = frozenset({"locality", "lb_endpoints", "priority", "load_balancing_weight"})
-_SUPPORTED_ASSIGNMENT = frozenset({"cluster_name", "endpoints"})
+_SUPPORTED_ASSIGNMENT = frozenset({"cluster_name", "endpoints", "policy"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +86,9 @@ class EndpointConfig:
     region: str = ""
     zone: str = ""
     sub_zone: str = ""
+    locality_weight: int = 0  # the locality's load_balancing_weight (0: unset)
+    health_status: int = 0  # core.v3.HealthStatus (EDS-style); 0: UNKNOWN
+    hash_key: str = ""  # metadata envoy.lb hash_key: the ring/Maglev key instead of the address
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +108,8 @@ class ClusterConfig:
     upstream_idle_timeout: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT
     health_check: HealthCheckConfig | None = None  # health_checks (at most one)
     outlier: OutlierConfig | None = None  # outlier_detection
+    lb: LbConfig = DEFAULT_LB  # lb_policy, *_lb_config, common_lb_config, load_balancing_policy
+    http2: bool = False  # explicit_http_config.http2_protocol_options (gRPC clients only)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +123,8 @@ class HostConfig:
     region: str = ""
     zone: str = ""
     sub_zone: str = ""
+    health_status: int = 0  # core.v3.HealthStatus from the lb_endpoint; 0: UNKNOWN
+    hash_key: str = ""  # metadata envoy.lb hash_key, if any
 
 
 def duration(d) -> float:
@@ -128,12 +142,7 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
             f"{path}.type",
             f"cluster type {Cluster.DiscoveryType.Name(proto.type)} is not supported yet",
         ) from None
-    if proto.lb_policy != Cluster.ROUND_ROBIN:
-        raise ConfigError(
-            f"{path}.lb_policy",
-            f"lb_policy {Cluster.LbPolicy.Name(proto.lb_policy)}"
-            " is not supported yet (ROUND_ROBIN is)",
-        )
+    lb = compile_lb_config(proto, path)
     endpoints = _endpoints(proto, path, dns=kind is not DiscoveryType.STATIC)
     if kind is DiscoveryType.LOGICAL_DNS and len(endpoints) != 1:
         raise ConfigError(
@@ -150,6 +159,8 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
         else None
     )
     return ClusterConfig(
+        lb=lb,
+        http2=_explicit_http2(proto),
         health_check=health_check,
         outlier=outlier,
         max_requests_per_connection=max_requests,
@@ -214,7 +225,16 @@ def _http_protocol_options(proto: Cluster, path: str) -> tuple[int, float | None
         if options.HasField("explicit_http_config"):
             explicit = options.explicit_http_config
             which = explicit.WhichOneof("protocol_config")
-            if which != "http_protocol_options":
+            if which == "http2_protocol_options":
+                # Only the gRPC clients (rate limit filters) speak HTTP/2 upstream; the
+                # HTTP router has no HTTP/2 pool yet (docs/ratelimit-service.md).
+                check_supported(
+                    explicit.http2_protocol_options,
+                    (),
+                    f"{opath}.explicit_http_config.http2_protocol_options",
+                    "Http2ProtocolOptions",
+                )
+            elif which != "http_protocol_options":
                 raise ConfigError(
                     f"{opath}.explicit_http_config.{which}",
                     f"{which} is not supported by legatus yet (HTTP/1.1 upstreams only)",
@@ -235,6 +255,17 @@ def _http_protocol_options(proto: Cluster, path: str) -> tuple[int, float | None
             if common.HasField("max_requests_per_connection"):
                 max_requests = common.max_requests_per_connection.value
     return max_requests, idle
+
+
+def _explicit_http2(proto: Cluster) -> bool:
+    any_proto = proto.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+    if any_proto is None:
+        return False
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    any_proto.Unpack(options)
+    return options.explicit_http_config.WhichOneof("protocol_config") == "http2_protocol_options"
 
 
 def _endpoints(proto: Cluster, path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:
@@ -263,9 +294,23 @@ def _endpoints(proto: Cluster, path: str, *, dns: bool) -> tuple[EndpointConfig,
                     region=locality.locality.region,
                     zone=locality.locality.zone,
                     sub_zone=locality.locality.sub_zone,
+                    locality_weight=locality.load_balancing_weight.value,
+                    health_status=lb.health_status,
+                    hash_key=_hash_key(lb),
                 )
             )
     return tuple(out)
+
+
+def _hash_key(lb_endpoint) -> str:
+    """The ``envoy.lb`` metadata ``hash_key`` string (Envoy's consistent-hashing key)."""
+    if not lb_endpoint.HasField("metadata"):
+        return ""
+    envoy_lb = lb_endpoint.metadata.filter_metadata.get("envoy.lb")
+    if envoy_lb is None:
+        return ""
+    value = envoy_lb.fields.get("hash_key")
+    return value.string_value if value is not None else ""
 
 
 def static_hosts(config: ClusterConfig) -> tuple[HostConfig, ...]:
@@ -278,6 +323,8 @@ def static_hosts(config: ClusterConfig) -> tuple[HostConfig, ...]:
             region=e.region,
             zone=e.zone,
             sub_zone=e.sub_zone,
+            health_status=e.health_status,
+            hash_key=e.hash_key,
         )
         for e in config.endpoints
     )

@@ -23,6 +23,7 @@ from legatus.stats.store import Store
 from legatus.upstream.cluster import ClusterConfig, DiscoveryType, HostConfig, compile_cluster
 from legatus.upstream.cluster import static_hosts as _static_hosts
 from legatus.upstream.host import HealthFlag
+from legatus.upstream.load_balancer.priority_set import eds_health_flags
 from legatus.upstream.stats import ClusterManagerStats, ClusterMembershipStats
 
 log = logging.getLogger("legatus.upstream")
@@ -70,6 +71,7 @@ class ClusterManager:
         self.rng = rng
         self.on_hosts = on_hosts
         self.on_health = on_health
+        self.eds_flags: dict[str, dict[str, int]] = {}  # cluster -> address -> HealthFlag
         self.hosts: dict[str, tuple[HostConfig, ...]] = {}
         # cluster -> host address ("ip:port") -> HealthFlag bits, as last sent to the workers.
         self.health: dict[str, dict[str, int]] = {}
@@ -162,6 +164,10 @@ class ClusterManager:
     def _set_hosts(self, name: str, hosts: tuple[HostConfig, ...]) -> None:
         previous = self.hosts.get(name)
         self.hosts[name] = hosts
+        # An endpoint's own health_status (UNHEALTHY, DRAINING, DEGRADED...) counts too.
+        self.eds_flags[name] = {
+            str(h.address): eds_health_flags(h.health_status) for h in hosts if h.health_status
+        }
         m = self.membership[name]
         m.membership_total.set(len(hosts))
         if self.configs[name].type is not DiscoveryType.STATIC:
@@ -186,6 +192,9 @@ class ClusterManager:
     def host_flags(self, name: str, address: str) -> int:
         checker = self.health_checkers.get(name)
         flags = checker.flags(address) if checker is not None else 0
+        eds = self.eds_flags.get(name)
+        if eds:
+            flags |= eds.get(address, 0)
         detector = self.detectors.get(name)
         if detector is not None and detector.ejected(address):
             flags |= HealthFlag.FAILED_OUTLIER_CHECK

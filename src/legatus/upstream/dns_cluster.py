@@ -265,4 +265,6 @@ def _host(e: EndpointConfig, ip: str, priority: int) -> HostConfig:
         region=e.region,
         zone=e.zone,
         sub_zone=e.sub_zone,
+        health_status=e.health_status,
+        hash_key=e.hash_key,
     )

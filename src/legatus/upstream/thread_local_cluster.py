@@ -2,8 +2,10 @@
 
 The main process sends each worker the cluster configs and, whenever they
 change, the host sets; the worker swaps in a new host tuple and balancer
-(connections already open keep their Host object). HTTP connection pools are made
-per host on first use; a host that leaves the cluster has its pool drained and
+(connections already open keep their Host object). The balancer is rebuilt from the
+cluster's LbConfig on every host or health change (``update_hosts``, ``refresh_health``);
+``choose_host`` is what the router and the TCP proxy call per request. HTTP connection
+pools are made per host on first use; a host that leaves the cluster has its pool drained and
 deleted once idle, as Envoy does.
 """
 
@@ -15,18 +17,33 @@ from legatus.http.codes import ResponseCodeStats
 from legatus.stats.store import Store
 from legatus.upstream.cluster import ClusterConfig, HostConfig
 from legatus.upstream.host import Host, host_stats_prefix
-from legatus.upstream.load_balancer import RoundRobin
+from legatus.upstream.load_balancer import (
+    EDS_HEALTH_FLAGS,
+    LbStats,
+    build_balancer,
+    eds_health_flags,
+    table_stats,
+)
 from legatus.upstream.stats import ClusterTrafficStats
 
 
 class ThreadLocalCluster:
-    __slots__ = ("_loop", "_pool_context", "_pools", "_rng", "_store", "code_stats", "config",
-                 "hosts", "lb", "resource_managers", "retry_code_stats", "scope",
-                 "stats")  # fmt: skip
+    __slots__ = ("_lb_stats", "_locality_weights", "_loop", "_pool_context", "_pools", "_rng",
+                 "_store", "_table_stats", "code_stats", "config", "hashing", "hosts", "lb",
+                 "resource_managers", "retry_code_stats", "scope", "stats")  # fmt: skip
 
     def __init__(
-        self, config: ClusterConfig, store: Store, rng: random.Random, loop=None, *, counters=None
+        self,
+        config: ClusterConfig,
+        store: Store,
+        rng: random.Random,
+        loop=None,
+        *,
+        counters=None,
+        lb_table_stats: bool = True,
     ) -> None:
+        """``lb_table_stats``: whether this worker keeps the ring_hash_lb / maglev_lb gauges
+        (one worker does: every worker builds the same tables)."""
         self.config = config
         self._store = store
         self._rng = rng
@@ -37,7 +54,13 @@ class ThreadLocalCluster:
         # responses a retry replaced: cluster.<name>.retry.upstream_rq_<code>...
         self.retry_code_stats = ResponseCodeStats(self.scope.scope("retry."), categories=False)
         self.hosts: tuple[Host, ...] = ()
-        self.lb: RoundRobin[Host] = RoundRobin((), (), rng)
+        lb = config.lb
+        # Whether the balancer hashes requests: the router then passes a HashContext.
+        self.hashing = lb.hashing
+        self._lb_stats = LbStats(self.scope)
+        self._table_stats = table_stats(lb, self.scope) if lb_table_stats else None
+        self._locality_weights = dict(lb.locality_weights)
+        self.lb = self._build_lb(())
         self._pools: dict = {}
         self._pool_context = None
         from legatus.upstream.resource_manager import ResourceManager, ResourcePriority
@@ -99,9 +122,12 @@ class ThreadLocalCluster:
             old.get(h) or Host(h, self._store.scope(host_stats_prefix(self.config.stat_name, h)))
             for h in hosts
         )
+        for host in new:
+            if host.config.health_status and host.config not in old:
+                host.health_flags |= eds_health_flags(host.config.health_status)
         gone = set(self.hosts) - set(new)
         self.hosts = new
-        self.lb = RoundRobin(new, [h.config.weight for h in new], self._rng)
+        self.lb = self._build_lb(new, self.lb)
         for host in gone:
             pool = self._pools.pop(host, None)
             if pool is not None:
@@ -110,20 +136,39 @@ class ThreadLocalCluster:
                 self.resource_managers[0].connection_pools.dec()
                 pool.drain(DrainBehavior.DRAIN_AND_DELETE)
 
-    def choose_host(self) -> Host | None:
-        return self.lb.choose()
+    def _build_lb(self, hosts: tuple[Host, ...], previous=None):
+        return build_balancer(
+            hosts,
+            self.config.lb,
+            self._rng,
+            self._lb_stats,
+            table_stats=self._table_stats,
+            locality_weights=self._locality_weights,
+            previous=previous,
+        )
+
+    def choose_host(self, context=None, attempt: int = 0) -> Host | None:
+        """The host for a request, or None (no healthy upstream).
+
+        ``context``: a ``legatus.router.hash_policy.HashContext`` for hashing balancers (see
+        ``hashing``); ignored by the others. ``attempt``: 0 for a first pick, n for the n-th
+        pick of the same request after a host was rejected (RING_HASH / MAGLEV then move off
+        the host the hash points at, as Envoy does)."""
+        return self.lb.choose(context, attempt)
 
     def refresh_health(self) -> None:
-        """The hosts' health flags changed (the worker applied an UpdateHealth).
+        """Rebuild the balancing after the hosts' ``health_flags`` changed.
 
-        A minimal stand-in until the priority- and panic-aware balancers land: balance over the
-        hosts that are not unhealthy (degraded ones included), or over every host when none is
-        (Envoy's panic routing)."""
-        from legatus.upstream.host import CoarseHealth
-
-        usable = tuple(h for h in self.hosts if h.coarse_health() is not CoarseHealth.UNHEALTHY)
-        hosts = usable or self.hosts
-        self.lb = RoundRobin(hosts, [h.config.weight for h in hosts], self._rng)
+        Call it after setting the flags (active health checking, outlier detection): the
+        priority levels, panic and the balancer are recomputed. The EDS-style flags that come
+        from the endpoints' ``health_status`` are kept whatever the caller wrote."""
+        for host in self.hosts:
+            status = host.config.health_status
+            if status:
+                host.health_flags = (host.health_flags & ~EDS_HEALTH_FLAGS) | eds_health_flags(
+                    status
+                )
+        self.lb = self._build_lb(self.hosts, self.lb)
 
 
 class ThreadLocalClusterManager:
@@ -148,7 +193,14 @@ class ThreadLocalClusterManager:
             old.drain_pools()
         breakers = self._circuit_breakers
         counters = breakers.slots(config.name, self._worker) if breakers is not None else None
-        cluster = ThreadLocalCluster(config, self._store, self._rng, self._loop, counters=counters)
+        cluster = ThreadLocalCluster(
+            config,
+            self._store,
+            self._rng,
+            self._loop,
+            counters=counters,
+            lb_table_stats=self._worker == 0,
+        )
         cluster.update_hosts(hosts)
         self.clusters[config.name] = cluster
 

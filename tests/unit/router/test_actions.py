@@ -313,8 +313,6 @@ def test_direct_response_status_range_is_pgv():
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("hash_policy", [{"header": {"header_name": "x"}}]),
-        ("rate_limits", [{"actions": [{"remote_address": {}}]}]),
         ("cors", {}),
         ("metadata_match", {}),
         ("upgrade_configs", [{"upgrade_type": "websocket"}]),

@@ -1,0 +1,38 @@
+"""``envoy.filters.http.ratelimit``: global rate limiting through a rate limit service
+(filter.py)."""
+
+from __future__ import annotations
+
+from legatus.network.filter import FilterFactory
+from legatus.registry import Category, Extension, Registry
+
+NAME = "envoy.filters.http.ratelimit"
+CONFIG_TYPE = "envoy.extensions.filters.http.ratelimit.v3.RateLimit"
+PER_ROUTE_TYPE = "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute"
+
+
+def _factory(proto, context, path: str) -> FilterFactory:
+    from legatus.extensions.filters.http.ratelimit.filter import RateLimitFilter, compile_config
+
+    config = compile_config(proto, context, path)
+    name = context.http_filter_name
+    return FilterFactory(lambda: RateLimitFilter(config, name), terminal=False)
+
+
+def _route_factory(proto, context, path: str):
+    from legatus.extensions.filters.http.ratelimit.filter import compile_per_route
+
+    return compile_per_route(proto, path)
+
+
+def register(registry: Registry) -> None:
+    registry.register(
+        Extension(
+            category=Category.HTTP_FILTER,
+            name=NAME,
+            config_types=(CONFIG_TYPE,),
+            factory=_factory,
+            route_config_types=(PER_ROUTE_TYPE,),
+            route_factory=_route_factory,
+        )
+    )
