@@ -92,10 +92,6 @@ _HEADERS_STOP = {
     FilterHeadersStatus.STOP_ALL_ITERATION_AND_BUFFER: _Block.ALL,
     FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK: _Block.ALL,
 }
-_WATERMARK = {
-    FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK,
-    FilterDataStatus.STOP_ITERATION_AND_WATERMARK,
-}
 
 
 class _Active:
@@ -103,11 +99,12 @@ class _Active:
     direction (``_DecoderSlot`` / ``_EncoderSlot``): one object per filter and direction."""
 
     __slots__ = ("block", "chain", "filter", "index", "injected_end", "manager", "queue",
-                 "watermark")  # fmt: skip
+                 "stream_info", "watermark")  # fmt: skip
 
     def __init__(self, chain: _Chain, index: int, f: Any) -> None:
         self.chain = chain
-        self.manager = chain.manager
+        manager = self.manager = chain.manager
+        self.stream_info = manager.stream_info  # read often by filters: a plain attribute
         self.index = index
         self.filter = f
         self.block = _Block.NONE
@@ -117,10 +114,6 @@ class _Active:
 
     def continue_iteration(self) -> None:
         self.chain.resume(self)
-
-    @property
-    def stream_info(self) -> StreamInfo:
-        return self.manager.stream_info
 
     @property
     def route(self) -> Any:
@@ -178,8 +171,12 @@ class _Chain:
             if status is FilterHeadersStatus.CONTINUE_AND_DONT_END_STREAM:
                 self.walk(slot.index + 1, kind, payload, False)
                 return False
-            slot.block = _HEADERS_STOP[status]
-            slot.watermark = status in _WATERMARK
+            # (identity tests: an Enum's hash runs Python code, dict and set lookups pay it)
+            if status is FilterHeadersStatus.STOP_ITERATION:
+                slot.block = _Block.HEADERS
+            else:
+                slot.block = _HEADERS_STOP[status]
+                slot.watermark = status is FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
             slot.queue.append((kind, payload, end_stream))
             return False
         if kind is _Kind.DATA:
@@ -199,7 +196,7 @@ class _Chain:
                 return False
             if slot.block is _Block.NONE:
                 slot.block = _Block.DATA
-            slot.watermark = status in _WATERMARK
+            slot.watermark = status is FilterDataStatus.STOP_ITERATION_AND_WATERMARK
             self.hold(slot, kind, payload, end_stream)
             return False
         status = (f.decode_trailers if d else f.encode_trailers)(payload)

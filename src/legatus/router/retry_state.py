@@ -39,6 +39,7 @@ _RETRIABLE_STATUS_CODES = int(RetryOn.RETRIABLE_STATUS_CODES)
 _RETRIABLE_HEADERS = int(RetryOn.RETRIABLE_HEADERS)
 _ENVOY_RATE_LIMITED = int(RetryOn.ENVOY_RATE_LIMITED)
 _5XX_LIKE = int(RetryOn.FIVE_XX | RetryOn.GATEWAY_ERROR | RetryOn.RESET)
+_BELOW_500 = _RETRIABLE_4XX | _RETRIABLE_STATUS_CODES | _RETRIABLE_HEADERS | _ENVOY_RATE_LIMITED
 _GATEWAY_ERRORS = (502, 503, 504)
 
 
@@ -92,6 +93,12 @@ class RetryState:
         return state
 
     # Judging a try ------------------------------------------------------------------------
+
+    def concerns(self, code: int) -> bool:
+        """Whether a response with ``code`` needs judging at all: a 5xx, a condition that
+        looks at other responses, or a retry in flight (whose success is counted). The
+        common 2xx of a ``5xx`` policy is not."""
+        return code >= 500 or self._armed or bool(self.retry_on & _BELOW_500)
 
     def would_retry_headers(self, headers, code: int) -> bool:
         retry_on = self.retry_on

@@ -451,7 +451,11 @@ class Router(StreamDecoderFilter):
             if self._drop_while_hedged(retry, headers, code):
                 return
             self._reset_hedged()  # this response wins
-        if retry is not None and self._retry_on_headers(retry, headers, code, end_stream):
+        if (
+            retry is not None
+            and retry.concerns(code)
+            and self._retry_on_headers(retry, headers, code, end_stream)
+        ):
             return
         if self.config.dynamic_stats:
             self.cluster.code_stats.charge(code, internal=cb.stream.internal)
