@@ -36,6 +36,8 @@ class FactoryContext:
     http_stat_prefix: str | None = None  # the HCM an HTTP filter is built for
     http_filter_name: str = ""  # the HttpFilter ``name`` a filter is built for: the key of its
     # per-route configs (RouteMatch.most_specific_per_filter_config)
+    route_table: Any = None  # the HCM's inline RouteTable, so that an HTTP filter can see its
+    # per-route configs at config time (None: routes that may change, e.g. RDS)
 
     @property
     def validating(self) -> bool:

@@ -282,6 +282,24 @@ class RouteTable:
     response_headers: HeaderMutations = EMPTY
     typed_per_filter_config: PerFilterConfig = field(default_factory=lambda: NO_PER_FILTER_CONFIG)
 
+    def per_filter_configs(self, filter_name: str) -> list[Any]:
+        """Every compiled per-route config of the filter named ``filter_name``, at every level
+        of the table (what a filter may meet at request time)."""
+        found = []
+        levels = [self.typed_per_filter_config]
+        for vh in self.virtual_hosts:
+            levels.append(vh.typed_per_filter_config)
+            for r in vh.routes:
+                levels.append(r.typed_per_filter_config)
+                weighted = getattr(r.action, "weighted_clusters", None)
+                if weighted is not None:
+                    levels.extend(c.typed_per_filter_config for c in weighted.clusters)
+        for level in levels:
+            config = level.get(filter_name)
+            if config is not None:
+                found.append(config)
+        return found
+
     def route(self, headers, random_value: int) -> RouteMatch | None:
         """The route for a request (None: no virtual host or no route matched)."""
         virtual_host = self.find_virtual_host(headers)

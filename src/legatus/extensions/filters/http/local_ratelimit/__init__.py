@@ -12,12 +12,22 @@ CONFIG_TYPE = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 def _factory(proto, context, path: str) -> FilterFactory:
     from legatus.extensions.filters.http.local_ratelimit.filter import (
         LocalRateLimitFilter,
+        LocalRateLimitHeadersFilter,
         compile_config,
     )
 
     config = compile_config(proto, context, path)
     name = context.http_filter_name
-    return FilterFactory(lambda: LocalRateLimitFilter(config, name), terminal=False)
+    # Only x-ratelimit headers need the response: without them (here or in any per-route
+    # config) the filter stays out of the encoder chain, which costs every stream.
+    table = context.route_table
+    headers = (
+        config.x_ratelimit_headers
+        or table is None
+        or any(c.x_ratelimit_headers for c in table.per_filter_configs(name))
+    )
+    cls = LocalRateLimitHeadersFilter if headers else LocalRateLimitFilter
+    return FilterFactory(lambda: cls(config, name), terminal=False)
 
 
 def _route_factory(proto, context, path: str):

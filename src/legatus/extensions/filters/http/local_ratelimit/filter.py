@@ -33,7 +33,7 @@ from legatus.common.runtime_fraction import FractionalPercentFlag
 from legatus.common.token_bucket import TokenBucket
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
-from legatus.http.filter import FilterHeadersStatus, StreamFilter
+from legatus.http.filter import FilterHeadersStatus, StreamDecoderFilter, StreamFilter
 from legatus.router.header_mutations import HeaderMutations, compile_header_mutations
 from legatus.stats.store import StatSet, counter
 from legatus.stream_info import ResponseFlag
@@ -169,7 +169,9 @@ def _request_headers(proto, path: str) -> HeaderMutations:
         raise ConfigError(fixed, e.message) from None
 
 
-class LocalRateLimitFilter(StreamFilter):
+class LocalRateLimitFilter(StreamDecoderFilter):
+    """The filter without x-ratelimit headers: requests only."""
+
     def __init__(self, config: LocalRateLimitConfig, name: str) -> None:
         self.config = config
         self.name = name
@@ -213,6 +215,10 @@ class LocalRateLimitFilter(StreamFilter):
             modify_headers=modify,
         )
         return FilterHeadersStatus.STOP_ITERATION
+
+
+class LocalRateLimitHeadersFilter(LocalRateLimitFilter, StreamFilter):
+    """The filter when x-ratelimit headers may be due: it also sees the response."""
 
     def encode_headers(self, headers, end_stream: bool) -> FilterHeadersStatus:
         bucket = self.bucket

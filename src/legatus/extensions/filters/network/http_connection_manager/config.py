@@ -142,7 +142,7 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         service_node=getattr(node, "service_node", "") or "",
     )
     route_table = compile_route_config(proto.route_config, context, join_path(path, "route_config"))
-    factories = _http_filters(proto, context, path)
+    factories = _http_filters(proto, replace(context, route_table=route_table), path)
     local_reply = None
     if proto.HasField("local_reply_config"):
         local_reply = compile_local_reply_config(
