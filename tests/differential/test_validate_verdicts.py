@@ -39,6 +39,8 @@ UNSUPPORTED = re.compile(r"not supported|unsupported|does not implement", re.I)
 
 # Example files legatus accepts today (Envoy accepts every one of them).
 LEGATUS_ACCEPTS = [
+    "examples__cors__backend__envoy.yaml",
+    "examples__cors__frontend__envoy.yaml",
     "examples__csrf__crosssite__envoy.yaml",
     "examples__double-proxy__envoy.yaml",
     "examples__front-proxy__service-envoy-2.yaml",

@@ -34,6 +34,7 @@ class FactoryContext:
     runtime: Any = None  # legatus.runtime.Runtime (the bootstrap's layered_runtime); None: empty
     listener_stat_prefix: str | None = None  # the listener a network filter is built for
     http_stat_prefix: str | None = None  # the HCM an HTTP filter is built for
+    server_health: Any = None  # legatus.server.server_health.ServerHealth (workers); None: ok
     http_filter_name: str = ""  # the HttpFilter ``name`` a filter is built for: the key of its
     # per-route configs (RouteMatch.most_specific_per_filter_config)
     route_table: Any = None  # the HCM's inline RouteTable, so that an HTTP filter can see its

@@ -587,6 +587,10 @@ class ActiveStream:
             config.stats.named.downstream_rq_response_before_rq_complete.inc()
         if self.saw_connection_close:
             manager.draining = True
+        health = config.server_health
+        if not manager.draining and health is not None and health.failed:
+            manager.draining = True  # failing health checks: drain-close (Envoy's drainClose)
+            config.stats.named.downstream_cx_drain_close.inc()
         if manager.draining:
             headers.set("connection", "close")
         elif self.http10:
@@ -671,6 +675,9 @@ class ActiveStream:
                 callbacks.on_above_write_buffer_high_watermark()
             else:
                 callbacks.on_below_write_buffer_low_watermark()
+
+    def on_request_data_too_large(self) -> None:
+        self.manager.config.stats.named.downstream_rq_too_large.inc()
 
     def add_watermark_callbacks(self, callbacks) -> None:
         self.watermark_callbacks.append(callbacks)

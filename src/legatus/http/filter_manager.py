@@ -73,6 +73,10 @@ class StreamSink(Protocol):
     def touch(self) -> None:
         """Activity on the stream (restarts stream_idle_timeout)."""
 
+    def on_request_data_too_large(self) -> None:
+        """A buffering filter went past the buffer limit; the 413 follows (optional: a sink
+        without it is skipped)."""
+
 
 class _Kind(enum.Enum):
     HEADERS = 0
@@ -354,6 +358,9 @@ class FilterManager:
         if not over:
             return
         if chain.decoding:
+            on_too_large = getattr(self.sink, "on_request_data_too_large", None)
+            if on_too_large is not None:
+                on_too_large()  # downstream_rq_too_large
             self.send_local_reply(413, b"Payload Too Large", details="request_payload_too_large")
         else:
             slot.queue.clear()
@@ -434,6 +441,11 @@ class _DecoderSlot(_Active):
 
     def decoding_buffer(self) -> bytearray | None:
         return self.manager.decoder.buffered(self) if self.queue else None
+
+    def set_decoder_buffer_limit(self, limit: int) -> None:
+        """Envoy's setDecoderBufferLimit: the stream's buffer limit becomes ``limit`` (the
+        buffer filter's max_request_bytes)."""
+        self.manager.buffer_limit = limit
 
     def add_decoded_data(self, data: bytes) -> None:
         self.manager.decoder.walk(self.index + 1, _Kind.DATA, data, False)

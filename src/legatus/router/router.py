@@ -457,7 +457,8 @@ class Router(StreamDecoderFilter):
             and self._retry_on_headers(retry, headers, code, end_stream)
         ):
             return
-        if self.config.dynamic_stats:
+        if self.config.dynamic_stats and not cb.stream_info.health_check:
+            # Envoy charges no upstream code stats for a health check (the health_check filter)
             self.cluster.code_stats.charge(code, internal=cb.stream.internal)
         self._charge_host(code)
         policy = route.action.internal_redirect_policy
@@ -586,7 +587,11 @@ class Router(StreamDecoderFilter):
         if self.per_try_timer is not None:
             self.per_try_timer.cancel()
             self.per_try_timer = None
-        if self.config.dynamic_stats and self.request_done:
+        if (
+            self.config.dynamic_stats
+            and self.request_done
+            and not self.decoder_callbacks.stream_info.health_check
+        ):
             ms = (self.config.loop.time() - self.start_time) * 1000
             self.cluster.code_stats.record_time(ms, internal=self.decoder_callbacks.stream.internal)
         self.upstream = None

@@ -47,6 +47,14 @@ class Configure:
     # cluster -> host address ("ip:port") -> HealthFlag bits, for clusters with active health
     # checking or outlier detection: a worker started later must see the current health.
     health: dict[str, dict[str, int]] = field(default_factory=dict)
+    healthcheck_failed: bool = False  # admin /healthcheck/fail is in force
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetHealthCheckFailed:
+    """Admin ``/healthcheck/fail`` (True) or ``/healthcheck/ok`` (False)."""
+
+    failed: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

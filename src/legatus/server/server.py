@@ -353,6 +353,7 @@ class Server:
             hosts=dict(self.cluster_manager.hosts),
             runtime_overrides=self.runtime.admin_overrides(),
             health={name: dict(flags) for name, flags in self.cluster_manager.health.items()},
+            healthcheck_failed=self.healthcheck_failed,
         )
 
     async def _wait_ready(self) -> None:
@@ -469,6 +470,7 @@ class Server:
 
     def set_healthcheck_failed(self, failed: bool) -> None:
         self.healthcheck_failed = failed
+        self._broadcast(control.SetHealthCheckFailed(failed=failed))
 
     def modify_runtime(self, values: dict[str, str]) -> None:
         """POST /runtime_modify: change the admin layer here, then in every worker.

@@ -30,6 +30,7 @@ from legatus.network.listener import ActiveListener, bind_socket, compile_listen
 from legatus.runtime import Runtime, compile_runtime
 from legatus.server import control
 from legatus.server.options import Options
+from legatus.server.server_health import ServerHealth
 from legatus.stats.store import Store
 from legatus.upstream.cluster import compile_cluster
 from legatus.upstream.host import HealthFlag
@@ -117,6 +118,7 @@ class Worker:
         self.done = loop.create_future()
         self.access_log_manager = None
         self.runtime: Runtime | None = None
+        self.server_health = ServerHealth()  # admin /healthcheck/fail, from the main process
         # cluster -> host address -> HealthFlag bits, as the main process last sent them.
         self.health: dict[str, dict[str, int]] = {}
         self.reports = ReportSink(loop, self._send_reports)
@@ -172,6 +174,8 @@ class Worker:
                 self.channel.send(control.Failed(error=str(e)))
                 return
             self.loop.create_task(self._configure(message))
+        elif isinstance(message, control.SetHealthCheckFailed):
+            self.server_health.failed = message.failed
         elif isinstance(message, control.UpdateRuntime) and self.runtime is not None:
             self.runtime.replace_admin_overrides(message.overrides)
         elif isinstance(message, control.ReopenLogs):
@@ -237,6 +241,7 @@ class Worker:
             self.loop, self.options.file_flush_interval_msec / 1000.0, store=self.store
         )
         self.health.update(message.health)
+        self.server_health.failed = message.healthcheck_failed
         for raw in message.clusters:
             proto = cluster_pb2.Cluster.FromString(raw)
             config = compile_cluster(proto, f"cluster {proto.name}")
@@ -255,6 +260,7 @@ class Worker:
                 name for name, c in self.cluster_manager.clusters.items() if c.config.http2
             ),
             runtime=self.runtime,
+            server_health=self.server_health,
         )
         for ls in message.listeners:
             proto = listener_pb2.Listener.FromString(ls.listener)

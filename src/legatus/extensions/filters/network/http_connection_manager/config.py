@@ -98,6 +98,9 @@ class HcmConfig:
     proxy_100_continue: bool
     strip_port: int  # 0 no, 1 matching the listener's port, 2 any
     strip_trailing_host_dot: bool
+    # Admin /healthcheck/fail drain-closes every connection (Envoy's drainClose() for a
+    # listener of drain_type DEFAULT): a ServerHealth, or None.
+    server_health: Any = None
 
 
 def _seconds(proto, field: str, default: float | None) -> float | None:
@@ -165,6 +168,7 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
             max_requests = common.max_requests_per_connection.value
     strip = 2 if proto.strip_any_host_port else 1 if proto.strip_matching_host_port else 0
     return HcmConfig(
+        server_health=context.server_health,
         stat_prefix=proto.stat_prefix,
         codec_settings=codec_settings,
         header_policy=policy,
