@@ -103,12 +103,17 @@ class _Active:
     direction (``_DecoderSlot`` / ``_EncoderSlot``): one object per filter and direction."""
 
     __slots__ = ("block", "chain", "filter", "index", "injected_end", "manager", "queue",
-                 "stream_info", "watermark")  # fmt: skip
+                 "route", "stream", "stream_info", "watermark")  # fmt: skip
 
     def __init__(self, chain: _Chain, index: int, f: Any) -> None:
         self.chain = chain
         manager = self.manager = chain.manager
-        self.stream_info = manager.stream_info  # read often by filters: a plain attribute
+        # Read often by filters: plain attributes (the manager keeps ``route`` in step).
+        # ``stream`` is the stream's owner (the connection manager's ActiveStream): its
+        # connection, request headers and whether the request is internal.
+        self.stream_info = manager.stream_info
+        self.stream = manager.sink
+        self.route = manager.route
         self.index = index
         self.filter = f
         self.block = _Block.NONE
@@ -118,10 +123,6 @@ class _Active:
 
     def continue_iteration(self) -> None:
         self.chain.resume(self)
-
-    @property
-    def route(self) -> Any:
-        return self.manager.route
 
 
 class _Chain:
@@ -245,7 +246,7 @@ class _Chain:
 class FilterManager:
     """The decoder and encoder chains of one stream."""
 
-    route: Any = None
+    _route: Any = None
     route_resolver: Callable[[], Any] | None = None
     done = False  # a response is complete (or the request was answered locally)
     response_started = False
@@ -269,6 +270,19 @@ class FilterManager:
             slot.filter.set_decoder_filter_callbacks(slot)
         for slot in self.encoder.slots:
             slot.filter.set_encoder_filter_callbacks(slot)
+
+    @property
+    def route(self) -> Any:
+        return self._route
+
+    @route.setter
+    def route(self, route: Any) -> None:
+        """The stream's route; every filter's callbacks see it as a plain attribute."""
+        self._route = route
+        for slot in self.decoder.slots:
+            slot.route = route
+        for slot in self.encoder.slots:
+            slot.route = route
 
     # From the codec ------------------------------------------------------------
 
@@ -413,12 +427,6 @@ class _DecoderSlot(_Active):
             status, body, details=details, headers=headers, flags=flags,
             modify_headers=modify_headers,
         )  # fmt: skip
-
-    @property
-    def stream(self) -> Any:
-        """The stream's owner (the connection manager's ActiveStream): its connection,
-        request headers and whether the request is internal."""
-        return self.manager.sink
 
     def add_downstream_watermark_callbacks(self, callbacks: Any) -> None:
         self.manager.sink.add_watermark_callbacks(callbacks)
