@@ -154,6 +154,57 @@ def test_per_route_buckets(http_pair):
     assert_same_filter_stats(http_pair, r"^lrl_route(_tight|_other)?\.http_local_rate_limit\.")
 
 
+def _bucket(max_tokens: int) -> dict:
+    return {"max_tokens": max_tokens, "tokens_per_fill": 1, "fill_interval": "60s"}
+
+
+@scenario(*_listener("lrl_desc", [_filter("lrl", _lrl("lrl_desc", 100, descriptors=[
+    {"entries": [{"key": "client", "value": "alice"}], "token_bucket": _bucket(1)},
+    {"entries": [{"key": "client", "value": ""}], "token_bucket": _bucket(2)},
+]))], routes=[
+    {"match": {"prefix": "/"}, "route": {"cluster": "lrl_desc", "rate_limits": [
+        {"actions": [{"request_headers": {"header_name": "x-client",
+                                          "descriptor_key": "client"}}]}]}},
+]))  # fmt: skip
+def test_descriptors_from_route_rate_limits(http_pair):
+    def traffic(side):
+        clients = ["alice", "alice", "bob", "bob", "bob", "carol", None, None]
+        return [
+            side.request("lrl_desc", "GET", "/", headers=(("x-client", c),) if c else ()).status
+            for c in clients
+        ]
+
+    out = http_pair.run(traffic)
+    # alice: her own bucket of 1; bob and carol: one bucket each of 2 from the wildcard;
+    # no header: no descriptor, the filter's own bucket (100)
+    assert out.envoy.result == [200, 429, 200, 200, 429, 200, 200, 200]
+    out.assert_same()
+    assert_same_filter_stats(http_pair, r"^lrl_desc\.http_local_rate_limit\.")
+
+
+@scenario(*_listener("lrl_desc_default", [_filter("lrl", _lrl(
+    "lrl_desc_default", 2, always_consume_default_token_bucket=False, descriptors=[
+        {"entries": [{"key": "client", "value": "alice"}], "token_bucket": _bucket(5)},
+    ]))], routes=[
+    {"match": {"prefix": "/"}, "route": {"cluster": "lrl_desc_default", "rate_limits": [
+        {"actions": [{"request_headers": {"header_name": "x-client",
+                                          "descriptor_key": "client"}}]}]}},
+]))  # fmt: skip
+def test_a_matched_descriptor_spares_the_default_bucket_when_asked(http_pair):
+    def traffic(side):
+        clients = ["alice"] * 4 + [None] * 3
+        return [
+            side.request(
+                "lrl_desc_default", "GET", "/", headers=(("x-client", c),) if c else ()
+            ).status
+            for c in clients
+        ]
+
+    out = http_pair.run(traffic)
+    assert out.envoy.result == [200, 200, 200, 200, 200, 200, 429]
+    out.assert_same()
+
+
 @scenario(*_listener("lrl_conn", [_filter("lrl", _lrl(
     "lrl_conn", 1, local_rate_limit_per_downstream_connection=True))]))  # fmt: skip
 def test_bucket_per_downstream_connection(http_pair):

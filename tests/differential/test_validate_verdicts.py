@@ -39,6 +39,7 @@ UNSUPPORTED = re.compile(r"not supported|unsupported|does not implement", re.I)
 
 # Example files legatus accepts today (Envoy accepts every one of them).
 LEGATUS_ACCEPTS = [
+    "docs__root__configuration__http__http_filters___include__local-rate-limit-with-descriptors.yaml",
     "examples__cors__backend__envoy.yaml",
     "examples__cors__frontend__envoy.yaml",
     "examples__csrf__crosssite__envoy.yaml",

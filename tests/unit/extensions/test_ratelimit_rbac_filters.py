@@ -83,6 +83,10 @@ def lrl(document: dict):
     [
         ({"stat_prefix": "x", "descriptors": [{"entries": [{"key": "a", "value": "b"}],
                                                "token_bucket": {"max_tokens": 1}}]},
+         "typed_config.descriptors[0].token_bucket.fill_interval"),
+        ({"stat_prefix": "x", "local_rate_limit_per_downstream_connection": True,
+          "descriptors": [{"entries": [{"key": "a", "value": "b"}],
+                           "token_bucket": {"max_tokens": 1, "fill_interval": "1s"}}]},
          "typed_config.descriptors"),
         ({"stat_prefix": "x", "token_bucket": {"max_tokens": 1, "fill_interval": "0.01s"}},
          "typed_config.token_bucket.fill_interval"),

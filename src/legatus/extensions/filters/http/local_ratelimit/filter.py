@@ -24,6 +24,7 @@ across worker threads): see docs/http-filters.md.
 
 from __future__ import annotations
 
+import collections
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -43,8 +44,10 @@ _SUPPORTED = (
     "stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced",
     "request_headers_to_add_when_not_enforced", "response_headers_to_add",
     "local_rate_limit_per_downstream_connection", "enable_x_ratelimit_headers",
-    "always_consume_default_token_bucket",
+    "always_consume_default_token_bucket", "descriptors", "stage", "vh_rate_limits",
+    "max_dynamic_descriptors",
 )  # fmt: skip
+_VH_OVERRIDE, _VH_INCLUDE = 0, 1
 _BODY = b"local_rate_limited"
 _DETAILS = "local_rate_limited"
 _MIN_FILL_INTERVAL = 0.05
@@ -91,6 +94,11 @@ class LocalRateLimitConfig:
     x_ratelimit_headers: bool
     # local_rate_limit_per_downstream_connection: connection -> its bucket for this config
     connection_buckets: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+    descriptors: Descriptors | None = None  # ``descriptors``: buckets per request descriptor
+    stage: int = 0
+    vh_rate_limits: int = _VH_OVERRIDE
+    always_consume_default: bool = True  # always_consume_default_token_bucket
+    local_cluster: str = ""  # --service-cluster: the source_cluster descriptor action's value
 
     def bucket_for(self, connection) -> TokenBucket | None:
         if not self.per_connection or self.spec is None:
@@ -101,28 +109,99 @@ class LocalRateLimitConfig:
         return bucket
 
 
+class Descriptors:
+    """The ``descriptors`` of a config and their buckets (Envoy's LocalRateLimiterImpl).
+
+    A request's descriptors come from its route's (and virtual host's) ``rate_limits`` of the
+    filter's ``stage``. Each one that equals a configured descriptor (keys and values in
+    order; an empty configured value matches any value, each distinct value then getting its
+    own bucket, at most ``max_dynamic_descriptors`` of them, least recently used out) takes a
+    token from that descriptor's bucket, the slowest-filling first; the first empty one
+    limits the request. When none matched, or with ``always_consume_default_token_bucket``
+    (the default), the filter's own bucket must also give a token.
+    """
+
+    def __init__(self, entries, clock, max_dynamic: int) -> None:
+        self.exact: dict[tuple, TokenBucket] = {}
+        self.wildcards: list[tuple[tuple, BucketSpec]] = []
+        self.dynamic: collections.OrderedDict[tuple, TokenBucket] = collections.OrderedDict()
+        self.max_dynamic = max_dynamic
+        self.clock = clock
+        for key, spec in entries:
+            if any(value == "" for _, value in key):
+                self.wildcards.append((key, spec))
+            else:
+                self.exact[key] = spec.create(clock)
+
+    def buckets_for(self, request_descriptors) -> list[TokenBucket]:
+        found = []
+        for descriptor in request_descriptors:
+            key = descriptor.entries
+            bucket = self.exact.get(key)
+            if bucket is None and self.wildcards:
+                bucket = self._dynamic(key)
+            if bucket is not None:
+                found.append(bucket)
+        found.sort(key=lambda b: b.fill_rate)
+        return found
+
+    def _dynamic(self, key: tuple) -> TokenBucket | None:
+        bucket = self.dynamic.get(key)
+        if bucket is not None:
+            self.dynamic.move_to_end(key)
+            return bucket
+        for pattern, spec in self.wildcards:
+            if len(pattern) == len(key) and all(
+                pk == k and (pv == "" or pv == v)
+                for (pk, pv), (k, v) in zip(pattern, key, strict=True)
+            ):
+                bucket = self.dynamic[key] = spec.create(self.clock)
+                if len(self.dynamic) > self.max_dynamic:
+                    self.dynamic.popitem(last=False)
+                return bucket
+        return None
+
+
+def _bucket_spec(tb, path: str) -> BucketSpec:
+    check_supported(tb, ("max_tokens", "tokens_per_fill", "fill_interval"), path, "TokenBucket")
+    interval = duration(tb.fill_interval)
+    if interval < _MIN_FILL_INTERVAL:
+        raise ConfigError(
+            join_path(path, "fill_interval"),
+            "local rate limit token bucket fill timer must be >= 50ms",
+        )
+    return BucketSpec(
+        max_tokens=tb.max_tokens,
+        tokens_per_fill=tb.tokens_per_fill.value if tb.HasField("tokens_per_fill") else 1,
+        fill_interval=interval,
+    )
+
+
+def _descriptors(proto, clock, path: str) -> Descriptors | None:
+    if not proto.descriptors:
+        return None
+    if proto.local_rate_limit_per_downstream_connection:
+        raise ConfigError(
+            join_path(path, "descriptors"),
+            "descriptors with local_rate_limit_per_downstream_connection are not supported "
+            "by legatus yet",
+        )
+    entries = []
+    for i, d in enumerate(proto.descriptors):
+        dpath = f"{join_path(path, 'descriptors')}[{i}]"
+        key = tuple((e.key, e.value) for e in d.entries)
+        entries.append((key, _bucket_spec(d.token_bucket, join_path(dpath, "token_bucket"))))
+    maximum = (
+        proto.max_dynamic_descriptors.value if proto.HasField("max_dynamic_descriptors") else 20
+    )
+    return Descriptors(entries, clock, maximum)
+
+
 def compile_config(proto, context, path: str) -> LocalRateLimitConfig:
     check_supported(proto, _SUPPORTED, path, "LocalRateLimit")
     spec = None
     if proto.HasField("token_bucket"):
-        tb = proto.token_bucket
-        check_supported(
-            tb,
-            ("max_tokens", "tokens_per_fill", "fill_interval"),
-            join_path(path, "token_bucket"),
-            "TokenBucket",
-        )
-        interval = duration(tb.fill_interval)
-        if interval < _MIN_FILL_INTERVAL:
-            raise ConfigError(
-                join_path(path, "token_bucket.fill_interval"),
-                "local rate limit token bucket fill timer must be >= 50ms",
-            )
-        spec = BucketSpec(
-            max_tokens=tb.max_tokens,
-            tokens_per_fill=tb.tokens_per_fill.value if tb.HasField("tokens_per_fill") else 1,
-            fill_interval=interval,
-        )
+        spec = _bucket_spec(proto.token_bucket, join_path(path, "token_bucket"))
     loop = context.loop
     clock = loop.time if loop is not None else time.monotonic
     per_connection = proto.local_rate_limit_per_downstream_connection
@@ -154,6 +233,13 @@ def compile_config(proto, context, path: str) -> LocalRateLimitConfig:
         ),
         request_headers_when_not_enforced=_request_headers(proto, path),
         x_ratelimit_headers=proto.enable_x_ratelimit_headers == _DRAFT_VERSION_03,
+        descriptors=_descriptors(proto, clock, path),
+        stage=proto.stage,
+        local_cluster=getattr(context.options, "service_cluster", "") or "",
+        vh_rate_limits=proto.vh_rate_limits,
+        always_consume_default=proto.always_consume_default_token_bucket.value
+        if proto.HasField("always_consume_default_token_bucket")
+        else True,
     )
 
 
@@ -188,9 +274,13 @@ class LocalRateLimitFilter(StreamDecoderFilter):
         stats = config.stats
         stats.enabled.inc()
         bucket = config.bucket_for(callbacks.stream.connection)
+        if config.descriptors is not None and route is not None:
+            allowed, bucket = self._with_descriptors(config, route, headers, bucket)
+        else:
+            allowed = bucket is None or bucket.consume()
         if bucket is not None and config.x_ratelimit_headers:
             self.bucket = bucket
-        if bucket is None or bucket.consume():
+        if allowed:
             stats.ok.inc()
             return FilterHeadersStatus.CONTINUE
         stats.rate_limited.inc()
@@ -215,6 +305,48 @@ class LocalRateLimitFilter(StreamDecoderFilter):
             modify_headers=modify,
         )
         return FilterHeadersStatus.STOP_ITERATION
+
+    def _with_descriptors(self, config, route, headers, default):
+        """(allowed, the bucket that decided) with ``descriptors``."""
+        descriptors = self._request_descriptors(config, route, headers)
+        buckets = config.descriptors.buckets_for(descriptors) if descriptors else []
+        for bucket in buckets:
+            if not bucket.consume():
+                return False, bucket
+        if buckets and not config.always_consume_default:
+            return True, buckets[0]
+        if default is None:
+            return True, buckets[0] if buckets else None
+        return default.consume(), default
+
+    def _request_descriptors(self, config, route, headers) -> list:
+        from legatus.router.rate_limit_policy import DescriptorRequest
+
+        action = route.action
+        route_policy = getattr(action, "rate_limit_policy", None)
+        vh_policy = route.virtual_host.rate_limit_policy
+        stage = config.stage
+        policies = []
+        if route_policy is not None:
+            policies.append(route_policy)
+        if config.vh_rate_limits == _VH_INCLUDE or (
+            config.vh_rate_limits == _VH_OVERRIDE
+            and (route_policy is None or not route_policy.entries(stage))
+        ):
+            policies.append(vh_policy)
+        if not any(p.entries(stage) for p in policies):
+            return []
+        callbacks = self.decoder_callbacks
+        request = DescriptorRequest(
+            headers,
+            route_cluster=route.cluster_name or "",
+            local_cluster=config.local_cluster,
+            remote_address=callbacks.stream_info.downstream_remote_address,
+        )
+        out: list = []
+        for policy in policies:
+            policy.populate(stage, request, out, random_value=callbacks.stream.random_value)
+        return out
 
 
 class LocalRateLimitHeadersFilter(LocalRateLimitFilter, StreamFilter):
