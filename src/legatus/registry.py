@@ -63,6 +63,26 @@ class Extension:
     route_factory: Callable[[Message, Any, str], Any] | None = None
 
 
+def http_filter(
+    name: str,
+    config_type: str,
+    factory: Callable[[Message, Any, str], Any],
+    *,
+    route_config_type: str | None = None,
+    route_factory: Callable[[Message, Any, str], Any] | None = None,
+) -> Extension:
+    """An ``envoy.filters.http`` extension: its config type and factory, and, when it takes
+    per-route configs (``typed_per_filter_config``), their type and compiler."""
+    return Extension(
+        category=Category.HTTP_FILTER,
+        name=name,
+        config_types=(config_type,),
+        factory=factory,
+        route_config_types=(route_config_type,) if route_config_type else (),
+        route_factory=route_factory,
+    )
+
+
 class Registry:
     def __init__(self) -> None:
         self._by_type: dict[tuple[Category, str], Extension] = {}

@@ -21,7 +21,7 @@ from legatus.http.filter import (
     StreamDecoderFilter,
 )
 from legatus.network.filter import FilterFactory
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, http_filter
 
 NAME = "envoy.filters.http.buffer"
 CONFIG_TYPE = "envoy.extensions.filters.http.buffer.v3.Buffer"
@@ -105,12 +105,11 @@ def _route_factory(proto, context, path: str) -> BufferSettings:
 
 def register(registry: Registry) -> None:
     registry.register(
-        Extension(
-            category=Category.HTTP_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-            route_config_types=(PER_ROUTE_TYPE,),
+        http_filter(
+            NAME,
+            CONFIG_TYPE,
+            _factory,
+            route_config_type=PER_ROUTE_TYPE,
             route_factory=_route_factory,
         )
     )

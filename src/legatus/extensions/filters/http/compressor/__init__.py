@@ -4,7 +4,7 @@ library extension (``envoy.compression.{gzip,brotli,zstd}.compressor``); see fil
 from __future__ import annotations
 
 from legatus.network.filter import FilterFactory
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, http_filter
 
 NAME = "envoy.filters.http.compressor"
 CONFIG_TYPE = "envoy.extensions.filters.http.compressor.v3.Compressor"
@@ -29,12 +29,11 @@ def _route_factory(proto, context, path: str):
 
 def register(registry: Registry) -> None:
     registry.register(
-        Extension(
-            category=Category.HTTP_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-            route_config_types=(PER_ROUTE_TYPE,),
+        http_filter(
+            NAME,
+            CONFIG_TYPE,
+            _factory,
+            route_config_type=PER_ROUTE_TYPE,
             route_factory=_route_factory,
         )
     )

@@ -5,7 +5,7 @@ entries in the routes' and virtual hosts' ``typed_per_filter_config``."""
 from __future__ import annotations
 
 from legatus.network.filter import FilterFactory
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, http_filter
 
 NAME = "envoy.filters.http.cors"
 CONFIG_TYPE = "envoy.extensions.filters.http.cors.v3.Cors"
@@ -27,12 +27,7 @@ def _route_factory(proto, context, path: str):
 
 def register(registry: Registry) -> None:
     registry.register(
-        Extension(
-            category=Category.HTTP_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-            route_config_types=(POLICY_TYPE,),
-            route_factory=_route_factory,
+        http_filter(
+            NAME, CONFIG_TYPE, _factory, route_config_type=POLICY_TYPE, route_factory=_route_factory
         )
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from legatus.network.filter import FilterFactory
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, http_filter
 
 NAME = "envoy.filters.http.health_check"
 CONFIG_TYPE = "envoy.extensions.filters.http.health_check.v3.HealthCheck"
@@ -20,11 +20,4 @@ def _factory(proto, context, path: str) -> FilterFactory:
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.HTTP_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(http_filter(NAME, CONFIG_TYPE, _factory))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from legatus.network.filter import FilterFactory
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, http_filter
 
 NAME = "envoy.filters.http.local_ratelimit"
 CONFIG_TYPE = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
@@ -38,12 +38,7 @@ def _route_factory(proto, context, path: str):
 
 def register(registry: Registry) -> None:
     registry.register(
-        Extension(
-            category=Category.HTTP_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-            route_config_types=(CONFIG_TYPE,),
-            route_factory=_route_factory,
+        http_filter(
+            NAME, CONFIG_TYPE, _factory, route_config_type=CONFIG_TYPE, route_factory=_route_factory
         )
     )

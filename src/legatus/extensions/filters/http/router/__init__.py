@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from legatus.config.supported import check_supported
 from legatus.network.filter import FilterFactory
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, http_filter
 
 NAME = "envoy.filters.http.router"
 CONFIG_TYPE = "envoy.extensions.filters.http.router.v3.Router"
@@ -49,11 +49,4 @@ def default_router_factory(context):
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.HTTP_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(http_filter(NAME, CONFIG_TYPE, _factory))
