@@ -63,6 +63,20 @@ class Extension:
     route_factory: Callable[[Message, Any, str], Any] | None = None
 
 
+def extension(
+    category: Category, name: str, config_type: str, factory: Callable[[Message, Any, str], Any]
+) -> Extension:
+    """An extension with one config type and a factory (most of them)."""
+    return Extension(category=category, name=name, config_types=(config_type,), factory=factory)
+
+
+def network_filter(
+    name: str, config_type: str, factory: Callable[[Message, Any, str], Any]
+) -> Extension:
+    """An ``envoy.filters.network`` extension: its config type and factory."""
+    return extension(Category.NETWORK_FILTER, name, config_type, factory)
+
+
 def http_filter(
     name: str,
     config_type: str,

@@ -626,16 +626,16 @@ class Router(Tries, StreamDecoderFilter):
         )
 
     def _on_timeout(self, per_try: bool, idle: bool = False) -> None:
+        # Forget the timer that fired; an idle timeout leaves the route timer (``self.timer``)
+        # running: it is cancelled below if this ends the request.
         if not idle:
             self._stop_try_idle_timer()
-        if self.retry_state is not None:
-            if per_try and not idle:
-                self.per_try_timer = None
+            if per_try and self.retry_state is not None:
+                self.per_try_timer = None  # with retries, per-try timers are their own
             else:
                 self.timer = None
-                self._cancel_retry_timers()
-        else:
-            self.timer = None
+                if self.retry_state is not None:
+                    self._cancel_retry_timers()
         cluster = self.cluster
         if idle:
             cluster.stats.upstream_rq_per_try_idle_timeout.inc()

@@ -11,7 +11,7 @@ import brotli
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
 from legatus.extensions.compression.common import CompressorFactory, wrapped
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Category, Registry, extension
 
 NAME = "envoy.compression.brotli.compressor"
 CONFIG_TYPE = "envoy.extensions.compression.brotli.compressor.v3.Brotli"
@@ -59,11 +59,4 @@ def _factory(proto, context, path: str) -> CompressorFactory:
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.COMPRESSOR,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(extension(Category.COMPRESSOR, NAME, CONFIG_TYPE, _factory))

@@ -9,7 +9,7 @@ import zlib
 
 from legatus.config.supported import check_supported
 from legatus.extensions.compression.common import CompressorFactory, wrapped
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Category, Registry, extension
 
 NAME = "envoy.compression.gzip.compressor"
 CONFIG_TYPE = "envoy.extensions.compression.gzip.compressor.v3.Gzip"
@@ -56,11 +56,4 @@ def _factory(proto, context, path: str) -> CompressorFactory:
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.COMPRESSOR,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(extension(Category.COMPRESSOR, NAME, CONFIG_TYPE, _factory))

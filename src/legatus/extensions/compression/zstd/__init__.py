@@ -10,7 +10,7 @@ import zstandard
 
 from legatus.config.supported import check_supported
 from legatus.extensions.compression.common import CompressorFactory, wrapped
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Category, Registry, extension
 
 NAME = "envoy.compression.zstd.compressor"
 CONFIG_TYPE = "envoy.extensions.compression.zstd.compressor.v3.Zstd"
@@ -63,11 +63,4 @@ def _factory(proto, context, path: str) -> CompressorFactory:
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.COMPRESSOR,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(extension(Category.COMPRESSOR, NAME, CONFIG_TYPE, _factory))

@@ -183,6 +183,20 @@ def compile_per_route(proto, path: str) -> RateLimitPerRouteConfig:
     return RateLimitPerRouteConfig(vh_rate_limits=proto.vh_rate_limits, domain=proto.domain)
 
 
+async def should_rate_limit(client: UnaryClient, request, timeout: float | None):
+    """One ``ShouldRateLimit`` call (shared by the HTTP and network filters): the response, or
+    None when the service failed (a service error for the filter's failure mode)."""
+    try:
+        return await client.call(request, timeout)
+    except GrpcCallError as e:
+        log.debug("rate limit service call failed: %s", e)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # a bug, never traffic: count a service error
+        log.exception("rate limit service call failed")
+    return None
+
+
 def build_request(domain: str, descriptors: list[Descriptor]) -> rls_pb2.RateLimitRequest:
     request = rls_pb2.RateLimitRequest(domain=domain)
     for descriptor in descriptors:
@@ -299,16 +313,7 @@ class RateLimitFilter(StreamFilter):
 
     async def _check(self, request) -> None:
         config = self.config
-        try:
-            response = await config.client.call(request, config.timeout)
-        except GrpcCallError as e:
-            log.debug("rate limit service call failed: %s", e)
-            response = None
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug, never traffic: count a service error
-            log.exception("rate limit service call failed")
-            response = None
+        response = await should_rate_limit(config.client, request, config.timeout)
         self.task = None
         self._on_complete(response)
 

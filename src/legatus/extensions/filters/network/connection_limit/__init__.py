@@ -24,7 +24,7 @@ from legatus.network.filter import (
     FilterStatus,
     ReadFilter,
 )
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, network_filter
 from legatus.stats.store import StatSet, counter, gauge
 from legatus.upstream.cluster import duration
 
@@ -125,11 +125,4 @@ def _factory(proto, context, path: str) -> FilterFactory:
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.NETWORK_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(network_filter(NAME, CONFIG_TYPE, _factory))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from legatus.config.datasource import read_data_source
 from legatus.network.filter import CloseType, FilterFactory, FilterStatus, ReadFilter
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, network_filter
 
 NAME = "envoy.filters.network.direct_response"
 CONFIG_TYPE = "envoy.extensions.filters.network.direct_response.v3.Config"
@@ -40,11 +40,4 @@ def _factory(proto, context, path) -> FilterFactory:
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.NETWORK_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(network_filter(NAME, CONFIG_TYPE, _factory))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from legatus.network.filter import FilterFactory, FilterStatus, ReadFilter
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, network_filter
 
 NAME = "envoy.filters.network.echo"
 CONFIG_TYPE = "envoy.extensions.filters.network.echo.v3.Echo"
@@ -22,11 +22,4 @@ def _factory(proto, context, path) -> FilterFactory:
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.NETWORK_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(network_filter(NAME, CONFIG_TYPE, _factory))

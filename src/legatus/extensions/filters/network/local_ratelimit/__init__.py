@@ -17,7 +17,7 @@ from legatus.common.token_bucket import TokenBucket
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
 from legatus.network.filter import CloseType, FilterFactory, FilterStatus, ReadFilter
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, network_filter
 from legatus.stats.store import StatSet, counter
 from legatus.upstream.cluster import duration
 
@@ -80,11 +80,4 @@ def _factory(proto, context, path: str) -> FilterFactory:
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.NETWORK_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(network_filter(NAME, CONFIG_TYPE, _factory))

@@ -15,14 +15,13 @@ formatters) and the per-descriptor ``limit`` override are refused by field path.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 
 from envoy.service.ratelimit.v3 import rls_pb2
 
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
-from legatus.grpc.client import GrpcCallError, UnaryClient
+from legatus.grpc.client import UnaryClient
 from legatus.network.filter import (
     CloseType,
     ConnectionEvent,
@@ -30,7 +29,7 @@ from legatus.network.filter import (
     FilterStatus,
     ReadFilter,
 )
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, network_filter
 from legatus.router.rate_limit_policy import Descriptor
 from legatus.stats.store import StatSet, counter, gauge
 
@@ -40,8 +39,6 @@ _SUPPORTED = ("stat_prefix", "domain", "descriptors", "timeout", "failure_mode_d
               "rate_limit_service")  # fmt: skip
 _DEFAULT_TIMEOUT = 0.200
 _OVER_LIMIT = rls_pb2.RateLimitResponse.OVER_LIMIT
-
-log = logging.getLogger("legatus.ratelimit")
 
 
 class NetworkRateLimitStats(StatSet):
@@ -97,17 +94,10 @@ class NetworkRateLimitFilter(ReadFilter):
         return FilterStatus.STOP_ITERATION
 
     async def _check(self) -> None:
+        from legatus.extensions.filters.http.ratelimit.filter import should_rate_limit
+
         config = self.config
-        try:
-            response = await config.client.call(config.request, config.timeout)
-        except GrpcCallError as e:
-            log.debug("rate limit service call failed: %s", e)
-            response = None
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug, never traffic: count a service error
-            log.exception("rate limit service call failed")
-            response = None
+        response = await should_rate_limit(config.client, config.request, config.timeout)
         self.task = None
         self._on_complete(response)
 
@@ -222,11 +212,4 @@ def _factory(proto, context, path: str) -> FilterFactory:
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.NETWORK_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(network_filter(NAME, CONFIG_TYPE, _factory))

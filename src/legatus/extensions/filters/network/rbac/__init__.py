@@ -21,7 +21,7 @@ from legatus.config.supported import check_supported
 from legatus.network.filter import CloseType, FilterFactory, FilterStatus, ReadFilter
 from legatus.rbac.engine import LOG, Engine, RbacStats, compile_engine, engine_result
 from legatus.rbac.request import RbacRequest
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, network_filter
 
 NAME = "envoy.filters.network.rbac"
 CONFIG_TYPE = "envoy.extensions.filters.network.rbac.v3.RBAC"
@@ -114,11 +114,4 @@ def _factory(proto, context, path: str) -> FilterFactory:
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.NETWORK_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(network_filter(NAME, CONFIG_TYPE, _factory))

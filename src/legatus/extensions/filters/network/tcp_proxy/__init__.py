@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from legatus.network.filter import FilterFactory
-from legatus.registry import Category, Extension, Registry
+from legatus.registry import Registry, network_filter
 
 NAME = "envoy.filters.network.tcp_proxy"
 CONFIG_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -18,11 +18,4 @@ def _factory(proto, context, path):
 
 
 def register(registry: Registry) -> None:
-    registry.register(
-        Extension(
-            category=Category.NETWORK_FILTER,
-            name=NAME,
-            config_types=(CONFIG_TYPE,),
-            factory=_factory,
-        )
-    )
+    registry.register(network_filter(NAME, CONFIG_TYPE, _factory))
