@@ -493,9 +493,8 @@ class ActiveStream:
                 config.stats.named.downstream_rq_ws_on_non_ws_route.inc()
                 self.send_reply(ENVOY_LOCAL_REPLIES["upgrade_failed"])
             return
-        self._create_filter_chain(config.filter_factories)
+        self._create_filter_chain(config.filter_factories, route)
         fm = self.filter_manager
-        fm.route = route
         fm.route_resolver = self._resolve_route
         fm.decode_headers(headers, end_stream)
 
@@ -515,12 +514,13 @@ class ActiveStream:
             return name
         return None
 
-    def _create_filter_chain(self, factories) -> None:
+    def _create_filter_chain(self, factories, route=None) -> None:
         if len(factories) == 1 and factories[0].terminal and not factories[0].disabled:
             # The router alone: no chain to walk.
-            self.filter_manager = TerminalFilterManager(
+            fm = self.filter_manager = TerminalFilterManager(
                 factories[0].create(), sink=self, stream_info=self.info
             )
+            fm.route = route
             return
         decoders: list = []
         encoders: list = []
@@ -538,6 +538,7 @@ class ActiveStream:
             sink=self,
             stream_info=self.info,
             buffer_limit=self.manager.connection.buffer_limit,
+            route=route,
         )
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:

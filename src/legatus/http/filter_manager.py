@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any, Protocol
 
 from legatus.http.filter import (
@@ -91,6 +92,12 @@ class _Block(enum.Enum):
     DATA = 3  # body buffered by the filter; later data still goes through its hook
 
 
+_NONE = _Block.NONE
+_HEADERS = _Kind.HEADERS
+_DATA = _Kind.DATA
+_HEADERS_CONTINUE = FilterHeadersStatus.CONTINUE
+_DATA_CONTINUE = FilterDataStatus.CONTINUE
+
 _HEADERS_STOP = {
     FilterHeadersStatus.STOP_ITERATION: _Block.HEADERS,
     FilterHeadersStatus.STOP_ALL_ITERATION_AND_BUFFER: _Block.ALL,
@@ -113,7 +120,7 @@ class _Active:
         # connection, request headers and whether the request is internal.
         self.stream_info = manager.stream_info
         self.stream = manager.sink
-        self.route = manager.route
+        self.route = manager._route
         self.index = index
         self.filter = f
         self.block = _Block.NONE
@@ -136,8 +143,9 @@ class _Chain:
         self.manager = manager
         self.decoding = decoding
         if filters:
+            n = len(filters)
             slot_class = _DecoderSlot if decoding else _EncoderSlot
-            self.slots = [slot_class(self, i, f) for i, f in enumerate(filters)]
+            self.slots = list(map(slot_class, repeat(self, n), range(n), filters))
         else:
             self.slots = []
 
@@ -149,18 +157,46 @@ class _Chain:
         self.walk(0, kind, payload, end_stream)
 
     def walk(self, start: int, kind: _Kind, payload: Any, end_stream: bool) -> None:
+        """Run the event through the slots from ``start`` on, and out of the chain's end.
+
+        The unblocked slot that lets headers or body through (the common case) is handled
+        here, without a call per slot; every other case goes through ``call``."""
         slots = self.slots
         manager = self.manager
+        if manager is None:
+            return  # destroyed: a late continue or injection goes nowhere
+        decoding = self.decoding
         for i in range(start, len(slots)):
-            if manager.done and self.decoding:
+            if decoding and manager.done:
                 return  # a local reply ended the request side
             slot = slots[i]
             block = slot.block
-            if block is _Block.ALL or (block is not _Block.NONE and kind is _Kind.HEADERS):
+            if block is _NONE:
+                if kind is _HEADERS:
+                    f = slot.filter
+                    if decoding:
+                        status = f.decode_headers(payload, end_stream)
+                    else:
+                        status = f.encode_headers(payload, end_stream)
+                    if status is _HEADERS_CONTINUE:
+                        continue
+                    self.headers_stopped(slot, status, payload, end_stream)
+                    return
+                if kind is _DATA:
+                    f = slot.filter
+                    if decoding:
+                        status = f.decode_data(payload, end_stream)
+                    else:
+                        status = f.encode_data(payload, end_stream)
+                    if status is _DATA_CONTINUE:
+                        continue
+                    self.data_stopped(slot, status, payload, end_stream)
+                    return
+            elif block is _Block.ALL or kind is _HEADERS:
                 self.hold(slot, kind, payload, end_stream)
                 return
-            # Unblocked, or stopped only for headers/body: body and trailers still
-            # go through the filter's hooks, which may continue the chain.
+            # Stopped only for headers/body: body and trailers still go through the
+            # filter's hooks, which may continue the chain.
             if not self.call(slot, kind, payload, end_stream):
                 return
         manager.chain_end(self, kind, payload, end_stream)
@@ -169,44 +205,25 @@ class _Chain:
         """Run one hook; True if the event goes on to the next slot."""
         f = slot.filter
         d = self.decoding
-        if kind is _Kind.HEADERS:
+        if kind is _HEADERS:
             status = (f.decode_headers if d else f.encode_headers)(payload, end_stream)
-            if status is FilterHeadersStatus.CONTINUE:
+            if status is _HEADERS_CONTINUE:
                 return True
-            if status is FilterHeadersStatus.CONTINUE_AND_DONT_END_STREAM:
-                self.walk(slot.index + 1, kind, payload, False)
-                return False
-            # (identity tests: an Enum's hash runs Python code, dict and set lookups pay it)
-            if status is FilterHeadersStatus.STOP_ITERATION:
-                slot.block = _Block.HEADERS
-            else:
-                slot.block = _HEADERS_STOP[status]
-                slot.watermark = status is FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
-            slot.queue.append((kind, payload, end_stream))
+            self.headers_stopped(slot, status, payload, end_stream)
             return False
-        if kind is _Kind.DATA:
+        if kind is _DATA:
             status = (f.decode_data if d else f.encode_data)(payload, end_stream)
-            if status is FilterDataStatus.CONTINUE:
-                if slot.block is not _Block.NONE:  # continuing data releases held headers
+            if status is _DATA_CONTINUE:
+                if slot.block is not _NONE:  # continuing data releases held headers
                     self.hold(slot, kind, payload, end_stream)
                     self.resume(slot)
                     return False
                 return True
-            if status is FilterDataStatus.STOP_ITERATION_NO_BUFFER:
-                if end_stream and not slot.injected_end:
-                    # The filter took the bytes; the end of stream waits for it.
-                    if slot.block is _Block.NONE:
-                        slot.block = _Block.DATA
-                    slot.queue.append((kind, b"", True))
-                return False
-            if slot.block is _Block.NONE:
-                slot.block = _Block.DATA
-            slot.watermark = status is FilterDataStatus.STOP_ITERATION_AND_WATERMARK
-            self.hold(slot, kind, payload, end_stream)
+            self.data_stopped(slot, status, payload, end_stream)
             return False
         status = (f.decode_trailers if d else f.encode_trailers)(payload)
         if status is FilterTrailersStatus.CONTINUE:
-            if slot.block is not _Block.NONE:  # the end of the stream releases what it held
+            if slot.block is not _NONE:  # the end of the stream releases what it held
                 self.hold(slot, kind, payload, True)
                 self.resume(slot)
                 return False
@@ -215,9 +232,36 @@ class _Chain:
         slot.queue.append((kind, payload, True))
         return False
 
+    def headers_stopped(self, slot: _Active, status, payload: Any, end_stream: bool) -> None:
+        """A headers hook answered something other than CONTINUE."""
+        if status is FilterHeadersStatus.CONTINUE_AND_DONT_END_STREAM:
+            self.walk(slot.index + 1, _HEADERS, payload, False)
+            return
+        # (identity tests: an Enum's hash runs Python code, dict and set lookups pay it)
+        if status is FilterHeadersStatus.STOP_ITERATION:
+            slot.block = _Block.HEADERS
+        else:
+            slot.block = _HEADERS_STOP[status]
+            slot.watermark = status is FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
+        slot.queue.append((_HEADERS, payload, end_stream))
+
+    def data_stopped(self, slot: _Active, status, payload: Any, end_stream: bool) -> None:
+        """A data hook answered something other than CONTINUE."""
+        if status is FilterDataStatus.STOP_ITERATION_NO_BUFFER:
+            if end_stream and not slot.injected_end:
+                # The filter took the bytes; the end of stream waits for it.
+                if slot.block is _NONE:
+                    slot.block = _Block.DATA
+                slot.queue.append((_DATA, b"", True))
+            return
+        if slot.block is _NONE:
+            slot.block = _Block.DATA
+        slot.watermark = status is FilterDataStatus.STOP_ITERATION_AND_WATERMARK
+        self.hold(slot, _DATA, payload, end_stream)
+
     def hold(self, slot: _Active, kind: _Kind, payload: Any, end_stream: bool) -> None:
         slot.queue.append((kind, payload, end_stream))
-        if kind is _Kind.DATA and payload:
+        if kind is _Kind.DATA and payload and self.manager is not None:
             self.queued_bytes += len(payload)
             self.manager.check_limit(self, slot)
 
@@ -233,7 +277,8 @@ class _Chain:
             if kind is _Kind.DATA and payload:
                 self.queued_bytes -= len(payload)
             self.walk(start, kind, payload, end_stream)
-        self.manager.check_limit(self, slot)
+        if self.manager is not None:
+            self.manager.check_limit(self, slot)
 
     def buffered(self, slot: _Active) -> bytearray:
         out = bytearray()
@@ -259,10 +304,12 @@ class FilterManager:
         sink: StreamSink,
         stream_info: StreamInfo,
         buffer_limit: int,
+        route: Any = None,
     ) -> None:
         self.sink = sink
         self.stream_info = stream_info
         self.buffer_limit = buffer_limit
+        self._route = route  # (before the slots, which copy it)
         self.decoder = _Chain(self, decoder_filters, decoding=True)
         # Encoder filters run in reverse configuration order.
         self.encoder = _Chain(self, encoder_filters[::-1], decoding=False)
@@ -287,10 +334,16 @@ class FilterManager:
     # From the codec ------------------------------------------------------------
 
     def decode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
-        self.decoder.start(_Kind.HEADERS, headers, end_stream)
+        decoder = self.decoder
+        if end_stream:
+            decoder.ended = True
+        decoder.walk(0, _HEADERS, headers, end_stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
-        self.decoder.start(_Kind.DATA, data, end_stream)
+        decoder = self.decoder
+        if end_stream:
+            decoder.ended = True
+        decoder.walk(0, _DATA, data, end_stream)
 
     def decode_trailers(self, trailers: HeaderMap) -> None:
         self.decoder.start(_Kind.TRAILERS, trailers, True)
@@ -299,20 +352,26 @@ class FilterManager:
 
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         self.response_started = True
-        if self.encoder.slots:
-            self.encoder.start(_Kind.HEADERS, headers, end_stream)
-            return
-        # No encoder filter (the common chain: the router alone): straight to the codec.
+        encoder = self.encoder
         if end_stream:
-            self.encoder.ended = self.done = True
+            encoder.ended = True
+        if encoder.slots:
+            encoder.walk(0, _HEADERS, headers, end_stream)
+            return
+        # No encoder filter: straight to the codec.
+        if end_stream:
+            self.done = True
         self.sink.write_headers(headers, end_stream)
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
-        if self.encoder.slots:
-            self.encoder.start(_Kind.DATA, data, end_stream)
+        encoder = self.encoder
+        if end_stream:
+            encoder.ended = True
+        if encoder.slots:
+            encoder.walk(0, _DATA, data, end_stream)
             return
         if end_stream:
-            self.encoder.ended = self.done = True
+            self.done = True
         self.sink.write_data(data, end_stream)
 
     def encode_trailers(self, trailers: HeaderMap) -> None:
@@ -385,12 +444,15 @@ class FilterManager:
             )
 
     def on_destroy(self) -> None:
-        decoders, encoders = self.decoder.slots, self.encoder.slots
-        # Filters and their slots (their callbacks) point at each other and back here: drop
-        # the slots and the slots' filters (breaking the cycles, so that the stream is freed
-        # by reference counting) before telling the filters.
-        self.decoder.slots = []
-        self.encoder.slots = []
+        decoder, encoder = self.decoder, self.encoder
+        decoders, encoders = decoder.slots, encoder.slots
+        # Filters, their slots (their callbacks), the chains and this manager point at each
+        # other: drop the slots, the slots' filters and the chains' way back here (breaking
+        # the cycles, so that the stream is freed by reference counting, not by the cyclic
+        # collector) before telling the filters.
+        decoder.slots = []
+        encoder.slots = []
+        decoder.manager = encoder.manager = None
         self.route_resolver = None
         filters = []
         for slot in decoders:
