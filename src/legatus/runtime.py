@@ -1,10 +1,11 @@
 """Envoy's runtime: the bootstrap's ``layered_runtime``, read through immutable snapshots.
 
 Theory of operation. ``compile_runtime`` turns ``envoy.config.bootstrap.v3.LayeredRuntime``
-into a ``Runtime`` (Envoy's Runtime::Loader). Its layers are read in order and a later layer
-overrides an earlier one key by key; the result is a ``Snapshot``, replaced (never changed)
-when the admin layer changes, so readers never see half an update. Features that consult the
-runtime keep the ``Runtime`` and ask it at request time (``feature_enabled``), as Envoy's do.
+into a ``Runtime`` (Envoy's Runtime::Loader, less its I/O). Its layers are read in order and a
+later layer overrides an earlier one key by key; the result is a ``Snapshot``, replaced (never
+changed) whenever a layer changes, so readers never see half an update. Features that consult
+the runtime keep the ``Runtime`` and ask it at request time (``feature_enabled``), as Envoy's
+do. What a value reads as is ``legatus.runtime_values``.
 
 Layers, as Envoy 1.40 builds them:
 
@@ -12,54 +13,57 @@ Layers, as Envoy 1.40 builds them:
   nested object that is empty or has a ``numerator`` or ``denominator`` key is one value
   (a FractionalPercent), not a level. A list or a null is refused (``Invalid runtime entry
   value for <key>``).
-- ``admin_layer``: values set by ``POST /runtime_modify?key=value``, each parsed as YAML
-  the way Envoy's yaml-cpp loader does (``5`` a number, ``true``/``yes``/``on`` booleans,
-  ``{numerator: 5, denominator: TEN_THOUSAND}`` a fraction, anything else a string). An
-  empty value removes the key. At most one admin layer.
-- ``disk_layer``, ``rtds_layer``: refused (not supported by legatus yet).
+- ``disk_layer``: a directory tree, ``symlink_root/subdirectory`` (then ``/<node.cluster>``
+  with ``append_service_cluster``), read by ``legatus.runtime_disk``. Here it is a slot the
+  reader fills: absent from the snapshot (and from ``/runtime``'s layers) until read and
+  whenever its directory does not exist, as in Envoy. A ``symlink_root`` without a ``/`` is
+  refused (``invalid file path``: Envoy watches the root's parent directory).
+- ``admin_layer``: values set by ``POST /runtime_modify?key=value``, each read as YAML (``5``
+  a number, ``true``/``yes``/``on`` booleans, ``{numerator: 5, denominator: TEN_THOUSAND}`` a
+  fraction, anything else a string). An empty value removes the key. At most one.
+- ``rtds_layer``: the ``layer`` Struct of an ``envoy.service.runtime.v3.Runtime`` resource,
+  flattened as a static layer, empty until the first update (``set_rtds_layer``). Refused at
+  the config check while no subscription can feed it (``RTDS_SUPPORTED``).
 
 A bootstrap without ``layered_runtime`` gets a runtime with no layers (``/runtime_modify``
 then answers ``No admin layer specified``); a ``layered_runtime`` with no layers gets one
 admin layer named ``""``. Both are Envoy's defaults.
 
-Each value keeps its text (``get_string``, ``/runtime``) and what that text reads as,
-following Envoy's SnapshotImpl::createEntry: a number is a double, a non-negative number
-also an unsigned integer (floored), an integral number within int32 also a boolean (non-zero
-is true); a string is read as a number only (Envoy 1.40 no longer reads ``"true"`` or a
-fraction out of a string); an object as a FractionalPercent. Envoy's YAML loader turns
-floats and integers beyond int32 into strings, so their text is the one written in the
-YAML (the bootstrap loader keeps it for static layers); an int32 number prints as absl's
-``StrCat`` does (``%.6g``: ``1234567`` is ``1.23457e+06``), an object as protobuf's text
-format (Envoy adds protobuf's randomized ``goo.gle/debug...`` line first; legatus does not).
+Who changes what: static layers never change. In the main process the runtime loader
+(``legatus.runtime_loader``) reads the disk layers and applies ``/runtime_modify`` and RTDS
+updates; each worker compiles the same bootstrap and takes the main process's non-static
+layers whole (``dynamic_layers`` there, ``replace_layers`` here), so a worker started late, or
+a message applied twice, ends in the same state.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import yaml
-from google.protobuf import struct_pb2, text_encoding
+from envoy.config.core.v3 import config_source_pb2
+from google.protobuf import struct_pb2
 
 from legatus.config.errors import ConfigError
+from legatus.runtime_values import EMPTY, Entry, InvalidEntry, struct_entries, yaml_entry
 
 __all__ = [
+    "RTDS_SUPPORTED",
+    "DiskLayerConfig",
     "Entry",
     "Layer",
+    "RtdsLayerConfig",
     "Runtime",
     "RuntimeModifyError",
     "Snapshot",
     "compile_runtime",
 ]
 
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-_UINT64_MAX = 2**64 - 1
-_UINT32_MAX = 2**32 - 1
-_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
-_EMPTY: Mapping[str, Entry] = MappingProxyType({})
+# RTDS layers work (``Runtime.set_rtds_layer``, ``Runtime.rtds_layers``), but nothing
+# subscribes to their resources yet: a bootstrap with an ``rtds_layer`` is refused until the
+# main process builds one subscription per layer. Set to True when it does.
+RTDS_SUPPORTED = False
 
 
 class RuntimeModifyError(Exception):
@@ -67,20 +71,29 @@ class RuntimeModifyError(Exception):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Entry:
-    """One runtime value: its text and what the text reads as (None: does not read so)."""
-
-    raw: str
-    double: float | None = None
-    uint: int | None = None
-    boolean: bool | None = None
-    fraction: tuple[int, int] | None = None  # (numerator, denominator: 100, 10000, 1000000)
+class Layer:
+    name: str
+    values: Mapping[str, Entry] = field(default_factory=lambda: EMPTY)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Layer:
+class DiskLayerConfig:
+    """A ``disk_layer``: where its tree is, and the symlink whose swap reloads it."""
+
+    index: int  # the layer's position in layered_runtime.layers
     name: str
-    values: Mapping[str, Entry] = field(default_factory=lambda: _EMPTY)
+    symlink_root: str
+    path: str  # symlink_root/subdirectory, then /<service cluster> with append_service_cluster
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RtdsLayerConfig:
+    """An ``rtds_layer``: what the main process subscribes to for it."""
+
+    index: int
+    name: str  # the layer's name: the key of Runtime.set_rtds_layer
+    resource_name: str  # RtdsLayer.name: the envoy.service.runtime.v3.Runtime resource
+    rtds_config: config_source_pb2.ConfigSource
 
 
 class Snapshot:
@@ -139,22 +152,38 @@ class Snapshot:
 
 
 class Runtime:
-    """Envoy's runtime loader: the current snapshot, and the admin layer that changes it.
+    """Envoy's runtime loader without the I/O: the layers, and the current snapshot of them.
 
-    The main process compiles one from the bootstrap; each worker compiles its own from the
-    same bootstrap and takes the main process's admin layer (``replace_admin_overrides``)
-    whenever ``/runtime_modify`` changes it. Getters read the current snapshot.
+    Static layers are fixed; the admin, disk and RTDS layers are replaced whole, each change
+    making a new snapshot. A disk layer is ``None`` (absent from the snapshot) until read.
+    Getters read the current snapshot.
     """
 
-    __slots__ = ("_admin_index", "_admin_text", "_layers", "_snapshot")
+    __slots__ = ("_admin_index", "_disk", "_layers", "_rtds", "_snapshot")
 
-    def __init__(self, layers: Sequence[Layer] = (), *, admin_index: int | None = None) -> None:
-        if admin_index is not None and not 0 <= admin_index < len(layers):
-            raise ValueError(f"admin layer index {admin_index} out of range")
-        self._layers = tuple(layers)
+    def __init__(
+        self,
+        layers: Sequence[Layer] = (),
+        *,
+        admin_index: int | None = None,
+        disk_layers: Sequence[DiskLayerConfig] = (),
+        rtds_layers: Sequence[RtdsLayerConfig] = (),
+    ) -> None:
+        special = [i for i in (admin_index,) if i is not None]
+        special += [d.index for d in disk_layers] + [r.index for r in rtds_layers]
+        for i in special:
+            if not 0 <= i < len(layers):
+                raise ValueError(f"layer index {i} out of range")
+        if len(set(special)) != len(special):
+            raise ValueError("a layer can be only one of admin, disk and RTDS")
         self._admin_index = admin_index
-        self._admin_text: dict[str, str] = {}
-        self._snapshot = Snapshot(self._layers)
+        self._disk = tuple(disk_layers)
+        self._rtds = tuple(rtds_layers)
+        absent = {d.index for d in self._disk}
+        self._layers: tuple[Layer | None, ...] = tuple(
+            None if i in absent else layer for i, layer in enumerate(layers)
+        )
+        self._snapshot = _snapshot(self._layers)
 
     @property
     def has_admin_layer(self) -> bool:
@@ -182,9 +211,13 @@ class Runtime:
             key, default_numerator, default_denominator, random_value
         )
 
+    # The admin layer --------------------------------------------------------------------
+
     def admin_overrides(self) -> dict[str, str]:
         """The admin layer as set through ``/runtime_modify``: key -> the text given."""
-        return dict(self._admin_text)
+        if self._admin_index is None:
+            return {}
+        return {key: entry.raw for key, entry in self._layers[self._admin_index].values.items()}
 
     def merge_values(self, values: Mapping[str, str]) -> None:
         """``/runtime_modify``: set each key of the admin layer (an empty value removes it).
@@ -194,38 +227,90 @@ class Runtime:
         """
         if self._admin_index is None:
             raise RuntimeModifyError("No admin layer specified")
-        text = dict(self._admin_text)
         entries = dict(self._layers[self._admin_index].values)
         for key, value in values.items():
-            text.pop(key, None)
             entries.pop(key, None)
             if value:
-                entries[key] = _admin_entry(value)
-                text[key] = value
-        self._set_admin_layer(text, entries)
+                try:
+                    entries[key] = yaml_entry(value)
+                except InvalidEntry as e:
+                    raise RuntimeModifyError(str(e)) from None
+        self.replace_layers({self._admin_index: entries})
 
-    def replace_admin_overrides(self, values: Mapping[str, str]) -> None:
-        """Make the admin layer exactly ``values`` (a worker taking the main process's)."""
-        if self._admin_index is None:
-            if values:
-                raise RuntimeModifyError("No admin layer specified")
-            return
-        text = {key: value for key, value in values.items() if value}
-        self._set_admin_layer(text, {key: _admin_entry(value) for key, value in text.items()})
+    # Disk and RTDS layers ---------------------------------------------------------------
 
-    def _set_admin_layer(self, text: dict[str, str], entries: dict[str, Entry]) -> None:
-        index = self._admin_index
-        layers = list(self._layers)
-        layers[index] = Layer(name=layers[index].name, values=MappingProxyType(entries))
-        self._layers = tuple(layers)
-        self._admin_text = text
-        self._snapshot = Snapshot(self._layers)
+    def disk_layers(self) -> tuple[DiskLayerConfig, ...]:
+        return self._disk
+
+    def rtds_layers(self) -> tuple[RtdsLayerConfig, ...]:
+        """The RTDS layers, for the main process to subscribe to each one's resource."""
+        return self._rtds
+
+    def set_rtds_layer(self, name: str, layer: struct_pb2.Struct) -> None:
+        """Make the RTDS layer called ``name`` the flattened ``layer`` (a Runtime resource's).
+
+        ConfigError with Envoy's text (``Invalid runtime entry value for <key>``) when a value
+        is a list or a null: the update is then rejected and the layer keeps its values.
+        KeyError when no RTDS layer has that name.
+        """
+        config = next((r for r in self._rtds if r.name == name), None)
+        if config is None:
+            raise KeyError(f"no RTDS layer named {name!r}")
+        try:
+            entries = struct_entries(layer)
+        except InvalidEntry as e:
+            raise ConfigError("", str(e)) from None
+        self.replace_layers({config.index: entries})
+
+    # Whole layers, as the main process sends them to workers ----------------------------
+
+    def dynamic_layers(self) -> dict[int, dict[str, Entry] | None]:
+        """Every non-static layer by index: its values, or None for a disk layer not read."""
+        indices = [d.index for d in self._disk] + [r.index for r in self._rtds]
+        if self._admin_index is not None:
+            indices.append(self._admin_index)
+        out: dict[int, dict[str, Entry] | None] = {}
+        for i in sorted(indices):
+            layer = self._layers[i]
+            out[i] = None if layer is None else dict(layer.values)
+        return out
+
+    def replace_layers(self, layers: Mapping[int, Mapping[str, Entry] | None]) -> None:
+        """Replace whole non-static layers by index, in one new snapshot (None: a disk layer
+        whose directory does not exist). ValueError for a static layer or an unknown index."""
+        disk = {d.index: d.name for d in self._disk}
+        names = disk | {r.index: r.name for r in self._rtds}
+        if self._admin_index is not None:
+            names[self._admin_index] = self._layer_name(self._admin_index)
+        new = list(self._layers)
+        for i, values in layers.items():
+            if i not in names:
+                raise ValueError(f"layer {i} is not an admin, disk or RTDS layer")
+            if values is None:
+                if i not in disk:
+                    raise ValueError(f"only a disk layer can be absent (layer {i})")
+                new[i] = None
+            else:
+                new[i] = Layer(name=names[i], values=MappingProxyType(dict(values)))
+        self._layers = tuple(new)
+        self._snapshot = _snapshot(self._layers)
+
+    def _layer_name(self, index: int) -> str:
+        layer = self._layers[index]
+        return "" if layer is None else layer.name
 
 
-def compile_runtime(bootstrap, path: str = "layered_runtime") -> Runtime:
+def _snapshot(layers: tuple[Layer | None, ...]) -> Snapshot:
+    return Snapshot(tuple(layer for layer in layers if layer is not None))
+
+
+def compile_runtime(
+    bootstrap, path: str = "layered_runtime", *, rtds_supported: bool = RTDS_SUPPORTED
+) -> Runtime:
     """The runtime of a bootstrap; ConfigError names the offending layer.
 
     Checks run in Envoy's order: layer names and kinds first, then the static layers' values.
+    Nothing is read from disk here (``legatus.runtime_loader`` does that in the main process).
     """
     if not bootstrap.HasField("layered_runtime"):
         return Runtime()
@@ -234,6 +319,8 @@ def compile_runtime(bootstrap, path: str = "layered_runtime") -> Runtime:
         return Runtime([Layer(name="")], admin_index=0)
     names: set[str] = set()
     admin_index = None
+    disk: list[DiskLayerConfig] = []
+    rtds: list[RtdsLayerConfig] = []
     for i, proto in enumerate(protos):
         layer_path = f"{path}.layers[{i}]"
         if proto.name in names:
@@ -248,241 +335,52 @@ def compile_runtime(bootstrap, path: str = "layered_runtime") -> Runtime:
                     "at most one may be specified",
                 )
             admin_index = i
-        elif which in ("disk_layer", "rtds_layer"):
-            raise ConfigError(
-                f"{layer_path}.{which}",
-                f"field '{which}' of RuntimeLayer is not supported by legatus yet",
+        elif which == "disk_layer":
+            disk.append(_disk_layer(i, proto, bootstrap.node.cluster, layer_path))
+        elif which == "rtds_layer":
+            if not rtds_supported:
+                raise ConfigError(
+                    f"{layer_path}.rtds_layer",
+                    "field 'rtds_layer' of RuntimeLayer is not supported by legatus yet: RTDS "
+                    "needs dynamic configuration (an xDS subscription), which legatus does "
+                    "not have yet",
+                )
+            rtds.append(
+                RtdsLayerConfig(
+                    index=i,
+                    name=proto.name,
+                    resource_name=proto.rtds_layer.name,
+                    rtds_config=_copy(proto.rtds_layer.rtds_config),
+                )
             )
         elif which != "static_layer":
             raise ConfigError(layer_path, "layer specifier not set")
     layers = []
     for i, proto in enumerate(protos):
-        if i == admin_index:
+        if proto.WhichOneof("layer_specifier") != "static_layer":
             layers.append(Layer(name=proto.name))
             continue
-        values: dict[str, Entry] = {}
-        for key, value in proto.static_layer.fields.items():
-            _walk_static(value, key, values, f"{path}.layers[{i}].static_layer")
+        try:
+            values = struct_entries(proto.static_layer)
+        except InvalidEntry as e:
+            raise ConfigError(f"{path}.layers[{i}].static_layer", str(e)) from None
         layers.append(Layer(name=proto.name, values=MappingProxyType(values)))
-    return Runtime(layers, admin_index=admin_index)
+    return Runtime(layers, admin_index=admin_index, disk_layers=disk, rtds_layers=rtds)
 
 
-def _walk_static(value: struct_pb2.Value, key: str, out: dict[str, Entry], path: str) -> None:
-    """Envoy's ProtoLayer::walkProtoValue; a key seen twice keeps its first value."""
-    kind = value.WhichOneof("kind")
-    if kind in (None, "null_value", "list_value"):
-        raise ConfigError(path, f"Invalid runtime entry value for {key}")
-    if kind == "struct_value":
-        fields = value.struct_value.fields
-        if fields and "numerator" not in fields and "denominator" not in fields:
-            for name, inner in fields.items():
-                _walk_static(inner, f"{key}.{name}", out, path)
-            return
-    out.setdefault(key, _create_entry(value))
+def _copy(source: config_source_pb2.ConfigSource) -> config_source_pb2.ConfigSource:
+    out = config_source_pb2.ConfigSource()
+    out.CopyFrom(source)
+    return out
 
 
-# Reading values ---------------------------------------------------------------------------
-
-
-def _create_entry(value: struct_pb2.Value, raw: str = "") -> Entry:
-    """Envoy's SnapshotImpl::createEntry: ``raw`` is the text given, if any."""
-    kind = value.WhichOneof("kind")
-    text = raw or (value.string_value if kind == "string_value" else "")
-    if kind == "number_value":
-        return _number_entry(text or _six_digits(value.number_value), value.number_value)
-    if kind == "bool_value":
-        return Entry(raw=text or ("true" if value.bool_value else "false"),
-                     boolean=value.bool_value)  # fmt: skip
-    if kind == "struct_value":
-        return Entry(
-            raw=text or _struct_text(value.struct_value), fraction=_fraction(value.struct_value)
+def _disk_layer(index: int, proto, service_cluster: str, layer_path: str) -> DiskLayerConfig:
+    spec = proto.disk_layer
+    if "/" not in spec.symlink_root:  # Envoy watches the root's parent directory
+        raise ConfigError(
+            f"{layer_path}.disk_layer.symlink_root", f"invalid file path {spec.symlink_root}"
         )
-    if kind == "string_value":
-        number = _parse_double(text)
-        return Entry(raw=text) if number is None else _number_entry(text, number)
-    return Entry(raw=text)  # null and lists: text only
-
-
-def _number_entry(raw: str, number: float) -> Entry:
-    """Envoy's setNumberValue: the double, a floored unsigned integer, an int32 boolean."""
-    boolean = None
-    if _INT32_MIN <= number < _INT32_MAX and number == int(number):
-        boolean = number != 0
-    uint = None
-    if 0 <= number <= _UINT64_MAX:
-        uint = min(int(number), _UINT64_MAX)
-    return Entry(raw=raw, double=number, uint=uint, boolean=boolean)
-
-
-def _fraction(struct: struct_pb2.Struct) -> tuple[int, int] | None:
-    """Envoy's parseFractionValue: ``numerator`` (a number) and ``denominator`` (a name)."""
-    numerator, denominator = 0, 100
-    for name, value in struct.fields.items():
-        kind = value.WhichOneof("kind")
-        if name == "numerator":
-            if kind == "number_value":
-                numerator = _uint32(value.number_value)
-        elif name == "denominator" and kind == "string_value":
-            denominator = _DENOMINATORS.get(value.string_value)
-            if denominator is None:
-                return None
-        else:
-            return None
-    return numerator, denominator
-
-
-def _uint32(number: float) -> int:
-    if math.isnan(number) or number <= 0:
-        return 0
-    return min(int(number), _UINT32_MAX)
-
-
-_DOUBLE = re.compile(
-    r"-?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan(?:\([0-9A-Za-z_]*\))?)",
-    re.IGNORECASE,
-)
-
-
-def _parse_double(text: str) -> float | None:
-    """absl::SimpleAtod: surrounding whitespace and one leading '+' allowed, no hex."""
-    text = text.strip(" \t\n\v\f\r")
-    if text.startswith("+"):
-        text = text[1:]
-        if text.startswith("-"):
-            return None
-    if not _DOUBLE.fullmatch(text):
-        return None
-    if "nan" in text.lower():
-        return math.nan
-    return float(text)
-
-
-def _six_digits(number: float) -> str:
-    """absl::StrCat of a double (six significant digits, like printf's %g)."""
-    return f"{number:.6g}"
-
-
-def _simple_dtoa(number: float) -> str:
-    """protobuf's SimpleDtoa: the shortest of %.15g and %.17g that reads back exactly."""
-    if math.isnan(number):
-        return "nan"
-    text = f"{number:.15g}"
-    if not math.isinf(number) and float(text) != number:
-        text = f"{number:.17g}"
-    return text
-
-
-def _struct_text(struct: struct_pb2.Struct) -> str:
-    """A Struct in protobuf's text format, as Envoy prints an object value (map keys sorted)."""
-    out: list[str] = []
-    _struct_fields(struct, "", out)
-    return "".join(out)
-
-
-def _struct_fields(struct: struct_pb2.Struct, pad: str, out: list[str]) -> None:
-    for key in sorted(struct.fields):
-        out.append(f'{pad}fields {{\n{pad}  key: "{_escape(key)}"\n{pad}  value {{\n')
-        _value_text(struct.fields[key], pad + "    ", out)
-        out.append(f"{pad}  }}\n{pad}}}\n")
-
-
-def _value_text(value: struct_pb2.Value, pad: str, out: list[str]) -> None:
-    kind = value.WhichOneof("kind")
-    if kind == "null_value":
-        out.append(f"{pad}null_value: NULL_VALUE\n")
-    elif kind == "number_value":
-        out.append(f"{pad}number_value: {_simple_dtoa(value.number_value)}\n")
-    elif kind == "string_value":
-        out.append(f'{pad}string_value: "{_escape(value.string_value)}"\n')
-    elif kind == "bool_value":
-        out.append(f"{pad}bool_value: {'true' if value.bool_value else 'false'}\n")
-    elif kind == "struct_value":
-        out.append(f"{pad}struct_value {{\n")
-        _struct_fields(value.struct_value, pad + "  ", out)
-        out.append(f"{pad}}}\n")
-    elif kind == "list_value":
-        out.append(f"{pad}list_value {{\n")
-        for item in value.list_value.values:
-            out.append(f"{pad}  values {{\n")
-            _value_text(item, pad + "    ", out)
-            out.append(f"{pad}  }}\n")
-        out.append(f"{pad}}}\n")
-
-
-def _escape(text: str) -> str:
-    return text_encoding.CEscape(text.encode("utf-8"), as_utf8=False)
-
-
-# The admin layer's YAML -----------------------------------------------------------------
-
-_YAML_TRUE = frozenset({"y", "yes", "true", "on"})
-_YAML_FALSE = frozenset({"n", "no", "false", "off"})
-_YAML_NULL = frozenset({"", "~", "null", "Null", "NULL"})
-_YAML_INT = re.compile(r"[+-]?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
-
-
-def _admin_entry(text: str) -> Entry:
-    """A ``/runtime_modify`` value: YAML read as Envoy's ValueUtil::loadFromYaml does."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"error at line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise RuntimeModifyError(f"{where}{e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise RuntimeModifyError(str(e)) from None
-    return _create_entry(_yaml_value(node), text)
-
-
-def _yaml_value(node) -> struct_pb2.Value:
-    """A YAML node as a protobuf Value, with yaml-cpp's reading of plain scalars."""
-    value = struct_pb2.Value()
-    if node is None:
-        value.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(node, yaml.MappingNode):
-        value.struct_value.SetInParent()
-        for key, inner in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                raise RuntimeModifyError("bad conversion")
-            value.struct_value.fields[key.value].CopyFrom(_yaml_value(inner))
-    elif isinstance(node, yaml.SequenceNode):
-        value.list_value.SetInParent()
-        for inner in node.value:
-            value.list_value.values.add().CopyFrom(_yaml_value(inner))
-    elif node.style is not None:  # quoted or block scalars are strings
-        value.string_value = node.value
-    else:
-        _plain_scalar(node.value, value)
-    return value
-
-
-def _plain_scalar(text: str, value: struct_pb2.Value) -> None:
-    if text in _YAML_NULL:
-        value.null_value = struct_pb2.NULL_VALUE
-        return
-    if text in (text.lower(), text.upper(), text.capitalize()):  # yaml-cpp's flexible case
-        lowered = text.lower()
-        if lowered in _YAML_TRUE or lowered in _YAML_FALSE:
-            value.bool_value = lowered in _YAML_TRUE
-            return
-    if _YAML_INT.fullmatch(text):
-        number = _yaml_int(text)
-        if -(2**63) <= number < 2**63:
-            if _INT32_MIN <= number <= _INT32_MAX:
-                value.number_value = number
-            else:
-                value.string_value = str(number)
-            return
-    value.string_value = text
-
-
-def _yaml_int(text: str) -> int:
-    """An integer as C++ streams read it with the base unset: 0x hex, 0 octal, else decimal."""
-    digits = text.lstrip("+-")
-    if digits[:2] in ("0x", "0X"):
-        number = int(digits[2:], 16)
-    elif len(digits) > 1 and digits[0] == "0":
-        number = int(digits, 8)
-    else:
-        number = int(digits)
-    return -number if text.startswith("-") else number
+    path = f"{spec.symlink_root}/{spec.subdirectory}"
+    if spec.append_service_cluster:
+        path += f"/{service_cluster}"
+    return DiskLayerConfig(index=index, name=proto.name, symlink_root=spec.symlink_root, path=path)

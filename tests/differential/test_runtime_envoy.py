@@ -339,18 +339,13 @@ REFUSED = {
     "no_name": ([{"static_layer": {}}], "layered_runtime.layers[0].name",
                 "value length must be at least 1 characters"),
 }  # fmt: skip
-# Envoy accepts these; legatus refuses them by name.
-NOT_SUPPORTED = {
-    "disk_layer": ([{"name": "d", "disk_layer": {"symlink_root": "/nonexistent"}}],
-                   "layered_runtime.layers[0].disk_layer"),
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def verdicts(tmp_path_factory):
     directory = tmp_path_factory.mktemp("validate")
     files = {}
-    for name, (layers, *_rest) in {**REFUSED, **NOT_SUPPORTED}.items():
+    for name, (layers, *_rest) in REFUSED.items():
         path = directory / f"{name}.yaml"
         path.write_text(yaml.safe_dump({"admin": _ADMIN, "layered_runtime": {"layers": layers}}))
         files[name] = path
@@ -368,12 +363,3 @@ def test_refused_alike(verdicts, name):
     assert message in envoy.output
     assert f"{path}: " in legatus.output and message in legatus.output, legatus.output[-800:]
     assert "Traceback" not in legatus.output
-
-
-@pytest.mark.parametrize("name", sorted(NOT_SUPPORTED))
-def test_not_supported_yet(verdicts, name):
-    envoy, legatus = verdicts[name]
-    assert envoy.code == 0, envoy.output[-800:]
-    assert legatus.code == 1
-    assert f"{NOT_SUPPORTED[name][1]}: " in legatus.output
-    assert "is not supported by legatus yet" in legatus.output

@@ -1,19 +1,26 @@
-"""The runtime: layers, what values read as, the admin layer, refusals. Expected values are
-what Envoy 1.40 showed for the same configuration (``/runtime``, and routes with a
-``runtime_fraction`` answered over HTTP)."""
+"""The runtime: layers, what values read as, the admin, disk and RTDS layers, refusals.
+Expected values are what Envoy 1.40 showed for the same configuration (``/runtime``, and
+routes with a ``runtime_fraction`` answered over HTTP)."""
 
 from __future__ import annotations
 
 import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from google.protobuf import struct_pb2
 
 from legatus.config.bootstrap import load
 from legatus.config.errors import ConfigError
 from legatus.config.proto_json import parse
-from legatus.runtime import Layer, Runtime, RuntimeModifyError, compile_runtime
+from legatus.runtime import (
+    RTDS_SUPPORTED,
+    Entry,
+    Layer,
+    Runtime,
+    RuntimeModifyError,
+    compile_runtime,
+)
+from legatus.server import control
 from legatus.server.options import parse as parse_options
-from legatus.server.server_stats import RuntimeStats
-from legatus.stats.store import Store
 
 
 def runtime(layers: list[dict] | None = None, **document) -> Runtime:
@@ -83,11 +90,13 @@ def test_objects_with_numerator_or_denominator_and_empty_objects_are_values():
         ([{"name": "a", "admin_layer": {}}, {"name": "b", "admin_layer": {}}],
          "layered_runtime.layers[1].admin_layer",
          "Too many admin layers specified in LayeredRuntime, at most one may be specified"),
-        ([{"name": "d", "disk_layer": {"symlink_root": "/srv/runtime"}}],
-         "layered_runtime.layers[0].disk_layer",
-         "field 'disk_layer' of RuntimeLayer is not supported by legatus yet"),
+        ([{"name": "d", "disk_layer": {"symlink_root": "current"}}],
+         "layered_runtime.layers[0].disk_layer.symlink_root", "invalid file path current"),
+        ([{"name": "d", "disk_layer": {}}],
+         "layered_runtime.layers[0].disk_layer.symlink_root", "invalid file path "),
         ([{"name": "r", "rtds_layer": {"name": "rtds"}}], "layered_runtime.layers[0].rtds_layer",
-         "field 'rtds_layer' of RuntimeLayer is not supported by legatus yet"),
+         "field 'rtds_layer' of RuntimeLayer is not supported by legatus yet: RTDS needs "
+         "dynamic configuration (an xDS subscription), which legatus does not have yet"),
         # Envoy checks names and kinds before the static values.
         ([static(x=[1]), static("a"), static("a")], "layered_runtime.layers[2].name",
          "Duplicate layer name: a"),
@@ -274,46 +283,161 @@ def test_snapshots_are_replaced_not_changed():
     assert first.values == {} and rt.snapshot() is not first
 
 
-def test_replace_admin_overrides_takes_the_whole_layer():
-    main, worker = admin_only(), admin_only()
-    main.merge_values({"a": "1", "b": "2"})
-    worker.merge_values({"c": "3"})
-    worker.replace_admin_overrides(main.admin_overrides())
-    assert raw_values(worker) == {"a": "1", "b": "2"}
-    with pytest.raises(RuntimeModifyError):
-        runtime().replace_admin_overrides({"a": "1"})
-    runtime().replace_admin_overrides({})  # nothing to take: fine
+# Disk and RTDS layers --------------------------------------------------------------------------
 
 
-# Stats ------------------------------------------------------------------------------------------
-
-
-def test_runtime_stats_count_loads_as_envoy():
-    store = Store()
-    stats = RuntimeStats(store.scope("runtime."))
-    rt = runtime([static(a=1, b=2), {"name": "admin", "admin_layer": {}}])
-    stats.loaded(rt)
-    stats.loaded(rt)
-    rt.merge_values({"c": "3"})
-    stats.admin_layer_changed(rt)
-    stats.loaded(rt)
-    values = {s.name: s.value for s in store}
-    assert values == {
-        "runtime.load_error": 0,
-        "runtime.load_success": 3,
-        "runtime.override_dir_exists": 0,
-        "runtime.override_dir_not_exists": 3,
-        "runtime.deprecated_feature_use": 0,
-        "runtime.admin_overrides_active": 1,
-        "runtime.deprecated_feature_seen_since_process_start": 0,
-        "runtime.num_keys": 3,
-        "runtime.num_layers": 2,
+def disk(name: str, root: str, subdirectory: str = "", **more) -> dict:
+    return {
+        "name": name,
+        "disk_layer": {"symlink_root": root, "subdirectory": subdirectory, **more},
     }
-    used = {s.name for s in store if s.used}
-    assert used == {
-        "runtime.load_success",
-        "runtime.override_dir_not_exists",
-        "runtime.admin_overrides_active",
-        "runtime.num_keys",
-        "runtime.num_layers",
+
+
+def rtds(name: str, resource: str) -> dict:
+    return {
+        "name": name,
+        "rtds_layer": {"name": resource, "rtds_config": {"path_config_source": {"path": "/x"}}},
     }
+
+
+def with_rtds(layers: list[dict], **document) -> Runtime:
+    document["layered_runtime"] = {"layers": layers}
+    return compile_runtime(parse(document, bootstrap_pb2.Bootstrap), rtds_supported=True)
+
+
+def struct(**values) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+def test_disk_layers_say_where_their_tree_is():
+    rt = runtime(
+        [disk("d0", "/srv/current", "envoy"),
+         disk("d1", "/srv/current", "override", append_service_cluster=True),
+         disk("d2", "/srv/current")],
+        node={"cluster": "web"},
+    )  # fmt: skip
+    assert [(d.index, d.name, d.symlink_root, d.path) for d in rt.disk_layers()] == [
+        (0, "d0", "/srv/current", "/srv/current/envoy"),
+        (1, "d1", "/srv/current", "/srv/current/override/web"),
+        (2, "d2", "/srv/current", "/srv/current/"),
+    ]
+    # Not read yet: absent from the snapshot, as a disk layer whose directory is missing.
+    assert rt.snapshot().layers == ()
+    assert rt.dynamic_layers() == {0: None, 1: None, 2: None}
+
+
+def test_append_service_cluster_without_a_cluster_appends_an_empty_name():
+    rt = runtime([disk("d", "/srv/current", "envoy", append_service_cluster=True)])
+    assert rt.disk_layers()[0].path == "/srv/current/envoy/"
+
+
+def test_an_rtds_layer_is_refused_at_the_config_check_until_rtds_is_supported():
+    with pytest.raises(ConfigError) as e:
+        runtime([static(), rtds("r", "res")])
+    assert e.value.path == "layered_runtime.layers[1].rtds_layer"
+    assert "RTDS needs dynamic configuration" in e.value.message
+    assert RTDS_SUPPORTED is False  # the one switch the xDS integration turns on
+
+
+def test_rtds_layers_list_what_to_subscribe_to():
+    rt = with_rtds([static(), rtds("r1", "res1"), {"name": "admin", "admin_layer": {}},
+                    rtds("r2", "res2")])  # fmt: skip
+    layers = rt.rtds_layers()
+    assert [(r.index, r.name, r.resource_name) for r in layers] == [
+        (1, "r1", "res1"),
+        (3, "r2", "res2"),
+    ]
+    assert layers[0].rtds_config.path_config_source.path == "/x"
+    # Present and empty until an update arrives, as Envoy shows them.
+    assert [layer.name for layer in rt.snapshot().layers] == ["base", "r1", "admin", "r2"]
+    assert rt.snapshot().values == {}
+
+
+def test_set_rtds_layer_flattens_the_struct_like_a_static_layer():
+    rt = with_rtds([static(a={"b": 1}), rtds("r", "res")])
+    before = rt.snapshot()
+    rt.set_rtds_layer("r", struct(a={"b": 5, "c": "x"}, f={"numerator": 3}, e={}))
+    assert raw_values(rt) == {
+        "a.b": "5",
+        "a.c": "x",
+        "f": 'fields {\n  key: "numerator"\n  value {\n    number_value: 3\n  }\n}\n',
+        "e": "",
+    }
+    assert rt.get_integer("a.b", 0) == 5 and rt.snapshot().get("f").fraction == (3, 100)
+    assert before.values["a.b"].raw == "1"  # the old snapshot is untouched
+    rt.set_rtds_layer("r", struct())
+    assert raw_values(rt) == {"a.b": "1"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [({"a": [1]}, "Invalid runtime entry value for a"),
+     ({"a": {"b": None}}, "Invalid runtime entry value for a.b")],
+)  # fmt: skip
+def test_an_invalid_rtds_value_rejects_the_update_and_keeps_the_layer(values, message):
+    rt = with_rtds([rtds("r", "res")])
+    rt.set_rtds_layer("r", struct(k=1))
+    before = rt.snapshot()
+    with pytest.raises(ConfigError) as e:
+        rt.set_rtds_layer("r", struct(ok=2, **values))
+    assert str(e.value) == message
+    assert rt.snapshot() is before and raw_values(rt) == {"k": "1"}
+
+
+def test_set_rtds_layer_names_a_layer_that_exists():
+    rt = with_rtds([rtds("r", "res"), static("s")])
+    with pytest.raises(KeyError):
+        rt.set_rtds_layer("res", struct(k=1))  # the resource's name is not the layer's
+    with pytest.raises(KeyError):
+        rt.set_rtds_layer("s", struct(k=1))
+
+
+def test_later_layers_override_earlier_ones_whatever_their_kind():
+    rt = with_rtds(
+        [static(k="static", s=1), disk("disk", "/srv/current"), rtds("rtds", "res"),
+         {"name": "admin", "admin_layer": {}}, static("last", last=1)]
+    )  # fmt: skip
+    assert rt.get_string("k") == "static"
+    rt.replace_layers({1: {"k": Entry(raw="disk"), "d": Entry(raw="d")}})
+    assert rt.get_string("k") == "disk"
+    rt.set_rtds_layer("rtds", struct(k="rtds", d="r"))
+    assert (rt.get_string("k"), rt.get_string("d")) == ("rtds", "r")
+    rt.merge_values({"k": "admin"})
+    assert rt.get_string("k") == "admin"
+    assert [layer.name for layer in rt.snapshot().layers] == [
+        "base", "disk", "rtds", "admin", "last"]  # fmt: skip
+    rt.replace_layers({1: None})  # the disk layer's directory went away
+    assert [layer.name for layer in rt.snapshot().layers] == ["base", "rtds", "admin", "last"]
+    assert rt.get_string("d") == "r"
+
+
+def test_a_worker_takes_the_main_processes_layers_whole():
+    document = {"node": {"cluster": "c"}}
+    layers = [static(k=1), disk("disk", "/srv/current"), rtds("rtds", "res"),
+              {"name": "admin", "admin_layer": {}}]  # fmt: skip
+    main, worker = with_rtds(layers, **document), with_rtds(layers, **document)
+    main.replace_layers({1: {"d": Entry(raw="7", uint=7, double=7.0)}})
+    main.set_rtds_layer("rtds", struct(r="x"))
+    main.merge_values({"a": "1"})
+    worker.merge_values({"stale": "1"})
+    sent = main.dynamic_layers()
+    assert sorted(sent) == [1, 2, 3]
+    message = control.FrameDecoder().feed(control.encode(control.UpdateRuntime(layers=sent)))[0]
+    worker.replace_layers(message.layers)
+    assert raw_values(worker) == raw_values(main) == {"k": "1", "d": "7", "r": "x", "a": "1"}
+    assert worker.get_integer("d", 0) == 7 and worker.admin_overrides() == {"a": "1"}
+    main.replace_layers({1: None})
+    worker.replace_layers(main.dynamic_layers())
+    assert [layer.name for layer in worker.snapshot().layers] == ["base", "rtds", "admin"]
+
+
+def test_replace_layers_refuses_static_layers_and_absent_non_disk_layers():
+    rt = runtime([static(), disk("d", "/srv/current"), {"name": "admin", "admin_layer": {}}])
+    with pytest.raises(ValueError):
+        rt.replace_layers({0: {}})
+    with pytest.raises(ValueError):
+        rt.replace_layers({2: None})
+    with pytest.raises(ValueError):
+        rt.replace_layers({7: {}})

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from legatus.runtime_values import Entry
 from legatus.stats.store import Flush
 from legatus.upstream.cluster import HostConfig
 
@@ -41,9 +42,9 @@ class Configure:
     listeners: list[ListenerSocket]
     clusters: list[bytes]  # serialized envoy.config.cluster.v3.Cluster
     hosts: dict[str, tuple[HostConfig, ...]]
-    # The runtime's admin layer (key -> text): the worker compiles the layers from the
-    # bootstrap, and a worker started after a /runtime_modify must see it too.
-    runtime_overrides: dict[str, str] = field(default_factory=dict)
+    # The runtime's non-static layers (see UpdateRuntime): the worker compiles the layers
+    # from the bootstrap, and a worker started after a change must see it too.
+    runtime_layers: dict[int, dict[str, Entry] | None] = field(default_factory=dict)
     # cluster -> host address ("ip:port") -> HealthFlag bits, for clusters with active health
     # checking or outlier detection: a worker started later must see the current health.
     health: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -74,10 +75,12 @@ class UpdateHosts:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateRuntime:
-    """The runtime's admin layer after a /runtime_modify: the whole layer, not the change,
-    so applying it twice or late is harmless."""
+    """The runtime's admin, disk and RTDS layers after any of them changed: each whole, not
+    the change, so applying it twice or late is harmless. Keyed by the layer's index in
+    layered_runtime.layers (the worker compiles the same bootstrap); None is a disk layer
+    whose directory does not exist (absent from the snapshot)."""
 
-    overrides: dict[str, str] = field(default_factory=dict)
+    layers: dict[int, dict[str, Entry] | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

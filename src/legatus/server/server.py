@@ -30,7 +30,8 @@ from typing import Any
 from legatus.config.factory_context import FactoryContext
 from legatus.network import address as addr
 from legatus.network.listener import ListenerConfig, bind_socket, compile_listener
-from legatus.runtime import Runtime, compile_runtime
+from legatus.runtime import Runtime
+from legatus.runtime_loader import RuntimeLoader, RuntimeStats, open_runtime
 from legatus.server import control
 from legatus.server.admin.context import (
     ClusterInfo,
@@ -40,7 +41,7 @@ from legatus.server.admin.context import (
     ServerState,
 )
 from legatus.server.options import Options
-from legatus.server.server_stats import RuntimeStats, ServerStats, process_memory
+from legatus.server.server_stats import ServerStats, process_memory
 from legatus.stats.store import Store
 from legatus.upstream.cluster import ClusterConfig, HostConfig
 from legatus.upstream.cluster_manager import (
@@ -75,7 +76,7 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
     """Compile the runtime, every cluster and listener, as validate mode and start-up need."""
     if bootstrap.admin.HasField("address"):
         addr.from_proto(bootstrap.admin.address, "admin.address")
-    runtime = compile_runtime(bootstrap)  # first, as Envoy: the rest of the config may use it
+    runtime = open_runtime(bootstrap)  # first, as Envoy: the rest of the config may use it
     clusters = compile_static_clusters(bootstrap)
     context = FactoryContext(
         registry=registry,
@@ -141,9 +142,6 @@ class Server:
         self.stats.gauge("server.compilation_settings.fips_mode")  # 0: OpenSSL, not FIPS
         self.listener_manager_stats = ListenerManagerStats(self.stats.scope("listener_manager."))
         self.runtime = compiled.runtime
-        self.runtime_stats = RuntimeStats(self.stats.scope("runtime."))
-        for _ in range(STARTUP_RUNTIME_LOADS):
-            self.runtime_stats.loaded(self.runtime)
         self.start_time = time.time()
         self.state = ServerState.PRE_INITIALIZING
         self.healthcheck_failed = False
@@ -159,6 +157,12 @@ class Server:
         self._shutdown = None
         self._request_ids = itertools.count(1)
         self._stopping = False
+        # Reads and watches the runtime's disk layers; sends every change to the workers.
+        self.runtime_loader = RuntimeLoader(
+            self.runtime, RuntimeStats(self.stats.scope("runtime.")), on_change=self._on_runtime
+        )
+        for _ in range(STARTUP_RUNTIME_LOADS):
+            self.runtime_loader.load()
 
     # Start-up ------------------------------------------------------------------
 
@@ -174,6 +178,7 @@ class Server:
         )
         self.state = ServerState.INITIALIZING
         self._set_server_gauges()
+        self.runtime_loader.start(loop)
         try:
             await self._initialize()
         except OSError as e:
@@ -195,6 +200,7 @@ class Server:
         log.info("starting main dispatch loop")
         await self._shutdown
         log.info("shutting down server instance")
+        self.runtime_loader.stop()
         await self._stop_workers()
         if self.cluster_manager is not None:
             self.cluster_manager.stop()
@@ -351,7 +357,7 @@ class Server:
             listeners=listeners,
             clusters=[c.proto.SerializeToString() for c in self.compiled.clusters],
             hosts=dict(self.cluster_manager.hosts),
-            runtime_overrides=self.runtime.admin_overrides(),
+            runtime_layers=self.runtime.dynamic_layers(),
             health={name: dict(flags) for name, flags in self.cluster_manager.health.items()},
             healthcheck_failed=self.healthcheck_failed,
         )
@@ -423,6 +429,10 @@ class Server:
         if self.workers:
             self._broadcast(control.UpdateHealth(cluster=cluster, flags=flags))
 
+    def _on_runtime(self, layers: dict) -> None:
+        if self.workers:
+            self._broadcast(control.UpdateRuntime(layers=layers))
+
     async def _stop_workers(self) -> None:
         self._stopping = True
         self._broadcast(control.Shutdown())
@@ -477,10 +487,7 @@ class Server:
 
         Raises RuntimeModifyError (nothing changed) as Envoy's mergeValues refuses.
         """
-        self.runtime.merge_values(values)
-        self.runtime_stats.admin_layer_changed(self.runtime)
-        self.runtime_stats.loaded(self.runtime)
-        self._broadcast(control.UpdateRuntime(overrides=self.runtime.admin_overrides()))
+        self.runtime_loader.merge_values(values)
 
     async def refresh_stats(self) -> None:
         waiters = []

@@ -1,14 +1,10 @@
-"""Envoy's ``server.*`` and ``runtime.*`` stats, and the memory figures behind them."""
+"""Envoy's ``server.*`` stats, and the memory figures behind them."""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from legatus.stats.store import StatSet, counter, gauge, histogram
-
-if TYPE_CHECKING:
-    from legatus.runtime import Runtime
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -39,36 +35,6 @@ class ServerStats(StatSet):
     dropped_stat_flushes = counter()
     # legatus only: worker processes that exited and were replaced.
     worker_restarts = counter()
-
-
-class RuntimeStats(StatSet):
-    """Envoy's ``runtime.*`` (ALL_RUNTIME_STATS), kept by the main process's runtime.
-
-    Without disk layers every load succeeds and finds no override directory; legatus has
-    no deprecated features to count, so those two stay unused, as in Envoy without them.
-    """
-
-    load_error = counter()
-    load_success = counter()
-    override_dir_exists = counter()
-    override_dir_not_exists = counter()
-    deprecated_feature_use = counter()
-    admin_overrides_active = gauge()
-    deprecated_feature_seen_since_process_start = gauge()
-    num_keys = gauge()
-    num_layers = gauge()
-
-    def loaded(self, runtime: Runtime) -> None:
-        """Count one new snapshot, as Envoy's LoaderImpl::createNewSnapshot does."""
-        snapshot = runtime.snapshot()
-        self.num_layers.set(len(snapshot.layers))
-        self.load_success.inc()
-        self.override_dir_not_exists.inc()
-        self.num_keys.set(len(snapshot.values))
-
-    def admin_layer_changed(self, runtime: Runtime) -> None:
-        """After /runtime_modify: whether any admin override is left (Envoy's AdminLayer)."""
-        self.admin_overrides_active.set(1 if runtime.admin_overrides() else 0)
 
 
 def process_memory(pids: list[int]) -> tuple[int, int]:

@@ -168,7 +168,7 @@ class Worker:
             try:
                 bootstrap = bootstrap_pb2.Bootstrap.FromString(message.bootstrap)
                 self.runtime = compile_runtime(bootstrap)
-                self.runtime.replace_admin_overrides(message.runtime_overrides)
+                self.runtime.replace_layers(message.runtime_layers)
             except Exception as e:  # the main process compiled the same bootstrap: a bug
                 log.exception("worker %d failed to compile the runtime", self.index)
                 self.channel.send(control.Failed(error=str(e)))
@@ -177,7 +177,7 @@ class Worker:
         elif isinstance(message, control.SetHealthCheckFailed):
             self.server_health.failed = message.failed
         elif isinstance(message, control.UpdateRuntime) and self.runtime is not None:
-            self.runtime.replace_admin_overrides(message.overrides)
+            self.runtime.replace_layers(message.layers)
         elif isinstance(message, control.ReopenLogs):
             if self.log_sink is not None:
                 self.log_sink.reopen()

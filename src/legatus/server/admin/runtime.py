@@ -1,9 +1,12 @@
 """``/runtime`` and ``POST /runtime_modify``, with Envoy 1.40's answers.
 
 ``/runtime`` is ``{"entries": {key: {"final_value", "layer_values"}}, "layers": [names]}``:
-one ``layer_values`` item per layer in order (``""`` where the layer lacks the key) and the
-last non-empty one as ``final_value``. Envoy prints these objects from a protobuf Struct,
-whose key order changes from run to run; legatus sorts the keys.
+one ``layer_values`` item per layer of the current snapshot in order (``""`` where the layer
+lacks the key) and the last non-empty one as ``final_value``. The snapshot's layers are
+Envoy's: a disk layer whose directory does not exist is not one of them, an RTDS layer is
+(empty until its first update); a key whose value is empty text (an empty file) is listed
+with ``""`` everywhere. Envoy prints these objects from a protobuf Struct, whose key order
+changes from run to run; legatus sorts the keys.
 
 ``/runtime_modify?k1=v1&k2=v2`` sets keys of the admin layer (the first value of a repeated
 key wins; an empty value removes the key) and answers ``OK``; without parameters it answers
