@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.support.http_upstream import http_proxy_config
-from tests.support.process import children, start_proxy, wait_for
+from tests.support.process import start_proxy, wait_for, workers
 
 CB = "cluster.backend.circuit_breakers.default."
 
@@ -233,7 +233,7 @@ def test_an_exited_workers_requests_stop_counting(tmp_path, upstream):
             )
             held = [stats[n] for n in names]
             victim = held.index(max(held))
-            os.kill(children(proxy.pid)[victim], signal.SIGKILL)
+            os.kill(workers(proxy.pid)[victim], signal.SIGKILL)
             stats = wait_for(
                 lambda: (s := proxy.stats())["server.worker_restarts"] == 1 and s,
                 what="the worker replaced",

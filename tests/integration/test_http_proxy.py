@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.support.http_upstream import HttpUpstream, http_proxy_config
-from tests.support.process import children, rss_bytes, start_proxy, wait_for
+from tests.support.process import rss_bytes, start_proxy, wait_for, workers
 from tests.support.upstreams import free_port, static_cluster
 
 
@@ -115,7 +115,7 @@ def test_slow_client_pauses_the_upstream_and_memory_stays_bounded(tmp_path, upst
     proxy = _start(tmp_path, http_proxy_config(upstream.port))
     try:
         port = proxy.listener_port("http")
-        (worker,) = children(proxy.pid)
+        (worker,) = workers(proxy.pid)
         baseline = rss_bytes(worker)
         size = 256 << 20
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:

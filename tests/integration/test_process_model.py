@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tests.support.process import alive, children, start_proxy, wait_for
+from tests.support.process import alive, children, start_proxy, wait_for, workers
 from tests.support.upstreams import EchoServer, tcp_proxy_config
 
 
@@ -35,7 +35,7 @@ def test_workers_share_the_port_and_stats_add_up(tmp_path, echo):
         tcp_proxy_config(upstream_port=echo.port), tmp_path, args=["--concurrency", "2"]
     )
     try:
-        assert len(children(proxy.pid)) == 2
+        assert len(workers(proxy.pid)) == 2
         port = proxy.listener_port("tcp")
         for _ in range(40):
             _roundtrip(port)
@@ -83,11 +83,11 @@ def test_killed_worker_is_replaced(tmp_path, echo):
     )
     try:
         port = proxy.listener_port("tcp")
-        before = children(proxy.pid)
+        before = workers(proxy.pid)
         os.kill(before[0], signal.SIGKILL)
 
         def replaced():
-            now = children(proxy.pid)
+            now = workers(proxy.pid)
             return now if len(now) == 2 and before[0] not in now else None
 
         after = wait_for(replaced, what="a replacement worker")
@@ -107,11 +107,12 @@ def test_no_worker_outlives_a_killed_main_process(tmp_path, echo):
     proxy = start_proxy(
         tcp_proxy_config(upstream_port=echo.port), tmp_path, args=["--concurrency", "2"]
     )
-    workers = children(proxy.pid)
-    assert len(workers) == 2
+    procs = workers(proxy.pid)
+    assert len(procs) == 2
+    procs += children(proxy.pid)  # and the zygote that forked them
     proxy.proc.send_signal(signal.SIGKILL)
     proxy.proc.wait(5)
-    wait_for(lambda: not any(alive(p) for p in workers), what="workers to exit")
+    wait_for(lambda: not any(alive(p) for p in procs), what="workers and zygote to exit")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -119,11 +120,11 @@ def test_sigterm_and_sigint_shut_down_cleanly(tmp_path, echo, sig):
     proxy = start_proxy(
         tcp_proxy_config(upstream_port=echo.port), tmp_path, args=["--concurrency", "2"]
     )
-    workers = children(proxy.pid)
+    procs = workers(proxy.pid) + children(proxy.pid)
     port = proxy.listener_port("tcp")
     _roundtrip(port)
     assert proxy.stop(sig) == 0
-    assert not any(alive(p) for p in workers)
+    assert not any(alive(p) for p in procs)
     log = proxy.log()
     assert f"caught {signal.Signals(sig).name}" in log
     assert "exiting" in log
@@ -146,7 +147,7 @@ def test_workers_share_one_socket_without_reuse_port(tmp_path, echo):
         port = proxy.listener_port("tcp")
         for _ in range(20):
             _roundtrip(port)
-        os.kill(children(proxy.pid)[0], signal.SIGKILL)  # the replacement shares it too
+        os.kill(workers(proxy.pid)[0], signal.SIGKILL)  # the replacement shares it too
         wait_for(lambda: proxy.stats().get("server.worker_restarts") == 1, what="a restart")
         for _ in range(20):
             _roundtrip(port)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.process import children, start_proxy, wait_for
+from tests.support.process import start_proxy, wait_for, workers
 
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -147,13 +147,13 @@ def test_runtime_modify_reaches_every_worker(proxy):
 def test_a_replaced_worker_gets_the_admin_layer(proxy):
     assert _post(proxy, "/runtime_modify?routes.admin=100")[0] == 200
     restarts = proxy.stats().get("server.worker_restarts", 0)
-    for pid in children(proxy.pid):
+    for pid in workers(proxy.pid):
         os.kill(pid, signal.SIGKILL)
     wait_for(
         lambda: proxy.stats().get("server.worker_restarts") == restarts + 2,
         what="both workers replaced",
     )
-    wait_for(lambda: len(children(proxy.pid)) == 2, what="two workers")
+    wait_for(lambda: len(workers(proxy.pid)) == 2, what="two workers")
     wait_for(lambda: _listening(proxy), what="the new workers listening")
     assert _answers(proxy, "/admin") == {200}
 
@@ -287,13 +287,13 @@ def test_the_admin_layer_overrides_the_disk_layer_and_new_workers_get_both(disk_
     assert _post(proxy, "/runtime_modify?routes.disk=0")[0] == 200
     assert _answers(proxy, "/disk") == {404}
     restarts = proxy.stats().get("server.worker_restarts", 0)
-    for pid in children(proxy.pid):
+    for pid in workers(proxy.pid):
         os.kill(pid, signal.SIGKILL)
     wait_for(
         lambda: proxy.stats().get("server.worker_restarts") == restarts + 2,
         what="both workers replaced",
     )
-    wait_for(lambda: len(children(proxy.pid)) == 2, what="two workers")
+    wait_for(lambda: len(workers(proxy.pid)) == 2, what="two workers")
     wait_for(lambda: _listening(proxy), what="the new workers listening")
     assert _answers(proxy, "/disk") == {404}  # the admin layer
     assert _answers(proxy, "/admin") == {200}  # the disk layer

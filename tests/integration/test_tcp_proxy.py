@@ -223,12 +223,12 @@ def test_failed_upstreams_leak_nothing(tmp_path, echo):
     """Refused upstreams and closed clients leave no sockets or gauges behind."""
     import os
 
-    from tests.support.process import children
+    from tests.support.process import workers
 
     cfg = tcp_proxy_config(upstream_port=free_port(), extra_tcp_proxy={"max_connect_attempts": 2})
     proxy = start_proxy(cfg, tmp_path, args=["--concurrency", "1"])
     try:
-        (worker,) = children(proxy.pid)
+        (worker,) = workers(proxy.pid)
         port = proxy.listener_port("tcp")
         baseline = len(os.listdir(f"/proc/{worker}/fd"))
         for i in range(50):

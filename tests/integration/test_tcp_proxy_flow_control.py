@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from tests.support.process import children, rss_bytes, start_proxy, wait_for
+from tests.support.process import rss_bytes, start_proxy, wait_for, workers
 from tests.support.upstreams import SinkServer, tcp_proxy_config
 
 GIB = 1 << 30
@@ -32,7 +32,7 @@ def test_one_gib_passes_with_bounded_memory(tmp_path):
         tcp_proxy_config(upstream_port=sink.port), tmp_path, args=["--concurrency", "1"]
     )
     try:
-        (worker,) = children(proxy.pid)
+        (worker,) = workers(proxy.pid)
         baseline = rss_bytes(worker)
         sampler = _RssSampler(worker)
         port = proxy.listener_port("tcp")
@@ -65,7 +65,7 @@ def test_stalled_upstream_pauses_the_client(tmp_path):
     )
     proxy = start_proxy(cfg, tmp_path, args=["--concurrency", "1"])
     try:
-        (worker,) = children(proxy.pid)
+        (worker,) = workers(proxy.pid)
         baseline = rss_bytes(worker)
         port = proxy.listener_port("tcp")
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:

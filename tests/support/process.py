@@ -174,6 +174,15 @@ def children(pid: int) -> list[int]:
     return sorted(out)
 
 
+def workers(pid: int) -> list[int]:
+    """The worker processes of the legatus main process ``pid``: the children of its worker
+    zygote (the one child that forks them; see legatus/server/zygote.py)."""
+    out = []
+    for child in children(pid):
+        out.extend(children(child))
+    return sorted(out)
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -225,7 +225,7 @@ def _apply_node_flags(bootstrap: Bootstrap, options: Options) -> None:
 
 _SUPPORTED_BOOTSTRAP = frozenset({
     "node", "static_resources", "admin", "stats_config", "stats_flush_interval",
-    "stats_server_version_override", "layered_runtime",
+    "stats_server_version_override", "layered_runtime", "dynamic_resources",
 })  # fmt: skip
 _SUPPORTED_STATIC = frozenset({"listeners", "clusters"})
 _SUPPORTED_ADMIN = frozenset({"address", "profile_path"})

@@ -37,6 +37,8 @@ class FactoryContext:
     server_health: Any = None  # legatus.server.server_health.ServerHealth (workers); None: ok
     http_filter_name: str = ""  # the HttpFilter ``name`` a filter is built for: the key of its
     # per-route configs (RouteMatch.most_specific_per_filter_config)
+    # legatus.router.rds.RouteConfigProviderManager: the process's RDS route configurations
+    route_config_providers: Any = None
     route_table: Any = None  # the HCM's inline RouteTable, so that an HTTP filter can see its
     # per-route configs at config time (None: routes that may change, e.g. RDS)
 

@@ -423,7 +423,7 @@ class ActiveStream:
         info.protocol = self.protocol
         self.watermark_callbacks: list = []
         self.idle_timeout = config.stream_idle_timeout
-        self.route_table = config.route_table
+        self.route_table = config.route_provider.route_table  # kept: updates are for new streams
         stats = config.stats.named
         stats.downstream_rq_total.inc()
         stats.downstream_rq_http1_total.inc()

@@ -246,6 +246,9 @@ class ActiveListener:
         self.connections: set[Connection] = set()
         self.server: asyncio.AbstractServer | None = None
         self._only_chain = config.matcher._only
+        self.draining = False
+        self._drained: asyncio.Future | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     async def start(self, sock: socket.socket) -> None:
         self.server = await self.loop.create_server(
@@ -260,6 +263,33 @@ class ActiveListener:
     def close_connections(self) -> None:
         for c in list(self.connections):
             c.close(CloseType.NO_FLUSH)
+
+    def drain(self, drain_time: float) -> asyncio.Future:
+        """Envoy's listener drain (the listener was removed or replaced by LDS): stop
+        accepting, ask every connection's filters that can drain (the HTTP connection
+        manager: ``connection: close`` on the next response, idle connections closed) to
+        do so, and close what is left ``drain_time`` seconds later. The future is done when
+        the last connection is gone."""
+        self.stop()
+        self.draining = True
+        done = self.loop.create_future()
+        self._drained = done
+        for conn in list(self.connections):
+            for f in conn.read_filters:
+                start_drain = getattr(f, "start_drain", None)
+                if start_drain is not None:
+                    start_drain()
+        self._drain_timer = self.loop.call_later(drain_time, self.close_connections)
+        self._check_drained()
+        return done
+
+    def _check_drained(self) -> None:
+        done = self._drained
+        if done is not None and not self.connections and not done.done():
+            done.set_result(None)
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
 
     def _new_connection(self) -> Connection:
         return _DownstreamConnection(self)
@@ -319,6 +349,8 @@ class ActiveListener:
             info.bytes_sent = info.bytes_sent or conn.bytes_sent
             for access_log in self.config.access_logs:
                 access_log.log(info)
+        if self._drained is not None:
+            self._check_drained()
 
 
 def _fmt(a) -> str | None:

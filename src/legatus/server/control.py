@@ -49,6 +49,11 @@ class Configure:
     # checking or outlier detection: a worker started later must see the current health.
     health: dict[str, dict[str, int]] = field(default_factory=dict)
     healthcheck_failed: bool = False  # admin /healthcheck/fail is in force
+    # What came from xDS so far, for a worker started later: each RDS route configuration
+    # (RdsSubscriptionKey -> (serialized RouteConfiguration, version)) and the shared
+    # circuit-breaker tables of CDS clusters (cluster -> table name).
+    route_configs: dict[Any, tuple[bytes, str]] = field(default_factory=dict)
+    breaker_tables: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +86,46 @@ class UpdateRuntime:
     whose directory does not exist (absent from the snapshot)."""
 
     layers: dict[int, dict[str, Entry] | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddCluster:
+    """A cluster from CDS, new or replacing the one of the same name (whose pools drain)."""
+
+    cluster: bytes  # serialized envoy.config.cluster.v3.Cluster
+    hosts: tuple[HostConfig, ...]
+    health: dict[str, int] = field(default_factory=dict)  # address -> HealthFlag bits
+    breaker_table: str | None = None  # its shared circuit-breaker counts, to attach by name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveCluster:
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddListener:
+    """A listener from LDS, new or replacing the one of the same name: the new one starts
+    accepting, the old one (if any) drains for ``drain_time`` seconds."""
+
+    listener: ListenerSocket
+    drain_time: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveListener:
+    name: str
+    drain_time: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateRouteConfig:
+    """An RDS RouteConfiguration: the HTTP connection managers that use it compile it and
+    give it to their new streams."""
+
+    key: Any  # legatus.router.rds.RdsSubscriptionKey
+    route_config: bytes  # serialized envoy.config.route.v3.RouteConfiguration
+    version: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,7 +16,7 @@ once, as Envoy does (no drain).
 from __future__ import annotations
 
 import asyncio
-import gc
+import contextlib
 import itertools
 import logging
 import os
@@ -30,6 +30,7 @@ from typing import Any
 from legatus.config.factory_context import FactoryContext
 from legatus.network import address as addr
 from legatus.network.listener import ListenerConfig, bind_socket, compile_listener
+from legatus.router.rds import RouteConfigProviderManager
 from legatus.runtime import Runtime
 from legatus.runtime_loader import RuntimeLoader, RuntimeStats, open_runtime
 from legatus.server import control
@@ -40,8 +41,10 @@ from legatus.server.admin.context import (
     OutlierInfo,
     ServerState,
 )
+from legatus.server.dynamic_config import DynamicConfig, check_dynamic_resources
 from legatus.server.options import Options
 from legatus.server.server_stats import ServerStats, process_memory
+from legatus.server.zygote import Zygote
 from legatus.stats.store import Store
 from legatus.upstream.cluster import ClusterConfig, HostConfig
 from legatus.upstream.cluster_manager import (
@@ -51,6 +54,7 @@ from legatus.upstream.cluster_manager import (
 )
 from legatus.upstream.host import host_stats_prefix
 from legatus.upstream.resource_manager import CircuitBreakerTables
+from legatus.upstream.shared_counters import remove_stale_tables
 from legatus.upstream.stats import ListenerManagerStats
 
 log = logging.getLogger("legatus.main")
@@ -70,6 +74,8 @@ class CompiledConfig:
     listeners: list[ListenerConfig]
     clusters: list[ClusterConfig]
     runtime: Runtime = field(default_factory=Runtime)
+    # The RDS route configurations the listeners use (legatus.router.rds).
+    route_providers: Any = None
 
 
 def compile_config(bootstrap, *, registry, options: Options, store: Store) -> CompiledConfig:
@@ -78,6 +84,8 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
         addr.from_proto(bootstrap.admin.address, "admin.address")
     runtime = open_runtime(bootstrap)  # first, as Envoy: the rest of the config may use it
     clusters = compile_static_clusters(bootstrap)
+    check_dynamic_resources(bootstrap, clusters)
+    route_providers = RouteConfigProviderManager()
     context = FactoryContext(
         registry=registry,
         store=store,
@@ -86,6 +94,7 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
         cluster_names=frozenset(c.name for c in clusters),
         http2_cluster_names=frozenset(c.name for c in clusters if c.http2),
         runtime=runtime,
+        route_config_providers=route_providers,
     )
     listeners = [
         compile_listener(proto, context, f"static_resources.listeners[{i}]")
@@ -104,7 +113,9 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
                 f"'{listener.address}' as existing listener",
             )
         seen[key] = i
-    return CompiledConfig(listeners=listeners, clusters=clusters, runtime=runtime)
+    return CompiledConfig(
+        listeners=listeners, clusters=clusters, runtime=runtime, route_providers=route_providers
+    )
 
 
 @dataclass(slots=True)
@@ -155,6 +166,8 @@ class Server:
         self._listener_infos: list[ListenerInfo] = []
         self._admin_server = None
         self._shutdown = None
+        self.dynamic: DynamicConfig | None = None
+        self.zygote: Zygote | None = None
         self._request_ids = itertools.count(1)
         self._stopping = False
         # Reads and watches the runtime's disk layers; sends every change to the workers.
@@ -176,6 +189,9 @@ class Server:
             signal.SIGHUP,
             lambda: log.info("caught and eating SIGHUP. See documentation for how to hot restart."),
         )
+        if self.options.mode != "init_only":
+            # First, while this process is single-threaded and has touched no gRPC.
+            self.zygote = Zygote.start(self._run_worker)
         self.state = ServerState.INITIALIZING
         self._set_server_gauges()
         self.runtime_loader.start(loop)
@@ -183,6 +199,7 @@ class Server:
             await self._initialize()
         except OSError as e:
             log.critical("error initializing configuration: %s", e)
+            await self._stop_workers()
             self._close_sockets()
             return 1
         except _StartupError as e:
@@ -202,6 +219,8 @@ class Server:
         log.info("shutting down server instance")
         self.runtime_loader.stop()
         await self._stop_workers()
+        if self.dynamic is not None:
+            await self.dynamic.close()
         if self.cluster_manager is not None:
             self.cluster_manager.stop()
         if self._admin_server is not None:
@@ -220,8 +239,27 @@ class Server:
             rng=random.Random(),
             on_hosts=self._on_hosts,
             on_health=self._on_health,
+            on_cluster=self._on_cds_cluster,
+            on_cluster_removed=self._on_cds_cluster_removed,
+            on_cluster_warming=self._on_cds_cluster_warming,
         )
+        from legatus.server.admin.server_info import node
+
+        self.dynamic = DynamicConfig(
+            bootstrap=self.bootstrap,
+            node=node(self),
+            store=self.stats,
+            loop=self.loop,
+            cluster_manager=self.cluster_manager,
+            route_providers=self.compiled.route_providers,
+            broadcast=self._broadcast,
+            circuit_breakers=lambda: self.circuit_breakers,
+        )
+        self.dynamic.start()
         await self.cluster_manager.initialize()
+        await self.dynamic.wait_clusters()  # CDS, and the warming of what it brought
+        self.dynamic.subscribe_routes()
+        await self.dynamic.wait_routes()  # listeners warm until their routes arrive
         self._reserve_listener_ports()
         if self.options.mode == "init_only":
             return
@@ -286,46 +324,38 @@ class Server:
     def _make_circuit_breakers(self) -> None:
         """Map every cluster's circuit-breaker counts, for the workers to inherit: the limits
         hold for the instance, as Envoy's for its threads (docs/circuit-breakers.md)."""
+        remove_stale_tables()  # left behind by an instance that was killed
         tables = self.circuit_breakers = CircuitBreakerTables(self.options.concurrency)
-        for config in self.compiled.clusters:
+        for config in self.cluster_manager.configs.values():
             breakers = (
                 config.proto.circuit_breakers if config.proto.HasField("circuit_breakers") else None
             )
             scope = self.stats.scope(f"cluster.{config.stat_name}.")
-            tables.add_cluster(config.name, breakers, scope)
+            # Named: the workers are forked by the zygote, which does not have them mapped.
+            name = tables.add_cluster(config.name, breakers, scope, named=True)
+            self.dynamic.breaker_tables[config.name] = name
 
     # Workers -------------------------------------------------------------------
 
+    def _run_worker(self, *, index, control_sock, parent_pid, fd_map) -> None:
+        """What a worker runs, in the zygote's child (see zygote.py)."""
+        from legatus.server.worker import run_worker
+
+        run_worker(
+            index=index,
+            control_sock=control_sock,
+            options=self.options,
+            registry=self.registry,
+            log_sink=self.log_sink,
+            parent_pid=parent_pid,
+            circuit_breakers=CircuitBreakerTables(self.options.concurrency),
+            fd_map=fd_map,
+        )
+
     def _spawn_worker(self, index: int) -> None:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        close_in_child = [parent_sock.fileno()]
-        close_in_child += [
-            w.channel.transport.get_extra_info("socket").fileno()
-            for w in self.workers.values()
-            if w.channel is not None and w.channel.transport is not None
-        ]
-        close_in_child += [s.fileno() for _, s, reuse in self._listener_sockets if reuse]
-        if self._admin_server is not None:
-            close_in_child += [s.fileno() for s in self._admin_server.sockets]
-        # Objects that exist now are never collected in the child: keep the GC from
-        # touching (and so copying) the pages the worker shares with this process.
-        gc.freeze()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child never returns
-            from legatus.server.worker import run_worker
-
-            parent_sock.close()
-            run_worker(
-                index=index,
-                control_sock=child_sock,
-                options=self.options,
-                registry=self.registry,
-                log_sink=self.log_sink,
-                parent_pid=os.getppid(),
-                close_fds=close_in_child[1:],
-                circuit_breakers=self.circuit_breakers,
-            )
-        gc.unfreeze()
+        shared = [s.fileno() for _, s, reuse in self._listener_sockets if not reuse]
+        pid = self.zygote.spawn(index, child_sock, shared)
         child_sock.close()
         handle = WorkerHandle(index=index, pid=pid, ready=self.loop.create_future())
         self.workers[index] = handle
@@ -355,8 +385,10 @@ class Server:
         return control.Configure(
             bootstrap=self.bootstrap.SerializeToString(),
             listeners=listeners,
-            clusters=[c.proto.SerializeToString() for c in self.compiled.clusters],
+            clusters=[c.proto.SerializeToString() for c in self.cluster_manager.configs.values()],
             hosts=dict(self.cluster_manager.hosts),
+            route_configs=dict(self.dynamic.route_configs),
+            breaker_tables=dict(self.dynamic.breaker_tables),
             runtime_layers=self.runtime.dynamic_layers(),
             health={name: dict(flags) for name, flags in self.cluster_manager.health.items()},
             healthcheck_failed=self.healthcheck_failed,
@@ -395,7 +427,7 @@ class Server:
     def _on_worker_lost(self, handle: WorkerHandle) -> None:
         if self.workers.get(handle.index) is not handle:
             return
-        status = _reap(handle.pid)
+        status = self.zygote.wait(handle.pid, timeout=1.0) or "still running"
         for waiter in handle.pending.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -429,6 +461,15 @@ class Server:
         if self.workers:
             self._broadcast(control.UpdateHealth(cluster=cluster, flags=flags))
 
+    def _on_cds_cluster_warming(self, config: ClusterConfig) -> None:
+        self.dynamic.on_cluster_warming(config)
+
+    def _on_cds_cluster(self, config: ClusterConfig, hosts: tuple[HostConfig, ...]) -> None:
+        self.dynamic.on_cluster(config, hosts, workers=bool(self.workers))
+
+    def _on_cds_cluster_removed(self, name: str) -> None:
+        self.dynamic.on_cluster_removed(name)
+
     def _on_runtime(self, layers: dict) -> None:
         if self.workers:
             self._broadcast(control.UpdateRuntime(layers=layers))
@@ -438,13 +479,17 @@ class Server:
         self._broadcast(control.Shutdown())
         deadline = time.monotonic() + WORKER_SHUTDOWN_GRACE_S
         for w in list(self.workers.values()):
-            while _reap(w.pid, wait=False) is None:
+            while self.zygote.wait(w.pid) is None:
                 if time.monotonic() > deadline:
-                    os.kill(w.pid, signal.SIGKILL)
-                    _reap(w.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(w.pid, signal.SIGKILL)
+                    self.zygote.wait(w.pid, timeout=5.0)
                     break
                 await asyncio.sleep(0.01)
         self.workers.clear()
+        if self.zygote is not None:
+            self.zygote.stop()
+            self.zygote = None
         if self.circuit_breakers is not None:
             self.circuit_breakers.close()
 
@@ -537,14 +582,16 @@ class Server:
     def clusters(self) -> list[ClusterInfo]:
         out = []
         cm = self.cluster_manager
-        for config in self.compiled.clusters:
+        configs = list(cm.configs.values()) if cm else self.compiled.clusters
+        static = cm.static_names if cm else frozenset(c.name for c in configs)
+        for config in configs:
             hosts = cm.hosts.get(config.name, ()) if cm else ()
             detector = cm.detectors.get(config.name) if cm else None
             out.append(
                 ClusterInfo(
                     name=config.name,
                     config=config.proto,
-                    added_via_api=False,
+                    added_via_api=config.name not in static,
                     hosts=tuple(
                         HostInfo(
                             address=str(h.address),
@@ -593,16 +640,3 @@ def _outlier_info(detector) -> OutlierInfo | None:
 
 class _StartupError(Exception):
     pass
-
-
-def _reap(pid: int, *, wait: bool = True) -> str | None:
-    """Collect a child's exit status; None if it is still running (wait=False)."""
-    try:
-        got, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
-    except ChildProcessError:
-        return "already reaped"
-    if got == 0:
-        return None
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit code {os.WEXITSTATUS(status)}"

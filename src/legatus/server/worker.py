@@ -27,6 +27,7 @@ from envoy.config.listener.v3 import listener_pb2
 from legatus.config.factory_context import FactoryContext
 from legatus.network.address import SocketAddress
 from legatus.network.listener import ActiveListener, bind_socket, compile_listener
+from legatus.router.rds import RouteConfigProviderManager
 from legatus.runtime import Runtime, compile_runtime
 from legatus.server import control
 from legatus.server.options import Options
@@ -62,10 +63,12 @@ def run_worker(
     registry,
     log_sink,
     parent_pid: int,
-    close_fds: list[int],
+    close_fds: list[int] = (),
     circuit_breakers=None,
+    fd_map: dict[int, int] | None = None,
 ) -> None:
-    """The body of a forked worker. Never returns: the process exits at the end."""
+    """The body of a forked worker. Never returns: the process exits at the end.
+    ``fd_map``: the main process's numbers of the listening sockets it shares -> ours."""
     code = 0
     try:
         die_with_parent(parent_pid)
@@ -88,6 +91,7 @@ def run_worker(
             loop=loop,
             log_sink=log_sink,
             circuit_breakers=circuit_breakers,
+            fd_map=fd_map,
         )
         loop.run_until_complete(worker.run(control_sock))
     except BaseException:
@@ -100,9 +104,18 @@ def run_worker(
 
 class Worker:
     def __init__(
-        self, *, index: int, options: Options, registry, loop, log_sink=None, circuit_breakers=None
+        self,
+        *,
+        index: int,
+        options: Options,
+        registry,
+        loop,
+        log_sink=None,
+        circuit_breakers=None,
+        fd_map: dict[int, int] | None = None,
     ) -> None:
         self.index = index
+        self.fd_map = fd_map or {}
         self.log_sink = log_sink
         self.options = options
         self.registry = registry
@@ -113,7 +126,9 @@ class Worker:
         self.cluster_manager = ThreadLocalClusterManager(
             self.store, self.rng, self.loop, circuit_breakers=circuit_breakers, worker=index
         )
-        self.listeners: list[ActiveListener] = []
+        self.listeners: dict[str, ActiveListener] = {}
+        self.draining: set[ActiveListener] = set()  # replaced or removed by LDS
+        self.route_config_providers = RouteConfigProviderManager()
         self.channel: control.ControlProtocol | None = None
         self.done = loop.create_future()
         self.access_log_manager = None
@@ -136,9 +151,10 @@ class Worker:
         finally:
             flusher.cancel()
             self.reports.close()
-            for listener in self.listeners:
+            every = [*self.listeners.values(), *self.draining]
+            for listener in every:
                 listener.stop()
-            for listener in self.listeners:
+            for listener in every:
                 listener.close_connections()
             if self.access_log_manager is not None:
                 self.access_log_manager.close_all()
@@ -174,6 +190,19 @@ class Worker:
                 self.channel.send(control.Failed(error=str(e)))
                 return
             self.loop.create_task(self._configure(message))
+        elif isinstance(message, control.AddCluster):
+            name = self._add_cluster(message.cluster, message.hosts, message.breaker_table)
+            self.health[name] = message.health
+            self._apply_health(name)
+        elif isinstance(message, control.RemoveCluster):
+            self.cluster_manager.remove(message.name)
+            self.health.pop(message.name, None)
+        elif isinstance(message, control.AddListener):
+            self.loop.create_task(self._add_listener(message.listener, message.drain_time))
+        elif isinstance(message, control.RemoveListener):
+            self._remove_listener(message.name, message.drain_time)
+        elif isinstance(message, control.UpdateRouteConfig):
+            self.route_config_providers.update(message.key, message.route_config, message.version)
         elif isinstance(message, control.SetHealthCheckFailed):
             self.server_health.failed = message.failed
         elif isinstance(message, control.UpdateRuntime) and self.runtime is not None:
@@ -243,11 +272,28 @@ class Worker:
         self.health.update(message.health)
         self.server_health.failed = message.healthcheck_failed
         for raw in message.clusters:
-            proto = cluster_pb2.Cluster.FromString(raw)
-            config = compile_cluster(proto, f"cluster {proto.name}")
-            self.cluster_manager.add_or_update(config, message.hosts.get(proto.name, ()))
-            self._apply_health(proto.name)
-        context = FactoryContext(
+            name = cluster_pb2.Cluster.FromString(raw).name
+            self._add_cluster(raw, message.hosts.get(name, ()), message.breaker_tables.get(name))
+            self._apply_health(name)
+        for key, (raw, version) in message.route_configs.items():
+            self.route_config_providers.update(key, raw, version)
+        for ls in message.listeners:
+            await self._start_listener(ls)
+
+    # Clusters, listeners and routes from the main process (static and xDS) ----------------
+
+    def _add_cluster(self, raw: bytes, hosts, breaker_table: str | None) -> str:
+        proto = cluster_pb2.Cluster.FromString(raw)
+        config = compile_cluster(proto, f"cluster {proto.name}")
+        if breaker_table is not None:
+            self.cluster_manager.attach_circuit_breakers(proto.name, breaker_table)
+        self.cluster_manager.add_or_update(config, hosts)
+        return proto.name
+
+    def _context(self) -> FactoryContext:
+        """What listeners are compiled with: the clusters known now."""
+        clusters = self.cluster_manager.clusters
+        return FactoryContext(
             registry=self.registry,
             store=self.store,
             options=self.options,
@@ -255,22 +301,45 @@ class Worker:
             loop=self.loop,
             cluster_manager=self.cluster_manager,
             access_log_manager=self.access_log_manager,
-            cluster_names=frozenset(self.cluster_manager.clusters),
-            http2_cluster_names=frozenset(
-                name for name, c in self.cluster_manager.clusters.items() if c.config.http2
-            ),
+            cluster_names=frozenset(clusters),
+            http2_cluster_names=frozenset(name for name, c in clusters.items() if c.config.http2),
             runtime=self.runtime,
             server_health=self.server_health,
+            route_config_providers=self.route_config_providers,
         )
-        for ls in message.listeners:
-            proto = listener_pb2.Listener.FromString(ls.listener)
-            config = compile_listener(proto, context, f"listener {ls.name}")
-            active = ActiveListener(config, context, self.index)
-            if ls.inherited_fd is not None:
-                sock = socket.socket(fileno=os.dup(ls.inherited_fd))
-                sock.setblocking(False)
-            else:
-                address = SocketAddress(config.address.host, ls.port)
-                sock = bind_socket(address, reuse_port=True, listen=True, backlog=config.backlog)
-            await active.start(sock)
-            self.listeners.append(active)
+
+    async def _start_listener(self, ls: control.ListenerSocket) -> ActiveListener:
+        proto = listener_pb2.Listener.FromString(ls.listener)
+        config = compile_listener(proto, self._context(), f"listener {ls.name}")
+        active = ActiveListener(config, self._context(), self.index)
+        if ls.inherited_fd is not None:
+            fd = self.fd_map.get(ls.inherited_fd, ls.inherited_fd)
+            sock = socket.socket(fileno=os.dup(fd))
+            sock.setblocking(False)
+        else:
+            address = SocketAddress(config.address.host, ls.port)
+            sock = bind_socket(address, reuse_port=True, listen=True, backlog=config.backlog)
+        await active.start(sock)
+        self.listeners[ls.name] = active
+        return active
+
+    async def _add_listener(self, ls: control.ListenerSocket, drain_time: float) -> None:
+        """An LDS listener: the new one accepts before the old one (if any) drains."""
+        old = self.listeners.get(ls.name)
+        try:
+            await self._start_listener(ls)
+        except Exception:  # validated by the main process: a bug, not an input
+            log.exception("worker %d failed to start listener '%s'", self.index, ls.name)
+            return
+        if old is not None:
+            self._drain(old, drain_time)
+
+    def _remove_listener(self, name: str, drain_time: float) -> None:
+        old = self.listeners.pop(name, None)
+        if old is not None:
+            self._drain(old, drain_time)
+
+    def _drain(self, listener: ActiveListener, drain_time: float) -> None:
+        self.draining.add(listener)
+        done = listener.drain(drain_time)
+        done.add_done_callback(lambda _: self.draining.discard(listener))

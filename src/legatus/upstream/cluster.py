@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 
@@ -29,6 +30,7 @@ class DiscoveryType(enum.Enum):
     STATIC = Cluster.STATIC
     STRICT_DNS = Cluster.STRICT_DNS
     LOGICAL_DNS = Cluster.LOGICAL_DNS
+    EDS = Cluster.EDS
 
 
 class LookupFamily(enum.Enum):
@@ -65,6 +67,7 @@ _SUPPORTED_CLUSTER_FIELDS = frozenset(
         "max_requests_per_connection",
         "health_checks",
         "outlier_detection",
+        "eds_cluster_config",
     }
 )
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -75,6 +78,7 @@ _SUPPORTED_LB_ENDPOINT = frozenset(
 _SUPPORTED_ENDPOINT = frozenset({"address", "hostname"})
 _SUPPORTED_LOCALITY = frozenset({"locality", "lb_endpoints", "priority", "load_balancing_weight"})
 _SUPPORTED_ASSIGNMENT = frozenset({"cluster_name", "endpoints", "policy"})
+_SUPPORTED_EDS_CLUSTER_CONFIG = ("eds_config", "service_name")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +114,10 @@ class ClusterConfig:
     outlier: OutlierConfig | None = None  # outlier_detection
     lb: LbConfig = DEFAULT_LB  # lb_policy, *_lb_config, common_lb_config, load_balancing_policy
     http2: bool = False  # explicit_http_config.http2_protocol_options (gRPC clients only)
+    # EDS: the ClusterLoadAssignment name to subscribe to (service_name, or the cluster's
+    # name) and where from (eds_cluster_config.eds_config, a ConfigSource proto).
+    eds_service_name: str = ""
+    eds_config: Any = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,7 +151,18 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
             f"cluster type {Cluster.DiscoveryType.Name(proto.type)} is not supported yet",
         ) from None
     lb = compile_lb_config(proto, path)
-    endpoints = _endpoints(proto, path, dns=kind is not DiscoveryType.STATIC)
+    eds_service_name, eds_config = "", None
+    if kind is DiscoveryType.EDS:
+        eds_service_name, eds_config = _eds_cluster_config(proto, path)
+    elif proto.HasField("eds_cluster_config"):
+        raise ConfigError(
+            f"{path}.eds_cluster_config", "eds_cluster_config is only for clusters of type EDS"
+        )
+    endpoints = _endpoints(
+        proto.load_assignment,
+        f"{path}.load_assignment",
+        dns=kind is not DiscoveryType.STATIC and kind is not DiscoveryType.EDS,
+    )
     if kind is DiscoveryType.LOGICAL_DNS and len(endpoints) != 1:
         raise ConfigError(
             f"{path}.load_assignment",
@@ -184,7 +203,26 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
         respect_dns_ttl=proto.respect_dns_ttl,
         dns_lookup_family=LookupFamily(proto.dns_lookup_family),
         proto=proto,
+        eds_service_name=eds_service_name,
+        eds_config=eds_config,
     )
+
+
+def _eds_cluster_config(proto: Cluster, path: str) -> tuple[str, Any]:
+    epath = f"{path}.eds_cluster_config"
+    eds = proto.eds_cluster_config
+    check_supported(eds, _SUPPORTED_EDS_CLUSTER_CONFIG, epath, "EdsClusterConfig")
+    if not eds.HasField("eds_config"):
+        # Envoy: "cannot create an EDS cluster without an EDS config".
+        raise ConfigError(
+            f"{epath}.eds_config", "cannot create an EDS cluster without an EDS config"
+        )
+    if proto.load_assignment.endpoints:
+        raise ConfigError(
+            f"{path}.load_assignment",
+            "an EDS cluster takes its endpoints from EDS, not from load_assignment",
+        )
+    return eds.service_name or proto.name, eds.eds_config
 
 
 def _check_circuit_breakers(proto, path: str) -> None:
@@ -268,10 +306,9 @@ def _explicit_http2(proto: Cluster) -> bool:
     return options.explicit_http_config.WhichOneof("protocol_config") == "http2_protocol_options"
 
 
-def _endpoints(proto: Cluster, path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:
+def _endpoints(la, la_path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:
+    """The endpoints of a ClusterLoadAssignment (a cluster's load_assignment or from EDS)."""
     out = []
-    la = proto.load_assignment
-    la_path = f"{path}.load_assignment"
     check_supported(la, _SUPPORTED_ASSIGNMENT, la_path, "ClusterLoadAssignment")
     for i, locality in enumerate(la.endpoints):
         lpath = f"{la_path}.endpoints[{i}]"
@@ -313,7 +350,21 @@ def _hash_key(lb_endpoint) -> str:
     return value.string_value if value is not None else ""
 
 
+def assignment_hosts(assignment, path: str) -> tuple[HostConfig, ...]:
+    """The hosts of an EDS ClusterLoadAssignment (IP addresses only, as Envoy's EDS);
+    ConfigError names the offending field."""
+    if assignment.HasField("policy"):
+        policy = assignment.policy
+        check_supported(policy, (), f"{path}.policy", "ClusterLoadAssignment.Policy")
+    endpoints = _endpoints(assignment, path, dns=False)
+    return _hosts(endpoints)
+
+
 def static_hosts(config: ClusterConfig) -> tuple[HostConfig, ...]:
+    return _hosts(config.endpoints)
+
+
+def _hosts(endpoints) -> tuple[HostConfig, ...]:
     return tuple(
         HostConfig(
             address=e.address,
@@ -326,5 +377,5 @@ def static_hosts(config: ClusterConfig) -> tuple[HostConfig, ...]:
             health_status=e.health_status,
             hash_key=e.hash_key,
         )
-        for e in config.endpoints
+        for e in endpoints
     )

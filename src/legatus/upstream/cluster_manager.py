@@ -47,6 +47,10 @@ def health_flag_names(flags: int) -> tuple[str, ...]:
     return tuple(f"/{flag.name.lower()}" for flag in HealthFlag if flags & flag)
 
 
+def _is_dns(config: ClusterConfig) -> bool:
+    return config.type in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
+
+
 def compile_static_clusters(bootstrap) -> list[ClusterConfig]:
     configs = []
     for i, proto in enumerate(bootstrap.static_resources.clusters):
@@ -55,6 +59,15 @@ def compile_static_clusters(bootstrap) -> list[ClusterConfig]:
 
 
 class ClusterManager:
+    """Static clusters are given at construction and initialized by ``initialize()``;
+    clusters from CDS come and go through ``add_or_update_cluster`` / ``remove_cluster``.
+
+    A cluster from CDS warms first (Envoy's cluster warming): a DNS cluster until its first
+    resolution, an EDS cluster until its first assignment (``set_assignment_hosts``) or
+    ``fail_warming`` (the initial fetch timed out), then the first health-check round.
+    ``on_cluster(config, hosts)`` announces it once warm (the server then sends it to the
+    workers) and ``on_cluster_removed(name)`` its end."""
+
     def __init__(
         self,
         configs: list[ClusterConfig],
@@ -64,30 +77,47 @@ class ClusterManager:
         rng: random.Random,
         on_hosts: Callable[[str, tuple[HostConfig, ...]], None],
         on_health: Callable[[str, dict[str, int]], None] = lambda cluster, flags: None,
+        on_cluster: Callable[[ClusterConfig, tuple[HostConfig, ...]], None] = lambda c, h: None,
+        on_cluster_removed: Callable[[str], None] = lambda name: None,
+        on_cluster_warming: Callable[[ClusterConfig], None] = lambda config: None,
     ) -> None:
-        self.configs = {c.name: c for c in configs}
+        self.configs: dict[str, ClusterConfig] = {}
         self.store = store
         self.loop = loop
         self.rng = rng
         self.on_hosts = on_hosts
         self.on_health = on_health
+        self.on_cluster = on_cluster
+        self.on_cluster_removed = on_cluster_removed
+        self.on_cluster_warming = on_cluster_warming
         self.eds_flags: dict[str, dict[str, int]] = {}  # cluster -> address -> HealthFlag
         self.hosts: dict[str, tuple[HostConfig, ...]] = {}
         # cluster -> host address ("ip:port") -> HealthFlag bits, as last sent to the workers.
         self.health: dict[str, dict[str, int]] = {}
         self.stats = ClusterManagerStats(store.scope("cluster_manager."))
-        self.membership = {
-            c.name: ClusterMembershipStats(store.scope(f"cluster.{c.stat_name}.")) for c in configs
-        }
+        self.membership: dict[str, ClusterMembershipStats] = {}
         self.health_checkers: dict = {}
         self.detectors: dict = {}
-        self._resolvers: list = []
-        self._tasks: list[asyncio.Task] = []
+        self.static_names: frozenset[str] = frozenset(c.name for c in configs)
+        self.warming: dict[str, ClusterConfig] = {}  # CDS clusters not yet initialized
+        self._resolvers: dict[str, object] = {}
+        self._dns = None  # one DnsResolver for every DNS cluster, made when first needed
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._warm_tasks: dict[str, asyncio.Task] = {}
+        self._eds_first: dict[str, asyncio.Future] = {}
         for c in configs:
-            store.scope(f"cluster.{c.stat_name}.default.").counter("total_match_count").inc()
-            self._make_health(c)
+            self._adopt(c)
         self.stats.cluster_added.add(len(configs))
         self.stats.active_clusters.set(len(configs))
+
+    def _adopt(self, c: ClusterConfig) -> None:
+        """Take ``c`` in: its config, membership stats and health checking (not started)."""
+        self.configs[c.name] = c
+        self.membership[c.name] = ClusterMembershipStats(
+            self.store.scope(f"cluster.{c.stat_name}.")
+        )
+        self.store.scope(f"cluster.{c.stat_name}.default.").counter("total_match_count").inc()
+        self._make_health(c)
 
     def _make_health(self, config: ClusterConfig) -> None:
         scope = self.store.scope(f"cluster.{config.stat_name}.")
@@ -119,47 +149,211 @@ class ClusterManager:
 
     async def initialize(self) -> None:
         """Static hosts at once; DNS clusters after their first resolution; then, as Envoy's
-        cluster initialization does, the first health check of every host."""
-        dns_clusters = []
-        for config in self.configs.values():
+        cluster initialization does, the first health check of every host. (EDS clusters
+        among the static ones are initialized by their EDS subscription.)"""
+        configs = list(self.configs.values())
+        eds = [c.name for c in configs if c.type is DiscoveryType.EDS]
+        for name in eds:
+            self._eds_first.setdefault(name, self.loop.create_future())
+        for config in configs:
             if config.type is DiscoveryType.STATIC:
                 self._set_hosts(config.name, _static_hosts(config))
-            else:
-                dns_clusters.append(config)
-        if dns_clusters:
-            from legatus.upstream.dns import DnsResolver
-            from legatus.upstream.dns_cluster import DnsClusterResolver
-
-            resolver = DnsResolver(self.loop)
-            for config in dns_clusters:
-                r = DnsClusterResolver(
-                    config,
-                    resolver=resolver,
-                    loop=self.loop,
-                    scope=self.store.scope(f"cluster.{config.stat_name}."),
-                    on_hosts=lambda hosts, name=config.name: self._set_hosts(name, hosts),
-                    random=self.rng,
-                )
-                self._resolvers.append(r)
-            await asyncio.gather(*(r.initialize() for r in self._resolvers))
-            for r in self._resolvers:
-                r.start()
-        for checker in self.health_checkers.values():
-            checker.start()
-        for name, detector in self.detectors.items():
-            self._tasks.append(
-                self.loop.create_task(self._outlier_timer(detector), name=f"outlier:{name}")
-            )
+        resolvers = [self._make_resolver(c) for c in configs if _is_dns(c)]
+        await asyncio.gather(*(r.initialize() for r in resolvers))
+        for r in resolvers:
+            r.start()
+        # EDS clusters: their first assignment (or the end of its initial fetch).
+        assignments = await asyncio.gather(*(self._eds_first[n] for n in eds))
+        for name, hosts in zip(eds, assignments, strict=True):
+            del self._eds_first[name]
+            self._set_hosts(name, hosts)
+        for config in configs:
+            self._start_checks(config.name)
         await asyncio.gather(*(c.first_round() for c in self.health_checkers.values()))
 
+    def _make_resolver(self, config: ClusterConfig):
+        from legatus.upstream.dns import DnsResolver
+        from legatus.upstream.dns_cluster import DnsClusterResolver
+
+        if self._dns is None:
+            self._dns = DnsResolver(self.loop)
+        r = DnsClusterResolver(
+            config,
+            resolver=self._dns,
+            loop=self.loop,
+            scope=self.store.scope(f"cluster.{config.stat_name}."),
+            on_hosts=lambda hosts, name=config.name: self._set_hosts(name, hosts),
+            random=self.rng,
+        )
+        self._resolvers[config.name] = r
+        return r
+
+    def _start_checks(self, name: str) -> None:
+        checker = self.health_checkers.get(name)
+        if checker is not None:
+            checker.start()
+        detector = self.detectors.get(name)
+        if detector is not None:
+            self._tasks[name] = self.loop.create_task(
+                self._outlier_timer(detector), name=f"outlier:{name}"
+            )
+
     def stop(self) -> None:
-        for r in self._resolvers:
-            r.stop()
-        for checker in self.health_checkers.values():
-            checker.stop()
-        for task in self._tasks:
+        for name in list(self.configs):
+            self._stop_cluster(name)
+        for task in self._warm_tasks.values():
             task.cancel()
-        self._tasks = []
+        self._warm_tasks = {}
+
+    def _stop_cluster(self, name: str) -> None:
+        r = self._resolvers.pop(name, None)
+        if r is not None:
+            r.stop()
+        checker = self.health_checkers.pop(name, None)
+        if checker is not None:
+            checker.stop()
+        self.detectors.pop(name, None)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    # CDS ---------------------------------------------------------------------------------
+
+    def add_or_update_cluster(self, config: ClusterConfig) -> bool:
+        """A cluster from CDS, new or changed (False: the very same config, nothing to do).
+        It warms (see the class doc); a changed cluster keeps serving its previous version
+        until the new one is warm, as Envoy's does."""
+        name = config.name
+        if name in self.static_names:
+            raise ValueError(f"cluster '{name}' is a static cluster and cannot be changed by CDS")
+        current = self.warming.get(name) or self.configs.get(name)
+        if current is not None and current.proto == config.proto:
+            return False
+        self._cancel_warming(name)
+        self.warming[name] = config
+        self.stats.warming_clusters.set(len(self.warming))
+        self._warm_tasks[name] = self.loop.create_task(self._warm(config), name=f"warm:{name}")
+        self.on_cluster_warming(config)  # (an EDS cluster subscribes to its endpoints)
+        return True
+
+    async def wait_warm(self) -> None:
+        """Until no cluster is warming (those added meanwhile included)."""
+        while True:
+            pending = [t for t in self._warm_tasks.values() if not t.done()]
+            if not pending:
+                return
+            await asyncio.wait(pending)
+
+    def remove_cluster(self, name: str) -> bool:
+        """A CDS cluster went away (False: unknown, or static, which CDS cannot remove)."""
+        if name in self.static_names:
+            return False
+        was_warming = self._cancel_warming(name)
+        found = was_warming
+        if name in self.configs:
+            self._stop_cluster(name)
+            self._forget(name)
+            self.stats.cluster_removed.inc()
+            self.stats.active_clusters.set(len(self.configs))
+            self.on_cluster_removed(name)
+            found = True
+        return found
+
+    def dynamic_clusters(self) -> list[ClusterConfig]:
+        """The active clusters that came from CDS."""
+        return [c for n, c in self.configs.items() if n not in self.static_names]
+
+    def _cancel_warming(self, name: str) -> bool:
+        task = self._warm_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+        first = self._eds_first.pop(name, None)
+        if first is not None and not first.done():
+            first.cancel()
+        found = self.warming.pop(name, None) is not None
+        self.stats.warming_clusters.set(len(self.warming))
+        return found
+
+    async def _warm(self, config: ClusterConfig) -> None:
+        """Initialize a CDS cluster off to the side, then swap it in."""
+        try:
+            await self._warm_steps(config)
+        except Exception:  # a bug: the cluster is dropped, the server keeps going
+            log.exception("cluster '%s' failed to initialize", config.name)
+            if self._warm_tasks.get(config.name) is asyncio.current_task():
+                self._cancel_warming(config.name)
+
+    async def _warm_steps(self, config: ClusterConfig) -> None:
+        name = config.name
+        try:
+            if config.type is DiscoveryType.STATIC:
+                hosts = _static_hosts(config)
+            elif config.type is DiscoveryType.EDS:
+                first = self._eds_first[name] = self.loop.create_future()
+                hosts = await first
+            else:
+                from legatus.upstream.dns import DnsResolver
+                from legatus.upstream.dns_cluster import DnsClusterResolver
+
+                if self._dns is None:
+                    self._dns = DnsResolver(self.loop)
+                probe = DnsClusterResolver(
+                    config,
+                    resolver=self._dns,
+                    loop=self.loop,
+                    scope=self.store.scope(f"cluster.{config.stat_name}."),
+                    on_hosts=lambda hosts: None,
+                    random=self.rng,
+                )
+                await probe.initialize()
+                hosts = probe.hosts
+        except asyncio.CancelledError:
+            return
+        self._eds_first.pop(name, None)
+        modified = name in self.configs
+        if modified:
+            self._stop_cluster(name)
+            self._forget(name)
+        self._adopt(config)
+        self._set_hosts(name, hosts)
+        if _is_dns(config):
+            self._make_resolver(config).start()  # resolves again from now on
+        self._start_checks(name)
+        checker = self.health_checkers.get(name)
+        if checker is not None:
+            try:
+                await checker.first_round()  # still warming, as in Envoy
+            except asyncio.CancelledError:
+                return
+        self._warm_tasks.pop(name, None)
+        self.warming.pop(name, None)
+        self.stats.warming_clusters.set(len(self.warming))
+        (self.stats.cluster_modified if modified else self.stats.cluster_added).inc()
+        self.stats.active_clusters.set(len(self.configs))
+        self.on_cluster(config, self.hosts[name])
+        self._refresh_health(name, force=True)
+
+    def _forget(self, name: str) -> None:
+        for table in (self.configs, self.hosts, self.health, self.eds_flags, self.membership):
+            table.pop(name, None)
+
+    # EDS -----------------------------------------------------------------------------------
+
+    def set_assignment_hosts(self, name: str, hosts: tuple[HostConfig, ...]) -> None:
+        """An EDS update for cluster ``name``: its first one ends the cluster's warming."""
+        first = self._eds_first.get(name)
+        if first is not None and not first.done():
+            first.set_result(hosts)
+            return
+        if name in self.configs:
+            self._set_hosts(name, hosts)
+
+    def fail_warming(self, name: str) -> None:
+        """The EDS initial fetch timed out or failed: a warming cluster becomes active with
+        no hosts; an active one keeps its hosts."""
+        first = self._eds_first.get(name)
+        if first is not None and not first.done():
+            first.set_result(())
 
     def _set_hosts(self, name: str, hosts: tuple[HostConfig, ...]) -> None:
         previous = self.hosts.get(name)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import array
 import enum
+import os
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2
@@ -511,18 +512,48 @@ class CircuitBreakerTables:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._clusters: dict[str, CircuitBreakerGauges] = {}
+        self._attached: dict[str, CounterTable] = {}  # a worker's tables made after its fork
+        self._named = 0
 
-    def add_cluster(self, name: str, circuit_breakers, scope: Scope) -> None:
-        """Make ``name``'s table and gauges; ``scope`` is its ``cluster.<stat_name>.`` scope."""
+    def add_cluster(self, name: str, circuit_breakers, scope: Scope, *, named: bool = False):
+        """Make ``name``'s table and gauges; ``scope`` is its ``cluster.<stat_name>.`` scope.
+        ``named``: the workers already run (a cluster from CDS), so the table is made under
+        a name they attach to (``attach``); returns that name (None for an anonymous one).
+        A cluster that is made again (changed by CDS) gets a new table, as Envoy's new
+        cluster gets new resource managers; its old table is unlinked."""
         thresholds = {
             p: Thresholds.from_circuit_breakers(circuit_breakers, p) for p in ResourcePriority
         }
-        table = CounterTable.anonymous(rows=ROWS, workers=self.workers)
+        if named:
+            self._named += 1
+            table = CounterTable.create(
+                f"legatus.{os.getpid()}.cb.{self._named}", rows=ROWS, workers=self.workers
+            )
+        else:
+            table = CounterTable.anonymous(rows=ROWS, workers=self.workers)
+        old = self._clusters.get(name)
+        if old is not None:
+            old.table.unlink()
         self._clusters[name] = CircuitBreakerGauges(scope, table, thresholds)
+        return table.name
+
+    def remove_cluster(self, name: str) -> None:
+        gauges = self._clusters.pop(name, None)
+        if gauges is not None:
+            gauges.table.unlink()
+
+    def attach(self, name: str, table_name: str) -> None:
+        """In a worker: map the table the main process made for ``name`` after the fork."""
+        self._attached[name] = CounterTable.attach(table_name)
 
     def slots(self, cluster: str, worker: int) -> SharedSlots | None:
-        gauges = self._clusters.get(cluster)
-        return SharedSlots(gauges.table, worker) if gauges is not None else None
+        table = self._attached.get(cluster)
+        if table is None:
+            gauges = self._clusters.get(cluster)
+            if gauges is None:
+                return None
+            table = gauges.table
+        return SharedSlots(table, worker)
 
     def refresh_gauges(self) -> None:
         for gauges in self._clusters.values():

@@ -145,3 +145,20 @@ def _path(name: str) -> str:
     if not name or "/" in name:
         raise ValueError(f"invalid shared memory name {name!r}")
     return os.path.join(SHM_DIR, name)
+
+
+def remove_stale_tables(prefix: str = "legatus.") -> None:
+    """Unlink the tables of instances that are gone: named ``<prefix><pid>.``, whose maker
+    (that pid) no longer runs (a main process killed before it could unlink them)."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix) :].split(".", 1)[0]
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(SHM_DIR, name))

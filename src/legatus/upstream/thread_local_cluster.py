@@ -113,7 +113,7 @@ class ThreadLocalCluster:
         """Close every pool's idle connections and let busy ones finish (cluster removed)."""
         from legatus.conn_pool import DrainBehavior
 
-        for pool in self._pools.values():
+        for pool in list(self._pools.values()):  # (an idle pool leaves the dict as it drains)
             pool.drain(DrainBehavior.DRAIN_EXISTING_CONNECTIONS)
 
     def update_hosts(self, hosts: tuple[HostConfig, ...]) -> None:
@@ -203,6 +203,19 @@ class ThreadLocalClusterManager:
         )
         cluster.update_hosts(hosts)
         self.clusters[config.name] = cluster
+
+    def remove(self, name: str) -> None:
+        """A cluster removed by CDS: its pools drain (busy connections finish their
+        requests), and new requests no longer find it."""
+        cluster = self.clusters.pop(name, None)
+        if cluster is not None:
+            cluster.drain_pools()
+
+    def attach_circuit_breakers(self, name: str, table_name: str) -> None:
+        """Map the shared counts the main process made for a cluster added after this
+        worker started (before ``add_or_update`` of that cluster)."""
+        if self._circuit_breakers is not None:
+            self._circuit_breakers.attach(name, table_name)
 
     def update_hosts(self, name: str, hosts: tuple[HostConfig, ...]) -> None:
         cluster = self.clusters.get(name)

@@ -34,7 +34,12 @@ from legatus.http.conn_manager_utility import (
 from legatus.http.http1.settings import Http1Settings
 from legatus.http.local_reply import LocalReplyConfig, compile_local_reply_config
 from legatus.registry import Category
-from legatus.router.config import RouteTable, compile_route_config
+from legatus.router.config import compile_route_config
+from legatus.router.rds import (
+    RouteConfigProviderManager,
+    StaticRouteConfigProvider,
+    compile_rds_table,
+)
 from legatus.upstream.cluster import duration
 
 HttpConnectionManager = hcm_pb2.HttpConnectionManager
@@ -46,8 +51,9 @@ DEFAULT_DELAYED_CLOSE_TIMEOUT = 1.0
 DEFAULT_DRAIN_TIMEOUT = 5.0
 
 _SUPPORTED = frozenset({
-    "codec_type", "stat_prefix", "route_config", "http_filters", "common_http_protocol_options",
-    "http_protocol_options", "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
+    "codec_type", "stat_prefix", "route_config", "rds", "http_filters",
+    "common_http_protocol_options", "http_protocol_options", "max_request_headers_kb",
+    "stream_idle_timeout", "request_timeout",
     "request_headers_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
     "local_reply_config", "proxy_100_continue", "strip_matching_host_port",
     "strip_any_host_port", "strip_trailing_host_dot", *HEADER_HCM_FIELDS,
@@ -80,7 +86,9 @@ class HcmConfig:
     stat_prefix: str
     codec_settings: Http1Settings
     header_policy: HeaderPolicy
-    route_table: RouteTable
+    # Where streams take their routes: a StaticRouteConfigProvider (inline route_config) or
+    # an RdsRouteConfigProvider (rds), whose route_table changes with each RDS update.
+    route_provider: Any
     filter_factories: tuple[HttpFilterFactory, ...]
     local_reply: LocalReplyConfig | None
     access_logs: tuple
@@ -110,6 +118,21 @@ def _seconds(proto, field: str, default: float | None) -> float | None:
     return duration(getattr(proto, field)) or None
 
 
+def _route_provider(proto, context: FactoryContext, path: str):
+    """(provider, the RouteTable the filters may inspect at config time: None with RDS)."""
+    if proto.WhichOneof("route_specifier") == "route_config":
+        table = compile_route_config(proto.route_config, context, join_path(path, "route_config"))
+        return StaticRouteConfigProvider(table), table
+    rpath = join_path(path, "rds")
+    check_supported(proto.rds, ("config_source", "route_config_name"), rpath, "Rds")
+    if not proto.rds.HasField("config_source"):
+        raise ConfigError(join_path(rpath, "config_source"), "value is required")
+    # (validate mode has no manager: the provider is only compiled)
+    manager = context.route_config_providers or RouteConfigProviderManager()
+    compile_table = compile_rds_table(replace(context, route_table=None), rpath)
+    return manager.provider(proto.rds, compile_table, proto.stat_prefix), None
+
+
 def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
     check_supported(proto, _SUPPORTED, path, "HttpConnectionManager")
     if proto.codec_type not in (_AUTO, _HTTP1):
@@ -118,10 +141,10 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
             join_path(path, "codec_type"),
             f"codec_type {name} is not supported by legatus yet (HTTP/1.1 only)",
         )
-    if proto.WhichOneof("route_specifier") != "route_config":
+    if proto.WhichOneof("route_specifier") not in ("route_config", "rds"):
         raise ConfigError(
-            path, "HttpConnectionManager needs an inline route_config (RDS and scoped routes "
-            "are not supported by legatus yet)"
+            path, "HttpConnectionManager needs route_config or rds (scoped routes are not "
+            "supported by legatus yet)"
         )  # fmt: skip
     common = proto.common_http_protocol_options if proto.HasField(
         "common_http_protocol_options"
@@ -144,7 +167,7 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         service_cluster=getattr(node, "service_cluster", "") or "",
         service_node=getattr(node, "service_node", "") or "",
     )
-    route_table = compile_route_config(proto.route_config, context, join_path(path, "route_config"))
+    route_provider, route_table = _route_provider(proto, context, path)
     factories = _http_filters(proto, replace(context, route_table=route_table), path)
     local_reply = None
     if proto.HasField("local_reply_config"):
@@ -172,7 +195,7 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         stat_prefix=proto.stat_prefix,
         codec_settings=codec_settings,
         header_policy=policy,
-        route_table=route_table,
+        route_provider=route_provider,
         filter_factories=factories,
         local_reply=local_reply,
         access_logs=tuple(

@@ -1,0 +1,113 @@
+"""The subscriptions that share one resource type on a mux, and who gets what.
+
+Several owners may watch one type over one stream (an EDS subscription per cluster on an
+ADS stream). The stream asks for the union of their names; a response is split among them
+as Envoy's watch maps do:
+
+- a wildcard watch (no names) gets every resource of the response;
+- a named watch gets the resources named in its interest. In SotW it is not called when
+  the response holds none of them (an EDS response for other clusters says nothing about
+  this one); in delta it is called when a resource of its interest was added, changed or
+  removed. A delta response that adds and removes nothing still reaches the wildcard
+  watches, as an empty update.
+
+The response is all or nothing: the first watch that raises stops the delivery, and the
+error becomes the NACK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from legatus.config.subscription import ConfigUpdate, DecodedResource
+
+__all__ = ["Watch", "WatchMap"]
+
+
+class Watch(Protocol):
+    names: frozenset[str]
+    wildcard: bool
+
+    def deliver(self, update: ConfigUpdate) -> None:
+        """Hand the update to the owner; raises what the owner raised."""
+
+
+def _wanted(resource: DecodedResource, names: frozenset[str]) -> bool:
+    return resource.name in names or any(alias in names for alias in resource.aliases)
+
+
+class WatchMap:
+    __slots__ = ("_watches", "type_url")
+
+    def __init__(self, type_url: str) -> None:
+        self.type_url = type_url
+        self._watches: dict[Watch, None] = {}  # an ordered set, in subscription order
+
+    def add(self, watch: Watch) -> None:
+        self._watches[watch] = None
+
+    def remove(self, watch: Watch) -> None:
+        self._watches.pop(watch, None)
+
+    def __len__(self) -> int:
+        return len(self._watches)
+
+    def __iter__(self) -> Iterator[Watch]:
+        return iter(tuple(self._watches))
+
+    def interest(self) -> tuple[frozenset[str], bool]:
+        """(the union of the names, whether any watch is a wildcard)."""
+        names: set[str] = set()
+        wildcard = False
+        for watch in self._watches:
+            names |= watch.names
+            wildcard = wildcard or watch.wildcard
+        return frozenset(names), wildcard
+
+    def _live(self) -> Iterator[Watch]:
+        # An owner may close a subscription (its own or another) while being called.
+        for watch in tuple(self._watches):
+            if watch in self._watches:
+                yield watch
+
+    def deliver_sotw(self, resources: Sequence[DecodedResource], version_info: str) -> None:
+        everything = tuple(resources)
+        for watch in self._live():
+            if watch.wildcard:
+                found = everything
+            else:
+                found = tuple(r for r in everything if _wanted(r, watch.names))
+                if not found:
+                    continue
+            watch.deliver(
+                ConfigUpdate(
+                    type_url=self.type_url,
+                    added=found,
+                    removed=(),
+                    version_info=version_info,
+                    state_of_the_world=True,
+                )
+            )
+
+    def deliver_delta(
+        self, added: Sequence[DecodedResource], removed: Sequence[str], version_info: str
+    ) -> None:
+        all_added, all_removed = tuple(added), tuple(removed)
+        for watch in self._live():
+            if watch.wildcard:
+                mine_added, mine_removed = all_added, all_removed
+            else:
+                mine_added = tuple(r for r in all_added if _wanted(r, watch.names))
+                mine_removed = tuple(n for n in all_removed if n in watch.names)
+                if not mine_added and not mine_removed:
+                    continue
+            watch.deliver(
+                ConfigUpdate(
+                    type_url=self.type_url,
+                    added=mine_added,
+                    removed=mine_removed,
+                    version_info=version_info,
+                    state_of_the_world=False,
+                )
+            )

@@ -1,0 +1,269 @@
+"""The main process's xDS subscriptions: CDS, EDS and RDS, and what they change.
+
+Theory of operation. The main process owns every subscription (DESIGN §2); workers only
+receive what was accepted, as control messages (``AddCluster``, ``RemoveCluster``,
+``UpdateHosts``, ``UpdateRouteConfig``), and swap it in between events. An update is checked
+here first, by compiling it as the workers will: a refused update is NACKed with the error
+and nothing reaches the workers.
+
+- CDS (``dynamic_resources.cds_config``): ``CdsApi`` feeds the cluster manager, where the
+  clusters warm; a warm cluster is sent to the workers with its hosts and its shared
+  circuit-breaker table. Over ADS, EDS requests are held while a CDS update is applied, so
+  that the endpoints of every new cluster are asked for in one request (Envoy's ordering).
+- EDS: one subscription per EDS cluster (static or from CDS), made when the cluster is
+  added and closed when it goes; its hosts go through the cluster manager.
+- RDS: one subscription per (route configuration name, config source) that an HTTP
+  connection manager uses; an update is compiled for every such connection manager, then
+  sent to the workers, whose new streams use it.
+
+Start-up follows Envoy's init order: static clusters (and their EDS), then CDS and the
+clusters it brings (each warm, or its initial fetch timed out), then the routes of the
+listeners (RDS), then the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+from legatus.config.errors import ConfigError
+from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
+from legatus.config_subscription import decode
+from legatus.config_subscription.factory import SubscriptionFactory, check_config_source
+from legatus.config_subscription.stats import SubscriptionStats
+from legatus.router.rds import RdsSubscriptionKey, RouteConfigProviderManager
+from legatus.server import control
+from legatus.upstream.cds_api import CdsApi
+from legatus.upstream.cluster import ClusterConfig, DiscoveryType
+from legatus.upstream.eds import EdsCallbacks
+
+__all__ = ["DynamicConfig", "check_dynamic_resources"]
+
+log = logging.getLogger("legatus.main")
+
+
+def check_dynamic_resources(bootstrap, clusters: list[ClusterConfig]) -> None:
+    """Config-time checks of ``dynamic_resources`` and of the static EDS clusters' sources."""
+    from legatus.config.supported import check_supported
+    from legatus.config_subscription.factory import check_api_config_source
+
+    dynamic = bootstrap.dynamic_resources
+    check_supported(dynamic, ("cds_config", "ads_config"), "dynamic_resources",
+                    "DynamicResources")  # fmt: skip
+    if dynamic.HasField("ads_config"):
+        check_api_config_source(
+            dynamic.ads_config, "dynamic_resources.ads_config", bootstrap, aggregated=True
+        )
+    if dynamic.HasField("cds_config"):
+        check_config_source(dynamic.cds_config, "dynamic_resources.cds_config", bootstrap)
+    for i, config in enumerate(clusters):
+        if config.type is DiscoveryType.EDS:
+            check_config_source(
+                config.eds_config,
+                f"static_resources.clusters[{i}].eds_cluster_config.eds_config",
+                bootstrap,
+            )
+
+
+class _Rds:
+    """One RDS subscription's callbacks."""
+
+    def __init__(self, owner: DynamicConfig, key: RdsSubscriptionKey) -> None:
+        self.owner = owner
+        self.key = key
+        self.ready = owner.loop.create_future()
+        self.subscription: Any = None
+
+    def on_config_update(self, update: ConfigUpdate) -> None:
+        added = update.added
+        if len(added) > 1:
+            raise ConfigError("", f"Unexpected RDS resource length: {len(added)}")
+        if added:
+            proto = added[0].resource
+            self.owner.route_providers.validate(self.key, proto)
+            self.owner.on_route_config(self.key, proto.SerializeToString(), update.version_info)
+        self._ready()
+
+    def on_config_update_failed(self, reason: UpdateFailureReason, error) -> None:
+        self._ready()  # the listener stops waiting (its routes stay empty until an update)
+
+    def _ready(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+
+class DynamicConfig:
+    def __init__(
+        self,
+        *,
+        bootstrap,
+        node,
+        store,
+        loop: asyncio.AbstractEventLoop,
+        cluster_manager,
+        route_providers: RouteConfigProviderManager,
+        broadcast: Callable[[Any], None],
+        circuit_breakers: Callable[[], Any],
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.store = store
+        self.loop = loop
+        self.cluster_manager = cluster_manager
+        self.route_providers = route_providers
+        self.broadcast = broadcast
+        self.circuit_breakers = circuit_breakers  # () -> CircuitBreakerTables or None
+        self.factory = SubscriptionFactory(bootstrap, node, store=store, loop=loop)
+        self.cds: CdsApi | None = None
+        self._cds_ready = loop.create_future()
+        self._eds: dict[str, Any] = {}  # cluster -> (subscription, callbacks)
+        self._rds: dict[RdsSubscriptionKey, _Rds] = {}
+        # What the workers have, for a worker started later (Configure).
+        self.route_configs: dict[RdsSubscriptionKey, tuple[bytes, str]] = {}
+        self.breaker_tables: dict[str, str] = {}
+
+    # Start-up ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe: EDS of the static EDS clusters, CDS; then open the ADS stream."""
+        cm = self.cluster_manager
+        for config in list(cm.configs.values()):
+            if config.type is DiscoveryType.EDS:
+                self._subscribe_eds(config)
+        dynamic = self.bootstrap.dynamic_resources
+        if dynamic.HasField("cds_config"):
+            self.cds = CdsApi(cm, check=self._check_cluster, on_initialized=self._on_cds_ready)
+            stats = SubscriptionStats(self.store.scope("cluster_manager.cds."))
+            sub = self.factory.subscribe(
+                dynamic.cds_config, decode.CLUSTER, _PausingEds(self, self.cds), stats
+            )
+            sub.start(())
+        else:
+            self._cds_ready.set_result(None)
+        self.factory.start_ads()
+
+    async def wait_clusters(self) -> None:
+        """CDS's first update (or its failure) and the warming of what it brought."""
+        await self._cds_ready
+        await self.cluster_manager.wait_warm()
+
+    def subscribe_routes(self) -> None:
+        """Subscribe to every RDS route configuration the listeners use (new ones only)."""
+        for key, stat_prefix in self.route_providers.subscriptions().items():
+            if key in self._rds:
+                continue
+            source = self.route_providers.config_source(key)
+            check_config_source(source, f"rds {key.route_config_name}.config_source",
+                                self.bootstrap)  # fmt: skip
+            rds = self._rds[key] = _Rds(self, key)
+            scope = self.store.scope(f"http.{stat_prefix}.rds.{key.route_config_name}.")
+            rds.subscription = self.factory.subscribe(
+                source, decode.ROUTE, rds, SubscriptionStats(scope)
+            )
+            rds.subscription.start((key.route_config_name,))
+
+    async def wait_routes(self) -> None:
+        """Every RDS subscription's first update (or its failure): listeners warm until
+        their routes arrive."""
+        pending = [r.ready for r in self._rds.values() if not r.ready.done()]
+        if pending:
+            await asyncio.wait(pending)
+
+    async def close(self) -> None:
+        for sub, callbacks in self._eds.values():
+            callbacks.closed = True
+            sub.close()
+        self._eds.clear()
+        await self.factory.close()
+
+    # CDS ---------------------------------------------------------------------------------
+
+    def _check_cluster(self, config: ClusterConfig, path: str) -> None:
+        if config.type is DiscoveryType.EDS:
+            check_config_source(
+                config.eds_config, f"{path}.eds_cluster_config.eds_config", self.bootstrap
+            )
+
+    def _on_cds_ready(self) -> None:
+        if not self._cds_ready.done():
+            self._cds_ready.set_result(None)
+
+    def on_cluster_warming(self, config: ClusterConfig) -> None:
+        """A cluster from CDS starts warming: an EDS cluster subscribes to its endpoints."""
+        if config.type is DiscoveryType.EDS:
+            self._subscribe_eds(config)
+        else:
+            self._unsubscribe_eds(config.name)
+
+    def on_cluster(self, config: ClusterConfig, hosts, workers: bool) -> None:
+        """A CDS cluster is warm: to the workers, with its circuit-breaker table."""
+        tables = self.circuit_breakers()
+        table_name = None
+        if tables is not None:
+            breakers = (
+                config.proto.circuit_breakers if config.proto.HasField("circuit_breakers") else None
+            )
+            scope = self.store.scope(f"cluster.{config.stat_name}.")
+            table_name = tables.add_cluster(config.name, breakers, scope, named=True)
+            if table_name is not None:
+                self.breaker_tables[config.name] = table_name
+        if workers:
+            self.broadcast(
+                control.AddCluster(
+                    cluster=config.proto.SerializeToString(),
+                    hosts=tuple(hosts),
+                    health=dict(self.cluster_manager.health.get(config.name, {})),
+                    breaker_table=table_name,
+                )
+            )
+
+    def on_cluster_removed(self, name: str) -> None:
+        self._unsubscribe_eds(name)
+        tables = self.circuit_breakers()
+        if tables is not None:
+            tables.remove_cluster(name)
+        self.breaker_tables.pop(name, None)
+        self.broadcast(control.RemoveCluster(name=name))
+
+    # EDS ---------------------------------------------------------------------------------
+
+    def _subscribe_eds(self, config: ClusterConfig) -> None:
+        self._unsubscribe_eds(config.name)
+        stats = SubscriptionStats(self.store.scope(f"cluster.{config.stat_name}."))
+        callbacks = EdsCallbacks(self.cluster_manager, config.name, config.eds_service_name, stats)
+        sub = self.factory.subscribe(config.eds_config, decode.ENDPOINT, callbacks, stats)
+        self._eds[config.name] = (sub, callbacks)
+        sub.start((config.eds_service_name,))
+
+    def _unsubscribe_eds(self, name: str) -> None:
+        found = self._eds.pop(name, None)
+        if found is not None:
+            sub, callbacks = found
+            callbacks.closed = True
+            sub.close()
+
+    # RDS ---------------------------------------------------------------------------------
+
+    def on_route_config(self, key: RdsSubscriptionKey, raw: bytes, version: str) -> None:
+        self.route_providers.update(key, raw, version)
+        self.route_configs[key] = (raw, version)
+        self.broadcast(control.UpdateRouteConfig(key=key, route_config=raw, version=version))
+
+
+class _PausingEds:
+    """CDS callbacks that hold EDS requests on the ADS stream while an update is applied
+    (Envoy's ADS ordering), so the new clusters' endpoints are asked for together."""
+
+    def __init__(self, owner: DynamicConfig, cds: CdsApi) -> None:
+        self.owner = owner
+        self.cds = cds
+
+    def on_config_update(self, update: ConfigUpdate) -> None:
+        mux = self.owner.factory.ads_mux
+        with mux.paused(decode.ENDPOINT) if mux is not None else nullcontext():
+            self.cds.on_config_update(update)
+
+    def on_config_update_failed(self, reason: UpdateFailureReason, error) -> None:
+        self.cds.on_config_update_failed(reason, error)
