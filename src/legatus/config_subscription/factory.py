@@ -18,6 +18,7 @@ endpoints become the channel's target) or ``google_grpc`` (its ``target_uri``), 
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -67,20 +68,25 @@ def check_config_source(source, path: str, bootstrap) -> None:
                 join_path(path, which), "ADS is not configured (dynamic_resources.ads_config)"
             )
         return
-    if which == "path_config_source":
-        check_supported(
-            source.path_config_source,
-            ("path", "watched_directory"),
-            join_path(path, "path_config_source"),
-            "PathConfigSource",
-        )
-        if not source.path_config_source.path:
-            raise ConfigError(
-                join_path(path, "path_config_source.path"),
-                "value length must be at least 1 characters",
+    if which in ("path", "path_config_source"):
+        if which == "path_config_source":
+            check_supported(
+                source.path_config_source,
+                ("path", "watched_directory"),
+                join_path(path, "path_config_source"),
+                "PathConfigSource",
             )
-        return
-    if which == "path":
+            file = source.path_config_source.path
+            fpath = join_path(path, "path_config_source.path")
+        else:
+            file, fpath = source.path, join_path(path, "path")
+        if not file:
+            raise ConfigError(fpath, "value length must be at least 1 characters")
+        if not os.path.exists(file):
+            raise ConfigError(
+                fpath,
+                f"paths must refer to an existing path in the system: '{file}' does not exist",
+            )
         return
     check_api_config_source(source.api_config_source, join_path(path, "api_config_source"),
                             bootstrap, aggregated=False)  # fmt: skip
@@ -104,11 +110,10 @@ def check_api_config_source(api, path: str, bootstrap, *, aggregated: bool) -> N
             f"api_type {ApiType.Name(api.api_type)} is not supported here",
         )
     if api.api_type == ApiType.REST:
-        if len(api.cluster_names) != 1:
-            raise ConfigError(
-                join_path(path, "cluster_names"),
-                "API configs must have a singleton cluster name specified",
-            )
+        from legatus.config_subscription.rest.http_subscription import rest_settings
+
+        source = config_source_pb2.ConfigSource(api_config_source=api)
+        rest_settings(source, path.rpartition(".api_config_source")[0])
         _static_cluster(bootstrap, api.cluster_names[0], join_path(path, "cluster_names[0]"))
         return
     if api.cluster_names:
@@ -239,18 +244,8 @@ class SubscriptionFactory:
         elif which in ("path", "path_config_source"):
             from legatus.config_subscription.filesystem import FilesystemSubscription
 
-            if which == "path":
-                path, watched = source.path, None
-            else:
-                pcs = source.path_config_source
-                path = pcs.path
-                watched = pcs.watched_directory.path if pcs.HasField("watched_directory") else None
-            sub = FilesystemSubscription(
-                type_url,
-                path,
-                callbacks=callbacks,
-                stats=stats,
-                watched_directory=watched,
+            sub = FilesystemSubscription.from_config_source(
+                type_url, source, callbacks=callbacks, stats=stats
             )
         else:
             api = source.api_config_source
@@ -258,21 +253,22 @@ class SubscriptionFactory:
                 mux = self._mux(api, ads=False, delta=api.api_type == ApiType.DELTA_GRPC)
                 sub = mux.subscribe(type_url, callbacks, stats, timeout)
             else:
-                sub = self._rest(api, type_url, callbacks, stats, timeout)
+                sub = self._rest(source, type_url, callbacks, stats)
         self._subscriptions.append(sub)
         return sub
 
-    def _rest(self, api, type_url, callbacks, stats, timeout):
-        from legatus.config_subscription.rest.http_subscription import HttpSubscription
+    def _rest(self, source, type_url, callbacks, stats):
+        from legatus.config_subscription.rest.http_subscription import (
+            HttpSubscription,
+            rest_settings,
+        )
 
-        cluster = _static_cluster(self.bootstrap, api.cluster_names[0], "")
+        settings = rest_settings(source)
+        cluster = _static_cluster(self.bootstrap, settings.cluster_name, "")
+        sa = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
 
         async def host_port():
-            sa = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
-            return sa.socket_address.address, sa.socket_address.port_value
-
-        def seconds(d, default):
-            return d.seconds + d.nanos / 1e9 if d.ByteSize() else default
+            return sa.address, sa.port_value
 
         return HttpSubscription(
             type_url,
@@ -281,9 +277,9 @@ class SubscriptionFactory:
             node=self.node,
             callbacks=callbacks,
             stats=stats,
-            refresh_delay=seconds(api.refresh_delay, 1.0),
-            request_timeout=seconds(api.request_timeout, 1.0),
-            initial_fetch_timeout=timeout or 0.0,
+            refresh_delay=settings.refresh_delay,
+            request_timeout=settings.request_timeout,
+            initial_fetch_timeout=settings.initial_fetch_timeout,
             rng=self.rng,
         )
 

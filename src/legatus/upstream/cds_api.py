@@ -4,7 +4,8 @@ Each update is applied cluster by cluster, as Envoy does: the valid clusters are
 updated even when another cluster of the same update is refused, and the update is then
 NACKed with every refusal in the error detail (``Error adding/updating cluster(s) a: ...``).
 A state-of-the-world update removes the CDS clusters it no longer names; a delta update
-removes the ones it lists. Static clusters are never touched (naming one is an error).
+removes the ones it lists. Static clusters are never touched: an update naming one is
+skipped, as Envoy skips it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class CdsApi:
                 self.check(config, f"resources[{i}]")
                 if cm.add_or_update_cluster(config):
                     log.info("cds: add/update cluster '%s'", name)
+                else:
+                    log.debug("cds: add/update cluster '%s' skipped", name)
             except (ConfigError, ValueError) as e:
                 errors.append(f"{name}: {e}")
         if update.state_of_the_world:

@@ -220,12 +220,13 @@ class ClusterManager:
     # CDS ---------------------------------------------------------------------------------
 
     def add_or_update_cluster(self, config: ClusterConfig) -> bool:
-        """A cluster from CDS, new or changed (False: the very same config, nothing to do).
+        """A cluster from CDS, new or changed (False: the very same config, or a static
+        cluster's name: nothing to do).
         It warms (see the class doc); a changed cluster keeps serving its previous version
         until the new one is warm, as Envoy's does."""
         name = config.name
         if name in self.static_names:
-            raise ValueError(f"cluster '{name}' is a static cluster and cannot be changed by CDS")
+            return False  # Envoy skips an update of a static cluster (blockUpdate)
         current = self.warming.get(name) or self.configs.get(name)
         if current is not None and current.proto == config.proto:
             return False

@@ -1,0 +1,96 @@
+"""CDS from a file (path_config_source), end to end: reloaded on in-place edits and symlink
+swaps (which Envoy misses), a broken file keeps the last good clusters."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import yaml
+
+from tests.support.http_upstream import HttpUpstream, http_proxy_config
+from tests.support.process import start_proxy, wait_for
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+
+def cds_file(version: str, port: int) -> str:
+    cluster = {
+        "@type": CLUSTER,
+        "name": "dyn",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "dyn",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    return yaml.safe_dump({"version_info": version, "resources": [cluster]})
+
+
+def bootstrap(cds_path: str) -> dict:
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "dyn"}}
+    config = http_proxy_config(0, routes=[route])
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    hcm["typed_config"]["route_config"]["validate_clusters"] = False
+    config["dynamic_resources"] = {
+        "cds_config": {"path_config_source": {"path": cds_path}, "resource_api_version": "V3"}
+    }
+    return config
+
+
+def served_by(proxy, upstream: HttpUpstream) -> bool:
+    before = upstream.connections
+    port = proxy.listener_port("http")
+    response = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+    return response.status_code == 200 and upstream.connections > before
+
+
+def test_cds_file_reloads_on_edits_and_swaps_and_keeps_the_last_good(tmp_path):
+    a, b = HttpUpstream(), HttpUpstream()
+    data = tmp_path / "data"
+    data.mkdir()
+    real = data / "cds-1.yaml"
+    real.write_text(cds_file("1", a.port))
+    link = tmp_path / "cds.yaml"
+    link.symlink_to(real)
+    proxy = start_proxy(bootstrap(str(link)), tmp_path / "proxy")
+    try:
+        assert served_by(proxy, a)
+        assert proxy.stats()["cluster_manager.cds.version_text"] == "1"
+
+        # An in-place rewrite of the file the link points at (Envoy only sees moves).
+        real.write_text(cds_file("2", b.port))
+        wait_for(lambda: proxy.stats()["cluster_manager.cds.version_text"] == "2", what="edit")
+        wait_for(lambda: served_by(proxy, b), what="traffic to b")
+
+        # A broken file: the clusters in place keep serving.
+        real.write_text("resources: [")
+        wait_for(lambda: proxy.stats()["cluster_manager.cds.update_failure"] >= 1, what="error")
+        assert served_by(proxy, b)
+
+        # A symlink swap (a Kubernetes ConfigMap update).
+        other = data / "cds-3.yaml"
+        other.write_text(cds_file("3", a.port))
+        tmp_link = tmp_path / "cds.yaml.tmp"
+        tmp_link.symlink_to(other)
+        os.replace(tmp_link, link)
+        wait_for(lambda: proxy.stats()["cluster_manager.cds.version_text"] == "3", what="swap")
+        wait_for(lambda: served_by(proxy, a), what="traffic back to a")
+        proxy.assert_nothing_raised()
+    finally:
+        proxy.stop()
+        a.close()
+        b.close()
