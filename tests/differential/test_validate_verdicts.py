@@ -44,6 +44,7 @@ LEGATUS_ACCEPTS = [
     "examples__cors__frontend__envoy.yaml",
     "examples__csrf__crosssite__envoy.yaml",
     "examples__double-proxy__envoy.yaml",
+    "examples__dynamic-config-cp__envoy.yaml",
     "examples__front-proxy__service-envoy-2.yaml",
     "examples__front-proxy__service-envoy.yaml",
     "examples__local_ratelimit__envoy.yaml",

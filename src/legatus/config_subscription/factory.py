@@ -40,6 +40,7 @@ _API_FIELDS = ("api_type", "transport_api_version", "cluster_names", "grpc_servi
                "set_node_on_first_message_only")  # fmt: skip
 _GRPC_SERVICE_FIELDS = ("envoy_grpc", "google_grpc", "timeout", "initial_metadata")
 DEFAULT_INITIAL_FETCH_TIMEOUT = 15.0
+_API_VERSIONS = (config_source_pb2.AUTO, config_source_pb2.V3)  # Envoy 1.40 reads AUTO as V3
 
 
 def initial_fetch_timeout(source) -> float | None:
@@ -53,10 +54,10 @@ def initial_fetch_timeout(source) -> float | None:
 def check_config_source(source, path: str, bootstrap) -> None:
     """Refuse, by field path, a ConfigSource legatus cannot subscribe with."""
     check_supported(source, _CONFIG_SOURCE_FIELDS, path, "ConfigSource")
-    if source.resource_api_version != config_source_pb2.V3:
+    if source.resource_api_version not in _API_VERSIONS:
         raise ConfigError(
             join_path(path, "resource_api_version"),
-            "only the V3 resource API version is supported",
+            "only the V3 resource API version is supported (AUTO is V3)",
         )
     which = source.WhichOneof("config_source_specifier")
     if which is None:
@@ -94,10 +95,10 @@ def check_config_source(source, path: str, bootstrap) -> None:
 
 def check_api_config_source(api, path: str, bootstrap, *, aggregated: bool) -> None:
     check_supported(api, _API_FIELDS, path, "ApiConfigSource")
-    if api.transport_api_version != config_source_pb2.V3:
+    if api.transport_api_version not in _API_VERSIONS:
         raise ConfigError(
             join_path(path, "transport_api_version"),
-            "only the V3 transport API version is supported",
+            "only the V3 transport API version is supported (AUTO is V3)",
         )
     kinds = (
         (ApiType.GRPC, ApiType.DELTA_GRPC, ApiType.AGGREGATED_GRPC, ApiType.AGGREGATED_DELTA_GRPC)

@@ -246,11 +246,13 @@ class ActiveListener:
         self.connections: set[Connection] = set()
         self.server: asyncio.AbstractServer | None = None
         self._only_chain = config.matcher._only
+        self.sock: socket.socket | None = None
         self.draining = False
         self._drained: asyncio.Future | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
 
     async def start(self, sock: socket.socket) -> None:
+        self.sock = sock  # (a listener that replaces this one takes it over: see worker.py)
         self.server = await self.loop.create_server(
             self._new_connection, sock=sock, backlog=self.config.backlog
         )

@@ -36,6 +36,7 @@ from legatus.config_subscription.factory import SubscriptionFactory, check_confi
 from legatus.config_subscription.stats import SubscriptionStats
 from legatus.router.rds import RdsSubscriptionKey, RouteConfigProviderManager
 from legatus.server import control
+from legatus.server.listener_manager import LdsApi
 from legatus.upstream.cds_api import CdsApi
 from legatus.upstream.cluster import ClusterConfig, DiscoveryType
 from legatus.upstream.eds import EdsCallbacks
@@ -51,7 +52,7 @@ def check_dynamic_resources(bootstrap, clusters: list[ClusterConfig]) -> None:
     from legatus.config_subscription.factory import check_api_config_source
 
     dynamic = bootstrap.dynamic_resources
-    check_supported(dynamic, ("cds_config", "ads_config"), "dynamic_resources",
+    check_supported(dynamic, ("cds_config", "lds_config", "ads_config"), "dynamic_resources",
                     "DynamicResources")  # fmt: skip
     if dynamic.HasField("ads_config"):
         check_api_config_source(
@@ -59,6 +60,8 @@ def check_dynamic_resources(bootstrap, clusters: list[ClusterConfig]) -> None:
         )
     if dynamic.HasField("cds_config"):
         check_config_source(dynamic.cds_config, "dynamic_resources.cds_config", bootstrap)
+    if dynamic.HasField("lds_config"):
+        check_config_source(dynamic.lds_config, "dynamic_resources.lds_config", bootstrap)
     for i, config in enumerate(clusters):
         if config.type is DiscoveryType.EDS:
             check_config_source(
@@ -107,6 +110,10 @@ class DynamicConfig:
         route_providers: RouteConfigProviderManager,
         broadcast: Callable[[Any], None],
         circuit_breakers: Callable[[], Any],
+        compile_listener: Callable[[Any, str], Any] | None = None,
+        static_listeners: dict[str, tuple[str, int]] | None = None,
+        listener_stats=None,
+        drain_time: float = 600.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.store = store
@@ -118,6 +125,12 @@ class DynamicConfig:
         self.factory = SubscriptionFactory(bootstrap, node, store=store, loop=loop)
         self.cds: CdsApi | None = None
         self._cds_ready = loop.create_future()
+        self.lds: LdsApi | None = None
+        self._lds_ready = loop.create_future()
+        self._compile_listener = compile_listener
+        self._static_listeners = static_listeners or {}
+        self._listener_stats = listener_stats
+        self._drain_time = drain_time
         self._eds: dict[str, Any] = {}  # cluster -> (subscription, callbacks)
         self._rds: dict[RdsSubscriptionKey, _Rds] = {}
         # What the workers have, for a worker started later (Configure).
@@ -143,6 +156,42 @@ class DynamicConfig:
         else:
             self._cds_ready.set_result(None)
         self.factory.start_ads()
+
+    def start_listeners(self) -> None:
+        """Subscribe to LDS (after the clusters are initialized, as Envoy does)."""
+        dynamic = self.bootstrap.dynamic_resources
+        if not dynamic.HasField("lds_config"):
+            self._lds_ready.set_result(None)
+            return
+        self.lds = LdsApi(
+            compile=self._compile_listener,
+            routes_ready=self._routes_ready,
+            broadcast=self.broadcast,
+            static=self._static_listeners,
+            stats=self._listener_stats,
+            drain_time=self._drain_time,
+            loop=self.loop,
+            on_initialized=lambda: (
+                None if self._lds_ready.done() else self._lds_ready.set_result(None)
+            ),
+        )
+        stats = SubscriptionStats(self.store.scope("listener_manager.lds."))
+        sub = self.factory.subscribe(dynamic.lds_config, decode.LISTENER, self.lds, stats)
+        sub.start(())
+
+    def _on_lds_ready(self) -> None:
+        if not self._lds_ready.done():
+            self._lds_ready.set_result(None)
+
+    async def wait_listeners(self) -> None:
+        """LDS's first update (or its failure) and the warming of what it brought."""
+        await self._lds_ready
+        if self.lds is not None:
+            await self.lds.wait_warm()
+
+    async def _routes_ready(self, config) -> None:
+        self.subscribe_routes()
+        await self.wait_routes()
 
     async def wait_clusters(self) -> None:
         """CDS's first update (or its failure) and the warming of what it brought."""
@@ -172,6 +221,8 @@ class DynamicConfig:
             await asyncio.wait(pending)
 
     async def close(self) -> None:
+        if self.lds is not None:
+            self.lds.close()
         for sub, callbacks in self._eds.values():
             callbacks.closed = True
             sub.close()

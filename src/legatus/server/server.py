@@ -254,6 +254,12 @@ class Server:
             route_providers=self.compiled.route_providers,
             broadcast=self._broadcast,
             circuit_breakers=lambda: self.circuit_breakers,
+            compile_listener=self._compile_listener,
+            static_listeners={
+                c.name: (c.address.host, c.address.port) for c in self.compiled.listeners
+            },
+            listener_stats=self.listener_manager_stats,
+            drain_time=float(self.options.drain_time_s),
         )
         self.dynamic.start()
         await self.cluster_manager.initialize()
@@ -261,6 +267,8 @@ class Server:
         self.dynamic.subscribe_routes()
         await self.dynamic.wait_routes()  # listeners warm until their routes arrive
         self._reserve_listener_ports()
+        self.dynamic.start_listeners()  # LDS, once the clusters are initialized
+        await self.dynamic.wait_listeners()
         if self.options.mode == "init_only":
             return
         await self._start_admin()
@@ -272,7 +280,10 @@ class Server:
         lm.total_listeners_warming.set(len(self.compiled.listeners))
         await self._wait_ready()
         lm.total_listeners_warming.set(0)
-        lm.total_listeners_active.set(len(self.compiled.listeners))
+        lds = self.dynamic.lds
+        lm.total_listeners_active.set(
+            len(self.compiled.listeners) + len(lds.listeners if lds else ())
+        )
         lm.workers_started.set(1)
         self.server_stats.initialization_time_ms.record((time.monotonic() - t0) * 1000)
 
@@ -337,6 +348,21 @@ class Server:
 
     # Workers -------------------------------------------------------------------
 
+    def _compile_listener(self, proto, path: str) -> ListenerConfig:
+        """An LDS listener, compiled as the workers will (the clusters known now)."""
+        cm = self.cluster_manager
+        context = FactoryContext(
+            registry=self.registry,
+            store=Store(),  # a scratch store: the workers keep the listener's stats
+            options=self.options,
+            random=random.Random(),
+            cluster_names=frozenset(cm.configs),
+            http2_cluster_names=frozenset(n for n, c in cm.configs.items() if c.http2),
+            runtime=self.runtime,
+            route_config_providers=self.compiled.route_providers,
+        )
+        return compile_listener(proto, context, path)
+
     def _run_worker(self, *, index, control_sock, parent_pid, fd_map) -> None:
         """What a worker runs, in the zygote's child (see zygote.py)."""
         from legatus.server.worker import run_worker
@@ -382,6 +408,8 @@ class Server:
                     inherited_fd=None if reuse else sock.fileno(),
                 )
             )
+        if self.dynamic.lds is not None:
+            listeners += [e.socket_message() for e in self.dynamic.lds.listeners.values()]
         return control.Configure(
             bootstrap=self.bootstrap.SerializeToString(),
             listeners=listeners,
@@ -577,7 +605,10 @@ class Server:
         )
 
     def listeners(self) -> list[ListenerInfo]:
-        return list(self._listener_infos)
+        infos = list(self._listener_infos)
+        if self.dynamic is not None and self.dynamic.lds is not None:
+            infos += [e.info() for e in self.dynamic.lds.listeners.values()]
+        return infos
 
     def clusters(self) -> list[ClusterInfo]:
         out = []

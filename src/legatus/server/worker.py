@@ -308,11 +308,19 @@ class Worker:
             route_config_providers=self.route_config_providers,
         )
 
-    async def _start_listener(self, ls: control.ListenerSocket) -> ActiveListener:
+    async def _start_listener(
+        self, ls: control.ListenerSocket, replaces: ActiveListener | None = None
+    ) -> ActiveListener:
         proto = listener_pb2.Listener.FromString(ls.listener)
         config = compile_listener(proto, self._context(), f"listener {ls.name}")
         active = ActiveListener(config, self._context(), self.index)
-        if ls.inherited_fd is not None:
+        held = replaces.sock if replaces is not None else None
+        if held is not None and held.getsockname()[:2] == (config.address.host, ls.port):
+            # The same address: take over the listening socket of the listener this one
+            # replaces, so that no connection waiting in its accept queue is refused.
+            sock = socket.socket(fileno=os.dup(replaces.sock.fileno()))
+            sock.setblocking(False)
+        elif ls.inherited_fd is not None:
             fd = self.fd_map.get(ls.inherited_fd, ls.inherited_fd)
             sock = socket.socket(fileno=os.dup(fd))
             sock.setblocking(False)
@@ -327,7 +335,7 @@ class Worker:
         """An LDS listener: the new one accepts before the old one (if any) drains."""
         old = self.listeners.get(ls.name)
         try:
-            await self._start_listener(ls)
+            await self._start_listener(ls, replaces=old)
         except Exception:  # validated by the main process: a bug, not an input
             log.exception("worker %d failed to start listener '%s'", self.index, ls.name)
             return

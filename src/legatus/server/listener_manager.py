@@ -1,0 +1,270 @@
+"""LDS: listeners from a control plane, in the main process (Envoy's LdsApiImpl and the
+dynamic half of its ListenerManagerImpl).
+
+An LDS update is applied listener by listener, as Envoy does: a listener that is refused
+(its config does not compile, its address is taken or cannot be bound) is named in the
+NACK (``Error adding/updating listener(s) a: ...``) while the others of the update are
+applied. A state-of-the-world update removes the LDS listeners it no longer names; a delta
+update the ones it lists. A static listener's name in an update is skipped, as in Envoy.
+
+Life of a listener from LDS:
+
+- **warming**: compiled, its port reserved here (port 0 resolved once, so every worker binds
+  the same port), and its HTTP connection managers' RDS route configurations subscribed;
+  it waits until each has answered (or its initial fetch failed or timed out);
+- **active**: sent to the workers (``AddListener``), which start accepting on it; a listener
+  it replaces (same name) then drains in the workers;
+- **draining** (replaced or removed): it stops accepting; its HTTP connections close after
+  their next response (``connection: close``), idle ones after the HCM's drain_timeout, and
+  whatever is left ``--drain-time-s`` later.
+
+legatus drains a replaced listener whole: Envoy's in-place update that drains only the
+filter chains that changed is not done (docs/xds.md). An LDS listener needs SO_REUSEPORT
+(``enable_reuse_port``, on by default): a listening socket shared with running workers
+would have to be passed to them, which legatus does not do yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from legatus.config.errors import ConfigError
+from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
+from legatus.network import address as addr
+from legatus.network.listener import ListenerConfig, bind_socket
+from legatus.server import control
+from legatus.server.admin.context import ListenerInfo
+
+__all__ = ["DynamicListener", "LdsApi"]
+
+log = logging.getLogger("legatus.main")
+
+
+@dataclass(slots=True)
+class DynamicListener:
+    config: ListenerConfig
+    sock: Any  # the socket that reserves the port (bound, not listening)
+    port: int
+    version: str = ""
+    warming: bool = True
+    task: asyncio.Task | None = None
+
+    def socket_message(self) -> control.ListenerSocket:
+        return control.ListenerSocket(
+            listener=self.config.proto.SerializeToString(),
+            name=self.config.name,
+            port=self.port,
+            inherited_fd=None,
+        )
+
+    def info(self) -> ListenerInfo:
+        bound = addr.SocketAddress(self.config.address.host, self.port)
+        return ListenerInfo(name=self.config.name, address=str(bound), config=self.config.proto)
+
+
+class LdsApi:
+    """The LDS subscription's callbacks, and the LDS listeners' state.
+
+    ``compile(proto, path)`` compiles a listener as the workers will (raising ConfigError);
+    ``routes_ready(config)`` subscribes the listener's RDS route configurations and returns
+    an awaitable done when they have answered; ``broadcast`` sends to every worker;
+    ``static`` maps the static listeners' names to their addresses."""
+
+    def __init__(
+        self,
+        *,
+        compile: Callable[[Any, str], ListenerConfig],
+        routes_ready: Callable[[ListenerConfig], Any],
+        broadcast: Callable[[Any], None],
+        static: dict[str, tuple[str, int]],
+        stats,
+        drain_time: float,
+        loop: asyncio.AbstractEventLoop,
+        on_initialized: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.compile = compile
+        self.routes_ready = routes_ready
+        self.broadcast = broadcast
+        self.static = static
+        self.stats = stats  # ListenerManagerStats
+        self.drain_time = drain_time
+        self.loop = loop
+        self.on_initialized = on_initialized
+        self.listeners: dict[str, DynamicListener] = {}  # active, by name
+        self.warming: dict[str, DynamicListener] = {}
+        self.draining = 0
+        self.initialized = False
+        self.version_info = ""
+
+    # Subscription callbacks -----------------------------------------------------------------
+
+    def on_config_update(self, update: ConfigUpdate) -> None:
+        errors: list[str] = []
+        seen: set[str] = set()
+        if update.state_of_the_world:
+            names = {r.name for r in update.added}
+            removed = [n for n in {*self.listeners, *self.warming} if n not in names]
+        else:
+            removed = list(update.removed)
+        for name in removed:
+            self.remove_listener(name)
+        for i, resource in enumerate(update.added):
+            name = resource.name
+            if name in seen:
+                errors.append(f"duplicate listener {name} found")
+                continue
+            seen.add(name)
+            try:
+                self.add_or_update_listener(
+                    resource.resource, f"resources[{i}]", update.version_info
+                )
+            except (ConfigError, ValueError, OSError) as e:
+                errors.append(f"{name}: {e}")
+        self.version_info = update.version_info
+        self._initialized()
+        if errors:
+            raise ConfigError("", "Error adding/updating listener(s) " + ", ".join(errors))
+
+    def on_config_update_failed(self, reason: UpdateFailureReason, error) -> None:
+        self._initialized()
+
+    def _initialized(self) -> None:
+        if not self.initialized:
+            self.initialized = True
+            self.on_initialized()
+
+    # Listeners --------------------------------------------------------------------------
+
+    def add_or_update_listener(self, proto, path: str, version: str = "") -> bool:
+        name = proto.name
+        if name in self.static:
+            log.debug("lds: add/update listener '%s' skipped (static)", name)
+            return False
+        current = self.warming.get(name) or self.listeners.get(name)
+        if current is not None and current.config.proto == proto:
+            return False
+        config = self.compile(proto, path)
+        if not config.reuse_port:
+            raise ConfigError(
+                f"{path}.enable_reuse_port",
+                "a listener from LDS needs enable_reuse_port (legatus cannot pass a shared "
+                "listening socket to running workers yet)",
+            )
+        sock, port = self._reserve(config, path, keep=current)
+        self._cancel_warming(name)
+        entry = DynamicListener(config=config, sock=sock, port=port, version=version)
+        self.warming[name] = entry
+        self._set_gauges()
+        entry.task = self.loop.create_task(self._warm(entry, modified=current is not None))
+        log.info("lds: add/update listener '%s'", name)
+        return True
+
+    def _reserve(self, config: ListenerConfig, path: str, keep: DynamicListener | None):
+        """Reserve the listener's port: the socket of the listener it replaces when the
+        address is the same, a new bound socket otherwise (refused if another listener has
+        that address)."""
+        host, port = config.address.host, config.address.port
+        if keep is not None and (keep.config.address.host, keep.config.address.port) == (
+            host,
+            port,
+        ):
+            return keep.sock, keep.port
+        taken = [(n, a) for n, a in self.static.items()]
+        taken += [(n, (e.config.address.host, e.port)) for n, e in self._entries()]
+        for other, (h, p) in taken:
+            if port and (h, p) == (host, port) and other != config.name:
+                raise ConfigError(
+                    f"{path}.address",
+                    f"error adding listener '{config.address}': listener '{other}' has "
+                    f"duplicate address '{config.address}' as existing listener",
+                )
+        try:
+            sock = bind_socket(config.address, reuse_port=True, listen=False)
+        except OSError as e:
+            raise ConfigError(
+                f"{path}.address", f"cannot bind '{config.address}': {e.strerror}"
+            ) from None
+        return sock, sock.getsockname()[1]
+
+    def _entries(self):
+        yield from self.listeners.items()
+        yield from self.warming.items()
+
+    async def _warm(self, entry: DynamicListener, *, modified: bool) -> None:
+        name = entry.config.name
+        try:
+            await self.routes_ready(entry.config)
+        except asyncio.CancelledError:
+            return
+        self.warming.pop(name, None)
+        old = self.listeners.get(name)
+        self.listeners[name] = entry
+        entry.warming = False
+        (self.stats.listener_modified if modified else self.stats.listener_added).inc()
+        if old is not None and old.sock is not entry.sock:
+            old.sock.close()
+        if old is not None:
+            self._count_drain()
+        self.broadcast(control.AddListener(listener=entry.socket_message(),
+                                           drain_time=self.drain_time))  # fmt: skip
+        self._set_gauges()
+
+    def remove_listener(self, name: str) -> bool:
+        found = self._cancel_warming(name)
+        entry = self.listeners.pop(name, None)
+        if entry is not None:
+            self.stats.listener_removed.inc()
+            self.broadcast(control.RemoveListener(name=name, drain_time=self.drain_time))
+            entry.sock.close()
+            self._count_drain()
+            log.info("lds: remove listener '%s'", name)
+            found = True
+        self._set_gauges()
+        return found
+
+    def _cancel_warming(self, name: str) -> bool:
+        entry = self.warming.pop(name, None)
+        if entry is None:
+            return False
+        if entry.task is not None:
+            entry.task.cancel()
+        active = self.listeners.get(name)
+        if active is None or active.sock is not entry.sock:
+            entry.sock.close()
+        return True
+
+    def _count_drain(self) -> None:
+        """A listener drains in the workers for ``drain_time`` (the gauge follows it)."""
+        self.draining += 1
+        self._set_gauges()
+
+        def done() -> None:
+            self.draining -= 1
+            self._set_gauges()
+
+        self.loop.call_later(self.drain_time, done)
+
+    def _set_gauges(self) -> None:
+        s = self.stats
+        s.total_listeners_warming.set(len(self.warming))
+        s.total_listeners_active.set(len(self.static) + len(self.listeners))
+        s.total_listeners_draining.set(self.draining)
+
+    async def wait_warm(self) -> None:
+        while True:
+            pending = [e.task for e in self.warming.values() if e.task and not e.task.done()]
+            if not pending:
+                return
+            await asyncio.wait(pending)
+
+    def close(self) -> None:
+        for entry in [*self.warming.values(), *self.listeners.values()]:
+            if entry.task is not None:
+                entry.task.cancel()
+            entry.sock.close()
+        self.warming.clear()
+        self.listeners.clear()
