@@ -63,7 +63,7 @@ __all__ = [
 # RTDS layers work (``Runtime.set_rtds_layer``, ``Runtime.rtds_layers``), but nothing
 # subscribes to their resources yet: a bootstrap with an ``rtds_layer`` is refused until the
 # main process builds one subscription per layer. Set to True when it does.
-RTDS_SUPPORTED = False
+RTDS_SUPPORTED = True
 
 
 class RuntimeModifyError(Exception):

@@ -306,23 +306,34 @@ def test_roots_that_cannot_be_watched_are_refused_alike(tmp_path):
     assert envoy.code == legatus.code == 0, (envoy.output[-800:], legatus.output[-800:])
 
 
-def test_an_rtds_layer_envoy_accepts_is_refused_until_rtds_is_supported(tmp_path):
+def test_an_rtds_layer_over_ads_is_accepted_alike(tmp_path):
     """Envoy validates RTDS layers only with a node id and cluster (its subscription needs
-    them); legatus refuses any RTDS layer by name while nothing can subscribe."""
+    them); both accept one over ADS."""
     path = tmp_path / "rtds.yaml"
     layer = {"name": "res", "rtds_config": {"ads": {}, "resource_api_version": "V3"}}
+    xds = {
+        "name": "xds",
+        "type": "STATIC",
+        "load_assignment": {
+            "cluster_name": "xds",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": 1}}}}]}],
+        },
+    }  # fmt: skip
     path.write_text(
         yaml.safe_dump(
             {
                 "admin": {"address": {"socket_address": {"address": "127.0.0.1",
                                                          "port_value": 0}}},
                 "node": {"id": "node1", "cluster": "web"},
+                "dynamic_resources": {"ads_config": {
+                    "api_type": "GRPC", "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]}},
+                "static_resources": {"clusters": [xds]},
                 "layered_runtime": {"layers": [{"name": "r", "rtds_layer": layer}]},
             }
         )
     )  # fmt: skip
     envoy, legatus = _parallel(lambda fn: fn(path), [envoy_validate, legatus_validate])
     assert envoy.code == 0, envoy.output[-800:]
-    assert legatus.code == 1
-    assert "layered_runtime.layers[0].rtds_layer: " in legatus.output
-    assert "RTDS needs dynamic configuration" in legatus.output
+    assert legatus.code == 0, legatus.output[-800:]

@@ -52,10 +52,10 @@ def bootstrap(cds_path: str) -> dict:
 
 
 def served_by(proxy, upstream: HttpUpstream) -> bool:
-    before = upstream.connections
+    before = len(upstream.requests)
     port = proxy.listener_port("http")
     response = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
-    return response.status_code == 200 and upstream.connections > before
+    return response.status_code == 200 and len(upstream.requests) > before
 
 
 def test_cds_file_reloads_on_edits_and_swaps_and_keeps_the_last_good(tmp_path):

@@ -94,9 +94,6 @@ def test_objects_with_numerator_or_denominator_and_empty_objects_are_values():
          "layered_runtime.layers[0].disk_layer.symlink_root", "invalid file path current"),
         ([{"name": "d", "disk_layer": {}}],
          "layered_runtime.layers[0].disk_layer.symlink_root", "invalid file path "),
-        ([{"name": "r", "rtds_layer": {"name": "rtds"}}], "layered_runtime.layers[0].rtds_layer",
-         "field 'rtds_layer' of RuntimeLayer is not supported by legatus yet: RTDS needs "
-         "dynamic configuration (an xDS subscription), which legatus does not have yet"),
         # Envoy checks names and kinds before the static values.
         ([static(x=[1]), static("a"), static("a")], "layered_runtime.layers[2].name",
          "Duplicate layer name: a"),
@@ -333,12 +330,11 @@ def test_append_service_cluster_without_a_cluster_appends_an_empty_name():
     assert rt.disk_layers()[0].path == "/srv/current/envoy/"
 
 
-def test_an_rtds_layer_is_refused_at_the_config_check_until_rtds_is_supported():
-    with pytest.raises(ConfigError) as e:
-        runtime([static(), rtds("r", "res")])
-    assert e.value.path == "layered_runtime.layers[1].rtds_layer"
-    assert "RTDS needs dynamic configuration" in e.value.message
-    assert RTDS_SUPPORTED is False  # the one switch the xDS integration turns on
+def test_an_rtds_layer_compiles_empty_until_its_first_update():
+    assert RTDS_SUPPORTED is True  # the subscription lives in legatus.server.dynamic_config
+    rt = runtime([static(), rtds("r", "res")])
+    assert [layer.name for layer in rt.rtds_layers()] == ["r"]
+    assert rt.snapshot().get("x") is None
 
 
 def test_rtds_layers_list_what_to_subscribe_to():

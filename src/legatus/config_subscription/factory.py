@@ -66,7 +66,7 @@ def check_config_source(source, path: str, bootstrap) -> None:
     if which in ("ads", "self"):
         if not bootstrap.dynamic_resources.HasField("ads_config"):
             raise ConfigError(
-                join_path(path, which), "ADS is not configured (dynamic_resources.ads_config)"
+                join_path(path, which), "ADS must be configured to support an ADS config source"
             )
         return
     if which in ("path", "path_config_source"):

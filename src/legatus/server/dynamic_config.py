@@ -62,6 +62,13 @@ def check_dynamic_resources(bootstrap, clusters: list[ClusterConfig]) -> None:
         check_config_source(dynamic.cds_config, "dynamic_resources.cds_config", bootstrap)
     if dynamic.HasField("lds_config"):
         check_config_source(dynamic.lds_config, "dynamic_resources.lds_config", bootstrap)
+    for i, layer in enumerate(bootstrap.layered_runtime.layers):
+        if layer.WhichOneof("layer_specifier") == "rtds_layer":
+            check_config_source(
+                layer.rtds_layer.rtds_config,
+                f"layered_runtime.layers[{i}].rtds_layer.rtds_config",
+                bootstrap,
+            )
     for i, config in enumerate(clusters):
         if config.type is DiscoveryType.EDS:
             check_config_source(
@@ -114,6 +121,7 @@ class DynamicConfig:
         static_listeners: dict[str, tuple[str, int]] | None = None,
         listener_stats=None,
         drain_time: float = 600.0,
+        runtime_loader=None,
     ) -> None:
         self.bootstrap = bootstrap
         self.store = store
@@ -131,6 +139,8 @@ class DynamicConfig:
         self._static_listeners = static_listeners or {}
         self._listener_stats = listener_stats
         self._drain_time = drain_time
+        self._runtime_loader = runtime_loader
+        self._rtds_ready: list[asyncio.Future] = []
         self._eds: dict[str, Any] = {}  # cluster -> (subscription, callbacks)
         self._rds: dict[RdsSubscriptionKey, _Rds] = {}
         # What the workers have, for a worker started later (Configure).
@@ -140,7 +150,9 @@ class DynamicConfig:
     # Start-up ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Subscribe: EDS of the static EDS clusters, CDS; then open the ADS stream."""
+        """Subscribe: the runtime's RTDS layers, EDS of the static EDS clusters, CDS; then
+        open the ADS stream."""
+        self._subscribe_runtime()
         cm = self.cluster_manager
         for config in list(cm.configs.values()):
             if config.type is DiscoveryType.EDS:
@@ -156,6 +168,27 @@ class DynamicConfig:
         else:
             self._cds_ready.set_result(None)
         self.factory.start_ads()
+
+    def _subscribe_runtime(self) -> None:
+        from legatus.runtime_loader import RtdsLayerCallbacks
+
+        loader = self._runtime_loader
+        if loader is None:
+            return
+        for layer in loader.runtime.rtds_layers():
+            ready = self.loop.create_future()
+            self._rtds_ready.append(ready)
+            callbacks = RtdsLayerCallbacks(
+                loader, layer, on_ready=lambda f=ready: f.done() or f.set_result(None)
+            )
+            stats = SubscriptionStats(self.store.scope("runtime."))
+            sub = self.factory.subscribe(layer.rtds_config, decode.RUNTIME, callbacks, stats)
+            sub.start((layer.resource_name,))
+
+    async def wait_runtime(self) -> None:
+        """Every RTDS layer's first update (or its failure), as Envoy's runtime init waits."""
+        if self._rtds_ready:
+            await asyncio.wait(self._rtds_ready)
 
     def start_listeners(self) -> None:
         """Subscribe to LDS (after the clusters are initialized, as Envoy does)."""

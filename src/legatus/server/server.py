@@ -260,8 +260,10 @@ class Server:
             },
             listener_stats=self.listener_manager_stats,
             drain_time=float(self.options.drain_time_s),
+            runtime_loader=self.runtime_loader,
         )
         self.dynamic.start()
+        await self.dynamic.wait_runtime()
         await self.cluster_manager.initialize()
         await self.dynamic.wait_clusters()  # CDS, and the warming of what it brought
         self.dynamic.subscribe_routes()
