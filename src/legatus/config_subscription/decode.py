@@ -21,6 +21,7 @@ __all__ = [
     "RUNTIME",
     "SECRET",
     "DecodeError",
+    "check_resource",
     "decode_resource",
     "message_class",
 ]
@@ -90,3 +91,13 @@ def _decode(any_resource, type_url, name, version, aliases) -> DecodedResource:
         raise DecodeError(f"cannot parse a {type_url} resource: {e}") from None
     own = getattr(message, _NAME_FIELD.get(type_url, "name"), "")
     return DecodedResource(name=name or own, resource=message, version=version, aliases=aliases)
+
+
+def check_resource(message, path: str) -> None:
+    """Envoy's proto constraint validation (PGV) of a resource, as the bootstrap gets: the
+    first violation as a ConfigError naming the field."""
+    from legatus.config.validate import validate_message
+
+    errors = validate_message(message, path)
+    if errors:
+        raise errors[0]

@@ -116,6 +116,9 @@ class RouteConfigProviderManager:
 
     def validate(self, key: RdsSubscriptionKey, proto: route_pb2.RouteConfiguration) -> None:
         """Compile ``proto`` for every HCM that uses ``key``; ConfigError if one refuses."""
+        from legatus.config_subscription.decode import check_resource
+
+        check_resource(proto, "")
         if proto.name != key.route_config_name:
             raise ConfigError(
                 "name",

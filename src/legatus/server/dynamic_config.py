@@ -33,6 +33,7 @@ from legatus.config.errors import ConfigError
 from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
 from legatus.config_subscription import decode
 from legatus.config_subscription.factory import SubscriptionFactory, check_config_source
+from legatus.config_subscription.records import ResourceRecords
 from legatus.config_subscription.stats import SubscriptionStats
 from legatus.router.rds import RdsSubscriptionKey, RouteConfigProviderManager
 from legatus.server import control
@@ -91,10 +92,17 @@ class _Rds:
         added = update.added
         if len(added) > 1:
             raise ConfigError("", f"Unexpected RDS resource length: {len(added)}")
+        records = self.owner.route_records
+        name = self.key.route_config_name
         if added:
             proto = added[0].resource
-            self.owner.route_providers.validate(self.key, proto)
+            try:
+                self.owner.route_providers.validate(self.key, proto)
+            except ConfigError as e:
+                records.reject(name, proto, str(e), update.version_info)
+                raise
             self.owner.on_route_config(self.key, proto.SerializeToString(), update.version_info)
+            records.accept(name, proto, update.version_info)
         self._ready()
 
     def on_config_update_failed(self, reason: UpdateFailureReason, error) -> None:
@@ -145,6 +153,8 @@ class DynamicConfig:
         self._rds: dict[RdsSubscriptionKey, _Rds] = {}
         # What the workers have, for a worker started later (Configure).
         self.route_configs: dict[RdsSubscriptionKey, tuple[bytes, str]] = {}
+        self.route_records = ResourceRecords()  # RDS route configurations, for /config_dump
+        self.endpoint_records = ResourceRecords()  # EDS assignments, for /config_dump
         self.breaker_tables: dict[str, str] = {}
 
     # Start-up ---------------------------------------------------------------------------
@@ -316,7 +326,10 @@ class DynamicConfig:
     def _subscribe_eds(self, config: ClusterConfig) -> None:
         self._unsubscribe_eds(config.name)
         stats = SubscriptionStats(self.store.scope(f"cluster.{config.stat_name}."))
-        callbacks = EdsCallbacks(self.cluster_manager, config.name, config.eds_service_name, stats)
+        callbacks = EdsCallbacks(
+            self.cluster_manager, config.name, config.eds_service_name, stats,
+            records=self.endpoint_records,
+        )  # fmt: skip
         sub = self.factory.subscribe(config.eds_config, decode.ENDPOINT, callbacks, stats)
         self._eds[config.name] = (sub, callbacks)
         sub.start((config.eds_service_name,))

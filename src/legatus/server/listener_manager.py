@@ -34,6 +34,8 @@ from typing import Any
 
 from legatus.config.errors import ConfigError
 from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
+from legatus.config_subscription.decode import check_resource
+from legatus.config_subscription.records import ResourceRecords
 from legatus.network import address as addr
 from legatus.network.listener import ListenerConfig, bind_socket
 from legatus.server import control
@@ -98,7 +100,7 @@ class LdsApi:
         self.warming: dict[str, DynamicListener] = {}
         self.draining = 0
         self.initialized = False
-        self.version_info = ""
+        self.records = ResourceRecords()  # for /config_dump
 
     # Subscription callbacks -----------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class LdsApi:
             removed = list(update.removed)
         for name in removed:
             self.remove_listener(name)
+            self.records.remove(name)
         for i, resource in enumerate(update.added):
             name = resource.name
             if name in seen:
@@ -147,6 +150,7 @@ class LdsApi:
         current = self.warming.get(name) or self.listeners.get(name)
         if current is not None and current.config.proto == proto:
             return False
+        check_resource(proto, path)
         config = self.compile(proto, path)
         if not config.reuse_port:
             raise ConfigError(

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from legatus.config.errors import ConfigError
 from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
+from legatus.config_subscription.decode import check_resource
+from legatus.config_subscription.records import ResourceRecords
 from legatus.upstream.cluster import ClusterConfig, compile_cluster
 
 __all__ = ["CdsApi"]
@@ -36,7 +38,7 @@ class CdsApi:
         self.cluster_manager = cluster_manager
         self.check = check  # extra checks of the owner (e.g. the EDS config source)
         self.on_initialized = on_initialized
-        self.version_info = ""
+        self.records = ResourceRecords()  # for /config_dump
         self.initialized = False
 
     def on_config_update(self, update: ConfigUpdate) -> None:
@@ -50,14 +52,17 @@ class CdsApi:
                 continue
             seen.add(name)
             try:
+                check_resource(resource.resource, f"resources[{i}]")
                 config = compile_cluster(resource.resource, f"resources[{i}]")
                 self.check(config, f"resources[{i}]")
                 if cm.add_or_update_cluster(config):
                     log.info("cds: add/update cluster '%s'", name)
+                    self.records.accept(name, resource.resource, update.version_info)
                 else:
                     log.debug("cds: add/update cluster '%s' skipped", name)
             except (ConfigError, ValueError) as e:
                 errors.append(f"{name}: {e}")
+                self.records.reject(name, resource.resource, str(e), update.version_info)
         if update.state_of_the_world:
             removed = [c.name for c in cm.dynamic_clusters() if c.name not in seen]
             removed += [n for n in list(cm.warming) if n not in seen]
@@ -66,7 +71,8 @@ class CdsApi:
         for name in removed:
             if cm.remove_cluster(name):
                 log.info("cds: remove cluster '%s'", name)
-        self.version_info = update.version_info
+            self.records.remove(name)
+        self.records.version_info = update.version_info
         self._initialized()
         if errors:
             raise ConfigError("", "Error adding/updating cluster(s) " + ", ".join(errors))

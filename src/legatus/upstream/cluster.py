@@ -150,6 +150,8 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
             f"{path}.type",
             f"cluster type {Cluster.DiscoveryType.Name(proto.type)} is not supported yet",
         ) from None
+    if proto.connect_timeout.seconds < 0 or proto.connect_timeout.nanos < 0:
+        raise ConfigError(f"{path}.connect_timeout", "Invalid duration: Expected positive duration")
     lb = compile_lb_config(proto, path)
     eds_service_name, eds_config = "", None
     if kind is DiscoveryType.EDS:
@@ -357,7 +359,14 @@ def assignment_hosts(assignment, path: str) -> tuple[HostConfig, ...]:
         policy = assignment.policy
         check_supported(policy, (), f"{path}.policy", "ClusterLoadAssignment.Policy")
     endpoints = _endpoints(assignment, path, dns=False)
-    return _hosts(endpoints)
+    # One host per address, as Envoy keeps (the first lb_endpoint that names it).
+    seen: set = set()
+    unique = []
+    for e in endpoints:
+        if e.address not in seen:
+            seen.add(e.address)
+            unique.append(e)
+    return _hosts(unique)
 
 
 def static_hosts(config: ClusterConfig) -> tuple[HostConfig, ...]:

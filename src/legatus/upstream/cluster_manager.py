@@ -230,6 +230,9 @@ class ClusterManager:
         current = self.warming.get(name) or self.configs.get(name)
         if current is not None and current.proto == config.proto:
             return False
+        # Counted when the cluster starts warming, as Envoy counts it.
+        modified = name in self.configs or name in self.warming
+        (self.stats.cluster_modified if modified else self.stats.cluster_added).inc()
         self._cancel_warming(name)
         self.warming[name] = config
         self.stats.warming_clusters.set(len(self.warming))
@@ -329,7 +332,6 @@ class ClusterManager:
         self._warm_tasks.pop(name, None)
         self.warming.pop(name, None)
         self.stats.warming_clusters.set(len(self.warming))
-        (self.stats.cluster_modified if modified else self.stats.cluster_added).inc()
         self.stats.active_clusters.set(len(self.configs))
         self.on_cluster(config, self.hosts[name])
         self._refresh_health(name, force=True)

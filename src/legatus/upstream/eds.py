@@ -13,13 +13,17 @@ from __future__ import annotations
 
 from legatus.config.errors import ConfigError
 from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
+from legatus.config_subscription.decode import check_resource
 from legatus.upstream.cluster import assignment_hosts
 
 __all__ = ["EdsCallbacks"]
 
 
 class EdsCallbacks:
-    def __init__(self, cluster_manager, cluster: str, service_name: str, stats=None) -> None:
+    def __init__(
+        self, cluster_manager, cluster: str, service_name: str, stats=None, *, records=None
+    ) -> None:
+        self.records = records  # ResourceRecords of the EDS assignments (for /config_dump)
         self.cluster_manager = cluster_manager
         self.cluster = cluster
         self.service_name = service_name
@@ -46,8 +50,16 @@ class EdsCallbacks:
                 self.stats.stats.update_empty.inc()
             cm.fail_warming(self.cluster)
             return
-        hosts = assignment_hosts(mine[0].resource, f"{self.service_name}")
+        try:
+            check_resource(mine[0].resource, "")
+            hosts = assignment_hosts(mine[0].resource, f"{self.service_name}")
+        except ConfigError as e:
+            if self.records is not None:
+                self.records.reject(self.service_name, mine[0].resource, str(e))
+            raise
         cm.set_assignment_hosts(self.cluster, hosts)
+        if self.records is not None:
+            self.records.accept(self.service_name, mine[0].resource, update.version_info)
 
     def on_config_update_failed(self, reason: UpdateFailureReason, error) -> None:
         if not self.closed:
