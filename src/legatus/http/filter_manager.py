@@ -137,7 +137,6 @@ class _Chain:
 
     queued_bytes = 0
     above_watermark = False
-    ended = False  # end_stream has entered the chain
 
     def __init__(self, manager: FilterManager, filters: Sequence[Any], *, decoding: bool):
         self.manager = manager
@@ -152,8 +151,6 @@ class _Chain:
     # Walking -------------------------------------------------------------------
 
     def start(self, kind: _Kind, payload: Any, end_stream: bool) -> None:
-        if end_stream or kind is _Kind.TRAILERS:
-            self.ended = True
         self.walk(0, kind, payload, end_stream)
 
     def walk(self, start: int, kind: _Kind, payload: Any, end_stream: bool) -> None:
@@ -288,6 +285,18 @@ class _Chain:
         return out
 
 
+class _NoFilters(_Chain):
+    """The encoder side of a chain without encoder filters (shared: it holds nothing)."""
+
+    def __init__(self) -> None:
+        self.manager = None  # type: ignore[assignment]
+        self.decoding = False
+        self.slots = []
+
+
+_NO_ENCODER = _NoFilters()
+
+
 class FilterManager:
     """The decoder and encoder chains of one stream."""
 
@@ -312,7 +321,9 @@ class FilterManager:
         self._route = route  # (before the slots, which copy it)
         self.decoder = _Chain(self, decoder_filters, decoding=True)
         # Encoder filters run in reverse configuration order.
-        self.encoder = _Chain(self, encoder_filters[::-1], decoding=False)
+        self.encoder = (
+            _Chain(self, encoder_filters[::-1], decoding=False) if encoder_filters else _NO_ENCODER
+        )
         for slot in self.decoder.slots:
             slot.filter.set_decoder_filter_callbacks(slot)
         for slot in self.encoder.slots:
@@ -334,16 +345,10 @@ class FilterManager:
     # From the codec ------------------------------------------------------------
 
     def decode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
-        decoder = self.decoder
-        if end_stream:
-            decoder.ended = True
-        decoder.walk(0, _HEADERS, headers, end_stream)
+        self.decoder.walk(0, _HEADERS, headers, end_stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
-        decoder = self.decoder
-        if end_stream:
-            decoder.ended = True
-        decoder.walk(0, _DATA, data, end_stream)
+        self.decoder.walk(0, _DATA, data, end_stream)
 
     def decode_trailers(self, trailers: HeaderMap) -> None:
         self.decoder.start(_Kind.TRAILERS, trailers, True)
@@ -353,8 +358,6 @@ class FilterManager:
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         self.response_started = True
         encoder = self.encoder
-        if end_stream:
-            encoder.ended = True
         if encoder.slots:
             encoder.walk(0, _HEADERS, headers, end_stream)
             return
@@ -365,8 +368,6 @@ class FilterManager:
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         encoder = self.encoder
-        if end_stream:
-            encoder.ended = True
         if encoder.slots:
             encoder.walk(0, _DATA, data, end_stream)
             return
@@ -378,7 +379,7 @@ class FilterManager:
         if self.encoder.slots:
             self.encoder.start(_Kind.TRAILERS, trailers, True)
             return
-        self.encoder.ended = self.done = True
+        self.done = True
         self.sink.write_trailers(trailers)
 
     def send_local_reply(
@@ -571,10 +572,10 @@ class TerminalFilterManager:
     matter, as nothing comes after it; after a local reply, request events are dropped."""
 
     __slots__ = ("done", "filter", "response_started", "route", "route_resolver", "sink",
-                 "stream_info")  # fmt: skip
+                 "stream", "stream_info")  # fmt: skip
 
     def __init__(self, f: StreamDecoderFilter, *, sink: StreamSink, stream_info: StreamInfo):
-        self.sink = sink
+        self.sink = self.stream = sink
         self.stream_info = stream_info
         self.route: Any = None
         self.route_resolver: Callable[[], Any] | None = None
@@ -636,10 +637,6 @@ class TerminalFilterManager:
         self.sink.write_trailers(trailers)
 
     send_local_reply = FilterManager.send_local_reply
-
-    @property
-    def stream(self) -> Any:
-        return self.sink
 
     def add_downstream_watermark_callbacks(self, callbacks: Any) -> None:
         self.sink.add_watermark_callbacks(callbacks)

@@ -303,9 +303,11 @@ class Router(Tries, StreamDecoderFilter):
             self.timer.cancel()
             self.timer = None
         self._stop_try_idle_timer()
-        if self.retry_state is not None:
-            self._cancel_retry_timers()
-            self.retry_state.release()
+        retry = self.retry_state
+        if retry is not None:
+            if self.retry_timer is not None or self.per_try_timer is not None:
+                self._cancel_retry_timers()
+            retry.release()
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None

@@ -74,7 +74,7 @@ class UpstreamRequest(ResponseDecoder):
         info.upstream_protocol = encoder.protocol
         info.first_upstream_tx_byte_sent = router.config.loop.time()
         encoder.add_callbacks(self)  # the upstream's write buffer: see the watermark hooks
-        router.decoder_callbacks.add_downstream_watermark_callbacks(router)
+        router.decoder_callbacks.stream.add_watermark_callbacks(router)  # (the sink: one call)
         router.on_pool_ready(self)
 
     def on_pool_failure(self, reason: PoolFailureReason, transport_failure_reason: str, host):
@@ -124,7 +124,7 @@ class UpstreamRequest(ResponseDecoder):
             return
         if router.try_idle_timer is not None:
             router.touch_try()
-        router.decoder_callbacks.touch()
+        router.decoder_callbacks.stream.touch()
         if end_stream:
             self._complete()
         router.on_upstream_data(data, end_stream)
@@ -161,7 +161,7 @@ class UpstreamRequest(ResponseDecoder):
         self.encoder = None
         encoder.remove_callbacks(self)
         callbacks = self.router.decoder_callbacks
-        callbacks.remove_downstream_watermark_callbacks(self.router)
+        callbacks.stream.remove_watermark_callbacks(self.router)
         if self.paused_downstream:  # the request is over: let the client read again
             self.on_below_write_buffer_low_watermark()
 
