@@ -126,3 +126,31 @@ def test_clusters_and_endpoints_from_ads(tmp_path, upstreams, delta):
             proxy.assert_nothing_raised()
         finally:
             proxy.stop()
+
+
+def test_a_control_plane_restart_keeps_the_config_and_reconnects(tmp_path, upstreams):
+    a, b = upstreams
+    with XdsThread() as xds:
+        xds.set_resources(CLUSTER, [eds_cluster("backend")])
+        xds.set_resources(ENDPOINT, [assignment("backend", a.port)])
+        proxy = start_proxy(bootstrap(xds.port), tmp_path)
+        try:
+            assert get(proxy).status_code == 200
+            opened = xds.call(lambda: xds.server.streams_opened)
+            xds.run(xds.server.stop())
+            wait_for(lambda: proxy.stats()["control_plane.connected_state"] == 0, what="lost")
+            assert get(proxy).status_code == 200  # the last config keeps serving
+            xds.run(xds.server.start())  # the same port
+            wait_for(
+                lambda: xds.call(lambda: xds.server.streams_opened) > opened,
+                timeout=15,
+                what="the proxy reconnecting",
+            )
+            wait_for(lambda: proxy.stats()["control_plane.connected_state"] == 1, what="back")
+            xds.set_resources(ENDPOINT, [assignment("backend", b.port)])
+            before = b.connections
+            wait_for(lambda: get(proxy).status_code == 200 and b.connections > before,
+                     timeout=15, what="the new endpoint served")  # fmt: skip
+            proxy.assert_nothing_raised()
+        finally:
+            proxy.stop()
