@@ -63,10 +63,10 @@ from tcp_proxy import (
     Bench,
     CpuWindow,
     Proc,
-    children_of,
     cpu_model,
     envoy_version,
     free_ports,
+    legatus_workers,
     mem_of,
     say,
 )
@@ -538,9 +538,9 @@ class Http1Bench(Bench):
             mem_pid = proc.popen.pid
             if name == "legatus":
                 deadline = time.monotonic() + 10
-                while not children_of(proc.popen.pid) and time.monotonic() < deadline:
+                while not legatus_workers(proc.popen.pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
-                workers = children_of(proc.popen.pid)
+                workers = legatus_workers(proc.popen.pid)
                 if len(workers) != 1:
                     raise RuntimeError(f"expected 1 legatus worker, found {workers}")
                 pids.append(workers[0])

@@ -393,6 +393,12 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
+def legatus_workers(main_pid: int) -> list[int]:
+    """legatus's worker processes: the children of its worker zygote, the main process's one
+    child (see src/legatus/server/zygote.py)."""
+    return [w for zygote in children_of(main_pid) for w in children_of(zygote)]
+
+
 def cpu_ticks(pids: list[int]) -> tuple[int, int]:
     """(utime, stime) clock ticks, summed over ``pids``."""
     user = system = 0
@@ -659,9 +665,9 @@ class Bench:
             main_pid = proc.popen.pid
             if name == "legatus":
                 deadline = time.monotonic() + 10
-                while not children_of(main_pid) and time.monotonic() < deadline:
+                while not legatus_workers(main_pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
-                workers = children_of(main_pid)
+                workers = legatus_workers(main_pid)
                 if len(workers) != 1:
                     raise RuntimeError(f"expected 1 legatus worker, found {workers}")
 
