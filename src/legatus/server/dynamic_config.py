@@ -141,6 +141,7 @@ class DynamicConfig:
         self.factory = SubscriptionFactory(bootstrap, node, store=store, loop=loop)
         self.cds: CdsApi | None = None
         self._cds_ready = loop.create_future()
+        self._cds_paused = False
         self.lds: LdsApi | None = None
         self._lds_ready = loop.create_future()
         self._compile_listener = compile_listener
@@ -290,6 +291,19 @@ class DynamicConfig:
             self._subscribe_eds(config)
         else:
             self._unsubscribe_eds(config.name)
+
+    def on_warming_count(self, count: int) -> None:
+        """While clusters warm, CDS is paused on the ADS stream (its ACK, and any further
+        CDS request, waits until none warms), as Envoy pauses it."""
+        mux = self.factory.ads_mux
+        if mux is None or self.cds is None:
+            return
+        if count and not self._cds_paused:
+            self._cds_paused = True
+            mux.pause(decode.CLUSTER)
+        elif not count and self._cds_paused:
+            self._cds_paused = False
+            mux.resume(decode.CLUSTER)
 
     def on_cluster(self, config: ClusterConfig, hosts, workers: bool) -> None:
         """A CDS cluster is warm: to the workers, with its circuit-breaker table."""

@@ -242,6 +242,7 @@ class Server:
             on_cluster=self._on_cds_cluster,
             on_cluster_removed=self._on_cds_cluster_removed,
             on_cluster_warming=self._on_cds_cluster_warming,
+            on_warming_count=lambda count: self.dynamic.on_warming_count(count),
         )
         from legatus.server.admin.server_info import node
 

@@ -80,6 +80,7 @@ class ClusterManager:
         on_cluster: Callable[[ClusterConfig, tuple[HostConfig, ...]], None] = lambda c, h: None,
         on_cluster_removed: Callable[[str], None] = lambda name: None,
         on_cluster_warming: Callable[[ClusterConfig], None] = lambda config: None,
+        on_warming_count: Callable[[int], None] = lambda count: None,
     ) -> None:
         self.configs: dict[str, ClusterConfig] = {}
         self.store = store
@@ -90,6 +91,7 @@ class ClusterManager:
         self.on_cluster = on_cluster
         self.on_cluster_removed = on_cluster_removed
         self.on_cluster_warming = on_cluster_warming
+        self.on_warming_count = on_warming_count  # how many clusters warm, at each change
         self.eds_flags: dict[str, dict[str, int]] = {}  # cluster -> address -> HealthFlag
         self.hosts: dict[str, tuple[HostConfig, ...]] = {}
         # cluster -> host address ("ip:port") -> HealthFlag bits, as last sent to the workers.
@@ -230,12 +232,15 @@ class ClusterManager:
         current = self.warming.get(name) or self.configs.get(name)
         if current is not None and current.proto == config.proto:
             return False
-        # Counted when the cluster starts warming, as Envoy counts it.
+        # Counted when the cluster starts warming, as Envoy counts it; a new cluster's stats
+        # exist from then on too (membership_total 0 while it warms).
         modified = name in self.configs or name in self.warming
         (self.stats.cluster_modified if modified else self.stats.cluster_added).inc()
+        if not modified:
+            ClusterMembershipStats(self.store.scope(f"cluster.{config.stat_name}."))
         self._cancel_warming(name)
         self.warming[name] = config
-        self.stats.warming_clusters.set(len(self.warming))
+        self._warming_changed()
         self._warm_tasks[name] = self.loop.create_task(self._warm(config), name=f"warm:{name}")
         self.on_cluster_warming(config)  # (an EDS cluster subscribes to its endpoints)
         return True
@@ -275,7 +280,7 @@ class ClusterManager:
         if first is not None and not first.done():
             first.cancel()
         found = self.warming.pop(name, None) is not None
-        self.stats.warming_clusters.set(len(self.warming))
+        self._warming_changed()
         return found
 
     async def _warm(self, config: ClusterConfig) -> None:
@@ -331,10 +336,15 @@ class ClusterManager:
                 return
         self._warm_tasks.pop(name, None)
         self.warming.pop(name, None)
-        self.stats.warming_clusters.set(len(self.warming))
+        self._warming_changed()
         self.stats.active_clusters.set(len(self.configs))
         self.on_cluster(config, self.hosts[name])
         self._refresh_health(name, force=True)
+
+    def _warming_changed(self) -> None:
+        count = len(self.warming)
+        self.stats.warming_clusters.set(count)
+        self.on_warming_count(count)
 
     def _forget(self, name: str) -> None:
         for table in (self.configs, self.hosts, self.health, self.eds_flags, self.membership):
