@@ -629,12 +629,8 @@ def test_warming_removed(warming: Runs):
     assert_same(chosen(envoy["gauges"], gauges), chosen(legatus["gauges"], gauges), "gauges")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Once CDS removed a cluster, Envoy no longer has its cluster.<name>.* stats; "
-    "legatus keeps them with their last values",
-)
 def test_warming_removed_cluster_stats(warming: Runs):
+    """A cluster removed by CDS takes its cluster.<name>.* stats with it."""
     envoy, legatus = warming.envoy["removed"]["gauges"], warming.legatus["removed"]["gauges"]
     assert_same(envoy, legatus, "the stats after the removal")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import enum
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 # Envoy's default histogram buckets (ms), from stats_config.histogram_bucket_settings.
@@ -396,24 +396,46 @@ class Store:
         )
 
     def merge_worker(self, worker: int, flush: Flush) -> None:
-        """Fold one worker's flush into this (the main process's) store."""
+        """Fold one worker's flush into this (the main process's) store. A stat removed
+        here meanwhile (its cluster went away) is not brought back by a late flush."""
         for name, kind, hidden in flush.declared:
             self._get(name, Kind(kind), hidden)
         stats = self._stats
         for name, delta in flush.counters.items():
-            counter = stats[name]
-            counter.value += delta  # type: ignore[union-attr]
+            counter = stats.get(name)
+            if counter is not None:
+                counter.value += delta  # type: ignore[union-attr]
         for name, value in flush.gauges.items():
-            gauge = stats[name]
+            gauge = stats.get(name)
+            if gauge is None:
+                continue
             if gauge.worker_values is None:  # type: ignore[union-attr]
                 gauge.worker_values = {}  # type: ignore[union-attr]
             gauge.worker_values[worker] = value  # type: ignore[union-attr]
         for name, h in flush.histograms.items():
-            stats[name].merge(h.counts, h.count, h.sum, h.min, h.max)  # type: ignore[union-attr]
+            histogram = stats.get(name)
+            if histogram is not None:
+                histogram.merge(h.counts, h.count, h.sum, h.min, h.max)  # type: ignore[union-attr]
         for name, text in flush.text_readouts.items():
-            stats[name].value = text  # type: ignore[union-attr]
+            readout = stats.get(name)
+            if readout is not None:
+                readout.value = text  # type: ignore[union-attr]
         for name in flush.used:
-            stats[name].used = True
+            stat = stats.get(name)
+            if stat is not None:
+                stat.used = True
+
+    def remove_prefix(self, prefix: str, keep: Callable[[str], bool] = lambda name: False) -> int:
+        """Drop every stat whose name starts with ``prefix`` (unless ``keep(name)``), as Envoy
+        drops a removed cluster's scope. Objects still held keep counting, unseen."""
+        gone = [n for n in self._stats if n.startswith(prefix) and not keep(n)]
+        for name in gone:
+            del self._stats[name]
+            self._unflushed_used.discard(name)
+        if gone:
+            dropped = set(gone)
+            self._undeclared = [s for s in self._undeclared if s.name not in dropped]
+        return len(gone)
 
     def forget_worker(self, worker: int) -> None:
         """A worker is gone: its gauges (connections it held) no longer count."""

@@ -47,6 +47,16 @@ def health_flag_names(flags: int) -> tuple[str, ...]:
     return tuple(f"/{flag.name.lower()}" for flag in HealthFlag if flags & flag)
 
 
+def drop_cluster_stats(store: Store, stat_name: str, others) -> None:
+    """A removed cluster's ``cluster.<stat_name>.*`` stats go, as Envoy drops its scope (not
+    those of another cluster whose stat name extends this one: ``a`` and ``a.b``)."""
+    prefix = f"cluster.{stat_name}."
+    longer = tuple(
+        f"cluster.{c.stat_name}." for c in others if c.stat_name.startswith(stat_name + ".")
+    )
+    store.remove_prefix(prefix, keep=lambda n: n.startswith(longer) if longer else False)
+
+
 def _is_dns(config: ClusterConfig) -> bool:
     return config.type in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
 
@@ -260,8 +270,10 @@ class ClusterManager:
         was_warming = self._cancel_warming(name)
         found = was_warming
         if name in self.configs:
+            stat_name = self.configs[name].stat_name
             self._stop_cluster(name)
             self._forget(name)
+            drop_cluster_stats(self.store, stat_name, self.configs.values())
             self.stats.cluster_removed.inc()
             self.stats.active_clusters.set(len(self.configs))
             self.on_cluster_removed(name)

@@ -210,6 +210,10 @@ class ThreadLocalClusterManager:
         cluster = self.clusters.pop(name, None)
         if cluster is not None:
             cluster.drain_pools()
+            from legatus.upstream.cluster_manager import drop_cluster_stats
+
+            others = [c.config for c in self.clusters.values()]
+            drop_cluster_stats(self._store, cluster.config.stat_name, others)
 
     def attach_circuit_breakers(self, name: str, table_name: str) -> None:
         """Map the shared counts the main process made for a cluster added after this

@@ -63,3 +63,30 @@ def test_histogram_buckets_and_quantiles():
     assert h.sample_count == 5
     assert h.cumulative()[:4] == [1, 1, 3, 3]
     assert 0 < h.quantile(0.5) <= 5
+
+
+def test_remove_prefix_drops_a_scope_and_a_late_worker_flush_does_not_bring_it_back():
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    from legatus.upstream.cluster import compile_cluster
+    from legatus.upstream.cluster_manager import drop_cluster_stats
+
+    main, worker = Store(), Store()
+    for store in (main, worker):
+        store.counter("cluster.a.upstream_rq_total")
+        store.counter("cluster.a.b.upstream_rq_total")  # another cluster, named "a.b"
+        store.gauge("cluster.a.membership_total")
+    worker.counter("cluster.a.upstream_rq_total").inc()
+    flush = worker.flush()
+    main.merge_worker(0, flush)
+    assert main.value("cluster.a.upstream_rq_total") == 1
+
+    other = compile_cluster(cluster_pb2.Cluster(name="a.b", type=cluster_pb2.Cluster.STATIC), "c")
+    drop_cluster_stats(main, "a", [other])
+    assert main.get("cluster.a.upstream_rq_total") is None
+    assert main.get("cluster.a.membership_total") is None
+    assert main.get("cluster.a.b.upstream_rq_total") is not None  # not cluster "a"'s
+
+    worker.counter("cluster.a.upstream_rq_total").inc()
+    main.merge_worker(0, worker.flush())  # in flight when the cluster went
+    assert main.get("cluster.a.upstream_rq_total") is None
