@@ -154,3 +154,30 @@ def test_a_control_plane_restart_keeps_the_config_and_reconnects(tmp_path, upstr
             proxy.assert_nothing_raised()
         finally:
             proxy.stop()
+
+
+def test_an_assignment_policy_and_priorities_apply(tmp_path, upstreams):
+    """The assignment's policy (overprovisioning factor) and priorities reach the workers'
+    balancing: with priority 0's only host unhealthy, traffic spills to priority 1."""
+    a, b = upstreams
+    cla = assignment("backend", a.port)
+    cla.policy.overprovisioning_factor.value = 200
+    cla.endpoints[0].lb_endpoints[0].health_status = 2  # UNHEALTHY
+    spill = cla.endpoints.add()
+    spill.priority = 1
+    endpoint = spill.lb_endpoints.add().endpoint.address.socket_address
+    endpoint.address, endpoint.port_value = "127.0.0.1", b.port
+    with XdsThread() as xds:
+        xds.set_resources(CLUSTER, [eds_cluster("backend")])
+        xds.set_resources(ENDPOINT, [cla])
+        proxy = start_proxy(bootstrap(xds.port), tmp_path, args=["--concurrency", "2"])
+        try:
+            for _ in range(6):
+                assert get(proxy).status_code == 200
+            assert len(b.requests) == 6 and not a.requests
+            stats = proxy.stats()
+            assert stats["cluster.backend.membership_total"] == 2
+            assert stats["cluster.backend.membership_healthy"] == 1
+            assert stats["cluster_manager.cds.update_rejected"] == 0
+        finally:
+            proxy.stop()

@@ -54,6 +54,7 @@ class Configure:
     # circuit-breaker tables of CDS clusters (cluster -> table name).
     route_configs: dict[Any, tuple[bytes, str]] = field(default_factory=dict)
     breaker_tables: dict[str, str] = field(default_factory=dict)
+    lb_settings: dict[str, dict] = field(default_factory=dict)  # EDS clusters (UpdateHosts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +77,8 @@ class UpdateHealth:
 class UpdateHosts:
     cluster: str
     hosts: tuple[HostConfig, ...]
+    # An EDS cluster's balancing settings from its assignment (LbConfig fields), or None.
+    lb_settings: dict | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +99,7 @@ class AddCluster:
     hosts: tuple[HostConfig, ...]
     health: dict[str, int] = field(default_factory=dict)  # address -> HealthFlag bits
     breaker_table: str | None = None  # its shared circuit-breaker counts, to attach by name
+    lb_settings: dict | None = None  # an EDS cluster's assignment settings (see UpdateHosts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -324,6 +324,7 @@ class DynamicConfig:
                     hosts=tuple(hosts),
                     health=dict(self.cluster_manager.health.get(config.name, {})),
                     breaker_table=table_name,
+                    lb_settings=self.cluster_manager.lb_settings.get(config.name),
                 )
             )
 

@@ -420,6 +420,7 @@ class Server:
             hosts=dict(self.cluster_manager.hosts),
             route_configs=dict(self.dynamic.route_configs),
             breaker_tables=dict(self.dynamic.breaker_tables),
+            lb_settings=dict(self.cluster_manager.lb_settings),
             runtime_layers=self.runtime.dynamic_layers(),
             health={name: dict(flags) for name, flags in self.cluster_manager.health.items()},
             healthcheck_failed=self.healthcheck_failed,
@@ -486,7 +487,8 @@ class Server:
 
     def _on_hosts(self, cluster: str, hosts: tuple[HostConfig, ...]) -> None:
         if self.workers:
-            self._broadcast(control.UpdateHosts(cluster=cluster, hosts=hosts))
+            settings = self.cluster_manager.lb_settings.get(cluster)
+            self._broadcast(control.UpdateHosts(cluster=cluster, hosts=hosts, lb_settings=settings))
 
     def _on_health(self, cluster: str, flags: dict[str, int]) -> None:
         if self.workers:

@@ -174,7 +174,7 @@ class Worker:
                 control.StatsFlushed(request_id=message.request_id, flush=self.store.flush())
             )
         elif isinstance(message, control.UpdateHosts):
-            self.cluster_manager.update_hosts(message.cluster, message.hosts)
+            self.cluster_manager.update_hosts(message.cluster, message.hosts, message.lb_settings)
             self._apply_health(message.cluster)
         elif isinstance(message, control.UpdateHealth):
             self.health[message.cluster] = message.flags
@@ -191,7 +191,9 @@ class Worker:
                 return
             self.loop.create_task(self._configure(message))
         elif isinstance(message, control.AddCluster):
-            name = self._add_cluster(message.cluster, message.hosts, message.breaker_table)
+            name = self._add_cluster(
+                message.cluster, message.hosts, message.breaker_table, message.lb_settings
+            )
             self.health[name] = message.health
             self._apply_health(name)
         elif isinstance(message, control.RemoveCluster):
@@ -273,7 +275,12 @@ class Worker:
         self.server_health.failed = message.healthcheck_failed
         for raw in message.clusters:
             name = cluster_pb2.Cluster.FromString(raw).name
-            self._add_cluster(raw, message.hosts.get(name, ()), message.breaker_tables.get(name))
+            self._add_cluster(
+                raw,
+                message.hosts.get(name, ()),
+                message.breaker_tables.get(name),
+                message.lb_settings.get(name),
+            )
             self._apply_health(name)
         for key, (raw, version) in message.route_configs.items():
             self.route_config_providers.update(key, raw, version)
@@ -282,12 +289,12 @@ class Worker:
 
     # Clusters, listeners and routes from the main process (static and xDS) ----------------
 
-    def _add_cluster(self, raw: bytes, hosts, breaker_table: str | None) -> str:
+    def _add_cluster(self, raw: bytes, hosts, breaker_table: str | None, lb_settings=None) -> str:
         proto = cluster_pb2.Cluster.FromString(raw)
         config = compile_cluster(proto, f"cluster {proto.name}")
         if breaker_table is not None:
             self.cluster_manager.attach_circuit_breakers(proto.name, breaker_table)
-        self.cluster_manager.add_or_update(config, hosts)
+        self.cluster_manager.add_or_update(config, hosts, lb_settings)
         return proto.name
 
     def _context(self) -> FactoryContext:

@@ -354,10 +354,8 @@ def _hash_key(lb_endpoint) -> str:
 
 def assignment_hosts(assignment, path: str) -> tuple[HostConfig, ...]:
     """The hosts of an EDS ClusterLoadAssignment (IP addresses only, as Envoy's EDS);
-    ConfigError names the offending field."""
-    if assignment.HasField("policy"):
-        policy = assignment.policy
-        check_supported(policy, (), f"{path}.policy", "ClusterLoadAssignment.Policy")
+    ConfigError names the offending field. Its balancing settings (policy, locality weights):
+    ``lb_config.assignment_settings``."""
     endpoints = _endpoints(assignment, path, dns=False)
     # One host per address, as Envoy keeps (the first lb_endpoint that names it).
     seen: set = set()

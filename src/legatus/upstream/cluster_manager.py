@@ -104,6 +104,8 @@ class ClusterManager:
         self.on_warming_count = on_warming_count  # how many clusters warm, at each change
         self.eds_flags: dict[str, dict[str, int]] = {}  # cluster -> address -> HealthFlag
         self.hosts: dict[str, tuple[HostConfig, ...]] = {}
+        # EDS clusters: the balancing settings of their last assignment (LbConfig fields).
+        self.lb_settings: dict[str, dict] = {}
         # cluster -> host address ("ip:port") -> HealthFlag bits, as last sent to the workers.
         self.health: dict[str, dict[str, int]] = {}
         self.stats = ClusterManagerStats(store.scope("cluster_manager."))
@@ -274,6 +276,7 @@ class ClusterManager:
             self._stop_cluster(name)
             self._forget(name)
             drop_cluster_stats(self.store, stat_name, self.configs.values())
+            self.lb_settings.pop(name, None)
             self.stats.cluster_removed.inc()
             self.stats.active_clusters.set(len(self.configs))
             self.on_cluster_removed(name)
@@ -364,8 +367,13 @@ class ClusterManager:
 
     # EDS -----------------------------------------------------------------------------------
 
-    def set_assignment_hosts(self, name: str, hosts: tuple[HostConfig, ...]) -> None:
-        """An EDS update for cluster ``name``: its first one ends the cluster's warming."""
+    def set_assignment_hosts(
+        self, name: str, hosts: tuple[HostConfig, ...], lb_settings: dict | None = None
+    ) -> None:
+        """An EDS update for cluster ``name``: its first one ends the cluster's warming.
+        ``lb_settings``: the assignment's balancing settings (LbConfig fields; see
+        ``lb_config.assignment_settings``), kept in ``lb_settings[name]`` for the workers."""
+        self.lb_settings[name] = dict(lb_settings or {})
         first = self._eds_first.get(name)
         if first is not None and not first.done():
             first.set_result(hosts)

@@ -4,7 +4,9 @@ One subscription per EDS cluster, for the assignment named by ``eds_cluster_conf
 service_name`` (or the cluster's name). An update carries exactly that assignment: none is
 an empty update (counted, the hosts stay, and a warming cluster stops waiting), more than one
 is refused (``Unexpected EDS resource length``), as in Envoy. The assignment's hosts replace
-the cluster's hosts; a delta update that removes the assignment leaves the cluster with none.
+the cluster's hosts, and its policy (overprovisioning factor, weighted priority health) and
+locality weights the cluster's balancing settings; a delta update that removes the
+assignment leaves the cluster with none.
 A fetch that fails or times out ends the cluster's warming (with the hosts it has), so that
 start-up goes on, as Envoy's does.
 """
@@ -15,6 +17,7 @@ from legatus.config.errors import ConfigError
 from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
 from legatus.config_subscription.decode import check_resource
 from legatus.upstream.cluster import assignment_hosts
+from legatus.upstream.lb_config import assignment_settings
 
 __all__ = ["EdsCallbacks"]
 
@@ -44,20 +47,22 @@ class EdsCallbacks:
         cm = self.cluster_manager
         if not mine:
             if not update.state_of_the_world and self.service_name in update.removed:
-                cm.set_assignment_hosts(self.cluster, ())
+                cm.set_assignment_hosts(self.cluster, (), {})
                 return
             if self.stats is not None:
                 self.stats.stats.update_empty.inc()
             cm.fail_warming(self.cluster)
             return
+        assignment = mine[0].resource
         try:
-            check_resource(mine[0].resource, "")
-            hosts = assignment_hosts(mine[0].resource, f"{self.service_name}")
+            check_resource(assignment, "")
+            hosts = assignment_hosts(assignment, self.service_name)
+            settings = assignment_settings(assignment, self.service_name)
         except ConfigError as e:
             if self.records is not None:
-                self.records.reject(self.service_name, mine[0].resource, str(e))
+                self.records.reject(self.service_name, assignment, str(e))
             raise
-        cm.set_assignment_hosts(self.cluster, hosts)
+        cm.set_assignment_hosts(self.cluster, hosts, settings)
         if self.records is not None:
             self.records.accept(self.service_name, mine[0].resource, update.version_info)
 

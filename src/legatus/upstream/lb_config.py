@@ -109,7 +109,7 @@ def compile_lb_config(proto: Cluster, path: str) -> LbConfig:
                 join_path(cpath, "healthy_panic_threshold.value"), "must be within [0, 100]"
             )
         settings["healthy_panic_threshold"] = math.floor(value + 0.5)
-    settings.update(_assignment_settings(proto, path))
+    settings.update(assignment_settings(proto.load_assignment, join_path(path, "load_assignment")))
     if proto.HasField("load_balancing_policy"):
         settings.update(_typed_policy(proto, path, common, cpath))
     else:
@@ -117,11 +117,14 @@ def compile_lb_config(proto: Cluster, path: str) -> LbConfig:
     return LbConfig(**settings)
 
 
-def _assignment_settings(proto: Cluster, path: str) -> dict:
+def assignment_settings(la, path: str) -> dict:
+    """The balancing settings a ClusterLoadAssignment carries (a cluster's ``load_assignment``
+    or one from EDS): its policy's overprovisioning factor and weighted priority health, and
+    the localities' weights. A dict of LbConfig fields (all picklable, so that the main
+    process can send an EDS assignment's to the workers)."""
     out: dict = {}
-    la = proto.load_assignment
     if la.HasField("policy"):
-        ppath = join_path(path, "load_assignment.policy")
+        ppath = join_path(path, "policy")
         check_supported(
             la.policy, ("overprovisioning_factor", "weighted_priority_health"), ppath, "Policy"
         )

@@ -12,6 +12,7 @@ deleted once idle, as Envoy does.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from legatus.http.codes import ResponseCodeStats
 from legatus.stats.store import Store
@@ -30,7 +31,8 @@ from legatus.upstream.stats import ClusterTrafficStats
 class ThreadLocalCluster:
     __slots__ = ("_lb_stats", "_locality_weights", "_loop", "_pool_context", "_pools", "_rng",
                  "_store", "_table_stats", "code_stats", "config", "hashing", "hosts", "lb",
-                 "resource_managers", "retry_code_stats", "scope", "stats")  # fmt: skip
+                 "lb_config", "resource_managers", "retry_code_stats", "scope",
+                 "stats")  # fmt: skip
 
     def __init__(
         self,
@@ -54,7 +56,7 @@ class ThreadLocalCluster:
         # responses a retry replaced: cluster.<name>.retry.upstream_rq_<code>...
         self.retry_code_stats = ResponseCodeStats(self.scope.scope("retry."), categories=False)
         self.hosts: tuple[Host, ...] = ()
-        lb = config.lb
+        lb = self.lb_config = config.lb
         # Whether the balancer hashes requests: the router then passes a HashContext.
         self.hashing = lb.hashing
         self._lb_stats = LbStats(self.scope)
@@ -136,10 +138,16 @@ class ThreadLocalCluster:
                 self.resource_managers[0].connection_pools.dec()
                 pool.drain(DrainBehavior.DRAIN_AND_DELETE)
 
+    def set_lb_settings(self, settings: dict) -> None:
+        """An EDS assignment's balancing settings (overprovisioning factor, weighted priority
+        health, locality weights) over the cluster's own; the next host update applies them."""
+        self.lb_config = replace(self.config.lb, **settings)
+        self._locality_weights = dict(self.lb_config.locality_weights)
+
     def _build_lb(self, hosts: tuple[Host, ...], previous=None):
         return build_balancer(
             hosts,
-            self.config.lb,
+            self.lb_config,
             self._rng,
             self._lb_stats,
             table_stats=self._table_stats,
@@ -187,7 +195,9 @@ class ThreadLocalClusterManager:
     def get(self, name: str) -> ThreadLocalCluster | None:
         return self.clusters.get(name)
 
-    def add_or_update(self, config: ClusterConfig, hosts: tuple[HostConfig, ...]) -> None:
+    def add_or_update(
+        self, config: ClusterConfig, hosts: tuple[HostConfig, ...], lb_settings=None
+    ) -> None:
         old = self.clusters.get(config.name)
         if old is not None:
             old.drain_pools()
@@ -201,6 +211,8 @@ class ThreadLocalClusterManager:
             counters=counters,
             lb_table_stats=self._worker == 0,
         )
+        if lb_settings:
+            cluster.set_lb_settings(lb_settings)
         cluster.update_hosts(hosts)
         self.clusters[config.name] = cluster
 
@@ -221,7 +233,9 @@ class ThreadLocalClusterManager:
         if self._circuit_breakers is not None:
             self._circuit_breakers.attach(name, table_name)
 
-    def update_hosts(self, name: str, hosts: tuple[HostConfig, ...]) -> None:
+    def update_hosts(self, name: str, hosts: tuple[HostConfig, ...], lb_settings=None) -> None:
         cluster = self.clusters.get(name)
         if cluster is not None:
+            if lb_settings is not None:
+                cluster.set_lb_settings(lb_settings)
             cluster.update_hosts(hosts)

@@ -171,9 +171,18 @@ def test_eds_cluster_config_rules():
     assert eds.eds_service_name == "c"
 
 
-def test_assignment_refuses_what_it_does_not_support_by_field():
+def test_assignment_settings_and_what_is_refused_by_field():
+    from legatus.upstream.lb_config import assignment_settings
+
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name="x")
     cla.policy.overprovisioning_factor.value = 200
+    locality = cla.endpoints.add()
+    locality.locality.zone = "z1"
+    locality.load_balancing_weight.value = 3
+    settings = assignment_settings(cla, "resources[0]")
+    assert settings["overprovisioning_factor"] == 200
+    assert settings["locality_weights"] == (((0, "", "z1", ""), 3),)
+    cla.policy.drop_overloads.add().category = "throttle"
     with pytest.raises(ConfigError) as e:
-        assignment_hosts(cla, "resources[0]")
-    assert "overprovisioning_factor" in str(e.value)
+        assignment_settings(cla, "resources[0]")
+    assert e.value.path == "resources[0].policy.drop_overloads"
