@@ -208,3 +208,45 @@ def test_route_and_listener_updates_under_load_fail_no_request(tmp_path):
     assert stats["http.ingress.rds.routes.update_success"] >= 1
     assert count[0] > 300
     assert failures == []
+
+
+def test_a_filter_chain_only_update_keeps_the_connections_of_unchanged_chains(tmp_path):
+    """Envoy's in-place filter chain update: a connection on a chain the update leaves alone
+    stays (no connection: close); one on a changed chain drains."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+
+    def two_chains(default_prefix: str, local_prefix: str = "local"):
+        proto = listener(port, stat_prefix=local_prefix)
+        chain = proto.filter_chains[0]
+        cidr = chain.filter_chain_match.source_prefix_ranges.add(address_prefix="127.0.0.1")
+        cidr.prefix_len.value = 32
+        default = listener(port, stat_prefix=default_prefix).filter_chains[0]
+        proto.default_filter_chain.CopyFrom(default)
+        return proto
+
+    with XdsThread() as xds:
+        xds.set_resources(CLUSTER, [])
+        xds.set_resources(ROUTE, [routes(TEAPOT)])
+        xds.set_resources(LISTENER, [two_chains("d1")])
+        proxy = start_proxy(bootstrap(xds.port, False), tmp_path, args=["--drain-time-s", "5"])
+        try:
+            with httpx.Client(timeout=5) as client:
+                assert client.get(url).status_code == 418  # on the 127.0.0.1 chain
+                # Only the default chain changes: this connection's chain is left alone.
+                xds.set_resources(LISTENER, [two_chains("d2")])
+                wait_for(lambda: proxy.stats()["listener_manager.listener_in_place_updated"]
+                         == 1, what="in-place update")  # fmt: skip
+                response = client.get(url)
+                assert response.status_code == 418
+                assert response.headers.get("connection") != "close"
+                # Now its chain changes: it drains.
+                xds.set_resources(LISTENER, [two_chains("d2", local_prefix="local2")])
+                wait_for(lambda: proxy.stats()["listener_manager.listener_in_place_updated"]
+                         == 2, what="second update")  # fmt: skip
+                response = client.get(url)
+                assert response.headers.get("connection") == "close"
+            assert httpx.get(url, timeout=5).status_code == 418
+            proxy.assert_nothing_raised()
+        finally:
+            proxy.stop()

@@ -175,6 +175,13 @@ class FilterChainMatcher(Generic[C]):
         if len(chains) == 1 and _duplicate_key(chains[0][0]) == _EMPTY_KEY:
             self._only = chains[0][1]
 
+    def chains(self) -> list[C]:
+        """Every chain, the default one last (if any)."""
+        out = [chain for _, chain in self._chains]
+        if self.default is not None:
+            out.append(self.default)
+        return out
+
     def match(self, key: ConnectionKey) -> C | None:
         if self._only is not None:
             return self._only

@@ -117,6 +117,7 @@ class PerWorkerListenerStats(StatSet):
 class FilterChainConfig:
     name: str
     factories: tuple[Callable[[Connection], None], ...]
+    key: bytes = b""  # the chain's proto, serialized: which chains an LDS update left alone
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,7 +210,24 @@ def _compile_chain(chain, context: FactoryContext, path: str) -> FilterChainConf
                 "filter chain.",
             )
         factories.append(factory)
-    return FilterChainConfig(name=chain.name, factories=tuple(factories))
+    return FilterChainConfig(
+        name=chain.name, factories=tuple(factories), key=chain.SerializeToString(deterministic=True)
+    )
+
+
+def in_place_update(old: Listener, new: Listener) -> bool:
+    """Whether an LDS update from ``old`` to ``new`` changes only filter chains (Envoy's
+    in-place filter chain update): then the connections of the chains it leaves alone stay,
+    and only those of removed or changed chains drain."""
+    if old == new:
+        return False
+    a, b = Listener(), Listener()
+    a.CopyFrom(old)
+    b.CopyFrom(new)
+    for message in (a, b):
+        message.ClearField("filter_chains")
+        message.ClearField("default_filter_chain")
+    return a == b
 
 
 def bind_socket(
@@ -265,6 +283,17 @@ class ActiveListener:
     def close_connections(self) -> None:
         for c in list(self.connections):
             c.close(CloseType.NO_FLUSH)
+
+    def hand_over(self, successor: ActiveListener, keep: frozenset[bytes]) -> int:
+        """Give ``successor`` (the listener replacing this one in place) the connections of
+        the filter chains in ``keep`` (chain keys): they stay open, counted by it from now
+        on. Returns how many."""
+        moved = [c for c in self.connections if c.chain_key in keep]
+        for conn in moved:
+            self.connections.discard(conn)
+            successor.connections.add(conn)
+            conn.listener = successor
+        return len(moved)
 
     def drain(self, drain_time: float) -> asyncio.Future:
         """Envoy's listener drain (the listener was removed or replaced by LDS): stop
@@ -330,6 +359,7 @@ class ActiveListener:
             )
             conn.close(CloseType.NO_FLUSH)
             return
+        conn.chain_key = chain.key
         for factory in chain.factories:
             factory(conn)
         conn.initialize_read_filters()
@@ -367,6 +397,7 @@ class _DownstreamConnection(Connection):
     def __init__(self, listener: ActiveListener) -> None:
         super().__init__(buffer_limit=listener.config.buffer_limit)
         self.listener = listener
+        self.chain_key = b""  # its filter chain (see FilterChainConfig.key)
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -18,8 +18,9 @@ Life of a listener from LDS:
   their next response (``connection: close``), idle ones after the HCM's drain_timeout, and
   whatever is left ``--drain-time-s`` later.
 
-legatus drains a replaced listener whole: Envoy's in-place update that drains only the
-filter chains that changed is not done (docs/xds.md). An LDS listener needs SO_REUSEPORT
+An update that changes only filter chains is done in place, as in Envoy: the connections of
+the chains it leaves alone stay open on the new listener; only those of removed or changed
+chains drain. An LDS listener needs SO_REUSEPORT
 (``enable_reuse_port``, on by default): a listening socket shared with running workers
 would have to be passed to them, which legatus does not do yet.
 """
@@ -37,7 +38,7 @@ from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
 from legatus.config_subscription.decode import check_resource
 from legatus.config_subscription.records import ResourceRecords
 from legatus.network import address as addr
-from legatus.network.listener import ListenerConfig, bind_socket
+from legatus.network.listener import ListenerConfig, bind_socket, in_place_update
 from legatus.server import control
 from legatus.server.admin.context import ListenerInfo
 
@@ -209,6 +210,8 @@ class LdsApi:
         self.listeners[name] = entry
         entry.warming = False
         (self.stats.listener_modified if modified else self.stats.listener_added).inc()
+        if old is not None and in_place_update(old.config.proto, entry.config.proto):
+            self.stats.listener_in_place_updated.inc()  # the workers keep unchanged chains
         if old is not None and old.sock is not entry.sock:
             old.sock.close()
         if old is not None:

@@ -26,7 +26,12 @@ from envoy.config.listener.v3 import listener_pb2
 
 from legatus.config.factory_context import FactoryContext
 from legatus.network.address import SocketAddress
-from legatus.network.listener import ActiveListener, bind_socket, compile_listener
+from legatus.network.listener import (
+    ActiveListener,
+    bind_socket,
+    compile_listener,
+    in_place_update,
+)
 from legatus.router.rds import RouteConfigProviderManager
 from legatus.runtime import Runtime, compile_runtime
 from legatus.server import control
@@ -342,12 +347,17 @@ class Worker:
         """An LDS listener: the new one accepts before the old one (if any) drains."""
         old = self.listeners.get(ls.name)
         try:
-            await self._start_listener(ls, replaces=old)
+            new = await self._start_listener(ls, replaces=old)
         except Exception:  # validated by the main process: a bug, not an input
             log.exception("worker %d failed to start listener '%s'", self.index, ls.name)
             return
-        if old is not None:
-            self._drain(old, drain_time)
+        if old is None:
+            return
+        if in_place_update(old.config.proto, new.config.proto):
+            # Only filter chains changed: the connections of the chains left alone stay.
+            keep = frozenset(chain.key for chain in new.config.matcher.chains())
+            old.hand_over(new, keep)
+        self._drain(old, drain_time)
 
     def _remove_listener(self, name: str, drain_time: float) -> None:
         old = self.listeners.pop(name, None)
