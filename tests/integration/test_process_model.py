@@ -157,3 +157,17 @@ def test_workers_share_one_socket_without_reuse_port(tmp_path, echo):
         )
     finally:
         proxy.stop()
+
+
+def test_a_killed_zygote_stops_the_server_when_a_worker_must_be_replaced(tmp_path, echo):
+    """Workers are forked by the zygote (server/zygote.py); without it no worker can be made,
+    so a worker that dies then stops the server with an error, for a supervisor to restart."""
+    proxy = start_proxy(
+        tcp_proxy_config(upstream_port=echo.port), tmp_path, args=["--concurrency", "1"]
+    )
+    (zygote,) = children(proxy.pid)
+    (worker,) = workers(proxy.pid)
+    os.kill(zygote, signal.SIGKILL)
+    wait_for(lambda: not alive(worker), what="the worker to die with its zygote")
+    assert proxy.proc.wait(10) == 1
+    assert "the worker zygote is gone" in proxy.log()

@@ -168,6 +168,7 @@ class Server:
         self._shutdown = None
         self.dynamic: DynamicConfig | None = None
         self.zygote: Zygote | None = None
+        self.exit_code = 0  # of run(), after a shutdown
         self._request_ids = itertools.count(1)
         self._stopping = False
         # Reads and watches the runtime's disk layers; sends every change to the workers.
@@ -228,7 +229,7 @@ class Server:
         self._close_sockets()
         log.info("main dispatch loop exited")
         log.info("exiting")
-        return 0
+        return self.exit_code
 
     async def _initialize(self) -> None:
         t0 = time.monotonic()
@@ -384,7 +385,17 @@ class Server:
     def _spawn_worker(self, index: int) -> None:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         shared = [s.fileno() for _, s, reuse in self._listener_sockets if not reuse]
-        pid = self.zygote.spawn(index, child_sock, shared)
+        try:
+            pid = self.zygote.spawn(index, child_sock, shared)
+        except (OSError, EOFError) as e:
+            # The zygote is gone (killed): no worker can be made any more, and a fork from
+            # here would inherit gRPC's threads. Stop, so that a supervisor restarts us.
+            log.critical("cannot start worker %d: the worker zygote is gone (%s)", index, e)
+            child_sock.close()
+            parent_sock.close()
+            self.exit_code = 1
+            self.shutdown()
+            return
         child_sock.close()
         handle = WorkerHandle(index=index, pid=pid, ready=self.loop.create_future())
         self.workers[index] = handle

@@ -76,8 +76,11 @@ class Zygote:
 
     def wait(self, pid: int, timeout: float = 0.0) -> str | None:
         """Reap worker ``pid`` if it has exited (waiting up to ``timeout``): its status."""
-        self._sock.sendall(pickle.dumps(("wait", pid, timeout)))
-        kind, status = pickle.loads(self._sock.recv(_MAX_PACKET))
+        try:
+            self._sock.sendall(pickle.dumps(("wait", pid, timeout)))
+            kind, status = pickle.loads(self._sock.recv(_MAX_PACKET))
+        except (OSError, EOFError):
+            return "unknown status (the worker zygote is gone)"
         assert kind == "status", kind
         return status
 
