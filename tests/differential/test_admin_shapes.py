@@ -52,7 +52,6 @@ MISSING_ENDPOINTS = [
     "/drain_listeners",
     "/heap_dump",
     "/heapprofiler",
-    "/init_dump",
     "/memory/tcmalloc",
     "/peak_heap_dump",
     "/stats/recentlookups",

@@ -3,6 +3,7 @@ without a restart; a replaced or removed listener drains."""
 
 from __future__ import annotations
 
+import json
 import socket
 
 import httpx
@@ -248,5 +249,31 @@ def test_a_filter_chain_only_update_keeps_the_connections_of_unchanged_chains(tm
                 assert response.headers.get("connection") == "close"
             assert httpx.get(url, timeout=5).status_code == 418
             proxy.assert_nothing_raised()
+        finally:
+            proxy.stop()
+
+
+def test_a_listener_warming_for_its_routes_shows_in_init_dump(tmp_path):
+    """The admin answers while the server initializes: /ready is 503 INITIALIZING and
+    /init_dump names the listener waiting for its RDS route configuration, as Envoy does."""
+    port = free_port()
+    with XdsThread() as xds:
+        xds.set_resources(CLUSTER, [])
+        xds.set_resources(LISTENER, [listener(port)])  # its route configuration is held back
+        proxy = start_proxy(bootstrap(xds.port, False), tmp_path, wait_live=False)
+        try:
+            wait_for(lambda: proxy.admin("/ready") == (503, "INITIALIZING\n"), what="init")
+            status, body = proxy.admin("/init_dump")
+            dump = json.loads(body)["unready_targets_dumps"]
+            assert status == 200 and len(dump) == 1
+            assert dump[0]["name"].startswith("init manager Listener-local-init-manager http ")
+            assert dump[0]["target_names"] == [
+                "shared target RdsRouteConfigSubscription RDS init routes"
+            ]
+            assert proxy.admin("/init_dump?mask=cluster") == (200, "{}\n")
+            xds.set_resources(ROUTE, [routes(TEAPOT)])
+            wait_for(lambda: proxy.admin("/ready")[0] == 200, what="LIVE")
+            assert proxy.admin("/init_dump") == (200, "{}\n")
+            assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 418
         finally:
             proxy.stop()

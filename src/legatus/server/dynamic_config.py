@@ -264,6 +264,30 @@ class DynamicConfig:
         if pending:
             await asyncio.wait(pending)
 
+    def unready_init_targets(self) -> list[tuple[str, list[str]]]:
+        """/init_dump: each warming LDS listener and the RDS route configurations it awaits."""
+        if self.lds is None:
+            return []
+        from legatus.router.hash_policy import xxhash64
+
+        out = []
+        for name, entry in self.lds.warming.items():
+            wanted = _rds_names(entry.config.proto)
+            awaited = sorted(
+                key.route_config_name
+                for key, rds in self._rds.items()
+                if not rds.ready.done() and key.route_config_name in wanted
+            )
+            if awaited:
+                digest = xxhash64(entry.config.proto.SerializeToString(deterministic=True))
+                out.append(
+                    (
+                        f"init manager Listener-local-init-manager {name} {digest}",
+                        [f"shared target RdsRouteConfigSubscription RDS init {n}" for n in awaited],
+                    )
+                )
+        return out
+
     async def close(self) -> None:
         if self.lds is not None:
             self.lds.close()
@@ -362,6 +386,33 @@ class DynamicConfig:
         self.route_providers.update(key, raw, version)
         self.route_configs[key] = (raw, version)
         self.broadcast(control.UpdateRouteConfig(key=key, route_config=raw, version=version))
+
+
+_HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+
+
+def _rds_names(listener) -> set[str]:
+    """The RDS route configuration names of a listener's HTTP connection managers."""
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2,
+    )
+
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    names = set()
+    for chain in chains:
+        for f in chain.filters:
+            if f.typed_config.type_url != _HCM:
+                continue
+            hcm = http_connection_manager_pb2.HttpConnectionManager()
+            f.typed_config.Unpack(hcm)
+            if hcm.WhichOneof("route_specifier") == "rds":
+                names.add(hcm.rds.route_config_name)
+    return names
 
 
 class _PausingEds:

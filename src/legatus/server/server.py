@@ -193,8 +193,7 @@ class Server:
         if self.options.mode != "init_only":
             # First, while this process is single-threaded and has touched no gRPC.
             self.zygote = Zygote.start(self._run_worker)
-        self.state = ServerState.INITIALIZING
-        self._set_server_gauges()
+        self._set_server_gauges()  # PRE_INITIALIZING until the clusters are initialized
         self.runtime_loader.start(loop)
         try:
             await self._initialize()
@@ -264,10 +263,14 @@ class Server:
             drain_time=float(self.options.drain_time_s),
             runtime_loader=self.runtime_loader,
         )
+        if self.options.mode != "init_only":
+            await self._start_admin()  # answering (/ready: 503) while the rest initializes
         self.dynamic.start()
         await self.dynamic.wait_runtime()
         await self.cluster_manager.initialize()
         await self.dynamic.wait_clusters()  # CDS, and the warming of what it brought
+        self.state = ServerState.INITIALIZING
+        self._set_server_gauges()
         self.dynamic.subscribe_routes()
         await self.dynamic.wait_routes()  # listeners warm until their routes arrive
         self._reserve_listener_ports()
@@ -275,7 +278,6 @@ class Server:
         await self.dynamic.wait_listeners()
         if self.options.mode == "init_only":
             return
-        await self._start_admin()
         self._make_circuit_breakers()
         for index in range(self.options.concurrency):
             self._spawn_worker(index)
@@ -619,6 +621,9 @@ class Server:
             if b.HasField("stats_server_version_override")
             else 0
         )
+
+    def unready_init_targets(self) -> list[tuple[str, list[str]]]:
+        return self.dynamic.unready_init_targets() if self.dynamic is not None else []
 
     def listeners(self) -> list[ListenerInfo]:
         infos = list(self._listener_infos)

@@ -22,6 +22,7 @@ from typing import Any
 from legatus.server.admin import (
     clusters,
     config_dump,
+    init_dump,
     listeners,
     logging_levels,
     memory,
@@ -93,6 +94,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path="/hot_restart_version",
         help="print the hot restart compatibility version",
         handler=server_info.handle_hot_restart_version,
+    ),
+    Endpoint(
+        path="/init_dump",
+        help="dump current Envoy init manager information (experimental)",
+        handler=init_dump.handle_init_dump,
+        params=(("mask", "The desired component to dump unready targets. The mask is parsed as "
+                 "a Protobuf::FieldMask. For example, get the unready targets of all listeners "
+                 "with /init_dump?mask=listener`"),),
     ),
     Endpoint(
         path="/listeners",
