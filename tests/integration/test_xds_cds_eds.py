@@ -181,3 +181,49 @@ def test_an_assignment_policy_and_priorities_apply(tmp_path, upstreams):
             assert stats["cluster_manager.cds.update_rejected"] == 0
         finally:
             proxy.stop()
+
+
+def test_drop_overloads_answer_as_envoy(tmp_path, upstreams):
+    """An assignment's drop_overloads, with the answers Envoy 1.40 gives (checked against the
+    real binary): all dropped is 503 'unconditional drop overload' with
+    x-envoy-unconditional-drop-overload and UDO; a share is 503 'drop overload' with DO; both
+    charged to the cluster's upstream 503s."""
+    a, _ = upstreams
+    log_path = tmp_path / "access.log"
+    cla = assignment("backend", a.port)
+    drop = cla.policy.drop_overloads.add(category="throttle")
+    drop.drop_percentage.numerator = 100
+    with XdsThread() as xds:
+        config = bootstrap(xds.port)
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        hcm["typed_config"]["access_log"] = [
+            {
+                "name": "file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+                    "FileAccessLog",
+                    "path": str(log_path),
+                    "log_format": {"text_format": "%RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"},
+                },
+            }
+        ]
+        xds.set_resources(CLUSTER, [eds_cluster("backend")])
+        xds.set_resources(ENDPOINT, [cla])
+        proxy = start_proxy(config, tmp_path / "proxy")
+        try:
+            response = get(proxy)
+            assert (response.status_code, response.text) == (503, "unconditional drop overload")
+            assert response.headers["x-envoy-unconditional-drop-overload"] == "true"
+            assert not a.requests
+
+            drop.drop_percentage.numerator = 50
+            xds.set_resources(ENDPOINT, [cla])
+            wait_for(lambda: get(proxy).text == "drop overload", what="a 50 % drop")
+            answers = {get(proxy).status_code for _ in range(40)}
+            assert answers == {200, 503}  # about half dropped
+            stats = proxy.stats()
+            assert stats["cluster.backend.upstream_rq_503"] >= 2
+            wait_for(lambda: "DO drop_overload" in log_path.read_text(), what="the access log")
+            assert "UDO unconditional_drop_overload" in log_path.read_text()
+        finally:
+            proxy.stop()

@@ -193,6 +193,10 @@ class Router(Tries, StreamDecoderFilter):
         self.route = route
         self.cluster = cluster
         info.upstream_cluster = name
+        drop = cluster.lb_config.drop_overload  # an EDS assignment's drop_overloads
+        if drop and (drop >= 1.0 or config.random.random() < drop):
+            self._drop_overload(cluster, unconditional=drop >= 1.0)
+            return FilterHeadersStatus.STOP_ITERATION
         if action.idle_timeout is not None:  # the route's own stream idle timeout
             cb.stream.set_idle_timeout(action.idle_timeout)
         self.hedging = bool(action.hedge_on_per_try_timeout) or (
@@ -736,6 +740,24 @@ class Router(Tries, StreamDecoderFilter):
             upstream.encoder.read_disable(False)
 
     # Local replies ---------------------------------------------------------------------
+
+    def _drop_overload(self, cluster, *, unconditional: bool) -> None:
+        """Envoy's answer to a request dropped by the assignment's drop_overloads: 503,
+        charged to the cluster's upstream codes."""
+        if self.config.dynamic_stats:
+            cluster.code_stats.charge(503, internal=self.decoder_callbacks.stream.internal)
+        if unconditional:
+            self.decoder_callbacks.send_local_reply(
+                503,
+                b"unconditional drop overload",
+                details="unconditional_drop_overload",
+                headers={"x-envoy-unconditional-drop-overload": "true"},
+                flags=F.UNCONDITIONAL_DROP_OVERLOAD,
+            )
+            return
+        self.decoder_callbacks.send_local_reply(
+            503, b"drop overload", details="drop_overload", flags=F.DROP_OVERLOAD
+        )
 
     def _local_reply(self, reply: LocalReply) -> None:
         self.decoder_callbacks.send_local_reply(

@@ -58,6 +58,9 @@ class LbConfig:
     locality_weighted: bool = False  # locality_weighted_lb_config
     overprovisioning_factor: int = DEFAULT_OVERPROVISIONING_FACTOR  # percent
     weighted_priority_health: bool = False
+    # An EDS assignment's policy.drop_overloads: the share of requests the router drops
+    # (1.0: all of them, Envoy's "unconditional drop overload"); 0: none.
+    drop_overload: float = 0.0
     # (priority, region, zone, sub_zone) -> the locality's load_balancing_weight (0 unset)
     locality_weights: tuple[tuple[tuple[int, str, str, str], int], ...] = ()
     # LEAST_REQUEST
@@ -117,6 +120,9 @@ def compile_lb_config(proto: Cluster, path: str) -> LbConfig:
     return LbConfig(**settings)
 
 
+_DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}  # FractionalPercent's HUNDRED, ...
+
+
 def assignment_settings(la, path: str) -> dict:
     """The balancing settings a ClusterLoadAssignment carries (a cluster's ``load_assignment``
     or one from EDS): its policy's overprovisioning factor and weighted priority health, and
@@ -126,8 +132,22 @@ def assignment_settings(la, path: str) -> dict:
     if la.HasField("policy"):
         ppath = join_path(path, "policy")
         check_supported(
-            la.policy, ("overprovisioning_factor", "weighted_priority_health"), ppath, "Policy"
+            la.policy,
+            ("overprovisioning_factor", "weighted_priority_health", "drop_overloads"),
+            ppath,
+            "Policy",
         )
+        drops = la.policy.drop_overloads
+        if len(drops) > 1:
+            raise ConfigError(
+                join_path(ppath, "drop_overloads"),
+                f"Cluster drop_overloads config has {len(drops)} categories. Envoy only "
+                "support one.",
+            )
+        if drops:
+            share = drops[0].drop_percentage
+            denominator = _DENOMINATORS[share.denominator]
+            out["drop_overload"] = min(share.numerator, denominator) / denominator
         if la.policy.HasField("overprovisioning_factor"):
             factor = la.policy.overprovisioning_factor.value
             if factor == 0:

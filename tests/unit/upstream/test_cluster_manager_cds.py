@@ -182,7 +182,10 @@ def test_assignment_settings_and_what_is_refused_by_field():
     settings = assignment_settings(cla, "resources[0]")
     assert settings["overprovisioning_factor"] == 200
     assert settings["locality_weights"] == (((0, "", "z1", ""), 3),)
-    cla.policy.drop_overloads.add().category = "throttle"
+    drop = cla.policy.drop_overloads.add(category="throttle")
+    drop.drop_percentage.numerator = 25
+    assert assignment_settings(cla, "resources[0]")["drop_overload"] == 0.25
+    cla.policy.drop_overloads.add(category="other")  # Envoy supports one category
     with pytest.raises(ConfigError) as e:
         assignment_settings(cla, "resources[0]")
     assert e.value.path == "resources[0].policy.drop_overloads"
