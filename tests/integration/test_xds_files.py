@@ -45,6 +45,7 @@ def bootstrap(cds_path: str) -> dict:
     config = http_proxy_config(0, routes=[route])
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     hcm["typed_config"]["route_config"]["validate_clusters"] = False
+    config["node"] = {"id": "node1", "cluster": "web"}  # required for any xDS, as in Envoy
     config["dynamic_resources"] = {
         "cds_config": {"path_config_source": {"path": cds_path}, "resource_api_version": "V3"}
     }
@@ -94,3 +95,24 @@ def test_cds_file_reloads_on_edits_and_swaps_and_keeps_the_last_good(tmp_path):
         proxy.stop()
         a.close()
         b.close()
+
+
+def test_xds_without_a_node_is_refused_as_envoy_refuses_it(tmp_path):
+    import subprocess
+
+    from tests.support.process import legatus_command
+
+    path = tmp_path / "cds.yaml"
+    path.write_text(cds_file("1", 1))
+    config = bootstrap(str(path))
+    del config["node"]
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [*legatus_command(), "--mode", "validate", "-c", str(tmp_path / "b.yaml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        "dynamic_resources.cds_config: type.googleapis.com/envoy.config.cluster.v3.Cluster: "
+        "node 'id' and 'cluster' are required"
+    ) in result.stdout + result.stderr

@@ -33,7 +33,7 @@ from legatus.config.errors import ConfigError
 from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
 from legatus.config_subscription import decode
 from legatus.config_subscription.factory import SubscriptionFactory, check_config_source
-from legatus.config_subscription.records import ResourceRecords
+from legatus.config_subscription.records import Accepted, ResourceRecords
 from legatus.config_subscription.stats import SubscriptionStats
 from legatus.router.rds import RdsSubscriptionKey, RouteConfigProviderManager
 from legatus.server import control
@@ -55,6 +55,16 @@ def check_dynamic_resources(bootstrap, clusters: list[ClusterConfig]) -> None:
     dynamic = bootstrap.dynamic_resources
     check_supported(dynamic, ("cds_config", "lds_config", "ads_config"), "dynamic_resources",
                     "DynamicResources")  # fmt: skip
+    if dynamic.HasField("cds_config"):
+        _check_node(bootstrap, "dynamic_resources.cds_config", decode.CLUSTER)
+    if dynamic.HasField("lds_config"):
+        _check_node(bootstrap, "dynamic_resources.lds_config", decode.LISTENER)
+    for i, config in enumerate(clusters):
+        if config.type is DiscoveryType.EDS:
+            _check_node(bootstrap, f"static_resources.clusters[{i}]", decode.ENDPOINT)
+    for i, layer in enumerate(bootstrap.layered_runtime.layers):
+        if layer.WhichOneof("layer_specifier") == "rtds_layer":
+            _check_node(bootstrap, f"layered_runtime.layers[{i}].rtds_layer", decode.RUNTIME)
     if dynamic.HasField("ads_config"):
         check_api_config_source(
             dynamic.ads_config, "dynamic_resources.ads_config", bootstrap, aggregated=True
@@ -77,6 +87,17 @@ def check_dynamic_resources(bootstrap, clusters: list[ClusterConfig]) -> None:
                 f"static_resources.clusters[{i}].eds_cluster_config.eds_config",
                 bootstrap,
             )
+
+
+def _check_node(bootstrap, path: str, type_url: str) -> None:
+    """Envoy refuses to subscribe without a node id and cluster (a control plane needs them)."""
+    node = bootstrap.node
+    if not node.id or not node.cluster:
+        raise ConfigError(
+            path,
+            f"{type_url}: node 'id' and 'cluster' are required. Set it either in 'node' config "
+            "or via --service-node and --service-cluster options.",
+        )
 
 
 class _Rds:
@@ -102,7 +123,9 @@ class _Rds:
                 records.reject(name, proto, str(e), update.version_info)
                 raise
             self.owner.on_route_config(self.key, proto.SerializeToString(), update.version_info)
-            records.accept(name, proto, update.version_info)
+            previous = records.accepted.get(name)
+            if previous is None or previous.resource != proto:  # Envoy: unchanged, not updated
+                records.accept(name, proto, update.version_info)
         self._ready()
 
     def on_config_update_failed(self, reason: UpdateFailureReason, error) -> None:
@@ -156,6 +179,9 @@ class DynamicConfig:
         self.route_configs: dict[RdsSubscriptionKey, tuple[bytes, str]] = {}
         self.route_records = ResourceRecords()  # RDS route configurations, for /config_dump
         self.endpoint_records = ResourceRecords()  # EDS assignments, for /config_dump
+        # The CDS record of each active CDS cluster (its version and time), for /config_dump:
+        # cds.records has the newest, which may still be warming behind the active one.
+        self.active_cluster_records: dict[str, Accepted] = {}
         self.breaker_tables: dict[str, str] = {}
 
     # Start-up ---------------------------------------------------------------------------
@@ -331,6 +357,9 @@ class DynamicConfig:
 
     def on_cluster(self, config: ClusterConfig, hosts, workers: bool) -> None:
         """A CDS cluster is warm: to the workers, with its circuit-breaker table."""
+        record = self.cds.records.accepted.get(config.name) if self.cds is not None else None
+        if record is not None:
+            self.active_cluster_records[config.name] = record
         tables = self.circuit_breakers()
         table_name = None
         if tables is not None:
@@ -353,6 +382,7 @@ class DynamicConfig:
             )
 
     def on_cluster_removed(self, name: str) -> None:
+        self.active_cluster_records.pop(name, None)
         self._unsubscribe_eds(name)
         tables = self.circuit_breakers()
         if tables is not None:
