@@ -570,12 +570,6 @@ def test_warming_counters(warming: Runs, step: str):
     assert_same(envoy, legatus, "the cluster manager's counters")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="/config_dump: Envoy lists a warming cluster under dynamic_warming_clusters and "
-    "each dynamic cluster with the version_info that brought it; legatus lists no warming "
-    "cluster and no version_info",
-)
 @pytest.mark.parametrize("step", ["warming", "active"])
 def test_warming_config_dump(warming: Runs, step: str):
     envoy, legatus = warming.envoy[step]["config_dump"], warming.legatus[step]["config_dump"]

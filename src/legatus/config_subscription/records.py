@@ -34,7 +34,7 @@ class Rejected:
 class ResourceRecords:
     """One type's records (one owner): accepted resources and refusals, by name."""
 
-    version_info: str = ""  # the last accepted update's version_info
+    version_info: str = ""  # the version_info of the last update that changed something
     accepted: dict[str, Accepted] = field(default_factory=dict)
     rejected: dict[str, Rejected] = field(default_factory=dict)
 

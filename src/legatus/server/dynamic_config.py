@@ -125,7 +125,7 @@ class _Rds:
             self.owner.on_route_config(self.key, proto.SerializeToString(), update.version_info)
             previous = records.accepted.get(name)
             if previous is None or previous.resource != proto:  # Envoy: unchanged, not updated
-                records.accept(name, proto, update.version_info)
+                records.accept(name, proto, added[0].version or update.version_info)
         self._ready()
 
     def on_config_update_failed(self, reason: UpdateFailureReason, error) -> None:
@@ -260,8 +260,17 @@ class DynamicConfig:
             await self.lds.wait_warm()
 
     async def _routes_ready(self, config) -> None:
+        """An LDS listener warms until its own RDS route configurations have answered (not
+        those of another listener still waiting), as Envoy's per-listener init does."""
         self.subscribe_routes()
-        await self.wait_routes()
+        wanted = _rds_names(config.proto)
+        pending = [
+            rds.ready
+            for key, rds in self._rds.items()
+            if key.route_config_name in wanted and not rds.ready.done()
+        ]
+        if pending:
+            await asyncio.wait(pending)
 
     async def wait_clusters(self) -> None:
         """CDS's first update (or its failure) and the warming of what it brought."""

@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from legatus.config.errors import ConfigError
 from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
 from legatus.config_subscription.decode import check_resource
-from legatus.config_subscription.records import ResourceRecords
+from legatus.config_subscription.records import Rejected, ResourceRecords
 from legatus.network import address as addr
 from legatus.network.listener import ListenerConfig, bind_socket, in_place_update
 from legatus.server import control
@@ -55,6 +56,7 @@ class DynamicListener:
     version: str = ""
     warming: bool = True
     task: asyncio.Task | None = None
+    last_updated: float = field(default_factory=time.time)  # when added or updated
 
     def socket_message(self) -> control.ListenerSocket:
         return control.ListenerSocket(
@@ -100,35 +102,49 @@ class LdsApi:
         self.listeners: dict[str, DynamicListener] = {}  # active, by name
         self.warming: dict[str, DynamicListener] = {}
         self.draining = 0
+        self.draining_listeners: list[DynamicListener] = []  # replaced or removed, newest first
         self.initialized = False
-        self.records = ResourceRecords()  # for /config_dump
+        # For /config_dump, as Envoy keeps them: the version of the last update that changed
+        # something, and the refusals of the last update (by listener, and all of them).
+        self.version_info = ""
+        self.records = ResourceRecords()
+        self.update_failures: list[Rejected] = []
 
     # Subscription callbacks -----------------------------------------------------------------
 
     def on_config_update(self, update: ConfigUpdate) -> None:
         errors: list[str] = []
         seen: set[str] = set()
+        applied = False
+        self.records.rejected.clear()
+        failures: list[Rejected] = []
         if update.state_of_the_world:
             names = {r.name for r in update.added}
             removed = [n for n in {*self.listeners, *self.warming} if n not in names]
         else:
             removed = list(update.removed)
         for name in removed:
-            self.remove_listener(name)
+            if self.remove_listener(name):
+                applied = True
             self.records.remove(name)
         for i, resource in enumerate(update.added):
             name = resource.name
             if name in seen:
                 errors.append(f"duplicate listener {name} found")
+                failures.append(Rejected(resource.resource, errors[-1], time.time()))
                 continue
             seen.add(name)
+            version = resource.version or update.version_info  # delta: the resource's own
             try:
-                self.add_or_update_listener(
-                    resource.resource, f"resources[{i}]", update.version_info
-                )
+                if self.add_or_update_listener(resource.resource, f"resources[{i}]", version):
+                    applied = True
             except (ConfigError, ValueError, OSError) as e:
                 errors.append(f"{name}: {e}")
-        self.version_info = update.version_info
+                self.records.reject(name, resource.resource, str(e), update.version_info)
+                failures.append(self.records.rejected[name])
+        self.update_failures = failures
+        if applied:
+            self.version_info = update.version_info
         self._initialized()
         if errors:
             raise ConfigError("", "Error adding/updating listener(s) " + ", ".join(errors))
@@ -161,6 +177,9 @@ class LdsApi:
             )
         sock, port = self._reserve(config, path, keep=current)
         self._cancel_warming(name)
+        active = self.listeners.get(name)
+        if active is not None and in_place_update(active.config.proto, proto):
+            version = active.version  # Envoy's in-place update keeps the listener's version
         entry = DynamicListener(config=config, sock=sock, port=port, version=version)
         self.warming[name] = entry
         self._set_gauges()
@@ -210,12 +229,13 @@ class LdsApi:
         self.listeners[name] = entry
         entry.warming = False
         (self.stats.listener_modified if modified else self.stats.listener_added).inc()
-        if old is not None and in_place_update(old.config.proto, entry.config.proto):
+        in_place = old is not None and in_place_update(old.config.proto, entry.config.proto)
+        if in_place:
             self.stats.listener_in_place_updated.inc()  # the workers keep unchanged chains
         if old is not None and old.sock is not entry.sock:
             old.sock.close()
         if old is not None:
-            self._count_drain()
+            self._count_drain(None if in_place else old)
         self.broadcast(control.AddListener(listener=entry.socket_message(),
                                            drain_time=self.drain_time))  # fmt: skip
         self._set_gauges()
@@ -227,7 +247,7 @@ class LdsApi:
             self.stats.listener_removed.inc()
             self.broadcast(control.RemoveListener(name=name, drain_time=self.drain_time))
             entry.sock.close()
-            self._count_drain()
+            self._count_drain(entry)
             log.info("lds: remove listener '%s'", name)
             found = True
         self._set_gauges()
@@ -244,13 +264,18 @@ class LdsApi:
             entry.sock.close()
         return True
 
-    def _count_drain(self) -> None:
-        """A listener drains in the workers for ``drain_time`` (the gauge follows it)."""
+    def _count_drain(self, entry: DynamicListener | None) -> None:
+        """A listener drains in the workers for ``drain_time`` (the gauge follows it); a
+        replaced or removed one (``entry``; not one updated in place) is listed meanwhile."""
         self.draining += 1
+        if entry is not None:
+            self.draining_listeners.insert(0, entry)
         self._set_gauges()
 
         def done() -> None:
             self.draining -= 1
+            if entry is not None:
+                self.draining_listeners.remove(entry)
             self._set_gauges()
 
         self.loop.call_later(self.drain_time, done)

@@ -45,6 +45,7 @@ class CdsApi:
         cm = self.cluster_manager
         errors: list[str] = []
         seen: set[str] = set()
+        applied = False  # Envoy takes the update's version only if it changed something
         for i, resource in enumerate(update.added):
             name = resource.name
             if name in seen:
@@ -57,7 +58,10 @@ class CdsApi:
                 self.check(config, f"resources[{i}]")
                 if cm.add_or_update_cluster(config):
                     log.info("cds: add/update cluster '%s'", name)
-                    self.records.accept(name, resource.resource, update.version_info)
+                    # delta: the resource's own version, as Envoy shows it; SotW: the update's
+                    version = resource.version or update.version_info
+                    self.records.accept(name, resource.resource, version)
+                    applied = True
                 else:
                     log.debug("cds: add/update cluster '%s' skipped", name)
             except (ConfigError, ValueError) as e:
@@ -71,8 +75,10 @@ class CdsApi:
         for name in removed:
             if cm.remove_cluster(name):
                 log.info("cds: remove cluster '%s'", name)
+                applied = True
             self.records.remove(name)
-        self.records.version_info = update.version_info
+        if applied:
+            self.records.version_info = update.version_info
         self._initialized()
         if errors:
             raise ConfigError("", "Error adding/updating cluster(s) " + ", ".join(errors))

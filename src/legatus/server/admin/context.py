@@ -77,6 +77,11 @@ class AdminContext(Protocol):
     state: ServerState
     healthcheck_failed: bool
     hot_restart_version: str
+    # What xDS brought, for /config_dump (absent or None in a process without them): the
+    # DynamicConfig (its CDS and LDS owners and RDS records) and the ClusterManager (the
+    # clusters warming).
+    dynamic: Any
+    cluster_manager: Any
 
     async def refresh_stats(self) -> None:
         """Pull fresh stats from every worker into ``stats`` (bounded wait)."""
