@@ -52,11 +52,43 @@ _NEEDS: dict[Descriptor, bool] = {}
 
 
 def validate_message(message: Any, path: str = "") -> list[ConfigError]:
-    """All PGV violations in `message` and its sub-messages; [] when valid."""
+    """All PGV violations in `message` and its sub-messages; [] when valid. Before them,
+    Envoy's own check of every Duration (MessageUtil::validateDurationFields): none may be
+    negative."""
     errors: list[ConfigError] = []
+    _check_durations(message, path, errors)  # first, as Envoy checks them before PGV
     if _needs(message.DESCRIPTOR):
         _walk(message, path, errors)
     return errors
+
+
+_DURATION = "google.protobuf.Duration"
+_ANY = "google.protobuf.Any"
+
+
+def _check_durations(message: Any, path: str, errors: list[ConfigError]) -> None:
+    """Every set Duration below ``message`` (not inside an Any: whoever unpacks it checks
+    it), refused when negative with Envoy's text."""
+    for fd, value in message.ListFields():
+        mt = fd.message_type
+        if mt is None or mt.full_name == _ANY:
+            continue
+        fpath = join_path(path, fd.name)
+        if _is_map(fd):
+            value_fd = mt.fields_by_name["value"]
+            if value_fd.message_type is not None and value_fd.message_type.full_name != _ANY:
+                for key, item in value.items():
+                    _check_durations(item, f"{fpath}[{key!r}]", errors)
+            continue
+        items = value if fd.is_repeated else (value,)
+        for i, item in enumerate(items):
+            ipath = f"{fpath}[{i}]" if fd.is_repeated else fpath
+            if mt.full_name == _DURATION:
+                if item.seconds < 0 or item.nanos < 0:
+                    errors.append(ConfigError(ipath, "Invalid duration: Expected positive "
+                                              f"duration: seconds: {item.seconds}"))  # fmt: skip
+            else:
+                _check_durations(item, ipath, errors)
 
 
 def _walk(message: Any, path: str, errors: list[ConfigError]) -> None:

@@ -150,8 +150,6 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
             f"{path}.type",
             f"cluster type {Cluster.DiscoveryType.Name(proto.type)} is not supported yet",
         ) from None
-    if proto.connect_timeout.seconds < 0 or proto.connect_timeout.nanos < 0:
-        raise ConfigError(f"{path}.connect_timeout", "Invalid duration: Expected positive duration")
     lb = compile_lb_config(proto, path)
     eds_service_name, eds_config = "", None
     if kind is DiscoveryType.EDS:

@@ -517,3 +517,28 @@ def test_two_thousand_clusters_validate_quickly():
     assert errors(config) == [
         "static_resources.clusters[1999].name: value length must be at least 1 characters"
     ]
+
+
+def test_negative_durations_are_refused_anywhere_as_envoy_refuses_them():
+    """Envoy's MessageUtil::validateDurationFields: any negative Duration, with its text."""
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.route.v3 import route_pb2
+
+    from legatus.config.validate import validate_message
+
+    cluster = cluster_pb2.Cluster(name="c")
+    cluster.connect_timeout.seconds = -1
+    error = validate_message(cluster, "resources[0]")[0]  # before PGV's own "greater than 0s"
+    assert error.path == "resources[0].connect_timeout"
+    assert error.message == "Invalid duration: Expected positive duration: seconds: -1"
+
+    route = route_pb2.RouteConfiguration(name="r")
+    vh = route.virtual_hosts.add(name="v", domains=["*"])
+    r = vh.routes.add()
+    r.match.prefix = "/"
+    r.route.cluster = "c"
+    r.route.timeout.nanos = -5
+    errors = validate_message(route, "")
+    assert [e.path for e in errors] == ["virtual_hosts[0].routes[0].route.timeout"]
+    r.route.timeout.nanos = 0
+    assert validate_message(route, "") == []
