@@ -150,9 +150,6 @@ class _Chain:
 
     # Walking -------------------------------------------------------------------
 
-    def start(self, kind: _Kind, payload: Any, end_stream: bool) -> None:
-        self.walk(0, kind, payload, end_stream)
-
     def walk(self, start: int, kind: _Kind, payload: Any, end_stream: bool) -> None:
         """Run the event through the slots from ``start`` on, and out of the chain's end.
 
@@ -351,7 +348,7 @@ class FilterManager:
         self.decoder.walk(0, _DATA, data, end_stream)
 
     def decode_trailers(self, trailers: HeaderMap) -> None:
-        self.decoder.start(_Kind.TRAILERS, trailers, True)
+        self.decoder.walk(0, _Kind.TRAILERS, trailers, True)
 
     # From the router or a local reply ------------------------------------------
 
@@ -377,7 +374,7 @@ class FilterManager:
 
     def encode_trailers(self, trailers: HeaderMap) -> None:
         if self.encoder.slots:
-            self.encoder.start(_Kind.TRAILERS, trailers, True)
+            self.encoder.walk(0, _Kind.TRAILERS, trailers, True)
             return
         self.done = True
         self.sink.write_trailers(trailers)

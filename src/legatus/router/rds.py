@@ -138,9 +138,6 @@ class RouteConfigProviderManager:
             except ConfigError:  # validated by the main process: a bug, not an input
                 log.exception("route configuration '%s' refused after it was accepted", key)
 
-    def latest(self, key: RdsSubscriptionKey) -> tuple[bytes, str] | None:
-        return self._latest.get(key)
-
 
 def compile_rds_table(context, path: str) -> Callable[[route_pb2.RouteConfiguration], RouteTable]:
     """How an HCM with ``rds`` compiles each RouteConfiguration it receives."""

@@ -35,6 +35,7 @@ from legatus.config_subscription import decode
 from legatus.config_subscription.factory import SubscriptionFactory, check_config_source
 from legatus.config_subscription.records import Accepted, ResourceRecords
 from legatus.config_subscription.stats import SubscriptionStats
+from legatus.extensions.filters.network.http_connection_manager import listener_hcms
 from legatus.router.rds import RdsSubscriptionKey, RouteConfigProviderManager
 from legatus.server import control
 from legatus.server.listener_manager import LdsApi
@@ -427,31 +428,13 @@ class DynamicConfig:
         self.broadcast(control.UpdateRouteConfig(key=key, route_config=raw, version=version))
 
 
-_HCM = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-    "HttpConnectionManager"
-)
-
-
 def _rds_names(listener) -> set[str]:
     """The RDS route configuration names of a listener's HTTP connection managers."""
-    from envoy.extensions.filters.network.http_connection_manager.v3 import (
-        http_connection_manager_pb2,
-    )
-
-    chains = list(listener.filter_chains)
-    if listener.HasField("default_filter_chain"):
-        chains.append(listener.default_filter_chain)
-    names = set()
-    for chain in chains:
-        for f in chain.filters:
-            if f.typed_config.type_url != _HCM:
-                continue
-            hcm = http_connection_manager_pb2.HttpConnectionManager()
-            f.typed_config.Unpack(hcm)
-            if hcm.WhichOneof("route_specifier") == "rds":
-                names.add(hcm.rds.route_config_name)
-    return names
+    return {
+        hcm.rds.route_config_name
+        for hcm in listener_hcms(listener)
+        if hcm.WhichOneof("route_specifier") == "rds"
+    }
 
 
 class _PausingEds:

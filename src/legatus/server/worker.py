@@ -324,8 +324,9 @@ class Worker:
         self, ls: control.ListenerSocket, replaces: ActiveListener | None = None
     ) -> ActiveListener:
         proto = listener_pb2.Listener.FromString(ls.listener)
-        config = compile_listener(proto, self._context(), f"listener {ls.name}")
-        active = ActiveListener(config, self._context(), self.index)
+        context = self._context()
+        config = compile_listener(proto, context, f"listener {ls.name}")
+        active = ActiveListener(config, context, self.index)
         held = replaces.sock if replaces is not None else None
         if held is not None and held.getsockname()[:2] == (config.address.host, ls.port):
             # The same address: take over the listening socket of the listener this one

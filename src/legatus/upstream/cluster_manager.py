@@ -186,21 +186,25 @@ class ClusterManager:
         await asyncio.gather(*(c.first_round() for c in self.health_checkers.values()))
 
     def _make_resolver(self, config: ClusterConfig):
+        """The cluster's resolver, kept and feeding its hosts."""
+        r = self._new_resolver(config, lambda hosts, name=config.name: self._set_hosts(name, hosts))
+        self._resolvers[config.name] = r
+        return r
+
+    def _new_resolver(self, config: ClusterConfig, on_hosts):
         from legatus.upstream.dns import DnsResolver
         from legatus.upstream.dns_cluster import DnsClusterResolver
 
         if self._dns is None:
             self._dns = DnsResolver(self.loop)
-        r = DnsClusterResolver(
+        return DnsClusterResolver(
             config,
             resolver=self._dns,
             loop=self.loop,
             scope=self.store.scope(f"cluster.{config.stat_name}."),
-            on_hosts=lambda hosts, name=config.name: self._set_hosts(name, hosts),
+            on_hosts=on_hosts,
             random=self.rng,
         )
-        self._resolvers[config.name] = r
-        return r
 
     def _start_checks(self, name: str) -> None:
         checker = self.health_checkers.get(name)
@@ -316,19 +320,7 @@ class ClusterManager:
                 first = self._eds_first[name] = self.loop.create_future()
                 hosts = await first
             else:
-                from legatus.upstream.dns import DnsResolver
-                from legatus.upstream.dns_cluster import DnsClusterResolver
-
-                if self._dns is None:
-                    self._dns = DnsResolver(self.loop)
-                probe = DnsClusterResolver(
-                    config,
-                    resolver=self._dns,
-                    loop=self.loop,
-                    scope=self.store.scope(f"cluster.{config.stat_name}."),
-                    on_hosts=lambda hosts: None,
-                    random=self.rng,
-                )
+                probe = self._new_resolver(config, lambda hosts: None)  # the first answer
                 await probe.initialize()
                 hosts = probe.hosts
         except asyncio.CancelledError:

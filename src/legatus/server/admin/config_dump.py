@@ -38,20 +38,17 @@ from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2 as hcm_pb2,
-)
 from google.protobuf import any_pb2, message_factory, symbol_database, timestamp_pb2
 from google.protobuf.message import Message
 
 from legatus.config_subscription.records import Accepted, Rejected
+from legatus.extensions.filters.network.http_connection_manager import listener_hcms
 from legatus.server.admin.clusters import socket_address
 from legatus.server.admin.context import ClusterInfo
 from legatus.server.admin.response import AdminResponse, Query, json_body, proto_json, text
 from legatus.server.admin.server_info import node
 
 shared = config_dump_shared_pb2
-_HCM_TYPE = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _Tree = dict[str, "_Tree | None"]
 # Envoy 1.40 answers an unknown ?resource= with these headers, nosniff twice.
 _NOT_FOUND_HEADERS = (
@@ -338,19 +335,10 @@ def routes_dump(
 def inline_route_configs(listener: Any) -> list[route_pb2.RouteConfiguration] | None:
     """The ``route_config`` of every HTTP connection manager in a listener's filter chains;
     None if the listener has no HTTP connection manager at all."""
-    out: list[route_pb2.RouteConfiguration] | None = None
-    chains = list(listener.filter_chains)
-    if listener.HasField("default_filter_chain"):
-        chains.append(listener.default_filter_chain)
-    for chain in chains:
-        for f in chain.filters:
-            if f.typed_config.type_url.rpartition("/")[2] != _HCM_TYPE:
-                continue
-            out = [] if out is None else out
-            hcm = hcm_pb2.HttpConnectionManager()
-            if f.typed_config.Unpack(hcm) and hcm.HasField("route_config"):
-                out.append(hcm.route_config)
-    return out
+    hcms = list(listener_hcms(listener))
+    if not hcms:
+        return None
+    return [hcm.route_config for hcm in hcms if hcm.HasField("route_config")]
 
 
 def load_assignment(cluster: ClusterInfo) -> endpoint_pb2.ClusterLoadAssignment:

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 from legatus.network.filter import FilterFactory
 from legatus.registry import Registry, network_filter
 
 NAME = "envoy.filters.network.http_connection_manager"
 CONFIG_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def listener_hcms(listener) -> Iterator:
+    """The HttpConnectionManager protos of a Listener proto's filter chains (the default chain
+    last), unpacked: what the main process and the admin read of a listener's routes."""
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2,
+    )
+
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        for f in chain.filters:
+            if f.typed_config.type_url.rpartition("/")[2] == CONFIG_TYPE:
+                hcm = http_connection_manager_pb2.HttpConnectionManager()
+                f.typed_config.Unpack(hcm)
+                yield hcm
 
 
 def _factory(proto, context, path):
