@@ -45,6 +45,7 @@ from random import Random
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
 from legatus.http.headers import HeaderMap
+from legatus.network.address import is_loopback
 
 UUID_CONFIG = "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"
 
@@ -587,7 +588,7 @@ def _peer_of(address: str) -> tuple[Ip | None, bool, str]:
     ip = _ip_of(address)
     if ip is None:
         return None, False, ""
-    return ip, ip.is_loopback, _ip_text(ip)
+    return ip, is_loopback(ip), _ip_text(ip)
 
 
 def _port_of(address: str) -> str | None:

@@ -57,3 +57,14 @@ def from_proto(address, path: str, *, resolve_names: bool = False) -> SocketAddr
                 f"{path}.socket_address.address", f"malformed IP address: {sa.address}"
             ) from None
     return SocketAddress(host, sa.port_value)
+
+
+_LOOPBACK_V4 = ipaddress.IPv4Address("127.0.0.1")
+_LOOPBACK_V6 = ipaddress.IPv6Address("::1")
+
+
+def is_loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Envoy's ``Network::Utility::isLoopbackAddress``: exactly 127.0.0.1 or ::1. Not the whole
+    127.0.0.0/8 that ``ipaddress`` calls loopback: a peer at 127.0.0.2 is appended to
+    x-forwarded-for as itself, where one at 127.0.0.1 is replaced by the node's address."""
+    return ip in (_LOOPBACK_V4, _LOOPBACK_V6)

@@ -34,6 +34,7 @@ from legatus.router.rds import RouteConfigProviderManager
 from legatus.runtime import Runtime
 from legatus.runtime_loader import RuntimeLoader, RuntimeStats, open_runtime
 from legatus.server import control
+from legatus.server.admin.access_log import AdminAccessLogger, compile_admin_access_logs
 from legatus.server.admin.context import (
     ClusterInfo,
     HostInfo,
@@ -100,6 +101,7 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
         compile_listener(proto, context, f"static_resources.listeners[{i}]")
         for i, proto in enumerate(bootstrap.static_resources.listeners)
     ]
+    compile_admin_access_logs(bootstrap.admin, context)  # checked here; opened by _start_admin
     seen: dict[tuple, int] = {}
     for i, listener in enumerate(listeners):
         key = (listener.address.host, listener.address.port)
@@ -165,6 +167,7 @@ class Server:
         self._listener_sockets: list[tuple[ListenerConfig, socket.socket, bool]] = []
         self._listener_infos: list[ListenerInfo] = []
         self._admin_server = None
+        self._access_log_manager = None  # the admin listener's access logs, if any
         self._shutdown = None
         self.dynamic: DynamicConfig | None = None
         self.zygote: Zygote | None = None
@@ -225,6 +228,8 @@ class Server:
             self.cluster_manager.stop()
         if self._admin_server is not None:
             self._admin_server.close()
+        if self._access_log_manager is not None:
+            self._access_log_manager.close_all()
         self._close_sockets()
         log.info("main dispatch loop exited")
         log.info("exiting")
@@ -324,7 +329,10 @@ class Server:
         from legatus.server.admin.listener import start_admin
 
         a = addr.from_proto(admin.address, "admin.address")
-        self._admin_server, port = await start_admin(self, a.host, a.port, self.loop)
+        access_logger = self._admin_access_logger(admin)
+        self._admin_server, port = await start_admin(
+            self, a.host, a.port, self.loop, access_logger=access_logger
+        )
         bound = addr.SocketAddress(a.host, port)
         log.info("admin address: %s", bound)
         if self.options.admin_address_path:
@@ -351,6 +359,27 @@ class Server:
             # Named: the workers are forked by the zygote, which does not have them mapped.
             name = tables.add_cluster(config.name, breakers, scope, named=True)
             self.dynamic.breaker_tables[config.name] = name
+
+    def _admin_access_logger(self, admin) -> AdminAccessLogger | None:
+        """The admin listener's access logs, written through a manager of the main process."""
+        if not admin.access_log and not admin.access_log_path:
+            return None
+        from legatus.access_log.manager import AccessLogManager
+
+        self._access_log_manager = AccessLogManager(
+            self.loop, self.options.file_flush_interval_msec / 1000.0, store=self.stats
+        )
+        context = FactoryContext(
+            registry=self.registry,
+            store=self.stats,
+            options=self.options,
+            random=random.Random(),
+            loop=self.loop,
+            access_log_manager=self._access_log_manager,
+            runtime=self.runtime,
+        )
+        logs = compile_admin_access_logs(admin, context)
+        return AdminAccessLogger(logs, self.options.local_address_ip_version)
 
     # Workers -------------------------------------------------------------------
 
@@ -563,6 +592,8 @@ class Server:
     def reopen_logs(self) -> None:
         if self.log_sink is not None:
             self.log_sink.reopen()
+        if self._access_log_manager is not None:
+            self._access_log_manager.reopen_all()
         self._broadcast(control.ReopenLogs())
 
     def set_log_levels(self, levels: dict[str, str]) -> None:

@@ -115,6 +115,15 @@ def test_loopback_peer_appends_the_node_address():
     assert headers.get("x-envoy-external-address") == "127.0.0.1"
 
 
+def test_only_the_canonical_loopback_is_replaced():
+    """Envoy's isLoopbackAddress is 127.0.0.1 and ::1 only (checked against Envoy 1.40): a
+    peer elsewhere in 127.0.0.0/8 goes into x-forwarded-for as itself."""
+    for remote, expected in (("127.0.0.2:9", "127.0.0.2"), ("[::1]:9", "198.51.100.7")):
+        headers = request()
+        mutate(policy(use_remote_address=True), headers, remote=remote)
+        assert headers.get("x-forwarded-for") == expected
+
+
 def test_ipv6_peer_and_v4_mapped_xff():
     headers = request(("x-forwarded-for", "::ffff:10.0.0.1"))
     result = mutate(policy(use_remote_address=True, xff_num_trusted_hops=1), headers,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.utils
 import http
 import time
@@ -29,6 +30,7 @@ from typing import Any
 import httptools
 
 from legatus.network.listener import AcceptBatch, ListenerCoreStats, PerWorkerListenerStats
+from legatus.server.admin.access_log import AdminAccessLogger
 from legatus.server.admin.response import AdminResponse
 from legatus.server.admin.router import handle
 from legatus.server.logging import get_logger
@@ -46,6 +48,9 @@ class _Request:
     body: bytes
     content_type: str
     keep_alive: bool
+    headers: tuple[tuple[str, str], ...] = ()  # as received, names lower-cased (access logs)
+    started: float = 0.0  # wall clock, then loop time, of the request's first byte
+    started_monotonic: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,8 +181,15 @@ class _Stats:
 
 
 class AdminConnection(asyncio.Protocol):
-    def __init__(self, context: Any, loop: asyncio.AbstractEventLoop, stats: _Stats) -> None:
+    def __init__(
+        self,
+        context: Any,
+        loop: asyncio.AbstractEventLoop,
+        stats: _Stats,
+        access_logger: AdminAccessLogger | None = None,
+    ) -> None:
         self._stats = stats
+        self._access_logger = access_logger
         self._opened = loop.time()
         self._context = context
         self._loop = loop
@@ -190,8 +202,12 @@ class AdminConnection(asyncio.Protocol):
         self._eof = False
         self._url = bytearray()
         self._headers: dict[str, str] = {}
+        self._header_list: list[tuple[str, str]] = []
         self._body = bytearray()
         self._refusal: _Refusal | None = None
+        self._started = (0.0, 0.0)  # the current request's first byte: wall clock, loop time
+        # A request refused after its head (no host): Envoy logs its method and path.
+        self._refused_head: tuple[str, str, tuple[tuple[str, str], ...]] | None = None
 
     # Protocol interface ---------------------------------------------------------
 
@@ -229,13 +245,18 @@ class AdminConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url.clear()
         self._headers = {}
+        self._header_list = []
         self._body.clear()
+        if self._access_logger is not None:
+            self._started = (time.time(), self._loop.time())
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        key = name.decode("latin-1").lower()
+        text = self._headers[key] = value.decode("latin-1")
+        self._header_list.append((key, text))
 
     def on_headers_complete(self) -> None:
         version = self._parser.get_http_version()
@@ -243,6 +264,12 @@ class AdminConnection(asyncio.Protocol):
             self._refusal = _UPGRADE_REQUIRED
         elif "host" not in self._headers:
             self._refusal = _MISSING_HOST
+            with contextlib.suppress(httptools.HttpParserInvalidURLError):
+                self._refused_head = (
+                    self._parser.get_method().decode("latin-1"),
+                    _target(bytes(self._url)),
+                    tuple(self._header_list),
+                )
         if self._refusal is not None:
             raise httptools.HttpParserError("refused")
         if self._headers.get("expect", "").lower() == "100-continue" and self._transport:
@@ -256,12 +283,9 @@ class AdminConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         try:
-            parsed = httptools.parse_url(bytes(self._url))
+            target = _target(bytes(self._url))
         except httptools.HttpParserInvalidURLError:
             raise httptools.HttpParserError("bad url") from None
-        target = (parsed.path or b"/").decode("latin-1")
-        if parsed.query:
-            target += "?" + parsed.query.decode("latin-1")
         self._enqueue(
             _Request(
                 method=self._parser.get_method().decode("latin-1"),
@@ -269,10 +293,58 @@ class AdminConnection(asyncio.Protocol):
                 body=bytes(self._body),
                 content_type=self._headers.get("content-type", ""),
                 keep_alive=self._parser.should_keep_alive(),
+                headers=tuple(self._header_list),
+                started=self._started[0],
+                started_monotonic=self._started[1],
             )
         )
 
     # Answering ------------------------------------------------------------------
+
+    def _log_request(self, item: _Request, response, transport) -> None:
+        self._access_logger.log_request(
+            started=item.started,
+            started_monotonic=item.started_monotonic,
+            ended_monotonic=self._loop.time(),
+            peer=transport.get_extra_info("peername"),
+            local=transport.get_extra_info("sockname"),
+            method=item.method,
+            target=item.target,
+            headers=list(item.headers),
+            request_body_bytes=len(item.body),
+            status=response.status,
+            response_body_bytes=len(response.body),
+        )
+
+    def _log_refusal(self, refusal: _Refusal, transport) -> None:
+        started, started_monotonic = self._started
+        now = self._loop.time()
+        if refusal is _MISSING_HOST and self._refused_head is not None:
+            method, target, headers = self._refused_head
+            self._access_logger.log_request(
+                started=started,
+                started_monotonic=started_monotonic,
+                ended_monotonic=now,
+                peer=transport.get_extra_info("peername"),
+                local=transport.get_extra_info("sockname"),
+                method=method,
+                target=target,
+                headers=list(headers),
+                request_body_bytes=0,
+                status=refusal.status,
+                response_body_bytes=len(refusal.body),
+                forwarded=False,  # refused before the connection manager's header policy
+            )
+            return
+        self._access_logger.log_refusal(
+            started=started or time.time(),
+            started_monotonic=started_monotonic or now,
+            ended_monotonic=now,
+            peer=transport.get_extra_info("peername"),
+            local=transport.get_extra_info("sockname"),
+            status=refusal.status,
+            response_body_bytes=len(refusal.body),
+        )
 
     def _refuse(self, refusal: _Refusal) -> None:
         self._enqueue(refusal)
@@ -297,6 +369,8 @@ class AdminConnection(asyncio.Protocol):
                 if isinstance(item, _Refusal):
                     self._stats.answered(item.status)
                     transport.write(_serialize_refusal(item))
+                    if self._access_logger is not None:
+                        self._log_refusal(item, transport)
                     transport.close()
                     return
                 response = await handle(
@@ -309,6 +383,8 @@ class AdminConnection(asyncio.Protocol):
                 close = not item.keep_alive
                 self._stats.answered(response.status)
                 transport.write(serialize(response, close=close, head=item.method == "HEAD"))
+                if self._access_logger is not None:
+                    self._log_request(item, response, transport)
                 if close:
                     transport.close()
                     return
@@ -324,15 +400,31 @@ class AdminConnection(asyncio.Protocol):
                 transport.close()
 
 
+def _target(url: bytes) -> str:
+    """The request target's path and query (an absolute-form target loses its authority)."""
+    parsed = httptools.parse_url(url)
+    target = (parsed.path or b"/").decode("latin-1")
+    if parsed.query:
+        target += "?" + parsed.query.decode("latin-1")
+    return target
+
+
 async def start_admin(
-    context: Any, host: str, port: int, loop: asyncio.AbstractEventLoop | None = None
+    context: Any,
+    host: str,
+    port: int,
+    loop: asyncio.AbstractEventLoop | None = None,
+    access_logger: AdminAccessLogger | None = None,
 ) -> tuple[asyncio.AbstractServer, int]:
     """Listen for admin requests on ``host:port`` (0: any free port); returns the
     server (close it to stop) and the port it is bound to."""
     loop = loop or asyncio.get_running_loop()
     stats = _Stats(context.stats)
     server = await loop.create_server(
-        lambda: AdminConnection(context, loop, stats), host, port, reuse_address=True
+        lambda: AdminConnection(context, loop, stats, access_logger),
+        host,
+        port,
+        reuse_address=True,
     )
     bound_port = server.sockets[0].getsockname()[1]
     return server, bound_port
