@@ -685,6 +685,7 @@ class Server:
                             zone=h.zone,
                             sub_zone=h.sub_zone,
                             stats_prefix=host_stats_prefix(config.stat_name, h),
+                            health_check=h.health_check,
                             health_flags=health_flag_names(
                                 cm.host_flags(config.name, str(h.address))
                             )

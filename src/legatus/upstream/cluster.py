@@ -75,7 +75,10 @@ DEFAULT_UPSTREAM_IDLE_TIMEOUT = 3600.0  # common_http_protocol_options.idle_time
 _SUPPORTED_LB_ENDPOINT = frozenset(
     {"endpoint", "load_balancing_weight", "health_status", "metadata"}
 )
-_SUPPORTED_ENDPOINT = frozenset({"address", "hostname"})
+_SUPPORTED_ENDPOINT = frozenset({"address", "hostname", "health_check_config"})
+_SUPPORTED_HEALTH_CHECK_CONFIG = frozenset(
+    {"port_value", "hostname", "address", "disable_active_health_check"}
+)
 _SUPPORTED_LOCALITY = frozenset({"locality", "lb_endpoints", "priority", "load_balancing_weight"})
 _SUPPORTED_ASSIGNMENT = frozenset({"cluster_name", "endpoints", "policy"})
 _SUPPORTED_EDS_CLUSTER_CONFIG = ("eds_config", "service_name")
@@ -93,6 +96,7 @@ class EndpointConfig:
     locality_weight: int = 0  # the locality's load_balancing_weight (0: unset)
     health_status: int = 0  # core.v3.HealthStatus (EDS-style); 0: UNKNOWN
     hash_key: str = ""  # metadata envoy.lb hash_key: the ring/Maglev key instead of the address
+    health_check: HealthCheckTarget | None = None  # Endpoint.health_check_config, if set
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +137,26 @@ class HostConfig:
     sub_zone: str = ""
     health_status: int = 0  # core.v3.HealthStatus from the lb_endpoint; 0: UNKNOWN
     hash_key: str = ""  # metadata envoy.lb hash_key, if any
+    health_check: HealthCheckTarget | None = None  # Endpoint.health_check_config, if set
+
+    def health_check_address(self) -> tuple[str, int]:
+        """Where active health checks go: the endpoint's health_check_config address and
+        port_value (Envoy's resolveHealthCheckAddress: port_value overrides either port)."""
+        target = self.health_check
+        if target is None:
+            return self.address.as_tuple()
+        address = target.address or self.address
+        return (address.host, target.port or address.port)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckTarget:
+    """``Endpoint.HealthCheckConfig``: where and how a host is actively health checked."""
+
+    port: int = 0  # port_value; 0: the host's (or the address's) port
+    address: addr.SocketAddress | None = None
+    hostname: str = ""  # the Host header of HTTP checks; wins over HttpHealthCheck.host
+    disabled: bool = False  # disable_active_health_check: never checked, counted healthy
 
 
 def duration(d) -> float:
@@ -320,6 +344,13 @@ def _endpoints(la, la_path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:
                 raise ConfigError(epath, "endpoint_name is not supported; use endpoint")
             check_supported(lb.endpoint, _SUPPORTED_ENDPOINT, f"{epath}.endpoint", "Endpoint")
             a = addr.from_proto(lb.endpoint.address, f"{epath}.endpoint.address", resolve_names=dns)
+            health_check = (
+                _health_check_target(
+                    lb.endpoint.health_check_config, f"{epath}.endpoint.health_check_config"
+                )
+                if lb.endpoint.HasField("health_check_config")
+                else None
+            )
             out.append(
                 EndpointConfig(
                     address=a,
@@ -334,9 +365,24 @@ def _endpoints(la, la_path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:
                     locality_weight=locality.load_balancing_weight.value,
                     health_status=lb.health_status,
                     hash_key=_hash_key(lb),
+                    health_check=health_check,
                 )
             )
     return tuple(out)
+
+
+def _health_check_target(proto, path: str) -> HealthCheckTarget | None:
+    check_supported(proto, _SUPPORTED_HEALTH_CHECK_CONFIG, path, "Endpoint.HealthCheckConfig")
+    address = (
+        addr.from_proto(proto.address, f"{path}.address") if proto.HasField("address") else None
+    )
+    target = HealthCheckTarget(
+        port=proto.port_value,
+        address=address,
+        hostname=proto.hostname,
+        disabled=proto.disable_active_health_check,
+    )
+    return None if target == HealthCheckTarget() else target
 
 
 def _hash_key(lb_endpoint) -> str:
@@ -381,6 +427,7 @@ def _hosts(endpoints) -> tuple[HostConfig, ...]:
             sub_zone=e.sub_zone,
             health_status=e.health_status,
             hash_key=e.hash_key,
+            health_check=e.health_check,
         )
         for e in endpoints
     )

@@ -267,4 +267,5 @@ def _host(e: EndpointConfig, ip: str, priority: int) -> HostConfig:
         sub_zone=e.sub_zone,
         health_status=e.health_status,
         hash_key=e.hash_key,
+        health_check=e.health_check,
     )

@@ -362,7 +362,15 @@ def load_assignment(cluster: ClusterInfo) -> endpoint_pb2.ClusterLoadAssignment:
         lb = group.lb_endpoints.add()
         lb.endpoint.address.CopyFrom(socket_address(host.address))
         lb.endpoint.hostname = host.hostname
-        lb.endpoint.health_check_config.SetInParent()
+        hc = lb.endpoint.health_check_config
+        hc.SetInParent()
+        target = host.health_check
+        if target is not None:
+            hc.port_value = target.port
+            hc.hostname = target.hostname
+            hc.disable_active_health_check = target.disabled
+            if target.address is not None:
+                hc.address.CopyFrom(socket_address(target.address))
         unhealthy = any(f.startswith("/failed") for f in host.health_flags)
         lb.health_status = health_check_pb2.UNHEALTHY if unhealthy else health_check_pb2.HEALTHY
         lb.load_balancing_weight.value = host.weight

@@ -45,6 +45,7 @@ class HostInfo:
     stats_prefix: str = ""  # hidden per-host stats live under this prefix in the store
     success_rate: float = -1.0  # outlier detection's last success rate; -1: none
     local_origin_success_rate: float = -1.0
+    health_check: Any = None  # legatus.upstream.cluster.HealthCheckTarget, if configured
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -78,7 +78,12 @@ class HealthChecker:
 
     def set_hosts(self, hosts: tuple[HostConfig, ...]) -> None:
         """Start checking new hosts (FAILED_ACTIVE_HC until their first pass), stop removed."""
-        wanted = {str(h.address): h for h in hosts}
+        # A host with disable_active_health_check is never checked (and counts as healthy).
+        wanted = {
+            str(h.address): h
+            for h in hosts
+            if h.health_check is None or not h.health_check.disabled
+        }
         for address in list(self._hosts):
             if address not in wanted:
                 host = self._hosts.pop(address)
@@ -95,10 +100,17 @@ class HealthChecker:
 
     def _probe(self, host: HostConfig):
         config = self.config
-        address = host.address.as_tuple()
+        address = host.health_check_address()
         if config.http is not None:
+            # Envoy's getHostname: the endpoint's health-check hostname, the check's host,
+            # then the cluster's name.
+            hostname = host.health_check.hostname if host.health_check is not None else ""
             return HttpProbe(
-                config.http, address=address, cluster=self.cluster, reuse=config.reuse_connection
+                config.http,
+                address=address,
+                cluster=self.cluster,
+                reuse=config.reuse_connection,
+                hostname=hostname,
             )
         return TcpProbe(config.tcp, address=address, reuse=config.reuse_connection)
 

@@ -25,8 +25,13 @@ from legatus.upstream.health_checker.session import Outcome
 _READ_SIZE = 65536
 
 
-def build_request(config: HttpCheckConfig, host: str) -> bytes:
-    headers: list[tuple[str, str]] = [("host", config.host or host), ("user-agent", USER_AGENT)]
+def build_request(config: HttpCheckConfig, host: str, hostname: str = "") -> bytes:
+    """The check's request. Host: ``hostname`` (the endpoint's health_check_config), else the
+    check's ``host``, else ``host`` (the cluster's name)."""
+    headers: list[tuple[str, str]] = [
+        ("host", hostname or config.host or host),
+        ("user-agent", USER_AGENT),
+    ]
     for h in config.headers_to_add:
         if not h.value and not h.keep_empty_value:
             continue
@@ -75,12 +80,18 @@ class _Response:
 
 class HttpProbe:
     def __init__(
-        self, config: HttpCheckConfig, *, address: tuple[str, int], cluster: str, reuse: bool
+        self,
+        config: HttpCheckConfig,
+        *,
+        address: tuple[str, int],
+        cluster: str,
+        reuse: bool,
+        hostname: str = "",
     ) -> None:
         self._config = config
         self._address = address
         self._reuse = reuse
-        self._request = build_request(config, cluster)
+        self._request = build_request(config, cluster, hostname)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
