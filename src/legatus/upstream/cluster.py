@@ -196,6 +196,12 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
     if proto.HasField("circuit_breakers"):
         _check_circuit_breakers(proto.circuit_breakers, f"{path}.circuit_breakers")
     health_check = compile_health_checks(proto.health_checks, f"{path}.health_checks")
+    http2 = _explicit_http2(proto)
+    if health_check is not None and health_check.grpc is not None and not http2:
+        raise ConfigError(
+            f"{path}.health_checks[0].grpc_health_check",
+            f"{proto.name} cluster must support HTTP/2 for gRPC healthchecking",
+        )
     outlier = (
         compile_outlier_detection(proto.outlier_detection, f"{path}.outlier_detection")
         if proto.HasField("outlier_detection")
@@ -203,7 +209,7 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
     )
     return ClusterConfig(
         lb=lb,
-        http2=_explicit_http2(proto),
+        http2=http2,
         health_check=health_check,
         outlier=outlier,
         max_requests_per_connection=max_requests,

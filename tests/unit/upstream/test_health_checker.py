@@ -65,14 +65,18 @@ def test_unhealthy_edge_interval_defaults_to_unhealthy_interval():
     assert c.unhealthy_edge_interval == 5.0 and c.interval == 2.0
 
 
-def test_grpc_health_check_is_refused_by_name():
+def test_grpc_health_check_compiles_and_refuses_what_it_cannot_do():
     proto = hc(http_health_check=None, grpc_health_check={})
     proto.ClearField("http_health_check")
-    proto.grpc_health_check.SetInParent()
+    proto.grpc_health_check.service_name = "svc"
+    proto.grpc_health_check.initial_metadata.add(header={"key": "X-Md", "value": "v"})
+    config = compile_health_check(proto, "hc")
+    assert config.grpc.service_name == "svc"
+    assert config.grpc.initial_metadata == (("x-md", "v"),)
+    proto.grpc_health_check.initial_metadata[0].header.value = "%HOSTNAME%"
     with pytest.raises(ConfigError) as e:
-        compile_health_check(proto, "clusters[0].health_checks[0]")
-    assert e.value.path == "clusters[0].health_checks[0].grpc_health_check"
-    assert "HTTP/2" in e.value.message
+        compile_health_check(proto, "hc")
+    assert e.value.path == "hc.grpc_health_check.initial_metadata[0].header.value"
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from legatus.stats.store import Scope
 from legatus.upstream.cluster import HostConfig
 from legatus.upstream.health_checker.config import HealthCheckConfig
+from legatus.upstream.health_checker.grpc import GrpcProbe
 from legatus.upstream.health_checker.http import HttpProbe
 from legatus.upstream.health_checker.session import (
     HealthCheckerStats,
@@ -101,10 +102,18 @@ class HealthChecker:
     def _probe(self, host: HostConfig):
         config = self.config
         address = host.health_check_address()
+        # Envoy's getHostname: the endpoint's health-check hostname, the check's host (or
+        # authority), then the cluster's name.
+        hostname = host.health_check.hostname if host.health_check is not None else ""
+        if config.grpc is not None:
+            return GrpcProbe(
+                config.grpc,
+                address=address,
+                authority=hostname or config.grpc.authority or self.cluster,
+                reuse=config.reuse_connection,
+                timeout=config.timeout,
+            )
         if config.http is not None:
-            # Envoy's getHostname: the endpoint's health-check hostname, the check's host,
-            # then the cluster's name.
-            hostname = host.health_check.hostname if host.health_check is not None else ""
             return HttpProbe(
                 config.http,
                 address=address,

@@ -32,6 +32,7 @@ _SUPPORTED = frozenset(
         "reuse_connection",
         "http_health_check",
         "tcp_health_check",
+        "grpc_health_check",
         "no_traffic_interval",
         "no_traffic_healthy_interval",
         "unhealthy_interval",
@@ -107,6 +108,13 @@ class TcpCheckConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GrpcCheckConfig:
+    service_name: str  # HealthCheckRequest.service ("": the server's overall health)
+    authority: str  # "" -> the cluster's name
+    initial_metadata: tuple[tuple[str, str], ...]  # (lower-case name, value), in order
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthCheckConfig:
     """Times in seconds."""
 
@@ -125,6 +133,7 @@ class HealthCheckConfig:
     healthy_edge_interval: float
     http: HttpCheckConfig | None = None
     tcp: TcpCheckConfig | None = None
+    grpc: GrpcCheckConfig | None = None
 
 
 def _seconds(d) -> float:
@@ -147,12 +156,6 @@ def compile_health_checks(protos, path: str) -> HealthCheckConfig | None:
 
 def compile_health_check(proto: HealthCheck, path: str) -> HealthCheckConfig:
     which = proto.WhichOneof("health_checker")
-    if which == "grpc_health_check":
-        raise ConfigError(
-            f"{path}.grpc_health_check",
-            "grpc_health_check is not supported by legatus yet (it needs HTTP/2 upstreams); "
-            "use http_health_check or tcp_health_check",
-        )
     if which == "custom_health_check":
         raise ConfigError(
             f"{path}.custom_health_check",
@@ -169,11 +172,13 @@ def compile_health_check(proto: HealthCheck, path: str) -> HealthCheckConfig:
         if proto.HasField("no_traffic_interval")
         else DEFAULT_NO_TRAFFIC_INTERVAL
     )
-    http = tcp = None
+    http = tcp = grpc = None
     if which == "http_health_check":
         http = _http(proto.http_health_check, f"{path}.http_health_check")
     elif which == "tcp_health_check":
         tcp = _tcp(proto.tcp_health_check, f"{path}.tcp_health_check")
+    elif which == "grpc_health_check":
+        grpc = _grpc(proto.grpc_health_check, f"{path}.grpc_health_check")
     return HealthCheckConfig(
         timeout=_ms(proto.timeout),
         interval=interval,
@@ -198,6 +203,7 @@ def compile_health_check(proto: HealthCheck, path: str) -> HealthCheckConfig:
         else interval,
         http=http,
         tcp=tcp,
+        grpc=grpc,
     )
 
 
@@ -284,3 +290,26 @@ def _tcp(proto, path: str) -> TcpCheckConfig:
     send = _payload(proto.send, f"{path}.send") if proto.HasField("send") else b""
     receive = tuple(_payload(p, f"{path}.receive[{i}]") for i, p in enumerate(proto.receive))
     return TcpCheckConfig(send=send, receive=receive)
+
+
+def _grpc(proto, path: str) -> GrpcCheckConfig:
+    check_supported(proto, ("service_name", "authority", "initial_metadata"), path,
+                    "GrpcHealthCheck")  # fmt: skip
+    metadata = []
+    for i, option in enumerate(proto.initial_metadata):
+        mpath = f"{path}.initial_metadata[{i}]"
+        check_supported(option, ("header",), mpath, "HeaderValueOption")
+        header = option.header
+        value = header.value or header.raw_value.decode("latin-1")
+        if "%" in value:
+            raise ConfigError(
+                f"{mpath}.header.value",
+                "command operators (%...%) in health check metadata are not supported by "
+                "legatus yet",
+            )
+        metadata.append((header.key.lower(), value))
+    return GrpcCheckConfig(
+        service_name=proto.service_name,
+        authority=proto.authority,
+        initial_metadata=tuple(metadata),
+    )
