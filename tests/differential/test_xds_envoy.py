@@ -54,9 +54,9 @@ MODES = ("sotw", "delta")
 CDS_STATS = tuple(
     f"cluster_manager.cds.{s}"
     for s in ("update_attempt", "update_success", "update_rejected", "update_failure",
-              "init_fetch_timeout", "version_text", "version")
+              "init_fetch_timeout", "config_reload", "version_text", "version")
 )  # fmt: skip
-CDS_COUNTERS = CDS_STATS[:5]
+CDS_COUNTERS = CDS_STATS[:6]
 CM_GAUGES = ("cluster_manager.active_clusters", "cluster_manager.warming_clusters")
 CM_COUNTERS = tuple(
     f"cluster_manager.{s}" for s in ("cluster_added", "cluster_modified", "cluster_removed")
@@ -85,13 +85,6 @@ def _manager_stat(name: str) -> bool:
 
 def assert_same(envoy: Any, legatus: Any, what: str) -> None:
     assert envoy == legatus, f"{what} differ:" + side_by_side(envoy, legatus)
-
-
-def known_difference(request: pytest.FixtureRequest, when: bool, reason: str) -> None:
-    """Mark the running test as a known difference (strict xfail) when ``when`` holds: for
-    differences of one mode or one step only."""
-    if when:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 @dataclass(frozen=True)
@@ -142,6 +135,35 @@ def _empty_name(ups: list[HttpUpstream]) -> list[cluster_pb2.Cluster]:
     return [eds_cluster("backend"), static_cluster("", ups[1].port)]
 
 
+def _health_check_without_timeout(ups: list[HttpUpstream]) -> list[cluster_pb2.Cluster]:
+    bad = static_cluster("bad", ups[1].port)
+    check = bad.health_checks.add(tcp_health_check={})
+    check.interval.FromSeconds(1)
+    check.healthy_threshold.value = check.unhealthy_threshold.value = 1
+    return [eds_cluster("backend"), bad]
+
+
+def _ring_sizes_crossed(ups: list[HttpUpstream]) -> list[cluster_pb2.Cluster]:
+    bad = static_cluster("bad", ups[1].port)
+    bad.lb_policy = cluster_pb2.Cluster.RING_HASH
+    bad.ring_hash_lb_config.minimum_ring_size.value = 100
+    bad.ring_hash_lb_config.maximum_ring_size.value = 10
+    return [eds_cluster("backend"), bad]
+
+
+def _logical_dns_two_endpoints(ups: list[HttpUpstream]) -> list[cluster_pb2.Cluster]:
+    bad = static_cluster("bad", ups[0].port, ups[1].port)
+    bad.type = cluster_pb2.Cluster.LOGICAL_DNS
+    return [eds_cluster("backend"), bad]
+
+
+def _static_hostname(ups: list[HttpUpstream]) -> list[cluster_pb2.Cluster]:
+    bad = static_cluster("bad", ups[1].port)
+    endpoint = bad.load_assignment.endpoints[0].lb_endpoints[0].endpoint
+    endpoint.address.socket_address.address = "localhost"
+    return [eds_cluster("backend"), bad]
+
+
 # Both proxies NACK these; the stats after them are compared.
 SHARED_NACKS = (
     NackCase("missing_eds_config", _without_eds_config,
@@ -157,6 +179,14 @@ ENVOY_ONLY_NACKS = (
     NackCase("negative_connect_timeout", _negative_connect_timeout,
              "Expected positive duration"),
     NackCase("empty_name", _empty_name, "value length must be at least 1"),
+    NackCase("health_check_without_timeout", _health_check_without_timeout,
+             "value is required"),
+    NackCase("ring_sizes_crossed", _ring_sizes_crossed,
+             "minimum_ring_size (100) > maximum_ring_size (10)"),
+    NackCase("logical_dns_two_endpoints", _logical_dns_two_endpoints,
+             "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single "
+             "lb_endpoint"),
+    NackCase("static_hostname", _static_hostname, "malformed IP address: localhost"),
 )  # fmt: skip
 NACK_CASES = {c.label: c for c in (*SHARED_NACKS, *ENVOY_ONLY_NACKS)}
 
@@ -280,9 +310,8 @@ def test_ads_nack(ads: Runs, label: str):
     "Envoy does not ('... backend: cannot create an EDS cluster without an EDS config'); for "
     "lb_policy 99 Envoy prints the resource then 'Proto constraint validation failed "
     "(ClusterValidationError.LbPolicy: value must be one of the defined enum values)', "
-    "legatus says 'Error adding/updating cluster(s) backend: resources[0].lb_policy: value "
-    "must be one of the defined enum values' (the path: the issue asks NACKs to name the "
-    "field)",
+    "legatus says 'resources[0].lb_policy: value must be one of the defined enum values "
+    "(Cluster 'backend')' (the path: the issue asks NACKs to name the field)",
 )
 @pytest.mark.parametrize("label", [c.label for c in SHARED_NACKS])
 def test_ads_nack_message_text(ads: Runs, label: str):
@@ -291,56 +320,38 @@ def test_ads_nack_message_text(ads: Runs, label: str):
     assert_same(envoy, legatus, "the NACK messages")
 
 
-def _counter_params() -> list:
-    counted_on_failure = pytest.mark.xfail(
-        strict=True,
-        reason="Envoy counts cluster_added / cluster_modified for a cluster of the update "
-        "before building it, so also for one that fails to build (and is NACKed); legatus "
-        "counts only clusters it built",
-    )
-    return [
-        pytest.param(c.label, marks=counted_on_failure)
-        if c.label in ("missing_eds_config", "good_and_bad")
-        else c.label
-        for c in SHARED_NACKS
-    ]
-
-
-@pytest.mark.parametrize("label", _counter_params())
+@pytest.mark.parametrize("label", [c.label for c in NACK_CASES.values()])
 def test_ads_nack_counters(ads: Runs, label: str):
-    """What an invalid update moved in cluster_added / cluster_modified / cluster_removed."""
+    """What an invalid update moved in cluster_added / cluster_modified / cluster_removed:
+    Envoy counts a cluster of the update before building it, so also one that fails to
+    build (missing_eds_config, good_and_bad); not one refused as it is decoded (its proto's
+    constraints: unknown_lb_policy, empty_name)."""
     envoy = ads.envoy["nacks"][label]["counters_moved"]
     legatus = ads.legatus["nacks"][label]["counters_moved"]
+    if label == "missing_eds_config":
+        assert envoy == {"cluster_manager.cluster_modified": 1}, envoy
     assert_same(envoy, legatus, "the counters the NACKed update moved")
 
 
-# Delta: Envoy's mux refuses a resource that fails proto validation before the subscription
-# sees the update; legatus's owner refuses it, which counts an attempt more.
-DELTA_ATTEMPTS = (
-    "delta: for an update whose cluster fails proto validation (lb_policy 99), Envoy counts "
-    "cds.update_attempt once (refused when decoded, before the subscription's update); "
-    "legatus twice (the update, then its rejection by the owner)"
-)
-
-
-@pytest.mark.parametrize("label", [c.label for c in SHARED_NACKS])
-def test_ads_nack_cds_counters(ads: Runs, label: str, request):
-    """What an invalid update moved in cluster_manager.cds.update_*."""
-    known_difference(request, ads.mode == "delta" and label == "unknown_lb_policy",
-                     DELTA_ATTEMPTS)  # fmt: skip
+@pytest.mark.parametrize("label", [c.label for c in NACK_CASES.values()])
+def test_ads_nack_cds_counters(ads: Runs, label: str):
+    """What an invalid update moved in cluster_manager.cds.*: in delta, an update refused
+    as it is decoded (unknown_lb_policy) counts update_attempt once, one its owner refuses
+    (missing_eds_config) twice (the update, then its rejection), in Envoy as in legatus."""
     envoy = ads.envoy["nacks"][label]["cds_moved"]
     legatus = ads.legatus["nacks"][label]["cds_moved"]
+    if ads.mode == "delta" and label in ("unknown_lb_policy", "missing_eds_config"):
+        attempts = 1 if label == "unknown_lb_policy" else 2
+        assert envoy["cluster_manager.cds.update_attempt"] == attempts, envoy
     assert_same(envoy, legatus, "the CDS counters the NACKed update moved")
 
 
-def test_ads_stats_after_nacks(ads: Runs, request):
-    """The chosen stats after the NACKs, but for cluster_added / cluster_modified (Envoy
-    counts the clusters that failed to build: test_ads_nack_counters)."""
-    known_difference(request, ads.mode == "delta", "cds.update_attempt: " + DELTA_ATTEMPTS)
-    names = tuple(n for n in CHOSEN if n not in CM_COUNTERS[:2])
-    envoy = chosen(ads.envoy["stats_after_nacks"], names)
-    legatus = chosen(ads.legatus["stats_after_nacks"], names)
+def test_ads_stats_after_nacks(ads: Runs):
+    """The chosen stats after the NACKs."""
+    envoy = chosen(ads.envoy["stats_after_nacks"])
+    legatus = chosen(ads.legatus["stats_after_nacks"])
     assert envoy["cluster_manager.cds.update_rejected"] == len(SHARED_NACKS)
+    assert envoy["cluster_manager.cds.config_reload"] == 1  # the handshake's only
     assert_same(envoy, legatus, "the stats after the NACKs")
 
 
@@ -349,13 +360,9 @@ def test_ads_served_after_nacks(ads: Runs):
     assert_same(ads.envoy["traffic_after_nacks"], ads.legatus["traffic_after_nacks"], "responses")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CDS subscription stats: Envoy has cluster_manager.cds.config_reload and "
-    "config_reload_time_ms and no cds.update_empty; legatus the other way round",
-)
 def test_ads_manager_stat_names(ads: Runs):
-    """The names of every cluster_manager.* and control_plane.* stat."""
+    """The names of every cluster_manager.* and control_plane.* stat (CDS: config_reload and
+    config_reload_time_ms, no update_empty)."""
     envoy, legatus = set(ads.envoy["manager_stat_names"]), set(ads.legatus["manager_stat_names"])
     only = {"envoy only": sorted(envoy - legatus), "legatus only": sorted(legatus - envoy)}
     assert envoy == legatus, f"stat names differ: {only}"
@@ -364,7 +371,13 @@ def test_ads_manager_stat_names(ads: Runs):
 # The warming scenario ------------------------------------------------------------------------
 
 
-WARMING_STATS = (*CM_GAUGES, "cluster.backend.membership_total", "cluster.backend.update_success")
+# While a cluster warms: its warming_state, and (delta) the CDS ACK held in the ACK queue.
+WARMING_GAUGES = (*CM_GAUGES, "cluster.backend.warming_state", "control_plane.pending_requests")
+WARMING_STATS = (
+    *WARMING_GAUGES,
+    "cluster.backend.membership_total",
+    "cluster.backend.update_success",
+)
 
 
 def _placeholder(ups: list[HttpUpstream]) -> cluster_pb2.Cluster:
@@ -408,7 +421,9 @@ def _dump_view(side: XdsSide) -> dict[str, Any]:
 
 
 def _step(side: XdsSide, *, traffic: bool = True) -> dict[str, Any]:
-    stats = side.settled_stats(lambda n: n.startswith(("cluster_manager.", "cluster.backend.")))
+    stats = side.settled_stats(
+        lambda n: n.startswith(("cluster_manager.", "cluster.backend.", "control_plane."))
+    )
     out = {
         "gauges": chosen(stats, WARMING_STATS),
         "counters": chosen(stats, CM_COUNTERS),
@@ -515,14 +530,6 @@ def warming(request, tmp_path_factory) -> Runs:
     return Runs(mode, runs["envoy"], runs["legatus"])
 
 
-DELTA_RESUBSCRIBE = (
-    "delta: when a CDS update changes an EDS cluster, legatus sends an EDS request "
-    "subscribing again to the cluster's name (resource_names_subscribe [backend]), which the "
-    "control plane answers with the assignment, so the new cluster warms at once; Envoy sends "
-    "nothing and the new cluster warms until the next assignment"
-)
-
-
 def test_warming_no_cluster_yet(warming: Runs):
     """Before CDS names the route's cluster: 503, empty body (Envoy's NC)."""
     envoy, legatus = warming.envoy["no_cluster"], warming.legatus["no_cluster"]
@@ -532,25 +539,24 @@ def test_warming_no_cluster_yet(warming: Runs):
 
 
 @pytest.mark.parametrize("step", ["warming", "modified_warming"])
-def test_warming_holds_cluster(warming: Runs, step: str, request):
+def test_warming_holds_cluster(warming: Runs, step: str):
     """With its ClusterLoadAssignment withheld, a new cluster warms (not served, not in
-    /clusters); a changed one warms behind the one in place, which keeps serving."""
-    known_difference(request, warming.mode == "delta" and step == "modified_warming",
-                     DELTA_RESUBSCRIBE)  # fmt: skip
+    /clusters); a changed one warms behind the one in place, which keeps serving. In delta,
+    a changed cluster does not subscribe to its assignment again (the name stays of interest
+    to the version in place): it warms until the next assignment, as in Envoy."""
     envoy, legatus = warming.envoy[step], warming.legatus[step]
     assert envoy["gauges"]["cluster_manager.warming_clusters"] == 1, envoy
+    assert envoy["gauges"]["cluster.backend.warming_state"] == 1, envoy
     for part in ("traffic", "clusters"):
         assert_same(envoy[part], legatus[part], part)
-    gauges = CM_GAUGES  # the warming cluster's own stats: test_warming_cluster_stats
+    gauges = WARMING_GAUGES  # the warming cluster's own stats: test_warming_cluster_stats
     assert_same(chosen(envoy["gauges"], gauges), chosen(legatus["gauges"], gauges), "gauges")
 
 
 @pytest.mark.parametrize("step", ["warming", "modified_warming"])
-def test_warming_holds_cds_ack(warming: Runs, step: str, request):
-    """Both hold the CDS ACK while a cluster warms (CDS is paused until none warms)."""
-    known_difference(
-        request, warming.mode == "delta" and step == "modified_warming", DELTA_RESUBSCRIBE
-    )
+def test_warming_holds_cds_ack(warming: Runs, step: str):
+    """Both hold the CDS ACK while a cluster warms (CDS is paused until none warms); in
+    delta the held ACK shows in control_plane.pending_requests (test_warming_holds_cluster)."""
     envoy, legatus = warming.envoy[step]["cds_acked"], warming.legatus[step]["cds_acked"]
     assert not envoy
     assert_same(envoy, legatus, "whether the CDS update was ACKed while the cluster warms")
@@ -600,7 +606,7 @@ def test_warming_then_active(warming: Runs, step: str):
 
 def test_warming_duplicate_address(warming: Runs):
     """An assignment naming one address twice: one host. (update_success is left out: in
-    delta it carries the resubscription difference, DELTA_RESUBSCRIBE.)"""
+    delta it carries Envoy's TIMING_DEPENDENT count.)"""
     envoy = warming.envoy["duplicate_address"]
     legatus = warming.legatus["duplicate_address"]
 
@@ -628,22 +634,17 @@ def test_warming_removed_cluster_stats(warming: Runs):
     assert_same(envoy, legatus, "the stats after the removal")
 
 
-def test_warming_requests(warming: Runs, request):
+def test_warming_requests(warming: Runs):
     """Every request up to the removal (subscriptions, ACKs, the unanswered EDS request)."""
-    known_difference(request, warming.mode == "delta", DELTA_RESUBSCRIBE)
     envoy = warming.envoy["requests_before_removal"]
     assert_same(envoy, warming.legatus["requests_before_removal"], "the requests")
     assert_same(warming.envoy["streams_opened"], warming.legatus["streams_opened"], "streams")
 
 
-def test_warming_removal_requests(warming: Runs, request):
-    known_difference(
-        request,
-        warming.mode == "sotw",
-        "SotW: after the removal, the control plane answers the EDS request that drops the "
-        "cluster's name with an empty response; Envoy, watching no ClusterLoadAssignment any "
-        "more, takes it without a request; legatus ACKs it",
-    )
+def test_warming_removal_requests(warming: Runs):
+    """After the removal: the EDS request that drops the cluster's name goes before the CDS
+    ACK (delta); SotW: the control plane answers it with an empty response, which Envoy,
+    watching no ClusterLoadAssignment any more, takes without a request."""
     envoy, legatus = warming.envoy["removal_requests"], warming.legatus["removal_requests"]
     assert_same(envoy, legatus, "the requests after the removal")
 

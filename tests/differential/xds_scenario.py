@@ -7,9 +7,10 @@ upstreams and of the control plane replaced by names) so that the two runs compa
 the same bootstrap (apart from the control plane's port and the access log's path) and the
 same flags.
 
-The bootstrap: ADS (``GRPC`` or ``DELTA_GRPC``) to the control plane, CDS over ADS, and one
-static HTTP listener ``http`` whose route names the cluster ``backend`` that only CDS defines
-(``validate_clusters: false``), with a file access log of the response code and flags.
+The bootstrap (``bootstrap``, unless ``run_both`` is given another): ADS (``GRPC`` or
+``DELTA_GRPC``) to the control plane, CDS over ADS, and one static HTTP listener ``http``
+whose route names the cluster ``backend`` that only CDS defines (``validate_clusters:
+false``), with a file access log of the response code and flags.
 """
 
 from __future__ import annotations
@@ -254,6 +255,10 @@ def _command(name: str) -> tuple[list[str], list[str]]:
     return legatus_command(), ["--use-dynamic-base-id"]
 
 
+# (control plane port, delta, access log path) -> the bootstrap
+Bootstrap = Callable[..., dict]
+
+
 def _run_one(
     name: str,
     workdir: Path,
@@ -261,6 +266,7 @@ def _run_one(
     delta: bool,
     before_start: Callable[[XdsThread, list[HttpUpstream]], None],
     scenario: Callable[[XdsSide], dict[str, Any]],
+    config: Bootstrap,
 ) -> dict[str, Any]:
     upstreams = [HttpUpstream(), HttpUpstream()]
     try:
@@ -272,7 +278,7 @@ def _run_one(
             # Started, driven and stopped in this thread: Envoy asks for a signal when the
             # thread that started it ends.
             proxy = start_proxy(
-                bootstrap(xds.port, delta=delta, access_log=access_log),
+                config(xds.port, delta=delta, access_log=access_log),
                 side_dir,
                 command=command,
                 args=[*args, "--concurrency", "1", "--file-flush-interval-msec", "10"],
@@ -295,15 +301,18 @@ def run_both(
     delta: bool,
     before_start: Callable[[XdsThread, list[HttpUpstream]], None],
     scenario: Callable[[XdsSide], dict[str, Any]],
+    config: Bootstrap = bootstrap,
 ) -> dict[str, dict[str, Any]]:
-    """Run ``scenario`` through Envoy and legatus at once; what each observed, by side."""
+    """Run ``scenario`` through Envoy and legatus at once; what each observed, by side.
+    ``config(xds_port, delta=, access_log=)`` makes the bootstrap (``bootstrap``)."""
     with ThreadPoolExecutor(len(SIDES)) as pool:
         futures = {
             name: pool.submit(
-                _run_one, name, workdir, delta=delta, before_start=before_start, scenario=scenario
+                _run_one, name, workdir, delta=delta, before_start=before_start,
+                scenario=scenario, config=config,
             )
             for name in SIDES
-        }
+        }  # fmt: skip
         return {name: future.result() for name, future in futures.items()}
 
 

@@ -14,14 +14,17 @@ the wildcard, every resource of the type). Updates reach the owner through one c
   ``ConfigError`` (or any ``ValueError``): the subscription then NACKs the response with
   ``str(error)`` as error_detail and counts ``update_rejected``; the owner keeps serving its
   previous config. Returning normally ACKs.
-- ``on_config_update_failed(reason, error)`` reports what is not an update: the connection
-  to the control plane failed or was lost (``CONNECTION_FAILURE``), the first update did not
-  arrive within ``initial_fetch_timeout`` (``FETCH_TIMEDOUT``). A rejected update is
-  reported by the raised error itself and is not repeated here.
+- ``on_config_update_failed(reason, error)`` reports what is not an accepted update: the
+  connection to the control plane failed or was lost (``CONNECTION_FAILURE``), the first
+  update did not arrive within ``initial_fetch_timeout`` (``FETCH_TIMEDOUT``), an update
+  was rejected (``UPDATE_REJECTED``, with the error: the owner's own, or one found before
+  the owner saw the update, such as a resource breaking its proto's constraints), as
+  Envoy's ``onConfigUpdateFailed`` reports them. An owner waiting for its first update
+  stops waiting on any of them.
 
 Stats (Envoy's SubscriptionStats, under the prefix the owner gives, e.g.
 ``cluster_manager.cds.``): ``update_attempt``, ``update_success``, ``update_failure``,
-``update_rejected``, ``update_empty``, ``init_fetch_timeout`` counters; ``version`` (a
+``update_rejected``, ``init_fetch_timeout`` counters; ``version`` (a
 hash of version_info), ``update_time`` (ms since epoch of the last accepted update) gauges;
 ``version_text`` text readout; ``update_duration`` histogram.
 """
@@ -64,6 +67,7 @@ class ConfigUpdate:
 class UpdateFailureReason(enum.Enum):
     CONNECTION_FAILURE = "connection failure"
     FETCH_TIMEDOUT = "initial fetch timed out"
+    UPDATE_REJECTED = "update rejected"
 
 
 class SubscriptionCallbacks(Protocol):

@@ -3,6 +3,11 @@
 LDS counts under ``listener_manager.lds.``, CDS under ``cluster_manager.cds.``, EDS under
 ``cluster.<name>.``, RDS under ``http.<stat_prefix>.rds.<route_config>.``, RTDS under
 ``runtime.``, SDS under ``sds.<secret>.``.
+
+These are every subscription's (Envoy's ALL_SUBSCRIPTION_STATS). What some owners add
+beside them in the same scope is theirs: ``config_reload`` / ``config_reload_time_ms`` of
+CDS (``upstream.cds_api``) and RDS, ``update_empty`` of RDS and EDS (``upstream.eds``),
+``update_no_rebuild`` of EDS. LDS and RTDS add nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ class _Stats(StatSet):
     update_attempt = counter()
     update_success = counter()
     update_failure = counter()  # a connection failure or a fetch timeout
-    update_rejected = counter()  # the owner refused the update (NACK)
-    update_empty = counter()
+    update_rejected = counter()  # the update was refused (NACK)
     init_fetch_timeout = counter()
     version = gauge()  # xxHash64 of the last accepted version_info
     update_time = gauge()  # ms since the epoch, last accepted update

@@ -10,11 +10,17 @@ and nothing reaches the workers.
   clusters warm; a warm cluster is sent to the workers with its hosts and its shared
   circuit-breaker table. Over ADS, EDS requests are held while a CDS update is applied, so
   that the endpoints of every new cluster are asked for in one request (Envoy's ordering).
-- EDS: one subscription per EDS cluster (static or from CDS), made when the cluster is
-  added and closed when it goes; its hosts go through the cluster manager.
+- EDS: one subscription per EDS cluster version (static or from CDS), made when the
+  cluster starts warming; its hosts go through the cluster manager. A changed cluster's new
+  version subscribes beside the version in place, whose subscription stays until the new
+  one is warm (as Envoy's cluster objects each hold theirs): the name stays of interest, so
+  nothing is asked of the control plane, and the new version warms with the next
+  assignment. A removed cluster's subscriptions close (the last one unsubscribes).
 - RDS: one subscription per (route configuration name, config source) that an HTTP
   connection manager uses; an update is compiled for every such connection manager, then
-  sent to the workers, whose new streams use it.
+  sent to the workers, whose new streams use it. An update that changes the route
+  configuration counts ``config_reload`` (``http.<stat_prefix>.rds.<name>.``), one without
+  it ``update_empty``, as Envoy's RDS does.
 
 Start-up follows Envoy's init order: static clusters (and their EDS), then CDS and the
 clusters it brings (each warm, or its initial fetch timed out), then the routes of the
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -39,6 +46,7 @@ from legatus.extensions.filters.network.http_connection_manager import listener_
 from legatus.router.rds import RdsSubscriptionKey, RouteConfigProviderManager
 from legatus.server import control
 from legatus.server.listener_manager import LdsApi
+from legatus.stats.store import StatSet, counter, gauge
 from legatus.upstream.cds_api import CdsApi
 from legatus.upstream.cluster import ClusterConfig, DiscoveryType
 from legatus.upstream.eds import EdsCallbacks
@@ -101,14 +109,24 @@ def _check_node(bootstrap, path: str, type_url: str) -> None:
         )
 
 
+class RdsStats(StatSet):
+    """Envoy's ALL_RDS_STATS, beside the subscription's under ``http.<p>.rds.<name>.``."""
+
+    config_reload = counter()
+    update_empty = counter()
+    config_reload_time_ms = gauge()  # ms since the epoch
+
+
 class _Rds:
     """One RDS subscription's callbacks."""
 
-    def __init__(self, owner: DynamicConfig, key: RdsSubscriptionKey) -> None:
+    def __init__(self, owner: DynamicConfig, key: RdsSubscriptionKey, stats: RdsStats) -> None:
         self.owner = owner
         self.key = key
+        self.stats = stats
         self.ready = owner.loop.create_future()
         self.subscription: Any = None
+        self.config = None  # the route configuration last taken
 
     def on_config_update(self, update: ConfigUpdate) -> None:
         added = update.added
@@ -123,10 +141,16 @@ class _Rds:
             except ConfigError as e:
                 records.reject(name, proto, str(e), update.version_info)
                 raise
+            if proto != self.config:  # Envoy: an unchanged configuration is not reloaded
+                self.config = proto
+                self.stats.config_reload.inc()
+                self.stats.config_reload_time_ms.set(int(time.time() * 1000))
             self.owner.on_route_config(self.key, proto.SerializeToString(), update.version_info)
             previous = records.accepted.get(name)
             if previous is None or previous.resource != proto:  # Envoy: unchanged, not updated
                 records.accept(name, proto, added[0].version or update.version_info)
+        elif update.state_of_the_world:
+            self.stats.update_empty.inc()  # (delta: a removal, which Envoy ignores)
         self._ready()
 
     def on_config_update_failed(self, reason: UpdateFailureReason, error) -> None:
@@ -174,7 +198,9 @@ class DynamicConfig:
         self._drain_time = drain_time
         self._runtime_loader = runtime_loader
         self._rtds_ready: list[asyncio.Future] = []
-        self._eds: dict[str, Any] = {}  # cluster -> (subscription, callbacks)
+        # EDS subscriptions by cluster: of the version in place, and of a version warming.
+        self._eds: dict[str, tuple[Any, EdsCallbacks]] = {}
+        self._eds_warming: dict[str, tuple[Any, EdsCallbacks]] = {}
         self._rds: dict[RdsSubscriptionKey, _Rds] = {}
         # What the workers have, for a worker started later (Configure).
         self.route_configs: dict[RdsSubscriptionKey, tuple[bytes, str]] = {}
@@ -194,11 +220,18 @@ class DynamicConfig:
         cm = self.cluster_manager
         for config in list(cm.configs.values()):
             if config.type is DiscoveryType.EDS:
-                self._subscribe_eds(config)
+                self._eds[config.name] = self._subscribe_eds(config)
         dynamic = self.bootstrap.dynamic_resources
         if dynamic.HasField("cds_config"):
-            self.cds = CdsApi(cm, check=self._check_cluster, on_initialized=self._on_cds_ready)
-            stats = SubscriptionStats(self.store.scope("cluster_manager.cds."))
+            scope = self.store.scope("cluster_manager.cds.")
+            self.cds = CdsApi(
+                cm,
+                scope=scope,
+                check=self._check_cluster,
+                on_initialized=self._on_cds_ready,
+                on_removed=self._close_eds,
+            )
+            stats = SubscriptionStats(scope)
             sub = self.factory.subscribe(
                 dynamic.cds_config, decode.CLUSTER, _PausingEds(self, self.cds), stats
             )
@@ -286,8 +319,8 @@ class DynamicConfig:
             source = self.route_providers.config_source(key)
             check_config_source(source, f"rds {key.route_config_name}.config_source",
                                 self.bootstrap)  # fmt: skip
-            rds = self._rds[key] = _Rds(self, key)
             scope = self.store.scope(f"http.{stat_prefix}.rds.{key.route_config_name}.")
+            rds = self._rds[key] = _Rds(self, key, RdsStats(scope))
             rds.subscription = self.factory.subscribe(
                 source, decode.ROUTE, rds, SubscriptionStats(scope)
             )
@@ -327,10 +360,8 @@ class DynamicConfig:
     async def close(self) -> None:
         if self.lds is not None:
             self.lds.close()
-        for sub, callbacks in self._eds.values():
-            callbacks.closed = True
-            sub.close()
-        self._eds.clear()
+        for name in list(self._eds) + list(self._eds_warming):
+            self._close_eds(name)
         await self.factory.close()
 
     # CDS ---------------------------------------------------------------------------------
@@ -346,11 +377,22 @@ class DynamicConfig:
             self._cds_ready.set_result(None)
 
     def on_cluster_warming(self, config: ClusterConfig) -> None:
-        """A cluster from CDS starts warming: an EDS cluster subscribes to its endpoints."""
+        """A cluster from CDS starts warming: an EDS cluster subscribes to its endpoints,
+        beside the version in place (which keeps its subscription until this one is warm);
+        a version that was warming before it goes with its subscription."""
+        _close(self._eds_warming.pop(config.name, None))
         if config.type is DiscoveryType.EDS:
-            self._subscribe_eds(config)
-        else:
-            self._unsubscribe_eds(config.name)
+            self._eds_warming[config.name] = self._subscribe_eds(
+                config, on_initialized=lambda: self._eds_initialized(config)
+            )
+
+    def _eds_initialized(self, config: ClusterConfig) -> None:
+        """A warming EDS version took its first assignment. Without health checks to pass
+        first, Envoy makes it active right there, dropping the version in place and its
+        subscription before that one is handed the same response: so here (the cluster
+        manager swaps the versions a moment later)."""
+        if config.health_check is None:
+            _close(self._eds.pop(config.name, None))
 
     def on_warming_count(self, count: int) -> None:
         """While clusters warm, CDS is paused on the ADS stream (its ACK, and any further
@@ -366,7 +408,12 @@ class DynamicConfig:
             mux.resume(decode.CLUSTER)
 
     def on_cluster(self, config: ClusterConfig, hosts, workers: bool) -> None:
-        """A CDS cluster is warm: to the workers, with its circuit-breaker table."""
+        """A CDS cluster is warm: it takes over the EDS subscription of the version it
+        replaces, and goes to the workers, with its circuit-breaker table."""
+        _close(self._eds.pop(config.name, None))
+        warmed = self._eds_warming.pop(config.name, None)
+        if warmed is not None:
+            self._eds[config.name] = warmed
         record = self.cds.records.accepted.get(config.name) if self.cds is not None else None
         if record is not None:
             self.active_cluster_records[config.name] = record
@@ -393,7 +440,7 @@ class DynamicConfig:
 
     def on_cluster_removed(self, name: str) -> None:
         self.active_cluster_records.pop(name, None)
-        self._unsubscribe_eds(name)
+        self._close_eds(name)
         tables = self.circuit_breakers()
         if tables is not None:
             tables.remove_cluster(name)
@@ -402,23 +449,24 @@ class DynamicConfig:
 
     # EDS ---------------------------------------------------------------------------------
 
-    def _subscribe_eds(self, config: ClusterConfig) -> None:
-        self._unsubscribe_eds(config.name)
-        stats = SubscriptionStats(self.store.scope(f"cluster.{config.stat_name}."))
+    def _subscribe_eds(
+        self, config: ClusterConfig, on_initialized: Callable[[], None] = lambda: None
+    ) -> tuple[Any, EdsCallbacks]:
+        scope = self.store.scope(f"cluster.{config.stat_name}.")
         callbacks = EdsCallbacks(
-            self.cluster_manager, config.name, config.eds_service_name, stats,
-            records=self.endpoint_records,
+            self.cluster_manager, config.name, config.eds_service_name, scope,
+            records=self.endpoint_records, on_initialized=on_initialized,
         )  # fmt: skip
-        sub = self.factory.subscribe(config.eds_config, decode.ENDPOINT, callbacks, stats)
-        self._eds[config.name] = (sub, callbacks)
+        sub = self.factory.subscribe(
+            config.eds_config, decode.ENDPOINT, callbacks, SubscriptionStats(scope)
+        )
         sub.start((config.eds_service_name,))
+        return sub, callbacks
 
-    def _unsubscribe_eds(self, name: str) -> None:
-        found = self._eds.pop(name, None)
-        if found is not None:
-            sub, callbacks = found
-            callbacks.closed = True
-            sub.close()
+    def _close_eds(self, name: str) -> None:
+        """A cluster went: the EDS subscriptions of its versions, in place and warming."""
+        _close(self._eds.pop(name, None))
+        _close(self._eds_warming.pop(name, None))
 
     # RDS ---------------------------------------------------------------------------------
 
@@ -426,6 +474,13 @@ class DynamicConfig:
         self.route_providers.update(key, raw, version)
         self.route_configs[key] = (raw, version)
         self.broadcast(control.UpdateRouteConfig(key=key, route_config=raw, version=version))
+
+
+def _close(eds: tuple[Any, EdsCallbacks] | None) -> None:
+    if eds is not None:
+        sub, callbacks = eds
+        callbacks.closed = True
+        sub.close()
 
 
 def _rds_names(listener) -> set[str]:

@@ -242,24 +242,39 @@ class ClusterManager:
         cluster's name: nothing to do).
         It warms (see the class doc); a changed cluster keeps serving its previous version
         until the new one is warm, as Envoy's does."""
-        name = config.name
-        if name in self.static_names:
-            return False  # Envoy skips an update of a static cluster (blockUpdate)
-        current = self.warming.get(name) or self.configs.get(name)
-        if current is not None and current.proto == config.proto:
+        if self.cluster_update_blocked(config.name, config.proto):
             return False
-        # Counted when the cluster starts warming, as Envoy counts it; a new cluster's stats
-        # exist from then on too (membership_total 0 while it warms).
+        self.count_cluster_update(config.name)
+        self.warm_cluster(config)
+        return True
+
+    def cluster_update_blocked(self, name: str, proto) -> bool:
+        """Whether a CDS update of cluster ``name`` to ``proto`` changes nothing: a static
+        cluster's name (Envoy's blockUpdate), or the config already warming, or else the one
+        in place."""
+        if name in self.static_names:
+            return True
+        current = self.warming.get(name) or self.configs.get(name)
+        return current is not None and current.proto == proto
+
+    def count_cluster_update(self, name: str) -> None:
+        """``cluster_added`` or ``cluster_modified``: Envoy counts a CDS cluster that is not
+        blocked before it builds it, so also one that then fails to build (and is NACKed)."""
         modified = name in self.configs or name in self.warming
         (self.stats.cluster_modified if modified else self.stats.cluster_added).inc()
-        if not modified:
+
+    def warm_cluster(self, config: ClusterConfig) -> None:
+        """Start warming a built CDS cluster (counted by ``count_cluster_update``)."""
+        name = config.name
+        if name not in self.configs and name not in self.warming:
+            # A new cluster's stats exist from now on (membership_total 0 while it warms).
             ClusterMembershipStats(self.store.scope(f"cluster.{config.stat_name}."))
         self._cancel_warming(name)
         self.warming[name] = config
+        self.store.gauge(f"cluster.{config.stat_name}.warming_state").set(1)
         self._warming_changed()
         self._warm_tasks[name] = self.loop.create_task(self._warm(config), name=f"warm:{name}")
         self.on_cluster_warming(config)  # (an EDS cluster subscribes to its endpoints)
-        return True
 
     async def wait_warm(self) -> None:
         """Until no cluster is warming (those added meanwhile included)."""
@@ -270,22 +285,26 @@ class ClusterManager:
             await asyncio.wait(pending)
 
     def remove_cluster(self, name: str) -> bool:
-        """A CDS cluster went away (False: unknown, or static, which CDS cannot remove)."""
+        """A CDS cluster went away, active or warming or both (False: unknown, or static,
+        which CDS cannot remove). ``cluster_removed`` counts it once, as Envoy does."""
         if name in self.static_names:
             return False
-        was_warming = self._cancel_warming(name)
-        found = was_warming
-        if name in self.configs:
-            stat_name = self.configs[name].stat_name
+        warming = self.warming.get(name)
+        self._cancel_warming(name)
+        active = self.configs.get(name)
+        if active is not None:
             self._stop_cluster(name)
             self._forget(name)
-            drop_cluster_stats(self.store, stat_name, self.configs.values())
             self.lb_settings.pop(name, None)
-            self.stats.cluster_removed.inc()
             self.stats.active_clusters.set(len(self.configs))
+        if active is None and warming is None:
+            return False
+        for stat_name in {c.stat_name for c in (active, warming) if c is not None}:
+            drop_cluster_stats(self.store, stat_name, self.configs.values())
+        self.stats.cluster_removed.inc()
+        if active is not None:
             self.on_cluster_removed(name)
-            found = True
-        return found
+        return True
 
     def dynamic_clusters(self) -> list[ClusterConfig]:
         """The active clusters that came from CDS."""
@@ -332,6 +351,7 @@ class ClusterManager:
             self._forget(name)
         self._adopt(config)
         self._set_hosts(name, hosts)
+        self.membership[name].warming_state.set(0)  # Envoy: once initialized (before HC)
         if _is_dns(config):
             self._make_resolver(config).start()  # resolves again from now on
         self._start_checks(name)

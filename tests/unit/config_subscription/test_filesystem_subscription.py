@@ -240,7 +240,9 @@ async def test_resource_of_another_type_is_rejected_naming_it(h, cds):
     assert LISTENER_TYPE in sub.last_failure.details
     assert "resources[0]" in sub.last_failure.details
     assert sub.last_failure.version_info == "2"
-    assert h.owner.failures == []  # a rejection is not a connection failure
+    # The owner is told: a rejection, not a connection failure.
+    [(reason, error)] = h.owner.failures
+    assert reason is UpdateFailureReason.UPDATE_REJECTED and LISTENER_TYPE in str(error)
     assert h.versions == ["1"]
     assert h.stat("update_failure") == 0
 
@@ -309,7 +311,7 @@ async def test_unknown_fields_can_be_rejected(h, cds):
     assert "resources[0].bogus" in sub.last_failure.details
     # Envoy counts an unknown field it must reject as a rejected update, not a failed one.
     assert (h.stat("update_rejected"), h.stat("update_failure")) == (1, 0)
-    assert h.owner.failures == []
+    assert [reason for reason, _ in h.owner.failures] == [UpdateFailureReason.UPDATE_REJECTED]
 
 
 async def test_nothing_after_close(h, cds):

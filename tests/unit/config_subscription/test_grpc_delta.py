@@ -220,3 +220,82 @@ async def test_delta_wrong_type_and_heartbeat(server, mux_factory, store):
     nack = await server.wait_for(answering(sent.nonce))
     assert "does not match the message-wide type URL" in nack.error_detail.message
     assert "DeltaDiscoveryResponse" in nack.error_detail.message
+
+
+async def test_delta_answers_every_response_even_while_paused(server, mux_factory, store):
+    """Each response gets its own ACK (Envoy's PausableAckQueue): two CDS responses while CDS
+    is paused are two ACKs after the resume, counted in pending_requests meanwhile."""
+    server.set_resources(CLUSTER, [cluster("a")])
+    mux = mux_factory(delta=True)
+    cds, owner = subscribe(mux, store, CLUSTER, "cds.")
+    cds.start([])
+    mux.start()
+    await owner.wait()
+    await server.wait_for(answering(server.responses[-1].nonce))
+
+    mark = len(server.requests)
+    mux.pause(CLUSTER)
+    server.set_resources(CLUSTER, [cluster("a", 2)])
+    await owner.wait(2)
+    server.set_resources(CLUSTER, [cluster("a", 3)])
+    await owner.wait(3)
+    await server.until(lambda: store.value("control_plane.pending_requests") == 2)
+    assert server.requests[mark:] == []
+    mux.resume(CLUSTER)
+    nonces = [s.nonce for s in server.responses[-2:]]
+    await server.until(lambda: len(server.requests) == mark + 2)
+    assert [r.response_nonce for r in server.requests[mark:]] == nonces
+    await server.until(lambda: store.value("control_plane.pending_requests") == 0)
+
+
+async def test_delta_change_of_interest_goes_before_the_answer(server, mux_factory, store):
+    """An owner that drops a name of another type while it handles a response (CDS removing
+    a cluster unsubscribes from its endpoints): that request goes first, then the ACK, as
+    Envoy sends it."""
+    server.set_resources(CLUSTER, [cluster("a")])
+    server.set_resources(ENDPOINT, [endpoints("a")])
+    mux = mux_factory(delta=True)
+    cds, cds_owner = subscribe(mux, store, CLUSTER, "cds.")
+    eds, eds_owner = subscribe(mux, store, ENDPOINT, "eds.")
+    cds.start([])
+    eds.start(["a"])
+    mux.start()
+    await cds_owner.wait()
+    await eds_owner.wait()
+    await server.until(lambda: len([r for r in server.requests if r.response_nonce]) == 2)
+
+    def drop_endpoints(update) -> None:
+        with mux.paused(ENDPOINT):
+            eds.close()
+
+    cds_owner.on_update = drop_endpoints
+    mark = len(server.requests)
+    server.set_resources(CLUSTER, [])
+    await server.until(lambda: len(server.requests) == mark + 2)
+    unsubscribe, ack = server.requests[mark:]
+    assert (unsubscribe.type_url, unsubscribe.unsubscribe) == (ENDPOINT, ["a"])
+    assert not unsubscribe.response_nonce
+    assert (ack.type_url, ack.response_nonce) == (CLUSTER, server.responses[-1].nonce)
+
+
+async def test_delta_invalid_resource_is_refused_before_the_owner(server, mux_factory, store):
+    """A resource that breaks its proto's constraints is refused as it is decoded: one
+    update_attempt (not two), the owner never called but told, the field named first."""
+    server.set_resources(CLUSTER, [cluster("a")])
+    mux = mux_factory(delta=True)
+    cds, owner = subscribe(mux, store, CLUSTER, "cds.")
+    cds.start([])
+    mux.start()
+    await owner.wait()
+    attempts = store.value("cds.update_attempt")
+    bad = cluster("a")
+    bad.lb_policy = 99
+    server.set_resources(CLUSTER, [bad])
+    nack = await server.wait_for(answering(server.responses[-1].nonce))
+    assert nack.error_detail.message == (
+        "resources[0].lb_policy: value must be one of the defined enum values (Cluster 'a')"
+    )
+    assert store.value("cds.update_attempt") == attempts + 1
+    assert store.value("cds.update_rejected") == 1
+    assert owner.rejected == [] and len(owner.updates) == 1
+    assert [reason.name for reason, _ in owner.failures] == ["UPDATE_REJECTED"]

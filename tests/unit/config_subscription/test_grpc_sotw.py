@@ -78,7 +78,10 @@ async def test_ack_and_nack_sequence(server, mux_factory, store):
     assert store.value("cds.update_duration") == 2
     assert store.value("cds.update_time") > 0
     assert store.value("control_plane.connected_state") == 1
-    assert owner.failures == []
+    # The owner is told of the rejection too, as Envoy's onConfigUpdateFailed tells it.
+    [(reason, error)] = owner.failures
+    assert reason is UpdateFailureReason.UPDATE_REJECTED
+    assert str(error) == "cluster b: bad connect_timeout"
 
 
 async def test_undecodable_response_is_nacked_without_calling_the_owner(server, mux_factory, store):
@@ -359,13 +362,14 @@ async def test_closed_subscription_is_not_called(server, mux_factory, store):
     mux.start()
     await owner_a.wait()
     await owner_b.wait()
-    # b closes a while it is being called: b must not be called for that update.
-    owner_a.on_update = lambda update: sub_b.close()
+    # The newest watch is called first (Envoy's order); it closes the older one while it is
+    # being called: the older one must not be called for that update.
+    owner_b.on_update = lambda update: sub_a.close()
     server.set_resources(ENDPOINT, [endpoints("a", 81)])
-    await owner_a.wait(2)
+    await owner_b.wait(2)
     ack = await server.wait_for(acks_of(server, ENDPOINT, server.responses[-1].nonce))
     assert ack.version_info == "2" and ack.resource_names == ["a"]
-    assert len(owner_b.updates) == 1
+    assert len(owner_a.updates) == 1
 
 
 async def test_rate_limited_requests(server, mux_factory, store):
@@ -411,3 +415,54 @@ async def test_interest_changed_by_an_owner_while_applying(server, mux_factory, 
     assert [r.resource_names for r in eds_requests] == [["a", "b", "c"], ["a", "b", "c"]]
     assert eds_requests[0].version_info == "1"
     assert store.value("eds.update_attempt") == 1 + 1 + 3 + 1  # start, update, 3 changes, update
+
+
+async def test_empty_answer_for_a_type_nobody_watches_is_taken_without_a_request(
+    server, mux_factory, store
+):
+    """The last EDS watch goes (its cluster was removed): the request that drops the name
+    is answered with an empty response, which Envoy takes without answering; a response
+    that still holds resources is answered, without taking its version."""
+    server.set_resources(ENDPOINT, [endpoints("a")])
+    mux = mux_factory()
+    eds, owner = subscribe(mux, store, ENDPOINT, "eds.")
+    eds.start(["a"])
+    mux.start()
+    await owner.wait()
+    await server.wait_for(acks_of(server, ENDPOINT, server.responses[-1].nonce))
+
+    mark = len(server.requests)
+    eds.close()
+    dropped = await server.wait_for(lambda r: r.type_url == ENDPOINT, since=mark)
+    assert dropped.resource_names == []
+    empty = discovery_pb2.DiscoveryResponse(type_url=ENDPOINT, version_info="2")
+    (sent,) = server.send(empty)
+    stray = discovery_pb2.DiscoveryResponse(type_url=ENDPOINT, version_info="3")
+    stray.resources.add().Pack(endpoints("a"))
+    (answered,) = server.send(stray)
+    reply = await server.wait_for(acks_of(server, ENDPOINT, answered.nonce), since=mark)
+    assert reply.version_info == "2" and not reply.is_nack  # took "2", not "3"
+    assert server.requests[mark:] == [dropped, reply]  # nothing answers the empty one
+    assert sent.nonce not in {r.response_nonce for r in server.requests}
+
+
+async def test_newest_watch_is_called_first(server, mux_factory, store):
+    """Two watches of one name (a changed EDS cluster's versions): the newest first, and
+    one whose interest changed becomes the newest, as in Envoy's mux."""
+    server.set_resources(ENDPOINT, [endpoints("a")])
+    mux = mux_factory()
+    old, old_owner = subscribe(mux, store, ENDPOINT, "old.")
+    new, new_owner = subscribe(mux, store, ENDPOINT, "new.")
+    calls: list[str] = []
+    old_owner.on_update = lambda update: calls.append("old")
+    new_owner.on_update = lambda update: calls.append("new")
+    old.start(["a"])
+    new.start(["a"])
+    mux.start()
+    await old_owner.wait()
+    assert calls == ["new", "old"]
+    old.update_resource_interest(["a", "b"])
+    server.set_resources(ENDPOINT, [endpoints("a", 81)])
+    await new_owner.wait(2)
+    await old_owner.wait(2)
+    assert calls[-2:] == ["old", "new"]

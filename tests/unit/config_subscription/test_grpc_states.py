@@ -24,6 +24,11 @@ from legatus.config_subscription.grpc import (
     method_path,
     rate_limit_settings,
 )
+from legatus.config_subscription.grpc.pausable_ack_queue import (
+    InterestChange,
+    PausableAckQueue,
+    UpdateAck,
+)
 from legatus.config_subscription.grpc.protocol import error_detail
 from tests.support.xds_server import SERVICES
 
@@ -81,13 +86,14 @@ def test_delta_differences_and_first_request():
     assert list(first.resource_names_subscribe) == ["a", "b"] and not first.response_nonce
     assert not state.wants_request()
 
-    state.accepted("n1", [("a", "1"), ("b", "1"), ("stranger", "1")], [])
+    state.accepted([("a", "1"), ("b", "1"), ("stranger", "1")], [])
     assert state.versions == {"a": "1", "b": "1"}  # not asked for: not held
+    assert not state.wants_request()  # an answer alone is the mux's (its ACK queue)
     state.set_interest({"a", "c"}, wildcard=False)
-    request = state.next_request()
+    request = state.next_request(UpdateAck(EDS, "n1"))
     assert list(request.resource_names_subscribe) == ["c"]
     assert list(request.resource_names_unsubscribe) == ["b"]
-    assert request.response_nonce == "n1"  # the ACK rides along
+    assert request.response_nonce == "n1"  # the ACK carries the change of interest
     assert state.versions == {"a": "1"}
 
     # Dropped and taken again before a request: subscribed again.
@@ -96,8 +102,9 @@ def test_delta_differences_and_first_request():
     request = state.next_request()
     assert list(request.resource_names_subscribe) == ["a"]
     assert list(request.resource_names_unsubscribe) == []
+    assert request.response_nonce == ""  # a spontaneous request
 
-    state.accepted("n2", [], ["a"])
+    state.accepted([], ["a"])
     state.stream_started()
     fresh = state.next_request()
     assert list(fresh.resource_names_subscribe) == ["a", "c"]
@@ -109,10 +116,10 @@ def test_delta_wildcard_and_nack():
     state = DeltaState(decode.CLUSTER)
     state.set_interest((), wildcard=True)
     assert list(state.next_request().resource_names_subscribe) == []  # legacy wildcard
-    state.accepted("n1", [("a", "1"), ("b", "2")], [])
-    state.rejected("n2", "no")
-    nack = state.next_request()
+    state.accepted([("a", "1"), ("b", "2")], [])
+    nack = state.next_request(UpdateAck(decode.CLUSTER, "n2", error_detail("no")))
     assert nack.response_nonce == "n2" and nack.error_detail.message == "no"
+    assert nack.error_detail.code == 13
     assert state.is_heartbeat("a", "1") and not state.is_heartbeat("a", "2")
     state.set_interest({"x"}, wildcard=True)
     assert list(state.next_request().resource_names_subscribe) == ["x"]
@@ -126,6 +133,31 @@ def test_delta_wildcard_and_nack():
     assert state.versions == {}
     with pytest.raises(RuntimeError, match=r"no .* request is due"):
         state.next_request()
+
+
+def test_pausable_ack_queue_skips_paused_types_in_order():
+    paused: set[str] = set()
+    queue = PausableAckQueue(lambda type_url: type_url in paused)
+    assert queue.front() is None and len(queue) == 0
+    cds1, eds1, cds2 = UpdateAck("cds", "1"), UpdateAck("eds", "2"), UpdateAck("cds", "3")
+    for ack in (cds1, eds1, cds2):
+        queue.push(ack)
+    paused.add("cds")
+    assert queue.front() is eds1  # a paused type's answers do not block the others
+    queue.pop(eds1)
+    assert queue.front() is None and len(queue) == 2  # both still owed
+    paused.clear()
+    assert queue.front() is cds1  # one answer per response, in order
+    queue.pop(cds1)
+    assert queue.front() is cds2
+    # A change of interest keeps its place among the answers, but is no answer owed.
+    change = InterestChange("eds")
+    queue.push(change)
+    assert len(queue) == 1
+    queue.pop(cds2)
+    assert queue.front() is change
+    queue.clear()
+    assert len(queue) == 0 and queue.front() is None
 
 
 # Back-off, services, settings -------------------------------------------------------

@@ -216,7 +216,8 @@ async def test_ack_nack_sequence_as_the_server_sees_it(h, servers):
     assert h.stat("update_failure") == 0
     assert h.stat("update_attempt") >= 5
     assert h.stat("version_text") == "v3"
-    assert h.owner.failures == []
+    [(reason, error)] = h.owner.failures  # told of the rejection, as Envoy tells it
+    assert reason is UpdateFailureReason.UPDATE_REJECTED and str(error) == "cluster b: rejected"
 
 
 async def test_nack_survives_an_unanswered_request(h, servers):

@@ -15,10 +15,10 @@ Outcomes, counted as Envoy counts them:
 - the file cannot be read or parsed (missing, half written, not YAML, a bad field value):
   ``update_failure`` and ``on_config_update_failed(CONNECTION_FAILURE, error)``, as Envoy
   does.
-- a resource of another type or that cannot be decoded, an unknown field under
-  ``--reject-unknown-dynamic-fields``, or the owner raises: ``update_rejected``; the owner is
-  not told through ``on_config_update_failed`` (the shared interface reports rejections by
-  the raise alone).
+- a resource of another type or that cannot be decoded (or breaks its proto's
+  constraints), an unknown field under ``--reject-unknown-dynamic-fields``, or the owner
+  raises: ``update_rejected`` and ``on_config_update_failed(UPDATE_REJECTED, error)``, as
+  Envoy does.
 
 Either way the owner keeps its last good config, the next change of the file is loaded
 again, and ``last_failure`` keeps the error (text and time) for ``/config_dump`` until an
@@ -208,7 +208,7 @@ class FilesystemSubscription:
         try:
             response = load_response(self._path, content, self._unknown_fields)
         except UnknownFieldError as e:
-            self._rejected(str(e), "")
+            self._rejected(str(e), "", e)
             return
         except ConfigError as e:
             self._failed(e)
@@ -216,7 +216,7 @@ class FilesystemSubscription:
         try:
             resources = decode_resources(response, self.type_url)
         except ValueError as e:
-            self._rejected(f"in {self._path}, {e}", response.version_info)
+            self._rejected(f"in {self._path}, {e}", response.version_info, e)
             return
         self._current = (response.version_info, resources)
         self._deliver(started)
@@ -242,7 +242,7 @@ class FilesystemSubscription:
         except Exception as e:  # ConfigError or ValueError; anything else is the owner's bug
             if not isinstance(e, ConfigError | ValueError):
                 log.error("config from %s rejected by an unexpected error", self._path, exc_info=e)
-            self._rejected(str(e) or type(e).__name__, version_info)
+            self._rejected(str(e) or type(e).__name__, version_info, e)
             return
         self.last_failure = None
         self._stats.accepted(version_info, started)
@@ -255,12 +255,13 @@ class FilesystemSubscription:
         self.last_failure = UpdateFailureState(details=str(error), last_update_attempt=time.time())
         self._callbacks.on_config_update_failed(UpdateFailureReason.CONNECTION_FAILURE, error)
 
-    def _rejected(self, details: str, version_info: str) -> None:
+    def _rejected(self, details: str, version_info: str, error: Exception) -> None:
         log.warning("Filesystem config update rejected: %s", details)
         self._stats.rejected()
         self.last_failure = UpdateFailureState(
             details=details, last_update_attempt=time.time(), version_info=version_info
         )
+        self._callbacks.on_config_update_failed(UpdateFailureReason.UPDATE_REJECTED, error)
 
 
 def _check_directory(directory: str) -> None:

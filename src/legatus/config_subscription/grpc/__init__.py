@@ -38,16 +38,21 @@ Usage (in the main process, inside its running event loop)::
 - ``SotwState`` / ``DeltaState``: the sans-I/O protocol state of one type (what the next
   request says: version, nonce, names or their differences, error_detail, the initial
   resource versions of a new delta stream).
+- ``resources``: a response's resources, decoded and validated (SotW and delta);
+  ``pausable_ack_queue``: the answers a delta stream owes.
 - ``channel_factory`` (``channel``): fresh channels with their own subchannel pool, so the
   mux's back-off, not grpcio's, paces reconnection.
 - ``backoff_settings`` / ``rate_limit_settings`` (``api_config``): from an
   ``ApiConfigSource``.
 
 What owners see: ``on_config_update`` for each response that holds something for them (it
-raises to reject: the response is NACKed with the error's text), and
-``on_config_update_failed(FETCH_TIMEDOUT, None)`` once if nothing arrived in time. A lost
-control plane is counted (``update_failure``) but not reported to owners, as in Envoy: their
-config stays, and they are called again when the new stream brings responses.
+raises to reject: the response is NACKed with the error's text),
+``on_config_update_failed(UPDATE_REJECTED, error)`` for each response of their type that is
+NACKed (whoever refused it: a resource that breaks its proto's constraints is refused as it is
+decoded, before any owner sees it), and ``on_config_update_failed(FETCH_TIMEDOUT, None)``
+once if nothing arrived in time. A lost control plane is counted (``update_failure``) but not
+reported to owners, as in Envoy: their config stays, and they are called again when the new
+stream brings responses.
 
 NACKs carry ``error_detail`` with code INTERNAL (13) and the error text, as Envoy's. Not
 supported (the response is NACKed, naming the field): resource TTLs (``Resource.ttl``) and

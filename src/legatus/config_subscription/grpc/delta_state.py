@@ -10,7 +10,9 @@ Sans-I/O, like ``sotw_state``. Delta requests speak in differences:
   client is not sent what it already has. A wildcard with no names is the legacy empty
   request; with names it is an explicit ``*``.
 - ``response_nonce`` only on a request that answers a response (ACK, or NACK with
-  ``error_detail``); a spontaneous change of interest carries none.
+  ``error_detail``): the mux keeps those answers (``pausable_ack_queue``) and hands one to
+  ``next_request``; a spontaneous change of interest carries none. A request that answers a
+  response also says whatever changed in the interest meanwhile.
 - Resource versions are kept for the names of interest (all resources under a wildcard)
   from accepted responses; ``removed_resources`` forgets them.
 """
@@ -21,20 +23,18 @@ from collections.abc import Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from legatus.config_subscription.grpc.protocol import WILDCARD, error_detail
+from legatus.config_subscription.grpc.pausable_ack_queue import UpdateAck
+from legatus.config_subscription.grpc.protocol import WILDCARD
 
 __all__ = ["DeltaState"]
 
 
 class DeltaState:
     __slots__ = (
-        "_error_detail",
         "_on_stream",
-        "_reply_due",
         "_subscribe",
         "_unsubscribe",
         "names",
-        "nonce",
         "type_url",
         "versions",
         "wildcard",
@@ -45,9 +45,6 @@ class DeltaState:
         self.names: frozenset[str] = frozenset()
         self.wildcard = False
         self.versions: dict[str, str] = {}  # resources held: name -> version
-        self.nonce = ""
-        self._error_detail = None
-        self._reply_due = False
         self._on_stream = False  # a request of this type went out on the current stream
         self._subscribe: set[str] = set()
         self._unsubscribe: set[str] = set()
@@ -76,39 +73,30 @@ class DeltaState:
 
     def stream_started(self) -> None:
         self._on_stream = False
-        self.nonce = ""
-        self._error_detail = None
-        self._reply_due = False
         self._subscribe.clear()
         self._unsubscribe.clear()
 
     def wants_request(self) -> bool:
+        """Whether the interest has something to say without a response to answer."""
         if not self._on_stream:
             return self.interested
-        return bool(self._subscribe or self._unsubscribe or self._reply_due)
+        return bool(self._subscribe or self._unsubscribe)
 
     def is_heartbeat(self, name: str, version: str) -> bool:
         """A bodiless resource at the version already held: nothing changed."""
         return name in self.versions and self.versions[name] == version
 
-    def accepted(self, nonce: str, added: Iterable[tuple[str, str]], removed: Iterable[str]):
-        """ACK; ``added`` are (name, version) pairs of the response's resources."""
+    def accepted(self, added: Iterable[tuple[str, str]], removed: Iterable[str]) -> None:
+        """A response taken: ``added`` are (name, version) pairs of its resources."""
         for name, version in added:
             if self.wildcard or name in self.names:
                 self.versions[name] = version
         for name in removed:
             self.versions.pop(name, None)
-        self.nonce = nonce
-        self._error_detail = None
-        self._reply_due = True
 
-    def rejected(self, nonce: str, message: str) -> None:
-        self.nonce = nonce
-        self._error_detail = error_detail(message)
-        self._reply_due = True
-
-    def next_request(self) -> discovery_pb2.DeltaDiscoveryRequest:
-        if not self.wants_request():
+    def next_request(self, ack: UpdateAck | None = None) -> discovery_pb2.DeltaDiscoveryRequest:
+        """The next request: the answer ``ack`` (if any) and the changes of interest."""
+        if ack is None and not self.wants_request():
             raise RuntimeError(f"no {self.type_url} request is due")
         request = discovery_pb2.DeltaDiscoveryRequest(type_url=self.type_url)
         if not self._on_stream:
@@ -123,10 +111,8 @@ class DeltaState:
             request.resource_names_unsubscribe.extend(sorted(self._unsubscribe))
         self._subscribe.clear()
         self._unsubscribe.clear()
-        if self._reply_due:
-            request.response_nonce = self.nonce
-            if self._error_detail is not None:
-                request.error_detail.CopyFrom(self._error_detail)
-            self._reply_due = False
-            self._error_detail = None
+        if ack is not None:
+            request.response_nonce = ack.nonce
+            if ack.error_detail is not None:
+                request.error_detail.CopyFrom(ack.error_detail)
         return request

@@ -5,15 +5,27 @@ the control plane, and a protocol state per resource type (``SotwState`` or ``De
 shared by that type's subscriptions (``WatchMap``). Three things move it:
 
 - Subscriptions change their interest (start, update_resource_interest, close): the state
-  learns the new union of names and the type becomes *due*.
-- A response arrives: the reader decodes it, hands it to the type's watches, records the
-  ACK or (if anything failed) the NACK in the state, and makes the type due. Responses are
-  read one at a time and each is handled to the end before the next is read, so a flood of
-  responses waits in gRPC's flow control, not in a queue of ours.
-- The writer sends one request per due type, in the order types became due, built from the
-  state *when it is sent*: everything that happened to a type since its last request is
-  said once (coalescing). A paused type (``pause``) stays due and is skipped until resumed.
-  ``rate_limit_settings`` put a token bucket in front of the writes.
+  learns the new union of names and the type has something to say.
+- A response arrives: the reader decodes it, hands it to the type's watches, and records
+  the ACK or (if anything failed) the NACK. Responses are read one at a time and each is
+  handled to the end before the next is read, so a flood of responses waits in gRPC's flow
+  control, not in a queue of ours.
+- The writer sends what is owed, as Envoy's two muxes do. SotW: one request per due type,
+  in the order types became due, built from the state *when it is sent*: everything that
+  happened to a type since its last request is said once (coalescing); a paused type
+  (``pause``) stays due and is skipped until resumed. Delta: every response gets an answer
+  of its own (``PausableAckQueue``), sent in order with the changes of interest, a paused
+  type's held back (``control_plane.pending_requests`` counts them); then the types whose
+  interest changed while paused, in subscription order. ``rate_limit_settings`` put a token
+  bucket in front of the writes.
+
+The answer to a response becomes sendable one event-loop turn after the response was
+handled, once what the handling set off has run (a warming cluster's task finishing with
+its first assignment, which resumes CDS). Envoy does that work inside the handling, so the
+CDS ACK that the warm cluster releases goes out before the EDS ACK that warmed it; the turn
+keeps that order here. A SotW response of a type nobody watches any more (the endpoints of
+a cluster just removed) is taken without a request when it is empty, as Envoy takes it: the
+request that dropped the last name said all there was to say.
 
 When the stream fails (or the server closes it), every subscription counts a connection
 failure, and after a jittered exponential back-off a new channel and stream are made; the
@@ -43,12 +55,19 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from legatus.common.token_bucket import TokenBucket
 from legatus.config.errors import ConfigError
-from legatus.config.subscription import DecodedResource, SubscriptionCallbacks
+from legatus.config.subscription import SubscriptionCallbacks
 from legatus.config_subscription import decode
 from legatus.config_subscription.grpc.api_config import RateLimitSettings
 from legatus.config_subscription.grpc.backoff import BackOffSettings, JitteredBackOff
 from legatus.config_subscription.grpc.delta_state import DeltaState
 from legatus.config_subscription.grpc.grpc_subscription import GrpcSubscription
+from legatus.config_subscription.grpc.pausable_ack_queue import (
+    InterestChange,
+    PausableAckQueue,
+    UpdateAck,
+)
+from legatus.config_subscription.grpc.protocol import error_detail
+from legatus.config_subscription.grpc.resources import decode_delta, decode_sotw
 from legatus.config_subscription.grpc.services import method_path
 from legatus.config_subscription.grpc.sotw_state import SotwState
 from legatus.config_subscription.grpc.watch_map import WatchMap
@@ -59,7 +78,6 @@ __all__ = ["ControlPlaneStats", "GrpcMux", "StreamClosedError"]
 
 log = logging.getLogger("legatus.config")
 
-_RESOURCE_WRAPPER = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 # Closes that are expected while a control plane restarts (Envoy logs them at debug).
 _TRANSIENT = frozenset(
     {
@@ -131,11 +149,13 @@ class GrpcMux:
         self._identifier = scope.text_readout("control_plane.identifier")
         self._types: dict[str, _Type] = {}  # in subscription order
         self._type_url: str | None = None  # the one type of a non-ADS stream
-        self._due: dict[str, None] = {}  # an ordered set of the types owing a request
+        self._due: dict[str, None] = {}  # SotW: an ordered set of the types owing a request
         self._pauses: dict[str, int] = {}
+        self._acks = PausableAckQueue(self._is_paused)  # delta: the answers owed
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._streaming = False
+        self._stream_number = 0  # which stream a deferred answer belongs to
         self._first_request = True
         self._closed = False
 
@@ -215,8 +235,9 @@ class GrpcMux:
                 self._pauses[type_url] = count
                 continue
             del self._pauses[type_url]
-            if type_url in self._due:
-                self._wake.set()
+            if self.delta and type_url in self._types:
+                self._queue(type_url)  # its change of interest goes now, as in Envoy
+            self._wake.set()
 
     @contextlib.contextmanager
     def paused(self, *type_urls: str) -> Iterator[None]:
@@ -248,7 +269,9 @@ class GrpcMux:
             self.start()
 
     def interest_changed(self, watch: GrpcSubscription) -> None:
-        self._refresh(self._types[watch.type_url])
+        entry = self._types[watch.type_url]
+        entry.watches.add(watch)  # first in line again, as in Envoy
+        self._refresh(entry)
 
     def remove_watch(self, watch: GrpcSubscription) -> None:
         entry = self._types.get(watch.type_url)
@@ -268,27 +291,58 @@ class GrpcMux:
     # Requests -------------------------------------------------------------------
 
     def _queue(self, type_url: str) -> None:
+        """``type_url`` may have something to say (its interest changed, a response of it
+        was handled, it was resumed)."""
         if not self._streaming:
             return  # the next stream asks afresh
-        self._due[type_url] = None
+        if not self.delta:
+            self._due[type_url] = None
+        elif type_url not in self._pauses and self._types[type_url].state.wants_request():
+            self._acks.push(InterestChange(type_url))
         self._wake.set()
 
-    def _next_due(self) -> str | None:
-        for type_url in self._due:
-            if type_url not in self._pauses:
-                return type_url
+    def _is_paused(self, type_url: str) -> bool:
+        return type_url in self._pauses
+
+    def _next_due(self) -> tuple[str, UpdateAck | None] | None:
+        """The type of the next request, and the answer it carries (delta)."""
+        if not self.delta:
+            for type_url in self._due:
+                if type_url not in self._pauses:
+                    return type_url, None
+            return None
+        while (queued := self._acks.front()) is not None:
+            if isinstance(queued, UpdateAck):
+                return queued.type_url, queued
+            self._acks.pop(queued)
+            if self._types[queued.type_url].state.wants_request():
+                return queued.type_url, None
+        for type_url, entry in self._types.items():
+            if type_url not in self._pauses and entry.state.wants_request():
+                return type_url, None
         return None
 
-    def _next_request(self, type_url: str):
-        request = self._types[type_url].state.next_request()
+    def _next_request(self, type_url: str, ack: UpdateAck | None):
+        state = self._types[type_url].state
+        if ack is not None:
+            self._acks.pop(ack)
+            request = state.next_request(ack)
+        else:
+            self._due.pop(type_url, None)
+            request = state.next_request()
         if self._first_request or not self._node_first_only:
             request.node.CopyFrom(self._node)
         self._first_request = False
         return request
 
     def _update_pending(self) -> None:
+        """Envoy's queue size: SotW, the due requests held back (by the rate limit); delta,
+        every answer owed, paused types' included. Set once it was ever non-zero."""
         pending = self._stats.pending_requests
-        count = sum(1 for type_url in self._due if type_url not in self._pauses)
+        if self.delta:
+            count = len(self._acks)
+        else:
+            count = sum(1 for type_url in self._due if type_url not in self._pauses)
         if count or pending.used:
             pending.set(count)
 
@@ -298,18 +352,13 @@ class GrpcMux:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while (type_url := self._next_due()) is not None:
-                    state = self._types[type_url].state
-                    if isinstance(state, DeltaState) and not state.wants_request():
-                        del self._due[type_url]
-                        continue
+                while (due := self._next_due()) is not None:
                     if bucket is not None and not bucket.consume():
                         self._stats.rate_limit_enforced.inc()
                         self._update_pending()
                         await asyncio.sleep(bucket.next_token_ms() / 1000)
                         continue
-                    del self._due[type_url]
-                    await call.write(self._next_request(type_url))
+                    await call.write(self._next_request(*due))
                 self._update_pending()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             return  # the call is over; the reader says why
@@ -383,11 +432,13 @@ class GrpcMux:
 
     def _stream_started(self) -> None:
         self._streaming = True
+        self._stream_number += 1
         self._first_request = True
         self._due.clear()
+        self._acks.clear()
         for type_url, entry in self._types.items():
             entry.state.stream_started()
-            if entry.state.interested:
+            if entry.state.interested and not self.delta:
                 self._due[type_url] = None
         self._wake.set()
 
@@ -416,44 +467,65 @@ class GrpcMux:
         if response.HasField("control_plane"):
             self._identifier.set(response.control_plane.identifier)
         if self.delta:
-            self._on_delta_response(entry, response)
-        else:
-            self._on_sotw_response(entry, response)
-        self._queue(response.type_url)
+            answer = self._on_delta_response(entry, response)
+            self.loop.call_soon(self._answer, self._stream_number, answer)
+        elif self._on_sotw_response(entry, response):
+            self.loop.call_soon(self._answer, self._stream_number, response.type_url)
 
-    def _on_sotw_response(self, entry: _Type, response: discovery_pb2.DiscoveryResponse):
+    def _answer(self, stream_number: int, answer: UpdateAck | str) -> None:
+        """Make the answer to a response sendable (see the module doc): delta, its ACK or
+        NACK; SotW, the type's next request."""
+        if stream_number != self._stream_number or not self._streaming:
+            return  # that stream is gone, and its nonces with it
+        if isinstance(answer, UpdateAck):
+            self._acks.push(answer)
+            self._wake.set()
+        else:
+            self._queue(answer)
+
+    def _on_sotw_response(self, entry: _Type, response: discovery_pb2.DiscoveryResponse) -> bool:
+        """Handle a SotW response; whether it wants a request in answer."""
         state = entry.state
         assert isinstance(state, SotwState)
         if not len(entry.watches):
-            # Nobody asked (every subscription went away): take an empty answer, and answer
-            # anything else without ACKing its version.
+            # Nobody asked (every subscription went away): take an empty answer silently,
+            # and answer anything else without ACKing its version (Envoy's GrpcMuxImpl).
             if response.resources:
                 state.seen(response.nonce)
-            else:
-                state.accepted(response.version_info, response.nonce)
-            return
+                return True
+            state.accepted(response.version_info, response.nonce)
+            return False
         try:
-            resources = [_decode_sotw(r, response.type_url) for r in response.resources]
+            resources = [
+                decode_sotw(r, response.type_url, f"resources[{i}]")
+                for i, r in enumerate(response.resources)
+            ]
             entry.watches.deliver_sotw(resources, response.version_info)
         except Exception as error:
-            self._reject(entry, response.nonce, error)
+            state.rejected(response.nonce, self._rejection(entry, error))
         else:
             state.accepted(response.version_info, response.nonce)
+        return True
 
-    def _on_delta_response(self, entry: _Type, response: discovery_pb2.DeltaDiscoveryResponse):
+    def _on_delta_response(
+        self, entry: _Type, response: discovery_pb2.DeltaDiscoveryResponse
+    ) -> UpdateAck:
+        """Handle a delta response; its answer."""
         state = entry.state
         assert isinstance(state, DeltaState)
         if response.resource_errors:
             log.debug("%s: resource_errors are not acted upon", response.type_url)
         try:
-            added, removed = _decode_delta(response, state)
+            added, removed = decode_delta(response, state)
             entry.watches.deliver_delta(added, removed, response.system_version_info)
         except Exception as error:
-            self._reject(entry, response.nonce, error)
-        else:
-            state.accepted(response.nonce, [(r.name, r.version) for r in added], removed)
+            message = self._rejection(entry, error)
+            return UpdateAck(response.type_url, response.nonce, error_detail(message))
+        state.accepted([(r.name, r.version) for r in added], removed)
+        return UpdateAck(response.type_url, response.nonce)
 
-    def _reject(self, entry: _Type, nonce: str, error: Exception) -> None:
+    def _rejection(self, entry: _Type, error: Exception) -> str:
+        """Log a refused response, tell its watches; the NACK's text."""
         message = str(error)
         if isinstance(error, ConfigError | ValueError):
             log.warning("gRPC config for %s rejected: %s", entry.state.type_url, message)
@@ -461,9 +533,9 @@ class GrpcMux:
             log.error("gRPC config for %s rejected by an unexpected error", entry.state.type_url,
                       exc_info=error)  # fmt: skip
             message = message or type(error).__name__
-        entry.state.rejected(nonce, message)
         for watch in entry.watches:
-            watch.rejected()
+            watch.rejected(error)
+        return message
 
 
 def _serialize(request) -> bytes:
@@ -483,58 +555,3 @@ def _describe(error: Exception) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
         return f"{error.code().value[0]}, {error.details()}"
     return str(error) or type(error).__name__
-
-
-def _decode_sotw(any_resource, type_url: str) -> DecodedResource:
-    if any_resource.type_url == _RESOURCE_WRAPPER:
-        wrapper = discovery_pb2.Resource()
-        if not any_resource.Unpack(wrapper):
-            raise decode.DecodeError("cannot unpack envoy.service.discovery.v3.Resource")
-        if wrapper.HasField("ttl"):
-            raise decode.DecodeError(
-                f"resource {wrapper.name!r}: field 'ttl' of Resource is not supported by legatus"
-            )
-        return decode.decode_wrapped(wrapper, type_url)
-    return decode.decode_resource(any_resource, type_url)
-
-
-def _decode_delta(
-    response: discovery_pb2.DeltaDiscoveryResponse, state: DeltaState
-) -> tuple[list[DecodedResource], list[str]]:
-    type_url = response.type_url
-    names: set[str] = set()
-    added: list[DecodedResource] = []
-    for wrapper in response.resources:
-        name = wrapper.name
-        if name in names:
-            raise decode.DecodeError(f"duplicate name {name} found among added/updated resources")
-        names.add(name)
-        if wrapper.HasField("ttl"):
-            raise decode.DecodeError(
-                f"resource {name!r}: field 'ttl' of Resource is not supported by legatus"
-            )
-        if not wrapper.HasField("resource") and (
-            state.is_heartbeat(name, wrapper.version) or wrapper.aliases
-        ):
-            continue  # nothing new, or an alias the server could not resolve
-        if wrapper.HasField("resource") and wrapper.resource.type_url != type_url:
-            raise decode.DecodeError(
-                f"type URL {wrapper.resource.type_url} embedded in an individual Any does not "
-                f"match the message-wide type URL {type_url} in DeltaDiscoveryResponse"
-            )
-        added.append(decode.decode_wrapped(wrapper, type_url))
-    removed = list(response.removed_resources)
-    for resource_name in response.removed_resource_names:
-        if resource_name.HasField("dynamic_parameter_constraints"):
-            raise decode.DecodeError(
-                "field 'dynamic_parameter_constraints' of removed_resource_names is not "
-                "supported by legatus"
-            )
-        removed.append(resource_name.name)
-    for name in removed:
-        if name in names:
-            raise decode.DecodeError(
-                f"duplicate name {name} found in the union of added+removed resources"
-            )
-        names.add(name)
-    return added, removed

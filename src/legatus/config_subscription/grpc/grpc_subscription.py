@@ -8,8 +8,10 @@ wildcard, as in Envoy's watches), and ``close()`` when done. The mux calls back:
 - ``deliver(update)``: the owner's ``on_config_update``. Accepted: ``update_success``,
   ``version``, ``version_text``, ``update_time``, ``update_duration``. A raise propagates to
   the mux, which NACKs and calls ``rejected()`` on every subscription of the type.
-- ``rejected()``: ``update_rejected``. The owner already knows (it raised, or, for a
-  response that could not be decoded, never saw it).
+- ``rejected(error)``: ``update_rejected``, and the owner's
+  ``on_config_update_failed(UPDATE_REJECTED, error)`` (whether it raised the error, or the
+  response could not be decoded and it never saw it), as Envoy tells every watch of the
+  type.
 - ``connection_failed()``: ``update_failure``. Envoy does not tell the owner: its last
   config stays in place and a new stream follows; an owner that waits for its first
   update is released by ``initial_fetch_timeout`` instead.
@@ -18,8 +20,9 @@ wildcard, as in Envoy's watches), and ``close()`` when done. The mux calls back:
   ``init_fetch_timeout``; the subscription carries on.
 
 ``update_attempt`` counts, as Envoy does, ``start``, each interest change, each update,
-rejection, connection failure and fetch timeout (a delta update that is rejected counts
-twice: once before the owner is called, once as rejected).
+rejection, connection failure and fetch timeout (a delta update that its owner refuses
+counts twice: once before the owner is called, once as rejected; one refused as it is
+decoded, which the owner never sees, once).
 """
 
 from __future__ import annotations
@@ -132,11 +135,15 @@ class GrpcSubscription:
             stats.stats.update_attempt.inc()
         stats.accepted(update.version_info, started)
 
-    def rejected(self) -> None:
+    def rejected(self, error: Exception) -> None:
         if self._closed:
             return
         self._cancel_timer()
         self._stats.rejected()
+        try:
+            self._callbacks.on_config_update_failed(UpdateFailureReason.UPDATE_REJECTED, error)
+        except Exception:
+            log.exception("the owner of %s failed on a rejected update", self.type_url)
         self._stats.stats.update_attempt.inc()
 
     def connection_failed(self) -> None:

@@ -11,6 +11,11 @@ as Envoy's watch maps do:
   removed. A delta response that adds and removes nothing still reaches the wildcard
   watches, as an empty update.
 
+Watches are called newest first (the most recently added, or whose interest changed
+last), as Envoy's mux keeps them. It matters when two watch one name: a changed EDS
+cluster's new version and the version in place. The new one takes the assignment first;
+if that ends its warming at once, the old one is closed before its turn and skipped.
+
 The response is all or nothing: the first watch that raises stops the delivery, and the
 error becomes the NACK.
 """
@@ -57,9 +62,11 @@ class WatchMap:
 
     def __init__(self, type_url: str) -> None:
         self.type_url = type_url
-        self._watches: dict[Watch, None] = {}  # an ordered set, in subscription order
+        self._watches: dict[Watch, None] = {}  # an ordered set, the newest last
 
     def add(self, watch: Watch) -> None:
+        """A new watch, or one whose interest changed: it comes first from now on."""
+        self._watches.pop(watch, None)
         self._watches[watch] = None
 
     def remove(self, watch: Watch) -> None:
@@ -81,8 +88,9 @@ class WatchMap:
         return frozenset(names), wildcard
 
     def _live(self) -> Iterator[Watch]:
-        # An owner may close a subscription (its own or another) while being called.
-        for watch in tuple(self._watches):
+        # Newest first. An owner may close a subscription (its own or another) while being
+        # called: a watch closed before its turn is skipped.
+        for watch in reversed(tuple(self._watches)):
             if watch in self._watches:
                 yield watch
 

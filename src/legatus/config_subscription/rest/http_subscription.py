@@ -16,7 +16,8 @@ What an answer does:
   server's job over REST, as in Envoy) go to the owner as a state-of-the-world update.
   Accepted: ``update_success`` and the version stats; the next request carries the new
   ``version_info``. Rejected (the body is not a DiscoveryResponse, a resource cannot be
-  decoded, or the owner raises): ``update_rejected``, the version stays.
+  decoded, or the owner raises): ``update_rejected``, the version stays, and the owner is
+  told (``on_config_update_failed(UPDATE_REJECTED, error)``), as Envoy tells it.
 - 304: nothing changed; no stat but the attempt.
 - connection refused or broken, timeout, any other status: ``update_failure``. As in Envoy,
   the owner is not told (``on_config_update_failed`` is not called): its config stays, the
@@ -292,7 +293,7 @@ class HttpSubscription:
         try:
             response = parse_response(json.loads(body), self._unknown_fields)
         except (ValueError, ConfigError) as e:  # JSONDecodeError and UnicodeDecodeError too
-            self._rejected("", "", f"Unable to parse JSON as proto: {e}")
+            self._rejected("", "", f"Unable to parse JSON as proto: {e}", e)
             return
         try:
             resources = decode_resources(response, self.type_url)
@@ -307,7 +308,7 @@ class HttpSubscription:
             )
         except Exception as e:  # ConfigError or ValueError; anything else is the owner's bug
             _log_unexpected(e, self._path)
-            self._rejected(response.nonce, response.version_info, str(e) or type(e).__name__)
+            self._rejected(response.nonce, response.version_info, str(e) or type(e).__name__, e)
             return
         self._version_info = response.version_info
         self._nonce = response.nonce
@@ -321,7 +322,7 @@ class HttpSubscription:
         log.warning("REST update for %s failed: %s", self._path, details)
         self._stats.stats.update_failure.inc()
 
-    def _rejected(self, nonce: str, version_info: str, details: str) -> None:
+    def _rejected(self, nonce: str, version_info: str, details: str, error: Exception) -> None:
         log.warning("REST config for %s rejected: %s", self._path, details)
         self._stats.rejected()
         self._nonce = nonce
@@ -329,6 +330,7 @@ class HttpSubscription:
         self.last_failure = UpdateFailureState(
             details=details, last_update_attempt=time.time(), version_info=version_info
         )
+        self._callbacks.on_config_update_failed(UpdateFailureReason.UPDATE_REJECTED, error)
 
     def _fetch_timed_out(self) -> None:
         self._init_timer = None

@@ -26,7 +26,12 @@ from envoy.service.discovery.v3 import discovery_pb2
 from legatus.config.errors import ConfigError
 from legatus.config.proto_json import parse
 from legatus.config.subscription import DecodedResource
-from legatus.config_subscription.decode import DecodeError, decode_resource, decode_wrapped
+from legatus.config_subscription.decode import (
+    DecodeError,
+    InvalidResourceError,
+    decode_resource,
+    decode_wrapped,
+)
 from legatus.stats.store import Counter
 
 __all__ = [
@@ -102,15 +107,18 @@ def decode_resources(
 ) -> tuple[DecodedResource, ...]:
     """The response's resources, each of which must be of ``type_url``.
 
-    Raises DecodeError (naming the resource's index) for a resource that cannot be decoded:
-    a response is taken whole or not at all.
+    Raises DecodeError (naming the resource's index) for a resource that cannot be decoded
+    or breaks its proto's constraints: a response is taken whole or not at all.
     """
     decoded = []
     for index, any_resource in enumerate(response.resources):
+        path = f"resources[{index}]"
         try:
-            decoded.append(_decode(any_resource, type_url))
+            decoded.append(_decode(any_resource, type_url, path))
+        except InvalidResourceError:
+            raise  # its text names the field, from the index on
         except DecodeError as e:
-            raise DecodeError(f"resources[{index}]: {e}") from None
+            raise DecodeError(f"{path}: {e}") from None
     return tuple(decoded)
 
 
@@ -123,9 +131,9 @@ def select_named(
     return tuple(r for r in resources if r.name in names or any(a in names for a in r.aliases))
 
 
-def _decode(any_resource, type_url: str) -> DecodedResource:
+def _decode(any_resource, type_url: str, path: str) -> DecodedResource:
     if any_resource.type_url != _RESOURCE_WRAPPER:
-        return decode_resource(any_resource, type_url)
+        return decode_resource(any_resource, type_url, path)
     wrapper = discovery_pb2.Resource()
     if not any_resource.Unpack(wrapper):
         raise DecodeError("cannot unpack envoy.service.discovery.v3.Resource")
@@ -134,4 +142,4 @@ def _decode(any_resource, type_url: str) -> DecodedResource:
         raise DecodeError(
             f"resource {wrapper.name!r}: field 'ttl' of Resource is not supported by legatus"
         )
-    return decode_wrapped(wrapper, type_url)
+    return decode_wrapped(wrapper, type_url, path)
