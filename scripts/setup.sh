@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install what legatus and its tests need on a fresh Debian machine with Python 3.11:
 # the system tools the tests drive (curl, procps, redis-server for the rate limit
-# service), then a virtualenv in .venv with legatus and its test extras. Safe to run again.
+# service, h2load from nghttp2-client for HTTP/2), then a virtualenv in .venv with legatus
+# and its test extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in curl ps redis-server; do
+for tool in curl ps redis-server h2load; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if ((${#need[@]})); then
@@ -15,6 +16,7 @@ if ((${#need[@]})); then
     case $tool in
       ps) pkgs+=(procps) ;;
       redis-server) pkgs+=(redis-server) ;;
+      h2load) pkgs+=(nghttp2-client) ;;
       *) pkgs+=("$tool") ;;
     esac
   done

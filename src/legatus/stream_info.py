@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import time
+from typing import Any
 
 
 class ResponseFlag(enum.IntFlag):
@@ -128,6 +129,11 @@ class StreamInfo:
     upstream_transport_failure_reason: str | None = None
     connection_termination_details: str | None = None
     requested_server_name: str | None = None
+    # TLS: the connection's SslConnectionInfo (None for plaintext), and why a transport
+    # socket failed (%DOWNSTREAM_TRANSPORT_FAILURE_REASON%).
+    downstream_ssl: Any = None
+    upstream_ssl: Any = None
+    downstream_transport_failure_reason: str | None = None
     route_name: str | None = None
     protocol: str | None = None  # "HTTP/1.1" for HTTP streams; None for TCP
     response_code: int | None = None
@@ -135,6 +141,9 @@ class StreamInfo:
     filter_state: dict | None = None
     upstream_connection_id: int | None = None  # %UPSTREAM_CONNECTION_ID%
     health_check = False  # set by the HTTP health_check filter; not_health_check_filter
+    # Whether the request was gRPC as it arrived (local replies: http/local_reply.py); None: not
+    # recorded yet.
+    is_grpc_request: bool | None = None
     # HTTP stream timings (loop monotonic seconds; None until they happen), as Envoy's
     # DownstreamTiming / UpstreamTiming: %REQUEST_DURATION% and friends read them.
     last_downstream_rx_byte_received: float | None = None

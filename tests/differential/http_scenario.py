@@ -284,6 +284,7 @@ class Reply:
     body: bytes = b"ok"
     echo: bool = False  # the body is the request's body
     chunks: tuple[bytes, ...] | None = None  # a chunked response of these chunks
+    trailers: tuple[tuple[str, str], ...] = ()  # ... and these trailers after them
     until_close: bool = False  # no framing header: the body ends with the connection
     delay: float = 0.0  # before the response head
     hold: bool = False  # wait for ScriptedUpstream.release() before the response head
@@ -417,7 +418,8 @@ class ScriptedUpstream:
         headers = list(reply.headers)
         if reply.chunks is not None:
             headers.append(("transfer-encoding", "chunked"))
-            payload = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in reply.chunks) + b"0\r\n\r\n"
+            payload = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in reply.chunks) + b"0\r\n"
+            payload += "".join(f"{n}: {v}\r\n" for n, v in reply.trailers).encode() + b"\r\n"
         elif reply.until_close:
             payload = body
         else:
@@ -461,6 +463,7 @@ class Response:
     framing: str = "none"
     interim: list[str] = field(default_factory=list)  # 1xx status lines before it
     error: str | None = None  # "closed", "reset" or "timeout" before a complete response
+    trailers: list[str] = field(default_factory=list)  # of a chunked body
 
     @property
     def status(self) -> int | None:
@@ -473,6 +476,8 @@ class Response:
         out["headers"] = [header_line_view(line) for line in self.header_lines]
         out["body"] = body_view(self.body)
         out["framing"] = self.framing
+        if self.trailers:
+            out["trailers"] = self.trailers
         if self.error:
             out["error"] = self.error
         return out
@@ -564,7 +569,7 @@ class Client:
                 if got is None:
                     response.error = "closed"
                 else:
-                    response.body = got[0]
+                    response.body, response.trailers = got
             elif "content-length" in values:
                 response.framing = "content-length"
                 body = self.reader.exactly(int(values["content-length"]))

@@ -46,10 +46,8 @@ CLUSTERS_HOST_VALUE_DIFFERENCES: dict[tuple[str, str], tuple[str, str]] = {}
 # Admin endpoints listed by Envoy's /help that legatus does not serve.
 MISSING_ENDPOINTS = [
     "/allocprofiler",
-    "/certs",
     "/contention",
     "/cpuprofiler",
-    "/drain_listeners",
     "/heap_dump",
     "/heapprofiler",
     "/memory/tcmalloc",

@@ -40,17 +40,31 @@ UNSUPPORTED = re.compile(r"not supported|unsupported|does not implement", re.I)
 # Example files legatus accepts today (Envoy accepts every one of them).
 LEGATUS_ACCEPTS = [
     "docs__root__configuration__http__http_filters___include__local-rate-limit-with-descriptors.yaml",
+    "docs__root__start__quick-start___include__envoy-dynamic-control-plane-demo.yaml",
+    "examples__brotli__envoy.yaml",
     "examples__cors__backend__envoy.yaml",
     "examples__cors__frontend__envoy.yaml",
     "examples__csrf__crosssite__envoy.yaml",
     "examples__double-proxy__envoy.yaml",
     "examples__dynamic-config-cp__envoy.yaml",
+    "examples__front-proxy__envoy.yaml",
     "examples__front-proxy__service-envoy-2.yaml",
     "examples__front-proxy__service-envoy.yaml",
+    "examples__grpc-bridge__server__envoy-proxy.yaml",
     "examples__local_ratelimit__envoy.yaml",
+    "examples__locality-load-balancing__envoy.yaml",
     "examples__route-mirror__envoy.yaml",
+    "examples__tls-inspector__envoy.yaml",
+    "examples__tls-sni__envoy-client.yaml",
+    "examples__tls__envoy-http-https.yaml",
+    "examples__tls__envoy-https-http.yaml",
+    "examples__tls__envoy-https-https.yaml",
     "examples__tls__envoy-https-passthrough.yaml",
+    "examples__websocket__envoy-ws-route.yaml",
+    "examples__websocket__envoy-ws.yaml",
     "examples__websocket__envoy-wss-passthrough.yaml",
+    "examples__websocket__envoy-wss.yaml",
+    "examples__zstd__envoy.yaml",
 ]
 
 

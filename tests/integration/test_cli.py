@@ -157,11 +157,11 @@ def test_unimplemented_flags_are_named_in_a_warning(tmp_path):
         proxy = start_proxy(
             tcp_proxy_config(upstream_port=echo.port),
             tmp_path,
-            args=["--concurrency", "1", "--drain-strategy", "immediate", "--restart-epoch", "0"],
+            args=["--concurrency", "1", "--parent-shutdown-time-s", "60", "--restart-epoch", "0"],
         )
         proxy.stop()
         log = proxy.log()
-        assert "--drain-strategy is accepted but has no effect" in log
+        assert "--parent-shutdown-time-s is accepted but has no effect" in log
         assert "--restart-epoch is accepted but has no effect" in log
     finally:
         echo.close()

@@ -93,7 +93,12 @@ def test_ipv6_listener(tmp_path):
 def test_filter_chain_match_default_chain_and_no_match(tmp_path):
     chains = [
         {
-            "filter_chain_match": {"source_prefix_ranges": [{"address_prefix": "127.0.0.2"}]},
+            # Envoy matches the source type before the source ranges, and 127.0.0.2 is not
+            # loopback there (only 127.0.0.1 is): without EXTERNAL here, chain two would win.
+            "filter_chain_match": {
+                "source_type": "EXTERNAL",
+                "source_prefix_ranges": [{"address_prefix": "127.0.0.2"}],
+            },
             "filters": [_direct("from .2\n")],
         },
         {
@@ -126,6 +131,11 @@ def test_filter_chain_match_default_chain_and_no_match(tmp_path):
             s.bind(("127.0.0.2", 0))
             s.connect(("127.0.0.1", port))
             assert s.recv(100) == b"from .2\n"
+        with socket.socket() as s:
+            s.settimeout(5)
+            s.bind(("127.0.0.3", 0))
+            s.connect(("127.0.0.1", port))
+            assert s.recv(100) == b"external\n"
         # From 127.0.0.1: no source range matches, and loopback is not EXTERNAL: no chain.
         assert _read_all(port) == b""
         wait_for(

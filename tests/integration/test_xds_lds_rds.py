@@ -89,7 +89,7 @@ def test_listeners_and_routes_from_ads(tmp_path, delta):
         xds.set_resources(ROUTE, [routes(TO_BACKEND)])
         xds.set_resources(LISTENER, [listener(port)])
         proxy = start_proxy(bootstrap(xds.port, delta), tmp_path, args=["--concurrency", "2",
-                            "--drain-time-s", "2"])  # fmt: skip
+                            "--drain-time-s", "2", "--drain-strategy", "immediate"])  # fmt: skip
         try:
             # The listener warmed until its routes arrived: served at once.
             assert httpx.get(url, timeout=5).status_code == 200
@@ -183,8 +183,10 @@ def test_route_and_listener_updates_under_load_fail_no_request(tmp_path):
         xds.set_resources(ENDPOINT, [assignment("backend", up.port)])
         xds.set_resources(ROUTE, [versioned(0)])
         xds.set_resources(LISTENER, [listener(port)])
+        # Gradual: every connection is told to close within ceil(4 / 2) s, before the drain
+        # time is over and what is left is closed.
         proxy = start_proxy(bootstrap(xds.port, False), tmp_path, args=["--concurrency", "2",
-                            "--drain-time-s", "1"])  # fmt: skip
+                            "--drain-time-s", "4"])  # fmt: skip
         threads = [threading.Thread(target=load) for _ in range(3)]
         try:
             for t in threads:
@@ -230,7 +232,8 @@ def test_a_filter_chain_only_update_keeps_the_connections_of_unchanged_chains(tm
         xds.set_resources(CLUSTER, [])
         xds.set_resources(ROUTE, [routes(TEAPOT)])
         xds.set_resources(LISTENER, [two_chains("d1")])
-        proxy = start_proxy(bootstrap(xds.port, False), tmp_path, args=["--drain-time-s", "5"])
+        args = ["--drain-time-s", "5", "--drain-strategy", "immediate"]
+        proxy = start_proxy(bootstrap(xds.port, False), tmp_path, args=args)
         try:
             with httpx.Client(timeout=5) as client:
                 assert client.get(url).status_code == 418  # on the 127.0.0.1 chain

@@ -227,7 +227,7 @@ _SUPPORTED_BOOTSTRAP = frozenset({
     "node", "static_resources", "admin", "stats_config", "stats_flush_interval",
     "stats_server_version_override", "layered_runtime", "dynamic_resources",
 })  # fmt: skip
-_SUPPORTED_STATIC = frozenset({"listeners", "clusters"})
+_SUPPORTED_STATIC = frozenset({"listeners", "clusters", "secrets"})
 _SUPPORTED_ADMIN = frozenset({"address", "profile_path", "access_log", "access_log_path"})
 _SUPPORTED_STATS_CONFIG = frozenset({"stats_tags", "use_all_default_tags"})
 

@@ -28,9 +28,6 @@ class FactoryContext:
     cluster_manager: ThreadLocalClusterManager | None = None
     access_log_manager: Any = None  # legatus.access_log.manager.AccessLogManager
     cluster_names: frozenset[str] = frozenset()  # static clusters, for config-time checks
-    # Clusters configured for HTTP/2 upstreams: only gRPC clients (the rate limit filters) use
-    # them; a route to one is refused, as the router speaks HTTP/1.1 upstream only.
-    http2_cluster_names: frozenset[str] = frozenset()
     runtime: Any = None  # legatus.runtime.Runtime (the bootstrap's layered_runtime); None: empty
     listener_stat_prefix: str | None = None  # the listener a network filter is built for
     http_stat_prefix: str | None = None  # the HCM an HTTP filter is built for
@@ -41,6 +38,9 @@ class FactoryContext:
     route_config_providers: Any = None
     route_table: Any = None  # the HCM's inline RouteTable, so that an HTTP filter can see its
     # per-route configs at config time (None: routes that may change, e.g. RDS)
+    # The process's SDS secrets (extensions/transport_sockets/tls/secret_manager.py): the
+    # bootstrap's static secrets and the files TLS contexts name. None: none configured.
+    secret_manager: Any = None
 
     @property
     def validating(self) -> bool:

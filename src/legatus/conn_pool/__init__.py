@@ -4,7 +4,8 @@ This package module holds what every pool and its users share: failure and reset
 policies, settings, the per-cluster context and stats, and the callback contracts
 (``PoolCallbacks`` for ``new_stream``, ``ResponseDecoder`` for a stream's response).
 ``base`` is the protocol-independent state machine (Envoy's ``ConnPoolImplBase``), ``http1``
-the HTTP/1.1 client on the sans-I/O codec (``legatus.conn_pool.http1.Http1ConnPool``)."""
+the HTTP/1.1 client on the sans-I/O codec (``legatus.conn_pool.http1.Http1ConnPool``),
+``http2`` the multiplexed HTTP/2 client (``legatus.conn_pool.http2.Http2ConnPool``)."""
 
 from __future__ import annotations
 
@@ -96,6 +97,8 @@ class PoolContext:
     pool_stats: ConnPoolStats
     resource_manager: ResourceManager
     settings: PoolSettings
+    # The cluster's upstream transport socket factory (TLS), None for plaintext.
+    transport_socket: Any = None
 
     @classmethod
     def for_cluster(
@@ -121,6 +124,7 @@ class PoolContext:
                 max_requests_per_connection=max_requests_per_connection,
                 idle_timeout=idle_timeout,
             ),
+            transport_socket=getattr(cluster, "transport_socket", None),
         )
 
 
@@ -146,8 +150,12 @@ class StreamResetReason(enum.Enum):
     LOCAL_RESET = "local reset"
     OVERFLOW = "overflow"
     REMOTE_RESET = "remote reset"
+    """The upstream reset the stream (HTTP/2 RST_STREAM; router: UR)."""
+    REMOTE_REFUSED_STREAM_RESET = "remote refused stream reset"
+    """The upstream refused the stream before processing it (HTTP/2 REFUSED_STREAM, or a
+    GOAWAY that left it out): safe to retry (``retry_on: refused-stream``; router: UR)."""
     PROTOCOL_ERROR = "protocol error"
-    """The upstream broke HTTP/1 (router: 502, UPE)."""
+    """The upstream broke the protocol (router: 502, UPE)."""
 
 
 class ResponseDecoder:

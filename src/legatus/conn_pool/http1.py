@@ -22,6 +22,12 @@ and carries one stream at a time (no pipelining, as Envoy). Life of a stream:
    when the stream ends); the upstream connection's write-buffer watermarks reach the
    stream's ``add_callbacks`` subscribers (``on_above_write_buffer_high_watermark``,
    ``on_below_write_buffer_low_watermark``), for the router to pause the downstream.
+5. Upgrades and CONNECT: the request head goes out at once, its payload waits here until
+   the answer opens the tunnel (a 101, or a 2xx to CONNECT), then follows; any other answer
+   drops it: bytes meant for a tunnel never reach an upstream that still speaks HTTP (Envoy's
+   ``paused_for_websocket_`` / ``paused_for_connect_``). What waits counts against the
+   connection's buffer limit like its write buffer (the same watermark callbacks). A
+   connection that carried such a request is never reused.
 
 A FIN from the upstream closes the connection (HTTP upstreams do not half-close, as Envoy's
 codec client) and counts as a remote close.
@@ -31,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -49,20 +54,21 @@ from legatus.http.http1.events import (
     ResponseHeaders,
     ResponseTrailers,
 )
-from legatus.network.connection import Connection
+from legatus.network.connection import Connection, PendingConnect
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.upstream.host import Host
 
 log = logging.getLogger("legatus.pool")
 _STOP_ITERATION = FilterStatus.STOP_ITERATION  # a global: enum members are slow to read in 3.11
+_REFUSED: tuple = ()  # RequestEncoder._held once the answer refused the tunnel
 
 
 class RequestEncoder:
     """One request on an upstream HTTP/1 connection (the router's side of a stream)."""
 
-    __slots__ = ("_callbacks", "_client", "_read_disabled", "close_connection", "decode_complete",
-                 "decoder", "done", "encode_complete", "protocol_error_details",
-                 "response_complete")  # fmt: skip
+    __slots__ = ("_callbacks", "_client", "_held", "_held_above", "_held_bytes", "_read_disabled",
+                 "close_connection", "decode_complete", "decoder", "done", "encode_complete",
+                 "protocol_error_details", "response_complete")  # fmt: skip
 
     def __init__(self, client: Http1ActiveClient, decoder: ResponseDecoder) -> None:
         self._client = client
@@ -75,6 +81,11 @@ class RequestEncoder:
         self.close_connection = False
         self.done = False  # detached from the connection: encoding is a no-op
         self.protocol_error_details: str | None = None  # the codec's details after UPE
+        # A tunnel's payload waiting for the answer that opens it (None: not waiting;
+        # _REFUSED: the answer refused the tunnel, the payload is dropped).
+        self._held: list[tuple[bytes | None, Any]] | tuple | None = None
+        self._held_bytes = 0
+        self._held_above = False
 
     # Request ------------------------------------------------------------------
 
@@ -91,10 +102,16 @@ class RequestEncoder:
         self._client.write(data)
         if end_stream:
             self.encode_complete = True
+        elif self._client.codec.tunnel_request:
+            self._held = []  # the payload waits for the tunnel (see module doc)
         return None
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         if self.done or self.encode_complete:
+            return
+        if self._held is not None:
+            if self._held is not _REFUSED:
+                self._hold(data, end_stream)
             return
         out = self._client.codec.encode_data(data, end_stream)
         if out:
@@ -104,6 +121,10 @@ class RequestEncoder:
 
     def encode_trailers(self, trailers: HeaderMap) -> None:
         if self.done or self.encode_complete:
+            return
+        if self._held is not None:
+            if self._held is not _REFUSED:
+                self._hold(None, trailers)
             return
         out = self._client.codec.encode_trailers(trailers)
         if out:
@@ -115,6 +136,44 @@ class RequestEncoder:
         decoder is not called back."""
         if not self.done:
             self._client.reset_stream(self)
+
+    # A tunnel's payload ---------------------------------------------------------
+
+    def _hold(self, data: bytes | None, extra: Any) -> None:
+        """Keep a piece of payload (``data`` None: trailers in ``extra``; else ``extra`` is
+        end_stream) until the tunnel opens; past the buffer limit the subscribers hear the
+        high watermark, as if the connection's write buffer had filled."""
+        held = self._held
+        assert isinstance(held, list)
+        held.append((data, extra))
+        if data:
+            self._held_bytes += len(data)
+            connection = self._client.connection
+            if not self._held_above and self._held_bytes > connection.buffer_limit:
+                self._held_above = True
+                for cb in list(self._callbacks):
+                    cb.on_above_write_buffer_high_watermark()
+
+    def on_tunnel_answer(self, opened: bool) -> None:
+        """The response head came: the payload follows it into the tunnel, or (the upgrade or
+        CONNECT refused) is dropped."""
+        held = self._held
+        if held is None or held is _REFUSED:
+            return
+        if opened:
+            self._held = None
+            for data, extra in held:
+                if data is None:
+                    self.encode_trailers(extra)
+                else:
+                    self.encode_data(data, extra)
+        else:
+            self._held = _REFUSED  # nothing more goes to an upstream that refused
+        self._held_bytes = 0
+        if self._held_above:
+            self._held_above = False
+            for cb in list(self._callbacks):
+                cb.on_below_write_buffer_low_watermark()
 
     # Flow control ---------------------------------------------------------------
 
@@ -158,6 +217,11 @@ class RequestEncoder:
     @property
     def protocol(self) -> str:
         return HTTP_11
+
+    @property
+    def ssl(self) -> Any:
+        """The upstream connection's SslConnectionInfo (None: plaintext)."""
+        return self._client.connection.ssl
 
     def _detach(self) -> None:
         self.done = True
@@ -210,13 +274,17 @@ class Http1ActiveClient(ActiveClient):
         self._failure_reason = ""
         connection.add_read_filter(_CodecReadFilter(self))
         connection.add_connection_callbacks(self)
-        host, port = pool.host.address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        loop = ctx.loop
-        self._connect_task = loop.create_task(
-            loop.create_connection(lambda: connection, host, port, family=family)
+        # TCP, then the cluster's transport socket handshake (TLS), if any; the pool keeps the
+        # connect timer.
+        self._connecting: PendingConnect | None = PendingConnect(
+            ctx.loop,
+            connection,
+            pool.host.address,
+            None,
+            self._on_connect_done,
+            transport_socket=ctx.transport_socket,
+            host=pool.host,
         )
-        self._connect_task.add_done_callback(self._on_connect_done)
 
     # ActiveClient --------------------------------------------------------------
 
@@ -229,9 +297,10 @@ class Http1ActiveClient(ActiveClient):
     def close(self) -> None:
         if self._closed:
             return
-        task = self._connect_task
-        if task is not None:
-            task.cancel()
+        connecting = self._connecting
+        if connecting is not None:
+            self._connecting = None
+            connecting.cancel()
         self.connection.close(CloseType.NO_FLUSH)  # raises the close event: on_event
 
     def new_stream_encoder(self, decoder: Any) -> RequestEncoder:
@@ -240,20 +309,17 @@ class Http1ActiveClient(ActiveClient):
 
     # Connecting ------------------------------------------------------------------
 
-    def _on_connect_done(self, task: Any) -> None:
-        self._connect_task = None
-        if task.cancelled():
-            return  # close() cancelled it and reported the close
-        error = task.exception()
-        if self._closed:
-            if error is None:
-                task.result()[0].abort()  # connected just as it was closed: drop it
-            return
+    def _on_connect_done(self, error: BaseException | None) -> None:
+        """PendingConnect's outcome (never called after close() cancelled it)."""
+        self._connecting = None
         if error is None:
             self.pool.on_connection_event(self, ConnectionEvent.CONNECTED)
             return
-        errno = getattr(error, "errno", None)
-        self._failure_reason = f"delayed connect error: {os.strerror(errno) if errno else error}"
+        reason = getattr(error, "transport_failure_reason", None)  # a failed TLS handshake
+        if reason is None:
+            errno = getattr(error, "errno", None)
+            reason = f"delayed connect error: {os.strerror(errno) if errno else error}"
+        self._failure_reason = reason
         self.remote_closed = True  # Envoy: a failed connect is a remote close
         self.connection.close(CloseType.NO_FLUSH)
 
@@ -270,6 +336,8 @@ class Http1ActiveClient(ActiveClient):
                 continue
             decoder = stream.decoder
             if cls is ResponseHeaders:
+                if stream._held is not None:  # an upgrade or CONNECT: the answer is in
+                    stream.on_tunnel_answer(event.upgrade)
                 headers = event.headers
                 keep_alive = event.keep_alive
                 # A response the codec keeps alive did not ask to close (the codec checked).

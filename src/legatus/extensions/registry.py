@@ -21,12 +21,17 @@ _EXTENSIONS = (
     "filters.http.buffer",
     "filters.http.health_check",
     "filters.http.cors",
+    "filters.http.grpc_web",
+    "filters.http.grpc_stats",
     "filters.network.local_ratelimit",
     "filters.network.connection_limit",
     "filters.network.rbac",
     "filters.network.ratelimit",
     "access_loggers.file",
     "access_loggers.stream",
+    "transport_sockets.tls",
+    "transport_sockets.raw_buffer",
+    "filters.listener.tls_inspector",
 )
 
 

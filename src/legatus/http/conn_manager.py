@@ -1,7 +1,11 @@
 """The HTTP connection manager: Envoy's ``ConnectionManagerImpl`` over HTTP/1.1.
 
-One ``ConnectionManager`` is the terminal network filter of a downstream connection. It feeds
-the bytes to the sans-I/O ``ServerCodec`` and turns its events into streams:
+One ``ConnectionManager`` is the terminal network filter of a downstream connection. The
+codec is chosen on the first bytes (``_on_first_data``): with codec_type AUTO, HTTP/2 (the
+preface, or ALPN ``h2``) hands the connection to ``Http2ConnectionManager``
+(conn_manager_http2.py), which shares ``ActiveStream``; codec_type HTTP2 makes that one
+directly. Over HTTP/1.1, it feeds the bytes to the sans-I/O ``ServerCodec`` and turns its
+events into streams:
 
 - ``RequestHeaders`` opens an ``ActiveStream``: Envoy's request checks (a Host is required),
   the header policy (x-forwarded-*, x-request-id, x-envoy-* stripping), the route lookup,
@@ -18,6 +22,12 @@ the next loop iteration. A response that starts before its request is complete c
 connection after it, as Envoy does for HTTP/1 (the rest of the request would otherwise have
 to be read first). How and when the connection closes (at once, after a delay, after a
 drain) follows Envoy 1.40: see docs/http-connection-manager.md.
+
+Upgrades and CONNECT (docs/upgrades.md): the codec turns such a request into a tunnel at its
+head; the upgrade configs (http/upgrades.py) let it through its filter chain, or refuse it.
+A stream let through (``upgraded``) ends as Envoy ends an HTTP/1 stream whose request never
+completes: at once when its response ends or it is reset, while the connection closes after
+``delayed_close_timeout``.
 
 Timers: ``idle_timeout`` (no stream on the connection) and ``stream_idle_timeout`` share one
 timer whose deadline activity moves (see ``set_deadline``), and the router's timeout has one
@@ -41,6 +51,7 @@ from typing import Any
 from legatus.common.deadline_timer import DeadlineTimer
 from legatus.http.conn_manager_utility import (
     date_header,
+    is_upgrade,
     mutate_request_headers,
     mutate_response_headers,
 )
@@ -56,19 +67,26 @@ from legatus.http.http1.events import (
     RequestTrailers,
 )
 from legatus.http.http1.server_codec import ServerCodec
+from legatus.http.http2.frames import PREFACE_PREFIX
 from legatus.http.local_reply import (
     ENVOY_LOCAL_REPLIES,
     LocalReply,
     codec_error,
     render_local_reply,
 )
+from legatus.http.upgrades import upgrade_type
 from legatus.network.connection import State
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
+from legatus.router.timeouts import DISABLE as DURATION_DISABLED
+from legatus.router.timeouts import stream_duration
 from legatus.stream_info import ResponseFlag, StreamInfo
 
 log = logging.getLogger("legatus.http")
 
 _CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CODEC_AUTO = 0  # HttpConnectionManager.CodecType: AUTO, HTTP1, HTTP2
+CODEC_HTTP1 = 1
+CODEC_HTTP2 = 2
 # Local replies after which Envoy closes the connection although the request was complete.
 _CLOSING_DETAILS = frozenset(
     r.details for r in ENVOY_LOCAL_REPLIES.values() if r.close_connection
@@ -97,6 +115,8 @@ class ConnectionManager(ReadFilter):
         self.drain_timer: Any = None
         self.route_timer: DeadlineTimer | None = None
         self.above_write_watermark = False
+        # What a stream counts as its protocol's request (downstream_rq_http1_total here).
+        self.rq_protocol_total = config.stats.named.downstream_rq_http1_total
 
     # Connection life -------------------------------------------------------------------
 
@@ -106,14 +126,14 @@ class ConnectionManager(ReadFilter):
         stats = config.stats.named
         stats.downstream_cx_total.inc()
         stats.downstream_cx_active.inc()
-        stats.downstream_cx_http1_total.inc()
-        stats.downstream_cx_http1_active.inc()
+        if conn.secure:
+            stats.downstream_cx_ssl_total.inc()
+            stats.downstream_cx_ssl_active.inc()
         conn.add_connection_callbacks(self)
         self.route_timer = DeadlineTimer(self.loop)  # the router's, for each stream in turn
         conn.set_buffer_gauges(
             stats.downstream_cx_rx_bytes_buffered, stats.downstream_cx_tx_bytes_buffered
         )
-        self.codec = ServerCodec(config.codec_settings, buffer_limit=conn.buffer_limit)
         self.started = self.loop.time()
         if config.idle_timeout:
             self.set_deadline(config.idle_timeout)
@@ -121,7 +141,42 @@ class ConnectionManager(ReadFilter):
             self.duration_timer = self.loop.call_later(
                 config.max_connection_duration, self._on_max_connection_duration
             )
+        self.on_data = self._on_first_data  # type: ignore[method-assign]
         return FilterStatus.CONTINUE
+
+    def _on_first_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        """The codec is made on the first bytes, as Envoy's ``createCodec``: with codec_type
+        AUTO, a connection whose TLS handshake chose ``h2`` (``connection.next_protocol``, set
+        by the TLS transport socket; absent on cleartext) or whose bytes start with the
+        HTTP/2 preface is handed to an ``Http2ConnectionManager``; otherwise HTTP/1.1. Later
+        reads go straight to ``on_data``."""
+        if not data:
+            return ConnectionManager.on_data(self, data, end_stream)
+        del self.on_data
+        config = self.config
+        conn = self.connection
+        if config.codec_type == CODEC_AUTO:
+            next_protocol = getattr(conn, "next_protocol", None)
+            if next_protocol == "h2" or (not next_protocol and data.startswith(PREFACE_PREFIX)):
+                return self._hand_over_to_http2(data, end_stream)
+        stats = config.stats.named
+        stats.downstream_cx_http1_total.inc()
+        stats.downstream_cx_http1_active.inc()
+        self.codec = ServerCodec(config.codec_settings, buffer_limit=conn.buffer_limit)
+        return self.on_data(data, end_stream)
+
+    def _hand_over_to_http2(self, data: bytes, end_stream: bool) -> FilterStatus:
+        """AUTO chose HTTP/2: an ``Http2ConnectionManager`` takes the connection over. This
+        object stays the connection's filter and callbacks, its hooks bound to the new one's."""
+        from legatus.http.conn_manager_http2 import Http2ConnectionManager
+
+        self._cancel_timers()
+        h2 = Http2ConnectionManager(self.config, self.context)
+        h2.read_callbacks = self.read_callbacks
+        for name in ("on_data", "on_event", "on_above_write_buffer_high_watermark",
+                     "on_below_write_buffer_low_watermark", "start_drain"):  # fmt: skip
+            setattr(self, name, getattr(h2, name))
+        return h2.take_over(self.connection, self.started, data, end_stream)
 
     def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
         if data:
@@ -149,7 +204,10 @@ class ConnectionManager(ReadFilter):
             return
         stats = self.config.stats.named
         stats.downstream_cx_active.dec()
-        stats.downstream_cx_http1_active.dec()
+        if self.connection.secure:
+            stats.downstream_cx_ssl_active.dec()
+        if self.codec is not None:
+            stats.downstream_cx_http1_active.dec()
         stats.downstream_cx_destroy.inc()
         remote = event is ConnectionEvent.REMOTE_CLOSE
         (stats.downstream_cx_destroy_remote if remote else stats.downstream_cx_destroy_local).inc()
@@ -254,6 +312,13 @@ class ConnectionManager(ReadFilter):
             return False
         return True
 
+    def on_max_requests_reached(self, stream: ActiveStream) -> None:
+        """max_requests_per_connection: the connection closes after this response."""
+        if not self.draining:
+            self.config.stats.named.downstream_cx_max_requests_reached.inc()
+        self.draining = True
+        stream.saw_connection_close = True  # close when done, as if the client asked
+
     def on_stream_done(self, stream: ActiveStream) -> None:
         """A stream ended: release the next pipelined request on the next loop iteration (by
         then the upstream connection this stream used is free again, as in Envoy)."""
@@ -298,6 +363,16 @@ class ConnectionManager(ReadFilter):
     def close(self, close_type: CloseType) -> None:
         self.closing = True
         self.connection.close(close_type)
+
+    def drain_close(self) -> bool:
+        """Envoy's ``drainClose()``, asked once per response (asking twice would double the
+        chance of a gradual drain): the listener's drain decision (its drain, or failing
+        health checks), or without a listener the server's health."""
+        decision = getattr(self.connection, "drain_decision", None)
+        if decision is not None:
+            return decision.drain_close()
+        health = self.config.server_health
+        return health is not None and health.failed
 
     def start_drain(self) -> None:
         """Envoy's drain sequence for HTTP/1: the response in progress (if any) says
@@ -392,6 +467,7 @@ class ActiveStream:
     destroyed = False
     internal = False
     local_reply = False
+    upgraded = False  # an upgrade or CONNECT let through (a tunnel once answered)
     internal_redirects = 0
     saw_connection_close = False
     is_head = False
@@ -400,6 +476,7 @@ class ActiveStream:
     request_headers: HeaderMap | None = None
     request_timer: Any = None
     duration_timer: Any = None
+    route_duration = False  # the route's max_stream_duration set the duration timer
     random_value = 0
 
     def __init__(self, manager: ConnectionManager, event: RequestHeaders | None) -> None:
@@ -412,6 +489,8 @@ class ActiveStream:
         info.downstream_local_address = conn_info.downstream_local_address
         info.downstream_remote_address = conn_info.downstream_remote_address
         info.downstream_direct_remote_address = conn_info.downstream_direct_remote_address
+        info.downstream_ssl = conn_info.downstream_ssl
+        info.requested_server_name = conn_info.requested_server_name
         if event is not None:
             self.request_headers = event.headers
             protocol = event.protocol
@@ -426,7 +505,7 @@ class ActiveStream:
         self.route_table = config.route_provider.route_table  # kept: updates are for new streams
         stats = config.stats.named
         stats.downstream_rq_total.inc()
-        stats.downstream_rq_http1_total.inc()
+        manager.rq_protocol_total.inc()
         stats.downstream_rq_active.inc()
         manager.requests += 1
         manager.set_deadline(self.idle_timeout)
@@ -451,10 +530,7 @@ class ActiveStream:
         self.is_head = headers.get(":method") == "HEAD"
         max_requests = config.max_requests_per_connection
         if max_requests and manager.requests >= max_requests:
-            if not manager.draining:
-                config.stats.named.downstream_cx_max_requests_reached.inc()
-            manager.draining = True
-            self.saw_connection_close = True  # close when done, as if the client asked
+            manager.on_max_requests_reached(self)
         if end_stream:
             self._end_decode()
         if ":authority" not in headers:
@@ -471,6 +547,7 @@ class ActiveStream:
             direct_remote_address=info.downstream_direct_remote_address,
             local_address=info.downstream_local_address,
             random=manager.context.random,
+            ssl=info.downstream_ssl,
         )
         info.downstream_remote_address = result.final_remote_address
         self.internal = result.internal
@@ -483,20 +560,53 @@ class ActiveStream:
         if route is not None:
             info.route_name = route.name or None
             info.upstream_cluster = self._known_cluster(route)
-        if event.upgrade:  # no upgrade_configs: Envoy refuses upgrades and CONNECT here
+            if getattr(route.route.action, "max_stream_duration", None) is not None:
+                self._refresh_duration(route)
+        factories = config.filter_factories
+        if event.upgrade:
+            factories = self._upgrade_filter_chain(headers, route)
+            if factories is None:
+                return
+        self._create_filter_chain(factories, route)
+        fm = self.filter_manager
+        fm.route_resolver = self._resolve_route
+        fm.decode_headers(headers, end_stream)
+
+    def _upgrade_filter_chain(self, headers: HeaderMap, route):
+        """Envoy's createUpgradeFilterChain (http/upgrades.py) for an upgrade or CONNECT: the
+        filter chain of an allowed one (counted in downstream_cx_upgrades_*); for a refused
+        one, the default chain when it has no route (the router answers 404), else None once
+        it got Envoy's 403 (no more requests on this connection: its payload is not HTTP).
+        Tunnels are HTTP/1.1's so far: over HTTP/2 (CONNECT, extended CONNECT) the request is
+        refused, CONNECT with the router's 404 and the others with the 403."""
+        config = self.manager.config
+        if self.protocol not in (HTTP_11, HTTP_10):
             self._create_filter_chain(())
             if headers.get(":method") == "CONNECT":
                 config.stats.router.no_route.inc()
-                info.set_flag(ResponseFlag.NO_ROUTE_FOUND)
+                self.info.set_flag(ResponseFlag.NO_ROUTE_FOUND)
                 self.send_reply(ENVOY_LOCAL_REPLIES["connect_not_routed"])
             else:
                 config.stats.named.downstream_rq_ws_on_non_ws_route.inc()
                 self.send_reply(ENVOY_LOCAL_REPLIES["upgrade_failed"])
-            return
-        self._create_filter_chain(config.filter_factories, route)
-        fm = self.filter_manager
-        fm.route_resolver = self._resolve_route
-        fm.decode_headers(headers, end_stream)
+            return None
+        upgrades = getattr(route.action, "upgrade_map", None) if route is not None else None
+        factories = config.upgrades.filter_chain(
+            upgrade_type(headers), upgrades, config.filter_factories
+        )
+        if factories is not None:
+            self.upgraded = True
+            stats = config.stats.named
+            stats.downstream_cx_upgrades_total.inc()
+            stats.downstream_cx_upgrades_active.inc()
+            return factories
+        if route is None:
+            return config.filter_factories
+        self._create_filter_chain(())
+        self.saw_connection_close = True
+        config.stats.named.downstream_rq_ws_on_non_ws_route.inc()
+        self.send_reply(ENVOY_LOCAL_REPLIES["upgrade_failed"])
+        return None
 
     def _resolve_route(self):
         headers = self.request_headers
@@ -504,7 +614,46 @@ class ActiveStream:
         info = self.info
         info.route_name = route.name or None if route is not None else None
         info.upstream_cluster = self._known_cluster(route) if route is not None else None
+        if route is not None and (
+            self.route_duration
+            or getattr(route.route.action, "max_stream_duration", None) is not None
+        ):
+            self._refresh_duration(route)
         return route
+
+    def _refresh_duration(self, route) -> None:
+        """Envoy's refreshDurationTimeout, for a route whose action has ``max_stream_duration``
+        (or when the stream had one before the route changed): the stream's duration timer
+        (from the stream's start) and a gRPC request's ``grpc-timeout`` follow the route.
+        Without such a route the connection manager's own duration, armed at the stream's
+        start, stands."""
+        action = route.route.action
+        if not hasattr(action, "max_stream_duration"):
+            return  # a direct response or a redirect: Envoy's route has no route entry
+        self.route_duration = action.max_stream_duration is not None
+        manager = self.manager
+        hcm_duration = manager.config.max_stream_duration
+        decided = stream_duration(
+            action.max_stream_duration,
+            self.request_headers,
+            int(hcm_duration * 1000) if hcm_duration else None,
+            timer_running=self.duration_timer is not None,
+        )
+        if decided.grpc_timeout is not None:
+            if decided.grpc_timeout:
+                self.request_headers.set("grpc-timeout", decided.grpc_timeout)
+            else:
+                self.request_headers.remove("grpc-timeout")
+        if decided.timer == DURATION_DISABLED:
+            if self.duration_timer is not None:
+                self.duration_timer.cancel()
+                self.duration_timer = None
+            return
+        if self.duration_timer is not None:
+            self.duration_timer.cancel()
+        loop = manager.loop
+        left = decided.timer / 1000 - (loop.time() - self.info.start_monotonic)
+        self.duration_timer = loop.call_later(max(left, 0.0), self._on_max_stream_duration)
 
     def _known_cluster(self, route) -> str | None:
         """%UPSTREAM_CLUSTER% once routed: the route's cluster, if it exists (Envoy keeps
@@ -575,7 +724,7 @@ class ActiveStream:
         manager = self.manager
         config = manager.config
         status = headers.get(":status", "0")
-        if status[0] == "1":
+        if status[0] == "1" and status != "101":  # (a 101 answers an upgrade: final)
             if status == "100":  # a proxied 100-continue (proxy_100_continue)
                 self.send_continue(headers)
             return
@@ -583,16 +732,18 @@ class ActiveStream:
             config.header_policy, headers, self.request_headers, date=date_header()
         )
         self.response_started = True
+        if self.request_timer is not None:  # Envoy: request_timeout ends as the response starts
+            self.request_timer.cancel()
+            self.request_timer = None
         if not self.request_complete:
             manager.draining = True
             config.stats.named.downstream_rq_response_before_rq_complete.inc()
         if self.saw_connection_close:
             manager.draining = True
-        health = config.server_health
-        if not manager.draining and health is not None and health.failed:
-            manager.draining = True  # failing health checks: drain-close (Envoy's drainClose)
+        if not manager.draining and manager.drain_close():
+            manager.draining = True  # Envoy's drainClose(): a drain, or failed health checks
             config.stats.named.downstream_cx_drain_close.inc()
-        if manager.draining:
+        if manager.draining and not (self.upgraded and _opens_tunnel(self, headers, status)):
             headers.set("connection", "close")
         elif self.http10:
             headers.set("connection", "keep-alive")
@@ -656,8 +807,13 @@ class ActiveStream:
     def _end_encode(self) -> None:
         self.response_complete = True
         self.info.last_downstream_tx_byte_sent = self.manager.loop.time()
-        if self.manager.on_response_complete(self) and self.request_complete:
-            self._destroy()
+        if self.manager.on_response_complete(self):
+            if self.request_complete:
+                self._destroy()
+        elif self.upgraded and not self.request_complete:
+            # Envoy's doEndStream: the stream ends now (a reset, its request never ends)
+            # while the connection closes after its delay.
+            self.on_reset(False)
 
     def on_watermark(self, *, decoding: bool, above: bool) -> None:
         if decoding:
@@ -698,7 +854,9 @@ class ActiveStream:
         modify_headers: Callable[[HeaderMap], None] | None = None,
     ) -> tuple[HeaderMap, bytes]:
         self.local_reply = True
-        if details in _CLOSING_DETAILS:
+        # Envoy's onLocalReply: a 400 is a messaging error, after which an HTTP/1 connection
+        # closes (the flag is the HTTP/1 manager's; the HTTP/2 one ignores it).
+        if status == 400 or details in _CLOSING_DETAILS:
             self.manager.draining = True
         reply = LocalReply(
             status=status,
@@ -761,6 +919,12 @@ class ActiveStream:
             return
         stats = self.manager.config.stats.named
         stats.downstream_rq_tx_reset.inc()
+        if self.upgraded:
+            # A tunnel: Envoy ends the stream now and closes the connection after
+            # delayed_close_timeout (FlushWriteAndDelay: its request was still arriving).
+            self.manager._close_after_response(delay=True)
+            self.on_reset(False)
+            return
         self.manager.close(CloseType.FLUSH_WRITE)
 
     # Timers ----------------------------------------------------------------------------
@@ -774,7 +938,7 @@ class ActiveStream:
         config = self.manager.config
         stats = config.stats.named
         stats.downstream_rq_total.inc()  # Envoy's recreated stream is a new request
-        stats.downstream_rq_http1_total.inc()
+        self.manager.rq_protocol_total.inc()
         fm = self.filter_manager
         self.filter_manager = None
         if fm is not None:
@@ -798,6 +962,11 @@ class ActiveStream:
         info = self.info
         info.route_name = route.name or None if route is not None else None
         info.upstream_cluster = self._known_cluster(route) if route is not None else None
+        if route is not None and (
+            self.route_duration
+            or getattr(route.route.action, "max_stream_duration", None) is not None
+        ):
+            self._refresh_duration(route)
         self._create_filter_chain(config.filter_factories)
         fm = self.filter_manager
         fm.route = route
@@ -848,6 +1017,7 @@ class ActiveStream:
         if self.response_started:
             if key.startswith("stream_idle"):
                 self.info.set_flag(ResponseFlag.STREAM_IDLE_TIMEOUT)
+            self.info.response_code_details = ENVOY_LOCAL_REPLIES[key].details
             self.reset_stream()
             return
         self.send_reply(ENVOY_LOCAL_REPLIES[key])
@@ -862,6 +1032,7 @@ class ActiveStream:
             self.manager.config.stats.named.downstream_rq_rx_reset.inc()
         if remote and not self.response_complete:
             self.info.set_flag(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
+            self.info.response_code_details = "downstream_remote_disconnect"
         self._destroy()
 
     def _destroy(self) -> None:
@@ -883,8 +1054,10 @@ class ActiveStream:
         if self.response_complete:
             stats.downstream_rq_time.record((now - info.start_monotonic) * 1000)
         code = info.response_code
-        if code and self.response_complete:
+        if code and (self.response_complete or self.upgraded):
             config.code_stats.charge(code, health_check=info.health_check)
+        if self.upgraded:
+            stats.downstream_cx_upgrades_active.dec()
         fm = self.filter_manager
         if fm is not None:
             self.filter_manager = None
@@ -895,6 +1068,15 @@ class ActiveStream:
             )
         self.watermark_callbacks = []
         manager.on_stream_done(self)
+
+
+def _opens_tunnel(stream: ActiveStream, headers: HeaderMap, status: str) -> bool:
+    """A 101 to an upgrade or a 2xx to CONNECT: not HTTP/1.1 any more, so no ``connection:
+    close`` on it (Envoy's isUpgrade / isConnectResponse test before adding one)."""
+    if status[0] == "2":
+        request = stream.request_headers
+        return request is not None and request.get(":method") == "CONNECT"
+    return is_upgrade(headers)
 
 
 def _strip_host(headers: HeaderMap, config, local_address: str | None) -> None:

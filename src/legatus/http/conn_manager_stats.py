@@ -21,7 +21,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from legatus.http.http2.stats import Http2CodecStats
 from legatus.stats.store import Scope, StatSet, counter, gauge, histogram
+
+__all__ = [
+    "ConnManagerStatSets",
+    "ConnectionManagerListenerStats",
+    "ConnectionManagerStats",
+    "ConnectionManagerTracingStats",
+    "Http1CodecStats",
+    "Http2CodecStats",
+    "RouterFilterStats",
+    "declare_conn_manager_stats",
+]
 
 
 class ConnectionManagerStats(StatSet):
@@ -135,44 +147,6 @@ class Http1CodecStats(StatSet):
     metadata_not_supported_error = counter()
     requests_rejected_with_underscores_in_headers = counter()
     response_flood = counter()
-
-
-class Http2CodecStats(StatSet):
-    """``http2.*``: the downstream HTTP/2 codec's stats (root scope)."""
-
-    cookies_total_bytes_too_large = counter()
-    deferred_stream_close = gauge()
-    dropped_headers_with_underscores = counter()
-    goaway_sent = counter()
-    header_list_size_too_large = counter()
-    header_overflow = counter()
-    headers_cb_no_stream = counter()
-    inbound_empty_frames_flood = counter()
-    inbound_priority_frames_flood = counter()
-    inbound_window_update_frames_flood = counter()
-    keepalive_timeout = counter()
-    metadata_empty_frames = counter()
-    nghttp2_downstream_connections = counter()
-    nghttp2_upstream_connections = counter()
-    oghttp2_downstream_connections = counter()
-    oghttp2_upstream_connections = counter()
-    outbound_control_flood = counter()
-    outbound_control_frames_active = gauge()
-    outbound_flood = counter()
-    outbound_frames_active = gauge()
-    pending_send_bytes = gauge()
-    requests_rejected_with_underscores_in_headers = counter()
-    rx_messaging_error = counter()
-    rx_reset = counter()
-    stream_refused_errors = counter()
-    streams_active = gauge()
-    trailers = counter()
-    tx_flush_timeout = counter()
-    tx_reset = counter()
-    cookie_count = histogram()
-    cookie_size = histogram()
-    header_count = histogram()
-    header_list_size = histogram()
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,27 +41,30 @@ import socket
 import time
 from dataclasses import dataclass
 from random import Random
+from typing import Any
 
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
+from legatus.http.forwarded_client_cert import XfccPolicy, compile_xfcc, mutate_xfcc
 from legatus.http.headers import HeaderMap
 from legatus.network.address import is_loopback
 
 UUID_CONFIG = "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"
+_SANITIZE = XfccPolicy()  # the default: x-forwarded-client-cert removed
 
-# HCM fields this module compiles (forward_client_cert_details: SANITIZE, ALWAYS_FORWARD_ONLY).
+# HCM fields this module compiles (XFCC: see http/forwarded_client_cert.py).
 HEADER_HCM_FIELDS: frozenset[str] = frozenset((
     "use_remote_address", "xff_num_trusted_hops", "skip_xff_append", "internal_address_config",
     "via", "generate_request_id", "preserve_external_request_id",
     "always_set_request_id_in_response", "request_id_extension", "server_name",
     "server_header_transformation", "scheme_header_transformation", "append_x_forwarded_port",
-    "add_user_agent", "forward_client_cert_details",
+    "add_user_agent", "forward_client_cert_details", "set_current_client_cert_details",
 ))  # fmt: skip
 
 # Header-related HCM fields legatus does not implement yet: the HCM refuses them by name.
 UNSUPPORTED_HCM_FIELDS: tuple[str, ...] = (
     "original_ip_detection_extensions", "early_header_mutation_extensions",
-    "set_current_client_cert_details", "forward_client_cert_matcher",
+    "forward_client_cert_matcher",
     "represent_ipv4_remote_address_as_ipv4_mapped_ipv6", "proxy_status_config",
     "add_proxy_protocol_connection_state",
 )  # fmt: skip
@@ -127,7 +130,7 @@ class HeaderPolicy:
     append_x_forwarded_port: bool = False
     user_agent: str | None = None  # add_user_agent: the service cluster
     service_node: str = ""
-    sanitize_client_cert: bool = True
+    xfcc: XfccPolicy = _SANITIZE  # forward_client_cert_details and its details
 
 
 class MutateResult:
@@ -203,13 +206,7 @@ def compile_request_policy(
             sht, ("scheme_to_overwrite",), join_path(path, "scheme_header_transformation")
         )
         scheme = sht.scheme_to_overwrite or None
-    fcc = hcm.forward_client_cert_details
-    if fcc not in (0, 4):  # SANITIZE, ALWAYS_FORWARD_ONLY
-        name = type(hcm).ForwardClientCertDetails.Name(fcc)
-        raise ConfigError(
-            join_path(path, "forward_client_cert_details"),
-            f"forward_client_cert_details {name} is not supported by legatus yet",
-        )
+    xfcc = compile_xfcc(hcm, path)
     add_user_agent = hcm.HasField("add_user_agent") and hcm.add_user_agent.value
     return HeaderPolicy(
         use_remote_address=hcm.HasField("use_remote_address") and hcm.use_remote_address.value,
@@ -232,7 +229,7 @@ def compile_request_policy(
         append_x_forwarded_port=hcm.append_x_forwarded_port,
         user_agent=service_cluster if add_user_agent else None,
         service_node=service_node,
-        sanitize_client_cert=fcc == 0,
+        xfcc=xfcc,
     )
 
 
@@ -269,6 +266,7 @@ def mutate_request_headers(
     direct_remote_address: str | None = None,
     local_address: str | None = None,
     is_tls: bool = False,
+    ssl: Any = None,
     random: Random,
     internal_only_headers: tuple[str, ...] = (),
 ) -> MutateResult:
@@ -291,7 +289,7 @@ def mutate_request_headers(
         _sanitize_referer(headers)
 
     xff = _single_value(headers, "x-forwarded-for")
-    scheme = "https" if is_tls else "http"
+    scheme = "https" if is_tls or ssl is not None else "http"
     hops = policy.xff_num_trusted_hops
     # The trusted client: an IP from x-forwarded-for, else the peer (None: a unix socket).
     final_ip: Ip | None = None
@@ -360,8 +358,7 @@ def mutate_request_headers(
         )
     if policy.generate_request_id:
         _set_request_id(policy, headers, edge, random)
-    if policy.sanitize_client_cert:
-        headers.remove("x-forwarded-client-cert")
+    mutate_xfcc(policy.xfcc, headers, ssl)
 
     if from_xff:
         final = f"[{_ip_text(final_ip)}]:0" if final_ip.version == 6 else f"{final_ip}:0"

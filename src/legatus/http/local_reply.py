@@ -10,9 +10,19 @@ build the parameterized ones (upstream resets, direct responses, redirects...).
 the ``local_reply_config`` rewrite (mappers, body format), then either a gRPC trailers-only
 response (``:status 200``, ``grpc-status``, percent-encoded ``grpc-message``) or
 ``content-length`` and ``content-type: text/plain`` with the body (headers only for HEAD, and
-no body headers when the body is empty). The connection manager then adds ``date``,
-``server`` and ``via`` (conn_manager_utility.mutate_response_headers) and the HTTP/1 codec
-``content-length: 0`` to a bodiless response and ``connection: close`` when it closes.
+no body headers when the body is empty).
+
+Whether the request is gRPC is decided as Envoy's filter manager decides it: from the request
+headers as they arrived, before any filter ran (a gRPC-Web request that the grpc_web filter
+turned into gRPC still gets a plain HTTP reply, which that filter then translates). The
+answer is latched on the stream info (``latch_grpc_request``) by whatever sees the headers
+first and may change them; without a latch the request headers at reply time decide. The
+gRPC status is the reply's own (``LocalReply.grpc_status``: the HCM's stream duration timeout
+answers DEADLINE_EXCEEDED), else Envoy's httpToGrpcStatus of the HTTP status.
+
+The connection manager then adds ``date``, ``server`` and ``via``
+(conn_manager_utility.mutate_response_headers) and the HTTP/1 codec ``content-length: 0`` to a
+bodiless response and ``connection: close`` when it closes.
 
 Flags: the caller sets the reply's flag on the stream info before rendering (as Envoy's
 router does, so ``%RESPONSE_FLAGS%`` in a body format shows it), except for codec errors
@@ -34,14 +44,11 @@ from legatus.access_log.formatter import compile_format, compile_substitution_fo
 from legatus.config.datasource import read_data_source
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
+from legatus.grpc.common import Status, http_to_grpc_status, is_grpc_request_headers
 from legatus.http.codes import reason_phrase
 from legatus.http.headers import HeaderMap
 from legatus.stream_info import ResponseFlag as F
 from legatus.stream_info import StreamInfo
-
-# Grpc::Utility::httpToGrpcStatus
-_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
-_GRPC_UNKNOWN = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,8 +184,14 @@ ENVOY_LOCAL_REPLIES: MappingProxyType[str, LocalReply] = MappingProxyType(
             "upstream_max_stream_duration_reached",
             F.UPSTREAM_MAX_STREAM_DURATION_REACHED,
         ),
-        # HCM timeouts (Envoy 1.40 sets no flag on max_duration_timeout).
-        "max_duration_timeout": _reply(504, "downstream duration timeout", "max_duration_timeout"),
+        # HCM timeouts (Envoy 1.40 sets no flag on max_duration_timeout; to a gRPC request
+        # it answers DEADLINE_EXCEEDED, not the 504's UNAVAILABLE).
+        "max_duration_timeout": _reply(
+            504,
+            "downstream duration timeout",
+            "max_duration_timeout",
+            grpc_status=Status.DEADLINE_EXCEEDED,
+        ),
         "stream_idle_timeout": _reply(
             504, "stream timeout", "stream_idle_timeout", F.STREAM_IDLE_TIMEOUT
         ),
@@ -214,16 +227,21 @@ ENVOY_LOCAL_REPLIES: MappingProxyType[str, LocalReply] = MappingProxyType(
 # Rendering ------------------------------------------------------------------------------
 
 
-def is_grpc_request(request_headers: HeaderMap | None) -> bool:
-    """Envoy's isGrpcRequestHeaders: a path and content-type application/grpc[+...]."""
-    if request_headers is None or ":path" not in request_headers:
-        return False
-    content_type = request_headers.get("content-type", "")
-    return content_type == "application/grpc" or content_type.startswith("application/grpc+")
+is_grpc_request = is_grpc_request_headers  # Envoy's isGrpcRequestHeaders
+
+# The replies whose gRPC status is their own, not mapped from the HTTP status, by details:
+# callers that pass only (status, body, details) still get it.
+_GRPC_STATUS_BY_DETAILS: MappingProxyType[str, int] = MappingProxyType(
+    {r.details: r.grpc_status for r in ENVOY_LOCAL_REPLIES.values() if r.grpc_status is not None}
+)
 
 
-def http_to_grpc_status(status: int) -> int:
-    return _HTTP_TO_GRPC.get(status, _GRPC_UNKNOWN)
+def latch_grpc_request(info, request_headers: HeaderMap) -> None:
+    """Record on ``info`` whether the request is gRPC as it is now, unless already recorded:
+    called as the request headers arrive, and by a filter before it changes the content type.
+    """
+    if info.is_grpc_request is None:
+        info.is_grpc_request = is_grpc_request_headers(request_headers)
 
 
 def render_local_reply(
@@ -233,17 +251,29 @@ def render_local_reply(
     info=None,
     config: LocalReplyConfig | None = None,
     modify_headers=None,
+    grpc: bool | None = None,
 ) -> tuple[HeaderMap, bytes]:
     """The response headers and body of ``reply`` (Envoy's sendLocalReply).
 
     Records the status and ``reply.details`` on ``info`` (a StreamInfo) before the
     ``local_reply_config`` rewrite runs, as Envoy does. An empty body means headers only
-    (end of stream); so does a HEAD request or a gRPC request (trailers-only).
+    (end of stream); so does a HEAD request or a gRPC request (trailers-only). ``grpc``: whether
+    the request is gRPC, when the caller knows; else the latch on ``info``, else the headers.
     """
+    if grpc is None:
+        latched = info.is_grpc_request if info is not None else None
+        grpc = is_grpc_request_headers(request_headers) if latched is None else latched
     if info is not None:
         info.response_code_details = reply.details
     headers = HeaderMap([(":status", str(reply.status))])
+    explicit_grpc_status = reply.grpc_status
     for name, value in reply.headers:
+        if name == "grpc-status":
+            # A filter's gRPC status for its reply (the fault filter's abort): Envoy takes it
+            # as the reply's status, used only if the request is gRPC.
+            if value.isdigit():
+                explicit_grpc_status = int(value)
+            continue
         headers.set(name, value)
     if modify_headers is not None:
         modify_headers(headers)
@@ -254,12 +284,16 @@ def render_local_reply(
     custom_content_type = headers.get("content-type") != original_content_type
     is_head = request_headers is not None and request_headers.get(":method") == "HEAD"
 
-    if is_grpc_request(request_headers):
+    if grpc:
         headers.set(":status", "200")
         headers.set("content-type", "application/grpc")
         if "grpc-status" not in headers:
-            grpc = reply.grpc_status if reply.grpc_status is not None else http_to_grpc_status(code)
-            headers.set("grpc-status", str(grpc))
+            status = explicit_grpc_status
+            if status is None:
+                status = _GRPC_STATUS_BY_DETAILS.get(reply.details)
+                if status is None:
+                    status = http_to_grpc_status(code)
+            headers.set("grpc-status", str(int(status)))
         if body and not is_head:
             if json_body and body.endswith("\n"):
                 body = body[:-1]

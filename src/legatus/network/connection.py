@@ -13,6 +13,12 @@ by a listener) or upstream (opened by a cluster). It owns:
   mark half of it. Crossing them calls the watermark callbacks, which the
   proxying filter answers by pausing/resuming reads on the *other* connection.
   ``read_disable`` nests, as Envoy's does.
+
+A transport socket (TLS: ``extensions/transport_sockets/tls/transport.py``) is an object
+put between the socket's asyncio transport and the connection: the connection sees it as its
+``transport``. A plaintext connection has none and pays nothing for the possibility. What a
+TLS connection negotiated is ``ssl`` (Envoy's ``connection.ssl()``) and ``next_protocol``
+(the ALPN protocol); both are None on plaintext connections.
 """
 
 from __future__ import annotations
@@ -55,6 +61,12 @@ def _connection_id() -> int:
 
 
 class Connection(asyncio.Protocol):
+    # Set by a transport socket (class defaults: a plaintext connection never writes them).
+    secure = False  # a TLS connection, from its start (Envoy: connection.ssl() != nullptr)
+    ssl: Any = None  # SslConnectionInfo once the TLS handshake is done
+    next_protocol: str | None = None  # the ALPN protocol the handshake negotiated
+    transport_failure_reason: str | None = None  # why the transport socket failed
+
     def __init__(
         self,
         *,
@@ -368,53 +380,102 @@ class _ReadCallbacks:
 
 
 class PendingConnect:
-    """An outgoing TCP connect under way into ``connection``.
+    """An outgoing connect under way into ``connection``: TCP, then the transport socket's
+    handshake when there is one (``transport_socket``: an upstream transport socket factory,
+    see ``network/transport_socket.py``; ``server_name``: an SNI for this connection;
+    ``host``: the upstream host, whose hostname a transport socket may use as SNI).
 
-    ``on_done(error)`` runs once: with None when connected, an OSError, or a
-    TimeoutError after ``timeout`` seconds; never after ``cancel()``. One task and
-    one timer: no coroutine-level timeout, since ``asyncio.timeout``/``wait_for``
-    cost extra tasks or a getpid() per call in Python 3.11, per connection.
+    ``on_done(error)`` runs once: with None when connected (handshake included, as Envoy
+    raises Connected for TLS), an OSError, a ``TransportSocketError`` (carrying Envoy's
+    transport failure reason), or a TimeoutError after ``timeout`` seconds (None: no timer,
+    the caller keeps its own); never after ``cancel()``. One task and one timer: no
+    coroutine-level timeout, since ``asyncio.timeout``/``wait_for`` cost extra tasks or a
+    getpid() per call in Python 3.11, per connection.
     """
 
-    __slots__ = ("_cancelled", "_on_done", "_task", "_timed_out", "_timer")
+    __slots__ = ("_cancelled", "_handshaking", "_on_done", "_task", "_timed_out", "_timer")
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         connection: Connection,
         address: tuple,
-        timeout: float,
+        timeout: float | None,
         on_done: Callable[[BaseException | None], None],
+        *,
+        transport_socket: Any = None,
+        server_name: str | None = None,
+        host: Any = None,
     ) -> None:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._on_done = on_done
         self._cancelled = self._timed_out = False
+        protocol: Any = connection
+        self._handshaking = transport_socket is not None
+        if transport_socket is not None:
+            protocol = transport_socket.upstream_protocol(
+                connection, self._handshake_done, self._handshake_failed, server_name, host
+            )
         self._task = loop.create_task(
-            loop.create_connection(lambda: connection, address[0], address[1], family=family)
+            loop.create_connection(lambda: protocol, address[0], address[1], family=family)
         )
         self._task.add_done_callback(self._finished)
-        self._timer = loop.call_later(timeout, self._expire)
+        self._timer = loop.call_later(timeout, self._expire) if timeout is not None else None
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self._task.cancel()
+        if self._task.done() and not self._task.cancelled() and self._task.exception() is None:
+            self._task.result()[0].abort()  # connected, handshake under way: drop it
 
     def _expire(self) -> None:
         self._timed_out = True
-        self._task.cancel()
+        if self._task.done():
+            if not self._task.cancelled() and self._task.exception() is None:
+                self._task.result()[0].abort()  # the handshake did not finish in time
+            self._report(TimeoutError())
+        else:
+            self._task.cancel()
 
     def _finished(self, task: asyncio.Task) -> None:
-        self._timer.cancel()
         if self._cancelled:
             if not task.cancelled() and task.exception() is None:
                 task.result()[0].abort()  # connected just as it was cancelled: drop it
             return
         if task.cancelled():
-            error: BaseException | None = TimeoutError() if self._timed_out else None
-            if error is None:  # cancelled by someone else: nothing to report to
-                return
-        else:
-            error = task.exception()
+            if self._timed_out:
+                self._report(TimeoutError())
+            return  # cancelled by someone else: nothing to report to
+        error = task.exception()
+        if error is not None:
+            self._report(error)
+        elif not self._handshaking:
+            self._report(None)
+        # else: the transport socket's handshake reports the outcome
+
+    def _handshake_done(self) -> None:
+        if not self._cancelled:
+            self._report(None)
+
+    def _handshake_failed(self, failure: Any) -> None:
+        if not self._cancelled and not self._timed_out:
+            self._report(TransportSocketError(getattr(failure, "reason", "") or ""))
+
+    def _report(self, error: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         on_done, self._on_done = self._on_done, None
-        on_done(error)
+        if on_done is not None:
+            on_done(error)
+
+
+class TransportSocketError(ConnectionError):
+    """A connect whose transport socket (TLS) handshake failed: ``transport_failure_reason``
+    is Envoy's text for it (``TLS_error:|...:TLS_error_end``; empty when the peer just
+    closed). It counts as a connect failure, closed by the remote side, as in Envoy."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason or "TLS handshake failed")
+        self.transport_failure_reason = reason

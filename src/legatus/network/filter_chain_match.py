@@ -9,12 +9,18 @@ the longest wildcard); chains that leave the criterion empty are used only when
 no chain matches it specifically. There is no backtracking: if the winners of
 one step all fail a later step, the connection gets the default chain (or none).
 
+Server names are compared in lower case; ``*.example.com`` matches any name under
+``example.com`` (``a.b.example.com`` too), the longest such wildcard first, as Envoy walks
+them; other wildcards are refused. Two chains that would both take some connection are
+refused, as Envoy refuses them ("overlapping matching rules").
+
 Sans-I/O: ``FilterChainMatcher.match(ConnectionKey)`` -> chain or None.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -23,6 +29,7 @@ from envoy.config.listener.v3 import listener_components_pb2
 
 from legatus.config.errors import ConfigError
 from legatus.config.supported import check_supported
+from legatus.network.address import is_loopback
 
 C = TypeVar("C")
 FilterChainMatch = listener_components_pb2.FilterChainMatch
@@ -83,8 +90,16 @@ def _cidrs(ranges, path: str) -> tuple[Network, ...]:
     return tuple(out)
 
 
-def compile_match(proto: FilterChainMatch, path: str) -> CompiledMatch:
+def compile_match(proto: FilterChainMatch, path: str, listener: str = "") -> CompiledMatch:
+    """``listener``: the listener's address, for Envoy's "error adding listener" messages."""
     check_supported(proto, _SUPPORTED, path, "FilterChainMatch")
+    for i, name in enumerate(proto.server_names):
+        if "*" in name and not (name.startswith("*.") and "*" not in name[1:]):
+            raise ConfigError(
+                f"{path}.server_names[{i}]",
+                f"error adding listener '{listener}': partial wildcards are not supported in "
+                '"server_names"',
+            )
     return CompiledMatch(
         destination_port=proto.destination_port.value
         if proto.HasField("destination_port")
@@ -154,20 +169,64 @@ _SAME_IP_OR_LOOPBACK = FilterChainMatch.SAME_IP_OR_LOOPBACK
 _EXTERNAL = FilterChainMatch.EXTERNAL
 
 
+def _leaves(m: CompiledMatch) -> itertools.product:
+    """Every combination of one value per criterion: the leaves of Envoy's match tree that
+    this chain occupies (an empty list is the one "any" value)."""
+    return itertools.product(
+        (m.destination_port,),
+        m.prefix_ranges or (None,),
+        frozenset(m.server_names) or (None,),
+        (m.transport_protocol,),
+        frozenset(m.application_protocols) or (None,),
+        m.direct_source_prefix_ranges or (None,),
+        (m.source_type,),
+        m.source_prefix_ranges or (None,),
+        m.source_ports or (None,),
+    )
+
+
 class FilterChainMatcher(Generic[C]):
     def __init__(
-        self, chains: Sequence[tuple[CompiledMatch, C]], default: C | None, *, listener_path: str
+        self,
+        chains: Sequence[tuple[CompiledMatch, C]],
+        default: C | None,
+        *,
+        listener_path: str,
+        listener: str = "",
+        names: Sequence[str] = (),
+        protos: Sequence[FilterChainMatch] = (),
     ) -> None:
+        """``listener``, ``names`` and ``protos`` (the chains' names and match protos) make
+        Envoy's messages for chains that clash."""
         seen: dict[tuple, int] = {}
+        taken: set[tuple] = set()
         for i, (m, _) in enumerate(chains):
-            key = _duplicate_key(m)
+            # The same rules: the same proto, as Envoy compares them (before case folding).
+            key = (
+                protos[i].SerializeToString(deterministic=True)
+                if i < len(protos)
+                else _duplicate_key(m)
+            )
+            path = f"{listener_path}.filter_chains[{i}].filter_chain_match"
             if key in seen:
+                j = seen[key]
+                name = names[i] if i < len(names) else ""
+                other = names[j] if j < len(names) else ""
+                matcher = _match_json(protos[i]) if i < len(protos) else "{}"
                 raise ConfigError(
-                    f"{listener_path}.filter_chains[{i}].filter_chain_match",
-                    "multiple filter chains with the same matching rules are defined "
-                    f"(same as filter_chains[{seen[key]}])",
+                    path,
+                    f"error adding listener '{listener}': filter chain '{name}' has the same "
+                    f"matching rules defined as '{other}'. duplicate matcher is: {matcher}",
                 )
             seen[key] = i
+            for leaf in _leaves(m):
+                if leaf in taken:
+                    raise ConfigError(
+                        path,
+                        f"error adding listener '{listener}': multiple filter chains with "
+                        "overlapping matching rules are defined",
+                    )
+                taken.add(leaf)
         self._chains = tuple(chains)
         self.default = default
         # The common case: one chain that matches everything. No per-connection work.
@@ -230,10 +289,21 @@ class FilterChainMatcher(Generic[C]):
         return self.default
 
 
+def _match_json(proto: FilterChainMatch) -> str:
+    import json
+
+    from google.protobuf import json_format
+
+    return json.dumps(
+        json_format.MessageToDict(proto, preserving_proto_field_name=True),
+        separators=(",", ":"),
+    )
+
+
 def _source_type_score(source_type: int, src, dst) -> int:
     if source_type == FilterChainMatch.ANY:
         return -1
-    local = src.is_loopback or src == dst
+    local = is_loopback(src) or src == dst  # Envoy's isSameIpOrLoopback: 127.0.0.1, ::1
     if source_type == _SAME_IP_OR_LOOPBACK:
         return 0 if local else -2
     if source_type == _EXTERNAL:

@@ -5,7 +5,10 @@
 limit, stats scope); it runs in the main process to validate and in every
 worker to serve. ``ActiveListener`` binds the worker's own SO_REUSEPORT socket,
 accepts connections, picks a filter chain and builds the filters on the new
-connection.
+connection. With ``listener_filters`` an accepted socket first goes through them
+(``listener_filter.ActiveTcpSocket``) and what they learn (SNI, transport protocol, ALPN)
+joins the filter chain match; a chain's ``transport_socket`` (TLS) is put between the
+socket and the connection before its filters are built.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.config.listener.v3 import listener_pb2
 
@@ -25,12 +29,14 @@ from legatus.config.factory_context import FactoryContext
 from legatus.config.supported import check_supported
 from legatus.network import address as addr
 from legatus.network.connection import DEFAULT_BUFFER_LIMIT, Connection
+from legatus.network.drain_decision import DrainEvent, ListenerDrainDecision
 from legatus.network.filter import CloseType, ConnectionEvent
 from legatus.network.filter_chain_match import (
     ConnectionKey,
     FilterChainMatcher,
     compile_match,
 )
+from legatus.network.listener_filter import AcceptedSocket, ActiveTcpSocket, ListenerFilter
 from legatus.registry import Category
 from legatus.stats.store import StatSet, counter, gauge, histogram
 from legatus.stream_info import StreamInfo
@@ -51,10 +57,18 @@ _SUPPORTED_LISTENER = frozenset(
         "access_log",
         "traffic_direction",
         "tcp_backlog_size",
+        "drain_type",
+        "listener_filters",
+        "listener_filters_timeout",
+        "continue_on_listener_filters_timeout",
     }
 )
-_SUPPORTED_CHAIN = frozenset({"filter_chain_match", "filters", "name", "metadata"})
+_SUPPORTED_CHAIN = frozenset(
+    {"filter_chain_match", "filters", "name", "metadata", "transport_socket"}
+)
 _SUPPORTED_FILTER = frozenset({"name", "typed_config"})
+_SUPPORTED_LISTENER_FILTER = frozenset({"name", "typed_config"})
+DEFAULT_LISTENER_FILTERS_TIMEOUT = 15.0  # Envoy's listener_filters_timeout default
 
 
 class ListenerCoreStats(StatSet):
@@ -118,6 +132,8 @@ class FilterChainConfig:
     name: str
     factories: tuple[Callable[[Connection], None], ...]
     key: bytes = b""  # the chain's proto, serialized: which chains an LDS update left alone
+    # Its transport_socket (a DownstreamTransportSocketFactory), None for plaintext.
+    transport_socket: Any = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,6 +147,11 @@ class ListenerConfig:
     backlog: int
     access_logs: tuple
     proto: Listener
+    # listener_filters: one factory per filter (each call makes a ListenerFilter), the phase's
+    # timeout (0: none) and whether a timeout goes on to the filter chains.
+    listener_filters: tuple[Callable[[], ListenerFilter], ...] = ()
+    listener_filters_timeout: float = DEFAULT_LISTENER_FILTERS_TIMEOUT
+    continue_on_listener_filters_timeout: bool = False
 
 
 def compile_listener(proto: Listener, context: FactoryContext, path: str) -> ListenerConfig:
@@ -141,7 +162,7 @@ def compile_listener(proto: Listener, context: FactoryContext, path: str) -> Lis
     chains = []
     for i, chain in enumerate(proto.filter_chains):
         cpath = f"{path}.filter_chains[{i}]"
-        match = compile_match(chain.filter_chain_match, f"{cpath}.filter_chain_match")
+        match = compile_match(chain.filter_chain_match, f"{cpath}.filter_chain_match", str(address))
         chains.append((match, _compile_chain(chain, context, cpath)))
     default = None
     if proto.HasField("default_filter_chain"):
@@ -160,6 +181,10 @@ def compile_listener(proto: Listener, context: FactoryContext, path: str) -> Lis
     from legatus.access_log.access_log import create_access_logs
 
     access_logs = create_access_logs(proto.access_log, context, f"{path}.access_log")
+    listener_filters = tuple(
+        _compile_listener_filter(f, context, f"{path}.listener_filters[{i}]")
+        for i, f in enumerate(proto.listener_filters)
+    )
     return ListenerConfig(
         name=proto.name or str(uuid.uuid4()),  # Envoy names an unnamed listener with a UUID
         address=address,
@@ -167,12 +192,43 @@ def compile_listener(proto: Listener, context: FactoryContext, path: str) -> Lis
         buffer_limit=proto.per_connection_buffer_limit_bytes.value
         if proto.HasField("per_connection_buffer_limit_bytes")
         else DEFAULT_BUFFER_LIMIT,
-        matcher=FilterChainMatcher(chains, default, listener_path=path),
+        matcher=FilterChainMatcher(
+            chains,
+            default,
+            listener_path=path,
+            listener=str(address),
+            names=[c.name for c in proto.filter_chains],
+            protos=[c.filter_chain_match for c in proto.filter_chains],
+        ),
         reuse_port=proto.enable_reuse_port.value if proto.HasField("enable_reuse_port") else True,
         backlog=proto.tcp_backlog_size.value if proto.HasField("tcp_backlog_size") else 4096,
         access_logs=tuple(access_logs),
         proto=proto,
+        listener_filters=listener_filters,
+        listener_filters_timeout=(
+            proto.listener_filters_timeout.seconds + proto.listener_filters_timeout.nanos / 1e9
+            if proto.HasField("listener_filters_timeout")
+            else DEFAULT_LISTENER_FILTERS_TIMEOUT
+        ),
+        continue_on_listener_filters_timeout=proto.continue_on_listener_filters_timeout,
     )
+
+
+def _compile_listener_filter(proto, context: FactoryContext, path: str):
+    """One ``listener_filters`` entry: its factory (``envoy.filters.listener.*``)."""
+    check_supported(proto, _SUPPORTED_LISTENER_FILTER, path, "ListenerFilter")
+    extension, config = context.registry.resolve(
+        Category.LISTENER_FILTER,
+        name=proto.name,
+        typed_config=proto.typed_config if proto.HasField("typed_config") else None,
+        path=path,
+    )
+    from legatus.config.validate import validate_message
+
+    errors = validate_message(config, f"{path}.typed_config")
+    if errors:
+        raise errors[0]
+    return extension.factory(config, context, f"{path}.typed_config")
 
 
 def _compile_chain(chain, context: FactoryContext, path: str) -> FilterChainConfig:
@@ -210,9 +266,35 @@ def _compile_chain(chain, context: FactoryContext, path: str) -> FilterChainConf
                 "filter chain.",
             )
         factories.append(factory)
+    transport_socket = None
+    if chain.HasField("transport_socket"):
+        transport_socket = _compile_transport_socket(
+            chain.transport_socket, context, f"{path}.transport_socket"
+        )
     return FilterChainConfig(
-        name=chain.name, factories=tuple(factories), key=chain.SerializeToString(deterministic=True)
+        name=chain.name,
+        factories=tuple(factories),
+        key=chain.SerializeToString(deterministic=True),
+        transport_socket=transport_socket,
     )
+
+
+def _compile_transport_socket(proto, context: FactoryContext, path: str) -> Any:
+    """A filter chain's ``transport_socket`` (TLS; raw_buffer gives None): an extension
+    legatus does not have is refused with its name, type URL and path."""
+    check_supported(proto, ("name", "typed_config"), path, "TransportSocket")
+    extension, config = context.registry.resolve(
+        Category.TRANSPORT_SOCKET_DOWNSTREAM,
+        name=proto.name,
+        typed_config=proto.typed_config if proto.HasField("typed_config") else None,
+        path=path,
+    )
+    from legatus.config.validate import validate_message
+
+    errors = validate_message(config, f"{path}.typed_config")
+    if errors:
+        raise errors[0]
+    return extension.factory(config, context, f"{path}.typed_config")
 
 
 def in_place_update(old: Listener, new: Listener) -> bool:
@@ -262,12 +344,17 @@ class ActiveListener:
         self.accept_batch = AcceptBatch(self.loop, self.stats.connections_accepted_per_socket_event)
         self.worker_stats = PerWorkerListenerStats(scope.scope(f"worker_{worker_index}."))
         self.connections: set[Connection] = set()
+        self.pending_sockets: set[ActiveTcpSocket] = set()  # in their listener-filter phase
         self.server: asyncio.AbstractServer | None = None
         self._only_chain = config.matcher._only
         self.sock: socket.socket | None = None
         self.draining = False
         self._drained: asyncio.Future | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+        # What its connections ask before closing gracefully (see network/drain_decision.py).
+        self.drain_decision = ListenerDrainDecision.for_listener(
+            config.proto, health=context.server_health, rng=context.random
+        )
 
     async def start(self, sock: socket.socket) -> None:
         self.sock = sock  # (a listener that replaces this one takes it over: see worker.py)
@@ -281,6 +368,9 @@ class ActiveListener:
             self.server = None
 
     def close_connections(self) -> None:
+        for pending in list(self.pending_sockets):
+            if pending.transport is not None:
+                pending.transport.abort()
         for c in list(self.connections):
             c.close(CloseType.NO_FLUSH)
 
@@ -295,22 +385,17 @@ class ActiveListener:
             conn.listener = successor
         return len(moved)
 
-    def drain(self, drain_time: float) -> asyncio.Future:
-        """Envoy's listener drain (the listener was removed or replaced by LDS): stop
-        accepting, ask every connection's filters that can drain (the HTTP connection
-        manager: ``connection: close`` on the next response, idle connections closed) to
-        do so, and close what is left ``drain_time`` seconds later. The future is done when
-        the last connection is gone."""
+    def drain(self, event: DrainEvent) -> asyncio.Future:
+        """Envoy's listener drain (removed or replaced by LDS): stop accepting; its connections
+        drain as ``event`` says when they ask the listener's drain decision (the HTTP
+        connection manager, per response); whatever is left when the drain time is over is
+        closed. The future is done when the last connection is gone."""
         self.stop()
         self.draining = True
+        self.drain_decision.notify(event)
         done = self.loop.create_future()
         self._drained = done
-        for conn in list(self.connections):
-            for f in conn.read_filters:
-                start_drain = getattr(f, "start_drain", None)
-                if start_drain is not None:
-                    start_drain()
-        self._drain_timer = self.loop.call_later(drain_time, self.close_connections)
+        self._drain_timer = self.loop.call_later(event.drain_time, self.close_connections)
         self._check_drained()
         return done
 
@@ -322,17 +407,55 @@ class ActiveListener:
                 self._drain_timer.cancel()
                 self._drain_timer = None
 
-    def _new_connection(self) -> Connection:
-        return _DownstreamConnection(self)
+    def _new_connection(self) -> asyncio.Protocol:
+        config = self.config
+        if not config.listener_filters:
+            return _DownstreamConnection(self)
+        # Envoy's ActiveTcpSocket: the listener filters run before there is a connection.
+        self.accept_batch.accepted()
+        self.stats.downstream_pre_cx_active.inc()
+        pending = ActiveTcpSocket(
+            [factory() for factory in config.listener_filters],
+            loop=self.loop,
+            timeout=config.listener_filters_timeout,
+            continue_on_timeout=config.continue_on_listener_filters_timeout,
+            on_done=self._on_filters_done,
+            on_gone=self._on_filters_gone,
+        )
+        self.pending_sockets.add(pending)
+        return pending
+
+    def _on_filters_done(
+        self, pending: ActiveTcpSocket, transport, sock: AcceptedSocket, initial: bytes
+    ) -> None:
+        if pending in self.pending_sockets:
+            self.pending_sockets.discard(pending)
+            self.stats.downstream_pre_cx_active.dec()
+        conn = _DownstreamConnection(self)
+        conn.accepted_socket = sock
+        conn.initial_bytes = initial
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+
+    def _on_filters_gone(self, pending: ActiveTcpSocket, reason: str) -> None:
+        stats = self.stats
+        if reason == "timeout_continue":
+            stats.downstream_pre_cx_timeout.inc()
+            return  # the connection follows (_on_filters_done)
+        if pending in self.pending_sockets:
+            self.pending_sockets.discard(pending)
+            stats.downstream_pre_cx_active.dec()
+        if reason == "timeout":
+            stats.downstream_pre_cx_timeout.inc()
+        elif reason == "remote_close":
+            stats.downstream_listener_filter_remote_close.inc()
+        else:
+            stats.downstream_listener_filter_error.inc()
 
     def on_accepted(self, conn: Connection) -> None:
-        self.accept_batch.accepted()
-        stats = self.stats
-        stats.downstream_cx_total.inc()
-        stats.downstream_cx_active.inc()
-        self.worker_stats.downstream_cx_total.inc()
-        self.worker_stats.downstream_cx_active.inc()
-        self.connections.add(conn)
+        sock = conn.accepted_socket
+        if sock is None:
+            self.accept_batch.accepted()
         info = StreamInfo(now_monotonic=self.loop.time())
         info.connection_id = conn.id
         local, remote = conn.local_address, conn.remote_address
@@ -341,28 +464,52 @@ class ActiveListener:
         conn.stream_info = info
         chain = self._only_chain
         if chain is None:
-            chain = self.config.matcher.match(
-                ConnectionKey(
-                    destination_ip=local[0],
-                    destination_port=local[1],
-                    source_ip=remote[0],
-                    source_port=remote[1],
-                )
+            key = ConnectionKey(
+                destination_ip=local[0],
+                destination_port=local[1],
+                source_ip=remote[0],
+                source_port=remote[1],
             )
+            if sock is not None:
+                key = _with_socket(key, sock)
+            chain = self.config.matcher.match(key)
+        if sock is not None and sock.requested_server_name:
+            info.requested_server_name = sock.requested_server_name
         if chain is None:
-            stats.no_filter_chain_match.inc()
+            # Envoy: counted, logged and closed; never a connection of the listener.
+            self.stats.no_filter_chain_match.inc()
             info.set_flag(_NR)
+            info.response_code_details = "filter_chain_not_found"
             log.debug(
                 "[C%d] closing connection from %s: no matching filter chain found",
                 conn.id,
                 info.downstream_remote_address,
             )
-            conn.close(CloseType.NO_FLUSH)
+            # Envoy closes a socket whose peeked bytes were never read: the kernel resets it.
+            conn.close(CloseType.ABORT_RESET if conn.initial_bytes else CloseType.NO_FLUSH)
+            if self.config.access_logs:
+                info.end_monotonic = self.loop.time()
+                for access_log in self.config.access_logs:
+                    access_log.log(info)
             return
+        stats = self.stats
+        stats.downstream_cx_total.inc()
+        stats.downstream_cx_active.inc()
+        self.worker_stats.downstream_cx_total.inc()
+        self.worker_stats.downstream_cx_active.inc()
+        self.connections.add(conn)
         conn.chain_key = chain.key
+        receiver: asyncio.Protocol = conn
+        transport_socket = chain.transport_socket
+        if transport_socket is not None:
+            receiver = transport_socket.attach(conn, conn.transport)
         for factory in chain.factories:
             factory(conn)
         conn.initialize_read_filters()
+        initial = conn.initial_bytes
+        if initial:
+            conn.initial_bytes = b""
+            receiver.data_received(initial)
 
     def on_closed(self, conn: Connection) -> None:
         if conn not in self.connections:
@@ -391,13 +538,34 @@ def _fmt(a) -> str | None:
     return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
 
 
+def _with_socket(key: ConnectionKey, sock: AcceptedSocket) -> ConnectionKey:
+    """The match key with what the listener filters learnt (Envoy: "raw_buffer" when no
+    filter detected a transport protocol)."""
+    return dataclasses.replace(
+        key,
+        server_name=sock.requested_server_name,
+        transport_protocol=sock.detected_transport_protocol or "raw_buffer",
+        application_protocols=sock.requested_application_protocols,
+    )
+
+
 class _DownstreamConnection(Connection):
     """An accepted connection: reports to its listener when made and when gone."""
+
+    # Set when listener filters ran first: what they learnt, and the bytes they read.
+    accepted_socket: AcceptedSocket | None = None
+    initial_bytes = b""
 
     def __init__(self, listener: ActiveListener) -> None:
         super().__init__(buffer_limit=listener.config.buffer_limit)
         self.listener = listener
         self.chain_key = b""  # its filter chain (see FilterChainConfig.key)
+
+    @property
+    def drain_decision(self) -> ListenerDrainDecision:
+        """Whether to close now because of a drain: its listener's (which follows the
+        connection when an in-place update hands it over)."""
+        return self.listener.drain_decision
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -10,9 +10,14 @@
   new ``:path`` (the router filter sets it and ``x-envoy-original-path``);
 - ``host_rewrite_literal`` / ``host_rewrite_header`` / ``auto_host_rewrite`` (the last needs
   the upstream host, so it is a flag for the router), ``append_x_forwarded_host``;
-- ``timeout`` (default 15 s; 0 disables it), ``idle_timeout``;
+- ``timeout`` (default 15 s; 0 disables it), ``idle_timeout``; the deprecated gRPC deadline
+  fields ``max_grpc_timeout`` and ``grpc_timeout_offset`` (timeouts.py); ``max_stream_duration``
+  (``max_stream_duration``, ``grpc_timeout_header_max``, ``grpc_timeout_header_offset``), which
+  the connection manager applies to the stream (timeouts.stream_duration);
 - ``internal_redirect_policy`` (or the deprecated ``internal_redirect_action`` and
-  ``max_internal_redirects``), without predicates.
+  ``max_internal_redirects``), without predicates;
+- ``upgrade_configs`` (upgrade.py): upgrades enabled or disabled on the route, CONNECT
+  terminated here with ``connect_config``.
 
 ``DirectResponseAction`` is a status and a body read once from its DataSource (at most
 ``max_direct_response_body_size_bytes``, 4096 by default). Redirects live in redirect.py.
@@ -20,7 +25,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from legatus.common.matchers import ascii_lower, header_values
 from legatus.common.regex import RegexRewrite, compile_rewrite
@@ -41,6 +47,8 @@ from legatus.router.retry_policy import (
     compile_retry_policy,
 )
 from legatus.router.shadow_writer import MirrorPolicy, compile_mirror_policies
+from legatus.router.timeouts import MaxStreamDuration
+from legatus.router.upgrade import NO_UPGRADES, ConnectConfig, compile_upgrade_configs
 from legatus.router.weighted_clusters import WeightedClusters, compile_weighted_clusters
 
 __all__ = [
@@ -48,6 +56,7 @@ __all__ = [
     "InternalRedirectPolicy",
     "RouteAction",
     "compile_direct_response",
+    "compile_max_stream_duration",
     "compile_route_action",
     "rewrite_path_with",
 ]
@@ -68,6 +77,9 @@ _ROUTE_ACTION_FIELDS = (
     "append_x_forwarded_host",
     "timeout",
     "idle_timeout",
+    "max_grpc_timeout",
+    "grpc_timeout_offset",
+    "max_stream_duration",
     "internal_redirect_policy",
     "internal_redirect_action",
     "max_internal_redirects",
@@ -77,6 +89,7 @@ _ROUTE_ACTION_FIELDS = (
     "hash_policy",
     "rate_limits",
     "include_vh_rate_limits",
+    "upgrade_configs",
 )
 # ClusterNotFoundResponseCode: SERVICE_UNAVAILABLE, NOT_FOUND, INTERNAL_SERVER_ERROR.
 _CLUSTER_NOT_FOUND_CODES = (503, 404, 500)
@@ -106,6 +119,9 @@ class RouteAction:
     append_x_forwarded_host: bool = False
     timeout: float = DEFAULT_TIMEOUT  # seconds; 0 disables the route timeout
     idle_timeout: float | None = None  # seconds; None: the connection manager's
+    max_grpc_timeout: int | None = None  # ms (deprecated field); None: unset
+    grpc_timeout_offset: int | None = None  # ms (deprecated field)
+    max_stream_duration: MaxStreamDuration | None = None  # Envoy's "new timeouts" when set
     internal_redirect_policy: InternalRedirectPolicy | None = None
     retry_policy: RetryPolicy | None = None  # the route's, else its virtual host's
     request_mirror_policies: tuple[MirrorPolicy, ...] = ()  # likewise
@@ -114,6 +130,10 @@ class RouteAction:
     hash_policy: HashPolicy | None = None  # for RING_HASH / MAGLEV clusters (hash_policy.py)
     rate_limit_policy: RateLimitPolicy = EMPTY_POLICY  # rate_limits (rate_limit_policy.py)
     include_vh_rate_limits: bool = False
+    # upgrade_configs (upgrade.py): lower-case upgrade type -> enabled on this route, and the
+    # CONNECT termination config, if any.
+    upgrade_map: Mapping[str, bool] = field(default_factory=lambda: NO_UPGRADES)
+    connect_config: ConnectConfig | None = None
 
     def rewrite_path(self, path: str) -> str | None:
         """The new ``:path`` for this route, or None when it rewrites nothing."""
@@ -192,6 +212,9 @@ def compile_route_action(
         raise ConfigError(
             path, "Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy"
         )
+    upgrade_map, connect_config = compile_upgrade_configs(
+        proto.upgrade_configs, join_path(path, "upgrade_configs")
+    )
     regex_rewrite = None
     if proto.HasField("regex_rewrite"):
         regex_rewrite = compile_rewrite(proto.regex_rewrite, join_path(path, "regex_rewrite"))
@@ -210,6 +233,17 @@ def compile_route_action(
         append_x_forwarded_host=proto.append_x_forwarded_host,
         timeout=_seconds(proto.timeout) if proto.HasField("timeout") else DEFAULT_TIMEOUT,
         idle_timeout=_seconds(proto.idle_timeout) if proto.HasField("idle_timeout") else None,
+        max_grpc_timeout=(
+            _ms(proto.max_grpc_timeout) if proto.HasField("max_grpc_timeout") else None
+        ),
+        grpc_timeout_offset=(
+            _ms(proto.grpc_timeout_offset) if proto.HasField("grpc_timeout_offset") else None
+        ),
+        max_stream_duration=compile_max_stream_duration(
+            proto.max_stream_duration, join_path(path, "max_stream_duration")
+        )
+        if proto.HasField("max_stream_duration")
+        else None,
         internal_redirect_policy=_internal_redirect_policy(proto, path),
         retry_policy=compile_retry_policy(proto.retry_policy, join_path(path, "retry_policy"))
         if proto.HasField("retry_policy")
@@ -228,6 +262,8 @@ def compile_route_action(
             proto.rate_limits, join_path(path, "rate_limits")
         ),
         include_vh_rate_limits=proto.include_vh_rate_limits.value,
+        upgrade_map=upgrade_map,
+        connect_config=connect_config,
     )
 
 
@@ -308,5 +344,24 @@ def compile_direct_response(proto, path: str, *, max_body_size: int) -> DirectRe
     return DirectResponseAction(status=proto.status, body=body)
 
 
+def compile_max_stream_duration(proto, path: str) -> MaxStreamDuration:
+    """A ``RouteAction.MaxStreamDuration``: the connection manager applies it to the stream."""
+    check_supported(
+        proto,
+        ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"),
+        path,
+        "MaxStreamDuration",
+    )
+    names = ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
+    return MaxStreamDuration(
+        **{name: _ms(getattr(proto, name)) for name in names if proto.HasField(name)}
+    )
+
+
 def _seconds(duration) -> float:
     return duration.seconds + duration.nanos / 1e9
+
+
+def _ms(duration) -> int:
+    """DurationUtil::durationToMilliseconds (whole milliseconds, truncated)."""
+    return duration.seconds * 1000 + duration.nanos // 1_000_000

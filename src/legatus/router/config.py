@@ -24,6 +24,9 @@ for them. ``validate_clusters`` (default true for a route configuration given in
 the connection manager, as Envoy does; pass ``validate_clusters_default=False`` for RDS)
 rejects static cluster names not in ``context.cluster_names``.
 
+A CONNECT request (no ``:path``) is matched only by routes with a ``connect_matcher``, which
+match nothing else; ``RouteAction.upgrade_configs`` are compiled by upgrade.py.
+
 Not implemented yet, and refused by name when set: VHDS, ``vhost_header``,
 ``internal_only_headers``, cluster specifier plugins, request mirroring, metadata;
 virtual host ``matcher`` trees, ``require_tls``, ``virtual_clusters`` (their
@@ -230,6 +233,7 @@ class VirtualHost:
     """A compiled virtual host. Built once by compile_route_config, then never changed."""
 
     __slots__ = (
+        "connect_routes",
         "domains",
         "ignore_path_parameters",
         "include_attempt_count_in_response",
@@ -246,6 +250,7 @@ class VirtualHost:
         self.domains = domains
         self.ignore_path_parameters = ignore_path_parameters
         self.routes: tuple[Route, ...] = ()
+        self.connect_routes: tuple[Route, ...] = ()  # those with a connect_matcher
         self.include_request_attempt_count = False  # x-envoy-attempt-count to the upstream
         self.include_attempt_count_in_response = False  # and to the client
         self.typed_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
@@ -257,7 +262,12 @@ class VirtualHost:
             return None  # Envoy: no scheme, no route (the HCM always sets it)
         path = headers.get(":path")
         if path is None:
-            return None  # only CONNECT routes match without a path; legatus has none yet
+            # A CONNECT has no path: only connect_matcher routes may match it (Envoy's
+            # supportsPathlessHeaders).
+            for route in self.connect_routes:
+                if route.match.matches(headers, "", "", random_value):
+                    return route.select(headers, random_value)
+            return None
         stripped = path_for_matching(path, self.ignore_path_parameters)
         for route in self.routes:
             if route.match.matches(headers, path, stripped, random_value):
@@ -480,6 +490,7 @@ class _Builder:
                     object.__setattr__(action, "hedge_on_per_try_timeout", vh_hedge)
             routes.append(route)
         virtual_host.routes = tuple(routes)
+        virtual_host.connect_routes = tuple(r for r in routes if r.match.connect)
         return virtual_host
 
     def route(
@@ -521,8 +532,6 @@ class _Builder:
             path,
             prefix="response",
         )
-        if isinstance(action, RouteAction):
-            self._refuse_http2_clusters(action, action_path)
         route = Route(
             name=proto.name,
             virtual_host=virtual_host,
@@ -556,26 +565,6 @@ class _Builder:
             )
             object.__setattr__(route, "weighted_matches", prebuilt)
         return route
-
-    def _refuse_http2_clusters(self, action: RouteAction, path: str) -> None:
-        """A route to a cluster set up for HTTP/2 upstreams would get HTTP/1.1: refused."""
-        http2 = getattr(self.context, "http2_cluster_names", None)
-        if not http2:
-            return
-        names = [(join_path(path, "cluster"), action.cluster)]
-        if action.weighted_clusters is not None:
-            names += [
-                (f"{path}.weighted_clusters.clusters[{i}].name", c.name)
-                for i, c in enumerate(action.weighted_clusters.clusters)
-            ]
-        for where, name in names:
-            if name in http2:
-                raise ConfigError(
-                    where,
-                    f"route to cluster '{name}', an HTTP/2 upstream (explicit_http_config."
-                    "http2_protocol_options): not supported by legatus's router yet (HTTP/1.1 "
-                    "upstreams only; gRPC clients such as the rate limit filter may use it)",
-                )
 
     def _levels(self, route_level, vh_level, table_level) -> tuple[HeaderMutations, ...]:
         # Envoy: most specific first by default, so the least specific overwrite lands last.

@@ -15,6 +15,8 @@ are Envoy 1.40's (``config_impl.cc``), checked against the real Envoy with reque
   or no specifier needs the parameter present, ``present_match: false`` needs it absent;
 - ``grpc``: ``content-type`` is ``application/grpc`` or starts with ``application/grpc+``
   (the method does not matter);
+- ``connect_matcher``: the request is a CONNECT (which has no path; the other conditions
+  still apply); a CONNECT is matched by such routes only;
 - ``runtime_fraction``: the runtime's ``feature_enabled(runtime_key, default_value,
   random_value)``: the value of ``runtime_key`` (a fraction, or an integer percentage; above
   100 always matches) replaces ``default_value``; then ``random_value % denominator <
@@ -46,6 +48,7 @@ _ROUTE_MATCH_FIELDS = (
     "path",
     "safe_regex",
     "path_separated_prefix",
+    "connect_matcher",
     "case_sensitive",
     "runtime_fraction",
     "headers",
@@ -76,6 +79,7 @@ class PathKind(enum.Enum):
     PATH = "path"
     SAFE_REGEX = "safe_regex"
     PATH_SEPARATED_PREFIX = "path_separated_prefix"
+    CONNECT = "connect_matcher"  # CONNECT requests only (they have no path)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +96,8 @@ class PathMatcher:
         kind = self.kind
         if kind is PathKind.SAFE_REGEX:
             return self.regex.full_match(path)  # type: ignore[union-attr]
+        if kind is PathKind.CONNECT:
+            return False  # a connect_matcher matches a method, not a path
         text = self.text
         if not self.case_sensitive:
             path = ascii_lower(path)
@@ -157,6 +163,7 @@ class RouteMatcher:
     runtime_fraction: tuple[int, int] | None = None  # the default (numerator, denominator)
     runtime_key: str = ""
     matches: Callable[[object, str, str, int], bool] = None  # type: ignore[assignment]
+    connect: bool = False  # connect_matcher: matches CONNECT requests, which have no path
 
 
 def compile_route_match(proto, path: str, runtime=None) -> RouteMatcher:
@@ -173,6 +180,8 @@ def compile_route_match(proto, path: str, runtime=None) -> RouteMatcher:
     if kind is PathKind.SAFE_REGEX:
         regex = compile_regex_matcher(proto.safe_regex, join_path(path, "safe_regex"))
         path_matcher = PathMatcher(kind=kind, text=regex.pattern, regex=regex)
+    elif kind is PathKind.CONNECT:
+        path_matcher = PathMatcher(kind=kind, text="")
     else:
         path_matcher = PathMatcher(
             kind=kind, text=getattr(proto, which), case_sensitive=case_sensitive
@@ -191,6 +200,18 @@ def compile_route_match(proto, path: str, runtime=None) -> RouteMatcher:
         fraction = (default.numerator, _DENOMINATORS[default.denominator])
         runtime_key = proto.runtime_fraction.runtime_key
     grpc = proto.HasField("grpc")
+    matches = _predicate(
+        path_matcher, headers, query, grpc, _fraction_test(fraction, runtime_key, runtime)
+    )
+    connect = kind is PathKind.CONNECT
+    if connect:
+        conditions = matches
+
+        def matches(request_headers, path: str, stripped: str, random_value: int) -> bool:
+            return request_headers.get(":method") == "CONNECT" and conditions(
+                request_headers, path, stripped, random_value
+            )
+
     return RouteMatcher(
         path=path_matcher,
         headers=headers,
@@ -198,9 +219,8 @@ def compile_route_match(proto, path: str, runtime=None) -> RouteMatcher:
         grpc=grpc,
         runtime_fraction=fraction,
         runtime_key=runtime_key,
-        matches=_predicate(
-            path_matcher, headers, query, grpc, _fraction_test(fraction, runtime_key, runtime)
-        ),
+        matches=matches,
+        connect=connect,
     )
 
 
@@ -248,6 +268,8 @@ def _path_test(matcher: PathMatcher) -> Callable[[str], bool] | None:
     kind, text = matcher.kind, matcher.text
     if kind is PathKind.SAFE_REGEX:
         return matcher.regex.full_match  # type: ignore[union-attr]
+    if kind is PathKind.CONNECT:
+        return None  # the request's method decides (compile_route_match)
     if not matcher.case_sensitive:
         return matcher.matches
     if kind is PathKind.PREFIX:

@@ -17,7 +17,8 @@ ignored in the header, as in Envoy):
 - ``retriable-4xx``: a 409; ``retriable-status-codes``: the policy's or the header's codes;
 - ``retriable-headers``: a response matching one of ``retriable_headers``;
 - ``envoy-ratelimited``: a response carrying ``x-envoy-ratelimited`` (never retried otherwise);
-- ``refused-stream``: an HTTP/2 REFUSED_STREAM (no HTTP/1.1 upstream sends one).
+- ``refused-stream``: an HTTP/2 upstream refused the stream (RST_STREAM REFUSED_STREAM,
+  or a GOAWAY that left it out: never processed, so safe to retry).
 
 The gRPC conditions (``cancelled``, ``deadline-exceeded``... and ``x-envoy-retry-grpc-on``)
 wait for HTTP/2. Not supported yet, and refused by name: ``retry_priority``,

@@ -34,6 +34,7 @@ class RetryStatus(enum.Enum):
 _FIVE_XX = int(RetryOn.FIVE_XX)
 _GATEWAY_ERROR = int(RetryOn.GATEWAY_ERROR)
 _CONNECT_FAILURE = int(RetryOn.CONNECT_FAILURE)
+_REFUSED_STREAM = int(RetryOn.REFUSED_STREAM)
 _RETRIABLE_4XX = int(RetryOn.RETRIABLE_4XX)
 _RETRIABLE_STATUS_CODES = int(RetryOn.RETRIABLE_STATUS_CODES)
 _RETRIABLE_HEADERS = int(RetryOn.RETRIABLE_HEADERS)
@@ -118,10 +119,14 @@ class RetryState:
             return any(m.matches(headers) for m in self.retriable_headers)
         return False
 
-    def would_retry_reset(self, *, overflow: bool = False, connect_failure: bool = False) -> bool:
+    def would_retry_reset(
+        self, *, overflow: bool = False, connect_failure: bool = False, refused_stream: bool = False
+    ) -> bool:
         if overflow:
             return False
         if self.retry_on & _5XX_LIKE:
+            return True
+        if refused_stream and self.retry_on & _REFUSED_STREAM:  # an HTTP/2 REFUSED_STREAM
             return True
         return bool(connect_failure and self.retry_on & _CONNECT_FAILURE)
 

@@ -9,7 +9,7 @@ The last decoder filter of every HTTP filter chain. For each request it:
    cluster, route, virtual host, route configuration levels), the host rewrite (literal,
    from a header; auto_host_rewrite with the upstream host's hostname), the path rewrite
    (with ``x-envoy-original-path``), ``x-envoy-expected-rq-timeout-ms``;
-3. asks the host's HTTP/1.1 connection pool for a stream (``UpstreamRequest``) and sends
+3. asks the host's connection pool (HTTP/1.1 or HTTP/2) for a stream (``UpstreamRequest``) and sends
    the request as it arrives; body that arrives before the pool is ready is held here
    (past the buffer limit the downstream read pauses);
 4. once the downstream request is complete, starts the route timeout (504 UT);
@@ -31,6 +31,12 @@ true``) a try that passes its per-try timeout is not abandoned: the next try sta
 (``hedged``), and the first good response wins while the others are reset. Mirrored requests
 (shadow_writer.py) leave once the request is complete, with the same kept body.
 
+A gRPC request (``content-type: application/grpc[+...]``) is judged by its ``grpc-status``, as
+Envoy's router does: outlier detection sees a trailers-only response's status mapped to HTTP
+(grpc_to_http_status), and the host's rq_success / rq_error wait for the trailers (a response
+that ends without them, or is reset, is an error). Timeouts: timeouts.py (the deprecated
+``max_grpc_timeout`` takes the route timeout from ``grpc-timeout`` and rewrites it upstream).
+
 Flow control: the upstream write buffer's watermarks pause and resume the downstream read
 (``on_decoder_filter_above_write_buffer_high_watermark``); the downstream's pause and
 resume the upstream read (``read_disable`` on the upstream stream).
@@ -44,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from legatus.conn_pool import StreamResetReason
+from legatus.grpc.common import grpc_status, grpc_to_http_status, has_grpc_content_type
 from legatus.http.conn_manager_stats import RouterFilterStats
 from legatus.http.conn_manager_utility import update_authority
 from legatus.http.filter import (
@@ -59,7 +66,9 @@ from legatus.router.redirect import RedirectAction, redirect_location
 from legatus.router.retry_policy import EMPTY_POLICY
 from legatus.router.retry_state import RetryState
 from legatus.router.shadow_writer import send_shadow
+from legatus.router.timeouts import expected_timeout_ms, grpc_route_timeout_ms, set_timeout_headers
 from legatus.router.tries import Tries
+from legatus.router.upgrade import is_websocket_upgrade
 from legatus.router.upstream_request import UpstreamRequest
 from legatus.stream_info import ResponseFlag as F
 from legatus.upstream.outlier_reporter import Result as OutlierResult
@@ -88,6 +97,7 @@ _RESET_FLAGS = {
     StreamResetReason.LOCAL_RESET: F.LOCAL_RESET,
     StreamResetReason.OVERFLOW: F.UPSTREAM_OVERFLOW,
     StreamResetReason.REMOTE_RESET: F.UPSTREAM_REMOTE_RESET,
+    StreamResetReason.REMOTE_REFUSED_STREAM_RESET: F.UPSTREAM_REMOTE_RESET,
     StreamResetReason.PROTOCOL_ERROR: F.UPSTREAM_PROTOCOL_ERROR,
 }
 _CONNECT_FAILURES = frozenset(
@@ -148,6 +158,9 @@ class Router(Tries, StreamDecoderFilter):
     try_idle_timer = None  # per_try_idle_timeout: one re-arming timer per try
     try_idle_deadline = 0.0
     hash_ctx = None  # HashContext of a hashing cluster (generated cookies: set-cookie)
+    grpc = False  # a gRPC request (its host stats and outlier results follow grpc-status)
+    grpc_timeout = False  # grpc-timeout is rewritten with the time given (max_grpc_timeout)
+    grpc_deferred = False  # the host's rq_success / rq_error wait for the response's trailers
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
@@ -184,12 +197,6 @@ class Router(Tries, StreamDecoderFilter):
                 flags=F.NO_CLUSTER_FOUND,
             )
             return FilterHeadersStatus.STOP_ITERATION
-        if cluster.config.http2:
-            # Named through cluster_header (static names are refused at config time): legatus
-            # would speak HTTP/1.1 to an HTTP/2 upstream, so it answers 503 and says why.
-            log.warning("route to HTTP/2 cluster '%s' refused: HTTP/1.1 upstreams only", name)
-            cb.send_local_reply(503, details="upstream_http2_not_supported_by_legatus")
-            return FilterHeadersStatus.STOP_ITERATION
         self.route = route
         self.cluster = cluster
         info.upstream_cluster = name
@@ -207,6 +214,9 @@ class Router(Tries, StreamDecoderFilter):
             self.retry_state = RetryState.create(
                 policy or EMPTY_POLICY, headers, cluster, config.random
             )
+        content_type = headers.get("content-type")
+        if content_type is not None and has_grpc_content_type(headers):
+            self.grpc = True
         self.timeout = self._final_timeout(headers, action)
         if cluster.hashing:  # ring hash / Maglev: the route's hash policy, once per request
             self.hash_ctx = action.hash_context(headers, info)
@@ -228,6 +238,8 @@ class Router(Tries, StreamDecoderFilter):
         self.start_time = config.loop.time()
         if end_stream:
             self._on_request_complete()
+        elif "upgrade" in headers and is_websocket_upgrade(headers):
+            self._start_route_timer()  # Envoy: a WebSocket upgrade's lasts until its 101
         self.attempts = 1
         info.upstream_request_attempt_count = 1
         self.upstream = UpstreamRequest(self, cluster, host)
@@ -326,17 +338,30 @@ class Router(Tries, StreamDecoderFilter):
     # Request ----------------------------------------------------------------------------
 
     def _final_timeout(self, headers: HeaderMap, action) -> float:
-        """Envoy's FilterUtility::finalTimeout. The route's timeout, unless the request (an
-        internal one: an external client's x-envoy-* headers were stripped) asks for another
-        with x-envoy-upstream-rq-timeout-ms; x-envoy-upstream-rq-per-try-timeout-ms bounds
-        the one try legatus makes (no retries yet). The router consumes these headers and the
-        retry ones, and tells the upstream the time it has in x-envoy-expected-rq-timeout-ms
-        (in place of the client's, if any)."""
+        """Envoy's FilterUtility::finalTimeout (timeouts.py). The route's timeout (none with
+        ``max_stream_duration``; from ``grpc-timeout`` for a gRPC request on a route with
+        ``max_grpc_timeout``), unless the request (an internal one: an external client's
+        x-envoy-* headers were stripped) asks for another with x-envoy-upstream-rq-timeout-ms
+        (or, with respect_expected_rq_timeout, x-envoy-expected-rq-timeout-ms);
+        x-envoy-upstream-rq-per-try-timeout-ms replaces the retry policy's per-try timeout.
+        The router consumes these headers and the retry ones, and tells the upstream the time
+        it has in x-envoy-expected-rq-timeout-ms (in place of the client's, if any) and, with
+        ``max_grpc_timeout``, in grpc-timeout."""
         timeout = action.timeout
         config = self.config
-        if config.respect_expected_rq_timeout:
-            expected = headers.get("x-envoy-expected-rq-timeout-ms")
-            if expected is not None and expected.isdigit():
+        if action.max_stream_duration is not None:
+            timeout = 0.0  # the connection manager's stream duration bounds the request
+        elif action.max_grpc_timeout is not None and self.grpc:
+            ms = grpc_route_timeout_ms(action.max_grpc_timeout, action.grpc_timeout_offset, headers)
+            timeout = ms / 1000
+            self.grpc_timeout = True
+        expected = (
+            headers.get("x-envoy-expected-rq-timeout-ms")
+            if config.respect_expected_rq_timeout
+            else None
+        )
+        if expected is not None:
+            if expected.isdigit():
                 timeout = int(expected) / 1000
         else:
             value = headers.get("x-envoy-upstream-rq-timeout-ms")
@@ -349,12 +374,27 @@ class Router(Tries, StreamDecoderFilter):
             self.per_try = action.retry_policy.per_try_timeout
         self.alt_response = "x-envoy-upstream-rq-timeout-alt-response" in headers
         headers.remove_all(_CONSUMED_HEADERS)
-        expected_timeout = timeout
-        if self.per_try and (not timeout or self.per_try < timeout) and not self.hedging:
-            expected_timeout = self.per_try  # (a hedged try may run past it)
-        if expected_timeout and not config.suppress_envoy_headers:
-            headers.set("x-envoy-expected-rq-timeout-ms", str(round(expected_timeout * 1000)))
+        if not self.per_try and not self.grpc_timeout:  # the common case, inline
+            if timeout and not config.suppress_envoy_headers:
+                headers.set("x-envoy-expected-rq-timeout-ms", str(round(timeout * 1000)))
+        else:
+            self._set_timeout_headers(headers, timeout, 0)
         return timeout
+
+    def _set_timeout_headers(self, headers: HeaderMap, timeout: float, elapsed_ms: int) -> None:
+        """What the upstream is told of the time it has (Envoy's setTimeoutHeaders)."""
+        expected = expected_timeout_ms(
+            global_ms=round(timeout * 1000),
+            per_try_ms=round(self.per_try * 1000),
+            hedging=self.hedging,  # (a hedged try may run past its per-try timeout)
+            elapsed_ms=elapsed_ms,
+        )
+        set_timeout_headers(
+            headers,
+            expected,
+            suppress=self.config.suppress_envoy_headers,
+            grpc_timeout=self.grpc_timeout,
+        )
 
     def _finalize_request_headers(self, headers, route, action, host, info) -> None:
         route.finalize_request_headers(headers, info)
@@ -390,6 +430,11 @@ class Router(Tries, StreamDecoderFilter):
             self._start_try_idle_timer()
         if self.shadows:
             self._send_shadows()
+        self._start_route_timer()
+
+    def _start_route_timer(self) -> None:
+        """The route timeout (or the per-try one), once the request is complete; for a
+        WebSocket upgrade, from its head until the 101 (upstream_request.py stops it)."""
         if self.timer is not None or self.cluster is None:
             return
         timeout, per_try = self.timeout, self.per_try
@@ -450,7 +495,11 @@ class Router(Tries, StreamDecoderFilter):
         code = int(status) if status.isdigit() else 0
         cb.stream_info.response_code = code  # %RESPONSE_CODE% in response header values
         host = self.host
-        host.outlier.put_http_response_code(code)  # before any retry decision, as Envoy
+        status_grpc = grpc_status(headers) if self.grpc else None
+        # Before any retry decision, as Envoy; a trailers-only gRPC answer by its grpc-status.
+        host.outlier.put_http_response_code(
+            code if status_grpc is None else grpc_to_http_status(status_grpc)
+        )
         if "x-envoy-immediate-health-check-fail" in headers:
             host.health_checker.set_unhealthy()
         retry = self.retry_state
@@ -467,7 +516,13 @@ class Router(Tries, StreamDecoderFilter):
         if self.config.dynamic_stats and not cb.stream_info.health_check:
             # Envoy charges no upstream code stats for a health check (the health_check filter)
             self.cluster.code_stats.charge(code, internal=cb.stream.internal)
-        self._charge_host(code)
+        if self.grpc and code < 500:
+            if not end_stream:  # the trailers tell
+                self.grpc_deferred = True
+            else:
+                self._charge_host_grpc(status_grpc)
+        else:
+            self._charge_host(code)
         policy = route.action.internal_redirect_policy
         if (
             policy is not None
@@ -475,7 +530,8 @@ class Router(Tries, StreamDecoderFilter):
             and self._follow_redirect(policy, headers)
         ):
             return
-        if not self.config.suppress_envoy_headers:
+        if not self.config.suppress_envoy_headers and self.request_done:
+            # (Envoy: only once the request is complete, so never on a tunnel's answer)
             service_ms = round((self.config.loop.time() - self.request_complete_time) * 1000)
             headers.set("x-envoy-upstream-service-time", str(service_ms))
         if route.virtual_host.include_attempt_count_in_response:
@@ -544,10 +600,14 @@ class Router(Tries, StreamDecoderFilter):
 
     def on_upstream_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
+            if self.grpc_deferred:  # a gRPC response without trailers is an error
+                self._charge_host_grpc(None)
             self._on_upstream_complete()
         self.decoder_callbacks.encode_data(data, end_stream)
 
     def on_upstream_trailers(self, trailers: HeaderMap) -> None:
+        if self.grpc_deferred:
+            self._charge_host_grpc(grpc_status(trailers))
         self._on_upstream_complete()
         self.decoder_callbacks.encode_trailers(trailers)
 
@@ -556,6 +616,14 @@ class Router(Tries, StreamDecoderFilter):
         host = self.host
         if host is not None:
             (host.stats.rq_error if code >= 500 else host.stats.rq_success).inc()
+
+    def _charge_host_grpc(self, status: int | None) -> None:
+        """A gRPC answer: a success when it has a grpc-status that is not a 5xx's."""
+        self.grpc_deferred = False
+        host = self.host
+        if host is not None:
+            ok = status is not None and grpc_to_http_status(status) < 500
+            (host.stats.rq_success if ok else host.stats.rq_error).inc()
 
     def _on_upstream_complete(self) -> None:
         self._stop_try_idle_timer()
@@ -595,6 +663,7 @@ class Router(Tries, StreamDecoderFilter):
             would = self.request_done and retry.would_retry_reset(
                 overflow=reason is StreamResetReason.OVERFLOW,
                 connect_failure=reason in _CONNECT_FAILURES,
+                refused_stream=reason is StreamResetReason.REMOTE_REFUSED_STREAM_RESET,
             )
             if self._retry_decision(retry, would):
                 return
@@ -603,9 +672,17 @@ class Router(Tries, StreamDecoderFilter):
             self.timer = None
         flag = _RESET_FLAGS.get(reason, 0)
         if response_started:
-            self.config.stats.rq_reset_after_downstream_response_started.inc()
+            if self.grpc_deferred:  # (Envoy counts the stat for a deferred gRPC answer only)
+                self._charge_host_grpc(None)
+                self.config.stats.rq_reset_after_downstream_response_started.inc()
             if flag:
                 info.set_flag(flag)
+            detail = reason.value
+            if transport_failure_reason:
+                detail += "|" + transport_failure_reason
+            info.response_code_details = (
+                f"upstream_reset_after_response_started{{{detail}}}".replace(" ", "_")
+            )
             cb.reset_stream()
             return
         overflow = reason is StreamResetReason.OVERFLOW
@@ -679,6 +756,8 @@ class Router(Tries, StreamDecoderFilter):
             self.timer.cancel()
             self.timer = None
         if response_started:
+            if self.grpc_deferred:
+                self._charge_host_grpc(None)
             cb.stream_info.set_flag(F.UPSTREAM_REQUEST_TIMEOUT)
             self.config.stats.rq_reset_after_downstream_response_started.inc()
             cb.reset_stream()

@@ -208,13 +208,12 @@ class Tries:
         headers = self.request_headers
         if self.route.virtual_host.include_request_attempt_count:
             headers.set("x-envoy-attempt-count", str(self.attempts))
-        if self.timeout and "x-envoy-expected-rq-timeout-ms" in headers:
+        if self.timeout or self.per_try:
             # Envoy tells each retry the time left of the route timeout.
-            elapsed = int((self.config.loop.time() - self.request_complete_time) * 1000)
-            left = round(self.timeout * 1000) - elapsed
-            if self.per_try and self.per_try * 1000 < left and not self.hedging:
-                left = round(self.per_try * 1000)
-            headers.set("x-envoy-expected-rq-timeout-ms", str(max(left, 0)))
+            elapsed = 0
+            if self.request_complete_time:
+                elapsed = int((self.config.loop.time() - self.request_complete_time) * 1000)
+            self._set_timeout_headers(headers, self.timeout, elapsed)
         body = self.request_body
         self.buffered = [bytes(body)] if body else []
         self.buffered_bytes = 0

@@ -5,6 +5,16 @@ pool's answer (ready, or a failure), receives the response as the pool's
 ``ResponseDecoder``, and relays the upstream connection's write-buffer watermarks to the
 downstream read. Events of a try the router has given up on (a retry, a timeout) are
 dropped here.
+
+The pool is the host's HTTP one (HTTP/1.1 or HTTP/2, as the cluster's protocol options and,
+with use_downstream_protocol_config, the downstream request say), or its TCP one for a
+request the route terminates here (CONNECT, or POST with ``allow_post``, on a route with a
+``connect_config``: router/upgrade.py).
+The answer to a WebSocket upgrade is judged here, as Envoy's upstream codec filter does: a 101
+opens the tunnel and ends the route timeout (which ran from the request head); a 4xx or 5xx is
+an answer like any other; any other answer fails the handshake: the client gets its status
+and headers without a body (``websocket_handshake_unsuccessful``) and the upstream connection
+is dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from legatus.conn_pool import PoolFailureReason, ResponseDecoder, StreamResetReason
 from legatus.http.headers import HeaderMap
+from legatus.router.upgrade import is_websocket_upgrade, uses_tcp_upstream
 
 if TYPE_CHECKING:
     from legatus.router.router import Router
@@ -31,7 +42,7 @@ class UpstreamRequest(ResponseDecoder):
     decoder (Envoy's ``UpstreamRequest``)."""
 
     __slots__ = ("cluster", "encoder", "host", "paused_downstream", "pending",
-                 "response_started", "router")  # fmt: skip
+                 "response_started", "router", "websocket")  # fmt: skip
 
     def __init__(self, router: Router, cluster, host) -> None:
         self.router = router
@@ -41,9 +52,20 @@ class UpstreamRequest(ResponseDecoder):
         self.pending = None
         self.response_started = False
         self.paused_downstream = False
+        self.websocket = False  # a WebSocket upgrade: its answer is judged here
 
     def start(self) -> None:
-        pool = self.cluster.http_conn_pool(self.host)
+        router = self.router
+        headers = router.request_headers
+        if "upgrade" in headers:
+            self.websocket = is_websocket_upgrade(headers)
+        connect_config = router.route.action.connect_config
+        if connect_config is not None and uses_tcp_upstream(connect_config, headers):
+            pool = self.cluster.tcp_conn_pool(self.host)
+        elif self.cluster.use_downstream_protocol:  # use_downstream_protocol_config
+            pool = self.cluster.http_conn_pool(self.host, router.decoder_callbacks.stream.protocol)
+        else:
+            pool = self.cluster.http_conn_pool(self.host)
         self.pending = pending = pool.new_stream(self, self)
         if pending is not None:  # queued for a connection: Envoy has the host from here on
             self.router.decoder_callbacks.stream_info.upstream_host = self.host.address_text
@@ -71,6 +93,7 @@ class UpstreamRequest(ResponseDecoder):
         info.upstream_host = host.address_text
         info.upstream_local_address = _fmt(encoder.local_address)
         info.upstream_connection_id = encoder.connection_id
+        info.upstream_ssl = getattr(encoder, "ssl", None)  # TLS: %UPSTREAM_TLS_*% and friends
         info.upstream_protocol = encoder.protocol
         info.first_upstream_tx_byte_sent = router.config.loop.time()
         encoder.add_callbacks(self)  # the upstream's write buffer: see the watermark hooks
@@ -114,9 +137,44 @@ class UpstreamRequest(ResponseDecoder):
             router.touch_try()
         cb = router.decoder_callbacks
         cb.stream_info.first_upstream_rx_byte_received = router.config.loop.time()
+        if self.websocket and not self._websocket_answer(headers):
+            return
         if end_stream:
             self._complete()
         router.on_upstream_headers(headers, end_stream)
+
+    def _websocket_answer(self, headers: HeaderMap) -> bool:
+        """The answer to a WebSocket upgrade (see module doc); True when it goes on to the
+        router as a response."""
+        status = headers.get(":status", "")
+        router = self.router
+        if status == "101":
+            timer = router.timer  # the route timeout ran until the tunnel opened
+            if timer is not None:
+                router.timer = None
+                timer.cancel()
+            return True
+        if status >= "400":  # (three digits: compared as text)
+            return True
+        router.upstream = None
+        self.reset()
+        cb = router.decoder_callbacks
+        route = router.route
+        request = router.request_headers
+
+        def copy_answer(reply: HeaderMap) -> None:
+            route.finalize_response_headers(request, reply, cb.stream_info)
+            for name, value in headers.items():
+                if name[0] != ":":
+                    reply.add(name, value)
+
+        cb.send_local_reply(
+            int(status) if status.isdigit() else 502,
+            b"",
+            details="websocket_handshake_unsuccessful",
+            modify_headers=copy_answer,
+        )
+        return False
 
     def on_data(self, data: bytes, end_stream: bool) -> None:
         router = self.router

@@ -6,17 +6,27 @@ one main process, so pickle is a safe and compact wire format; protos travel
 inside messages as serialized bytes.
 
 ``FrameDecoder`` is sans-I/O; ``ControlProtocol`` is the asyncio glue.
+
+Listening sockets cannot travel in a pickle: one shared with the workers (a listener without
+``enable_reuse_port``) goes over a second channel per worker, a SOCK_SEQPACKET socketpair, as
+the file descriptor itself (SCM_RIGHTS), named by its number in the main process. The main
+process sends it before the message that names it (``ListenerSocket.inherited_fd``), so the
+worker finds it waiting when that message arrives (``ReceivedSockets``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import pickle
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from legatus.network.drain_decision import DrainDirection, DrainEvent
 from legatus.runtime_values import Entry
 from legatus.stats.store import Flush
 from legatus.upstream.cluster import HostConfig
@@ -33,7 +43,9 @@ class ListenerSocket:
     listener: bytes  # serialized envoy.config.listener.v3.Listener, as configured
     name: str  # the listener's name (generated when the config has none)
     port: int  # the port the main process reserved (port 0 resolved)
-    inherited_fd: int | None  # a shared listening socket (enable_reuse_port: false)
+    # A shared listening socket (enable_reuse_port: false): its number in the main process. The
+    # worker has it from its start (static listeners) or from its socket channel.
+    inherited_fd: int | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +67,8 @@ class Configure:
     route_configs: dict[Any, tuple[bytes, str]] = field(default_factory=dict)
     breaker_tables: dict[str, str] = field(default_factory=dict)
     lb_settings: dict[str, dict] = field(default_factory=dict)  # EDS clusters (UpdateHosts)
+    # The server's drain sequences begun so far (admin /drain_listeners), by direction.
+    drain_events: dict[DrainDirection, DrainEvent] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +137,22 @@ class RemoveListener:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StartDrain:
+    """A server drain sequence began (admin ``/drain_listeners``): the listeners it reaches
+    (``direction``), and those added later while it lasts, drain their connections."""
+
+    direction: DrainDirection
+    event: DrainEvent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopListeners:
+    """Stop accepting on the listeners ``direction`` reaches; their connections stay."""
+
+    direction: DrainDirection
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateRouteConfig:
     """An RDS RouteConfiguration: the HTTP connection managers that use it compile it and
     give it to their new streams."""
@@ -179,6 +209,63 @@ class HostReports:
 class StatsFlushed:
     request_id: int  # 0 for the periodic push
     flush: Flush
+
+
+# Listening sockets (main -> worker, SCM_RIGHTS) ------------------------------------------
+
+_FD_NAME = struct.Struct("!i")
+
+
+def pass_socket(channel: socket.socket, fd: int) -> None:
+    """Send the listening socket ``fd`` to a worker, named by its number here. The channel is
+    non-blocking: a worker that stopped reading gets nothing (and fails to add the listener)
+    rather than block the main process."""
+    socket.send_fds(channel, [_FD_NAME.pack(fd)], [fd])
+
+
+class ReceivedSockets:
+    """The worker's end of its socket channel: the listening sockets the main process passed,
+    by their number there, until a listener takes them."""
+
+    def __init__(self, channel: socket.socket | None) -> None:
+        self._channel = channel
+        self._fds: dict[int, int] = {}
+        if channel is not None:
+            channel.setblocking(False)
+
+    def collect(self) -> None:
+        """Take in what has arrived (everything sent before the message being handled)."""
+        channel = self._channel
+        while channel is not None:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(channel, _FD_NAME.size, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:  # the main process is gone: the control channel says so too
+                return
+            (name,) = _FD_NAME.unpack(data)
+            for fd in fds:
+                old = self._fds.pop(name, None)
+                if old is not None:  # never taken (its listener failed): not leaked
+                    os.close(old)
+                self._fds[name] = fd
+
+    def take(self, name: int) -> int | None:
+        """The socket the main process calls ``name``; the caller owns it now."""
+        return self._fds.pop(name, None)
+
+    def discard(self, name: int) -> None:
+        fd = self._fds.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        if self._channel is not None:
+            self._channel.close()
 
 
 class FrameDecoder:

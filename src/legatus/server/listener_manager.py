@@ -14,15 +14,21 @@ Life of a listener from LDS:
   it waits until each has answered (or its initial fetch failed or timed out);
 - **active**: sent to the workers (``AddListener``), which start accepting on it; a listener
   it replaces (same name) then drains in the workers;
-- **draining** (replaced or removed): it stops accepting; its HTTP connections close after
-  their next response (``connection: close``), idle ones after the HCM's drain_timeout, and
-  whatever is left ``--drain-time-s`` later.
+- **draining** (replaced or removed): it stops accepting; its connections drain as
+  ``--drain-strategy`` says (an HTTP connection closes after a response that says
+  ``connection: close``), and whatever is left is closed ``--drain-time-s`` later.
 
 An update that changes only filter chains is done in place, as in Envoy: the connections of
 the chains it leaves alone stay open on the new listener; only those of removed or changed
-chains drain. An LDS listener needs SO_REUSEPORT
-(``enable_reuse_port``, on by default): a listening socket shared with running workers
-would have to be passed to them, which legatus does not do yet.
+chains drain (``total_filter_chains_draining``).
+
+The port: with ``enable_reuse_port`` (the default) this process binds a socket that only
+reserves it, and each worker binds its own; without, this process binds the one listening
+socket every worker accepts on, and passes it to them (control.pass_socket). Whether a
+listener reuses the port cannot change in an update, as in Envoy.
+
+After admin ``/drain_listeners`` stopped the listeners of a direction (``stop_listeners``),
+LDS adds and updates no listener there, as Envoy.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
 from legatus.config_subscription.decode import check_resource
 from legatus.config_subscription.records import Rejected, ResourceRecords
 from legatus.network import address as addr
+from legatus.network.drain_decision import DrainDirection, listener_scope
 from legatus.network.listener import ListenerConfig, bind_socket, in_place_update
 from legatus.server import control
 from legatus.server.admin.context import ListenerInfo
@@ -51,10 +58,13 @@ log = logging.getLogger("legatus.main")
 @dataclass(slots=True)
 class DynamicListener:
     config: ListenerConfig
-    sock: Any  # the socket that reserves the port (bound, not listening)
+    # With reuse_port, the socket that reserves the port (bound, not listening); without, the
+    # listening socket the workers share.
+    sock: Any
     port: int
     version: str = ""
     warming: bool = True
+    stopped: bool = False  # by /drain_listeners: it accepts no more, its socket is closed
     task: asyncio.Task | None = None
     last_updated: float = field(default_factory=time.time)  # when added or updated
 
@@ -63,7 +73,7 @@ class DynamicListener:
             listener=self.config.proto.SerializeToString(),
             name=self.config.name,
             port=self.port,
-            inherited_fd=None,
+            inherited_fd=None if self.config.reuse_port else self.sock.fileno(),
         )
 
     def info(self) -> ListenerInfo:
@@ -102,7 +112,9 @@ class LdsApi:
         self.listeners: dict[str, DynamicListener] = {}  # active, by name
         self.warming: dict[str, DynamicListener] = {}
         self.draining = 0
+        self.draining_filter_chains = 0  # in-place updates draining
         self.draining_listeners: list[DynamicListener] = []  # replaced or removed, newest first
+        self.stopped = DrainDirection.NONE  # the direction /drain_listeners last stopped
         self.initialized = False
         # For /config_dump, as Envoy keeps them: the version of the last update that changed
         # something, and the refusals of the last update (by listener, and all of them).
@@ -164,16 +176,18 @@ class LdsApi:
         if name in self.static:
             log.debug("lds: add/update listener '%s' skipped (static)", name)
             return False
+        if self.stopped and listener_scope(proto) <= self.stopped:
+            log.debug("lds: add/update listener '%s' skipped (listeners stopped)", name)
+            return False
         current = self.warming.get(name) or self.listeners.get(name)
         if current is not None and current.config.proto == proto:
             return False
         check_resource(proto, path)
         config = self.compile(proto, path)
-        if not config.reuse_port:
+        if current is not None and current.config.reuse_port != config.reuse_port:
             raise ConfigError(
                 f"{path}.enable_reuse_port",
-                "a listener from LDS needs enable_reuse_port (legatus cannot pass a shared "
-                "listening socket to running workers yet)",
+                f"Listener {name}: reuse port cannot be changed during an update",
             )
         sock, port = self._reserve(config, path, keep=current)
         self._cancel_warming(name)
@@ -190,7 +204,8 @@ class LdsApi:
     def _reserve(self, config: ListenerConfig, path: str, keep: DynamicListener | None):
         """Reserve the listener's port: the socket of the listener it replaces when the
         address is the same, a new bound socket otherwise (refused if another listener has
-        that address)."""
+        that address); without reuse_port, the socket the workers will share, which listens
+        once the listener is warm."""
         host, port = config.address.host, config.address.port
         if keep is not None and (keep.config.address.host, keep.config.address.port) == (
             host,
@@ -207,7 +222,7 @@ class LdsApi:
                     f"duplicate address '{config.address}' as existing listener",
                 )
         try:
-            sock = bind_socket(config.address, reuse_port=True, listen=False)
+            sock = bind_socket(config.address, reuse_port=config.reuse_port, listen=False)
         except OSError as e:
             raise ConfigError(
                 f"{path}.address", f"cannot bind '{config.address}': {e.strerror}"
@@ -235,7 +250,9 @@ class LdsApi:
         if old is not None and old.sock is not entry.sock:
             old.sock.close()
         if old is not None:
-            self._count_drain(None if in_place else old)
+            self._count_drain(old, in_place=in_place)
+        if not entry.config.reuse_port:
+            entry.sock.listen(entry.config.backlog)
         self.broadcast(control.AddListener(listener=entry.socket_message(),
                                            drain_time=self.drain_time))  # fmt: skip
         self._set_gauges()
@@ -247,7 +264,7 @@ class LdsApi:
             self.stats.listener_removed.inc()
             self.broadcast(control.RemoveListener(name=name, drain_time=self.drain_time))
             entry.sock.close()
-            self._count_drain(entry)
+            self._count_drain(entry, in_place=False)
             log.info("lds: remove listener '%s'", name)
             found = True
         self._set_gauges()
@@ -264,27 +281,51 @@ class LdsApi:
             entry.sock.close()
         return True
 
-    def _count_drain(self, entry: DynamicListener | None) -> None:
-        """A listener drains in the workers for ``drain_time`` (the gauge follows it); a
-        replaced or removed one (``entry``; not one updated in place) is listed meanwhile."""
-        self.draining += 1
-        if entry is not None:
+    def _count_drain(self, entry: DynamicListener, *, in_place: bool) -> None:
+        """A listener (or, updated in place, some of its filter chains) drains in the workers
+        for ``drain_time``: the gauges follow it; a replaced or removed listener is listed
+        meanwhile."""
+        if in_place:
+            self.draining_filter_chains += 1
+        else:
+            self.draining += 1
             self.draining_listeners.insert(0, entry)
         self._set_gauges()
 
         def done() -> None:
-            self.draining -= 1
-            if entry is not None:
+            if in_place:
+                self.draining_filter_chains -= 1
+            else:
+                self.draining -= 1
                 self.draining_listeners.remove(entry)
             self._set_gauges()
 
         self.loop.call_later(self.drain_time, done)
+
+    def stop_listeners(self, direction: DrainDirection) -> int:
+        """Admin /drain_listeners stopped the listeners ``direction`` reaches (Envoy's
+        stopListeners): those active stop (their sockets close here; the workers stop
+        accepting), a warming update of one of them is dropped, and later updates there are
+        skipped. Returns how many listeners stopped."""
+        self.stopped = direction
+        count = 0
+        for name, entry in list(self.listeners.items()):
+            if listener_scope(entry.config.proto) > direction:
+                continue
+            self._cancel_warming(name)
+            if not entry.stopped:
+                entry.stopped = True
+                entry.sock.close()
+                count += 1
+        self._set_gauges()
+        return count
 
     def _set_gauges(self) -> None:
         s = self.stats
         s.total_listeners_warming.set(len(self.warming))
         s.total_listeners_active.set(len(self.static) + len(self.listeners))
         s.total_listeners_draining.set(self.draining)
+        s.total_filter_chains_draining.set(self.draining_filter_chains)
 
     async def wait_warm(self) -> None:
         while True:

@@ -34,7 +34,6 @@ _NOT_YET = {
     "parent_shutdown_time_s": "hot restart is not implemented yet",
     "skip_hot_restart_on_no_parent": "hot restart is not implemented yet",
     "skip_hot_restart_parent_stats": "hot restart is not implemented yet",
-    "drain_strategy": "legatus drains a listener's connections at once, not gradually",
     "local_address_ip_version": "the local address is used by the HTTP connection manager, "
     "which is not implemented yet",
     "reject_unknown_dynamic_fields": "unknown fields in xDS resources are always rejected",

@@ -11,6 +11,11 @@ The main process never touches traffic. It keeps the workers alive (a worker
 that dies is logged, counted in ``server.worker_restarts`` and replaced),
 merges their stats, and on SIGTERM/SIGINT or POST /quitquitquit shuts down at
 once, as Envoy does (no drain).
+
+Admin ``/drain_listeners`` drains the server as Envoy 1.40 does (``drain_listeners``): a
+drain sequence (``DrainManager``) whose event reaches the workers' listeners, then the
+listeners stop accepting, at once or (``?graceful``) when the drain time is over, never with
+``?skip_exit``; their connections stay open.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 from legatus.config.factory_context import FactoryContext
 from legatus.network import address as addr
+from legatus.network.drain_decision import DrainDirection, DrainStrategy, listener_scope
 from legatus.network.listener import ListenerConfig, bind_socket, compile_listener
 from legatus.router.rds import RouteConfigProviderManager
 from legatus.runtime import Runtime
@@ -42,6 +48,7 @@ from legatus.server.admin.context import (
     OutlierInfo,
     ServerState,
 )
+from legatus.server.drain_manager import DrainManager
 from legatus.server.dynamic_config import DynamicConfig, check_dynamic_resources
 from legatus.server.options import Options
 from legatus.server.server_stats import ServerStats, process_memory
@@ -61,7 +68,6 @@ from legatus.upstream.stats import ListenerManagerStats
 log = logging.getLogger("legatus.main")
 HOT_RESTART_VERSION = "disabled"
 STATS_REFRESH_TIMEOUT_S = 1.0
-_NO_CERTIFICATES = 0xFFFFFFFF  # server.days_until_first_cert_expiring with no certificates
 WORKER_SHUTDOWN_GRACE_S = 5.0
 # Envoy 1.40 loads its runtime snapshot twice while starting (runtime.load_success is 2
 # before any /runtime_modify).
@@ -77,6 +83,8 @@ class CompiledConfig:
     runtime: Runtime = field(default_factory=Runtime)
     # The RDS route configurations the listeners use (legatus.router.rds).
     route_providers: Any = None
+    # SDS secrets (static and from files): /certs and LDS listeners use them too.
+    secret_manager: Any = None
 
 
 def compile_config(bootstrap, *, registry, options: Options, store: Store) -> CompiledConfig:
@@ -87,15 +95,18 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
     clusters = compile_static_clusters(bootstrap)
     check_dynamic_resources(bootstrap, clusters)
     route_providers = RouteConfigProviderManager()
+    from legatus.extensions.transport_sockets.tls.secret_manager import SecretManager
+
+    secret_manager = SecretManager(bootstrap.static_resources.secrets)
     context = FactoryContext(
         registry=registry,
         store=store,
         options=options,
         random=random.Random(),
         cluster_names=frozenset(c.name for c in clusters),
-        http2_cluster_names=frozenset(c.name for c in clusters if c.http2),
         runtime=runtime,
         route_config_providers=route_providers,
+        secret_manager=secret_manager,
     )
     listeners = [
         compile_listener(proto, context, f"static_resources.listeners[{i}]")
@@ -116,7 +127,11 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
             )
         seen[key] = i
     return CompiledConfig(
-        listeners=listeners, clusters=clusters, runtime=runtime, route_providers=route_providers
+        listeners=listeners,
+        clusters=clusters,
+        runtime=runtime,
+        route_providers=route_providers,
+        secret_manager=secret_manager,
     )
 
 
@@ -125,6 +140,7 @@ class WorkerHandle:
     index: int
     pid: int
     channel: control.ControlProtocol | None = None
+    socket_channel: socket.socket | None = None  # listening sockets passed later (control.py)
     ready: asyncio.Future | None = None
     pending: dict[int, asyncio.Future] = field(default_factory=dict)
 
@@ -165,6 +181,8 @@ class Server:
         # The clusters' circuit-breaker counts, shared with the workers (made before the fork).
         self.circuit_breakers: CircuitBreakerTables | None = None
         self._listener_sockets: list[tuple[ListenerConfig, socket.socket, bool]] = []
+        self._stopped: set[str] = set()  # static listeners stopped by /drain_listeners
+        self.drain_manager: DrainManager | None = None
         self._listener_infos: list[ListenerInfo] = []
         self._admin_server = None
         self._access_log_manager = None  # the admin listener's access logs, if any
@@ -186,6 +204,11 @@ class Server:
     async def run(self) -> int:
         loop = self.loop = asyncio.get_running_loop()
         self._shutdown = loop.create_future()
+        self.drain_manager = DrainManager(
+            drain_time=float(self.options.drain_time_s),
+            strategy=DrainStrategy(self.options.drain_strategy),
+            loop=loop,
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
@@ -198,6 +221,8 @@ class Server:
             self.zygote = Zygote.start(self._run_worker)
         self._set_server_gauges()  # PRE_INITIALIZING until the clusters are initialized
         self.runtime_loader.start(loop)
+        if self.compiled.secret_manager is not None:  # watch SDS files, count sds.* stats
+            self.compiled.secret_manager.start(loop, self.stats)
         try:
             await self._initialize()
         except OSError as e:
@@ -220,6 +245,7 @@ class Server:
         log.info("starting main dispatch loop")
         await self._shutdown
         log.info("shutting down server instance")
+        self.drain_manager.close()
         self.runtime_loader.stop()
         await self._stop_workers()
         if self.dynamic is not None:
@@ -392,19 +418,20 @@ class Server:
             options=self.options,
             random=random.Random(),
             cluster_names=frozenset(cm.configs),
-            http2_cluster_names=frozenset(n for n, c in cm.configs.items() if c.http2),
             runtime=self.runtime,
             route_config_providers=self.compiled.route_providers,
+            secret_manager=self.compiled.secret_manager,
         )
         return compile_listener(proto, context, path)
 
-    def _run_worker(self, *, index, control_sock, parent_pid, fd_map) -> None:
+    def _run_worker(self, *, index, control_sock, socket_channel, parent_pid, fd_map) -> None:
         """What a worker runs, in the zygote's child (see zygote.py)."""
         from legatus.server.worker import run_worker
 
         run_worker(
             index=index,
             control_sock=control_sock,
+            socket_channel=socket_channel,
             options=self.options,
             registry=self.registry,
             log_sink=self.log_sink,
@@ -415,20 +442,29 @@ class Server:
 
     def _spawn_worker(self, index: int) -> None:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        shared = [s.fileno() for _, s, reuse in self._listener_sockets if not reuse]
+        sockets_here, sockets_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sockets_here.setblocking(False)
+        shared = [
+            s.fileno()
+            for c, s, reuse in self._listener_sockets
+            if not reuse and c.name not in self._stopped
+        ]
         try:
-            pid = self.zygote.spawn(index, child_sock, shared)
+            pid = self.zygote.spawn(index, child_sock, sockets_there, shared)
         except (OSError, EOFError) as e:
             # The zygote is gone (killed): no worker can be made any more, and a fork from
             # here would inherit gRPC's threads. Stop, so that a supervisor restarts us.
             log.critical("cannot start worker %d: the worker zygote is gone (%s)", index, e)
-            child_sock.close()
-            parent_sock.close()
+            for sock in (child_sock, parent_sock, sockets_here, sockets_there):
+                sock.close()
             self.exit_code = 1
             self.shutdown()
             return
         child_sock.close()
-        handle = WorkerHandle(index=index, pid=pid, ready=self.loop.create_future())
+        sockets_there.close()
+        handle = WorkerHandle(
+            index=index, pid=pid, ready=self.loop.create_future(), socket_channel=sockets_here
+        )
         self.workers[index] = handle
         self.loop.create_task(self._attach_worker(handle, parent_sock))
 
@@ -440,11 +476,27 @@ class Server:
             sock=sock,
         )
         handle.channel = channel
-        channel.send(self._configure_message())
+        message = self._configure_message()
+        for ls in message.listeners:
+            if ls.inherited_fd is not None and ls.inherited_fd not in self._static_fds():
+                self._pass_socket(handle, ls.inherited_fd)  # an LDS listener's
+        channel.send(message)
+
+    def _static_fds(self) -> set[int]:
+        """The shared listening sockets a worker gets when it starts (see _spawn_worker)."""
+        return {s.fileno() for _, s, reuse in self._listener_sockets if not reuse}
+
+    def _pass_socket(self, handle: WorkerHandle, fd: int) -> None:
+        try:
+            control.pass_socket(handle.socket_channel, fd)
+        except OSError as e:  # it will not find the socket, and say so
+            log.error("cannot pass a listening socket to worker %d: %s", handle.index, e)
 
     def _configure_message(self) -> control.Configure:
         listeners = []
         for config, sock, reuse in self._listener_sockets:
+            if config.name in self._stopped:
+                continue
             listeners.append(
                 control.ListenerSocket(
                     listener=config.proto.SerializeToString(),
@@ -454,7 +506,9 @@ class Server:
                 )
             )
         if self.dynamic.lds is not None:
-            listeners += [e.socket_message() for e in self.dynamic.lds.listeners.values()]
+            listeners += [
+                e.socket_message() for e in self.dynamic.lds.listeners.values() if not e.stopped
+            ]
         return control.Configure(
             bootstrap=self.bootstrap.SerializeToString(),
             listeners=listeners,
@@ -466,6 +520,7 @@ class Server:
             runtime_layers=self.runtime.dynamic_layers(),
             health={name: dict(flags) for name, flags in self.cluster_manager.health.items()},
             healthcheck_failed=self.healthcheck_failed,
+            drain_events=dict(self.drain_manager.events),
         )
 
     async def _wait_ready(self) -> None:
@@ -502,6 +557,8 @@ class Server:
         if self.workers.get(handle.index) is not handle:
             return
         status = self.zygote.wait(handle.pid, timeout=1.0) or "still running"
+        if handle.socket_channel is not None:
+            handle.socket_channel.close()
         for waiter in handle.pending.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -523,8 +580,12 @@ class Server:
         self._spawn_worker(handle.index)
 
     def _broadcast(self, message: Any) -> None:
+        # A listener that shares the main process's listening socket: the socket goes first.
+        fd = message.listener.inherited_fd if isinstance(message, control.AddListener) else None
         for w in self.workers.values():
             if w.channel is not None:
+                if fd is not None:
+                    self._pass_socket(w, fd)
                 w.channel.send(message)
 
     def _on_hosts(self, cluster: str, hosts: tuple[HostConfig, ...]) -> None:
@@ -549,6 +610,47 @@ class Server:
         if self.workers:
             self._broadcast(control.UpdateRuntime(layers=layers))
 
+    # Drain (admin /drain_listeners) -----------------------------------------------------
+
+    def drain_listeners(self, *, graceful: bool, inbound_only: bool, skip_exit: bool) -> None:
+        """Envoy 1.40's /drain_listeners: start a drain sequence (its connections drain as
+        --drain-strategy says), and stop the listeners at once, or at its end with
+        ``graceful`` (they accept meanwhile), or never with ``skip_exit``. A graceful drain
+        already covering the direction is left alone."""
+        direction = DrainDirection.INBOUND_ONLY if inbound_only else DrainDirection.ALL
+        drains = self.drain_manager
+        if graceful and drains.draining(direction):
+            return
+        on_complete = _nothing
+        if graceful and not skip_exit:
+
+            def on_complete() -> None:
+                self._stop_listeners(direction)
+
+        event = drains.start_drain_sequence(direction, on_complete)
+        if event is not None:
+            log.info("draining listeners (%s)", direction.name.lower())
+            self._broadcast(control.StartDrain(direction=direction, event=event))
+        if not graceful and not skip_exit:
+            self._stop_listeners(direction)
+
+    def _stop_listeners(self, direction: DrainDirection) -> None:
+        """Envoy's stopListeners: the listeners ``direction`` reaches stop accepting (their
+        sockets close, so that a client fails fast) and LDS adds no listener there any more;
+        their connections stay."""
+        log.info("stopping listeners (%s)", direction.name.lower())
+        stopped = 0
+        for config, sock, _ in self._listener_sockets:
+            if config.name in self._stopped or listener_scope(config.proto) > direction:
+                continue
+            self._stopped.add(config.name)
+            sock.close()
+            stopped += 1
+        if self.dynamic is not None and self.dynamic.lds is not None:
+            stopped += self.dynamic.lds.stop_listeners(direction)
+        self._broadcast(control.StopListeners(direction=direction))
+        self.listener_manager_stats.listener_stopped.add(stopped)
+
     async def _stop_workers(self) -> None:
         self._stopping = True
         self._broadcast(control.Shutdown())
@@ -561,6 +663,9 @@ class Server:
                     self.zygote.wait(w.pid, timeout=5.0)
                     break
                 await asyncio.sleep(0.01)
+        for w in self.workers.values():
+            if w.socket_channel is not None:
+                w.socket_channel.close()
         self.workers.clear()
         if self.zygote is not None:
             self.zygote.stop()
@@ -635,7 +740,7 @@ class Server:
         s.concurrency.set(self.options.concurrency)
         s.hot_restart_epoch.set(self.options.restart_epoch)
         s.hot_restart_generation.set(1)
-        s.days_until_first_cert_expiring.set(_NO_CERTIFICATES)
+        s.days_until_first_cert_expiring.set(_days_until_first_cert_expiring(self))
         total = 0
         for prefix in {c.stat_prefix for c in self.compiled.listeners}:
             g = self.stats.get(f"listener.{prefix}.downstream_cx_active")
@@ -655,6 +760,11 @@ class Server:
 
     def unready_init_targets(self) -> list[tuple[str, list[str]]]:
         return self.dynamic.unready_init_targets() if self.dynamic is not None else []
+
+    @property
+    def secret_manager(self) -> Any:
+        """The SDS secrets (/certs shows their current certificates)."""
+        return self.compiled.secret_manager
 
     def listeners(self) -> list[ListenerInfo]:
         infos = list(self._listener_infos)
@@ -722,5 +832,15 @@ def _outlier_info(detector) -> OutlierInfo | None:
     )
 
 
+def _days_until_first_cert_expiring(server: Server) -> int:
+    from legatus.server.admin.certs import days_until_first_cert_expiring
+
+    return days_until_first_cert_expiring(server)
+
+
 class _StartupError(Exception):
+    pass
+
+
+def _nothing() -> None:
     pass

@@ -2,10 +2,17 @@
 
 Forked by the main process (so the code and protos already loaded are shared
 pages). It takes its configuration from the control channel only, binds its
-own SO_REUSEPORT socket for every listener, and reports stats deltas back (and, for outlier
+own SO_REUSEPORT socket for every listener (or takes the listening socket the main process
+shares, for a listener without enable_reuse_port: at its start, or later over its socket
+channel), and reports stats deltas back (and, for outlier
 detection and passive health checking, the outcome of each upstream response). It
 never outlives the main process: PR_SET_PDEATHSIG kills it if the main process
 dies, and the end of the control channel stops it too.
+
+Drains: a listener removed or replaced by LDS drains for ``drain_time`` (its connections ask
+its drain decision, and what is left is closed at the end); a server drain (admin
+``/drain_listeners``) reaches the listeners of its direction, those added while it lasts too,
+and ``StopListeners`` then stops them accepting (their connections stay, as in Envoy).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 import random
 import signal
 import socket
+import time
 from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -26,6 +34,7 @@ from envoy.config.listener.v3 import listener_pb2
 
 from legatus.config.factory_context import FactoryContext
 from legatus.network.address import SocketAddress
+from legatus.network.drain_decision import DrainDirection, DrainEvent, DrainStrategy
 from legatus.network.listener import (
     ActiveListener,
     bind_socket,
@@ -71,9 +80,11 @@ def run_worker(
     close_fds: list[int] = (),
     circuit_breakers=None,
     fd_map: dict[int, int] | None = None,
+    socket_channel: socket.socket | None = None,
 ) -> None:
     """The body of a forked worker. Never returns: the process exits at the end.
-    ``fd_map``: the main process's numbers of the listening sockets it shares -> ours."""
+    ``fd_map``: the main process's numbers of the listening sockets it shares -> ours;
+    ``socket_channel``: where it passes the ones it shares later (control.ReceivedSockets)."""
     code = 0
     try:
         die_with_parent(parent_pid)
@@ -97,6 +108,7 @@ def run_worker(
             log_sink=log_sink,
             circuit_breakers=circuit_breakers,
             fd_map=fd_map,
+            received=control.ReceivedSockets(socket_channel),
         )
         loop.run_until_complete(worker.run(control_sock))
     except BaseException:
@@ -118,9 +130,11 @@ class Worker:
         log_sink=None,
         circuit_breakers=None,
         fd_map: dict[int, int] | None = None,
+        received: control.ReceivedSockets | None = None,
     ) -> None:
         self.index = index
-        self.fd_map = fd_map or {}
+        self.fd_map = dict(fd_map or {})  # each taken (and then owned) by its listener
+        self.received = received or control.ReceivedSockets(None)
         self.log_sink = log_sink
         self.options = options
         self.registry = registry
@@ -133,12 +147,15 @@ class Worker:
         )
         self.listeners: dict[str, ActiveListener] = {}
         self.draining: set[ActiveListener] = set()  # replaced or removed by LDS
+        # The server's drain sequences (admin /drain_listeners), by direction.
+        self.server_drains: dict[DrainDirection, DrainEvent] = {}
         self.route_config_providers = RouteConfigProviderManager()
         self.channel: control.ControlProtocol | None = None
         self.done = loop.create_future()
         self.access_log_manager = None
         self.runtime: Runtime | None = None
         self.server_health = ServerHealth()  # admin /healthcheck/fail, from the main process
+        self.secret_manager: Any = None  # SDS secrets (see _start_secrets)
         # cluster -> host address -> HealthFlag bits, as the main process last sent them.
         self.health: dict[str, dict[str, int]] = {}
         self.reports = ReportSink(loop, self._send_reports)
@@ -161,6 +178,7 @@ class Worker:
                 listener.stop()
             for listener in every:
                 listener.close_connections()
+            self.received.close()
             if self.access_log_manager is not None:
                 self.access_log_manager.close_all()
 
@@ -185,10 +203,13 @@ class Worker:
             self.health[message.cluster] = message.flags
             self._apply_health(message.cluster)
         elif isinstance(message, control.Configure):
+            self.received.collect()  # the shared sockets it names were sent before it
+            self.server_drains.update(message.drain_events)
             # Compiled at once, not in the task: an UpdateRuntime right behind must find it.
             try:
                 bootstrap = bootstrap_pb2.Bootstrap.FromString(message.bootstrap)
                 self.runtime = compile_runtime(bootstrap)
+                self._start_secrets(bootstrap)
                 self.runtime.replace_layers(message.runtime_layers)
             except Exception as e:  # the main process compiled the same bootstrap: a bug
                 log.exception("worker %d failed to compile the runtime", self.index)
@@ -205,9 +226,16 @@ class Worker:
             self.cluster_manager.remove(message.name)
             self.health.pop(message.name, None)
         elif isinstance(message, control.AddListener):
+            self.received.collect()
             self.loop.create_task(self._add_listener(message.listener, message.drain_time))
         elif isinstance(message, control.RemoveListener):
             self._remove_listener(message.name, message.drain_time)
+        elif isinstance(message, control.StartDrain):
+            self._start_server_drain(message.direction, message.event)
+        elif isinstance(message, control.StopListeners):
+            for listener in self.listeners.values():
+                if listener.drain_decision.reaches(message.direction):
+                    listener.stop()
         elif isinstance(message, control.UpdateRouteConfig):
             self.route_config_providers.update(message.key, message.route_config, message.version)
         elif isinstance(message, control.SetHealthCheckFailed):
@@ -291,6 +319,9 @@ class Worker:
             self.route_config_providers.update(key, raw, version)
         for ls in message.listeners:
             await self._start_listener(ls)
+        for fd in self.fd_map.values():  # a listener stopped since our start: not kept open
+            os.close(fd)
+        self.fd_map.clear()
 
     # Clusters, listeners and routes from the main process (static and xDS) ----------------
 
@@ -314,11 +345,21 @@ class Worker:
             cluster_manager=self.cluster_manager,
             access_log_manager=self.access_log_manager,
             cluster_names=frozenset(clusters),
-            http2_cluster_names=frozenset(name for name, c in clusters.items() if c.config.http2),
             runtime=self.runtime,
             server_health=self.server_health,
             route_config_providers=self.route_config_providers,
+            secret_manager=self.secret_manager,
         )
+
+    def _start_secrets(self, bootstrap) -> None:
+        """This worker's SDS secrets: it reloads its own SSL contexts when a file changes;
+        the main process counts the sds.* stats."""
+        from legatus.extensions.transport_sockets.tls.secret_manager import SecretManager
+
+        if self.secret_manager is not None:
+            self.secret_manager.close()
+        self.secret_manager = SecretManager(bootstrap.static_resources.secrets, count_stats=False)
+        self.secret_manager.start(self.loop)
 
     async def _start_listener(
         self, ls: control.ListenerSocket, replaces: ActiveListener | None = None
@@ -328,21 +369,37 @@ class Worker:
         config = compile_listener(proto, context, f"listener {ls.name}")
         active = ActiveListener(config, context, self.index)
         held = replaces.sock if replaces is not None else None
+        if held is not None and held.fileno() < 0:  # stopped by /drain_listeners
+            held = None
         if held is not None and held.getsockname()[:2] == (config.address.host, ls.port):
             # The same address: take over the listening socket of the listener this one
             # replaces, so that no connection waiting in its accept queue is refused.
             sock = socket.socket(fileno=os.dup(replaces.sock.fileno()))
             sock.setblocking(False)
+            if ls.inherited_fd is not None:  # passed again, not needed
+                self.received.discard(ls.inherited_fd)
         elif ls.inherited_fd is not None:
-            fd = self.fd_map.get(ls.inherited_fd, ls.inherited_fd)
-            sock = socket.socket(fileno=os.dup(fd))
-            sock.setblocking(False)
+            sock = self._shared_socket(ls)
         else:
             address = SocketAddress(config.address.host, ls.port)
             sock = bind_socket(address, reuse_port=True, listen=True, backlog=config.backlog)
         await active.start(sock)
         self.listeners[ls.name] = active
+        self._apply_server_drains(active)
         return active
+
+    def _shared_socket(self, ls: control.ListenerSocket) -> socket.socket:
+        """The listening socket the main process shares for ``ls``: one it had at our start
+        (a static listener) or one it passed since (an LDS listener). Owned by the listener
+        from now on: when it stops, nothing else here keeps the socket open."""
+        fd = self.fd_map.pop(ls.inherited_fd, None)
+        if fd is None:
+            fd = self.received.take(ls.inherited_fd)
+        if fd is None:
+            raise RuntimeError(f"the listening socket of listener '{ls.name}' was not passed")
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        return sock
 
     async def _add_listener(self, ls: control.ListenerSocket, drain_time: float) -> None:
         """An LDS listener: the new one accepts before the old one (if any) drains."""
@@ -367,5 +424,22 @@ class Worker:
 
     def _drain(self, listener: ActiveListener, drain_time: float) -> None:
         self.draining.add(listener)
-        done = listener.drain(drain_time)
+        strategy = DrainStrategy(self.options.drain_strategy)
+        event = DrainEvent(start=time.monotonic(), drain_time=drain_time, strategy=strategy)
+        done = listener.drain(event)
         done.add_done_callback(lambda _: self.draining.discard(listener))
+
+    # Server drain (admin /drain_listeners) ---------------------------------------------
+
+    def _start_server_drain(self, direction: DrainDirection, event: DrainEvent) -> None:
+        self.server_drains.setdefault(direction, event)
+        for listener in self.listeners.values():
+            self._apply_server_drains(listener)
+
+    def _apply_server_drains(self, listener: ActiveListener) -> None:
+        """The first server drain sequence that reaches the listener, if any, reaches its
+        connections (those it accepts later too)."""
+        decision = listener.drain_decision
+        reaching = [e for d, e in self.server_drains.items() if decision.reaches(d)]
+        if reaching:
+            decision.notify(min(reaching, key=lambda e: e.start))

@@ -11,8 +11,9 @@ Protocol (a SOCK_SEQPACKET socketpair, one pickled message per packet, blocking;
 zygote answers each request before reading the next):
 
 - ``("spawn", index, main_fds)`` with the file descriptors themselves attached
-  (SCM_RIGHTS): the worker's end of its control channel first, then the listening sockets
-  it shares with the main process (``main_fds`` are their numbers in the main process, so the
+  (SCM_RIGHTS): the worker's end of its control channel first, then its end of its socket
+  channel (listening sockets passed later, see control.py), then the listening sockets it
+  shares with the main process (``main_fds`` are their numbers in the main process, so the
   worker can translate its ListenerSocket.inherited_fd). Answer: ``("pid", pid)``.
 - ``("wait", pid, timeout)``: reap that worker if it exits within ``timeout`` seconds.
   Answer: ``("status", text)`` (``"exit code 0"``, ``"killed by SIGKILL"``) or ``("status", None)``.
@@ -49,8 +50,8 @@ class Zygote:
 
     @classmethod
     def start(cls, run_worker: Callable[..., None]) -> Zygote:
-        """Fork the zygote. ``run_worker(index=, control_sock=, parent_pid=, fd_map=)`` is
-        what a worker runs (it never returns)."""
+        """Fork the zygote. ``run_worker(index=, control_sock=, socket_channel=, parent_pid=,
+        fd_map=)`` is what a worker runs (it never returns)."""
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         main_pid = os.getpid()
         pid = os.fork()
@@ -66,9 +67,15 @@ class Zygote:
         child_sock.close()
         return cls(pid, parent_sock)
 
-    def spawn(self, index: int, control_sock: socket.socket, shared_fds: list[int]) -> int:
+    def spawn(
+        self,
+        index: int,
+        control_sock: socket.socket,
+        socket_channel: socket.socket,
+        shared_fds: list[int],
+    ) -> int:
         """A new worker; returns its pid."""
-        fds = [control_sock.fileno(), *shared_fds]
+        fds = [control_sock.fileno(), socket_channel.fileno(), *shared_fds]
         socket.send_fds(self._sock, [pickle.dumps(("spawn", index, shared_fds))], fds)
         kind, pid = pickle.loads(self._sock.recv(_MAX_PACKET))
         assert kind == "pid", kind
@@ -110,13 +117,14 @@ def _serve(sock: socket.socket, main_pid: int, run_worker) -> None:  # pragma: n
         request = pickle.loads(data)
         if request[0] == "spawn":
             _, index, main_fds = request
-            control_fd, shared = fds[0], fds[1:]
+            control_fd, channel_fd, shared = fds[0], fds[1], fds[2:]
             pid = os.fork()
             if pid == 0:
                 sock.close()
                 run_worker(
                     index=index,
                     control_sock=socket.socket(fileno=control_fd),
+                    socket_channel=socket.socket(fileno=channel_fd),
                     parent_pid=os.getppid(),
                     fd_map=dict(zip(main_fds, shared, strict=True)),
                 )

@@ -68,6 +68,13 @@ _SUPPORTED_CLUSTER_FIELDS = frozenset(
         "health_checks",
         "outlier_detection",
         "eds_cluster_config",
+        "transport_socket",
+        # Deprecated, used when typed_extension_protocol_options has no HttpProtocolOptions
+        # (_deprecated_protocol_options).
+        "http_protocol_options",
+        "http2_protocol_options",
+        "common_http_protocol_options",
+        "protocol_selection",
     }
 )
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -117,11 +124,21 @@ class ClusterConfig:
     health_check: HealthCheckConfig | None = None  # health_checks (at most one)
     outlier: OutlierConfig | None = None  # outlier_detection
     lb: LbConfig = DEFAULT_LB  # lb_policy, *_lb_config, common_lb_config, load_balancing_policy
-    http2: bool = False  # explicit_http_config.http2_protocol_options (gRPC clients only)
+    # The HTTP pools' protocols (HttpProtocolOptions): ``http2`` is Envoy's HTTP2 feature
+    # (explicit_http_config.http2_protocol_options, or use_downstream_protocol_config with
+    # them: HTTP/2 when no downstream protocol decides); ``http2_settings`` are the HTTP/2
+    # pools' options (None: HTTP/1.1 only); ``use_downstream_protocol``: one pool per
+    # downstream protocol (use_downstream_protocol_config).
+    http2: bool = False
+    http2_settings: Any = None
+    use_downstream_protocol: bool = False
+    http1_enable_trailers: bool = False  # http_protocol_options.enable_trailers (gRPC status)
     # EDS: the ClusterLoadAssignment name to subscribe to (service_name, or the cluster's
     # name) and where from (eds_cluster_config.eds_config, a ConfigSource proto).
     eds_service_name: str = ""
     eds_config: Any = None
+    # transport_socket, compiled (extensions/transport_sockets/upstream.py); None: plaintext.
+    transport_socket: Any = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,12 +209,11 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
             f"{path}.load_assignment",
             "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
         )
-    max_requests, idle = _http_protocol_options(proto, path)
+    max_requests, idle, protocols = _http_protocol_options(proto, path)
     if proto.HasField("circuit_breakers"):
         _check_circuit_breakers(proto.circuit_breakers, f"{path}.circuit_breakers")
     health_check = compile_health_checks(proto.health_checks, f"{path}.health_checks")
-    http2 = _explicit_http2(proto)
-    if health_check is not None and health_check.grpc is not None and not http2:
+    if health_check is not None and health_check.grpc is not None and not protocols.http2:
         raise ConfigError(
             f"{path}.health_checks[0].grpc_health_check",
             f"{proto.name} cluster must support HTTP/2 for gRPC healthchecking",
@@ -209,7 +225,10 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
     )
     return ClusterConfig(
         lb=lb,
-        http2=http2,
+        http2=protocols.http2,
+        http2_settings=protocols.http2_settings,
+        use_downstream_protocol=protocols.use_downstream_protocol,
+        http1_enable_trailers=protocols.http1_enable_trailers,
         health_check=health_check,
         outlier=outlier,
         max_requests_per_connection=max_requests,
@@ -235,7 +254,16 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
         proto=proto,
         eds_service_name=eds_service_name,
         eds_config=eds_config,
+        transport_socket=_transport_socket(proto, path),
     )
+
+
+def _transport_socket(proto: Cluster, path: str) -> Any:
+    if not proto.HasField("transport_socket"):
+        return None
+    from legatus.extensions.transport_sockets.upstream import compile_cluster_transport_socket
+
+    return compile_cluster_transport_socket(proto.transport_socket, f"{path}.transport_socket")
 
 
 def _eds_cluster_config(proto: Cluster, path: str) -> tuple[str, Any]:
@@ -264,16 +292,29 @@ def _check_circuit_breakers(proto, path: str) -> None:
         ResourceManager.from_circuit_breakers(proto, Store().scope(""), priority, path)
 
 
-def _http_protocol_options(proto: Cluster, path: str) -> tuple[int, float | None]:
-    """The upstream HTTP options the HTTP/1.1 pools use: max_requests_per_connection and
-    the idle timeout, from ``typed_extension_protocol_options`` (HttpProtocolOptions) or the
-    cluster's deprecated ``max_requests_per_connection``."""
+@dataclass(frozen=True, slots=True)
+class _UpstreamProtocols:
+    """What HttpProtocolOptions says about the protocols a cluster's HTTP pools speak."""
+
+    http2: bool = False  # Envoy's HTTP2 feature: HTTP/2 unless the downstream protocol decides
+    http2_settings: Any = None  # Http2Settings of the HTTP/2 pools; None: HTTP/1.1 only
+    use_downstream_protocol: bool = False
+    http1_enable_trailers: bool = False
+
+
+def _http_protocol_options(
+    proto: Cluster, path: str
+) -> tuple[int, float | None, _UpstreamProtocols]:
+    """The upstream HTTP options the pools use: max_requests_per_connection, the idle
+    timeout and the protocols, from ``typed_extension_protocol_options``
+    (HttpProtocolOptions) or the cluster's deprecated ``max_requests_per_connection``."""
     max_requests = (
         proto.max_requests_per_connection.value
         if proto.HasField("max_requests_per_connection")
         else 0
     )
     idle: float | None = DEFAULT_UPSTREAM_IDLE_TIMEOUT
+    protocols = _UpstreamProtocols()
     for key, any_proto in proto.typed_extension_protocol_options.items():
         opath = f"{path}.typed_extension_protocol_options['{key}']"
         if any_proto.type_url.rsplit("/", 1)[-1] != HTTP_PROTOCOL_OPTIONS:
@@ -284,56 +325,117 @@ def _http_protocol_options(proto: Cluster, path: str) -> tuple[int, float | None
 
         options = http_protocol_options_pb2.HttpProtocolOptions()
         any_proto.Unpack(options)
+        if options.HasField("auto_config"):
+            raise ConfigError(
+                f"{opath}.auto_config",
+                "auto_config (HTTP/2 or HTTP/1.1 chosen by ALPN) is not supported by legatus yet; "
+                "use explicit_http_config or use_downstream_protocol_config",
+            )
         check_supported(
             options,
-            ("common_http_protocol_options", "explicit_http_config"),
+            ("common_http_protocol_options", "explicit_http_config",
+             "use_downstream_protocol_config"),
             opath,
             "HttpProtocolOptions",
-        )
-        if options.HasField("explicit_http_config"):
-            explicit = options.explicit_http_config
-            which = explicit.WhichOneof("protocol_config")
-            if which == "http2_protocol_options":
-                # Only the gRPC clients (rate limit filters) speak HTTP/2 upstream; the
-                # HTTP router has no HTTP/2 pool yet (docs/ratelimit-service.md).
-                check_supported(
-                    explicit.http2_protocol_options,
-                    (),
-                    f"{opath}.explicit_http_config.http2_protocol_options",
-                    "Http2ProtocolOptions",
-                )
-            elif which != "http_protocol_options":
-                raise ConfigError(
-                    f"{opath}.explicit_http_config.{which}",
-                    f"{which} is not supported by legatus yet (HTTP/1.1 upstreams only)",
-                )
-            check_supported(
-                explicit.http_protocol_options,
-                (),
-                f"{opath}.explicit_http_config.http_protocol_options",
-                "Http1ProtocolOptions",
-            )
+        )  # fmt: skip
+        protocols = _protocols(options, opath)
         if options.HasField("common_http_protocol_options"):
-            common = options.common_http_protocol_options
-            cpath = f"{opath}.common_http_protocol_options"
-            supported = ("idle_timeout", "max_requests_per_connection")
-            check_supported(common, supported, cpath, "HttpProtocolOptions")
-            if common.HasField("idle_timeout"):
-                idle = duration(common.idle_timeout) or None
-            if common.HasField("max_requests_per_connection"):
-                max_requests = common.max_requests_per_connection.value
-    return max_requests, idle
+            idle, max_requests = _common_options(
+                options.common_http_protocol_options, opath, idle, max_requests
+            )
+    if not proto.typed_extension_protocol_options:
+        options = _deprecated_protocol_options(proto, path)
+        if options is not None:
+            protocols = _protocols(options, path)
+            if proto.HasField("common_http_protocol_options"):
+                idle, max_requests = _common_options(
+                    proto.common_http_protocol_options, path, idle, max_requests
+                )
+    return max_requests, idle, protocols
 
 
-def _explicit_http2(proto: Cluster) -> bool:
-    any_proto = proto.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
-    if any_proto is None:
-        return False
+def _common_options(common, path: str, idle: float | None, max_requests: int):
+    """``common_http_protocol_options`` under ``path``: the idle timeout and the requests per
+    connection, each kept when unset."""
+    cpath = f"{path}.common_http_protocol_options"
+    supported = ("idle_timeout", "max_requests_per_connection")
+    check_supported(common, supported, cpath, "HttpProtocolOptions")
+    if common.HasField("idle_timeout"):
+        idle = duration(common.idle_timeout) or None
+    if common.HasField("max_requests_per_connection"):
+        max_requests = common.max_requests_per_connection.value
+    return idle, max_requests
+
+
+def _deprecated_protocol_options(proto: Cluster, path: str):
+    """The HttpProtocolOptions that Envoy builds from a cluster's deprecated
+    ``http_protocol_options`` / ``http2_protocol_options`` / ``protocol_selection`` when
+    ``typed_extension_protocol_options`` has none (typed options win); None if none is set."""
+    fields = ("http_protocol_options", "http2_protocol_options", "common_http_protocol_options")
+    if not any(proto.HasField(f) for f in fields) and not proto.protocol_selection:
+        return None
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
     options = http_protocol_options_pb2.HttpProtocolOptions()
-    any_proto.Unpack(options)
-    return options.explicit_http_config.WhichOneof("protocol_config") == "http2_protocol_options"
+    downstream = proto.protocol_selection == Cluster.USE_DOWNSTREAM_PROTOCOL
+    if (
+        not downstream
+        and proto.HasField("http_protocol_options")
+        and proto.HasField("http2_protocol_options")
+    ):
+        raise ConfigError(
+            path,
+            "cluster: Both HTTP1 and HTTP2 options may only be configured with non-default "
+            "'protocol_selection' values",
+        )
+    config = options.use_downstream_protocol_config if downstream else options.explicit_http_config
+    if proto.HasField("http2_protocol_options"):
+        config.http2_protocol_options.CopyFrom(proto.http2_protocol_options)
+    elif proto.HasField("http_protocol_options") or not downstream:
+        config.http_protocol_options.CopyFrom(proto.http_protocol_options)
+    if downstream and proto.HasField("http_protocol_options"):
+        config.http_protocol_options.CopyFrom(proto.http_protocol_options)
+    return options
+
+
+def _protocols(options, opath: str) -> _UpstreamProtocols:
+    """``explicit_http_config`` (HTTP/1.1 or HTTP/2) or ``use_downstream_protocol_config``
+    (the downstream request's protocol: HTTP/2 for an HTTP/2 request, else HTTP/1.1)."""
+    from legatus.http.http2.settings import Http2Settings
+
+    downstream = options.HasField("use_downstream_protocol_config")
+    if downstream:
+        config = options.use_downstream_protocol_config
+        cpath = f"{opath}.use_downstream_protocol_config"
+        check_supported(
+            config, ("http_protocol_options", "http2_protocol_options"), cpath,
+            "UseDownstreamHttpConfig",
+        )  # fmt: skip
+    else:
+        config = options.explicit_http_config
+        cpath = f"{opath}.explicit_http_config"
+        which = config.WhichOneof("protocol_config")
+        if which not in (None, "http_protocol_options", "http2_protocol_options"):
+            raise ConfigError(f"{cpath}.{which}", f"{which} is not supported by legatus yet")
+    check_supported(
+        config.http_protocol_options,
+        ("enable_trailers",),
+        f"{cpath}.http_protocol_options",
+        "Http1ProtocolOptions",
+    )
+    has_http2 = config.HasField("http2_protocol_options")
+    settings = None
+    if has_http2 or downstream:
+        settings = Http2Settings.from_proto(
+            config.http2_protocol_options if has_http2 else None,
+            path=f"{cpath}.http2_protocol_options",
+        )
+    return _UpstreamProtocols(
+        http2=has_http2,
+        http2_settings=settings,
+        use_downstream_protocol=downstream,
+        http1_enable_trailers=config.http_protocol_options.enable_trailers,
+    )
 
 
 def _endpoints(la, la_path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:

@@ -5,14 +5,16 @@ change, the host sets; the worker swaps in a new host tuple and balancer
 (connections already open keep their Host object). The balancer is rebuilt from the
 cluster's LbConfig on every host or health change (``update_hosts``, ``refresh_health``);
 ``choose_host`` is what the router and the TCP proxy call per request. HTTP connection
-pools are made per host on first use; a host that leaves the cluster has its pool drained and
-deleted once idle, as Envoy does.
+pools (HTTP/1.1 or HTTP/2, as the cluster's protocol options and, with
+use_downstream_protocol_config, the downstream request say) are made per host on first use; a
+host that leaves the cluster has its pools drained and deleted once idle, as Envoy does.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import replace
+from functools import partial
 
 from legatus.http.codes import ResponseCodeStats
 from legatus.stats.store import Store
@@ -27,12 +29,15 @@ from legatus.upstream.load_balancer import (
 )
 from legatus.upstream.stats import ClusterTrafficStats
 
+HTTP_2 = "HTTP/2"  # a downstream stream's ``protocol``
+
 
 class ThreadLocalCluster:
-    __slots__ = ("_lb_stats", "_locality_weights", "_loop", "_pool_context", "_pools", "_rng",
-                 "_store", "_table_stats", "code_stats", "config", "hashing", "hosts", "lb",
-                 "lb_config", "resource_managers", "retry_code_stats", "scope",
-                 "stats")  # fmt: skip
+    __slots__ = ("_default_pools", "_h2_options", "_h2_pools", "_lb_stats", "_locality_weights",
+                 "_loop", "_pool_context", "_pools", "_rng", "_store", "_table_stats",
+                 "_tcp_pools", "code_stats", "config", "hashing", "hosts", "lb", "lb_config",
+                 "resource_managers", "retry_code_stats", "scope", "stats",
+                 "transport_socket", "use_downstream_protocol")  # fmt: skip
 
     def __init__(
         self,
@@ -52,6 +57,10 @@ class ThreadLocalCluster:
         self._loop = loop
         self.scope = store.scope(f"cluster.{config.stat_name}.")
         self.stats = ClusterTrafficStats(self.scope)
+        from legatus.extensions.transport_sockets.upstream import upstream_socket_factory
+
+        # What its upstream connections connect through (TLS), None for plaintext.
+        self.transport_socket = upstream_socket_factory(config.transport_socket, self.scope)
         self.code_stats = ResponseCodeStats(self.scope)
         # responses a retry replaced: cluster.<name>.retry.upstream_rq_<code>...
         self.retry_code_stats = ResponseCodeStats(self.scope.scope("retry."), categories=False)
@@ -63,7 +72,14 @@ class ThreadLocalCluster:
         self._table_stats = table_stats(lb, self.scope) if lb_table_stats else None
         self._locality_weights = dict(lb.locality_weights)
         self.lb = self._build_lb(())
-        self._pools: dict = {}
+        self._pools: dict = {}  # HTTP/1.1
+        self._h2_pools: dict = {}  # HTTP/2
+        # The pools a request goes to when no downstream protocol chooses (see http_conn_pool).
+        self._default_pools = self._h2_pools if config.http2 else self._pools
+        self._h2_options = None
+        # use_downstream_protocol_config: the router passes the downstream request's protocol.
+        self.use_downstream_protocol = config.use_downstream_protocol
+        self._tcp_pools: dict = {}  # the router's TCP upstream (CONNECT terminated here)
         self._pool_context = None
         from legatus.upstream.resource_manager import ResourceManager, ResourcePriority
 
@@ -76,31 +92,94 @@ class ThreadLocalCluster:
             for priority in ResourcePriority
         )
 
-    def http_conn_pool(self, host: Host):
-        """The HTTP/1.1 pool to ``host`` on this worker (made on first use)."""
-        pool = self._pools.get(host)
+    def http_conn_pool(self, host: Host, downstream_protocol: str | None = None):
+        """The HTTP pool to ``host`` on this worker (made on first use), as Envoy picks its
+        protocol: HTTP/2 for ``explicit_http_config.http2_protocol_options``; with
+        ``use_downstream_protocol_config``, the ``downstream_protocol`` (HTTP/2 for an HTTP/2
+        request, else HTTP/1.1: one pool per protocol and host), HTTP/2 without one (a
+        mirrored request) when it has ``http2_protocol_options``; else HTTP/1.1."""
+        if downstream_protocol is None:
+            pools = self._default_pools
+        else:
+            pools = self._h2_pools if downstream_protocol == HTTP_2 else self._pools
+        pool = pools.get(host)
         if pool is None:
-            from legatus.conn_pool.http1 import Http1ConnPool
-
-            pool = self._pools[host] = Http1ConnPool(host, self._context())
-            # Envoy counts each pool against max_connection_pools and deletes it once idle.
-            self.resource_managers[0].connection_pools.inc()
-            pool.add_idle_callback(lambda: self._on_pool_idle(host, pool))
+            pool = self._new_http_pool(host, pools)
         return pool
 
-    def _on_pool_idle(self, host: Host, pool) -> None:
-        if self._pools.get(host) is pool:  # (idle callbacks may repeat)
-            del self._pools[host]
+    def _new_http_pool(self, host: Host, pools: dict):
+        if pools is self._h2_pools:
+            from legatus.conn_pool.http2 import Http2ConnPool
+
+            pool = Http2ConnPool(host, self._context(), self._http2_options())
+        else:
+            from legatus.conn_pool.http1 import Http1ConnPool
+            from legatus.http.conn_manager_stats import Http1CodecStats
+            from legatus.http.http1.client_codec import ClientCodec
+
+            Http1CodecStats(self.scope.scope("http1."))  # Envoy: with the first HTTP/1 pool
+            if self.config.http1_enable_trailers:  # the upstream's trailers are read
+                pool = Http1ConnPool(
+                    host, self._context(), codec_factory=partial(ClientCodec, enable_trailers=True)
+                )
+            else:
+                pool = Http1ConnPool(host, self._context())
+        pools[host] = pool
+        # Envoy counts each pool against max_connection_pools and deletes it once idle.
+        self.resource_managers[0].connection_pools.inc()
+        pool.add_idle_callback(lambda: self._on_pool_idle(host, pool, pools))
+        return pool
+
+    def _http2_options(self):
+        """What the cluster's HTTP/2 pools share: the compiled http2_protocol_options, the
+        ``cluster.<name>.http2.*`` codec stats (declared with the first connection), and the
+        transport socket: TLS offers ALPN ``h2`` when the cluster's TLS context names no
+        ALPN protocol (Envoy's ALPN fallback for an HTTP/2 pool)."""
+        options = self._h2_options
+        if options is None:
+            from legatus.conn_pool.http2 import Http2PoolOptions
+            from legatus.http.http2.settings import DEFAULT_SETTINGS
+            from legatus.http.http2.stats import LazyCodecStats
+
+            transport_socket = self.transport_socket
+            tls = self.config.transport_socket
+            if tls is not None and not tls.common.alpn:
+                from legatus.extensions.transport_sockets.upstream import upstream_socket_factory
+
+                h2_tls = replace(tls, common=replace(tls.common, alpn=("h2",)))
+                transport_socket = upstream_socket_factory(h2_tls, self.scope)
+            options = self._h2_options = Http2PoolOptions(
+                settings=self.config.http2_settings or DEFAULT_SETTINGS,
+                codec_stats=LazyCodecStats(self.scope),
+                transport_socket=transport_socket,
+                random=self._rng,
+            )
+        return options
+
+    def tcp_conn_pool(self, host: Host):
+        """The TCP pool to ``host`` on this worker, for CONNECT terminated at the proxy
+        (conn_pool/tcp.py); made on first use, deleted once idle, as the HTTP ones."""
+        pool = self._tcp_pools.get(host)
+        if pool is None:
+            from legatus.conn_pool.tcp import TcpConnPool
+
+            pool = self._tcp_pools[host] = TcpConnPool(host, self._context())
+            self.resource_managers[0].connection_pools.inc()
+            pool.add_idle_callback(lambda: self._on_pool_idle(host, pool, self._tcp_pools))
+        return pool
+
+    def _on_pool_idle(self, host: Host, pool, pools=None) -> None:
+        pools = self._pools if pools is None else pools
+        if pools.get(host) is pool:  # (idle callbacks may repeat)
+            del pools[host]
             self.resource_managers[0].connection_pools.dec()
 
     def _context(self):
         context = self._pool_context
         if context is None:
             from legatus.conn_pool import PoolContext
-            from legatus.http.conn_manager_stats import Http1CodecStats
 
             config = self.config
-            Http1CodecStats(self.scope.scope("http1."))  # Envoy: with the first HTTP/1 pool
             context = self._pool_context = PoolContext.for_cluster(
                 self,
                 self.scope,
@@ -115,7 +194,8 @@ class ThreadLocalCluster:
         """Close every pool's idle connections and let busy ones finish (cluster removed)."""
         from legatus.conn_pool import DrainBehavior
 
-        for pool in list(self._pools.values()):  # (an idle pool leaves the dict as it drains)
+        # (an idle pool leaves its dict as it drains)
+        for pool in [*self._pools.values(), *self._h2_pools.values(), *self._tcp_pools.values()]:
             pool.drain(DrainBehavior.DRAIN_EXISTING_CONNECTIONS)
 
     def update_hosts(self, hosts: tuple[HostConfig, ...]) -> None:
@@ -131,12 +211,13 @@ class ThreadLocalCluster:
         self.hosts = new
         self.lb = self._build_lb(new, self.lb)
         for host in gone:
-            pool = self._pools.pop(host, None)
-            if pool is not None:
-                from legatus.conn_pool import DrainBehavior
+            for pools in (self._pools, self._h2_pools, self._tcp_pools):
+                pool = pools.pop(host, None)
+                if pool is not None:
+                    from legatus.conn_pool import DrainBehavior
 
-                self.resource_managers[0].connection_pools.dec()
-                pool.drain(DrainBehavior.DRAIN_AND_DELETE)
+                    self.resource_managers[0].connection_pools.dec()
+                    pool.drain(DrainBehavior.DRAIN_AND_DELETE)
 
     def set_lb_settings(self, settings: dict) -> None:
         """An EDS assignment's balancing settings (overprovisioning factor, weighted priority

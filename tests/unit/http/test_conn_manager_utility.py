@@ -443,7 +443,9 @@ def test_unsupported_fields_are_refused_by_name(name):
 @pytest.mark.parametrize(
     ("fields", "path"),
     [
-        ({"forward_client_cert_details": "SANITIZE_SET"}, "hcm.forward_client_cert_details"),
+        ({"forward_client_cert_details": "SANITIZE_SET",
+          "set_current_client_cert_details": {"chain": True}},
+         "hcm.set_current_client_cert_details.chain"),
         ({"scheme_header_transformation": {"match_upstream": True}},
          "hcm.scheme_header_transformation.match_upstream"),
         ({"request_id_extension": {"typed_config": {

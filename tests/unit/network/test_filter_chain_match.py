@@ -25,6 +25,15 @@ def _matcher(*chains, default=None):
     return FilterChainMatcher([(m, name) for name, m in chains], default, listener_path="l")
 
 
+def _matcher_with_protos(*chains):
+    protos = [json_format.ParseDict(kw, listener_components_pb2.FilterChainMatch())
+              for _, kw in chains]  # fmt: skip
+    return FilterChainMatcher(
+        [(compile_match(p, "m"), name) for (name, _), p in zip(chains, protos, strict=True)],
+        None, listener_path="l", protos=protos, names=[n for n, _ in chains],
+    )  # fmt: skip
+
+
 def test_exact_port_beats_unset():
     m = _matcher(("any", _m()), ("p80", _m(destination_port=80)))
     assert m.match(_key(dport=80)) == "p80"
@@ -81,6 +90,8 @@ def test_source_type_and_ranges_and_ports():
     assert m.match(_key(src="127.0.0.1")) == "local"
     assert m.match(_key(src="10.0.0.1", dst="10.0.0.1")) == "local"
     assert m.match(_key(src="8.8.8.8")) == "external"
+    # Envoy's isLoopbackAddress is 127.0.0.1 only (checked against Envoy 1.40).
+    assert m.match(_key(src="127.0.0.2", dst="127.0.0.1")) == "external"
     m = _matcher(
         ("net", _m(source_prefix_ranges=[{"address_prefix": "192.168.0.0", "prefix_len": 16}])),
         ("port", _m(source_ports=[5555])),
@@ -100,8 +111,55 @@ def test_ipv6_ranges():
 
 
 def test_duplicate_matches_are_rejected():
-    with pytest.raises(ConfigError, match="multiple filter chains with the same matching rules"):
+    # Envoy 1.40's text.
+    with pytest.raises(ConfigError, match="has the same matching rules defined as"):
         _matcher(("a", _m(destination_port=80)), ("b", _m(destination_port=80)))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"server_names": ["a.com", "b.com"]}, {"server_names": ["b.com"]}),
+        ({"server_names": ["A.com"]}, {"server_names": ["a.com"]}),  # names fold case
+        ({"application_protocols": ["h2", "x"]}, {"application_protocols": ["h2"]}),
+    ],
+)
+def test_overlapping_matches_are_rejected(a, b):
+    with pytest.raises(ConfigError, match="overlapping matching rules are defined"):
+        _matcher_with_protos(("a", a), ("b", b))
+
+
+@pytest.mark.parametrize("name", ["a*.example.com", "*example.com", "*", "a.*.com"])
+def test_partial_wildcards_are_rejected(name):
+    with pytest.raises(ConfigError, match='partial wildcards are not supported in "server_names"'):
+        _m(server_names=[name])
+
+
+def test_server_names_exact_then_longest_wildcard_then_any():
+    m = _matcher(
+        ("exact", _m(server_names=["a.example.com"])),
+        ("wild", _m(server_names=["*.example.com"])),
+        ("deeper", _m(server_names=["*.b.example.com"])),
+        ("any", _m()),
+    )
+    assert m.match(_key(server_name="A.Example.com")) == "exact"
+    assert m.match(_key(server_name="x.y.example.com")) == "wild"
+    assert m.match(_key(server_name="x.b.example.com")) == "deeper"
+    assert m.match(_key(server_name="example.com")) == "any"
+    assert m.match(_key(server_name="")) == "any"
+
+
+def test_transport_protocol_and_alpn():
+    m = _matcher(
+        ("plain", _m(transport_protocol="raw_buffer")),
+        ("h2", _m(transport_protocol="tls", application_protocols=["h2"])),
+        ("tls", _m(transport_protocol="tls")),
+    )
+    assert m.match(_key()) == "plain"  # raw_buffer: the default with no inspector
+    assert m.match(_key(transport_protocol="tls", application_protocols=("h2", "http/1.1"))) == (
+        "h2"
+    )
+    assert m.match(_key(transport_protocol="tls", application_protocols=("http/1.1",))) == "tls"
 
 
 def test_unsupported_field_is_named():

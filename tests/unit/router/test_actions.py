@@ -315,9 +315,6 @@ def test_direct_response_status_range_is_pgv():
     [
         ("cors", {}),
         ("metadata_match", {}),
-        ("upgrade_configs", [{"upgrade_type": "websocket"}]),
-        ("max_stream_duration", {}),
-        ("max_grpc_timeout", "1s"),
         ("priority", "HIGH"),
         ("host_rewrite_path_regex", {"pattern": {"regex": "a"}, "substitution": "b"}),
         (

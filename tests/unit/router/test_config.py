@@ -244,24 +244,3 @@ def test_rewrite_path_of_a_match():
 def test_empty_table_routes_nothing():
     t = table({"name": "rc"})
     assert t.route(request(), 0) is None
-
-
-def test_a_route_to_an_http2_cluster_is_refused():
-    """legatus's router speaks HTTP/1.1 upstream: a cluster configured for HTTP/2 (kept for
-    gRPC clients such as the rate limit filter) cannot be a route's target."""
-    import dataclasses
-
-    from envoy.config.route.v3 import route_pb2
-
-    from legatus.config.errors import ConfigError
-    from legatus.config.proto_json import parse
-    from legatus.router.config import compile_route_config
-    from tests.unit.router.support import context
-
-    document = routes_config([forward("r", {"cluster": "c1"})])
-    proto = parse(document, route_pb2.RouteConfiguration)
-    ctx = dataclasses.replace(context(("c1",)), http2_cluster_names=frozenset({"c1"}))
-    with pytest.raises(ConfigError) as e:
-        compile_route_config(proto, ctx, "route_config")
-    assert e.value.path == "route_config.virtual_hosts[0].routes[0].route.cluster"
-    assert "HTTP/2" in e.value.message

@@ -240,7 +240,6 @@ def test_bad_path_regex_points_at_the_field():
 @pytest.mark.parametrize(
     "match",
     [
-        {"connect_matcher": {}},
         {"prefix": "/", "tls_context": {}},
         {
             "prefix": "/",

@@ -13,13 +13,18 @@ fresh llhttp response parser, the response ends it. Theory of operation:
   are protocol errors, as in Envoy. A response to HEAD ends at its head (llhttp is told by
   stopping it there); 204, 304 and ``content-length: 0`` end at the head too. A response
   without length runs to ``feed_eof()``. A 101 to an upgrade, or a 2xx to CONNECT, turns the
-  connection into a tunnel: later bytes are ``ResponseData`` until ``feed_eof()``.
+  connection into a tunnel: later bytes are ``ResponseData``. A tunnel has no end of its own:
+  ``feed_eof()`` reports nothing, so the close of the connection resets the stream (Envoy's
+  codec client resets a tunnel's stream with "connection termination", UC).
 - Obs-fold in a response head is unfolded as Balsa does (the head is buffered whole and parsed
   again); header lines are otherwise parsed strictly by llhttp.
 - Bytes after the complete response, or with no request outstanding, are a protocol error
   (Envoy: "extraneous data after response complete", "premature response").
 - ``reusable``: after a complete response, whether the pool may send another request on this
-  connection (not closing, not HTTP/1.0 without keep-alive, not read to EOF, no error).
+  connection (not closing, not HTTP/1.0 without keep-alive, not read to EOF, no error, and not
+  after an upgrade or CONNECT request, whatever the answer: what the client sent after its
+  head is the payload of a tunnel, not HTTP). ``tunnel_request``: the outstanding request
+  asks for a tunnel (its payload waits for the answer that opens it: see conn_pool/http1).
 
 Protocol errors carry status 502 (the router's upstream protocol error answer) and Envoy's
 codec details.
@@ -194,7 +199,17 @@ class ClientCodec(c.MessageDecoder):
     @property
     def reusable(self) -> bool:
         """After a complete response: another request may use this connection."""
-        return self._phase is _IDLE and self._reusable
+        return (
+            self._phase is _IDLE
+            and self._reusable
+            and not self._upgrade_request
+            and not self._connect
+        )
+
+    @property
+    def tunnel_request(self) -> bool:
+        """The outstanding request is an upgrade or a CONNECT."""
+        return self._upgrade_request or self._connect
 
     @property
     def awaiting_response(self) -> bool:
@@ -276,9 +291,10 @@ class ClientCodec(c.MessageDecoder):
         return split[0] + split[1]
 
     def feed_eof(self) -> list[ClientEvent]:
-        """The upstream closed. Ends a response read to EOF, or a tunnel."""
+        """The upstream closed. Ends a response read to EOF; a tunnel's stream is not ended
+        (its connection's close resets it, as in Envoy)."""
         out = self._out = []
-        if self._phase is _TUNNEL or (self._phase is _BODY and self._until_eof):
+        if self._phase is _BODY and self._until_eof:
             out.append(ResponseData(data=b"".join(self._body), end_stream=True))
             self._body.clear()
         self._phase = _CLOSED

@@ -201,7 +201,8 @@ class MessageDecoder:
         if self._underscores is not None:
             return self._decode_block_checked(dict(values), size)
         names = _NAMES
-        repeats = None
+        seeded = len(values)
+        first_size = size
         for name, value in items:
             key = names.get(name)
             if key is None:
@@ -210,18 +211,33 @@ class MessageDecoder:
                 value = value.rstrip(b" \t")
             size += len(name) + len(value) + 4
             if key in values:
-                if repeats is None:
-                    repeats = []
-                repeats.append((key, value.decode("latin-1")))
-            else:
-                values[key] = value.decode("latin-1")
+                # A repeated name: the rare case, built entry by entry to keep each value at
+                # its own position (Envoy's order), from the codec's seed on.
+                seed = list(dict.items(values))[:seeded]
+                return self._decode_block_ordered(HeaderMap(seed), first_size)
+            values[key] = value.decode("latin-1")
         added = len(items)
         items.clear()
         # A map seeded by the codec is filled in place (no copy into a new map).
         headers = values if type(values) is HeaderMap else HeaderMap.adopt(values)
-        if repeats is not None:
-            for key, value in repeats:
-                headers.add(key, value)
+        self._size = size
+        if size > self._max_size:
+            raise self._fail(self._limit_status, HEADERS_TOO_LARGE)
+        if added > self._max_count:
+            raise self._fail(self._limit_status, TOO_MANY_HEADERS)
+        return headers
+
+    def _decode_block_ordered(self, headers: HeaderMap, size: int) -> HeaderMap:
+        """``_decode_block`` for a block with a repeated name: every entry added in order."""
+        items = self._items
+        add = headers.add
+        for name, value in items:
+            if value and value[-1] in _OWS:
+                value = value.rstrip(b" \t")
+            size += len(name) + len(value) + 4
+            add(decode_name(name), value.decode("latin-1"))
+        added = len(items)
+        items.clear()
         self._size = size
         if size > self._max_size:
             raise self._fail(self._limit_status, HEADERS_TOO_LARGE)

@@ -96,6 +96,9 @@ class AdminContext(Protocol):
 
     def set_healthcheck_failed(self, failed: bool) -> None: ...
 
+    def drain_listeners(self, *, graceful: bool, inbound_only: bool, skip_exit: bool) -> None:
+        """POST /drain_listeners (see admin/drain_listeners.py)."""
+
     def reopen_logs(self) -> None: ...
 
     def set_log_levels(self, levels: dict[str, str]) -> None:

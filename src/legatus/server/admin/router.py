@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from legatus.server.admin import (
+    certs,
     clusters,
     config_dump,
+    drain_listeners,
     init_dump,
     listeners,
     logging_levels,
@@ -61,6 +63,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         refresh_stats=True,
         params=(("filter", "Regular expression (Google re2) for filtering clusters by name"),),
     ),
+    Endpoint(path="/certs", help="print certs on machine", handler=certs.handle_certs),
     Endpoint(
         path="/config_dump",
         help="dump current Envoy configs",
@@ -75,6 +78,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             ("include_eds", "Dump currently loaded configuration including EDS. See the response "
              "definition for more information"),
         ),
+    ),
+    Endpoint(
+        path="/drain_listeners",
+        help="drain listeners",
+        handler=drain_listeners.handle_drain_listeners,
+        mutates=True,
+        params=drain_listeners.PARAMS,
     ),
     Endpoint(
         path="/healthcheck/fail",

@@ -245,7 +245,21 @@ def test_upgrade_response_turns_into_a_tunnel():
     assert events[0].upgrade and not events[0].keep_alive
     assert events[1] == ResponseData(data=b"fr", end_stream=False)
     assert codec.feed(b"ame") == [ResponseData(data=b"ame", end_stream=False)]
-    assert codec.feed_eof() == [ResponseData(data=b"", end_stream=True)]
+    # A tunnel has no end of its own: the close of the connection resets it (UC), as in Envoy.
+    assert codec.feed_eof() == []
+    assert not codec.reusable
+
+
+@pytest.mark.parametrize("status", [b"200 OK", b"404 Not Found"])
+def test_an_answer_to_an_upgrade_that_refuses_it_leaves_the_connection_unusable(status):
+    codec = ClientCodec()
+    codec.encode_request_headers(
+        request("GET", "/ws", ("connection", "upgrade"), ("upgrade", "websocket")), False
+    )
+    assert codec.tunnel_request
+    (headers, data) = codec.feed(b"HTTP/1.1 " + status + b"\r\ncontent-length: 1\r\n\r\nx")
+    assert not headers.upgrade and data == ResponseData(data=b"x", end_stream=True)
+    assert not codec.reusable  # what the client sent after the head was not HTTP
 
 
 def test_connect_response_turns_into_a_tunnel():
@@ -315,3 +329,15 @@ def test_same_events_whatever_the_reads(raw, chunk):
     whole = coalesce(sent(codec=ClientCodec(enable_trailers=True)).feed(raw))
     codec = sent(codec=ClientCodec(enable_trailers=True))
     assert coalesce(feed_all(codec, raw, chunk)) == whole
+
+
+def test_a_repeated_header_keeps_each_value_at_its_place():
+    codec = sent()
+    (event,) = codec.feed(
+        b"HTTP/1.1 200 OK\r\nset-cookie: a=1\r\nx-up: 1\r\nSet-Cookie: b=2\r\n"
+        b"content-length: 0\r\n\r\n"
+    )
+    assert list(event.headers.items()) == [
+        (":status", "200"), ("set-cookie", "a=1"), ("x-up", "1"), ("set-cookie", "b=2"),
+        ("content-length", "0"),
+    ]  # fmt: skip

@@ -601,3 +601,13 @@ def test_reply_to_a_protocol_error():
     assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert codec.encode_data(error.body, True) == b"Bad Request"
     assert codec.close_after_response
+
+
+def test_a_repeated_request_header_keeps_each_value_at_its_place():
+    (event,) = ServerCodec().feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nX-A: 3\r\nX-B: 2\r\n\r\n"
+    )
+    assert list(event.headers.items()) == [
+        (":method", "GET"), (":path", "/"), (":authority", "a"), ("x-a", "1"), ("x-a", "3"),
+        ("x-b", "2"),
+    ]  # fmt: skip

@@ -32,10 +32,14 @@ def listener_hcms(listener) -> Iterator:
 
 def _factory(proto, context, path):
     from legatus.extensions.filters.network.http_connection_manager.config import compile_config
-    from legatus.http.conn_manager import ConnectionManager
+    from legatus.http.conn_manager import CODEC_HTTP2, ConnectionManager
 
     context = dataclasses.replace(context, http_stat_prefix=proto.stat_prefix)
     config = compile_config(proto, context, path)
+    if config.codec_type == CODEC_HTTP2:
+        from legatus.http.conn_manager_http2 import Http2ConnectionManager
+
+        return FilterFactory(lambda: Http2ConnectionManager(config, context), terminal=True)
     return FilterFactory(lambda: ConnectionManager(config, context), terminal=True)
 
 

@@ -3,7 +3,7 @@
 Everything a connection needs per request is decided here, at config time: the codec
 settings, the header policy, the route table, the HTTP filter factories, the local reply
 config, the timeouts and the stats (Envoy's ``HttpConnectionManagerConfig``). A field legatus
-does not act on is refused by name; HTTP/2 and HTTP/3 codecs are refused until they exist.
+does not act on is refused by name; codec_type HTTP3 is refused (no QUIC listener yet).
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ from legatus.http.conn_manager_utility import (
     compile_request_policy,
 )
 from legatus.http.http1.settings import Http1Settings
+from legatus.http.http2.settings import Http2Settings
+from legatus.http.http2.stats import LazyCodecStats
 from legatus.http.local_reply import LocalReplyConfig, compile_local_reply_config
+from legatus.http.upgrades import NO_UPGRADE_CONFIGS, UpgradeConfig, UpgradeConfigs
 from legatus.registry import Category
 from legatus.router.config import compile_route_config
 from legatus.router.rds import (
@@ -52,18 +55,19 @@ DEFAULT_DRAIN_TIMEOUT = 5.0
 
 _SUPPORTED = frozenset({
     "codec_type", "stat_prefix", "route_config", "rds", "http_filters",
-    "common_http_protocol_options", "http_protocol_options", "max_request_headers_kb",
+    "common_http_protocol_options", "http_protocol_options", "http2_protocol_options",
+    "max_request_headers_kb",
     "stream_idle_timeout", "request_timeout",
     "request_headers_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
     "local_reply_config", "proxy_100_continue", "strip_matching_host_port",
-    "strip_any_host_port", "strip_trailing_host_dot", *HEADER_HCM_FIELDS,
+    "strip_any_host_port", "strip_trailing_host_dot", "upgrade_configs", *HEADER_HCM_FIELDS,
 })  # fmt: skip
 _SUPPORTED_COMMON = (
     "idle_timeout", "max_connection_duration", "max_headers_count", "max_stream_duration",
     "headers_with_underscores_action", "max_requests_per_connection",
 )  # fmt: skip
 _SUPPORTED_HTTP_FILTER = ("name", "typed_config", "disabled")
-_AUTO, _HTTP1 = 0, 1
+_AUTO, _HTTP1, _HTTP2 = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,10 @@ class HttpFilterFactory:
 class HcmConfig:
     stat_prefix: str
     codec_settings: Http1Settings
+    codec_type: int  # HttpConnectionManager.CodecType: AUTO, HTTP1 or HTTP2
+    http2_settings: Http2Settings
+    # The process's http2.* codec stats, declared with the first HTTP/2 connection (as Envoy).
+    http2_stats: LazyCodecStats
     header_policy: HeaderPolicy
     # Where streams take their routes: a StaticRouteConfigProvider (inline route_config) or
     # an RdsRouteConfigProvider (rds), whose route_table changes with each RDS update.
@@ -109,6 +117,7 @@ class HcmConfig:
     # Admin /healthcheck/fail drain-closes every connection (Envoy's drainClose() for a
     # listener of drain_type DEFAULT): a ServerHealth, or None.
     server_health: Any = None
+    upgrades: UpgradeConfigs = NO_UPGRADE_CONFIGS  # upgrade_configs (http/upgrades.py)
 
 
 def _seconds(proto, field: str, default: float | None) -> float | None:
@@ -135,11 +144,11 @@ def _route_provider(proto, context: FactoryContext, path: str):
 
 def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
     check_supported(proto, _SUPPORTED, path, "HttpConnectionManager")
-    if proto.codec_type not in (_AUTO, _HTTP1):
+    if proto.codec_type not in (_AUTO, _HTTP1, _HTTP2):
         name = HttpConnectionManager.CodecType.Name(proto.codec_type)
         raise ConfigError(
             join_path(path, "codec_type"),
-            f"codec_type {name} is not supported by legatus yet (HTTP/1.1 only)",
+            f"codec_type {name} is not supported by legatus yet (HTTP/1.1 and HTTP/2 only)",
         )
     if proto.WhichOneof("route_specifier") not in ("route_config", "rds"):
         raise ConfigError(
@@ -160,6 +169,14 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         else 0,
         path=path,
     )
+    http2_settings = Http2Settings.from_proto(
+        proto.http2_protocol_options if proto.HasField("http2_protocol_options") else None,
+        common,
+        max_headers_kb=proto.max_request_headers_kb.value
+        if proto.HasField("max_request_headers_kb")
+        else 0,
+        path=join_path(path, "http2_protocol_options"),
+    )
     node = context.options
     policy = compile_request_policy(
         proto,
@@ -168,7 +185,8 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         service_node=getattr(node, "service_node", "") or "",
     )
     route_provider, route_table = _route_provider(proto, context, path)
-    factories = _http_filters(proto, replace(context, route_table=route_table), path)
+    filter_context = replace(context, route_table=route_table)
+    factories = _http_filters(proto, filter_context, path)
     local_reply = None
     if proto.HasField("local_reply_config"):
         local_reply = compile_local_reply_config(
@@ -194,6 +212,9 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         server_health=context.server_health,
         stat_prefix=proto.stat_prefix,
         codec_settings=codec_settings,
+        codec_type=proto.codec_type,
+        http2_settings=http2_settings,
+        http2_stats=LazyCodecStats(context.store.scope("")),
         header_policy=policy,
         route_provider=route_provider,
         filter_factories=factories,
@@ -217,18 +238,51 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         proxy_100_continue=proto.proxy_100_continue,
         strip_port=strip,
         strip_trailing_host_dot=proto.strip_trailing_host_dot,
+        upgrades=_upgrade_configs(proto, filter_context, path),
     )
 
 
+def _upgrade_configs(proto, context: FactoryContext, path: str) -> UpgradeConfigs:
+    """``upgrade_configs``: each type once (without case), its own filter chain if it has
+    ``filters`` (Envoy's checks, for a "http upgrade filter chain")."""
+    if not proto.upgrade_configs:
+        return NO_UPGRADE_CONFIGS
+    configs: dict[str, UpgradeConfig] = {}
+    for i, entry in enumerate(proto.upgrade_configs):
+        entry_path = f"{join_path(path, 'upgrade_configs')}[{i}]"
+        check_supported(entry, ("upgrade_type", "filters", "enabled"), entry_path, "UpgradeConfig")
+        name = entry.upgrade_type
+        if name.lower() in configs:
+            raise ConfigError(
+                entry_path, f"Error: multiple upgrade configs with the same name: '{name}'"
+            )
+        filters = None
+        if entry.filters:
+            filters = _filter_chain(
+                list(entry.filters), context, join_path(entry_path, "filters"), "http upgrade"
+            )
+        configs[name.lower()] = UpgradeConfig(
+            enabled=entry.enabled.value if entry.HasField("enabled") else True,
+            filter_factories=filters,
+        )
+    return UpgradeConfigs(configs)
+
+
 def _http_filters(proto, context: FactoryContext, path: str) -> tuple[HttpFilterFactory, ...]:
-    """The HTTP filter chain; Envoy's checks on terminal filters, with its messages. An empty
-    list means the router alone, as in Envoy."""
-    filters_path = join_path(path, "http_filters")
+    """The HTTP filter chain; an empty list means the router alone, as in Envoy."""
     entries = list(proto.http_filters)
     if not entries:
         from legatus.extensions.filters.http.router import default_router_factory
 
         return (default_router_factory(context),)
+    return _filter_chain(entries, context, join_path(path, "http_filters"), "http")
+
+
+def _filter_chain(
+    entries: list, context: FactoryContext, filters_path: str, chain: str
+) -> tuple[HttpFilterFactory, ...]:
+    """A list of HttpFilter made into factories, with Envoy's checks on terminal filters and
+    its messages (``chain``: "http", or "http upgrade" for an upgrade's own chain)."""
     factories = []
     for i, entry in enumerate(entries):
         fpath = f"{filters_path}[{i}]"
@@ -258,13 +312,13 @@ def _http_filters(proto, context: FactoryContext, path: str) -> tuple[HttpFilter
             raise ConfigError(
                 fpath,
                 f"Error: terminal filter named {entry.name} of type {extension.name} must be "
-                "the last filter in a http filter chain.",
+                f"the last filter in a {chain} filter chain.",
             )
         if not factory.terminal and last:
             raise ConfigError(
                 fpath,
                 f"Error: non-terminal filter named {entry.name} of type {extension.name} is "
-                "the last filter in a http filter chain.",
+                f"the last filter in a {chain} filter chain.",
             )
         factories.append(factory)
     return tuple(factories)

@@ -175,6 +175,7 @@ class TcpProxyFilter(ReadFilter):
         self.pending = PendingConnect(
             self.loop, upstream, host.address, cluster.config.connect_timeout,
             lambda error: self._on_connect_done(upstream, host, error),
+            transport_socket=cluster.transport_socket, host=host,
         )  # fmt: skip
 
     def _on_connect_done(self, upstream: Connection, host, error: BaseException | None) -> None:
@@ -194,6 +195,8 @@ class TcpProxyFilter(ReadFilter):
         if timed_out:
             cluster.stats.upstream_cx_connect_timeout.inc()
             reason = ""  # Envoy gives no transport failure reason for a timeout
+        elif getattr(error, "transport_failure_reason", None) is not None:
+            reason = error.transport_failure_reason  # the TLS handshake failed
         else:
             errno = getattr(error, "errno", None)
             reason = f"delayed connect error: {os.strerror(errno) if errno else error}"
@@ -244,6 +247,7 @@ class TcpProxyFilter(ReadFilter):
         self.host.stats.rq_total.inc()
         self.host.stats.rq_active.inc()
         self.info.upstream_connected_monotonic = now
+        self.info.upstream_ssl = upstream.ssl  # TLS: %UPSTREAM_TLS_*% and friends
         if upstream.local_address is not None:
             la = upstream.local_address
             self.info.upstream_local_address = (

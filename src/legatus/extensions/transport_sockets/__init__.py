@@ -1,0 +1,1 @@
+"""Transport socket extensions (Envoy's ``envoy.transport_sockets.*``)."""
