@@ -368,7 +368,7 @@ class ConnectionManager(ReadFilter):
         """Envoy's ``drainClose()``, asked once per response (asking twice would double the
         chance of a gradual drain): the listener's drain decision (its drain, or failing
         health checks), or without a listener the server's health."""
-        decision = getattr(self.connection, "drain_decision", None)
+        decision = self.connection.drain_decision
         if decision is not None:
             return decision.drain_close()
         health = self.config.server_health
@@ -740,9 +740,15 @@ class ActiveStream:
             config.stats.named.downstream_rq_response_before_rq_complete.inc()
         if self.saw_connection_close:
             manager.draining = True
-        if not manager.draining and manager.drain_close():
-            manager.draining = True  # Envoy's drainClose(): a drain, or failed health checks
-            config.stats.named.downstream_cx_drain_close.inc()
+        if not manager.draining:
+            decision = manager.connection.drain_decision  # (drain_close, inlined: per response)
+            if (
+                decision.drain_close()
+                if decision is not None
+                else (config.server_health is not None and config.server_health.failed)
+            ):
+                manager.draining = True  # Envoy's drainClose(): a drain, or failed health checks
+                config.stats.named.downstream_cx_drain_close.inc()
         if manager.draining and not (self.upgraded and _opens_tunnel(self, headers, status)):
             headers.set("connection", "close")
         elif self.http10:

@@ -347,7 +347,7 @@ class Http2ConnectionManager(ReadFilter):
     def drain_close(self) -> bool:
         """Envoy's ``drainClose()``, asked once per response: the listener's drain decision
         (its drain, or failing health checks), or without one the server's health."""
-        decision = getattr(self.connection, "drain_decision", None)
+        decision = self.connection.drain_decision
         if decision is not None:
             return decision.drain_close()
         health = self.config.server_health

@@ -358,7 +358,8 @@ def mutate_request_headers(
         )
     if policy.generate_request_id:
         _set_request_id(policy, headers, edge, random)
-    mutate_xfcc(policy.xfcc, headers, ssl)
+    if ssl is not None or "x-forwarded-client-cert" in headers:  # (a plaintext request
+        mutate_xfcc(policy.xfcc, headers, ssl)  # without the header: nothing to do)
 
     if from_xff:
         final = f"[{_ip_text(final_ip)}]:0" if final_ip.version == 6 else f"{final_ip}:0"

@@ -66,6 +66,7 @@ class Connection(asyncio.Protocol):
     ssl: Any = None  # SslConnectionInfo once the TLS handshake is done
     next_protocol: str | None = None  # the ALPN protocol the handshake negotiated
     transport_failure_reason: str | None = None  # why the transport socket failed
+    drain_decision: Any = None  # a listener's ListenerDrainDecision (accepted connections)
 
     def __init__(
         self,

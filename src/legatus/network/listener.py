@@ -383,6 +383,7 @@ class ActiveListener:
             self.connections.discard(conn)
             successor.connections.add(conn)
             conn.listener = successor
+            conn.drain_decision = successor.drain_decision
         return len(moved)
 
     def drain(self, event: DrainEvent) -> asyncio.Future:
@@ -560,12 +561,9 @@ class _DownstreamConnection(Connection):
         super().__init__(buffer_limit=listener.config.buffer_limit)
         self.listener = listener
         self.chain_key = b""  # its filter chain (see FilterChainConfig.key)
-
-    @property
-    def drain_decision(self) -> ListenerDrainDecision:
-        """Whether to close now because of a drain: its listener's (which follows the
-        connection when an in-place update hands it over)."""
-        return self.listener.drain_decision
+        # Whether to close now because of a drain: its listener's (moved with the connection
+        # when an in-place update hands it over; see ActiveListener.hand_over).
+        self.drain_decision = listener.drain_decision
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

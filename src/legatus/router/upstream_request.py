@@ -93,7 +93,7 @@ class UpstreamRequest(ResponseDecoder):
         info.upstream_host = host.address_text
         info.upstream_local_address = _fmt(encoder.local_address)
         info.upstream_connection_id = encoder.connection_id
-        info.upstream_ssl = getattr(encoder, "ssl", None)  # TLS: %UPSTREAM_TLS_*% and friends
+        info.upstream_ssl = encoder.ssl  # TLS: %UPSTREAM_TLS_*% and friends
         info.upstream_protocol = encoder.protocol
         info.first_upstream_tx_byte_sent = router.config.loop.time()
         encoder.add_callbacks(self)  # the upstream's write buffer: see the watermark hooks
