@@ -36,7 +36,6 @@ codec client) and counts as a remote close.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -54,7 +53,7 @@ from legatus.http.http1.events import (
     ResponseHeaders,
     ResponseTrailers,
 )
-from legatus.network.connection import Connection, PendingConnect
+from legatus.network.connection import Connection, PendingConnect, connect_failure_reason
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.upstream.host import Host
 
@@ -315,11 +314,7 @@ class Http1ActiveClient(ActiveClient):
         if error is None:
             self.pool.on_connection_event(self, ConnectionEvent.CONNECTED)
             return
-        reason = getattr(error, "transport_failure_reason", None)  # a failed TLS handshake
-        if reason is None:
-            errno = getattr(error, "errno", None)
-            reason = f"delayed connect error: {os.strerror(errno) if errno else error}"
-        self._failure_reason = reason
+        self._failure_reason = connect_failure_reason(error)
         self.remote_closed = True  # Envoy: a failed connect is a remote close
         self.connection.close(CloseType.NO_FLUSH)
 

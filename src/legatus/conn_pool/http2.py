@@ -61,7 +61,7 @@ from legatus.http.http2.connection import CodecError
 from legatus.http.http2.settings import Http2Settings
 from legatus.http.http2.stats import LazyCodecStats
 from legatus.http.http2.stream import ResetReason
-from legatus.network.connection import Connection, PendingConnect
+from legatus.network.connection import Connection, PendingConnect, connect_failure_reason
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.upstream.host import Host
 
@@ -232,11 +232,7 @@ class Http2ActiveClient(ActiveClient):
                     break
                 self._dispatch(data)
             return
-        reason = getattr(error, "transport_failure_reason", None)  # a failed TLS handshake
-        if reason is None:
-            errno = getattr(error, "errno", None)
-            reason = f"delayed connect error: {os.strerror(errno) if errno else error}"
-        self._failure_reason = reason
+        self._failure_reason = connect_failure_reason(error)
         self.remote_closed = True  # Envoy: a failed connect is a remote close
         self.connection.close(CloseType.NO_FLUSH)
 

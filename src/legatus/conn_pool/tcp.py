@@ -24,13 +24,12 @@ reach the stream's subscribers, ``read_disable`` stops reading the upstream (nes
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from legatus.conn_pool import PoolContext, ResponseDecoder, StreamResetReason
 from legatus.conn_pool.base import ActiveClient, ConnPool
 from legatus.http.headers import HeaderMap
-from legatus.network.connection import Connection, PendingConnect
+from legatus.network.connection import Connection, PendingConnect, connect_failure_reason
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.upstream.host import Host
 
@@ -208,11 +207,7 @@ class TcpActiveClient(ActiveClient):
         if error is None:
             self.pool.on_connection_event(self, ConnectionEvent.CONNECTED)
             return
-        reason = getattr(error, "transport_failure_reason", None)  # a failed TLS handshake
-        if reason is None:
-            errno = getattr(error, "errno", None)
-            reason = f"delayed connect error: {os.strerror(errno) if errno else error}"
-        self._failure_reason = reason
+        self._failure_reason = connect_failure_reason(error)
         self._remote_closed = True  # Envoy: a failed connect is a remote close
         self.connection.close(CloseType.NO_FLUSH)
 

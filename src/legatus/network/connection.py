@@ -27,6 +27,7 @@ import asyncio
 import enum
 import itertools
 import logging
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -470,6 +471,16 @@ class PendingConnect:
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             on_done(error)
+
+
+def connect_failure_reason(error: BaseException) -> str:
+    """Envoy's transport failure reason for a failed upstream connect (``PendingConnect``'s
+    error): a TLS handshake's own reason, else ``delayed connect error: <strerror>``."""
+    reason = getattr(error, "transport_failure_reason", None)
+    if reason is not None:
+        return reason
+    errno = getattr(error, "errno", None)
+    return f"delayed connect error: {os.strerror(errno) if errno else error}"
 
 
 class TransportSocketError(ConnectionError):

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
-from legatus.network.connection import Connection, PendingConnect, State
+from legatus.network.connection import Connection, PendingConnect, State, connect_failure_reason
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.stream_info import ResponseFlag
 
@@ -195,11 +194,8 @@ class TcpProxyFilter(ReadFilter):
         if timed_out:
             cluster.stats.upstream_cx_connect_timeout.inc()
             reason = ""  # Envoy gives no transport failure reason for a timeout
-        elif getattr(error, "transport_failure_reason", None) is not None:
-            reason = error.transport_failure_reason  # the TLS handshake failed
         else:
-            errno = getattr(error, "errno", None)
-            reason = f"delayed connect error: {os.strerror(errno) if errno else error}"
+            reason = connect_failure_reason(error)
         host.stats.cx_connect_fail.inc()
         cluster.stats.upstream_rq_pending_active.dec()
         cluster.stats.upstream_rq_pending_failure_eject.inc()
