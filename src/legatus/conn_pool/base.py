@@ -174,6 +174,69 @@ class ActiveClient:
         raise NotImplementedError
 
 
+class ConnectionStreamEncoder:
+    """What a request encoder on a connection of its own (one stream per connection: HTTP/1,
+    TCP) does the same way whatever the protocol: nested read-disabling of the connection,
+    its write-buffer watermarks for the router, the facts the stream info records, and the
+    detach that gives the connection back its reads. ``_client`` is the ActiveClient; its
+    ``connection`` is the upstream Connection."""
+
+    __slots__ = ("_callbacks", "_client", "_read_disabled", "decoder", "done")
+
+    def __init__(self, client: Any, decoder: Any) -> None:
+        self._client = client
+        self.decoder = decoder
+        self._callbacks: list[Any] = []
+        self._read_disabled = 0
+        self.done = False  # detached from the connection: encoding is a no-op
+
+    def read_disable(self, disable: bool) -> None:
+        """Stop (True) or resume (False) reading the upstream; calls nest."""
+        if self.done:
+            return
+        if disable:
+            self._read_disabled += 1
+        elif self._read_disabled:
+            self._read_disabled -= 1
+        else:
+            return
+        self._client.connection.read_disable(disable)
+
+    def add_callbacks(self, callbacks: Any) -> None:
+        """Subscribe to the upstream write buffer's watermarks (``on_above_...``/``on_below_...``);
+        told at once if the buffer is already above its high mark."""
+        self._callbacks.append(callbacks)
+        if not self.done and self._client.connection.above_high_watermark:
+            callbacks.on_above_write_buffer_high_watermark()
+
+    def remove_callbacks(self, callbacks: Any) -> None:
+        if callbacks in self._callbacks:
+            self._callbacks.remove(callbacks)
+
+    @property
+    def above_high_watermark(self) -> bool:
+        return not self.done and self._client.connection.above_high_watermark
+
+    @property
+    def connection_id(self) -> int:
+        return self._client.connection.id
+
+    @property
+    def local_address(self) -> tuple[Any, ...] | None:
+        return self._client.connection.local_address
+
+    @property
+    def ssl(self) -> Any:
+        """The upstream connection's SslConnectionInfo (None: plaintext)."""
+        return self._client.connection.ssl
+
+    def _detach(self) -> None:
+        self.done = True
+        while self._read_disabled:
+            self._read_disabled -= 1
+            self._client.connection.read_disable(False)
+
+
 class ConnPool:
     """Streams to one host, over a set of ``ActiveClient``s (see module doc)."""
 

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from legatus.conn_pool import PoolContext, ResponseDecoder, StreamResetReason
-from legatus.conn_pool.base import ActiveClient, ConnPool
+from legatus.conn_pool.base import ActiveClient, ConnectionStreamEncoder, ConnPool
 from legatus.http.headers import HeaderMap
 from legatus.http.http1 import common as h1
 from legatus.http.http1.client_codec import ClientCodec
@@ -62,12 +62,11 @@ _STOP_ITERATION = FilterStatus.STOP_ITERATION  # a global: enum members are slow
 _REFUSED: tuple = ()  # RequestEncoder._held once the answer refused the tunnel
 
 
-class RequestEncoder:
+class RequestEncoder(ConnectionStreamEncoder):
     """One request on an upstream HTTP/1 connection (the router's side of a stream)."""
 
-    __slots__ = ("_callbacks", "_client", "_held", "_held_above", "_held_bytes", "_read_disabled",
-                 "close_connection", "decode_complete", "decoder", "done", "encode_complete",
-                 "protocol_error_details", "response_complete")  # fmt: skip
+    __slots__ = ("_held", "_held_above", "_held_bytes", "close_connection", "decode_complete",
+                 "encode_complete", "protocol_error_details", "response_complete")  # fmt: skip
 
     def __init__(self, client: Http1ActiveClient, decoder: ResponseDecoder) -> None:
         self._client = client
@@ -174,59 +173,11 @@ class RequestEncoder:
             for cb in list(self._callbacks):
                 cb.on_below_write_buffer_low_watermark()
 
-    # Flow control ---------------------------------------------------------------
-
-    def read_disable(self, disable: bool) -> None:
-        """Stop (True) or resume (False) reading the response; calls nest."""
-        if self.done:
-            return
-        if disable:
-            self._read_disabled += 1
-        elif self._read_disabled:
-            self._read_disabled -= 1
-        else:
-            return
-        self._client.connection.read_disable(disable)
-
-    def add_callbacks(self, callbacks: Any) -> None:
-        """Subscribe to the upstream write buffer's watermarks (``on_above_...``/``on_below_...``);
-        told at once if the buffer is already above its high mark."""
-        self._callbacks.append(callbacks)
-        if not self.done and self._client.connection.above_high_watermark:
-            callbacks.on_above_write_buffer_high_watermark()
-
-    def remove_callbacks(self, callbacks: Any) -> None:
-        if callbacks in self._callbacks:
-            self._callbacks.remove(callbacks)
-
-    @property
-    def above_high_watermark(self) -> bool:
-        return not self.done and self._client.connection.above_high_watermark
-
-    # Connection facts (for stream info / access logs) ---------------------------
-
-    @property
-    def connection_id(self) -> int:
-        return self._client.connection.id
-
-    @property
-    def local_address(self) -> tuple[Any, ...] | None:
-        return self._client.connection.local_address
+    # Protocol facts (the rest is ConnectionStreamEncoder's) -------------------------
 
     @property
     def protocol(self) -> str:
         return HTTP_11
-
-    @property
-    def ssl(self) -> Any:
-        """The upstream connection's SslConnectionInfo (None: plaintext)."""
-        return self._client.connection.ssl
-
-    def _detach(self) -> None:
-        self.done = True
-        while self._read_disabled:
-            self._read_disabled -= 1
-            self._client.connection.read_disable(False)
 
 
 class _CodecReadFilter(ReadFilter):

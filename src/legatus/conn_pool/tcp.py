@@ -27,18 +27,17 @@ from __future__ import annotations
 from typing import Any
 
 from legatus.conn_pool import PoolContext, ResponseDecoder, StreamResetReason
-from legatus.conn_pool.base import ActiveClient, ConnPool
+from legatus.conn_pool.base import ActiveClient, ConnectionStreamEncoder, ConnPool
 from legatus.http.headers import HeaderMap
 from legatus.network.connection import Connection, PendingConnect, connect_failure_reason
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.upstream.host import Host
 
 
-class TcpStreamEncoder:
+class TcpStreamEncoder(ConnectionStreamEncoder):
     """One stream on an upstream TCP connection (the router's side of it)."""
 
-    __slots__ = ("_callbacks", "_client", "_read_disabled", "decoder", "done", "encode_complete",
-                 "response_complete")  # fmt: skip
+    __slots__ = ("encode_complete", "response_complete")
 
     def __init__(self, client: TcpActiveClient, decoder: ResponseDecoder) -> None:
         self._client = client
@@ -77,59 +76,12 @@ class TcpStreamEncoder:
         if not self.done:
             self._client.reset_stream(self)
 
-    # Flow control ---------------------------------------------------------------
-
-    def read_disable(self, disable: bool) -> None:
-        """Stop (True) or resume (False) reading the upstream; calls nest."""
-        if self.done:
-            return
-        if disable:
-            self._read_disabled += 1
-        elif self._read_disabled:
-            self._read_disabled -= 1
-        else:
-            return
-        self._client.connection.read_disable(disable)
-
-    def add_callbacks(self, callbacks: Any) -> None:
-        """Subscribe to the connection's write-buffer watermarks (told at once if above)."""
-        self._callbacks.append(callbacks)
-        if not self.done and self._client.connection.above_high_watermark:
-            callbacks.on_above_write_buffer_high_watermark()
-
-    def remove_callbacks(self, callbacks: Any) -> None:
-        if callbacks in self._callbacks:
-            self._callbacks.remove(callbacks)
-
-    @property
-    def above_high_watermark(self) -> bool:
-        return not self.done and self._client.connection.above_high_watermark
-
-    # Connection facts (for stream info / access logs) ---------------------------
-
-    @property
-    def connection_id(self) -> int:
-        return self._client.connection.id
-
-    @property
-    def local_address(self) -> tuple[Any, ...] | None:
-        return self._client.connection.local_address
-
-    @property
-    def ssl(self) -> Any:
-        """The upstream connection's SslConnectionInfo (None: plaintext)."""
-        return self._client.connection.ssl
+    # Protocol facts (the rest is ConnectionStreamEncoder's) -------------------------
 
     @property
     def protocol(self) -> None:
         """No HTTP upstream: %UPSTREAM_PROTOCOL% is ``-``, as Envoy logs it."""
         return None
-
-    def _detach(self) -> None:
-        self.done = True
-        while self._read_disabled:
-            self._read_disabled -= 1
-            self._client.connection.read_disable(False)
 
 
 class _UpstreamReader(ReadFilter):
