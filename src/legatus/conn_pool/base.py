@@ -49,7 +49,8 @@ from legatus.conn_pool import (
     PoolFailureReason,
     PoolStateError,
 )
-from legatus.network.filter import ConnectionEvent
+from legatus.network.connection import connect_failure_reason
+from legatus.network.filter import CloseType, ConnectionEvent
 from legatus.upstream.host import Host
 
 log = logging.getLogger("legatus.pool")
@@ -172,6 +173,23 @@ class ActiveClient:
     def new_stream_encoder(self, decoder: Any) -> Any:
         """Start a stream whose response goes to ``decoder``; returns its request encoder."""
         raise NotImplementedError
+
+    # For clients over one upstream ``connection`` opened by a ``PendingConnect`` kept in
+    # ``_connecting``: the connect's outcome (Envoy: a failed connect is a remote close, with
+    # the transport failure reason the pool reports to the waiting streams).
+
+    def _on_connect_done(self, error: BaseException | None) -> None:
+        """PendingConnect's outcome (never called after close() cancelled it)."""
+        self._connecting = None
+        if error is None:
+            self._on_connected()
+            return
+        self._failure_reason = connect_failure_reason(error)
+        self.remote_closed = True
+        self.connection.close(CloseType.NO_FLUSH)
+
+    def _on_connected(self) -> None:
+        self.pool.on_connection_event(self, ConnectionEvent.CONNECTED)
 
 
 class ConnectionStreamEncoder:

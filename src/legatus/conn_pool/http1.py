@@ -53,7 +53,7 @@ from legatus.http.http1.events import (
     ResponseHeaders,
     ResponseTrailers,
 )
-from legatus.network.connection import Connection, PendingConnect, connect_failure_reason
+from legatus.network.connection import Connection, PendingConnect
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.upstream.host import Host
 
@@ -256,18 +256,6 @@ class Http1ActiveClient(ActiveClient):
     def new_stream_encoder(self, decoder: Any) -> RequestEncoder:
         stream = self.stream = RequestEncoder(self, decoder)
         return stream
-
-    # Connecting ------------------------------------------------------------------
-
-    def _on_connect_done(self, error: BaseException | None) -> None:
-        """PendingConnect's outcome (never called after close() cancelled it)."""
-        self._connecting = None
-        if error is None:
-            self.pool.on_connection_event(self, ConnectionEvent.CONNECTED)
-            return
-        self._failure_reason = connect_failure_reason(error)
-        self.remote_closed = True  # Envoy: a failed connect is a remote close
-        self.connection.close(CloseType.NO_FLUSH)
 
     # Reading ---------------------------------------------------------------------
 

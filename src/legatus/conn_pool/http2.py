@@ -61,7 +61,7 @@ from legatus.http.http2.connection import CodecError
 from legatus.http.http2.settings import Http2Settings
 from legatus.http.http2.stats import LazyCodecStats
 from legatus.http.http2.stream import ResetReason
-from legatus.network.connection import Connection, PendingConnect, connect_failure_reason
+from legatus.network.connection import Connection, PendingConnect
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.upstream.host import Host
 
@@ -219,22 +219,17 @@ class Http2ActiveClient(ActiveClient):
 
     # Connecting ---------------------------------------------------------------------
 
-    def _on_connect_done(self, error: BaseException | None) -> None:
-        """PendingConnect's outcome (never called after close() cancelled it)."""
-        self._connecting = None
-        if error is None:
-            self.flush()  # the preface and our SETTINGS
-            self._schedule_keepalive()
-            self.pool.on_connection_event(self, ConnectionEvent.CONNECTED)
-            early, self._early = self._early, []
-            for data in early:
-                if self.closed:
-                    break
-                self._dispatch(data)
-            return
-        self._failure_reason = connect_failure_reason(error)
-        self.remote_closed = True  # Envoy: a failed connect is a remote close
-        self.connection.close(CloseType.NO_FLUSH)
+    def _on_connected(self) -> None:
+        """Connected (ActiveClient._on_connect_done): our preface and SETTINGS go out, then
+        what the server sent meanwhile is read."""
+        self.flush()
+        self._schedule_keepalive()
+        self.pool.on_connection_event(self, ConnectionEvent.CONNECTED)
+        early, self._early = self._early, []
+        for data in early:
+            if self.closed:
+                break
+            self._dispatch(data)
 
     # Sending (the streams call these) ---------------------------------------------------
 

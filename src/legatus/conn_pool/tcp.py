@@ -29,7 +29,7 @@ from typing import Any
 from legatus.conn_pool import PoolContext, ResponseDecoder, StreamResetReason
 from legatus.conn_pool.base import ActiveClient, ConnectionStreamEncoder, ConnPool
 from legatus.http.headers import HeaderMap
-from legatus.network.connection import Connection, PendingConnect, connect_failure_reason
+from legatus.network.connection import Connection, PendingConnect
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.upstream.host import Host
 
@@ -112,7 +112,7 @@ class TcpActiveClient(ActiveClient):
         self.id = connection.id
         self.connection = connection
         self.stream: TcpStreamEncoder | None = None
-        self._remote_closed = False
+        self.remote_closed = False
         self._closed = False
         self._failure_reason = ""
         connection.add_read_filter(_UpstreamReader(self))
@@ -151,18 +151,6 @@ class TcpActiveClient(ActiveClient):
         stream = self.stream = TcpStreamEncoder(self, decoder)
         return stream
 
-    # Connecting ------------------------------------------------------------------
-
-    def _on_connect_done(self, error: BaseException | None) -> None:
-        """PendingConnect's outcome (never called after close() cancelled it)."""
-        self._connecting = None
-        if error is None:
-            self.pool.on_connection_event(self, ConnectionEvent.CONNECTED)
-            return
-        self._failure_reason = connect_failure_reason(error)
-        self._remote_closed = True  # Envoy: a failed connect is a remote close
-        self.connection.close(CloseType.NO_FLUSH)
-
     # Data --------------------------------------------------------------------------
 
     def write(self, data: bytes, end_stream: bool) -> None:
@@ -196,7 +184,7 @@ class TcpActiveClient(ActiveClient):
     def on_event(self, event: ConnectionEvent) -> None:
         if self._closed or event is ConnectionEvent.CONNECTED:
             return
-        if self._remote_closed:
+        if self.remote_closed:
             event = ConnectionEvent.REMOTE_CLOSE
         self._closed = True
         stream = self.stream
