@@ -147,7 +147,16 @@ class HeaderBlockEncoder:
 
     def encode(self, fields) -> bytes:
         """``fields``: (name, value) str pairs, names lower-case. Raises ``ValueError`` for a
-        value that is not latin-1 (a filter put something there no codec can send)."""
+        name or value that is not latin-1 (a filter put something there no codec can send),
+        before anything of the block changes the dynamic table: a half-encoded block would
+        leave our table ahead of the peer's."""
+        for name, value in fields:
+            if not (value.isascii() and name.isascii()):
+                try:
+                    name.encode("latin-1")
+                    value.encode("latin-1")
+                except UnicodeEncodeError:
+                    raise ValueError(f"header {name!r} is not latin-1") from None
         out = bytearray()
         if self._size_update is not None:
             out += _integer(self._size_update, 5, 0x20)

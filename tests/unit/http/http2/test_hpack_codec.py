@@ -69,11 +69,20 @@ def test_names_go_out_lower_case():
     assert decoded(decoder, HeaderBlockEncoder().encode([("X-Custom", "A")])) == [("x-custom", "A")]
 
 
-def test_a_value_that_is_not_latin1_is_refused():
+def test_a_value_that_is_not_latin1_is_refused_before_the_table_changes():
+    """A refused block must leave the encoder's table as the peer's: nothing of it went out."""
     import pytest
 
+    encoder = HeaderBlockEncoder()
+    decoder = hpack.Decoder()
     with pytest.raises(ValueError):
-        HeaderBlockEncoder().encode([("x-a", "snow \u2603")])
+        encoder.encode([("x-new", "indexed first"), ("x-a", "snow \u2603")])
+    with pytest.raises(ValueError):
+        encoder.encode([("x-other", "v"), ("x-\u2603", "name")])
+    assert decoded(decoder, encoder.encode(RESPONSE)) == RESPONSE
+    fields = [("x-new", "indexed first"), ("x-other", "v")]
+    assert decoded(decoder, encoder.encode(fields)) == fields
+    assert decoded(decoder, encoder.encode(fields)) == fields
 
 
 def test_the_decoder_cache_follows_the_table():
