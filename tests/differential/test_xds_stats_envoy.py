@@ -20,8 +20,6 @@ those scopes, timestamps and histograms included (``update_time``, ``config_relo
 ``update_duration``), so a stat one side has and the other lacks shows.
 ``test_what_the_steps_show`` checks on Envoy's side that the steps reach what they are meant
 to (so a change of the scenario that no longer does fails there).
-``listener_manager.listener_create_success`` is left out: a listener manager stat legatus
-does not keep yet, not a subscription's.
 """
 
 from __future__ import annotations
@@ -76,7 +74,7 @@ MANAGER = tuple(
 ) + tuple(
     f"listener_manager.{s}"
     for s in ("listener_added", "listener_modified", "listener_removed",
-              "listener_in_place_updated")
+              "listener_in_place_updated", "listener_create_success")
 )  # fmt: skip
 FETCH_TIMEOUT = "0.5s"
 

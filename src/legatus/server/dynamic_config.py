@@ -171,7 +171,7 @@ class DynamicConfig:
         loop: asyncio.AbstractEventLoop,
         cluster_manager,
         route_providers: RouteConfigProviderManager,
-        broadcast: Callable[[Any], None],
+        broadcast: Callable[[Any], int | None],
         circuit_breakers: Callable[[], Any],
         compile_listener: Callable[[Any, str], Any] | None = None,
         static_listeners: dict[str, tuple[str, int]] | None = None,

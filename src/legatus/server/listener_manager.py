@@ -94,7 +94,7 @@ class LdsApi:
         *,
         compile: Callable[[Any, str], ListenerConfig],
         routes_ready: Callable[[ListenerConfig], Any],
-        broadcast: Callable[[Any], None],
+        broadcast: Callable[[Any], int | None],
         static: dict[str, tuple[str, int]],
         stats,
         drain_time: float,
@@ -253,8 +253,9 @@ class LdsApi:
             self._count_drain(old, in_place=in_place)
         if not entry.config.reuse_port:
             entry.sock.listen(entry.config.backlog)
-        self.broadcast(control.AddListener(listener=entry.socket_message(),
-                                           drain_time=self.drain_time))  # fmt: skip
+        workers = self.broadcast(control.AddListener(listener=entry.socket_message(),
+                                                     drain_time=self.drain_time))  # fmt: skip
+        self.stats.listener_create_success.add(workers or 0)  # Envoy: per worker it reaches
         self._set_gauges()
 
     def remove_listener(self, name: str) -> bool:

@@ -546,8 +546,10 @@ class Server:
                     self.cluster_manager.on_immediate_health_check_fail(cluster, address)
         elif isinstance(message, control.Ready):
             log.debug("worker %d (pid %d) is ready", handle.index, message.pid)
-            # Envoy counts each listener added to each worker.
-            self.listener_manager_stats.listener_create_success.add(len(self.compiled.listeners))
+            # Envoy counts each listener added to each worker (LDS ones after: ListenerManager).
+            lds = self.dynamic.lds if self.dynamic is not None else None
+            count = len(self.compiled.listeners) + len(lds.listeners if lds else ())
+            self.listener_manager_stats.listener_create_success.add(count)
             if not handle.ready.done():
                 handle.ready.set_result(None)
         elif isinstance(message, control.Failed) and not handle.ready.done():
@@ -579,14 +581,18 @@ class Server:
         del self.workers[handle.index]
         self._spawn_worker(handle.index)
 
-    def _broadcast(self, message: Any) -> None:
+    def _broadcast(self, message: Any) -> int:
+        """Send ``message`` to every worker; returns how many it went to."""
         # A listener that shares the main process's listening socket: the socket goes first.
         fd = message.listener.inherited_fd if isinstance(message, control.AddListener) else None
+        sent = 0
         for w in self.workers.values():
             if w.channel is not None:
                 if fd is not None:
                     self._pass_socket(w, fd)
                 w.channel.send(message)
+                sent += 1
+        return sent
 
     def _on_hosts(self, cluster: str, hosts: tuple[HostConfig, ...]) -> None:
         if self.workers:
