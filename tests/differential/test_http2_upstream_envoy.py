@@ -449,6 +449,21 @@ def test_goaway_from_the_upstream(pair):
     assert_same(run(pair, GOAWAY, traffic, retries=True))
 
 
+MALFORMED = scenario("malformed")
+
+
+def test_a_malformed_response_fails_the_upstream_connection(pair):
+    """Envoy's codec ends the connection (not only the stream) on a malformed response: the
+    client gets the protocol-error 502, and the next request a new upstream connection."""
+
+    def traffic(side, name):
+        return [view(side.request(name, "GET", "/first")),
+                view(side.request(name, "GET", "/bad?malformed=1")),
+                view(side.request(name, "GET", "/after"))]  # fmt: skip
+
+    assert_same(run(pair, MALFORMED, traffic))
+
+
 CLOSE = scenario("close")
 
 

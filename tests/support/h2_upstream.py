@@ -18,6 +18,7 @@ string of ``:path``:
 - ``goaway=LAST``: send GOAWAY(LAST, NO_ERROR) on receiving the head (streams after LAST
   are ignored: the client must take them as refused), then answer if this one is <= LAST;
 - ``close=1``: send the head and some body, then close the TCP connection;
+- ``malformed=1``: a response head with an upper-case header name (a malformed response);
 - ``garbage=1``: send bytes that are not HTTP/2 frames (``garbage=after`` with ``rst``: right
   after the RST_STREAM).
 
@@ -270,6 +271,13 @@ class _Connection(asyncio.Protocol):
             trailers.append(("x-trailer", "yes"))
         trailers += [(f"x-request-trailer-{k}", v) for k, v in request.trailers]
         try:
+            if query.get("malformed") == "1":  # an upper-case name: RFC 9113 8.2.1 malformed
+                config = self.conn.config
+                config.validate_outbound_headers = config.normalize_outbound_headers = False
+                self.conn.send_headers(sid, [*headers, ("X-Upper", "1")], end_stream=True)
+                config.validate_outbound_headers = config.normalize_outbound_headers = True
+                self.flush()
+                return
             if "rst" in query:
                 after = int(query.get("after", "0"))
                 if after >= 0:

@@ -138,7 +138,14 @@ class ClientConnection(Http2Connection):
             self._close_stream(stream)
 
     def _refuse(self, stream: Stream, rejection: Rejection) -> None:
+        """A malformed response: by default the whole connection fails, as Envoy's codec
+        (its streams reset as protocol errors: the router's 502 UPE; checked against Envoy
+        1.40); with ``stream_error_on_invalid_http_messaging`` only this stream."""
         getattr(self.stats, rejection.stat).inc()
+        if rejection.rst_code is None and not self.settings.stream_error_on_invalid_http_messaging:
+            self._fail("The user callback function failed", f.PROTOCOL_ERROR,
+                       details=rejection.details)  # fmt: skip
+            return
         code = f.PROTOCOL_ERROR if rejection.rst_code is None else rejection.rst_code
         self._reset(stream, code, ResetReason.PROTOCOL_ERROR, rejection.details)
 

@@ -108,8 +108,20 @@ def test_goaway_refuses_the_streams_past_its_last_id():
     assert not pair.conn.can_open_stream
 
 
-def test_a_malformed_response_resets_only_its_stream():
+def test_a_malformed_response_fails_the_connection_as_envoys_codec_does():
     pair = ClientPair()
+    pair.server.config.validate_outbound_headers = False
+    pair.server.config.normalize_outbound_headers = False
+    open_request(pair)
+    pair.exchange()
+    pair.server.send_headers(1, [(":status", "200"), ("Bad", "1")])
+    pair.exchange()
+    assert pair.error is not None and pair.error.details == "http2.invalid.header.field"
+    assert pair.counter("rx_messaging_error") == 1
+
+
+def test_a_malformed_response_resets_only_its_stream_when_configured():
+    pair = ClientPair(Http2Settings(stream_error_on_invalid_http_messaging=True))
     pair.server.config.validate_outbound_headers = False
     pair.server.config.normalize_outbound_headers = False
     _, decoder = open_request(pair)
