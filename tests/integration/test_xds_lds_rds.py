@@ -266,7 +266,13 @@ def test_a_listener_warming_for_its_routes_shows_in_init_dump(tmp_path):
         proxy = start_proxy(bootstrap(xds.port, False), tmp_path, wait_live=False)
         try:
             wait_for(lambda: proxy.admin("/ready") == (503, "INITIALIZING\n"), what="init")
-            status, body = proxy.admin("/init_dump")
+            # INITIALIZING comes before LDS brings the listener: wait for it to show.
+            status, body = wait_for(
+                lambda: (
+                    (answer := proxy.admin("/init_dump"))[1].strip() not in ("{}", "") and answer
+                ),
+                what="an unready target in /init_dump",
+            )
             dump = json.loads(body)["unready_targets_dumps"]
             assert status == 200 and len(dump) == 1
             assert dump[0]["name"].startswith("init manager Listener-local-init-manager http ")
