@@ -9,7 +9,6 @@ package) that keeps the request's header list in order and answers SERVING.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import struct
 import subprocess
@@ -21,13 +20,10 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
-import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tests.integration.test_health_checking import flags
 from tests.support.process import envoy_command, legatus_command, start_proxy, wait_for
-
-pytestmark = pytest.mark.skipif(shutil.which("envoy") is None, reason="needs the real Envoy")
 
 HTTP2 = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

@@ -4,15 +4,9 @@ health flags, and the ``health_check.*``, ``outlier_detection.*`` and membership
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
-
 from tests.integration.test_health_checking import bootstrap, cluster, flags, http_check
 from tests.support.health_upstream import HealthUpstream
 from tests.support.process import envoy_command, legatus_command, start_proxy, wait_for
-
-pytestmark = pytest.mark.skipif(shutil.which("envoy") is None, reason="needs the real Envoy")
 
 OUTLIER = {"consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "2s"}
 CHECK = http_check(

@@ -694,10 +694,10 @@ def sds_sides(tmp_path_factory):
         "tls_certificate": {"certificate_chain": {"filename": str(files.server[0])},
                             "private_key": {"filename": str(files.server[1])}}}]}))  # fmt: skip
     out = {}
-    try:
-        for name, command in (("envoy", envoy_command()), ("legatus", None)):
-            proxy = start_proxy(sds_bootstrap(files, sds), base / name, command=command,
-                                args=["--concurrency", "1"])  # fmt: skip
+    for name, command in (("envoy", envoy_command()), ("legatus", None)):
+        proxy = start_proxy(sds_bootstrap(files, sds), base / name, command=command,
+                            args=["--concurrency", "1"])  # fmt: skip
+        try:
             port = proxy.listener_port("sds")
             conn = socket.create_connection(("127.0.0.1", port), timeout=5)
             ctx = _client(files)
@@ -708,10 +708,9 @@ def sds_sides(tmp_path_factory):
             status, body = proxy.admin("/certs")
             assert status == 200
             out[name] = {"certs": json.loads(body), "stats": proxy.stats()}
+        finally:
             proxy.stop()
-        yield out
-    finally:
-        pass
+    yield out
 
 
 def _cert_entries(doc: dict) -> list[str]:

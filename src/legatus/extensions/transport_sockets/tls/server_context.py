@@ -91,4 +91,4 @@ class ServerContext:
         return self.config.common.certificates[index].leaf
 
     def on_handshake(self, sock: SslSocket) -> None:
-        pass
+        """Nothing to keep: resumption state is the client context's (remember_session)."""
