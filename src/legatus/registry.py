@@ -155,6 +155,24 @@ class Registry:
             )
         return extension, _unpack(extension, full_name, payload, config_path)
 
+    def create(self, category: Category, entry: Any, context: Any, path: str) -> Any:
+        """Build the extension a ``{name, typed_config}`` entry (a filter, a transport
+        socket...) names: ``resolve``, its config checked against the proto's constraints,
+        then its factory with ``context``. ``path`` is where the entry sits."""
+        from legatus.config.validate import validate_message
+
+        extension, config = self.resolve(
+            category,
+            name=entry.name,
+            typed_config=entry.typed_config if entry.HasField("typed_config") else None,
+            path=path,
+        )
+        config_path = join_path(path, "typed_config")
+        errors = validate_message(config, config_path)
+        if errors:
+            raise errors[0]
+        return extension.factory(config, context, config_path)
+
 
 def _typed_struct(typed_config: AnyProto, path: str) -> tuple[str, dict]:
     cls = message_class(type_name(typed_config.type_url))

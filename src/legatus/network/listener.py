@@ -217,18 +217,7 @@ def compile_listener(proto: Listener, context: FactoryContext, path: str) -> Lis
 def _compile_listener_filter(proto, context: FactoryContext, path: str):
     """One ``listener_filters`` entry: its factory (``envoy.filters.listener.*``)."""
     check_supported(proto, _SUPPORTED_LISTENER_FILTER, path, "ListenerFilter")
-    extension, config = context.registry.resolve(
-        Category.LISTENER_FILTER,
-        name=proto.name,
-        typed_config=proto.typed_config if proto.HasField("typed_config") else None,
-        path=path,
-    )
-    from legatus.config.validate import validate_message
-
-    errors = validate_message(config, f"{path}.typed_config")
-    if errors:
-        raise errors[0]
-    return extension.factory(config, context, f"{path}.typed_config")
+    return context.registry.create(Category.LISTENER_FILTER, proto, context, path)
 
 
 def _compile_chain(chain, context: FactoryContext, path: str) -> FilterChainConfig:
@@ -283,18 +272,7 @@ def _compile_transport_socket(proto, context: FactoryContext, path: str) -> Any:
     """A filter chain's ``transport_socket`` (TLS; raw_buffer gives None): an extension
     legatus does not have is refused with its name, type URL and path."""
     check_supported(proto, ("name", "typed_config"), path, "TransportSocket")
-    extension, config = context.registry.resolve(
-        Category.TRANSPORT_SOCKET_DOWNSTREAM,
-        name=proto.name,
-        typed_config=proto.typed_config if proto.HasField("typed_config") else None,
-        path=path,
-    )
-    from legatus.config.validate import validate_message
-
-    errors = validate_message(config, f"{path}.typed_config")
-    if errors:
-        raise errors[0]
-    return extension.factory(config, context, f"{path}.typed_config")
+    return context.registry.create(Category.TRANSPORT_SOCKET_DOWNSTREAM, proto, context, path)
 
 
 def in_place_update(old: Listener, new: Listener) -> bool:

@@ -35,19 +35,9 @@ class _CompileOnly:
 def compile_cluster_transport_socket(proto, path: str) -> Any:
     """The compiled ``Cluster.transport_socket`` (a frozen ClientTlsConfig), or None."""
     from legatus.config.supported import check_supported
-    from legatus.config.validate import validate_message
 
     check_supported(proto, ("name", "typed_config"), path, "TransportSocket")
-    extension, config = _registry().resolve(
-        Category.TRANSPORT_SOCKET_UPSTREAM,
-        name=proto.name,
-        typed_config=proto.typed_config if proto.HasField("typed_config") else None,
-        path=path,
-    )
-    errors = validate_message(config, f"{path}.typed_config")
-    if errors:
-        raise errors[0]
-    factory = extension.factory(config, _CompileOnly(), f"{path}.typed_config")
+    factory = _registry().create(Category.TRANSPORT_SOCKET_UPSTREAM, proto, _CompileOnly(), path)
     return None if factory is None else factory.config
 
 
