@@ -54,6 +54,10 @@ class State(enum.Enum):
     CLOSED = 3
 
 
+_OPEN = State.OPEN
+_ENDED = frozenset((State.CLOSING, State.CLOSED))
+_STOP = FilterStatus.STOP_ITERATION
+
 _ids = itertools.count()  # one sequence for downstream and upstream, from 0, as Envoy's
 
 
@@ -130,11 +134,11 @@ class Connection(asyncio.Protocol):
     def _iterate(self, start: int, data: bytes | None, end_stream: bool) -> None:
         filters = self.read_filters
         for i in range(start, len(filters)):
-            if self.state is State.CLOSED or self.state is State.CLOSING:
+            if self.state in _ENDED:
                 return
             f = filters[i]
             status = f.on_new_connection() if data is None else f.on_data(data, end_stream)
-            if status is FilterStatus.STOP_ITERATION:
+            if status is _STOP:
                 if data is None:
                     self._stopped_at = i
                 return
@@ -174,24 +178,32 @@ class Connection(asyncio.Protocol):
         crosses its watermarks. Both give back this connection's share when it closes."""
         self._rx_gauge = rx
         self._tx_gauge = tx
+        self._last_read = 0  # the gauge holds none of what was read before
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_received += len(data)
-        rx = self._rx_gauge
-        if rx is not None:
-            rx.add(len(data) - self._last_read)
-            self._last_read = len(data)
+        n = len(data)
+        self.bytes_received += n
+        if n != self._last_read:  # (the gauge moves by the difference only)
+            rx = self._rx_gauge
+            if rx is not None:
+                rx.add(n - self._last_read)
+            self._last_read = n
         if self._stopped_at is not None:
             # Keep reading while the chain waits (so a reset is seen at once), holding
             # up to the buffer limit; past it, stop reading until the chain continues.
             self._held.append((data, False))
             before = self._held_bytes
-            self._held_bytes += len(data)
+            self._held_bytes += n
             if before <= self.buffer_limit < self._held_bytes:
                 self.read_disable(True)
             return
         try:
-            self._iterate(0, data, False)
+            filters = self.read_filters
+            if len(filters) == 1:  # the common chain (one terminal filter): no loop
+                if self.state not in _ENDED:
+                    filters[0].on_data(data, False)
+            else:
+                self._iterate(0, data, False)
         except Exception:
             # A bug, never traffic: the connection goes, the worker stays.
             log.exception("[C%d] error while processing data; closing the connection", self.id)
@@ -247,11 +259,12 @@ class Connection(asyncio.Protocol):
     # Connection API ----------------------------------------------------------
 
     def write(self, data: bytes, end_stream: bool = False) -> None:
-        if self.state is not State.OPEN or self.write_ended:
+        if self.state is not _OPEN or self.write_ended:
             return
-        for f in self.write_filters:
-            if f.on_write(data, end_stream) is FilterStatus.STOP_ITERATION:
-                return
+        if self.write_filters:
+            for f in self.write_filters:
+                if f.on_write(data, end_stream) is _STOP:
+                    return
         self.raw_write(data, end_stream)
 
     def raw_write(self, data: bytes, end_stream: bool) -> None:
@@ -280,7 +293,7 @@ class Connection(asyncio.Protocol):
         if pending is None:
             return
         self._pending = None
-        if self.state is State.OPEN:
+        if self.state is _OPEN:
             self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[union-attr]
 
     def close(self, close_type: CloseType = CloseType.FLUSH_WRITE, *, remote: bool = False) -> None:

@@ -14,9 +14,9 @@ docs/cross-worker-stats.md for the semantics the admin endpoints expose.
 
 from __future__ import annotations
 
-import bisect
 import enum
 import math
+from bisect import bisect_left as _bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -52,30 +52,49 @@ class Kind(enum.Enum):
 
 
 class Counter:
-    """A monotonically increasing count. ``pending`` is what a flush has not sent yet."""
+    """A monotonically increasing count.
 
-    __slots__ = ("hidden", "name", "pending", "used", "value")
+    A counter is its ``value``: what a flush has not sent yet is ``value - flushed``, and it
+    counts as used once it moved. So ``counter.value += 1`` is the whole of ``inc()``, and the
+    request path spells it that way where a call would cost more than the increment.
+    """
+
+    __slots__ = ("_used", "flushed", "hidden", "name", "value")
     kind = Kind.COUNTER
 
     def __init__(self, name: str) -> None:
         self.hidden = False
         self.name = name
         self.value = 0
-        self.pending = 0
-        self.used = False
+        self.flushed = 0
+        self._used = False
+
+    @property
+    def used(self) -> bool:
+        return self._used or self.value != 0
+
+    @used.setter
+    def used(self, used: bool) -> None:
+        self._used = used
 
     def inc(self) -> None:
         self.value += 1
-        self.pending += 1
-        self.used = True
 
     def add(self, amount: int) -> None:
         self.value += amount
-        self.pending += amount
-        self.used = True
+        self._used = True  # an add of 0 marks it used too, as Envoy's
+
+    def take_pending(self) -> int:
+        """What changed since the previous call (a worker's flush)."""
+        pending = self.value - self.flushed
+        self.flushed = self.value
+        return pending
 
     def reset(self) -> None:
+        if self.value:
+            self._used = True
         self.value = 0
+        self.flushed = 0
 
 
 class Gauge:
@@ -130,19 +149,19 @@ class Histogram:
     """
 
     __slots__ = (
+        "_used",
         "bounds",
         "counts",
+        "flushed_count",
+        "flushed_counts",
+        "flushed_sum",
         "hidden",
         "max",
         "min",
         "name",
-        "pending_count",
-        "pending_counts",
-        "pending_sum",
         "sample_count",
         "sample_sum",
         "unit",
-        "used",
     )
     kind = Kind.HISTOGRAM
 
@@ -156,27 +175,48 @@ class Histogram:
         self.sample_sum = 0.0
         self.min = math.inf
         self.max = -math.inf
-        self.pending_counts: list[int] | None = None
-        self.pending_count = 0
-        self.pending_sum = 0.0
-        self.used = False
+        # What the previous flush had sent (see take_pending); a flush sends the difference.
+        self.flushed_counts: list[int] | None = None
+        self.flushed_count = 0
+        self.flushed_sum = 0.0
+        self._used = False
+
+    @property
+    def used(self) -> bool:
+        return self._used or self.sample_count != 0
+
+    @used.setter
+    def used(self, used: bool) -> None:
+        self._used = used
 
     def record(self, value: float) -> None:
-        index = bisect.bisect_left(self.bounds, value)
-        self.counts[index] += 1
+        self.counts[_bisect_left(self.bounds, value)] += 1
         self.sample_count += 1
         self.sample_sum += value
         if value < self.min:
             self.min = value
         if value > self.max:
             self.max = value
-        pending = self.pending_counts
-        if pending is None:
-            pending = self.pending_counts = [0] * len(self.counts)
-        pending[index] += 1
-        self.pending_count += 1
-        self.pending_sum += value
-        self.used = True
+
+    def take_pending(self) -> FlushedHistogram | None:
+        """The samples recorded since the previous call (a worker's flush), or None."""
+        if self.sample_count == self.flushed_count:
+            return None
+        counts = self.counts
+        before = self.flushed_counts
+        pending = FlushedHistogram(
+            counts=list(counts)
+            if before is None
+            else [a - b for a, b in zip(counts, before, strict=True)],
+            count=self.sample_count - self.flushed_count,
+            sum=self.sample_sum - self.flushed_sum,
+            min=self.min,
+            max=self.max,
+        )
+        self.flushed_counts = list(self.counts)
+        self.flushed_count = self.sample_count
+        self.flushed_sum = self.sample_sum
+        return pending
 
     def merge(
         self,
@@ -195,7 +235,12 @@ class Histogram:
         self.used = True
 
     def reset(self) -> None:
+        if self.sample_count:
+            self._used = True
         self.counts = [0] * (len(self.bounds) + 1)
+        self.flushed_counts = None
+        self.flushed_count = 0
+        self.flushed_sum = 0.0
         self.sample_count = 0
         self.sample_sum = 0.0
         self.min = math.inf
@@ -361,25 +406,15 @@ class Store:
         used: list[str] = []
         for stat in self._stats.values():
             if isinstance(stat, Counter):
-                if stat.pending:
-                    counters[stat.name] = stat.pending
-                    stat.pending = 0
+                if stat.value != stat.flushed:
+                    counters[stat.name] = stat.take_pending()
             elif isinstance(stat, Gauge):
                 if stat.dirty:
                     gauges[stat.name] = stat.value
                     stat.dirty = False
             elif isinstance(stat, Histogram):
-                if stat.pending_counts is not None:
-                    histograms[stat.name] = FlushedHistogram(
-                        counts=stat.pending_counts,
-                        count=stat.pending_count,
-                        sum=stat.pending_sum,
-                        min=stat.min,
-                        max=stat.max,
-                    )
-                    stat.pending_counts = None
-                    stat.pending_count = 0
-                    stat.pending_sum = 0.0
+                if stat.sample_count != stat.flushed_count:
+                    histograms[stat.name] = stat.take_pending()
             elif stat.dirty:
                 texts[stat.name] = stat.value
                 stat.dirty = False
