@@ -21,9 +21,9 @@ bookkeeping. ``m[name] = value`` and ``del m[name]`` stay the dict's, in C, beca
 and ``add`` store through it several times a request (overriding either one routes both
 through Python, which costs more than the C ``get`` saves): they equal ``set`` and
 ``remove`` only while no name repeats, so code outside this module calls those.
-Iterating a map gives its names, each once. A codec decodes a block into a plain dict and
-hands it over with ``adopt`` (one C-level copy, no per-header method call), or into a map it
-seeded itself (no copy at all).
+Iterating a map gives its names, each once. A codec decodes a block into a map it seeded
+itself (no copy at all), or into a plain dict it hands over with ``adopt`` (one C-level copy,
+no per-header method call).
 """
 
 from __future__ import annotations
@@ -70,21 +70,16 @@ class HeaderMap(dict):
 
     def __len__(self) -> int:
         """The number of entries (a repeated name counts each time)."""
-        entries = self._entries
-        return _dict_len(self) if entries is None else len(entries)
+        return _dict_len(self) if self._entries is None else len(self._entries)
 
     def items(self) -> Iterator[tuple[str, str]]:  # type: ignore[override]
         """Every (name, value), in Envoy's order (see module doc)."""
-        entries = self._entries
-        if entries is None:
-            return iter(_dict_items(self))
-        return iter(entries)
+        return iter(_dict_items(self) if self._entries is None else self._entries)
 
     @property
     def has_repeats(self) -> bool:
         """Some name has more than one value (a codec then joins the ones it reads)."""
-        entries = self._entries
-        return entries is not None and len(entries) != _dict_len(self)
+        return self._entries is not None and len(self._entries) != _dict_len(self)
 
     def names(self) -> Iterable[str]:
         return _dict_keys(self)
@@ -97,20 +92,19 @@ class HeaderMap(dict):
 
     def add(self, name: str, value: str) -> None:
         """Append an entry (the name may already be present)."""
-        entries = self._entries
-        if entries is None:
+        if self._entries is None:
             if name not in self:
                 self[name] = value
                 return
-            entries = self._entries = list(_dict_items(self))
+            self._entries = list(_dict_items(self))
         elif name not in self:
             self[name] = value
-        entries.append((name, value))
+        self._entries.append((name, value))
 
     def set(self, name: str, value: str) -> None:
         """Replace the first value of ``name`` in place (appending if absent); drop the rest."""
-        entries = self._entries
-        if entries is not None:
+        if self._entries is not None:
+            entries = self._entries
             if name in self:
                 first = True
                 out = []
@@ -146,12 +140,11 @@ class HeaderMap(dict):
     def remove_all(self, names: Set[str]) -> None:
         """``remove`` each of ``names``: for fixed lists of names, most often all absent, which
         one C-level set check finds."""
-        if names.isdisjoint(self):
-            return
-        for name in names.intersection(self):
-            _dict_pop(self, name)
-        if self._entries is not None:
-            self._entries = [e for e in self._entries if e[0] not in names]
+        if not names.isdisjoint(self):
+            for name in names.intersection(self):
+                _dict_pop(self, name)
+            if self._entries is not None:
+                self._entries = [e for e in self._entries if e[0] not in names]
 
     def remove_prefix(self, prefix: str) -> None:
         for name in [n for n in self if n.startswith(prefix)]:

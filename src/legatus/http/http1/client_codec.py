@@ -56,7 +56,6 @@ from legatus.http.http1.events import (
 from legatus.http.http1.stream_encoder import StreamEncoder, encode_head
 
 MAX_RESPONSE_HEADERS_KB = 80  # Envoy's default (the vanilla http_parser limit)
-_BODILESS_METHODS = frozenset(("GET", "HEAD", "DELETE", "TRACE", "CONNECT"))
 _UPSTREAM_ERROR = 502
 _STATUS_TEXT = {code: str(code) for code in range(100, 600)}
 
@@ -64,18 +63,23 @@ _STATUS_TEXT = {code: str(code) for code in range(100, 600)}
 class _Phase(enum.IntEnum):
     """Where the exchange is (an IntEnum: cheap to compare and hash)."""
 
-    IDLE = 0  # no request outstanding
+    IDLE = 0  # no request outstanding (a message llhttp begins now is extraneous data)
     WAITING = 1  # request sent, response head not complete
     FOLD = 2  # response head with obs-fold: buffered whole, then unfolded and re-parsed
     BODY = 3  # response head done, body being read
     TUNNEL = 4  # upgrade / CONNECT: raw bytes
-    DONE = 5  # response complete within the current feed
-    CLOSED = 6  # error or EOF: the connection is not reusable
+    CLOSED = 5  # error or EOF: the connection is not reusable
 
 
 # The members as module globals: reading a member through its enum class runs Python code in
 # 3.11 (about ten times a global's cost), and the codec tests its phase several times a feed.
-_IDLE, _WAITING, _FOLD, _BODY, _TUNNEL, _DONE, _CLOSED = _Phase
+_IDLE, _WAITING, _FOLD, _BODY, _TUNNEL, _CLOSED = _Phase
+# The phases in which response bytes go to llhttp (or, for FOLD, are buffered to unfold).
+_READING = frozenset((_WAITING, _FOLD, _BODY))
+_HEAD_PENDING = frozenset((_WAITING, _FOLD))
+# Final statuses whose response may carry a body (llhttp reads any three digits).
+_BODY_STATUSES = frozenset(range(200, 1000)) - {204, 304}
+_new_map = dict.__new__
 
 
 class ClientCodec(c.MessageDecoder):
@@ -100,7 +104,6 @@ class ClientCodec(c.MessageDecoder):
         "_phase",
         "_ready",
         "_refolded",
-        "_reusable",
         "_until_eof",
         "_upgrade_request",
     )
@@ -118,8 +121,10 @@ class ClientCodec(c.MessageDecoder):
             enable_trailers=enable_trailers,
         )
         self._phase = _IDLE
-        self._parser: HttpResponseParser | None = None
-        self._parser_clean = False  # the parser ended a message cleanly: it can take the next
+        self._parser = HttpResponseParser(self)
+        self._parser.set_dangerous_leniencies(**c.LENIENCIES)
+        # The parser can take the next message (False once it was stopped inside one).
+        self._parser_clean = True
         self._encoder = StreamEncoder(trailers_enabled=enable_trailers)
         self._out: list[ClientEvent] = []
         self._body: list[bytes] = []
@@ -129,8 +134,7 @@ class ClientCodec(c.MessageDecoder):
         self._upgrade_request = False
         self._informational = False
         self._until_eof = False
-        self._keep_alive = True
-        self._reusable = True
+        self._keep_alive = True  # of the last response: with the phase, whether reusable
         self._fed: list[bytes] = []
         self._heads = 0
         self._head_raw = 0
@@ -142,50 +146,30 @@ class ClientCodec(c.MessageDecoder):
         """Start a request; raises ``ValueError`` for a head no codec can write."""
         if self._phase is not _IDLE:
             raise ValueError(f"a request is already outstanding ({self._phase.name})")
-        get = headers.get
-        method = get(":method")
-        path = get(":path")
+        method = headers.get(":method")
+        path = headers.get(":path")
         connect = method == "CONNECT"
         if not method or (path is None and not connect):
             raise ValueError(":method and :path must be specified")
-        connection = get("connection")
-        upgrade = (
-            connection is not None and "upgrade" in headers and c.has_token(connection, "upgrade")
-        )
-        target = get(":authority", "") if connect else path
-        encoder = self._encoder  # one per connection: reset for this request
-        encoder.done = False
-        framing = encoder.framing(
-            headers,
-            status=None,
-            end_stream=end_stream,
-            chunking_disabled=connect or upgrade,
-            bodiless_request=method in _BODILESS_METHODS,
-        )
+        upgrade = "upgrade" in headers and c.has_token(headers.get("connection"), "upgrade")
+        target = headers.get(":authority", "") if connect else path
+        framing = self._encoder.request_framing(headers, end_stream, connect or upgrade, method)
         head = encode_head(f"{method} {target} HTTP/1.1", headers, framing)
-        # A new exchange (inlined: once a request).
+        # A new exchange (inlined: once a request). What a complete response leaves as the
+        # next one needs it is not reset here: no informational or ready head, no read to
+        # EOF, nothing fed, no error, no collected header.
         self._phase = _WAITING
         self._head_request = method == "HEAD"
         self._connect = connect
         self._upgrade_request = upgrade
-        self._informational = False
-        self._until_eof = False
-        self._ready = None
-        self._reusable = False
-        if self._fed:
-            self._fed = []
-        self._heads = 0
-        self._head_raw = 0
+        self._heads = self._head_raw = 0
         self._refolded = False
-        self._error = None
-        self._items.clear()
-        self._size = 0
-        if self._parser_clean:
-            # llhttp is back at the start of a message after a complete keep-alive response.
-            self._parser_clean = False
-        else:
+        if not self._parser_clean:
+            # llhttp was stopped inside the last response (HEAD): a fresh parser. Otherwise it
+            # is back at the start of a message after a complete keep-alive response.
             self._parser = HttpResponseParser(self)
             self._parser.set_dangerous_leniencies(**c.LENIENCIES)
+            self._parser_clean = True
         return head
 
     def encode_data(self, data: bytes, end_stream: bool) -> bytes:
@@ -199,12 +183,8 @@ class ClientCodec(c.MessageDecoder):
     @property
     def reusable(self) -> bool:
         """After a complete response: another request may use this connection."""
-        return (
-            self._phase is _IDLE
-            and self._reusable
-            and not self._upgrade_request
-            and not self._connect
-        )
+        tunnel_request = self._upgrade_request or self._connect
+        return self._phase is _IDLE and self._keep_alive and not tunnel_request
 
     @property
     def tunnel_request(self) -> bool:
@@ -219,53 +199,63 @@ class ClientCodec(c.MessageDecoder):
 
     def feed(self, data: bytes) -> list[ClientEvent]:
         out = self._out = []
+        if self._phase not in _READING or not data:
+            return self._feed_not_reading(data)
+        if self._phase is _FOLD:
+            self._unfold_and_parse(data)
+        else:
+            self._parse(data)
+            if self._phase is _FOLD:
+                self._unfold_and_parse(b"")  # (the head as far as fed: see _on_parse_error)
+        if self._body:
+            self._flush_body()
+        if self._phase in _HEAD_PENDING:
+            return out  # the head is not complete: what was fed of it stays
+        if self._fed:
+            self._fed = []
+        return out
+
+    def _feed_not_reading(self, data: bytes) -> list[ClientEvent]:
+        """``feed`` with no response being read: a tunnel's bytes, or nothing to parse."""
+        out = self._out
         phase = self._phase
         if not data or phase is _CLOSED:
             return out
         if phase is _TUNNEL:
             out.append(ResponseData(data=data, end_stream=False))
             return out
-        if phase is _IDLE:
-            # Bytes with no request outstanding: left over from the last response, or not a
-            # response to anything.
-            self._error_event(c.EXTRANEOUS_DATA if self._heads else c.PREMATURE_RESPONSE)
-            return out
-        while data:
-            if self._phase is _FOLD:
-                data = self._unfold(data)
-            else:
-                self._parse(data)
-                data = self._unfold(b"") if self._phase is _FOLD else b""
-        if self._body:
-            self._flush_body()
-        phase = self._phase
-        if phase is _DONE:
-            self._phase = _IDLE
-        elif phase is _WAITING or phase is _FOLD:
-            return out
-        if self._fed:
-            self._fed = []
+        # _IDLE: bytes with no request outstanding: left over from the last response, or not
+        # a response to anything.
+        self._error_event(c.EXTRANEOUS_DATA if self._heads else c.PREMATURE_RESPONSE)
         return out
 
     def _parse(self, data: bytes) -> None:
-        parser = self._parser
-        assert parser is not None
-        if self._phase is _WAITING:
-            self._fed.append(data)  # where the head ends (_after_head), or to unfold it
+        # What was fed while waiting for the head is kept (``_fed``) to find where the head
+        # ends (_after_head) or to unfold it: ``data`` joins it when llhttp stopped, or when
+        # the head is still not complete.
+        waiting = self._phase is _WAITING
         try:
-            parser.feed_data(data)
+            self._parser.feed_data(data)
         except HttpParserUpgrade as e:
             self._after_head(data, e.args[0])
         except HttpParserError as e:
+            if waiting:
+                self._fed.append(data)
             if isinstance(e.__context__, _StopAtHead):
                 self._after_head(data, None)
             else:
                 self._on_parse_error(e)
         else:
             if self._phase is _WAITING:
+                self._fed.append(data)
                 self._head_raw += len(data)
                 if self._head_raw > self._max_size:
                     self._error_event(c.HEADERS_TOO_LARGE)
+
+    def _unfold_and_parse(self, data: bytes) -> None:
+        data = self._unfold(data)
+        if data:
+            self._parse(data)  # the unfolded head (a second fold is an error: _refolded)
 
     def _unfold(self, data: bytes) -> bytes:
         """Obs-fold in the (first) response head: buffer it whole, unfold, parse it again."""
@@ -285,7 +275,6 @@ class ClientCodec(c.MessageDecoder):
         self._refolded = True
         self._fed = []
         self._items.clear()
-        self._size = 0
         self._parser = HttpResponseParser(self)
         self._parser.set_dangerous_leniencies(**c.LENIENCIES)
         return split[0] + split[1]
@@ -298,7 +287,6 @@ class ClientCodec(c.MessageDecoder):
             out.append(ResponseData(data=b"".join(self._body), end_stream=True))
             self._body.clear()
         self._phase = _CLOSED
-        self._reusable = False
         return out
 
     def _flush_body(self) -> None:
@@ -333,7 +321,6 @@ class ClientCodec(c.MessageDecoder):
 
     def _close(self) -> None:
         self._phase = _CLOSED
-        self._reusable = False
 
     def _after_head(self, data: bytes, offset: int | None) -> None:
         """llhttp stopped after a head (HEAD, CONNECT 2xx, 101): what follows it."""
@@ -356,47 +343,48 @@ class ClientCodec(c.MessageDecoder):
     # Parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._phase is _DONE:
+        if self._phase is _IDLE:
             raise c.Abort()  # extraneous data after the response
-        self._items.clear()
-        self._size = 0
 
     def on_headers_complete(self) -> None:
-        parser = self._parser
-        assert parser is not None
-        status = parser.get_status_code()
-        headers = self._decode_block({":status": _STATUS_TEXT.get(status) or str(status)}, 0)
+        status = self._parser.get_status_code()
+        seed = _new_map(HeaderMap)  # filled in place by _decode_block (no dict to copy)
+        seed._entries = None
+        seed[":status"] = _STATUS_TEXT.get(status) or str(status)
+        headers = self._decode_block(seed, 0)
         self._heads += 1
-        http10 = parser.get_http_version() != "1.1"
-        get = headers.get
-        transfer_encoding = (
-            c.joined(headers, "transfer-encoding") if headers.has_repeats
-            else get("transfer-encoding")
-        )  # fmt: skip
-        content_length = get("content-length")
-        if (
-            content_length is not None
-            and transfer_encoding is None
-            and status >= 200
-            and status != 204
-            and status != 304
-            and content_length != "0"
-            and not self._head_request
-            and not self._connect
-        ):
+        http10 = self._parser.get_http_version() != "1.1"
+        content_length = headers.get("content-length")
+        framed = content_length is not None and content_length != "0" and status in _BODY_STATUSES
+        plain = headers is seed and "transfer-encoding" not in headers  # (seed: no repeats)
+        if framed and plain and not self._head_request and not self._connect:
             # The common response: a body framed by content-length, nothing to reject, no
             # tunnel. What the general path below decides for it, with fewer tests.
             if http10 or "connection" in headers or "proxy-connection" in headers:
                 keep_alive = not c.should_close_connection(http10, headers)
             else:
                 keep_alive = True
-            self._until_eof = False
-            self._keep_alive = keep_alive
+            self._keep_alive = keep_alive  # (_until_eof stays False)
             self._phase = _BODY
-            self._out.append(
-                ResponseHeaders(headers, False, keep_alive, False, HTTP_10 if http10 else HTTP_11)
-            )
-            return
+            protocol = HTTP_10 if http10 else HTTP_11
+            self._out.append(ResponseHeaders(headers, False, keep_alive, False, protocol))
+        else:
+            self._on_headers_checked(headers, headers is not seed, status, http10, content_length)
+
+    def _on_headers_checked(
+        self,
+        headers: HeaderMap,
+        repeated: bool,
+        status: int,
+        http10: bool,
+        content_length: str | None,
+    ) -> None:
+        """``on_headers_complete`` past the common response: Envoy's checks, 1xx, tunnels,
+        bodiless responses and responses read to the close."""
+        get = headers.get
+        transfer_encoding = (
+            c.joined(headers, "transfer-encoding") if repeated else get("transfer-encoding")
+        )
         if status < 200 or status == 204:
             if transfer_encoding is not None:
                 raise self._fail(_UPSTREAM_ERROR, c.TRANSFER_ENCODING_NOT_ALLOWED)
@@ -441,6 +429,7 @@ class ClientCodec(c.MessageDecoder):
                 protocol=protocol,
             ))  # fmt: skip
             if not upgrade:  # llhttp does not know the request was CONNECT
+                self._parser_clean = False
                 raise _StopAtHead()
             return
         if no_body:
@@ -448,7 +437,8 @@ class ClientCodec(c.MessageDecoder):
             if self._head_request:
                 # llhttp cannot be told the request was HEAD: stop it at the end of the head.
                 self._out.append(event)
-                self._finish()
+                self._phase = _IDLE  # (reusable with _keep_alive)
+                self._parser_clean = False
                 raise _StopAtHead()
             self._ready = event
         else:
@@ -459,18 +449,32 @@ class ClientCodec(c.MessageDecoder):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._informational or self._phase is _TUNNEL or self._items:
+            self._on_message_complete_other()
+            return
+        ready = self._ready
+        if ready is None:
+            body = self._body
+            self._out.append(ResponseData(b"".join(body) if body else b"", True))
+            body.clear()
+        else:
+            self._out.append(ready)
+            self._ready = None
+        self._phase = _IDLE  # (reusable with _keep_alive)
+
+    def _on_message_complete_other(self) -> None:
+        """``on_message_complete`` of a 1xx, in a tunnel, or with trailers."""
         if self._informational:
             self._informational = False
             return
         if self._phase is _TUNNEL:
             return
-        out = self._out
         trailers = None
-        if self._items:
-            if self._enable_trailers:
-                trailers = self._decode_block({}, 0)
-            else:
-                self._items.clear()
+        if self._enable_trailers:
+            trailers = self._decode_block(HeaderMap(), 0)
+        else:
+            self._items.clear()
+        out = self._out
         if self._ready is not None:
             out.append(self._ready)
             self._ready = None
@@ -481,13 +485,7 @@ class ClientCodec(c.MessageDecoder):
             body = self._body
             out.append(ResponseData(b"".join(body) if body else b"", True))
             body.clear()
-        self._phase = _DONE  # _finish, inlined: once a response
-        self._reusable = self._keep_alive
-        self._parser_clean = True
-
-    def _finish(self) -> None:
-        self._phase = _DONE
-        self._reusable = self._keep_alive
+        self._phase = _IDLE
 
 
 class _StopAtHead(Exception):

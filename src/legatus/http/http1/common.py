@@ -57,9 +57,24 @@ EMPTY_TE_ERROR = "Empty Transfer-Encoding"
 # Bytes that are not control characters (CR and LF are framing, not content).
 _NOT_CONTROL = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _OWS = frozenset(b" \t")
+_dict_len = dict.__len__
+_dict_items = dict.items
 
 _NAME_CACHE_MAX = 4096
-_NAMES: dict[bytes, str] = {}
+
+
+class _NameCache(dict):
+    """Raw header name -> its lower-case ``str``: ``cache[raw]`` is one C-level lookup for a
+    spelling seen before; a new one is decoded by ``__missing__`` and kept (up to a bound)."""
+
+    def __missing__(self, raw: bytes) -> str:
+        name = raw.decode("latin-1").lower()
+        if len(self) < _NAME_CACHE_MAX:
+            self[raw] = name
+        return name
+
+
+_NAMES = _NameCache()
 for _name in (
     "Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language", "Connection",
     "Content-Length", "Content-Type", "Transfer-Encoding", "Cookie", "Set-Cookie", "Date",
@@ -69,16 +84,6 @@ for _name in (
 ):  # fmt: skip
     for _variant in (_name, _name.lower()):
         _NAMES[_variant.encode()] = _name.lower()
-
-
-def decode_name(raw: bytes) -> str:
-    """A header name, lower-cased, decoded once (raw spellings are cached, up to a bound)."""
-    name = _NAMES.get(raw)
-    if name is None:
-        name = raw.decode("latin-1").lower()
-        if len(_NAMES) < _NAME_CACHE_MAX:
-            _NAMES[raw] = name
-    return name
 
 
 def has_control_characters(data: bytes) -> bool:
@@ -160,7 +165,6 @@ class MessageDecoder:
         "_items",
         "_max_count",
         "_max_size",
-        "_size",
         "_underscores",
     )
 
@@ -180,7 +184,6 @@ class MessageDecoder:
         )
         self._error: ProtocolError | None = None
         self._items: list[tuple[bytes, bytes]] = []
-        self._size = 0
 
     def _fail(self, status: int, details: str) -> Abort:
         if self._error is None:
@@ -192,69 +195,50 @@ class MessageDecoder:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._items.append((name, value))
 
-    def _decode_block(self, values: dict[str, str], size: int) -> HeaderMap:
-        """The collected pairs added to ``values`` (the pseudo-headers the codec puts first;
-        a plain dict, or a HeaderMap without repeats, which is then filled and returned), as
-        a HeaderMap; ``size`` is what the block already counts (the request line). Raises
+    def _decode_block(self, headers: HeaderMap, size: int) -> HeaderMap:
+        """The collected pairs added to ``headers`` (a new map without repeats: the
+        pseudo-headers the codec puts first, or nothing), which is returned; when a name
+        repeats, a new map is returned instead (so ``result is headers`` tells a codec that no
+        name repeats). ``size`` is what the block already counts (the request line). Raises
         ``Abort`` (with the error set) on a limit or policy."""
-        items = self._items
         if self._underscores is not None:
-            return self._decode_block_checked(dict(values), size)
-        names = _NAMES
-        seeded = len(values)
-        first_size = size
-        for name, value in items:
-            key = names.get(name)
-            if key is None:
-                key = decode_name(name)
-            if value and value[-1] in _OWS:
-                value = value.rstrip(b" \t")
-            size += len(name) + len(value) + 4
-            if key in values:
-                # A repeated name: the rare case, built entry by entry to keep each value at
-                # its own position (Envoy's order), from the codec's seed on.
-                seed = list(dict.items(values))[:seeded]
-                return self._decode_block_ordered(HeaderMap(seed), first_size)
-            values[key] = value.decode("latin-1")
-        added = len(items)
-        items.clear()
-        # A map seeded by the codec is filled in place (no copy into a new map).
-        headers = values if type(values) is HeaderMap else HeaderMap.adopt(values)
-        self._size = size
-        if size > self._max_size:
-            raise self._fail(self._limit_status, HEADERS_TOO_LARGE)
-        if added > self._max_count:
-            raise self._fail(self._limit_status, TOO_MANY_HEADERS)
-        return headers
-
-    def _decode_block_ordered(self, headers: HeaderMap, size: int) -> HeaderMap:
-        """``_decode_block`` for a block with a repeated name: every entry added in order."""
+            return self._decode_block_checked(headers, size)
         items = self._items
-        add = headers.add
+        expected = _dict_len(headers) + len(items)  # entries, unless a name repeats
         for name, value in items:
             if value and value[-1] in _OWS:
                 value = value.rstrip(b" \t")
             size += len(name) + len(value) + 4
-            add(decode_name(name), value.decode("latin-1"))
-        added = len(items)
+            headers[_NAMES[name]] = value.decode("latin-1")  # (a repeat is caught below)
+        if _dict_len(headers) != expected or size > self._max_size or len(items) > self._max_count:
+            headers = self._decode_block_end(headers, expected, size)
         items.clear()
-        self._size = size
-        if size > self._max_size:
-            raise self._fail(self._limit_status, HEADERS_TOO_LARGE)
-        if added > self._max_count:
-            raise self._fail(self._limit_status, TOO_MANY_HEADERS)
         return headers
 
-    def _decode_block_checked(self, values: dict[str, str], size: int) -> HeaderMap:
+    def _decode_block_end(self, headers: HeaderMap, expected: int, size: int) -> HeaderMap:
+        """The end of ``_decode_block`` past the common block: a limit exceeded (``Abort``), or
+        a repeated name. Then a new map is built entry by entry, to keep each value at its
+        own position (Envoy's order), from the entries the codec put first on."""
+        items = self._items
+        if size > self._max_size or len(items) > self._max_count:
+            details = HEADERS_TOO_LARGE if size > self._max_size else TOO_MANY_HEADERS
+            items.clear()
+            raise self._fail(self._limit_status, details)
+        ordered = HeaderMap(list(_dict_items(headers))[: expected - len(items)])
+        add = ordered.add
+        for name, value in items:
+            add(_NAMES[name], value.rstrip(b" \t").decode("latin-1"))
+        return ordered
+
+    def _decode_block_checked(self, headers: HeaderMap, size: int) -> HeaderMap:
         """``_decode_block`` with a headers-with-underscores policy other than ALLOW."""
         items = self._items
         underscores = self._underscores
-        headers = HeaderMap.adopt(values)
         add = headers.add
         added = 0
         rejected_at = -1  # position (among added headers) of the first one with "_"
         for name, value in items:
-            key = decode_name(name)
+            key = _NAMES[name]
             if value and value[-1] in _OWS:
                 value = value.rstrip(b" \t")
             size += len(name) + len(value) + 4
@@ -265,7 +249,6 @@ class MessageDecoder:
             add(key, value.decode("latin-1"))
             added += 1
         items.clear()
-        self._size = size
         if size > self._max_size:
             raise self._fail(self._limit_status, HEADERS_TOO_LARGE)
         # Envoy checks header by header, underscores before the count: the first error wins.
@@ -273,4 +256,5 @@ class MessageDecoder:
             raise self._fail(self._policy_status, UNEXPECTED_UNDERSCORE)
         if added > self._max_count:
             raise self._fail(self._limit_status, TOO_MANY_HEADERS)
-        return headers
+        # A new map when a name repeats, as _decode_block returns.
+        return headers.copy() if headers.has_repeats else headers

@@ -23,7 +23,8 @@ class _Event:
     """Value semantics for the events: equal when of the same class with equal fields.
 
     Events are built once or twice per request, so they are plain slotted classes with a
-    positional ``__init__`` (keywords work too): a frozen dataclass sets each field through
+    positional ``__init__`` (keywords work too) that sets its fields in one or two tuple
+    assignments (not a statement per field): a frozen dataclass sets each field through
     ``object.__setattr__``, several times slower. Nobody mutates an event after building it.
     """
 
@@ -70,20 +71,15 @@ class RequestHeaders(_Event):
         upgrade: bool = False,
         protocol: str = HTTP_11,
     ) -> None:
-        self.headers = headers
-        self.end_stream = end_stream
-        self.keep_alive = keep_alive
-        self.expect_continue = expect_continue
-        self.upgrade = upgrade
-        self.protocol = protocol
+        self.headers, self.end_stream, self.keep_alive = headers, end_stream, keep_alive
+        self.expect_continue, self.upgrade, self.protocol = expect_continue, upgrade, protocol
 
 
 class RequestData(_Event):
     __slots__ = _FIELDS = ("data", "end_stream")
 
     def __init__(self, data: bytes, end_stream: bool) -> None:
-        self.data = data
-        self.end_stream = end_stream
+        self.data, self.end_stream = data, end_stream
 
 
 class RequestTrailers(_Event):
@@ -120,19 +116,15 @@ class ResponseHeaders(_Event):
         upgrade: bool = False,
         protocol: str = HTTP_11,
     ) -> None:
-        self.headers = headers
-        self.end_stream = end_stream
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
-        self.protocol = protocol
+        self.headers, self.end_stream, self.keep_alive = headers, end_stream, keep_alive
+        self.upgrade, self.protocol = upgrade, protocol
 
 
 class ResponseData(_Event):
     __slots__ = _FIELDS = ("data", "end_stream")
 
     def __init__(self, data: bytes, end_stream: bool) -> None:
-        self.data = data
-        self.end_stream = end_stream
+        self.data, self.end_stream = data, end_stream
 
 
 class ResponseTrailers(_Event):

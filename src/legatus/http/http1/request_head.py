@@ -27,22 +27,28 @@ _HOST_CHARS = frozenset(
 _AUTHORITY_OK = str.maketrans(
     "", "", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!$%&'()*+,-.:;=@[]_~"
 )
-_VALID_AUTHORITIES: set[str] = set()  # authorities already checked (bounded)
 _CONNECTION_NOMINATIONS_MAX = 10
 # Connection values that nominate no header (sanitize_connection would leave them as they are).
 NOTHING_NOMINATED = frozenset(("keep-alive", "close", "upgrade"))
 _TE_MAX = 256
 
 
-def authority_is_valid(authority: str) -> bool:
-    """``HeaderUtility::authorityIsValid``; answers are cached (bounded) per authority."""
-    if authority in _VALID_AUTHORITIES:
+class _AuthorityCheck(dict):
+    """``HeaderUtility::authorityIsValid`` as a mapping, ``AUTHORITY_IS_VALID[authority]``: one
+    C-level lookup for an authority found valid before (kept, up to a bound), ``__missing__``
+    checks the others."""
+
+    __slots__ = ()
+
+    def __missing__(self, authority: str) -> bool:
+        if authority.translate(_AUTHORITY_OK):
+            return False
+        if len(self) < 1024:
+            self[authority] = True
         return True
-    if authority.translate(_AUTHORITY_OK):
-        return False
-    if len(_VALID_AUTHORITIES) < 1024:
-        _VALID_AUTHORITIES.add(authority)
-    return True
+
+
+AUTHORITY_IS_VALID = _AuthorityCheck()
 
 
 def balsa_url_ok(url: str) -> bool:

@@ -74,6 +74,7 @@ from legatus.http.http1.settings import DEFAULT_SETTINGS, Http1Settings
 from legatus.http.http1.stream_encoder import Exchange, ResponseEncoder
 
 _new_map = dict.__new__
+_dict_pop = dict.pop
 
 
 class _In(enum.IntEnum):
@@ -90,6 +91,13 @@ class _In(enum.IntEnum):
 # The members as module globals: reading a member through its enum class runs Python code in
 # 3.11 (about ten times a global's cost), and the codec tests its state several times a request.
 _IDLE, _HEAD, _FOLD, _BODY, _TUNNEL, _CLOSED = _In
+# The states in which bytes do not go to llhttp.
+_NOT_PARSED = frozenset((_FOLD, _TUNNEL, _CLOSED))
+# Headers whose presence takes a request head off the common path (no body, no upgrade, no
+# Connection or Expect to act on): see on_headers_complete.
+_NOT_PLAIN = frozenset(
+    ("connection", "content-length", "expect", "proxy-connection", "transfer-encoding", "upgrade")
+)
 
 # The one transition table of the request stream (``ServerCodec._enter``).
 _TRANSITIONS: dict[_In, frozenset[_In]] = {
@@ -103,13 +111,19 @@ _TRANSITIONS: dict[_In, frozenset[_In]] = {
 
 
 class ServerCodec(c.MessageDecoder):
-    """The downstream side of one HTTP/1 connection (see module doc)."""
+    """The downstream side of one HTTP/1 connection (see module doc).
+
+    ``encode_headers(headers, end_stream)``, ``encode_data(data, end_stream)`` and
+    ``encode_trailers(trailers)`` return the bytes of the response to the oldest unanswered
+    request (1xx heads may precede it): the connection's ResponseEncoder's methods, bound
+    once (no forwarding call per response). ``paused``: parsing stops after a request (see
+    module doc) until ``resume()``; read it, do not set it.
+    """
 
     __slots__ = (
         "_body",
         "_boundary",
         "_buffer_limit",
-        "_completed_in_feed",
         "_exchange",
         "_fold_buf",
         "_head_chunks",
@@ -118,7 +132,6 @@ class ServerCodec(c.MessageDecoder):
         "_msg_start_known",
         "_out",
         "_parser",
-        "_paused",
         "_pending",
         "_pending_size",
         "_raw_left",
@@ -130,6 +143,10 @@ class ServerCodec(c.MessageDecoder):
         "_swallow_complete",
         "_tunnel",
         "_url",
+        "encode_data",
+        "encode_headers",
+        "encode_trailers",
+        "paused",
     )
 
     def __init__(self, settings: Http1Settings = DEFAULT_SETTINGS, *, buffer_limit: int = 1 << 20):
@@ -153,14 +170,16 @@ class ServerCodec(c.MessageDecoder):
         self._swallow_complete = False
         self._raw_left = 0
         self._exchange: Exchange | None = None
-        self._responses = ResponseEncoder(enable_trailers=settings.enable_trailers)
-        self._paused = False
+        responses = self._responses = ResponseEncoder(enable_trailers=settings.enable_trailers)
+        self.encode_headers = responses.encode_headers
+        self.encode_data = responses.encode_data
+        self.encode_trailers = responses.encode_trailers
+        self.paused = False
         self._held: deque[ServerEvent] = deque()
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._head_chunks: list[bytes] = []
         self._head_raw = 0
-        self._completed_in_feed = False
         self._msg_start_known = True
         self._fold_buf = b""
         self._refolded = False
@@ -174,71 +193,22 @@ class ServerCodec(c.MessageDecoder):
 
     def feed(self, data: bytes) -> list[ServerEvent]:
         """Parse ``data``; the events of the current request (see module doc on pausing)."""
-        if self._paused:
+        if self.paused:
             if data and self._state is not _CLOSED:
                 self._pending.append(data)
                 self._pending_size += len(data)
             return []
-        return self._dispatch(data)
-
-    def feed_eof(self) -> list[ServerEvent]:
-        """The peer closed its side. Ends a tunnel's stream; otherwise nothing to report."""
-        tunnel = self._state is _TUNNEL
-        self._enter(_CLOSED)
-        return [RequestData(data=b"", end_stream=True)] if tunnel else []
-
-    def pause(self) -> None:
-        """Stop parsing: later bytes are buffered until ``resume()``."""
-        self._paused = True
-
-    def resume(self) -> list[ServerEvent]:
-        """Release the next request: held events first, then buffered bytes."""
-        if not self._paused:
-            return []
-        self._paused = False
-        out: list[ServerEvent] = []
-        held = self._held
-        while held:
-            event = held.popleft()
-            out.append(event)
-            if ends_request(event):
-                self._paused = True
-                return out
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self._pending_size = 0
-            out.extend(self._dispatch(data))
-        return out
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    @property
-    def wants_data(self) -> bool:
-        """False when reading more would only grow the buffer (paused and over the limit), or
-        when nothing more will be parsed."""
-        if self._state is _CLOSED:
-            return False
-        return not (self._paused and self._pending_size >= self._buffer_limit)
-
-    def _dispatch(self, data: bytes) -> list[ServerEvent]:
         out = self._out = []
-        self._boundary = None
-        self._completed_in_feed = False
+        self._boundary = None  # set once a request completes (or fails) in this feed
         while data:
-            state = self._state
-            if state is _TUNNEL:
-                out.append(RequestData(data=data, end_stream=False))
-                break
-            if state is _CLOSED:
-                break
-            if state is _FOLD:
-                data = self._unfold(data)
-                continue
-            if self._raw_left:
-                data = self._raw_body(data)
+            if self._state in _NOT_PARSED or self._raw_left:
+                state = self._state
+                if state is _TUNNEL:
+                    out.append(RequestData(data=data, end_stream=False))
+                    break
+                if state is _CLOSED:
+                    break
+                data = self._unfold(data) if state is _FOLD else self._raw_body(data)
                 continue
             try:
                 self._parser.feed_data(data)
@@ -250,10 +220,14 @@ class ServerCodec(c.MessageDecoder):
                 data = self._on_parse_error(e, data)
                 continue
             if self._state is _HEAD:
-                # A head spanning reads: bound what llhttp and httptools hold for it. When the
-                # head began after another request in this read, only its parsed part counts.
+                # A head spanning reads: bound what llhttp and httptools hold for it (its
+                # bytes so far, or, when it began after another request in this read, its
+                # parsed part).
+                if self._head_chunks or self._msg_start_known:
+                    self._head_raw += len(data)
+                else:
+                    self._head_raw = len(self._url)
                 self._head_chunks.append(data)
-                self._head_raw = self._size if self._head_raw < 0 else self._head_raw + len(data)
                 if self._head_raw > self._max_size:
                     self._error_event(ProtocolError(status=431, details=c.HEADERS_TOO_LARGE))
             break
@@ -262,11 +236,51 @@ class ServerCodec(c.MessageDecoder):
             self._body.clear()
         boundary = self._boundary
         if boundary is not None:
-            self._paused = True
+            self.paused = True
             if boundary < len(out):
                 self._held.extend(out[boundary:])
                 del out[boundary:]
         return out
+
+    def feed_eof(self) -> list[ServerEvent]:
+        """The peer closed its side. Ends a tunnel's stream; otherwise nothing to report."""
+        tunnel = self._state is _TUNNEL
+        self._enter(_CLOSED)
+        return [RequestData(data=b"", end_stream=True)] if tunnel else []
+
+    def pause(self) -> None:
+        """Stop parsing: later bytes are buffered until ``resume()``."""
+        self.paused = True
+
+    def resume(self) -> list[ServerEvent]:
+        """Release the next request: held events first, then buffered bytes."""
+        if not self._held and not self._pending:
+            self.paused = False
+            return []  # the common case: nothing arrived after the request
+        if not self.paused:
+            return []
+        self.paused = False
+        out: list[ServerEvent] = []
+        held = self._held
+        while held:
+            event = held.popleft()
+            out.append(event)
+            if ends_request(event):
+                self.paused = True
+                return out
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            out.extend(self.feed(data))
+        return out
+
+    @property
+    def wants_data(self) -> bool:
+        """False when reading more would only grow the buffer (paused and over the limit), or
+        when nothing more will be parsed."""
+        full = self.paused and self._pending_size >= self._buffer_limit
+        return not full and self._state is not _CLOSED
 
     def _on_parse_error(self, e: HttpParserError, data: bytes) -> bytes:
         """Report the error; or, for an obs-fold in a head whose start is known, switch to
@@ -294,6 +308,7 @@ class ServerCodec(c.MessageDecoder):
                     self._enter(_FOLD)
                     self._fold_buf = b""
                     self._head_chunks = []
+                    self._head_raw = 0
                     return head
                 # Balsa checks the characters of the whole head (up to its empty line, not
                 # what follows it: an HTTP/2 preface's frames) before anything else.
@@ -330,6 +345,7 @@ class ServerCodec(c.MessageDecoder):
             return b""
         self._fold_buf = b""
         self._refolded = True
+        self._items.clear()  # what the refused parse collected
         self._parser = HttpRequestParser(self)
         self._parser.set_dangerous_leniencies(**c.LENIENCIES)
         self._enter(_IDLE)
@@ -359,55 +375,74 @@ class ServerCodec(c.MessageDecoder):
         self._raw_left -= len(piece)
         self._body.append(piece)
         if self._raw_left == 0:
-            self._complete()
+            self.on_message_complete()  # (what llhttp skipped ends here: nothing to swallow)
         return data[len(piece) :]
 
     # Parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         state = self._state
-        if state is _CLOSED:
-            raise c.Abort()
         if state is not _IDLE:
+            if state is _CLOSED:
+                raise c.Abort()
             self._enter(_HEAD)  # refused: a message begins only between requests
         self._state = _HEAD
-        self._msg_start_known = not self._completed_in_feed
-        self._items.clear()
-        self._size = 0
+        # The start of the message is known unless a request completed earlier in this feed.
+        self._msg_start_known = self._boundary is None
         self._url = b""
-        if self._head_chunks:
-            self._head_chunks = []
-        self._head_raw = 0 if self._msg_start_known else -1
-        self._exchange = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._size += len(url)
-        if self._size > self._max_size:
+        if len(self._url) > self._max_size:
             raise self._fail(431, c.HEADERS_TOO_LARGE)
 
     def on_headers_complete(self) -> None:
-        parser = self._parser
-        raw_method = parser.get_method()
+        raw_method = self._parser.get_method()
         method = rh.METHODS.get(raw_method)
         if method is None:
             raise self._fail(400, c.CODEC_ERROR)
-        # The block's size as Balsa counts it: request line (" ", " HTTP/1.1\r\n"), header
-        # lines, the final CRLF. The pseudo-headers come first, in this order.
+        url = self._url.decode("latin-1")
+        # The pseudo-headers come first, in this order (:path and :authority are settled
+        # below). The block's size as Balsa counts it: request line (" ", " HTTP/1.1\r\n"),
+        # header lines, the final CRLF.
         seed = _new_map(HeaderMap)  # filled in place by _decode_block (no dict to copy)
         seed._entries = None
         seed[":method"] = method
-        seed[":path"] = ""
+        seed[":path"] = url
         seed[":authority"] = ""
-        headers = self._decode_block(seed, self._size + len(raw_method) + 14)
+        headers = self._decode_block(seed, len(self._url) + len(raw_method) + 14)
+        http10 = self._parser.get_http_version() != "1.1"
+        plain = headers is seed and _NOT_PLAIN.isdisjoint(headers)  # (seed: no repeats)
+        if plain and not http10 and url[:1] == "/" and method != "CONNECT":
+            # The common request: origin-form, HTTP/1.1, no body, nothing to check but its
+            # authority; the general path below would decide the same, with more tests.
+            host = _dict_pop(headers, "host", None)  # (a map without repeats: dict-level)
+            if host is None:
+                del headers[":authority"]
+            else:
+                headers[":authority"] = host
+                if host and not rh.AUTHORITY_IS_VALID[host]:
+                    raise self._fail(400, c.INVALID_AUTHORITY)
+            exchange = self._exchange = Exchange(False, method == "HEAD", False, True)
+            self._responses.exchanges.append(exchange)
+            self._state = _BODY  # (_enter(_BODY), from _HEAD)
+            if self._head_chunks:
+                self._head_chunks = []
+                self._head_raw = 0
+            self._tunnel = self._swallow_complete = self._refolded = False
+            self._ready = RequestHeaders(headers, True)  # reported once llhttp completes it
+        else:
+            self._on_headers_checked(method, url, headers, headers is not seed, http10)
+
+    def _on_headers_checked(
+        self, method: str, url: str, headers: HeaderMap, repeated: bool, http10: bool
+    ) -> None:
+        """``on_headers_complete`` past the common request: Envoy's checks in Envoy's order."""
         connect = method == "CONNECT"
-        url = self._url.decode("latin-1")
         first = url[:1]
         if not connect and first != "/" and first != "*" and not rh.balsa_url_ok(url):
             raise self._fail(400, c.CODEC_ERROR)
-        http10 = parser.get_http_version() != "1.1"
         get = headers.get
-        repeated = headers.has_repeats
 
         # Upgrade: llhttp's rule is Envoy's (Upgrade + Connection: upgrade, or CONNECT).
         connection = c.joined(headers, "connection") if repeated else get("connection")
@@ -459,17 +494,15 @@ class ServerCodec(c.MessageDecoder):
             headers.set(":authority", host)
         else:
             headers.remove(":authority")
-        if not connect and (first == "/" or (first == "*" and method == "OPTIONS")):
-            headers.set(":path", url)
-        else:
-            self._handle_path(headers, url, connect)
+        if connect or not (first == "/" or (first == "*" and method == "OPTIONS")):
+            self._handle_path(headers, url, connect)  # (:path is the target otherwise)
         if http10:
             if not self._settings.accept_http_10:
                 raise self._fail(426, c.LOW_VERSION)
             if ":authority" not in headers and self._settings.default_host_for_http_10:
                 headers.set(":authority", self._settings.default_host_for_http_10)
         authority = get(":authority")
-        if authority and not rh.authority_is_valid(authority):
+        if authority and not rh.AUTHORITY_IS_VALID[authority]:
             raise self._fail(400, c.INVALID_AUTHORITY)
 
         chunked = transfer_encoding is not None
@@ -488,6 +521,7 @@ class ServerCodec(c.MessageDecoder):
         self._enter(_BODY)
         if self._head_chunks:
             self._head_chunks = []
+            self._head_raw = 0
         self._refolded = False
         has_body = chunked or body_length or tunnel
         event = RequestHeaders(
@@ -508,37 +542,35 @@ class ServerCodec(c.MessageDecoder):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._swallow_complete:
-            return
-        self._complete()
-
-    def _complete(self) -> None:
         """The request is complete: its last event, then the pause at this boundary."""
-        out = self._out
-        trailers = None
-        if self._items:
-            if self._enable_trailers:
-                trailers = self._decode_block({}, 0)
-            else:
-                self._items.clear()  # Envoy ignores trailers unless enabled
-        if self._ready is not None:
-            out.append(self._ready)
+        if self._swallow_complete:
+            return  # (an h2c upgrade's body, which llhttp skips: see _raw_body)
+        ready = self._ready
+        if ready is not None:  # a request without body (no trailers either)
+            self._out.append(ready)
             self._ready = None
-        elif trailers:
-            if self._body:
-                out.append(RequestData(data=b"".join(self._body), end_stream=False))
-                self._body.clear()
-            out.append(RequestTrailers(trailers=trailers))
         else:
-            out.append(RequestData(data=b"".join(self._body), end_stream=True))
-            self._body.clear()
-        exchange = self._exchange
-        assert exchange is not None
+            out = self._out
+            trailers = None
+            if self._items:
+                if self._enable_trailers:
+                    trailers = self._decode_block(HeaderMap(), 0)
+                else:
+                    self._items.clear()  # Envoy ignores trailers unless enabled
+            body = self._body
+            if trailers:
+                if body:
+                    out.append(RequestData(data=b"".join(body), end_stream=False))
+                    body.clear()
+                out.append(RequestTrailers(trailers=trailers))
+            else:
+                out.append(RequestData(data=b"".join(body), end_stream=True))
+                body.clear()
+        exchange = self._exchange  # (set by the head)
         exchange.request_done = True
-        self._completed_in_feed = True
-        self._enter(_IDLE if exchange.keep_alive else _CLOSED)
+        self._state = _IDLE if exchange.keep_alive else _CLOSED  # (_enter, from _BODY)
         if self._boundary is None:
-            self._boundary = len(out)
+            self._boundary = len(self._out)
 
     def _handle_path(self, headers: HeaderMap, url: str, connect: bool) -> None:
         """Envoy's ``handlePath`` for a target that is not origin-form (nor ``*`` for
@@ -568,13 +600,3 @@ class ServerCodec(c.MessageDecoder):
         """The connection must close once the encoded bytes are written (a request or response
         that closes it, a response delimited by the close, an error, an early response)."""
         return self._responses.close
-
-    def encode_headers(self, headers: HeaderMap, end_stream: bool) -> bytes:
-        """The response head for the oldest unanswered request (1xx heads may precede it)."""
-        return self._responses.encode_headers(headers, end_stream)
-
-    def encode_data(self, data: bytes, end_stream: bool) -> bytes:
-        return self._responses.encode_data(data, end_stream)
-
-    def encode_trailers(self, trailers: HeaderMap) -> bytes:
-        return self._responses.encode_trailers(trailers)

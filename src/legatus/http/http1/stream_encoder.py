@@ -32,31 +32,31 @@ CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 _FRAMING_LENGTH_0 = "content-length: 0"
 _FRAMING_CHUNKED = "transfer-encoding: chunked"
+# Methods whose request has no body: a head that ends such a request gets no content-length.
+_BODILESS_METHODS = frozenset(("GET", "HEAD", "DELETE", "TRACE", "CONNECT"))
 
 
 def encode_head(first_line: str, headers: HeaderMap, framing: str) -> bytes:
     """``first_line``, the headers, ``framing`` (a header line or ``""``), each line ended with
     CRLF, then the empty line. Lines are given without their CRLF."""
-    prefixes = _PREFIXES
-    lines = [first_line]
-    append = lines.append
+    # Envoy's :authority is a pseudo-header, so host comes first.
     authority = headers.get(":authority")
-    if authority is not None:  # Envoy's :authority is a pseudo-header, so host comes first
-        append("host: " + authority)
+    lines = [first_line] if authority is None else [first_line, "host: " + authority]
+    append = lines.append
     for name, value in headers.items():
-        prefix = prefixes.get(name)
-        if prefix is None:
-            prefix = _prefix(name)
-        if prefix:
+        if prefix := _PREFIXES.get(name):
             append(prefix + value)
+        elif prefix is None:  # a name not seen before
+            prefix = _prefix(name)
+            if prefix:
+                append(prefix + value)
     if framing:
         append(framing)
     # CR, LF or NUL inside a line would split the message (three memchr over the lines).
     text = "".join(lines)
     if "\r" in text or "\n" in text or "\x00" in text:
         raise ValueError("a header name or value contains CR, LF or NUL")
-    append("")
-    append("")
+    lines += ("", "")  # the head ends with an empty line
     return "\r\n".join(lines).encode("latin1")  # (CPython's fast-path spelling of latin-1)
 
 
@@ -76,58 +76,34 @@ def _prefix(name: str) -> str:
 class StreamEncoder:
     """Body framing of one outgoing message, decided by its head (see module doc)."""
 
-    __slots__ = ("body_allowed", "chunked", "done", "headers_sent", "trailers_enabled")
+    __slots__ = ("body_allowed", "chunked", "done", "trailers_enabled")
 
     def __init__(self, *, trailers_enabled: bool = False) -> None:
-        self.chunked = False
+        self.chunked = self.done = False
         self.body_allowed = True
-        self.done = False
-        self.headers_sent = False
         self.trailers_enabled = trailers_enabled
 
-    def framing(
-        self,
-        headers: HeaderMap,
-        *,
-        status: int | None,
-        end_stream: bool,
-        chunking_disabled: bool = False,
-        connect_response: bool = False,
-        head_response: bool = False,
-        http10: bool = False,
-        bodiless_request: bool = False,
+    def request_framing(
+        self, headers: HeaderMap, end_stream: bool, chunking_disabled: bool, method: str
     ) -> str:
-        """Envoy's ``encodeHeadersBase``: the framing header to add; sets the body state.
-
-        ``status`` is None for a request. ``chunking_disabled``: a CONNECT or upgrade request.
-        ``connect_response``/``head_response``: the response answers CONNECT (2xx) or HEAD.
-        """
-        self.headers_sent = True
+        """Envoy's ``encodeHeadersBase`` for a request: the framing header to add; sets the
+        body state. ``chunking_disabled``: a CONNECT or upgrade request; ``method`` decides
+        whether a head that ends the request says ``content-length: 0``."""
+        self.done = end_stream
         self.chunked = False
-        if end_stream:
-            self.done = True
-        self.body_allowed = not head_response and status != 204 and status != 304
-        if (
-            "content-length" in headers
-            or chunking_disabled
-            or (status is not None and (status < 200 or status == 204 or status == 304))
-        ):
+        if "content-length" in headers or chunking_disabled:
             return ""  # the body (if any) goes as is
-        if end_stream and not head_response:
-            return "" if bodiless_request else _FRAMING_LENGTH_0
-        if http10:
-            return ""  # HTTP/1.0 has no chunking: the body ends when the connection closes
-        upgrade = "upgrade" in headers and has_token(headers.get("connection"), "upgrade")
-        self.chunked = not upgrade and not head_response and not connect_response
-        return "" if connect_response else _FRAMING_CHUNKED
+        if end_stream:
+            return "" if method in _BODILESS_METHODS else _FRAMING_LENGTH_0
+        self.chunked = True  # (an upgrade disables chunking: not one here)
+        return _FRAMING_CHUNKED
 
     def data(self, data: bytes, end_stream: bool) -> bytes:
         if self.done:
             raise ValueError("the message was already complete")
         if not self.body_allowed:
             data = b""
-        if end_stream:
-            self.done = True
+        self.done = end_stream
         if self.chunked:
             if data:
                 out = b"".join((b"%x\r\n" % len(data), data, CRLF))
@@ -153,18 +129,28 @@ class Exchange(StreamEncoder):
 
     __slots__ = ("connect", "head", "http10", "keep_alive", "request_done")
 
-    def __init__(self, *, http10: bool, head: bool, connect: bool, keep_alive: bool) -> None:
+    def __init__(self, http10: bool, head: bool, connect: bool, keep_alive: bool) -> None:
         # StreamEncoder's fields, set here rather than through a second __init__ call.
-        self.chunked = False
+        self.chunked = self.done = self.trailers_enabled = self.request_done = False
         self.body_allowed = True
-        self.done = False
-        self.headers_sent = False
-        self.trailers_enabled = False
-        self.http10 = http10
-        self.head = head
-        self.connect = connect
-        self.keep_alive = keep_alive
-        self.request_done = False
+        self.http10, self.head, self.connect, self.keep_alive = http10, head, connect, keep_alive
+
+    def response_framing(self, headers: HeaderMap, status: int, end_stream: bool) -> str:
+        """Envoy's ``encodeHeadersBase`` for the response: the framing header to add; sets
+        the body state (no body for HEAD, 204, 304; a 2xx to CONNECT opens a tunnel)."""
+        self.done = end_stream
+        self.chunked = False
+        self.body_allowed = not self.head and status != 204 and status != 304
+        if "content-length" in headers or status < 200 or status == 204 or status == 304:
+            return ""  # the body (if any) goes as is
+        if end_stream and not self.head:
+            return _FRAMING_LENGTH_0
+        if self.http10:
+            return ""  # HTTP/1.0 has no chunking: the body ends when the connection closes
+        connect = self.connect and status < 300
+        upgrade = "upgrade" in headers and has_token(headers.get("connection"), "upgrade")
+        self.chunked = not upgrade and not self.head and not connect
+        return "" if connect else _FRAMING_CHUNKED
 
 
 class ResponseEncoder:
@@ -190,31 +176,23 @@ class ResponseEncoder:
             self.expect(Exchange(http10=False, head=False, connect=False, keep_alive=False))
 
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> bytes:
+        """The response head for the oldest unanswered request (1xx heads may precede it)."""
         exchanges = self.exchanges
         exchange = exchanges[0] if exchanges else self._current()
-        status_text = headers.get(":status") or "0"
-        status = _STATUS_CODES.get(status_text)
-        if status is None:
-            status = int(status_text)
         http10 = exchange.http10
-        framing = exchange.framing(
-            headers,
-            status=status,
-            end_stream=end_stream,
-            connect_response=exchange.connect and 200 <= status < 300,
-            head_response=exchange.head,
-            http10=http10,
-        )
-        head = encode_head(_status_line(http10, status), headers, framing)
+        status, status_line = (_STATUS_10 if http10 else _STATUS_11)[headers.get(":status")]
+        framing = exchange.response_framing(headers, status, end_stream)
+        head = encode_head(status_line, headers, framing)
         if status < 200 and status != 101:
             exchange.done = False  # informational: the final response is still to come
             return head
-        connection = headers.get("connection")
-        if (connection is not None and has_token(connection, "close")) or (
-            http10 and not framing and "content-length" not in headers
-            and exchange.body_allowed and not end_stream
-        ):  # fmt: skip
-            self.close = True  # asked for, or the body runs to the close
+        if http10 or "connection" in headers:
+            connection = headers.get("connection")
+            if (connection is not None and has_token(connection, "close")) or (
+                http10 and not framing and "content-length" not in headers
+                and exchange.body_allowed and not end_stream
+            ):  # fmt: skip
+                self.close = True  # asked for, or the body runs to the close
         if end_stream:
             self._done(exchange)
         return head
@@ -224,7 +202,10 @@ class ResponseEncoder:
         exchange = exchanges[0] if exchanges else self._current()
         out = exchange.data(data, end_stream)
         if end_stream:
-            self._done(exchange)
+            # _done, inlined (once a response): the exchange is the oldest one.
+            exchanges.popleft()
+            if not exchange.request_done or not exchange.keep_alive:
+                self.close = True  # an early response, or a request that closes the connection
         return out
 
     def encode_trailers(self, trailers: HeaderMap) -> bytes:
@@ -247,15 +228,26 @@ class ResponseEncoder:
             self.close = True  # an early response, or a request that closes the connection
 
 
-_STATUS_LINES: dict[tuple[bool, int], str] = {}  # (http10, status) -> status line
-_STATUS_CODES = {str(code): code for code in range(100, 600)}  # ":status" -> int, no int()
+_STATUS_MAX = 2048
 
 
-def _status_line(http10: bool, status: int) -> str:
-    line = _STATUS_LINES.get((http10, status))
-    if line is None:
-        version = "HTTP/1.0" if http10 else "HTTP/1.1"
-        line = f"{version} {status} {reason_phrase(status)}"
-        if len(_STATUS_LINES) < 2048:
-            _STATUS_LINES[(http10, status)] = line
-    return line
+class _StatusLines(dict):
+    """``:status`` -> (status code, status line) for one HTTP version: one C-level lookup for a
+    status seen before; ``__missing__`` makes the others (and keeps them, up to a bound)."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def __missing__(self, status_text: str | None) -> tuple[int, str]:
+        # The int of :status (0 without one; a ValueError for a status that is no number).
+        status = int(status_text or "0")
+        known = (status, f"{self.version} {status} {reason_phrase(status)}")
+        if len(self) < _STATUS_MAX:
+            self[status_text] = known
+        return known
+
+
+_STATUS_11 = _StatusLines("HTTP/1.1")
+_STATUS_10 = _StatusLines("HTTP/1.0")

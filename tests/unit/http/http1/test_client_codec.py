@@ -341,3 +341,29 @@ def test_a_repeated_header_keeps_each_value_at_its_place():
         (":status", "200"), ("set-cookie", "a=1"), ("x-up", "1"), ("set-cookie", "b=2"),
         ("content-length", "0"),
     ]  # fmt: skip
+
+
+def test_a_response_after_a_head_response_on_the_same_connection():
+    codec = sent("HEAD")
+    (event,) = codec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert event.end_stream and codec.reusable
+    sent(codec=codec)  # llhttp was stopped at the HEAD response's head: the next one parses
+    events = codec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert events[1] == ResponseData(data=b"ok", end_stream=True)
+    assert codec.reusable
+
+
+def test_bytes_after_a_complete_response_are_extraneous_data():
+    codec = sent()
+    codec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert codec.reusable
+    assert codec.feed(b"HTTP/1.1 200 OK\r\n") == [
+        ProtocolError(status=502, details="http1.extraneous_data")
+    ]
+    assert not codec.reusable
+
+
+def test_a_repeated_header_counts_against_the_limits():
+    codec = sent(codec=ClientCodec(max_response_headers_count=2))
+    events = codec.feed(b"HTTP/1.1 200 OK\r\na: 1\r\na: 2\r\nb: 3\r\n\r\n")
+    assert events == [ProtocolError(status=502, details="http1.too_many_headers")]

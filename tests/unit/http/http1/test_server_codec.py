@@ -611,3 +611,24 @@ def test_a_repeated_request_header_keeps_each_value_at_its_place():
         (":method", "GET"), (":path", "/"), (":authority", "a"), ("x-a", "1"), ("x-a", "3"),
         ("x-b", "2"),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("host", [b"a b", b"a^b", b'a"b'])
+def test_a_host_envoy_refuses_is_a_protocol_error(host):
+    events = ServerCodec().feed(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert events == [ProtocolError(status=400, details="http.invalid_authority")]
+
+
+def test_a_status_that_is_no_number_is_refused():
+    codec = answered()
+    with pytest.raises(ValueError):
+        codec.encode_headers(response((":status", "2xx")), True)
+    head = codec.encode_headers(response((":status", "200")), True)  # nothing was framed
+    assert head == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
+def test_pseudo_headers_and_names_seen_first_by_the_encoder():
+    head = answered().encode_headers(
+        response((":status", "200"), ("x-first-seen-here", "1"), (":other", "x")), True
+    )
+    assert head == b"HTTP/1.1 200 OK\r\nx-first-seen-here: 1\r\ncontent-length: 0\r\n\r\n"
