@@ -30,8 +30,9 @@ completes: at once when its response ends or it is reset, while the connection c
 ``delayed_close_timeout``.
 
 Timers: ``idle_timeout`` (no stream on the connection) and ``stream_idle_timeout`` share one
-timer whose deadline activity moves (see ``set_deadline``), and the router's timeout has one
-re-arming timer per connection (``route_timer``), so a plain request creates no timer.
+timer, armed once per connection, whose deadline activity moves by storing a number (see
+``set_deadline``), and the router's timeout has one re-arming timer per connection
+(``route_timer``), so a plain request creates no timer.
 ``max_connection_duration``, ``request_headers_timeout`` (from the first byte of a request to
 its head), ``request_timeout``, ``max_stream_duration`` and ``drain_timeout`` get timers only
 when configured.
@@ -108,6 +109,7 @@ class ConnectionManager(ReadFilter):
         self.closing = False
         self.codec_read_disabled = False
         self.deadline: float | None = None  # see set_deadline
+        self.tick: float | None = None
         self.timer: Any = None
         self.duration_timer: Any = None
         self.headers_timer: Any = None
@@ -115,8 +117,12 @@ class ConnectionManager(ReadFilter):
         self.drain_timer: Any = None
         self.route_timer: DeadlineTimer | None = None
         self.above_write_watermark = False
+        stats = config.stats.named
         # What a stream counts as its protocol's request (downstream_rq_http1_total here).
-        self.rq_protocol_total = config.stats.named.downstream_rq_http1_total
+        self.rq_protocol_total = stats.downstream_rq_http1_total
+        # Counted on every read and write (``counter.value += n`` is the counter's add).
+        self.rx_bytes_total = stats.downstream_cx_rx_bytes_total
+        self.tx_bytes_total = stats.downstream_cx_tx_bytes_total
 
     # Connection life -------------------------------------------------------------------
 
@@ -135,8 +141,7 @@ class ConnectionManager(ReadFilter):
             stats.downstream_cx_rx_bytes_buffered, stats.downstream_cx_tx_bytes_buffered
         )
         self.started = self.loop.time()
-        if config.idle_timeout:
-            self.set_deadline(config.idle_timeout)
+        self._start_idle_timer()
         if config.max_connection_duration:
             self.duration_timer = self.loop.call_later(
                 config.max_connection_duration, self._on_max_connection_duration
@@ -180,11 +185,11 @@ class ConnectionManager(ReadFilter):
 
     def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
         if data:
-            self.config.stats.named.downstream_cx_rx_bytes_total.add(len(data))
+            self.rx_bytes_total.value += len(data)
             if self.closing:
                 return FilterStatus.STOP_ITERATION  # a delayed close drains what still comes
             codec = self.codec
-            if self.stream is None and not codec.paused:
+            if self.stream is None and self.config.request_headers_timeout:
                 self._start_headers_timer()
             self._dispatch(codec.feed(data))
         if end_stream:
@@ -248,20 +253,29 @@ class ConnectionManager(ReadFilter):
 
     def _dispatch(self, events: list) -> None:
         """Hand the codec's events to the streams. The codec pauses after each request, so
-        one call carries at most one request; the next is released when the stream ends."""
+        one call carries at most one request; the next is released when the stream ends.
+        Then reading follows what the codec wants (``_update_codec_read``, inlined)."""
         for event in events:
             if self.codec is None or self.closing:
                 break
-            self._on_event(event)
-        self._update_codec_read()
+            if type(event) is RequestHeaders:
+                if self.headers_timer is not None:
+                    self._cancel_headers_timer()
+                stream = self.stream = ActiveStream(self, event)
+                timeout = stream.idle_timeout  # stream_idle_timeout from now (set_deadline)
+                self.deadline = stream.info.start_monotonic + timeout if timeout else None
+                stream.decode_headers(event)
+            else:
+                self._on_event(event)
+        codec = self.codec
+        if codec is not None and codec.wants_data == self.codec_read_disabled:
+            self.codec_read_disabled = disabled = not self.codec_read_disabled
+            self.connection.read_disable(disabled)
 
     def _on_event(self, event) -> None:
+        """A codec event other than a request head (``_dispatch`` opens streams)."""
         cls = type(event)
-        if cls is RequestHeaders:
-            self._cancel_headers_timer()
-            self.stream = ActiveStream(self, event)
-            self.stream.decode_headers(event)
-        elif cls is RequestData:
+        if cls is RequestData:
             stream = self.stream
             if stream is not None and not stream.destroyed:
                 stream.decode_data(event.data, event.end_stream)
@@ -278,6 +292,7 @@ class ConnectionManager(ReadFilter):
         stream = self.stream
         if stream is None or stream.destroyed:
             stream = self.stream = ActiveStream(self, None)
+            self.set_deadline(stream.idle_timeout)
         elif stream.response_started:
             self.close(CloseType.FLUSH_WRITE)
             return
@@ -326,14 +341,20 @@ class ConnectionManager(ReadFilter):
             self.stream = None
         if self.codec is None or self.closing or self.connection.state is not State.OPEN:
             return
-        self.set_deadline(self.config.idle_timeout)
-        if self.codec.paused:
-            self.loop.call_soon(self._resume)
+        timeout = self.config.idle_timeout  # idle_timeout from now (see set_deadline)
+        self.deadline = self.loop.time() + timeout if timeout else None
+        self.loop.call_soon(self._resume)  # (a codec that is not paused releases nothing)
 
     def _resume(self) -> None:
         codec = self.codec
         if codec is not None and self.stream is None and not self.closing:
-            self._dispatch(codec.resume())
+            events = codec.resume()
+            if events:
+                self._dispatch(events)
+            elif self.codec_read_disabled:
+                # Nothing released: the codec is not paused (any more), so it wants bytes
+                # unless it is closed, which had disabled reading already.
+                self._update_codec_read()
 
     def _close_after_response(self, *, delay: bool) -> None:
         """Close once the response is written. After a local reply Envoy waits (FlushWrite-
@@ -391,37 +412,64 @@ class ConnectionManager(ReadFilter):
 
     # Timers ----------------------------------------------------------------------------
 
+    def _start_idle_timer(self) -> None:
+        """The idle timer of the connection (see ``set_deadline``), armed once."""
+        config = self.config
+        idle, stream_idle = config.idle_timeout, config.stream_idle_timeout
+        tick = min(idle, stream_idle) if idle and stream_idle else idle or stream_idle
+        if tick:
+            self.tick = tick
+            now = self.loop.time()
+            if idle:
+                self.deadline = now + idle
+            self.timer = self.loop.call_at(now + tick, self._on_timer)
+
     def set_deadline(self, timeout: float | None) -> None:
-        """One timer serves both idle timeouts: the connection's ``idle_timeout`` while no
-        stream is open, the stream's ``stream_idle_timeout`` while one is. Activity only
-        moves the deadline; the timer re-arms itself when it fires early, so the data path
-        never creates a timer."""
+        """The idle deadline is ``timeout`` from now (None or 0: no deadline).
+
+        One timer serves both idle timeouts: the connection's ``idle_timeout`` while no
+        stream is open, the stream's ``stream_idle_timeout`` while one is. It is armed once,
+        at most ``tick`` (the shortest timeout in use) ahead, and re-arms itself the same
+        way each time it fires, so a deadline at least ``tick`` from now is never missed:
+        the request path sets one by storing ``deadline = now + timeout`` itself. This
+        method is for the rest, and for a shorter timeout (a route's ``idle_timeout``),
+        which shortens ``tick``."""
+        now = self.loop.time()
         if not timeout:
             self.deadline = None
             return
-        deadline = self.deadline = self.loop.time() + timeout
+        self.deadline = now + timeout
+        tick = self.tick
+        if tick is None or timeout < tick:
+            self.tick = tick = timeout
         timer = self.timer
-        if timer is None:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-        elif deadline < timer.when():  # sooner than the timer: it must fire earlier
-            timer.cancel()
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+        if timer is None or now + tick < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(now + tick, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
-        deadline = self.deadline
-        if deadline is None or self.connection.state is not State.OPEN:
+        if self.connection.state is not State.OPEN:
             return
-        if self.loop.time() < deadline:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+        loop = self.loop
+        now = loop.time()
+        deadline = self.deadline
+        if deadline is None or now < deadline:
+            at = now + self.tick
+            if deadline is not None and deadline < at:
+                at = deadline
+            self.timer = loop.call_at(at, self._on_timer)
             return
         self.deadline = None
         stream = self.stream
         if stream is not None and not stream.destroyed:
             stream.on_idle_timeout()
-            return
-        self.config.stats.named.downstream_cx_idle_timeout.inc()
-        self.start_drain()
+        else:
+            self.config.stats.named.downstream_cx_idle_timeout.inc()
+            self.start_drain()
+        if self.timer is None and self.connection.state is State.OPEN:
+            self.timer = loop.call_at(loop.time() + self.tick, self._on_timer)
 
     def _on_max_connection_duration(self) -> None:
         self.duration_timer = None
@@ -429,8 +477,10 @@ class ConnectionManager(ReadFilter):
         self.start_drain()
 
     def _start_headers_timer(self) -> None:
+        """request_headers_timeout: from the first byte of a request (not of bytes held while
+        a request is in progress: those of a pipelined one start it when released)."""
         timeout = self.config.request_headers_timeout
-        if timeout and self.headers_timer is None:
+        if timeout and self.headers_timer is None and not self.codec.paused:
             self.headers_timer = self.loop.call_later(timeout, self._on_headers_timeout)
 
     def _cancel_headers_timer(self) -> None:
@@ -442,6 +492,7 @@ class ConnectionManager(ReadFilter):
         self.headers_timer = None
         self.config.stats.named.downstream_rq_header_timeout.inc()
         stream = self.stream = ActiveStream(self, None)
+        self.set_deadline(stream.idle_timeout)
         self.draining = True
         stream.send_reply(ENVOY_LOCAL_REPLIES["request_header_timeout"])
 
@@ -482,9 +533,8 @@ class ActiveStream:
     def __init__(self, manager: ConnectionManager, event: RequestHeaders | None) -> None:
         self.manager = manager
         config = manager.config
-        loop = manager.loop
         conn_info = manager.connection.stream_info
-        info = self.info = StreamInfo(now_monotonic=loop.time())
+        info = self.info = StreamInfo(now_monotonic=manager.loop.time())
         info.connection_id = conn_info.connection_id
         info.downstream_local_address = conn_info.downstream_local_address
         info.downstream_remote_address = conn_info.downstream_remote_address
@@ -493,22 +543,25 @@ class ActiveStream:
         info.requested_server_name = conn_info.requested_server_name
         if event is not None:
             self.request_headers = event.headers
-            protocol = event.protocol
-            if protocol != HTTP_11:
-                self.protocol = protocol
-                self.http10 = protocol == HTTP_10
+            if event.protocol != HTTP_11:
+                self.protocol = event.protocol
+                self.http10 = event.protocol == HTTP_10
             if not event.keep_alive:
                 self.saw_connection_close = True
         info.protocol = self.protocol
         self.watermark_callbacks: list = []
+        # The stream's idle timeout (the manager that made it sets the deadline).
         self.idle_timeout = config.stream_idle_timeout
         self.route_table = config.route_provider.route_table  # kept: updates are for new streams
         stats = config.stats.named
-        stats.downstream_rq_total.inc()
-        manager.rq_protocol_total.inc()
+        stats.downstream_rq_total.value += 1  # (a counter's inc)
+        manager.rq_protocol_total.value += 1
         stats.downstream_rq_active.inc()
         manager.requests += 1
-        manager.set_deadline(self.idle_timeout)
+        if config.request_timeout or config.max_stream_duration:
+            self._start_timers(config, manager.loop)
+
+    def _start_timers(self, config, loop) -> None:
         if config.request_timeout:
             self.request_timer = loop.call_later(config.request_timeout, self._on_request_timeout)
         if config.max_stream_duration:
@@ -527,39 +580,43 @@ class ActiveStream:
         config = manager.config
         headers = event.headers
         end_stream = event.end_stream
-        self.is_head = headers.get(":method") == "HEAD"
+        if headers.get(":method") == "HEAD":
+            self.is_head = True
         max_requests = config.max_requests_per_connection
         if max_requests and manager.requests >= max_requests:
             manager.on_max_requests_reached(self)
-        if end_stream:
-            self._end_decode()
+        info = self.info
+        if end_stream:  # _end_decode, inlined (no response, so no destroy, yet)
+            self.request_complete = True
+            info.last_downstream_rx_byte_received = manager.loop.time()
+            if self.request_timer is not None:
+                self.request_timer.cancel()
+                self.request_timer = None
         if ":authority" not in headers:
             self._create_filter_chain(())
             self.send_reply(ENVOY_LOCAL_REPLIES["missing_host_header"])
             return
         if config.strip_port or config.strip_trailing_host_dot:
-            _strip_host(headers, config, self.info.downstream_local_address)
-        info = self.info
+            _strip_host(headers, config, info.downstream_local_address)
+        random = manager.context.random
         result = mutate_request_headers(
-            config.header_policy,
-            headers,
-            remote_address=info.downstream_remote_address or "",
-            direct_remote_address=info.downstream_direct_remote_address,
-            local_address=info.downstream_local_address,
-            random=manager.context.random,
-            ssl=info.downstream_ssl,
-        )
+            config.header_policy, headers, remote_address=info.downstream_remote_address or "",
+            local_address=info.downstream_local_address, random=random, ssl=info.downstream_ssl
+        )  # fmt: skip
         info.downstream_remote_address = result.final_remote_address
         self.internal = result.internal
         if event.expect_continue and not config.proxy_100_continue:
             # Envoy answers 100-continue itself (unless proxy_100_continue) and drops Expect.
             headers.remove("expect")
             self.send_continue(None)
-        self.random_value = manager.context.random.getrandbits(63)
-        route = self.route_table.route(headers, self.random_value)
+        random_value = self.random_value = random.getrandbits(63)
+        route = self.route_table.route(headers, random_value)
         if route is not None:
             info.route_name = route.name or None
-            info.upstream_cluster = self._known_cluster(route)
+            # %UPSTREAM_CLUSTER% once routed: the route's cluster if it exists (_known_cluster).
+            name = route.cluster_name
+            if name and manager.context.cluster_manager.get(name) is not None:
+                info.upstream_cluster = name
             if getattr(route.route.action, "max_stream_duration", None) is not None:
                 self._refresh_duration(route)
         factories = config.filter_factories
@@ -567,9 +624,7 @@ class ActiveStream:
             factories = self._upgrade_filter_chain(headers, route)
             if factories is None:
                 return
-        self._create_filter_chain(factories, route)
-        fm = self.filter_manager
-        fm.route_resolver = self._resolve_route
+        fm = self._create_filter_chain(factories, route, self._resolve_route)
         fm.decode_headers(headers, end_stream)
 
     def _upgrade_filter_chain(self, headers: HeaderMap, route):
@@ -663,14 +718,18 @@ class ActiveStream:
             return name
         return None
 
-    def _create_filter_chain(self, factories, route=None) -> None:
+    def _create_filter_chain(
+        self, factories, route=None, route_resolver=None
+    ) -> FilterManager | TerminalFilterManager:
+        """The stream's filter manager (also returned), on ``route``; ``route_resolver``
+        finds the route again when a filter clears the route cache."""
         if len(factories) == 1 and factories[0].terminal and not factories[0].disabled:
             # The router alone: no chain to walk.
             fm = self.filter_manager = TerminalFilterManager(
-                factories[0].create(), sink=self, stream_info=self.info
-            )
-            fm.route = route
-            return
+                factories[0].create(), sink=self, stream_info=self.info, route=route,
+                route_resolver=route_resolver,
+            )  # fmt: skip
+            return fm
         decoders: list = []
         encoders: list = []
         for factory in factories:
@@ -681,7 +740,7 @@ class ActiveStream:
                 decoders.append(f)
             if isinstance(f, StreamEncoderFilter):
                 encoders.append(f)
-        self.filter_manager = FilterManager(
+        fm = self.filter_manager = FilterManager(
             decoder_filters=decoders,
             encoder_filters=encoders,
             sink=self,
@@ -689,20 +748,26 @@ class ActiveStream:
             buffer_limit=self.manager.connection.buffer_limit,
             route=route,
         )
+        fm.route_resolver = route_resolver
+        return fm
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         if data:
             self.info.bytes_received += len(data)
-        if self.idle_timeout:
-            self.manager.set_deadline(self.idle_timeout)
+        timeout = self.idle_timeout
+        if timeout:  # activity: the deadline moves (see ConnectionManager.set_deadline)
+            manager = self.manager
+            manager.deadline = manager.loop.time() + timeout
         if end_stream:
             self._end_decode()
         if self.filter_manager is not None and not self.response_complete:
             self.filter_manager.decode_data(data, end_stream)
 
     def decode_trailers(self, trailers: HeaderMap) -> None:
-        if self.idle_timeout:
-            self.manager.set_deadline(self.idle_timeout)
+        timeout = self.idle_timeout
+        if timeout:
+            manager = self.manager
+            manager.deadline = manager.loop.time() + timeout
         self._end_decode()
         if self.filter_manager is not None and not self.response_complete:
             self.filter_manager.decode_trailers(trailers)
@@ -735,18 +800,13 @@ class ActiveStream:
         if self.request_timer is not None:  # Envoy: request_timeout ends as the response starts
             self.request_timer.cancel()
             self.request_timer = None
-        if not self.request_complete:
+        if not self.request_complete or self.saw_connection_close:
+            if not self.request_complete:
+                config.stats.named.downstream_rq_response_before_rq_complete.inc()
             manager.draining = True
-            config.stats.named.downstream_rq_response_before_rq_complete.inc()
-        if self.saw_connection_close:
-            manager.draining = True
-        if not manager.draining:
+        elif not manager.draining:
             decision = manager.connection.drain_decision  # (drain_close, inlined: per response)
-            if (
-                decision.drain_close()
-                if decision is not None
-                else (config.server_health is not None and config.server_health.failed)
-            ):
+            if decision.drain_close() if decision is not None else manager.drain_close():
                 manager.draining = True  # Envoy's drainClose(): a drain, or failed health checks
                 config.stats.named.downstream_cx_drain_close.inc()
         if manager.draining and not (self.upgraded and _opens_tunnel(self, headers, status)):
@@ -763,7 +823,12 @@ class ActiveStream:
             log.debug("[C%d] response headers could not be encoded", manager.connection.id)
             manager.close(CloseType.NO_FLUSH)
             return
-        self._write(data)
+        manager.tx_bytes_total.value += len(data)  # _write, inlined
+        conn = manager.connection
+        if conn.write_filters:
+            conn.write(data)
+        elif conn.state is State.OPEN and not conn.write_ended:
+            conn.raw_write(data, False)
         if end_stream:
             self._end_encode()
 
@@ -772,11 +837,17 @@ class ActiveStream:
             return
         if data:
             self.info.bytes_sent += len(data)
-        if self.idle_timeout and not end_stream:  # the stream's end re-arms it anyway
-            self.manager.set_deadline(self.idle_timeout)
-        out = self.manager.codec.encode_data(data, end_stream)
+        manager = self.manager
+        if not end_stream and self.idle_timeout:  # (the stream's end sets the next deadline)
+            manager.deadline = manager.loop.time() + self.idle_timeout
+        out = manager.codec.encode_data(data, end_stream)
         if out:
-            self._write(out)
+            manager.tx_bytes_total.value += len(out)  # _write, inlined
+            conn = manager.connection
+            if conn.write_filters:
+                conn.write(out)
+            elif conn.state is State.OPEN and not conn.write_ended:
+                conn.raw_write(out, False)
         if end_stream:
             self._end_encode()
 
@@ -802,8 +873,9 @@ class ActiveStream:
         manager.config.code_stats.charge(100)
 
     def _write(self, data: bytes) -> None:
+        """Bytes for the client (through the connection's write filters, if any)."""
         manager = self.manager
-        manager.config.stats.named.downstream_cx_tx_bytes_total.add(len(data))
+        manager.tx_bytes_total.value += len(data)
         conn = manager.connection
         if conn.write_filters:
             conn.write(data)
@@ -973,10 +1045,7 @@ class ActiveStream:
             or getattr(route.route.action, "max_stream_duration", None) is not None
         ):
             self._refresh_duration(route)
-        self._create_filter_chain(config.filter_factories)
-        fm = self.filter_manager
-        fm.route = route
-        fm.route_resolver = self._resolve_route
+        fm = self._create_filter_chain(config.filter_factories, route, self._resolve_route)
         fm.decode_headers(headers, not body)
         if body and self.filter_manager is fm:
             fm.decode_data(bytes(body), True)
@@ -993,9 +1062,11 @@ class ActiveStream:
         self.manager.set_deadline(self.idle_timeout)
 
     def touch(self) -> None:
-        """Activity on the stream from a filter (upstream bytes): the idle timer restarts."""
-        if self.idle_timeout:
-            self.manager.set_deadline(self.idle_timeout)
+        """Activity on the stream from a filter (upstream bytes): the idle deadline moves."""
+        timeout = self.idle_timeout
+        if timeout:
+            manager = self.manager
+            manager.deadline = manager.loop.time() + timeout
 
     def on_idle_timeout(self) -> None:
         self.manager.config.stats.named.downstream_rq_idle_timeout.inc()
@@ -1047,22 +1118,20 @@ class ActiveStream:
         self.destroyed = True
         manager = self.manager
         config = manager.config
-        loop = manager.loop
-        for timer in (self.request_timer, self.duration_timer):
-            if timer is not None:
-                timer.cancel()
-        self.request_timer = self.duration_timer = None
+        if self.request_timer is not None or self.duration_timer is not None:
+            self._cancel_stream_timers()
         stats = config.stats.named
         stats.downstream_rq_active.dec()
-        now = loop.time()
         info = self.info
-        info.end_monotonic = now
+        now = info.end_monotonic = manager.loop.time()
+        code = info.response_code
         if self.response_complete:
             stats.downstream_rq_time.record((now - info.start_monotonic) * 1000)
-        code = info.response_code
-        if code and (self.response_complete or self.upgraded):
-            config.code_stats.charge(code, health_check=info.health_check)
+            if code:
+                config.code_stats.charge(code, health_check=info.health_check)
         if self.upgraded:
+            if code and not self.response_complete:
+                config.code_stats.charge(code, health_check=info.health_check)
             stats.downstream_cx_upgrades_active.dec()
         fm = self.filter_manager
         if fm is not None:
@@ -1072,8 +1141,15 @@ class ActiveStream:
             access_log.log(
                 info, self.request_headers, self.response_headers, self.response_trailers
             )
-        self.watermark_callbacks = []
+        if self.watermark_callbacks:
+            self.watermark_callbacks = []
         manager.on_stream_done(self)
+
+    def _cancel_stream_timers(self) -> None:
+        for timer in (self.request_timer, self.duration_timer):
+            if timer is not None:
+                timer.cancel()
+        self.request_timer = self.duration_timer = None
 
 
 def _opens_tunnel(stream: ActiveStream, headers: HeaderMap, status: str) -> bool:

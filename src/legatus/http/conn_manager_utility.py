@@ -10,7 +10,9 @@ Theory of operation:
   before the filter chain: hop-by-hop cleanup, x-forwarded-for / -proto / -port, the
   internal-or-external decision (x-envoy-internal), the x-envoy-* stripping of external
   requests, user agent, via, x-envoy-external-address and x-request-id. It returns the
-  decision and the trusted client address for the stream info.
+  decision and the trusted client address for the stream info. A policy that neither trusts
+  the peer (``use_remote_address``) nor adds a header of its own is ``plain`` (decided when
+  compiled): its requests without x-forwarded-for take a short path of the same steps.
 - ``mutate_response_headers`` runs once per response (upstream or local): hop-by-hop cleanup,
   x-request-id echo, via, date and server.
 
@@ -39,9 +41,9 @@ import ipaddress
 import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from random import Random
-from typing import Any
+from typing import Any, NamedTuple
 
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
@@ -131,33 +133,33 @@ class HeaderPolicy:
     user_agent: str | None = None  # add_user_agent: the service cluster
     service_node: str = ""
     xfcc: XfccPolicy = _SANITIZE  # forward_client_cert_details and its details
+    # Derived: no use_remote_address and no header of its own to add or overwrite (port,
+    # scheme, user agent, via). A request without x-forwarded-for then takes the short
+    # path of ``mutate_request_headers``: external, its client the connection's peer.
+    plain: bool = field(init=False, repr=False, compare=False)
 
-
-class MutateResult:
-    """What ``mutate_request_headers`` decided. A plain slotted class (one per request): a
-    frozen dataclass costs several times more to build. Not mutated after it is built."""
-
-    __slots__ = ("edge", "final_remote_address", "internal")
-
-    def __init__(self, internal: bool, edge: bool, final_remote_address: str) -> None:
-        self.internal = internal  # x-envoy-internal: true was set
-        self.edge = edge  # external and use_remote_address: we are the trust boundary
-        # The client, for the stream info ("ip:port"; addresses from XFF have port 0).
-        self.final_remote_address = final_remote_address
-
-    def _key(self) -> tuple[bool, bool, str]:
-        return self.internal, self.edge, self.final_remote_address
-
-    def __eq__(self, other: object) -> bool:
-        return self._key() == other._key() if type(other) is MutateResult else NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return "MutateResult(internal={!r}, edge={!r}, final_remote_address={!r})".format(
-            *self._key()
+    def __post_init__(self) -> None:
+        plain = not (
+            self.use_remote_address
+            or self.append_x_forwarded_port
+            or self.scheme_to_overwrite is not None
+            or self.user_agent is not None
+            or self.via
         )
+        object.__setattr__(self, "plain", plain)
+
+
+class MutateResult(NamedTuple):
+    """What ``mutate_request_headers`` decided (one per request)."""
+
+    internal: bool  # x-envoy-internal: true was set
+    edge: bool  # external and use_remote_address: we are the trust boundary
+    # The client, for the stream info ("ip:port"; addresses from XFF have port 0).
+    final_remote_address: str
+
+
+# Builds a MutateResult in C: the named tuple's own __new__ is a Python function.
+_new_tuple = tuple.__new__
 
 
 def compile_request_policy(
@@ -282,14 +284,34 @@ def mutate_request_headers(
     if "upgrade" in headers and is_upgrade(headers):
         headers.remove_all(_REQUEST_HOP_BY_HOP)
     else:
-        headers.remove_all(_REQUEST_HOP_BY_HOP_ALL)
+        if not _REQUEST_HOP_BY_HOP_ALL.isdisjoint(headers):  # (mostly none: no call)
+            headers.remove_all(_REQUEST_HOP_BY_HOP_ALL)
         if "te" in headers:
             _sanitize_te(headers)
     if "referer" in headers:
         _sanitize_referer(headers)
+    scheme = "https" if is_tls or ssl is not None else "http"
+
+    if policy.plain and "x-forwarded-for" not in headers:
+        # The common case, straight through: the steps below that apply when the request is
+        # external, its client the peer, and the policy adds no header of its own.
+        if "x-forwarded-proto" not in headers:
+            headers.set("x-forwarded-proto", scheme)
+        if ":scheme" not in headers:
+            proto = headers.get("x-forwarded-proto", "")
+            headers.set(":scheme", proto if proto.lower() in ("http", "https") else scheme)
+        if not _EXTERNAL_STRIP.isdisjoint(headers):
+            headers.remove_all(_EXTERNAL_STRIP)
+        for name in internal_only_headers:
+            headers.remove(name)
+        if policy.generate_request_id and "x-request-id" not in headers:
+            h = ((random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET).to_bytes(16).hex()
+            headers.set("x-request-id", f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+        if ssl is not None or "x-forwarded-client-cert" in headers:
+            mutate_xfcc(policy.xfcc, headers, ssl)
+        return _new_tuple(MutateResult, (False, False, remote_address))
 
     xff = _single_value(headers, "x-forwarded-for")
-    scheme = "https" if is_tls or ssl is not None else "http"
     hops = policy.xff_num_trusted_hops
     # The trusted client: an IP from x-forwarded-for, else the peer (None: a unix socket).
     final_ip: Ip | None = None
@@ -365,7 +387,7 @@ def mutate_request_headers(
         final = f"[{_ip_text(final_ip)}]:0" if final_ip.version == 6 else f"{final_ip}:0"
     else:
         final = remote_address
-    return MutateResult(internal, edge, final)
+    return _new_tuple(MutateResult, (internal, edge, final))
 
 
 def _set_forwarded_port(headers: HeaderMap, local_address: str | None) -> None:
@@ -390,8 +412,9 @@ _UUID4_SET = (4 << 76) | (0x8000 << 48)
 
 def _uuid4_text(bits: int) -> str:
     """``str(uuid.UUID(int=bits, version=4))`` (lower-case 8-4-4-4-12, as Envoy writes its
-    request IDs) without building a UUID object: it runs once per request."""
-    h = "%032x" % ((bits & _UUID4_CLEAR) | _UUID4_SET)
+    request IDs) without building a UUID object: it runs once per request (the request
+    path spells it out inline)."""
+    h = ((bits & _UUID4_CLEAR) | _UUID4_SET).to_bytes(16).hex()  # (faster than "%032x")
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -490,7 +513,7 @@ def mutate_response_headers(
             if not status.startswith("1"):
                 response_headers.set("content-length", "0")
         response_headers.remove_all(_RESPONSE_HOP_BY_HOP)
-    else:
+    elif not _RESPONSE_HOP_BY_HOP_ALL.isdisjoint(response_headers):  # (mostly none: no call)
         response_headers.remove_all(_RESPONSE_HOP_BY_HOP_ALL)
     if date is not None and "date" not in response_headers:
         response_headers.set("date", date)
@@ -499,9 +522,8 @@ def mutate_response_headers(
         transformation is _APPEND_IF_ABSENT and "server" not in response_headers
     ):
         response_headers.set("server", policy.server_name)
-    if request_headers is not None and (
-        policy.always_set_request_id_in_response or "x-envoy-force-trace" in request_headers
-    ):
+    echo_id = policy.always_set_request_id_in_response
+    if request_headers is not None and (echo_id or "x-envoy-force-trace" in request_headers):
         request_id = request_headers.get("x-request-id")
         if request_id is not None:
             response_headers.set("x-request-id", request_id)

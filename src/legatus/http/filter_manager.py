@@ -571,13 +571,20 @@ class TerminalFilterManager:
     __slots__ = ("done", "filter", "response_started", "route", "route_resolver", "sink",
                  "stream", "stream_info")  # fmt: skip
 
-    def __init__(self, f: StreamDecoderFilter, *, sink: StreamSink, stream_info: StreamInfo):
+    def __init__(
+        self,
+        f: StreamDecoderFilter,
+        *,
+        sink: StreamSink,
+        stream_info: StreamInfo,
+        route: Any = None,
+        route_resolver: Callable[[], Any] | None = None,
+    ):
         self.sink = self.stream = sink
         self.stream_info = stream_info
-        self.route: Any = None
-        self.route_resolver: Callable[[], Any] | None = None
-        self.done = False
-        self.response_started = False
+        self.route = route
+        self.route_resolver = route_resolver
+        self.done = self.response_started = False
         self.filter = f
         f.set_decoder_filter_callbacks(self)  # type: ignore[arg-type]
 

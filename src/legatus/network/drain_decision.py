@@ -103,6 +103,16 @@ def should_drain_close(event: DrainEvent, now: float, rng: random.Random) -> boo
     return elapsed > rng.randrange(ramp)
 
 
+class _NeverFailed:
+    """The health of a listener that failing health checks do not drain."""
+
+    __slots__ = ()
+    failed = False
+
+
+_NEVER_FAILED = _NeverFailed()
+
+
 class ListenerDrainDecision:
     """The drain decision the connections of one listener (in one worker) share.
 
@@ -121,7 +131,7 @@ class ListenerDrainDecision:
     ) -> None:
         self.scope = scope
         self.event: DrainEvent | None = None
-        self._health = health
+        self._health = _NEVER_FAILED if health is None else health
         self._rng = rng
         self._clock = clock
 
@@ -158,11 +168,9 @@ class ListenerDrainDecision:
         return direction is not DrainDirection.NONE and self.scope <= direction
 
     def drain_close(self) -> bool:
-        """Whether the connection asking should close now (Envoy's ``drainClose()``)."""
-        health = self._health
-        if health is not None and health.failed:
-            return True
+        """Whether the connection asking should close now (Envoy's ``drainClose()``). Asked
+        once per HTTP response: the common answer (no drain) comes first."""
         event = self.event
         if event is None:
-            return False
-        return should_drain_close(event, self._clock(), self._rng)
+            return self._health.failed
+        return self._health.failed or should_drain_close(event, self._clock(), self._rng)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import random
+import uuid
 
 import pytest
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -356,6 +357,50 @@ def test_no_request_id_without_generation():
     headers = request()
     mutate(policy(generate_request_id=False), headers)
     assert "x-request-id" not in headers
+
+
+@pytest.mark.parametrize("fields", [{}, {"use_remote_address": True}])
+def test_request_id_is_the_uuid4_of_the_random_bits(fields):
+    for seed in range(20):
+        headers = request()
+        mutate(policy(**fields), headers, random=random.Random(seed))
+        bits = random.Random(seed).getrandbits(128)
+        assert headers.get("x-request-id") == str(uuid.UUID(int=bits, version=4))
+
+
+# The short path of a plain policy (no use_remote_address, no header of its own)
+
+
+@pytest.mark.parametrize(
+    ("fields", "plain"),
+    [({}, True), ({"xff_num_trusted_hops": 1}, True), ({"use_remote_address": True}, False),
+     ({"via": "v"}, False), ({"append_x_forwarded_port": True}, False),
+     ({"add_user_agent": True}, False),
+     ({"scheme_header_transformation": {"scheme_to_overwrite": "https"}}, False)],
+)  # fmt: skip
+def test_plain_policy(fields, plain):
+    assert policy(**fields).plain is plain
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), (("x-forwarded-proto", "https"),), (("x-forwarded-proto", "ftp"),),
+     ((":scheme", "https"),), (("x-request-id", "abc"),), (("x-envoy-retry-on", "5xx"),),
+     (("x-envoy-internal", "true"), ("keep-alive", "1"), ("te", "trailers, gzip")),
+     (("referer", "/a#b"),), (("connection", "upgrade"), ("upgrade", "websocket")),
+     (("x-forwarded-client-cert", "By=x"), ("x-internal-only", "1"))],
+)  # fmt: skip
+@pytest.mark.parametrize("is_tls", [False, True])
+def test_plain_policy_short_path_equals_the_general_one(extra, is_tls):
+    plain = policy(generate_request_id=True)
+    general = dataclasses.replace(plain)
+    object.__setattr__(general, "plain", False)
+    kw = {"is_tls": is_tls, "internal_only_headers": ("x-internal-only",)}
+    short, long = request(*extra), request(*extra)
+    result = mutate(plain, short, random=random.Random(3), **kw)
+    assert result == mutate(general, long, random=random.Random(3), **kw)
+    assert list(short.items()) == list(long.items())
+    assert result.final_remote_address == "192.0.2.5:4000" and not result.internal
 
 
 # Responses
