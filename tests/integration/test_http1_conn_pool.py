@@ -17,7 +17,13 @@ import uvloop
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import json_format
 
-from legatus.conn_pool import PoolContext, PoolFailureReason, ResponseDecoder, StreamResetReason
+from legatus.conn_pool import (
+    DrainBehavior,
+    PoolContext,
+    PoolFailureReason,
+    ResponseDecoder,
+    StreamResetReason,
+)
 from legatus.conn_pool.http1 import Http1ConnPool
 from legatus.http.headers import HeaderMap
 from legatus.network.address import SocketAddress
@@ -280,6 +286,25 @@ async def test_max_requests_per_connection(upstream):
     assert s.stat("upstream_cx_max_requests") == 1
     assert s.stat("upstream_cx_destroy_local") == 1
     assert s.stat("upstream_cx_destroy_with_active_rq") == 0
+
+
+async def test_pool_deleted_while_busy_closes_the_connection_after_its_stream(upstream):
+    s = Setup(upstream.port)
+    idle = []
+    s.pool.add_idle_callback(lambda: idle.append(True))
+    e = s.send("/wait")
+    while not upstream.requests:
+        await asyncio.sleep(0.01)
+    s.pool.drain(DrainBehavior.DRAIN_AND_DELETE)
+    assert upstream.closes == 0 and not idle  # the stream runs on
+    upstream.release.set()
+    await e.wait()
+    assert e.headers.get(":status") == "200" and e.data == b"ok" and e.reset is None
+    await wait_closes(upstream, 1)
+    assert idle and s.pool.is_idle()
+    assert s.stat("upstream_cx_destroy_local") == 1
+    assert s.stat("upstream_cx_destroy_with_active_rq") == 0
+    assert (s.stat("upstream_rq_active"), s.stat("upstream_cx_active")) == (0, 0)
 
 
 async def test_idle_timeout_closes_the_connection(upstream):

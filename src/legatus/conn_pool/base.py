@@ -199,7 +199,9 @@ class ConnectionStreamEncoder:
     detach that gives the connection back its reads. ``_client`` is the ActiveClient; its
     ``connection`` is the upstream Connection."""
 
-    __slots__ = ("_callbacks", "_client", "_read_disabled", "decoder", "done")
+    # Class-level defaults (no __slots__): a subclass's stream sets only what it changes.
+    _read_disabled = 0
+    done = False  # detached from the connection: encoding is a no-op
 
     def __init__(self, client: Any, decoder: Any) -> None:
         self._client = client
@@ -283,24 +285,22 @@ class ConnPool:
         self._ready = self._clients[_READY]
         self._busy = self._clients[_BUSY]
         self._requests = context.resource_manager.requests
+        self._idle_timeout = context.settings.idle_timeout
         stats, host_stats = context.stats, host.stats
-        self._rq_started = (
-            host_stats.rq_total.inc,
-            host_stats.rq_active.inc,
-            stats.upstream_rq_total.inc,
-            stats.upstream_rq_active.inc,
-        )
-        self._host_rq_active = host_stats.rq_active
-        self._rq_active = stats.upstream_rq_active
+        self._host_rq_total = host_stats.rq_total  # (counters: ``value += 1`` is inc())
+        self._host_rq_active_inc = host_stats.rq_active.inc
+        self._host_rq_active_dec = host_stats.rq_active.dec
+        self._rq_total = stats.upstream_rq_total
+        self._rq_active_inc = stats.upstream_rq_active.inc
+        self._rq_active_dec = stats.upstream_rq_active.dec
 
     # Public API ----------------------------------------------------------------
 
     def new_stream(self, decoder: Any, callbacks: PoolCallbacks) -> PendingStream | None:
         if self._draining_for_deletion:
             raise PoolStateError("new_stream on a pool draining for deletion")
-        ready = self._ready
-        if ready:
-            self._attach(next(reversed(ready)), decoder, callbacks)
+        if self._ready:
+            self._attach(next(reversed(self._ready)), decoder, callbacks)
             return None
         rm = self.context.resource_manager
         if not rm.can_queue():
@@ -404,8 +404,8 @@ class ConnPool:
     def on_stream_closed(self, client: ActiveClient, *, delay_attaching: bool) -> None:
         """A stream of ``client`` ended (completed or reset); the client no longer counts it."""
         self._active_streams -= 1
-        self._host_rq_active.dec()
-        self._rq_active.dec()
+        self._host_rq_active_dec()
+        self._rq_active_dec()
         self._requests.dec()
         state = client.state
         active = client.num_active_streams()
@@ -427,6 +427,36 @@ class ConnPool:
                 active = client.num_active_streams()
         if active == 0 and client.state is not _CLOSED:
             self._start_idle(client)
+
+    def on_keep_alive_stream_closed(self, client: ActiveClient) -> None:
+        """The stream of a one-stream client (HTTP/1) completed and the connection stays for
+        the next one: ``schedule_on_upstream_ready()``, ``on_stream_closed(client,
+        delay_attaching=True)`` and ``check_idle_and_close_if_draining()`` in one call, for
+        the path every keep-alive request takes (the client has no stream left)."""
+        if self._upstream_ready_handle is None:
+            self._upstream_ready_handle = self.loop.call_soon(self._scheduled_upstream_ready)
+        self._active_streams -= 1
+        self._host_rq_active_dec()
+        self._rq_active_dec()
+        self._requests.dec()
+        if client.state is _BUSY and client.remaining_streams > 0:
+            # BUSY -> READY, always allowed (the table's check, inlined on this hot path).
+            del self._busy[client]
+            client.state = _READY
+            self._ready[client] = None
+        elif client.state is _DRAINING or client.state is _CLOSED:
+            if client.state is _DRAINING:  # its last stream ended
+                client.close()
+            self.check_idle_and_close_if_draining()
+            return
+        if self._idle_timeout:  # _start_idle, inlined
+            client.idle_since = self.loop.time()
+            if client.idle_timer is None:
+                client.idle_timer = self.loop.call_later(
+                    self._idle_timeout, self._on_idle_check, client
+                )
+        if self._draining_for_deletion:  # (else the open client keeps the pool from idle)
+            self.check_idle_and_close_if_draining()
 
     def schedule_on_upstream_ready(self) -> None:
         """Attach pending streams on the next loop iteration (an HTTP/1 upstream may close
@@ -465,8 +495,7 @@ class ConnPool:
 
     def _attach(self, client: ActiveClient, decoder: Any, callbacks: PoolCallbacks) -> None:
         """Give ``client`` (a READY one: both callers take it from that set) the stream."""
-        requests = self._requests
-        if requests.count >= requests.max:  # not rm.can_send_request()
+        if not self._requests.try_inc():  # rm.can_send_request(), and it counts the stream
             # Envoy 1.38+ counts the active-request breaker apart from the pending queue's.
             self.context.stats.upstream_rq_active_overflow.inc()
             callbacks.on_pool_failure(PoolFailureReason.OVERFLOW, "", self.host)
@@ -477,16 +506,20 @@ class ConnPool:
             log.debug("[C%d] maximum requests per connection, start draining", client.id)
             self.context.pool_stats.upstream_cx_max_requests.inc()
             self.transition(client, _DRAINING)
-        elif remaining > 0 and client.concurrent_stream_limit - client.num_active_streams() == 1:
+        elif remaining > 0 and (
+            client.concurrent_stream_limit == 1  # (a READY one-stream client has no stream)
+            or client.concurrent_stream_limit - client.num_active_streams() == 1
+        ):
             # This stream takes the last free slot (remaining_streams was above 1, so the
             # capacity was the free slots). READY -> BUSY, always allowed: inlined.
             del self._ready[client]
             client.state = _BUSY
             self._busy[client] = None
         self._active_streams += 1
-        for inc in self._rq_started:
-            inc()
-        requests.inc()
+        self._host_rq_total.value += 1
+        self._host_rq_active_inc()
+        self._rq_total.value += 1
+        self._rq_active_inc()
         callbacks.on_pool_ready(client.new_stream_encoder(decoder), self.host)
 
     def _on_upstream_ready(self) -> None:
@@ -580,7 +613,7 @@ class ConnPool:
     # Per-client idle timeout (Envoy's CodecClient idle timer) ----------------------
 
     def _start_idle(self, client: ActiveClient) -> None:
-        timeout = self.context.settings.idle_timeout
+        timeout = self._idle_timeout
         if not timeout:
             return
         client.idle_since = self.loop.time()

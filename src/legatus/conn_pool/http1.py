@@ -65,25 +65,24 @@ _REFUSED: tuple = ()  # RequestEncoder._held once the answer refused the tunnel
 class RequestEncoder(ConnectionStreamEncoder):
     """One request on an upstream HTTP/1 connection (the router's side of a stream)."""
 
-    __slots__ = ("_held", "_held_above", "_held_bytes", "close_connection", "decode_complete",
-                 "encode_complete", "protocol_error_details", "response_complete")  # fmt: skip
+    # Per-stream state starts from class-level defaults (these and ConnectionStreamEncoder's;
+    # no __slots__), so that a new stream writes only what it uses: one per request.
+    encode_complete = False  # the whole request went to the connection
+    response_complete = False  # the decoder saw the end of the response
+    decode_complete = False  # Envoy's decode_complete_ (complete and request done)
+    close_connection = False
+    protocol_error_details: str | None = None  # the codec's details after UPE
+    # A tunnel's payload waiting for the answer that opens it (None: not waiting;
+    # _REFUSED: the answer refused the tunnel, the payload is dropped).
+    _held: list[tuple[bytes | None, Any]] | tuple | None = None
+    _held_bytes = 0
+    _held_above = False
+    protocol = HTTP_11  # a constant: %UPSTREAM_PROTOCOL%
 
     def __init__(self, client: Http1ActiveClient, decoder: ResponseDecoder) -> None:
         self._client = client
         self.decoder = decoder
-        self._callbacks: list[Any] = []
-        self._read_disabled = 0
-        self.encode_complete = False  # the whole request went to the connection
-        self.response_complete = False  # the decoder saw the end of the response
-        self.decode_complete = False  # Envoy's decode_complete_ (complete and request done)
-        self.close_connection = False
-        self.done = False  # detached from the connection: encoding is a no-op
-        self.protocol_error_details: str | None = None  # the codec's details after UPE
-        # A tunnel's payload waiting for the answer that opens it (None: not waiting;
-        # _REFUSED: the answer refused the tunnel, the payload is dropped).
-        self._held: list[tuple[bytes | None, Any]] | tuple | None = None
-        self._held_bytes = 0
-        self._held_above = False
+        self._callbacks: list[Any] = []  # (_read_disabled, done: the class defaults)
 
     # Request ------------------------------------------------------------------
 
@@ -93,14 +92,17 @@ class RequestEncoder(ConnectionStreamEncoder):
         ``encodeHeaders`` status: the router answers it with a local reply and resets."""
         if self.done:
             return None
+        client = self._client
         try:
-            data = self._client.codec.encode_request_headers(headers, end_stream)
+            data = client.codec.encode_request_headers(headers, end_stream)
         except ValueError as e:
             return str(e)
-        self._client.write(data)
+        # client.write(data), inlined; a head is never empty, so ``value +=`` is add()
+        client.tx_bytes_total.value += len(data)
+        client.connection.write(data)
         if end_stream:
             self.encode_complete = True
-        elif self._client.codec.tunnel_request:
+        elif client.codec.tunnel_request:
             self._held = []  # the payload waits for the tunnel (see module doc)
         return None
 
@@ -173,12 +175,6 @@ class RequestEncoder(ConnectionStreamEncoder):
             for cb in list(self._callbacks):
                 cb.on_below_write_buffer_low_watermark()
 
-    # Protocol facts (the rest is ConnectionStreamEncoder's) -------------------------
-
-    @property
-    def protocol(self) -> str:
-        return HTTP_11
-
 
 class _CodecReadFilter(ReadFilter):
     """The upstream connection's only read filter: bytes go to the codec."""
@@ -191,7 +187,7 @@ class _CodecReadFilter(ReadFilter):
     def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
         client = self.client
         if data:
-            client.rx_bytes_total.add(len(data))
+            client.rx_bytes_total.value += len(data)  # (Counter.add of a non-zero amount)
             try:  # decode(data), inlined: once a read
                 events = client.codec.feed(data)
             except Exception:
@@ -208,7 +204,7 @@ class Http1ActiveClient(ActiveClient):
         ctx = pool.context
         ctx.stats.upstream_cx_http1_total.inc()
         self.rx_bytes_total = ctx.stats.upstream_cx_rx_bytes_total
-        self._tx_bytes_total = ctx.stats.upstream_cx_tx_bytes_total
+        self.tx_bytes_total = ctx.stats.upstream_cx_tx_bytes_total
         connection = Connection(buffer_limit=ctx.settings.buffer_limit)
         connection.set_buffer_gauges(
             ctx.stats.upstream_cx_rx_bytes_buffered, ctx.stats.upstream_cx_tx_bytes_buffered
@@ -260,62 +256,63 @@ class Http1ActiveClient(ActiveClient):
     # Reading ---------------------------------------------------------------------
 
     def dispatch(self, events: list) -> None:
+        """The codec's events to the stream's decoder; a protocol error loses the connection.
+        Events for no stream, or after its end or its reset, are dropped. The usual kinds
+        are tested first: headers, then data."""
         for event in events:
             cls = type(event)
-            if cls is ProtocolError:
-                self._on_protocol_error(event)
-                return
             stream = self.stream
             if stream is None or stream.done or stream.response_complete:
+                if cls is ProtocolError:
+                    self._on_protocol_error(event)
+                    return
                 continue
-            decoder = stream.decoder
             if cls is ResponseHeaders:
                 if stream._held is not None:  # an upgrade or CONNECT: the answer is in
                     stream.on_tunnel_answer(event.upgrade)
-                headers = event.headers
-                keep_alive = event.keep_alive
                 # A response the codec keeps alive did not ask to close (the codec checked).
-                if not keep_alive and h1.should_close_connection(
-                    event.protocol == HTTP_10, headers
-                ):
-                    self.pool.context.pool_stats.upstream_cx_close_notify.inc()
-                stream.close_connection = not keep_alive
-                end = event.end_stream
-                if end:
-                    stream.response_complete = True
-                decoder.on_headers(headers, end)
+                if not event.keep_alive:
+                    stream.close_connection = True
+                    if h1.should_close_connection(event.protocol == HTTP_10, event.headers):
+                        self.pool.context.pool_stats.upstream_cx_close_notify.inc()
+                if not event.end_stream:
+                    stream.decoder.on_headers(event.headers, False)
+                    continue
+                stream.response_complete = True
+                stream.decoder.on_headers(event.headers, True)
             elif cls is ResponseData:
-                end = event.end_stream
-                if end:
-                    stream.response_complete = True
-                decoder.on_data(event.data, end)
+                if not event.end_stream:
+                    stream.decoder.on_data(event.data, False)
+                    continue
+                stream.response_complete = True
+                stream.decoder.on_data(event.data, True)
             elif cls is ResponseTrailers:
-                end = stream.response_complete = True
-                decoder.on_trailers(event.trailers)
+                stream.response_complete = True
+                stream.decoder.on_trailers(event.trailers)
             elif cls is InformationalHeaders:
-                end = False
-                decoder.on_informational_headers(event.headers)
+                stream.decoder.on_informational_headers(event.headers)
+                continue
+            elif cls is ProtocolError:
+                self._on_protocol_error(event)
+                return
             else:
                 continue
-            if end and not stream.done:
+            if not stream.done:  # the response is complete
                 self._on_response_complete(stream)
 
     def _on_response_complete(self, stream: RequestEncoder) -> None:
-        stream.decode_complete = stream.encode_complete
         if not stream.encode_complete:
             self.close()  # response before request complete: the connection is not reusable
         elif stream.close_connection or self.remote_closed or not self.codec.reusable:
+            stream.decode_complete = True  # (read by the close: the stream was complete)
             self.close()
-        else:
+        else:  # (decode_complete: no one asks once the stream is detached)
             # _detach_stream, inlined: this runs once a keep-alive stream.
             stream.done = True
             if stream._read_disabled:
                 stream._detach()
             self.stream = None
-            pool = self.pool
-            pool.schedule_on_upstream_ready()
-            pool.on_stream_closed(self, delay_attaching=True)
-            pool.check_idle_and_close_if_draining()
+            self.pool.on_keep_alive_stream_closed(self)
 
     def _detach_stream(self, stream: RequestEncoder) -> None:
         stream._detach()
@@ -354,7 +351,7 @@ class Http1ActiveClient(ActiveClient):
     # Writing ---------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self._tx_bytes_total.add(len(data))
+        self.tx_bytes_total.add(len(data))
         self.connection.write(data)
 
     def reset_stream(self, stream: RequestEncoder) -> None:

@@ -39,6 +39,7 @@ actions; and, in RouteMatch/RouteAction, what matchers.py and action.py list.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ from legatus.router.action import (
     compile_route_action,
 )
 from legatus.router.header_mutations import EMPTY, HeaderMutations, compile_header_mutations
-from legatus.router.matchers import RouteMatcher, compile_route_match, path_for_matching
+from legatus.router.matchers import PathKind, RouteMatcher, compile_route_match, path_for_matching
 from legatus.router.per_filter_config import (
     EMPTY as NO_PER_FILTER_CONFIG,
 )
@@ -130,18 +131,30 @@ class RouteMatch:
     route: Route
     cluster_name: str | None = None  # None for redirects and direct responses
     weighted_cluster: ClusterWeight | None = None
+    # The route's, copied when built (attributes, not properties: read several times a
+    # request), and ``Route.request_as_is`` / ``response_as_is`` with the weighted cluster's
+    # header mutations and host rewrite.
+    name: str = field(init=False, repr=False, compare=False)
+    virtual_host: VirtualHost = field(init=False, repr=False, compare=False)
+    action: Action = field(init=False, repr=False, compare=False)
+    request_as_is: bool = field(init=False, repr=False, compare=False)
+    response_as_is: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return self.route.name
-
-    @property
-    def virtual_host(self) -> VirtualHost:
-        return self.route.virtual_host
-
-    @property
-    def action(self) -> Action:
-        return self.route.action
+    def __post_init__(self) -> None:
+        route = self.route
+        weighted = self.weighted_cluster
+        request_as_is = route.request_as_is
+        response_as_is = route.response_as_is
+        if weighted is not None:
+            request_as_is = request_as_is and not (
+                weighted.request_headers or weighted.host_rewrite_literal
+            )
+            response_as_is = response_as_is and not weighted.response_headers
+        object.__setattr__(self, "name", route.name)
+        object.__setattr__(self, "virtual_host", route.virtual_host)
+        object.__setattr__(self, "action", route.action)
+        object.__setattr__(self, "request_as_is", request_as_is)
+        object.__setattr__(self, "response_as_is", response_as_is)
 
     def rewrite_path(self, path: str) -> str | None:
         """The ``:path`` after the route's prefix/regex rewrite (a redirect's for a redirect
@@ -209,6 +222,29 @@ class Route:
     typed_per_filter_config: PerFilterConfig = field(default_factory=lambda: NO_PER_FILTER_CONFIG)
     static_match: RouteMatch | None = None  # prebuilt answer when nothing varies per request
     weighted_matches: tuple[RouteMatch | None, ...] = ()  # prebuilt per named weighted cluster
+    # Derived when built, for the router's common path (router.py). ``request_as_is``: the
+    # router sends the request on as it came (no header mutations, host or path rewrite,
+    # attempt count, nor mirror). ``response_as_is``: it passes the response on with only
+    # its own headers (no header mutations, attempt count, nor internal redirect to follow).
+    request_as_is: bool = field(init=False, repr=False, compare=False)
+    response_as_is: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        action = self.action
+        virtual_host = self.virtual_host
+        request_as_is = not (
+            self.request_headers
+            or virtual_host.include_request_attempt_count
+            or getattr(action, "rewrites", False)
+            or getattr(action, "request_mirror_policies", ())
+        )
+        response_as_is = not (
+            self.response_headers
+            or virtual_host.include_attempt_count_in_response
+            or getattr(action, "internal_redirect_policy", None) is not None
+        )
+        object.__setattr__(self, "request_as_is", request_as_is)
+        object.__setattr__(self, "response_as_is", response_as_is)
 
     def select(self, headers, random_value: int) -> RouteMatch | None:
         static = self.static_match
@@ -238,6 +274,8 @@ class VirtualHost:
         "ignore_path_parameters",
         "include_attempt_count_in_response",
         "include_request_attempt_count",
+        "leading_match",
+        "leading_prefix",
         "name",
         "rate_limit_policy",
         "routes",
@@ -251,11 +289,44 @@ class VirtualHost:
         self.ignore_path_parameters = ignore_path_parameters
         self.routes: tuple[Route, ...] = ()
         self.connect_routes: tuple[Route, ...] = ()  # those with a connect_matcher
+        # The first route when it is a plain prefix (see ``set_routes``): its prefix, tested
+        # on the raw ``:path``, and its prebuilt answer.
+        self.leading_prefix: str | None = None
+        self.leading_match: RouteMatch | None = None
         self.include_request_attempt_count = False  # x-envoy-attempt-count to the upstream
         self.include_attempt_count_in_response = False  # and to the client
         self.typed_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
         self.table_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
         self.rate_limit_policy = EMPTY_POLICY  # rate_limits (rate_limit_policy.py)
+
+    def set_routes(self, routes: tuple[Route, ...]) -> None:
+        """The routes, in order. When the first one matches on a case-sensitive prefix alone
+        (no headers, query parameters, gRPC or runtime fraction) that has none of the
+        characters ``path_for_matching`` cuts at, testing the prefix on the raw ``:path``
+        gives the same answer as on the stripped one: ``route`` then answers a request it
+        matches (with a catch-all ``/``, every one) without stripping the path or calling
+        the matcher."""
+        self.routes = routes
+        self.connect_routes = tuple(r for r in routes if r.match.connect)
+        self.leading_prefix = self.leading_match = None
+        if not routes:
+            return
+        first = routes[0]
+        match = first.match
+        cuts = "?#;" if self.ignore_path_parameters else "?#"
+        if (
+            first.static_match is not None
+            and match.path.kind is PathKind.PREFIX
+            and match.path.case_sensitive
+            and not match.headers
+            and not match.query_parameters
+            and not match.grpc
+            and match.runtime_fraction is None
+            and not match.connect
+            and not any(c in match.path.text for c in cuts)
+        ):
+            self.leading_prefix = match.path.text
+            self.leading_match = first.static_match
 
     def route(self, headers, random_value: int) -> RouteMatch | None:
         if not headers.get("x-forwarded-proto"):
@@ -268,6 +339,8 @@ class VirtualHost:
                 if route.match.matches(headers, "", "", random_value):
                     return route.select(headers, random_value)
             return None
+        if self.leading_prefix is not None and path.startswith(self.leading_prefix):
+            return self.leading_match
         stripped = path_for_matching(path, self.ignore_path_parameters)
         for route in self.routes:
             if route.match.matches(headers, path, stripped, random_value):
@@ -291,6 +364,12 @@ class RouteTable:
     request_headers: HeaderMutations = EMPTY
     response_headers: HeaderMutations = EMPTY
     typed_per_filter_config: PerFilterConfig = field(default_factory=lambda: NO_PER_FILTER_CONFIG)
+    # Derived when built: a ``*`` domain and no other, so every request gets ``default``.
+    wildcard_only: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        only = self.default is not None and not (self.exact or self.suffixes or self.prefixes)
+        object.__setattr__(self, "wildcard_only", only)
 
     def per_filter_configs(self, filter_name: str) -> list[Any]:
         """Every compiled per-route config of the filter named ``filter_name``, at every level
@@ -312,6 +391,8 @@ class RouteTable:
 
     def route(self, headers, random_value: int) -> RouteMatch | None:
         """The route for a request (None: no virtual host or no route matched)."""
+        if self.wildcard_only:  # (a "*" domain, and no other)
+            return self.default.route(headers, random_value)  # type: ignore[union-attr]
         virtual_host = self.find_virtual_host(headers)
         if virtual_host is None:
             return None
@@ -476,21 +557,16 @@ class _Builder:
             path,
             prefix="response",
         )
+        inherited = (vh_retry, vh_mirrors, vh_hedge)
         routes = []
         for i, route_proto in enumerate(proto.routes):
             route_path = f"{join_path(path, 'routes')}[{i}]"
-            route = self.route(route_proto, route_path, virtual_host, vh_request, vh_response)
-            action = route.action
-            if isinstance(action, RouteAction):  # the route's policies replace the host's
-                if vh_retry is not None and not action.retry_policy:
-                    object.__setattr__(action, "retry_policy", vh_retry)
-                if vh_mirrors and not action.request_mirror_policies:
-                    object.__setattr__(action, "request_mirror_policies", vh_mirrors)
-                if action.hedge_on_per_try_timeout is None:
-                    object.__setattr__(action, "hedge_on_per_try_timeout", vh_hedge)
-            routes.append(route)
-        virtual_host.routes = tuple(routes)
-        virtual_host.connect_routes = tuple(r for r in routes if r.match.connect)
+            routes.append(
+                self.route(
+                    route_proto, route_path, virtual_host, vh_request, vh_response, inherited
+                )
+            )
+        virtual_host.set_routes(tuple(routes))
         return virtual_host
 
     def route(
@@ -500,7 +576,10 @@ class _Builder:
         virtual_host: VirtualHost,
         vh_request: HeaderMutations,
         vh_response: HeaderMutations,
+        inherited: tuple = (None, (), False),
     ) -> Route:
+        """``inherited``: the virtual host's retry policy, mirror policies and hedging, which
+        a forwarding route without its own takes."""
         check_supported(proto, _ROUTE_FIELDS, path, "Route")
         matcher = compile_route_match(proto.match, join_path(path, "match"), self.runtime)
         which = proto.WhichOneof("action")
@@ -515,6 +594,7 @@ class _Builder:
                 cluster_names=self.cluster_names,
                 runtime=self.runtime,
             )
+            action = _inherit(action, *inherited)
         elif which == "redirect":
             action = compile_redirect(proto.redirect, action_path, path_matcher=matcher.path)
         elif which == "direct_response":
@@ -599,6 +679,19 @@ class _Builder:
                     f"{domain} in route {self.table_name}",
                 )
             table[key] = virtual_host
+
+
+def _inherit(action: RouteAction, retry, mirrors, hedge) -> RouteAction:
+    """The virtual host's policies for those the route leaves out (the route's replace the
+    host's, as Envoy's); a new action, so that its derived fields see them."""
+    changes: dict[str, Any] = {}
+    if retry is not None and not action.retry_policy:
+        changes["retry_policy"] = retry
+    if mirrors and not action.request_mirror_policies:
+        changes["request_mirror_policies"] = mirrors
+    if action.hedge_on_per_try_timeout is None:
+        changes["hedge_on_per_try_timeout"] = hedge
+    return dataclasses.replace(action, **changes) if changes else action
 
 
 def _static_match(route: Route) -> RouteMatch | None:

@@ -61,7 +61,7 @@ from legatus.http.filter import (
 )
 from legatus.http.headers import HeaderMap
 from legatus.http.local_reply import ENVOY_LOCAL_REPLIES, LocalReply, upstream_reset
-from legatus.router.action import DirectResponseAction
+from legatus.router.action import DirectResponseAction, RouteAction
 from legatus.router.redirect import RedirectAction, redirect_location
 from legatus.router.retry_policy import EMPTY_POLICY
 from legatus.router.retry_state import RetryState
@@ -89,6 +89,9 @@ _CONSUMED_HEADERS = frozenset(
         "x-envoy-hedge-on-per-try-timeout",
     )
 )
+# Request headers that make a request's timeouts or tries more than its route's (see
+# ``RouteAction.plain``): those the router consumes, and the expected timeout it may respect.
+_POLICY_HEADERS = _CONSUMED_HEADERS | {"x-envoy-expected-rq-timeout-ms"}
 _RESET_FLAGS = {
     StreamResetReason.LOCAL_CONNECTION_FAILURE: F.UPSTREAM_CONNECTION_FAILURE,
     StreamResetReason.REMOTE_CONNECTION_FAILURE: F.UPSTREAM_CONNECTION_FAILURE,
@@ -151,7 +154,7 @@ class Router(Tries, StreamDecoderFilter):
     retry_state: RetryState | None = None
     retry_timer = None
     per_try_timer = None
-    attempts = 0
+    attempts = 1  # tries so far (read once the first one started)
     shadows: list | None = None
     hedging = False  # hedge_on_per_try_timeout for this request
     hedged: list[UpstreamRequest] | tuple = ()  # earlier tries still running beside upstream
@@ -170,59 +173,33 @@ class Router(Tries, StreamDecoderFilter):
     def decode_headers(self, headers: HeaderMap, end_stream: bool) -> FilterHeadersStatus:
         cb = self.decoder_callbacks
         config = self.config
-        stats = config.stats
-        stats.rq_total.inc()
-        info = cb.stream_info
+        config.stats.rq_total.value += 1  # (Counter.inc without the call)
         route = cb.route
         if route is None:
-            stats.no_route.inc()
+            config.stats.no_route.inc()
             cb.send_local_reply(404, details="route_not_found", flags=F.NO_ROUTE_FOUND)
             return FilterHeadersStatus.STOP_ITERATION
-        action = route.action
-        if type(action) is DirectResponseAction:
-            stats.rq_direct_response.inc()
-            self._direct_reply(route, headers, action.status, action.body, None)
-            return FilterHeadersStatus.STOP_ITERATION
-        if type(action) is RedirectAction:
-            stats.rq_direct_response.inc()  # Envoy: a redirect is a direct response entry
-            self._direct_reply(route, headers, action.response_code, b"", action)
-            return FilterHeadersStatus.STOP_ITERATION
-        name = route.cluster_name
-        cluster = config.cluster_manager.get(name) if name else None
+        # No cluster name (a direct response, a redirect) or no such cluster: None. (A name is
+        # never "": a cluster_header route without its header has no cluster.)
+        cluster = config.cluster_manager.get(route.cluster_name)
         if cluster is None:
-            stats.no_cluster.inc()
-            cb.send_local_reply(
-                action.cluster_not_found_response_code,
-                details="cluster_not_found",
-                flags=F.NO_CLUSTER_FOUND,
-            )
+            self._reply_without_cluster(route, headers)
             return FilterHeadersStatus.STOP_ITERATION
+        action = route.action
         self.route = route
         self.cluster = cluster
-        info.upstream_cluster = name
-        drop = cluster.lb_config.drop_overload  # an EDS assignment's drop_overloads
-        if drop and (drop >= 1.0 or config.random.random() < drop):
-            self._drop_overload(cluster, unconditional=drop >= 1.0)
+        cb.stream_info.upstream_cluster = route.cluster_name
+        if cluster.lb_config.drop_overload and self._drop_overload(cluster):
             return FilterHeadersStatus.STOP_ITERATION
-        if action.idle_timeout is not None:  # the route's own stream idle timeout
-            cb.stream.set_idle_timeout(action.idle_timeout)
-        self.hedging = bool(action.hedge_on_per_try_timeout) or (
-            headers.get("x-envoy-hedge-on-per-try-timeout") == "true"
-        )
-        policy = action.retry_policy
-        if policy is not None or "x-envoy-retry-on" in headers:
-            self.retry_state = RetryState.create(
-                policy or EMPTY_POLICY, headers, cluster, config.random
-            )
-        content_type = headers.get("content-type")
-        if content_type is not None and has_grpc_content_type(headers):
+        if "content-type" in headers and has_grpc_content_type(headers):
             self.grpc = True
-        self.timeout = self._final_timeout(headers, action)
-        if cluster.hashing:  # ring hash / Maglev: the route's hash policy, once per request
-            self.hash_ctx = action.hash_context(headers, info)
-            host = cluster.choose_host(self.hash_ctx)
-        else:
-            host = cluster.choose_host()
+        if not action.plain or not _POLICY_HEADERS.isdisjoint(headers):
+            self._apply_policies(headers, action, cluster)
+        elif action.timeout:  # the route's timeout as it stands (_final_timeout's answer)
+            self.timeout = action.timeout
+            if not config.suppress_envoy_headers:
+                headers.set("x-envoy-expected-rq-timeout-ms", action.timeout_ms)
+        host = self._hash_host(cluster, action, headers) if cluster.hashing else cluster.pick_host()
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
             if config.dynamic_stats:
@@ -230,20 +207,20 @@ class Router(Tries, StreamDecoderFilter):
             self._local_reply(_NO_HEALTHY)
             return FilterHeadersStatus.STOP_ITERATION
         self.host = host
-        if action.request_mirror_policies:
-            self._pick_shadows(action.request_mirror_policies, headers)
-        self._finalize_request_headers(headers, route, action, host, info)
         self.request_headers = headers
-        self.request_done = end_stream
-        self.start_time = config.loop.time()
-        if end_stream:
-            self._on_request_complete()
+        if not route.request_as_is:
+            self._route_request(headers, route, action, host, end_stream)
+        self.start_time = now = config.loop.time()
+        if end_stream:  # _on_request_complete, before the upstream request exists
+            self.request_done = True
+            self.request_complete_time = now
+            if self.timeout or self.per_try:
+                self._start_route_timer()
         elif "upgrade" in headers and is_websocket_upgrade(headers):
             self._start_route_timer()  # Envoy: a WebSocket upgrade's lasts until its 101
-        self.attempts = 1
-        info.upstream_request_attempt_count = 1
-        self.upstream = UpstreamRequest(self, cluster, host)
-        self.upstream.start()
+        cb.stream_info.upstream_request_attempt_count = 1
+        upstream = self.upstream = UpstreamRequest(self, cluster, host)
+        upstream.start()
         return FilterHeadersStatus.STOP_ITERATION
 
     def decode_data(self, data: bytes, end_stream: bool) -> FilterDataStatus:
@@ -318,24 +295,77 @@ class Router(Tries, StreamDecoderFilter):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self._stop_try_idle_timer()
-        retry = self.retry_state
-        if retry is not None:
+        if self.try_idle_timer is not None:
+            self._stop_try_idle_timer()
+        if self.retry_state is not None:
             if self.retry_timer is not None or self.per_try_timer is not None:
                 self._cancel_retry_timers()
-            retry.release()
-        upstream = self.upstream
-        if upstream is not None:
+            self.retry_state.release()
+        if self.upstream is not None:
+            upstream = self.upstream
             self.upstream = None
             upstream.reset()
         if self.hedged:
             self._reset_hedged()
-        self.buffered = []
+        if self.buffered:  # (a body held for a connection that never came)
+            self.buffered = []
         if self.downstream_paused:  # the connection may carry the next request
             self.downstream_paused = False
             self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
 
     # Request ----------------------------------------------------------------------------
+
+    def _reply_without_cluster(self, route, headers: HeaderMap) -> None:
+        """The answer of a route with no cluster to forward to: its direct response or its
+        redirect, else (the cluster does not exist) the cluster_not_found local reply."""
+        stats = self.config.stats
+        action = route.action
+        if type(action) is DirectResponseAction:
+            stats.rq_direct_response.inc()
+            self._direct_reply(route, headers, action.status, action.body, None)
+        elif type(action) is RedirectAction:
+            stats.rq_direct_response.inc()  # Envoy: a redirect is a direct response entry
+            self._direct_reply(route, headers, action.response_code, b"", action)
+        else:
+            stats.no_cluster.inc()
+            self.decoder_callbacks.send_local_reply(
+                action.cluster_not_found_response_code,
+                details="cluster_not_found",
+                flags=F.NO_CLUSTER_FOUND,
+            )
+
+    def _route_request(self, headers: HeaderMap, route, action, host, end_stream: bool) -> None:
+        """What a route that does not send the request ``as is`` does: picks the mirrors it
+        goes to, changes its headers and, if it is complete (headers only), sends it to the
+        mirrors (``_on_request_complete``'s part)."""
+        if action.request_mirror_policies:
+            self._pick_shadows(action.request_mirror_policies, headers)
+        info = self.decoder_callbacks.stream_info
+        self._finalize_request_headers(headers, route, action, host, info)
+        if end_stream and self.shadows:
+            self._send_shadows()
+
+    def _hash_host(self, cluster, action: RouteAction, headers: HeaderMap):
+        """The host of a ring hash / Maglev cluster: by the route's hash policy, evaluated
+        once per request (retries hash the same context)."""
+        hash_ctx = self.hash_ctx = action.hash_context(headers, self.decoder_callbacks.stream_info)
+        return cluster.choose_host(hash_ctx)
+
+    def _apply_policies(self, headers: HeaderMap, action: RouteAction, cluster) -> None:
+        """What a route that is not ``plain``, or a request with router headers, asks for:
+        the route's stream idle timeout, hedging, the retry state, and the request's timeouts
+        (``_final_timeout``, which consumes the router headers)."""
+        if action.idle_timeout is not None:  # the route's own stream idle timeout
+            self.decoder_callbacks.stream.set_idle_timeout(action.idle_timeout)
+        self.hedging = bool(action.hedge_on_per_try_timeout) or (
+            headers.get("x-envoy-hedge-on-per-try-timeout") == "true"
+        )
+        policy = action.retry_policy
+        if policy is not None or "x-envoy-retry-on" in headers:
+            self.retry_state = RetryState.create(
+                policy or EMPTY_POLICY, headers, cluster, self.config.random
+            )
+        self.timeout = self._final_timeout(headers, action)
 
     def _final_timeout(self, headers: HeaderMap, action) -> float:
         """Envoy's FilterUtility::finalTimeout (timeouts.py). The route's timeout (none with
@@ -397,6 +427,8 @@ class Router(Tries, StreamDecoderFilter):
         )
 
     def _finalize_request_headers(self, headers, route, action, host, info) -> None:
+        """The route's changes to the request: header mutations, attempt count, host and path
+        rewrites (none for a route that sends the request ``as is``)."""
         route.finalize_request_headers(headers, info)
         if route.virtual_host.include_request_attempt_count:
             headers.set("x-envoy-attempt-count", "1")
@@ -423,14 +455,14 @@ class Router(Tries, StreamDecoderFilter):
                 headers.set(":path", new_path)
 
     def _on_request_complete(self) -> None:
-        loop = self.config.loop
-        self.request_complete_time = loop.time()
+        self.request_complete_time = self.config.loop.time()
         upstream = self.upstream
         if upstream is not None and upstream.encoder is not None:
             self._start_try_idle_timer()
         if self.shadows:
             self._send_shadows()
-        self._start_route_timer()
+        if self.timeout or self.per_try:  # (no timer to start without either)
+            self._start_route_timer()
 
     def _start_route_timer(self) -> None:
         """The route timeout (or the per-try one), once the request is complete; for a
@@ -452,12 +484,11 @@ class Router(Tries, StreamDecoderFilter):
 
     def on_pool_ready(self, upstream: UpstreamRequest) -> None:
         """The upstream stream exists: send what the downstream sent so far."""
-        upstream.host.outlier.put_result(OutlierResult.LOCAL_ORIGIN_CONNECT_SUCCESS)
+        if upstream.host.outlier.split:  # (a connect success counts only then)
+            upstream.host.outlier.put_result(OutlierResult.LOCAL_ORIGIN_CONNECT_SUCCESS)
         encoder = upstream.encoder
-        body = self.buffered
-        trailers = self.trailers
-        headers_end = self.request_done and not body and trailers is None
-        error = encoder.encode_headers(self.request_headers, headers_end)
+        end = self.request_done and not self.buffered and self.trailers is None
+        error = encoder.encode_headers(self.request_headers, end)
         if error is not None:
             log.debug("upstream request headers could not be encoded: %s", error)
             self.upstream = None
@@ -466,21 +497,24 @@ class Router(Tries, StreamDecoderFilter):
                 LocalReply(status=503, body="", details="upstream_reset_before_response_started")
             )
             return
-        if body:
+        if self.buffered:
+            body = self.buffered
             self.buffered = []
             self.buffered_bytes = 0
             # What arrived while the connection was made goes out as one piece, as Envoy
             # sends its buffer (a chunked request has one chunk for it, not one per read).
             data = body[0] if len(body) == 1 else b"".join(body)
-            encoder.encode_data(data, self.request_done and trailers is None)
+            encoder.encode_data(data, self.request_done and self.trailers is None)
             if self.downstream_paused:
                 self.downstream_paused = False
                 self.decoder_callbacks.on_decoder_filter_below_write_buffer_low_watermark()
-        if trailers is not None:
-            encoder.encode_trailers(trailers)
+        if self.trailers is not None:
+            encoder.encode_trailers(self.trailers)
         if self.request_done:
-            self._request_sent()
-            self._start_try_idle_timer()
+            # _request_sent, inlined; a per-try idle timeout needs a retry policy
+            self.decoder_callbacks.stream_info.last_upstream_tx_byte_sent = self.config.loop.time()
+            if not self.route.action.plain:
+                self._start_try_idle_timer()
 
     def _request_sent(self) -> None:
         self.decoder_callbacks.stream_info.last_upstream_tx_byte_sent = self.config.loop.time()
@@ -489,11 +523,41 @@ class Router(Tries, StreamDecoderFilter):
 
     def on_upstream_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         cb = self.decoder_callbacks
-        route = self.route
-        cb.stream_info.response_code_details = "via_upstream"
+        info = cb.stream_info
+        info.response_code_details = "via_upstream"
         status = headers.get(":status", "0")
         code = int(status) if status.isdigit() else 0
-        cb.stream_info.response_code = code  # %RESPONSE_CODE% in response header values
+        info.response_code = code  # %RESPONSE_CODE% in response header values
+        if self.grpc or self.retry_state is not None or self.hedged:
+            if self._judge_response(headers, code, end_stream):
+                return
+        else:  # _judge_response's steps, for a request without either
+            host = self.host
+            host.outlier.put_http_response_code(code)  # (before any retry decision, as Envoy)
+            if "x-envoy-immediate-health-check-fail" in headers:
+                host.health_checker.set_unhealthy()
+            if self.config.dynamic_stats and not info.health_check:
+                # Envoy charges no upstream code stats for a health check (its filter's)
+                self.cluster.code_stats.charge(code, internal=cb.stream.internal)
+            # _charge_host, inlined (Counter.inc without the call)
+            (host.stats.rq_error if code >= 500 else host.stats.rq_success).value += 1
+        if not self.route.response_as_is or self.hash_ctx is not None:
+            if self._rewrite_response(headers, code):
+                return
+        elif not self.config.suppress_envoy_headers and self.request_done:
+            # (the service time, as _rewrite_response sets it)
+            service_ms = round((self.config.loop.time() - self.request_complete_time) * 1000)
+            headers.set("x-envoy-upstream-service-time", str(service_ms))
+        if end_stream:
+            self._on_upstream_complete()
+        cb.encode_headers(headers, end_stream)
+
+    def _judge_response(self, headers: HeaderMap, code: int, end_stream: bool) -> bool:
+        """The outlier result, the retry decision and the stats of a response to a gRPC
+        request (judged by its grpc-status) or to one with tries in play (retries, hedging).
+        True when the response is dropped: another try is still running and may do better,
+        or the policy retries it."""
+        cb = self.decoder_callbacks
         host = self.host
         status_grpc = grpc_status(headers) if self.grpc else None
         # Before any retry decision, as Envoy; a trailers-only gRPC answer by its grpc-status.
@@ -505,14 +569,14 @@ class Router(Tries, StreamDecoderFilter):
         retry = self.retry_state
         if self.hedged:
             if self._drop_while_hedged(retry, headers, code):
-                return
+                return True
             self._reset_hedged()  # this response wins
         if (
             retry is not None
             and retry.concerns(code)
             and self._retry_on_headers(retry, headers, code, end_stream)
         ):
-            return
+            return True
         if self.config.dynamic_stats and not cb.stream_info.health_check:
             # Envoy charges no upstream code stats for a health check (the health_check filter)
             self.cluster.code_stats.charge(code, internal=cb.stream.internal)
@@ -523,16 +587,25 @@ class Router(Tries, StreamDecoderFilter):
                 self._charge_host_grpc(status_grpc)
         else:
             self._charge_host(code)
+        return False
+
+    def _rewrite_response(self, headers: HeaderMap, code: int) -> bool:
+        """The response headers of a route that does not pass the response on ``as is`` (or
+        of a hashing cluster's request, which may add cookies): an internal redirect to
+        follow (True: the response goes no further), the service time, the attempt count,
+        the generated cookies, the route's header mutations, in Envoy's order."""
+        route = self.route
         policy = route.action.internal_redirect_policy
         if (
             policy is not None
             and code in policy.redirect_response_codes
             and self._follow_redirect(policy, headers)
         ):
-            return
-        if not self.config.suppress_envoy_headers and self.request_done:
+            return True
+        config = self.config
+        if not config.suppress_envoy_headers and self.request_done:
             # (Envoy: only once the request is complete, so never on a tunnel's answer)
-            service_ms = round((self.config.loop.time() - self.request_complete_time) * 1000)
+            service_ms = round((config.loop.time() - self.request_complete_time) * 1000)
             headers.set("x-envoy-upstream-service-time", str(service_ms))
         if route.virtual_host.include_attempt_count_in_response:
             headers.set("x-envoy-attempt-count", str(self.attempts))
@@ -540,10 +613,10 @@ class Router(Tries, StreamDecoderFilter):
         if hash_ctx is not None and hash_ctx.set_cookies:
             for cookie in hash_ctx.set_cookies:  # generated by a cookie hash policy
                 headers.add("set-cookie", cookie)
-        route.finalize_response_headers(self.request_headers, headers, cb.stream_info)
-        if end_stream:
-            self._on_upstream_complete()
-        cb.encode_headers(headers, end_stream)
+        route.finalize_response_headers(
+            self.request_headers, headers, self.decoder_callbacks.stream_info
+        )
+        return False
 
     def _follow_redirect(self, policy, response_headers: HeaderMap) -> bool:
         """Envoy's internal redirect: a redirect response the route says to follow becomes
@@ -626,20 +699,18 @@ class Router(Tries, StreamDecoderFilter):
             (host.stats.rq_success if ok else host.stats.rq_error).inc()
 
     def _on_upstream_complete(self) -> None:
-        self._stop_try_idle_timer()
+        if self.try_idle_timer is not None:
+            self._stop_try_idle_timer()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         if self.per_try_timer is not None:
             self.per_try_timer.cancel()
             self.per_try_timer = None
-        if (
-            self.config.dynamic_stats
-            and self.request_done
-            and not self.decoder_callbacks.stream_info.health_check
-        ):
+        cb = self.decoder_callbacks
+        if self.config.dynamic_stats and self.request_done and not cb.stream_info.health_check:
             ms = (self.config.loop.time() - self.start_time) * 1000
-            self.cluster.code_stats.record_time(ms, internal=self.decoder_callbacks.stream.internal)
+            self.cluster.code_stats.record_time(ms, internal=cb.stream.internal)
         self.upstream = None
 
     def on_upstream_reset(
@@ -820,9 +891,13 @@ class Router(Tries, StreamDecoderFilter):
 
     # Local replies ---------------------------------------------------------------------
 
-    def _drop_overload(self, cluster, *, unconditional: bool) -> None:
-        """Envoy's answer to a request dropped by the assignment's drop_overloads: 503,
-        charged to the cluster's upstream codes."""
+    def _drop_overload(self, cluster) -> bool:
+        """Whether the assignment's drop_overloads drop this request (True: answered with
+        Envoy's 503, charged to the cluster's upstream codes)."""
+        drop = cluster.lb_config.drop_overload
+        unconditional = drop >= 1.0
+        if not unconditional and self.config.random.random() >= drop:
+            return False
         if self.config.dynamic_stats:
             cluster.code_stats.charge(503, internal=self.decoder_callbacks.stream.internal)
         if unconditional:
@@ -833,10 +908,11 @@ class Router(Tries, StreamDecoderFilter):
                 headers={"x-envoy-unconditional-drop-overload": "true"},
                 flags=F.UNCONDITIONAL_DROP_OVERLOAD,
             )
-            return
+            return True
         self.decoder_callbacks.send_local_reply(
             503, b"drop overload", details="drop_overload", flags=F.DROP_OVERLOAD
         )
+        return True
 
     def _local_reply(self, reply: LocalReply) -> None:
         self.decoder_callbacks.send_local_reply(

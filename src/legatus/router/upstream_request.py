@@ -41,26 +41,27 @@ class UpstreamRequest(ResponseDecoder):
     """One try of the request on one upstream host: the pool's callbacks and the response
     decoder (Envoy's ``UpstreamRequest``)."""
 
-    __slots__ = ("cluster", "encoder", "host", "paused_downstream", "pending",
-                 "response_started", "router", "websocket")  # fmt: skip
+    # Per-try state starts from these class-level defaults: a try writes only what it uses
+    # (one per request, so its construction is on the hot path).
+    encoder = None  # the pool's RequestEncoder, once ready (None again once detached)
+    pending = None  # the pool's PendingStream while waiting for a connection
+    response_started = False
+    paused_downstream = False
+    websocket = False  # a WebSocket upgrade: its answer is judged here
 
     def __init__(self, router: Router, cluster, host) -> None:
         self.router = router
         self.cluster = cluster
         self.host = host
-        self.encoder = None
-        self.pending = None
-        self.response_started = False
-        self.paused_downstream = False
-        self.websocket = False  # a WebSocket upgrade: its answer is judged here
+        self.info = router.decoder_callbacks.stream_info  # the request's, which a try fills
 
     def start(self) -> None:
         router = self.router
-        headers = router.request_headers
-        if "upgrade" in headers:
-            self.websocket = is_websocket_upgrade(headers)
-        connect_config = router.route.action.connect_config
-        if connect_config is not None and uses_tcp_upstream(connect_config, headers):
+        if "upgrade" in router.request_headers:
+            self.websocket = is_websocket_upgrade(router.request_headers)
+        if router.route.action.connect_config is not None and uses_tcp_upstream(
+            router.route.action.connect_config, router.request_headers
+        ):
             pool = self.cluster.tcp_conn_pool(self.host)
         elif self.cluster.use_downstream_protocol:  # use_downstream_protocol_config
             pool = self.cluster.http_conn_pool(self.host, router.decoder_callbacks.stream.protocol)
@@ -68,7 +69,7 @@ class UpstreamRequest(ResponseDecoder):
             pool = self.cluster.http_conn_pool(self.host)
         self.pending = pending = pool.new_stream(self, self)
         if pending is not None:  # queued for a connection: Envoy has the host from here on
-            self.router.decoder_callbacks.stream_info.upstream_host = self.host.address_text
+            self.info.upstream_host = self.host.address_text
 
     def reset(self) -> None:
         """The router gives up on this try (timeout, downstream gone)."""
@@ -89,7 +90,7 @@ class UpstreamRequest(ResponseDecoder):
             encoder.reset()
             return
         self.encoder = encoder
-        info = router.decoder_callbacks.stream_info
+        info = self.info
         info.upstream_host = host.address_text
         info.upstream_local_address = _fmt(encoder.local_address)
         info.upstream_connection_id = encoder.connection_id
@@ -106,7 +107,7 @@ class UpstreamRequest(ResponseDecoder):
         if router.upstream is not self:
             return
         if host is not None:
-            router.decoder_callbacks.stream_info.upstream_host = host.address_text
+            self.info.upstream_host = host.address_text
         router.on_upstream_reset(_POOL_FAILURES[reason], transport_failure_reason, False)
 
     # Response ---------------------------------------------------------------------------
@@ -135,8 +136,7 @@ class UpstreamRequest(ResponseDecoder):
             return
         if router.try_idle_timer is not None:
             router.touch_try()
-        cb = router.decoder_callbacks
-        cb.stream_info.first_upstream_rx_byte_received = router.config.loop.time()
+        self.info.first_upstream_rx_byte_received = router.config.loop.time()
         if self.websocket and not self._websocket_answer(headers):
             return
         if end_stream:
@@ -183,8 +183,10 @@ class UpstreamRequest(ResponseDecoder):
         if router.try_idle_timer is not None:
             router.touch_try()
         router.decoder_callbacks.stream.touch()
-        if end_stream:
-            self._complete()
+        if end_stream:  # _complete, inlined: the end of most responses
+            self.info.last_upstream_rx_byte_received = router.config.loop.time()
+            if self.encoder is not None:
+                self._unsubscribe(self.encoder)
         router.on_upstream_data(data, end_stream)
 
     def on_trailers(self, trailers: HeaderMap) -> None:
@@ -204,11 +206,10 @@ class UpstreamRequest(ResponseDecoder):
         router.on_upstream_reset(reason, details, self.response_started)
 
     def _complete(self) -> None:
-        router = self.router
-        router.decoder_callbacks.stream_info.last_upstream_rx_byte_received = (
-            router.config.loop.time()
-        )
-        self._detach()
+        self.info.last_upstream_rx_byte_received = self.router.config.loop.time()
+        encoder = self.encoder  # _detach, inlined: once a request
+        if encoder is not None:
+            self._unsubscribe(encoder)
 
     def _detach(self) -> None:
         encoder = self.encoder

@@ -78,6 +78,7 @@ class NullOutlier:
     """The reporter of a host whose cluster has no outlier detection."""
 
     __slots__ = ()
+    split = False  # (see HostOutlier.split)
 
     def put_http_response_code(self, code: int) -> None:
         pass
@@ -102,12 +103,15 @@ NULL_HEALTH_CHECKER = NullHealthChecker()
 class HostOutlier:
     """One host's outcomes since the last flush, run-length encoded."""
 
-    __slots__ = ("_results", "_sink", "address", "cluster", "runs")
+    __slots__ = ("_results", "_sink", "address", "cluster", "runs", "split")
 
     def __init__(self, sink: ReportSink, cluster: str, address: str, *, split: bool) -> None:
         self._sink = sink
         self.cluster = cluster
         self.address = address
+        # split_external_local_origin_errors: only then does a connect success count (the
+        # router skips reporting one otherwise).
+        self.split = split
         self._results = _SPLIT if split else _UNSPLIT
         self.runs: list[int] = []
 

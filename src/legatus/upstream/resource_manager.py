@@ -245,6 +245,13 @@ class ResourceLimit:
     def dec(self) -> None:
         self._own[0] -= 1
 
+    def try_inc(self) -> bool:
+        """``inc()`` if ``can_create()`` (True), in one call: what a pool does per stream."""
+        if sum(self._row) >= self.max:
+            return False
+        self._own[0] += 1
+        return True
+
 
 class _FlaggedLimit(ResourceLimit):
     """A limit of 0 also records that it was ever incremented (see ``_TOUCHED``)."""
@@ -258,6 +265,12 @@ class _FlaggedLimit(ResourceLimit):
     def inc(self) -> None:
         self._own[0] += 1
         self._touched[0] = 1
+
+    def try_inc(self) -> bool:
+        if sum(self._row) >= self.max:
+            return False
+        self.inc()
+        return True
 
 
 class LocalResourceLimit(ResourceLimit):
@@ -281,6 +294,12 @@ class LocalResourceLimit(ResourceLimit):
     def dec(self) -> None:
         self._own[0] -= 1
         self._update()
+
+    def try_inc(self) -> bool:
+        if sum(self._row) >= self.max:
+            return False
+        self.inc()
+        return True
 
     def _update(self) -> None:
         count, max_ = self._own[0], self.max

@@ -13,6 +13,7 @@ host that leaves the cluster has its pools drained and deleted once idle, as Env
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
@@ -36,7 +37,7 @@ class ThreadLocalCluster:
     __slots__ = ("_default_pools", "_h2_options", "_h2_pools", "_lb_stats", "_locality_weights",
                  "_loop", "_pool_context", "_pools", "_rng", "_store", "_table_stats",
                  "_tcp_pools", "code_stats", "config", "hashing", "hosts", "lb", "lb_config",
-                 "resource_managers", "retry_code_stats", "scope", "stats",
+                 "pick_host", "resource_managers", "retry_code_stats", "scope", "stats",
                  "transport_socket", "use_downstream_protocol")  # fmt: skip
 
     def __init__(
@@ -71,7 +72,7 @@ class ThreadLocalCluster:
         self._lb_stats = LbStats(self.scope)
         self._table_stats = table_stats(lb, self.scope) if lb_table_stats else None
         self._locality_weights = dict(lb.locality_weights)
-        self.lb = self._build_lb(())
+        self._set_lb(self._build_lb(()))
         self._pools: dict = {}  # HTTP/1.1
         self._h2_pools: dict = {}  # HTTP/2
         # The pools a request goes to when no downstream protocol chooses (see http_conn_pool).
@@ -99,13 +100,16 @@ class ThreadLocalCluster:
         request, else HTTP/1.1: one pool per protocol and host), HTTP/2 without one (a
         mirrored request) when it has ``http2_protocol_options``; else HTTP/1.1."""
         if downstream_protocol is None:
+            pool = self._default_pools.get(host)
+            if pool is not None:  # (every request but a host's first)
+                return pool
             pools = self._default_pools
         else:
             pools = self._h2_pools if downstream_protocol == HTTP_2 else self._pools
-        pool = pools.get(host)
-        if pool is None:
-            pool = self._new_http_pool(host, pools)
-        return pool
+            pool = pools.get(host)
+            if pool is not None:
+                return pool
+        return self._new_http_pool(host, pools)
 
     def _new_http_pool(self, host: Host, pools: dict):
         if pools is self._h2_pools:
@@ -209,7 +213,7 @@ class ThreadLocalCluster:
                 host.health_flags |= eds_health_flags(host.config.health_status)
         gone = set(self.hosts) - set(new)
         self.hosts = new
-        self.lb = self._build_lb(new, self.lb)
+        self._set_lb(self._build_lb(new, self.lb))
         for host in gone:
             for pools in (self._pools, self._h2_pools, self._tcp_pools):
                 pool = pools.pop(host, None)
@@ -224,6 +228,12 @@ class ThreadLocalCluster:
         health, locality weights) over the cluster's own; the next host update applies them."""
         self.lb_config = replace(self.config.lb, **settings)
         self._locality_weights = dict(self.lb_config.locality_weights)
+
+    def _set_lb(self, lb) -> None:
+        self.lb = lb
+        # choose_host() for a first pick without a hash context, as one call (the router's,
+        # once per request): the balancer's picker when every pick has the same source.
+        self.pick_host = lb.chooser
 
     def _build_lb(self, hosts: tuple[Host, ...], previous=None):
         return build_balancer(
@@ -257,7 +267,7 @@ class ThreadLocalCluster:
                 host.health_flags = (host.health_flags & ~EDS_HEALTH_FLAGS) | eds_health_flags(
                     status
                 )
-        self.lb = self._build_lb(self.hosts, self.lb)
+        self._set_lb(self._build_lb(self.hosts, self.lb))
 
 
 class ThreadLocalClusterManager:
@@ -272,9 +282,9 @@ class ThreadLocalClusterManager:
         self._circuit_breakers = circuit_breakers
         self._worker = worker
         self.clusters: dict[str, ThreadLocalCluster] = {}
-
-    def get(self, name: str) -> ThreadLocalCluster | None:
-        return self.clusters.get(name)
+        # get(name) -> the cluster or None: the dict's own method (called twice a request,
+        # by the connection manager and the router). ``clusters`` is only ever mutated.
+        self.get: Callable[[str], ThreadLocalCluster | None] = self.clusters.get
 
     def add_or_update(
         self, config: ClusterConfig, hosts: tuple[HostConfig, ...], lb_settings=None

@@ -96,6 +96,24 @@ def test_round_robin_index_survives_a_health_refresh():
     assert nxt == order[0] and nxt not in first
 
 
+@pytest.mark.parametrize(
+    ("config", "flags"),
+    [
+        ({}, None),  # one source: the picker itself
+        ({"policy": LbPolicy.LEAST_REQUEST}, None),
+        ({"policy": LbPolicy.RANDOM}, None),
+        ({}, [UNHEALTHY, UNHEALTHY, UNHEALTHY]),  # panic: ``choose`` picks the source
+        ({"policy": LbPolicy.RING_HASH, "hash_function": HashFunction.XX_HASH}, None),
+    ],
+)
+def test_chooser_picks_as_choose_does(config, flags):
+    hosts = make_hosts(4, flags=flags)
+    lb, _ = balancer(hosts, seed=7, **config)
+    twin, _ = balancer(hosts, seed=7, **config)
+    chooser = lb.chooser
+    assert [chooser() for _ in range(12)] == [twin.choose() for _ in range(12)]
+
+
 # Least request ----------------------------------------------------------------------------
 
 

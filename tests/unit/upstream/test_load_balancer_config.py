@@ -264,6 +264,18 @@ def test_refresh_health_rebuilds_and_keeps_eds_flags():
     assert cluster.scope.store.value("cluster.c.lb_healthy_panic") == 40
 
 
+def test_pick_host_follows_every_rebuild_of_the_balancer():
+    cluster = worker_cluster()
+    assert len({cluster.pick_host() for _ in range(6)}) == 3  # round robin over the three
+    cluster.hosts[0].health_flags = HealthFlag.FAILED_ACTIVE_HC
+    cluster.refresh_health()
+    assert {cluster.pick_host() for _ in range(6)} == set(cluster.hosts[1:])
+    cluster.update_hosts(tuple(h.config for h in cluster.hosts[2:]))
+    assert {cluster.pick_host() for _ in range(4)} == {cluster.hosts[0]}
+    cluster.update_hosts(())
+    assert cluster.pick_host() is None
+
+
 def test_hashing_cluster_declares_table_gauges():
     store = Store()
     cluster = worker_cluster(store, lb_policy="RING_HASH")

@@ -108,6 +108,17 @@ def test_limits_and_gauges_follow_every_change():
     assert store.value(CB + "default.remaining_rq") == 1
 
 
+def test_try_inc_counts_only_within_the_limit_and_sets_the_gauges():
+    store = Store()
+    rm = ResourceManager(store.scope("cluster.backend."), max_requests=1, track_remaining=True)
+    assert rm.requests.try_inc() and rm.requests.count == 1
+    assert store.value(CB + "default.rq_open") == 1
+    assert store.value(CB + "default.remaining_rq") == 0
+    assert not rm.requests.try_inc() and rm.requests.count == 1
+    rm.requests.dec()
+    assert rm.requests.try_inc() and rm.requests.count == 1
+
+
 def test_without_track_remaining_there_are_no_remaining_gauges():
     store = Store()
     ResourceManager(store.scope("cluster.backend."), ResourcePriority.HIGH)

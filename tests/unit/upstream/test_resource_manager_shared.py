@@ -125,6 +125,22 @@ def test_a_limit_holds_across_workers():
     assert b.can_send_request()
 
 
+def test_try_inc_holds_the_limit_across_workers():
+    _, (a, b), _ = workers(2, max_requests=2)
+    assert a.requests.try_inc() and b.requests.try_inc()
+    assert not a.requests.try_inc() and not b.requests.try_inc()
+    assert a.requests.count == 2  # a refused try counts nothing
+    b.requests.dec()
+    assert a.requests.try_inc() and a.requests.count == 2
+
+
+def test_try_inc_of_a_zero_limit_counts_nothing_and_flags_nothing():
+    main, tables, (a,) = main_and_workers(1, max_requests=0)
+    assert not a.requests.try_inc() and a.requests.count == 0
+    tables.refresh_gauges()
+    assert main.value(CB + "default.rq_open") == 0  # never incremented: not open yet
+
+
 def test_priorities_and_resources_count_apart():
     table = CounterTable.anonymous(rows=ROWS, workers=1)
     store = Store()

@@ -8,14 +8,14 @@ availability) chooses the locality. That "source" has its own picker, made by th
 on first use: a round robin index, an EDF schedule, two random choices...
 
 When every pick would come from the same source (one level takes all the load, no panic,
-no locality weighting), ``choose`` goes straight to that source's picker: the common case
-costs one method call and an index increment.
+no locality weighting), ``choose`` goes straight to that source's picker, and ``chooser`` is
+that picker's own ``pick``: the common case costs one method call and an index increment.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from legatus.upstream.host import Host
 from legatus.upstream.lb_config import LbConfig
@@ -78,6 +78,12 @@ class EdfFamilyBalancer:
             p = loads.index(100)
             if not priority_set.panic[p]:
                 self._fixed = self._picker((p, HEALTHY, 0))
+
+    @property
+    def chooser(self) -> Callable[[], Host | None]:
+        """``choose()`` as one call: the fixed source's picker when there is one."""
+        fixed = self._fixed
+        return self.choose if fixed is None else fixed.pick
 
     def choose(self, context=None, attempt: int = 0) -> Host | None:
         """A host, or None when the source chosen has none (Envoy's chooseHost)."""

@@ -87,6 +87,11 @@ class HashingBalancer:
             for p, hs in enumerate(priority_set.host_sets)
         )
 
+    @property
+    def chooser(self) -> Callable[[], Host | None]:
+        """``choose()`` as one call (a pick without a request to hash: a random point)."""
+        return self.choose
+
     def choose(self, context=None, attempt: int = 0) -> Host | None:
         h = context.compute_hash_key(self._policy) if context is not None else None
         if h is None:
