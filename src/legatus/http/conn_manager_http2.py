@@ -20,10 +20,15 @@ feeds the bytes to the sans-I/O ``ServerConnection`` (http2/server.py) and is it
   by the client within ``overload.premature_reset_min_stream_lifetime_seconds`` (1 s) and
   before a response code (``downstream_rq_too_many_premature_resets``).
 
-Timers: the streams' ``stream_idle_timeout`` and route timeouts, and the connection's
-``idle_timeout`` (while no stream is open), are ``Deadline`` numbers under one timer per
+Timers: the streams' route timeouts, their ``stream_idle_timeout`` and the connection's
+``idle_timeout`` (while no stream is open) are ``Deadline`` numbers under one timer per
 connection (``Deadlines``), which fires at the nearest and re-arms itself: activity and new
-streams only store numbers, they create no timer. ``request_timeout`` and
+streams only store numbers, they create no timer. The streams' idle deadlines are plain
+numbers on the streams (``idle_at``) under one ``Deadline`` (``stream_idle``), set for the
+nearest when a stream opens sooner than it: when it comes, the streams past theirs time out
+and it is set for the next. The connection's idle deadline (``idle_at``) is a number too,
+under the ``idle`` Deadline, which checks it when it comes: a stream opening or the
+connection going idle again only stores a number. ``request_timeout`` and
 ``max_stream_duration``, when configured, are loop timers per stream.
 
 Flow control, end to end: the client's window exhausted (its stream's send buffer above the
@@ -93,7 +98,9 @@ class Http2ConnectionManager(ReadFilter):
         self.codec_error = None
         self.started = 0.0
         self.deadlines = Deadlines(self.loop)
-        self.idle = Deadline(self.deadlines)  # idle_timeout, while no stream is open
+        self.idle = Deadline(self.deadlines)  # idle_timeout: checks ``idle_at`` (module doc)
+        self.idle_at: float | None = None  # the connection's idle deadline (no stream open)
+        self.stream_idle = Deadline(self.deadlines)  # the nearest stream idle deadline
         self.duration_timer: Any = None
         self.drain_timer: Any = None
         self.delayed_close_timer: Any = None
@@ -153,7 +160,7 @@ class Http2ConnectionManager(ReadFilter):
             config.http2_settings, self.codec_stats, self, buffer_limit=conn.buffer_limit
         )
         if config.idle_timeout:
-            self.idle.set(config.idle_timeout, self._on_idle_timeout)
+            self._go_idle(config.idle_timeout)
         if config.http2_settings.keepalive_interval:
             self._schedule_keepalive()
 
@@ -259,9 +266,13 @@ class Http2ConnectionManager(ReadFilter):
                                HTTP_2)  # fmt: skip
         stream = Http2ActiveStream(self, event, h2_stream)
         h2_stream.decoder = stream
+        self.idle_at = None  # (a stream is open)
         self.streams[h2_stream.id] = stream
-        self.idle.cancel()
-        stream.decode_headers(event)
+        path = headers.get(":path")
+        if path is None or path[:1] == "/" or head.connect:
+            stream.decode_headers(event)
+        else:
+            stream.reject_absolute_path(event)
 
     def on_stream_rejected(self, details: str, reason: ResetReason) -> None:
         """The codec refused a request head: Envoy had made a stream for it, reset at once
@@ -302,25 +313,65 @@ class Http2ConnectionManager(ReadFilter):
     # Streams ---------------------------------------------------------------------------
 
     def on_stream_done(self, stream: Http2ActiveStream) -> None:
-        if self.streams.get(stream.stream_id) is stream:
-            del self.streams[stream.stream_id]
+        streams = self.streams
+        # (the entry under a stream's id is that stream, if any: ids are never reused; a
+        # stream the codec refused has none)
+        streams.pop(stream.stream_id, None)
         if not stream.internally_destroyed:
-            self._count_premature_reset(stream)
-        if self.streams or self.connection.state is not State.OPEN:
+            # Envoy's rapid reset defence (see module doc): a stream reset before its
+            # response within the minimum lifetime is premature.
+            self.closed_streams += 1
+            if stream.info.response_code is None and self._premature(stream.info):
+                self.premature_resets += 1
+            if self.premature_resets * 2 >= self.closed_streams:
+                self._check_premature_resets()
+        if streams or self.connection.state is not State.OPEN:
             return
         if self.drain_state == CLOSING:
             self._close_delayed()
         elif self.config.idle_timeout and not self.closing:
-            self.idle.set(self.config.idle_timeout, self._on_idle_timeout)
+            self._go_idle(self.config.idle_timeout)
 
-    def _count_premature_reset(self, stream: Http2ActiveStream) -> None:
-        """Envoy's rapid reset defence (see module doc)."""
-        self.closed_streams += 1
+    def _go_idle(self, timeout: float) -> None:
+        """No stream is open: the connection's idle deadline is ``timeout`` from now (the
+        ``idle`` Deadline, when already set for sooner, checks it then)."""
+        self.idle_at = self.loop.time() + timeout
+        if self.idle.deadline is None:
+            self.idle.set(timeout, self._on_idle_timeout)
+
+    def on_stream_idle(self) -> None:
+        """The nearest stream idle deadline came (see module doc)."""
+        now = self.loop.time()
+        nearest = None
+        for stream in list(self.streams.values()):
+            at = stream.idle_at
+            if at is None or stream.destroyed:
+                continue
+            if at <= now:
+                stream.idle_at = None
+                stream.on_idle_timeout()
+            elif nearest is None or at < nearest:
+                nearest = at
+        if nearest is not None:
+            self.arm_stream_idle(nearest, now)
+
+    def arm_stream_idle(self, at: float, now: float) -> None:
+        """A stream's idle deadline ``at``: the ``stream_idle`` Deadline is set for it if
+        it is sooner than the one set (or none is)."""
+        timer = self.stream_idle
+        if timer.deadline is None or at < timer.deadline:
+            timer.set(at - now, self.on_stream_idle)
+
+    def _premature(self, info) -> bool:
+        """A stream without a response ended within the minimum lifetime."""
         runtime = self.context.runtime
         lifetime = runtime.get_integer(_PREMATURE_LIFETIME_KEY, 1) if runtime is not None else 1
-        info = stream.info
-        if info.response_code is None and (self.loop.time() - info.start_monotonic <= lifetime):
-            self.premature_resets += 1
+        return self.loop.time() - info.start_monotonic <= lifetime
+
+    def _check_premature_resets(self) -> None:
+        """Abort once premature resets are half of the closed streams, counted from the
+        configured total on (``on_stream_done`` asks only once they are half of them)."""
+        runtime = self.context.runtime
         limit = runtime.get_integer(_PREMATURE_TOTAL_KEY, 500) if runtime is not None else 500
         closed = self.closed_streams
         if self.premature_resets * 2 < (limit if closed < limit else closed):
@@ -350,6 +401,9 @@ class Http2ConnectionManager(ReadFilter):
         decision = self.connection.drain_decision
         if decision is not None:
             return decision.drain_close()
+        return self.health_failed()
+
+    def health_failed(self) -> bool:
         health = self.config.server_health
         return health is not None and health.failed
 
@@ -408,7 +462,15 @@ class Http2ConnectionManager(ReadFilter):
     # Timers ----------------------------------------------------------------------------
 
     def _on_idle_timeout(self) -> None:
-        if self.connection.state is State.OPEN and not self.streams:
+        at = self.idle_at
+        if at is None or self.streams:
+            return  # (a stream opened since: the next idle period sets the deadline again)
+        now = self.loop.time()
+        if at > now:
+            self.idle.set(at - now, self._on_idle_timeout)  # idle again since: not yet
+            return
+        self.idle_at = None
+        if self.connection.state is State.OPEN:
             self.config.stats.named.downstream_cx_idle_timeout.inc()
             self.start_drain()
 
@@ -447,7 +509,7 @@ class Http2ActiveStream(ActiveStream):
     and the idle, route and duration timers are the stream's own."""
 
     protocol = HTTP_2
-    idle: Deadline | None = None
+    idle_at: float | None = None  # the stream idle deadline (the manager's ``stream_idle``)
     own_route_timer: Deadline | None = None
     body_suppressed = False
     internally_destroyed = False
@@ -457,38 +519,34 @@ class Http2ActiveStream(ActiveStream):
         self.h2_stream = h2_stream
         self.stream_id = h2_stream.id if h2_stream is not None else None
         if self.idle_timeout:
-            idle = self.idle = Deadline(manager.deadlines)
-            idle.set(self.idle_timeout, self.on_idle_timeout)
+            at = self.idle_at = self.info.start_monotonic + self.idle_timeout
+            if manager.stream_idle.deadline is None or at < manager.stream_idle.deadline:
+                manager.stream_idle.set(self.idle_timeout, manager.on_stream_idle)
 
-    def decode_headers(self, event) -> None:
-        headers = event.headers
-        path = headers.get(":path")
-        if path is not None and path[:1] != "/" and not event.upgrade:
-            if event.end_stream:
-                self._end_decode()
-            self.request_headers = headers
-            self.manager.config.stats.named.downstream_rq_non_relative_path.inc()
-            self.send_reply(_ABSOLUTE_PATH)
-            return
-        super().decode_headers(event)
+    def reject_absolute_path(self, event) -> None:
+        """Instead of ``decode_headers``: a request whose ``:path`` is not origin-form (and
+        not a CONNECT's) gets Envoy's 404 (the connection manager checks the path)."""
+        if event.end_stream:
+            self._end_decode()
+        self.request_headers = event.headers
+        self.manager.config.stats.named.downstream_rq_non_relative_path.inc()
+        self.send_reply(_ABSOLUTE_PATH)
 
     # Decoding --------------------------------------------------------------------------
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         if data:
             self.info.bytes_received += len(data)
-        idle = self.idle
-        if idle is not None:
-            idle.move(self.idle_timeout)
+        if self.idle_at is not None:
+            self.idle_at = self.manager.loop.time() + self.idle_timeout
         if end_stream:
             self._end_decode()
         if self.filter_manager is not None and not self.response_complete:
             self.filter_manager.decode_data(data, end_stream)
 
     def decode_trailers(self, trailers: HeaderMap) -> None:
-        idle = self.idle
-        if idle is not None:
-            idle.move(self.idle_timeout)
+        if self.idle_at is not None:
+            self.idle_at = self.manager.loop.time() + self.idle_timeout
         self._end_decode()
         if self.filter_manager is not None and not self.response_complete:
             self.filter_manager.decode_trailers(trailers)
@@ -499,53 +557,51 @@ class Http2ActiveStream(ActiveStream):
         if self.destroyed:
             return
         manager = self.manager
-        config = manager.config
         status = headers.get(":status", "0")
         if status[0] == "1":
             if status == "100":
                 self.send_continue(headers)
             return
-        mutate_response_headers(
-            config.header_policy, headers, self.request_headers, date=date_header()
-        )
-        headers.remove_all(_HOP_BY_HOP)
+        policy = manager.config.header_policy
+        mutate_response_headers(policy, headers, self.request_headers, date=date_header())
+        if not _HOP_BY_HOP.isdisjoint(headers):
+            headers.remove_all(_HOP_BY_HOP)
         self.response_started = True
         if not self.request_complete:
-            config.stats.named.downstream_rq_response_before_rq_complete.inc()
-        if manager.drain_state == NOT_DRAINING and manager.drain_close():
-            manager.start_drain()  # Envoy's drainClose() over HTTP/2: GOAWAY
-            config.stats.named.downstream_cx_drain_close.inc()
+            manager.config.stats.named.downstream_rq_response_before_rq_complete.inc()
+        if manager.drain_state == NOT_DRAINING:
+            decision = manager.connection.drain_decision  # (drain_close, inline: per response)
+            if decision.drain_close() if decision is not None else manager.health_failed():
+                manager.start_drain()  # Envoy's drainClose() over HTTP/2: GOAWAY
+                manager.config.stats.named.downstream_cx_drain_close.inc()
         if self.is_head and not end_stream:
             end_stream = self.body_suppressed = True
         self.response_headers = headers
-        info = self.info
-        info.response_code = int(status)
-        info.first_downstream_tx_byte_sent = manager.loop.time()
+        self.info.response_code = int(status)
+        self.info.first_downstream_tx_byte_sent = manager.loop.time()
         try:
             manager.codec.send_headers(self.h2_stream, headers, end_stream)
         except ValueError:
             log.debug("[C%d] response headers could not be encoded", manager.connection.id)
             self.reset_stream()
             return
-        manager.flush()
+        if not (manager.dispatching or manager.flush_scheduled):
+            manager.flush()
         if end_stream:
             self._end_encode()
 
     def write_data(self, data: bytes, end_stream: bool) -> None:
-        if self.destroyed:
-            return
-        if self.body_suppressed:
-            if end_stream:
+        if self.destroyed or self.body_suppressed:
+            if end_stream and not self.destroyed:
                 self._end_encode()
             return
-        if data:
-            self.info.bytes_sent += len(data)
-        idle = self.idle
-        if idle is not None and not end_stream:
-            idle.move(self.idle_timeout)
+        self.info.bytes_sent += len(data)
+        if not end_stream and self.idle_at is not None:
+            self.idle_at = self.manager.loop.time() + self.idle_timeout
         manager = self.manager
         manager.codec.send_data(self.h2_stream, data, end_stream)
-        manager.flush()
+        if not (manager.dispatching or manager.flush_scheduled):
+            manager.flush()
         if end_stream:
             self._end_encode()
 
@@ -635,18 +691,16 @@ class Http2ActiveStream(ActiveStream):
     def set_idle_timeout(self, timeout: float) -> None:
         """A route's ``idle_timeout`` replaces the connection manager's (0 disables it)."""
         self.idle_timeout = timeout or None
-        idle = self.idle
         if self.idle_timeout:
-            if idle is None:
-                idle = self.idle = Deadline(self.manager.deadlines)
-            idle.set(self.idle_timeout, self.on_idle_timeout)
-        elif idle is not None:
-            idle.cancel()
+            now = self.manager.loop.time()
+            self.idle_at = now + self.idle_timeout
+            self.manager.arm_stream_idle(self.idle_at, now)
+        else:
+            self.idle_at = None
 
     def touch(self) -> None:
-        idle = self.idle
-        if idle is not None:
-            idle.move(self.idle_timeout)
+        if self.idle_at is not None:
+            self.idle_at = self.manager.loop.time() + self.idle_timeout
 
     def recreate(self, headers: HeaderMap, body) -> None:
         self.internally_destroyed = True  # the replaced stream is not a premature reset
@@ -676,11 +730,11 @@ class Http2ActiveStream(ActiveStream):
         self._destroy()
 
     def _destroy(self) -> None:
-        if self.destroyed:
-            return
-        for timer in (self.own_route_timer, self.idle):
-            if timer is not None:
-                timer.cancel()
+        # (a second call finds the timer cancelled and the decoder let go: no-ops, and
+        # ActiveStream._destroy returns at once; the idle deadline, a number, needs nothing:
+        # the manager's scan skips destroyed streams)
+        if self.own_route_timer is not None:
+            self.own_route_timer.cancel()
         h2_stream = self.h2_stream
         if h2_stream is not None:
             h2_stream.decoder = None

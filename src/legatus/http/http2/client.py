@@ -36,7 +36,6 @@ from legatus.http.http2.header_validation import (
 from legatus.http.http2.stream import ResetReason, Stream, StreamDecoder, StreamState
 
 _CLOSED = StreamState.CLOSED
-_RESPONSE = 1  # cache kind (hpack_codec)
 _VIOLATION = Rejection(VIOLATION_OF_MESSAGING_RULE)
 
 
@@ -108,15 +107,14 @@ class ClientConnection(Http2Connection):
             stream.decoder.decode_trailers(head.header_map())
         else:
             hpack_in = self._hpack_in
-            head = hpack_in.cached(_RESPONSE, block)
+            head = hpack_in.cache.get(block)
             if head is None:
-                before = hpack_in.marker()
                 fields = self._decode_block(block)
                 if fields is None:
                     return
                 head = check_response(fields, self.settings)
                 if type(head) is Head:
-                    hpack_in.store(_RESPONSE, block, before, head)
+                    hpack_in.store(block, head)
             if type(head) is Rejection:
                 self._refuse(stream, head)
                 return

@@ -33,6 +33,7 @@ window), as nghttp2 does for streams it closed.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +47,17 @@ from legatus.http.http2.protocol_constraints import (
     ProtocolConstraints,
 )
 from legatus.http.http2.settings import MAX_CONTINUATIONS, Http2Settings
-from legatus.http.http2.stream import ResetReason, Stream, StreamState
+from legatus.http.http2.stream import END_LOCAL, ResetReason, Stream, StreamState
 
 _FRAME_HEADER = f.FRAME_HEADER.unpack_from
 _FRAME_HEADER_PACK = f.FRAME_HEADER.pack
 _CLOSED = StreamState.CLOSED
 _DATA, _HEADERS, _CONTINUATION = f.DATA, f.HEADERS, f.CONTINUATION
+_END_HEADERS = f.FLAG_END_HEADERS
+_END_HEADERS_END_STREAM = f.FLAG_END_HEADERS | f.FLAG_END_STREAM
+_NO_FRAMES = (0, 0)  # (frames, control frames) active
+# The flags of a HEADERS frame that make it the usual one when only END_HEADERS is among them.
+_PLAIN_HEADERS_MASK = f.FLAG_END_HEADERS | f.FLAG_PADDED | f.FLAG_PRIORITY
 # hpack's own bound on a decoded list (a decompression bomb): far above any header limit.
 _HPACK_LIST_LIMIT = 1 << 20
 # A single field longer than this is a COMPRESSION_ERROR, as nghttp2's inflater has it.
@@ -100,6 +106,9 @@ class Http2Connection:
         self.buffer_limit = buffer_limit  # a stream's send buffer high watermark
         self.streams: dict[int, Stream] = {}
         self.constraints = ProtocolConstraints(settings, stats)
+        # (the outbound flood limits, for the check after each read: ``check_outbound``'s)
+        self._max_frames = settings.max_outbound_frames
+        self._max_control_frames = settings.max_outbound_control_frames
         self._hpack_in = HeaderBlockDecoder(
             max_table_size=settings.hpack_table_size, max_list_size=_HPACK_LIST_LIMIT
         )
@@ -109,6 +118,13 @@ class Http2Connection:
         self.error: CodecError | None = None
         self.halted = False  # see halt()
         self._settings_received = False
+        self._preface_left = 0  # bytes of the client preface still to come (server role)
+        # What the connection window is still to be raised by, once (server role: at the end
+        # of the first read, unless the ACK of the first SETTINGS came first).
+        self._raise_window_by = 0
+        # The next frame is checked before anything else: the first SETTINGS is due, or the
+        # CONTINUATION of a header block.
+        self._expecting = True
         # Header block being assembled from HEADERS + CONTINUATION.
         self._hb_stream = 0
         self._hb_flags = 0
@@ -130,7 +146,7 @@ class Http2Connection:
         self.goaway_sent: int | None = None  # the last stream id we said we would process
         self.goaway_received: int | None = None
         self._pending_bytes = 0  # body waiting for windows, all streams (a gauge)
-        self._frames_gauges = (0, 0)
+        self._frames_gauges = _NO_FRAMES
 
     # Output --------------------------------------------------------------------------
 
@@ -147,14 +163,14 @@ class Http2Connection:
         """The owner's transport holds ``unsent`` bytes not yet written to the socket:
         frames before them no longer count towards the outbound flood limits."""
         constraints = self.constraints
-        constraints.transport_buffer(unsent)
-        frames = constraints.active_frames
+        active = constraints.transport_buffer(unsent)
         old = self._frames_gauges
-        if frames != old:
-            self._frames_gauges = frames
-            self.stats.outbound_frames_active.add(frames[0] - old[0])
-            self.stats.outbound_control_frames_active.add(frames[1] - old[1])
-        if constraints.violation is None and constraints.check_outbound() is not None:
+        if active != old:
+            self._frames_gauges = active
+            self.stats.outbound_frames_active.add(active[0] - old[0])
+            self.stats.outbound_control_frames_active.add(active[1] - old[1])
+        over = active[0] > self._max_frames or active[1] > self._max_control_frames
+        if over and constraints.violation is None and constraints.check_outbound() is not None:
             return self._fail(constraints.violation, f.ENHANCE_YOUR_CALM, flood=True)
         return self.error
 
@@ -181,67 +197,86 @@ class Http2Connection:
             self._in += data
             data = bytes(self._in)
             self._in.clear()
-        pos = self._start(data)
-        if self.error is not None or self.halted:
-            return self.error
+        pos = 0
+        if self._preface_left:
+            pos = self._start(data)
+            if self.error is not None or self.halted:
+                return self.error
         n = len(data)
         max_frame = f.DEFAULT_MAX_FRAME_SIZE
         constraints = self.constraints
         while n - pos >= 9:
             hi, lo, kind, flags, sid = _FRAME_HEADER(data, pos)
             length = (hi << 8) | lo
-            if length > max_frame:
-                self._fail("too large frame size", f.FRAME_SIZE_ERROR, goaway=True)
-                break
             end = pos + 9 + length
-            if end > n:
+            if end > n or length > max_frame:
+                if length > max_frame:
+                    self._fail("too large frame size", f.FRAME_SIZE_ERROR, goaway=True)
                 break
             payload = data[pos + 9 : end]
             pos = end
-            sid &= 0x7FFFFFFF
-            if self._hb_stream and kind != _CONTINUATION:
-                self._fail("expected CONTINUATION", f.PROTOCOL_ERROR, goaway=True)
-                break
-            if not self._settings_received and (kind != f.SETTINGS or flags & f.FLAG_ACK):
-                self._fail("SETTINGS expected", f.PROTOCOL_ERROR, goaway=True)
-                break
-            padding = 0
-            if flags & f.FLAG_PADDED and kind <= _HEADERS and length:
-                padding = payload[0] + 1
-            if constraints.track_inbound(kind, flags, length, padding) is not None:
-                self._fail(constraints.violation, f.ENHANCE_YOUR_CALM, flood=True)
-                break
-            if kind == _DATA:
-                self._on_data(flags, sid, payload, padding)
-            elif kind == _HEADERS:
-                self._on_headers(flags, sid, payload, padding)
-            elif kind == f.WINDOW_UPDATE:
-                self._on_window_update(sid, payload)
-            elif kind == f.SETTINGS:
-                self._on_settings(flags, sid, payload)
-            elif kind == f.PING:
-                self._on_ping(flags, sid, payload)
-            elif kind == f.RST_STREAM:
-                self._on_rst_stream(sid, payload)
-            elif kind == _CONTINUATION:
-                self._on_continuation(flags, sid, payload)
-            elif kind == f.PRIORITY:
-                self._on_priority(sid, payload)
-            elif kind == f.GOAWAY:
-                self._on_goaway(sid, payload)
-            elif kind == f.PUSH_PROMISE:
-                self._fail("PUSH_PROMISE: push is disabled", f.PROTOCOL_ERROR, goaway=True)
-            # (unknown frame types are ignored, RFC 9113 5.5)
+            if self._expecting:
+                if self._hb_stream and kind != _CONTINUATION:
+                    self._fail("expected CONTINUATION", f.PROTOCOL_ERROR, goaway=True)
+                    break
+                if not self._settings_received and (kind != f.SETTINGS or flags & f.FLAG_ACK):
+                    self._fail("SETTINGS expected", f.PROTOCOL_ERROR, goaway=True)
+                    break
+            if (kind == _HEADERS and flags & _PLAIN_HEADERS_MASK == _END_HEADERS and length
+                    and 0 < sid <= f.MAX_STREAM_ID):  # fmt: skip
+                # A whole header block, unpadded, without priority, the reserved bit clear
+                # (every request's HEADERS): what track_inbound counts for it, and
+                # _on_headers' work, inline.
+                constraints.inbound_streams += 1
+                constraints.consecutive_empty = 0
+                self._on_header_block(sid, flags, payload)
+            else:
+                sid &= 0x7FFFFFFF
+                padding = 0
+                if flags & f.FLAG_PADDED and kind <= _HEADERS and length:
+                    padding = payload[0] + 1
+                if constraints.track_inbound(kind, flags, length, padding) is not None:
+                    self._fail(constraints.violation, f.ENHANCE_YOUR_CALM, flood=True)
+                    break
+                if kind == _DATA:
+                    self._on_data(flags, sid, payload, padding)
+                elif kind == _HEADERS:
+                    self._on_headers(flags, sid, payload, padding)
+                elif kind == f.WINDOW_UPDATE:
+                    self._on_window_update(sid, payload)
+                elif kind == f.SETTINGS:
+                    self._on_settings(flags, sid, payload)
+                elif kind == f.PING:
+                    self._on_ping(flags, sid, payload)
+                elif kind == f.RST_STREAM:
+                    self._on_rst_stream(sid, payload)
+                elif kind == _CONTINUATION:
+                    self._on_continuation(flags, sid, payload)
+                elif kind == f.PRIORITY:
+                    self._on_priority(sid, payload)
+                elif kind == f.GOAWAY:
+                    self._on_goaway(sid, payload)
+                elif kind == f.PUSH_PROMISE:
+                    self._fail("PUSH_PROMISE: push is disabled", f.PROTOCOL_ERROR, goaway=True)
+                # (unknown frame types are ignored, RFC 9113 5.5)
             if self.error is not None or self.halted:
                 break
         if self.error is not None:
             return self.error
         if pos < n:
             self._in += memoryview(data)[pos:]
+        if self._raise_window_by:
+            self._raise_window()
         return None
 
+    def _raise_window(self) -> None:
+        """The connection window goes up to its configured size (see ``_raise_window_by``)."""
+        self._frame(f.window_update(0, self._raise_window_by))
+        self._raise_window_by = 0
+
     def _start(self, data: bytes) -> int:
-        """Where frames start in ``data`` (the server skips the client preface first)."""
+        """Where frames start in ``data``, while ``_preface_left`` (the server skips the
+        client preface first)."""
         return 0
 
     def halt(self) -> None:
@@ -356,6 +391,7 @@ class Http2Connection:
             self._on_header_block(sid, flags, block)
         else:
             self._hb_stream = sid
+            self._expecting = True
             self._hb_flags = flags
             self._hb_parts = [block]
             self._hb_continuations = 0
@@ -373,6 +409,7 @@ class Http2Connection:
         parts.append(payload)
         if flags & f.FLAG_END_HEADERS:
             self._hb_stream = 0
+            self._expecting = False  # (the first SETTINGS came before the HEADERS)
             self._hb_parts = []
             self._on_header_block(sid, self._hb_flags, b"".join(parts))
 
@@ -441,6 +478,7 @@ class Http2Connection:
             self._fail("SETTINGS: bad length", f.FRAME_SIZE_ERROR, goaway=True)
             return
         self._settings_received = True
+        self._expecting = False  # (no header block is open: it would have failed first)
         delta = 0
         for key, value in f.parse_settings(payload):
             if key == f.SETTINGS_INITIAL_WINDOW_SIZE:
@@ -572,51 +610,47 @@ class Http2Connection:
     def send_headers(self, stream: Stream, headers: HeaderMap, end_stream: bool) -> None:
         """A header block on ``stream`` (pseudo-headers first). Raises ``ValueError`` (and
         sends nothing) for a value no codec can send."""
-        block = self._encode(headers)
-        data, count = f.header_block_frames(stream.id, block, end_stream, self.peer_max_frame_size)
-        self._out += data
-        self.constraints.outbound_frames += count
+        block = self._hpack_out.encode_headers(headers)
+        n = len(block)
+        if n <= self.peer_max_frame_size:
+            flags = _END_HEADERS_END_STREAM if end_stream else _END_HEADERS
+            self._out += _FRAME_HEADER_PACK(n >> 8, n & 0xFF, _HEADERS, flags, stream.id)
+            self._out += block
+            self.constraints.outbound_frames += 1
+        else:
+            data, count = f.header_block_frames(
+                stream.id, block, end_stream, self.peer_max_frame_size
+            )
+            self._out += data
+            self.constraints.outbound_frames += count
         if end_stream:
-            stream.local_end_queued = True
             self._end_local(stream)
-
-    def _encode(self, headers: HeaderMap) -> bytes:
-        rest = []
-        fields = []
-        for item in headers.items():
-            if item[0][:1] == ":":
-                fields.append(item)
-            else:
-                rest.append(item)
-        fields += rest
-        return self._hpack_out.encode(fields)
 
     def send_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         """Body on ``stream``: sent as far as the windows allow, the rest queued."""
         if stream.local_end_queued or stream.state is _CLOSED:
             return
+        n = len(data)
+        if (not stream.pending_size and n <= stream.send_window and n <= self._send_window
+                and n <= self.peer_max_frame_size and (n or end_stream)):  # fmt: skip
+            # All of it in one frame, now (the usual case).
+            stream.send_window -= n
+            self._send_window -= n
+            self.constraints.outbound_data_frames += 1
+            self.constraints.outbound_frames += 1
+            self._out += _FRAME_HEADER_PACK(n >> 8, n & 0xFF, _DATA, 1 if end_stream else 0,
+                                            stream.id)  # fmt: skip
+            self._out += data
+            if end_stream:
+                self._end_local(stream)
+            return
         if end_stream:
             stream.local_end_queued = True
-        n = len(data)
-        if not stream.pending_size:
-            window = stream.send_window
-            if self._send_window < window:
-                window = self._send_window
-            if n <= window and n <= self.peer_max_frame_size and (n or end_stream):
-                stream.send_window -= n
-                self._send_window -= n
-                self.constraints.outbound_data_frames += 1
-                self.constraints.outbound_frames += 1
-                self._out += _FRAME_HEADER_PACK(
-                    n >> 8, n & 0xFF, _DATA, 1 if end_stream else 0, stream.id
-                )
-                if n:
-                    self._out += data
-                if end_stream:
-                    self._end_local(stream)
-                return
         if n:
-            stream.pending.append(memoryview(data))
+            pending = stream.pending
+            if not pending:
+                pending = stream.pending = deque()
+            pending.append(memoryview(data))
             stream.pending_size += n
             self._pending_bytes += n
             self.stats.pending_send_bytes.add(n)
@@ -701,8 +735,10 @@ class Http2Connection:
                 stream.decoder.on_send_watermark(True)
 
     def _end_local(self, stream: Stream) -> None:
-        stream.end_local()
-        if stream.state is _CLOSED:
+        """Our END_STREAM is queued (so the user had ended its side)."""
+        stream.local_end_queued = True
+        state = stream.state = END_LOCAL[stream.state]  # (Stream.end_local, inline)
+        if state is _CLOSED:
             self._close_stream(stream)
         elif stream.deferred_reset is not None:
             self.stats.tx_reset.inc()
@@ -740,14 +776,15 @@ class Http2Connection:
             return
         self.stats.streams_active.dec()
         self._blocked.pop(stream.id, None)
-        if stream.pending_size:
-            self._pending_bytes -= stream.pending_size
-            self.stats.pending_send_bytes.sub(stream.pending_size)
-            stream.pending_size = 0
-            stream.pending.clear()
-        if stream.unconsumed:
-            n, stream.unconsumed = stream.unconsumed, 0
-            self._consume(None, n)
+        if stream.pending_size or stream.unconsumed:
+            if stream.pending_size:
+                self._pending_bytes -= stream.pending_size
+                self.stats.pending_send_bytes.sub(stream.pending_size)
+                stream.pending_size = 0
+                stream.pending.clear()
+            if stream.unconsumed:
+                n, stream.unconsumed = stream.unconsumed, 0
+                self._consume(None, n)
 
     def _open_stream(self, stream_id: int) -> Stream:
         stream = Stream(
@@ -780,8 +817,8 @@ class Http2Connection:
         if self._pending_bytes:
             self._pending_bytes = 0
         old = self._frames_gauges
-        if old != (0, 0):
-            self._frames_gauges = (0, 0)
+        if old != _NO_FRAMES:
+            self._frames_gauges = _NO_FRAMES
             self.stats.outbound_frames_active.sub(old[0])
             self.stats.outbound_control_frames_active.sub(old[1])
         details = self.error.details if self.error is not None else ""

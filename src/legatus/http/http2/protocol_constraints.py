@@ -43,8 +43,8 @@ _STATS = {
 
 
 class ProtocolConstraints:
-    __slots__ = ("_batches", "_handed", "_in_transport", "_in_transport_control", "_settings",
-                 "_stats", "consecutive_empty", "inbound_priority_frames", "inbound_streams",
+    __slots__ = ("_batches", "_handed", "_settings", "_stats", "_written", "_written_control",
+                 "consecutive_empty", "inbound_priority_frames", "inbound_streams",
                  "inbound_window_update_frames", "outbound_control_frames",
                  "outbound_data_frames", "outbound_frames", "violation")  # fmt: skip
 
@@ -56,12 +56,16 @@ class ProtocolConstraints:
         self.inbound_priority_frames = 0
         self.inbound_window_update_frames = 0
         self.outbound_data_frames = 0
-        self.outbound_frames = 0  # in the codec's output buffer
+        # Outbound frames are counted from the start: queued (by the codec, as it queues
+        # them) and written (by the transport); the difference is what is still held.
+        self.outbound_frames = 0
         self.outbound_control_frames = 0
-        self._in_transport = 0  # handed to the transport, not yet written to the socket
-        self._in_transport_control = 0
+        self._written = 0
+        self._written_control = 0
         self._handed = 0  # bytes handed to the transport, ever
-        self._batches: deque[tuple[int, int, int]] = deque()  # (end offset, frames, control)
+        # Output handed to the transport, not yet known written: (end offset, frames queued
+        # and control frames queued by then).
+        self._batches: deque[tuple[int, int, int]] = deque()
         self.violation: str | None = None
 
     # Inbound -----------------------------------------------------------------------
@@ -98,43 +102,37 @@ class ProtocolConstraints:
 
     def check_outbound(self) -> str | None:
         """After frames were queued: the violation, if the queue is now too long."""
-        if self.outbound_frames + self._in_transport > self._settings.max_outbound_frames:
+        settings = self._settings
+        if self.outbound_frames - self._written > settings.max_outbound_frames:
             return self._violate(OUTBOUND_FLOOD)
-        if (
-            self.outbound_control_frames + self._in_transport_control
-            > self._settings.max_outbound_control_frames
+        if self.outbound_control_frames - self._written_control > (
+            settings.max_outbound_control_frames
         ):
             return self._violate(OUTBOUND_CONTROL_FLOOD)
         return None
 
     def handed(self, size: int) -> None:
-        """The output buffer (``size`` bytes, the frames counted so far) went to the
+        """The output buffer (``size`` bytes, the frames queued so far) went to the
         transport."""
         self._handed += size
-        frames = self.outbound_frames
-        if frames:
-            control = self.outbound_control_frames
-            self._batches.append((self._handed, frames, control))
-            self._in_transport += frames
-            self._in_transport_control += control
-            self.outbound_frames = self.outbound_control_frames = 0
+        self._batches.append((self._handed, self.outbound_frames, self.outbound_control_frames))
 
-    def transport_buffer(self, unsent: int) -> None:
-        """The transport still holds ``unsent`` bytes: frames before them are gone."""
+    def transport_buffer(self, unsent: int) -> tuple[int, int]:
+        """The transport still holds ``unsent`` bytes: frames before them are written.
+        Returns ``active_frames``."""
         batches = self._batches
-        if not batches:
-            return
-        written = self._handed - unsent
-        while batches and batches[0][0] <= written:
-            _, frames, control = batches.popleft()
-            self._in_transport -= frames
-            self._in_transport_control -= control
+        if batches:
+            written = self._handed - unsent
+            while batches and batches[0][0] <= written:
+                _, self._written, self._written_control = batches.popleft()
+        return (self.outbound_frames - self._written,
+                self.outbound_control_frames - self._written_control)  # fmt: skip
 
     @property
     def active_frames(self) -> tuple[int, int]:
         """(frames, control frames) queued and not yet written."""
-        return (self.outbound_frames + self._in_transport,
-                self.outbound_control_frames + self._in_transport_control)  # fmt: skip
+        return (self.outbound_frames - self._written,
+                self.outbound_control_frames - self._written_control)  # fmt: skip
 
     def _violate(self, message: str) -> str:
         if self.violation is None:

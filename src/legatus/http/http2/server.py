@@ -34,7 +34,7 @@ from legatus.http.http2.header_validation import (
 from legatus.http.http2.stream import ResetReason, Stream, StreamState
 
 _CLOSED = StreamState.CLOSED
-_REQUEST = 0  # cache kind (hpack_codec)
+_HALF_REMOTE = StreamState.HALF_CLOSED_REMOTE
 _PREFACE = f.PREFACE
 
 
@@ -44,30 +44,20 @@ class ServerConnection(Http2Connection):
     def __init__(self, settings, stats, callbacks, *, buffer_limit: int = 1 << 20) -> None:
         super().__init__(settings, stats, callbacks, buffer_limit=buffer_limit)
         self._preface_left = len(_PREFACE)
+        self._max_streams = settings.max_concurrent_streams
+        self._stream_recv_window = settings.initial_stream_window_size
         self._frame(f.settings(settings.local_settings(client=False)))
         # The connection window is raised right after the ACK of the client's first SETTINGS
         # (or at the end of the first read without one), as nghttp2 orders them.
         self._raise_window_by = settings.initial_connection_window_size - f.DEFAULT_WINDOW_SIZE
-
-    def feed(self, data: bytes):
-        error = super().feed(data)
-        if self._raise_window_by and error is None:
-            self._raise_window()
-        return error
 
     def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
         super()._on_settings(flags, sid, payload)
         if self._raise_window_by and self.error is None and not flags & f.FLAG_ACK:
             self._raise_window()
 
-    def _raise_window(self) -> None:
-        self._frame(f.window_update(0, self._raise_window_by))
-        self._raise_window_by = 0
-
     def _start(self, data: bytes) -> int:
         left = self._preface_left
-        if not left:
-            return 0
         done = len(_PREFACE) - left
         got = data[:left]
         if got != _PREFACE[done : done + len(got)]:
@@ -82,49 +72,73 @@ class ServerConnection(Http2Connection):
         self._frame(f.goaway(f.MAX_STREAM_ID, f.NO_ERROR))
 
     def _on_header_block(self, sid: int, flags: int, block: bytes) -> None:
-        end_stream = bool(flags & f.FLAG_END_STREAM)
-        stream = self.streams.get(sid)
-        if stream is not None:
-            self._on_trailers(stream, block, end_stream)
-            return
-        if not sid & 1:
-            self._fail("HEADERS: invalid stream id", f.PROTOCOL_ERROR)
-            return
-        if sid <= self.last_peer_stream_id or (
-            self.goaway_sent is not None and sid > self.goaway_sent
-        ):
-            self._decode_block(block)  # a closed stream's, or one we said we would not take
+        """A request head (the usual case, inline: a new stream, a head this connection
+        decoded before, nothing to refuse), or trailers, or a block to drop."""
+        if (
+            sid <= self.last_peer_stream_id or not sid & 1 or self.goaway_sent is not None
+        ) and not self._opens_stream(sid, flags, block):
             return
         self.last_peer_stream_id = sid
-        hpack_in = self._hpack_in
-        head = hpack_in.cached(_REQUEST, block)
+        head = self._hpack_in.cache.get(block)
         if head is None:
-            before = hpack_in.marker()
             fields = self._decode_block(block)
             if fields is None:
                 return
             head = check_request(fields, self.settings)
             if type(head) is Head and not head.dropped:
-                hpack_in.store(_REQUEST, block, before, head)
-        if type(head) is Rejection:
-            self._reject(sid, head)
-            return
-        if len(self.streams) >= self.settings.max_concurrent_streams:
-            self.stats.tx_reset.inc()
-            self._control(f.rst_stream(sid, f.REFUSED_STREAM))
-            return
-        if end_stream and head.content_length:
+                self._hpack_in.store(block, head)
+        end_stream = (flags & f.FLAG_END_STREAM) != 0
+        if type(head) is Rejection or head.dropped or len(self.streams) >= self._max_streams:
+            if not self._admit(sid, head, end_stream):
+                return
+        elif end_stream and head.content_length:
             self._reject(sid, Rejection(VIOLATION_OF_MESSAGING_RULE, f.PROTOCOL_ERROR))
             return
-        if head.dropped:
-            self.stats.dropped_headers_with_underscores.add(head.dropped)
-        stream = self._open_stream(sid)
+        stream = self.streams[sid] = Stream(
+            sid, send_window=self.peer_initial_window, recv_window=self._stream_recv_window
+        )
+        self.stats.streams_active.inc()
         stream.content_length = head.content_length
         if end_stream:
-            stream.end_remote()
+            stream.state = _HALF_REMOTE
         self.callbacks.on_request_headers(stream, head, end_stream)
         if stream.state is _CLOSED:
             self._close_stream(stream)
+
+    def _opens_stream(self, sid: int, flags: int, block: bytes) -> bool:
+        """Whether a block on ``sid`` (not past the last stream the peer opened, or even, or
+        after our GOAWAY) opens a stream; what it is otherwise: trailers, a protocol error,
+        a block for a stream closed or refused (decoded all the same: the HPACK state)."""
+        stream = self.streams.get(sid)
+        if stream is not None:
+            self._on_trailers(stream, block, (flags & f.FLAG_END_STREAM) != 0)
+            return False
+        if not sid & 1:
+            self._fail("HEADERS: invalid stream id", f.PROTOCOL_ERROR)
+            return False
+        if sid <= self.last_peer_stream_id or (
+            self.goaway_sent is not None and sid > self.goaway_sent
+        ):
+            self._decode_block(block)
+            return False
+        return True
+
+    def _admit(self, sid: int, head: Head | Rejection, end_stream: bool) -> bool:
+        """Whether a request head that is refused, or drops fields, or comes past
+        MAX_CONCURRENT_STREAMS, opens its stream (after the answer Envoy gives it)."""
+        if type(head) is Rejection:
+            self._reject(sid, head)
+            return False
+        if len(self.streams) >= self._max_streams:
+            self.stats.tx_reset.inc()
+            self._control(f.rst_stream(sid, f.REFUSED_STREAM))
+            return False
+        if end_stream and head.content_length:
+            self._reject(sid, Rejection(VIOLATION_OF_MESSAGING_RULE, f.PROTOCOL_ERROR))
+            return False
+        if head.dropped:
+            self.stats.dropped_headers_with_underscores.add(head.dropped)
+        return True
 
     def _on_connection_error(self, error) -> None:
         sid = self._hb_stream

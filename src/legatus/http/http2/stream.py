@@ -28,8 +28,10 @@ class StreamState(enum.IntEnum):
 
 
 _OPEN, _HALF_LOCAL, _HALF_REMOTE, _CLOSED = StreamState
-_END_LOCAL = {_OPEN: _HALF_LOCAL, _HALF_REMOTE: _CLOSED}
-_END_REMOTE = {_OPEN: _HALF_REMOTE, _HALF_LOCAL: _CLOSED}
+# The transitions of ``end_local`` and ``end_remote`` (the codec applies them inline on its
+# hot path: a missing key is the caller's bug, as with the methods).
+END_LOCAL = {_OPEN: _HALF_LOCAL, _HALF_REMOTE: _CLOSED}
+END_REMOTE = {_OPEN: _HALF_REMOTE, _HALF_LOCAL: _CLOSED}
 
 
 class ResetReason(enum.Enum):
@@ -74,39 +76,39 @@ class StreamDecoder(Protocol):
 
 
 class Stream:
-    """One opened stream (see module doc)."""
+    """One opened stream (see module doc).
 
-    __slots__ = ("above_watermark", "content_length", "decoder", "deferred_reset", "id",
-                 "local_end_queued",
-                 "pending", "pending_size", "pending_trailers", "read_disabled", "received",
-                 "recv_consumed", "recv_window", "response_headers_seen", "send_window",
-                 "state", "unconsumed", "user")  # fmt: skip
+    A stream is made per request, and most of its state keeps its initial value for the
+    whole of a short exchange, so the defaults are class attributes and a new stream sets
+    only its id and windows (an instance attribute appears when a value first changes)."""
+
+    state = _OPEN
+    decoder: StreamDecoder | None = None
+    user = None  # free for the decoder's owner
+    recv_consumed = 0  # received and consumed, not yet given back (WINDOW_UPDATE)
+    unconsumed = 0  # received while reading is disabled
+    read_disabled = 0
+    # Body waiting for window: a deque once there is some (the empty tuple until then).
+    pending: deque[memoryview] | tuple = ()
+    pending_size = 0
+    pending_trailers: HeaderMap | None = None  # trailers to send after the body
+    local_end_queued = False  # the user ended its side (maybe still pending)
+    above_watermark = False
+    content_length: int | None = None  # declared by the peer, counted down
+    received = 0
+    response_headers_seen = False  # client role: the final response head came
+    deferred_reset: int | None = None  # RST_STREAM code once our END_STREAM is out
 
     def __init__(self, stream_id: int, *, send_window: int, recv_window: int) -> None:
         self.id = stream_id
-        self.state = _OPEN
-        self.decoder: StreamDecoder | None = None
-        self.user = None  # free for the decoder's owner
         self.send_window = send_window  # what the peer lets us send
         self.recv_window = recv_window  # what we let the peer send
-        self.recv_consumed = 0  # received and consumed, not yet given back (WINDOW_UPDATE)
-        self.unconsumed = 0  # received while reading is disabled
-        self.read_disabled = 0
-        self.pending: deque[bytes] = deque()  # body waiting for window
-        self.pending_size = 0
-        self.pending_trailers: bytes | None = None  # encoded trailers, after the body
-        self.local_end_queued = False  # the user ended its side (maybe still pending)
-        self.above_watermark = False
-        self.content_length: int | None = None  # declared by the peer, counted down
-        self.received = 0
-        self.response_headers_seen = False  # client role: the final response head came
-        self.deferred_reset: int | None = None  # RST_STREAM code once our END_STREAM is out
 
     def end_local(self) -> None:
-        self.state = _END_LOCAL[self.state]
+        self.state = END_LOCAL[self.state]
 
     def end_remote(self) -> None:
-        self.state = _END_REMOTE[self.state]
+        self.state = END_REMOTE[self.state]
 
     @property
     def remote_ended(self) -> bool:

@@ -90,16 +90,74 @@ def test_the_decoder_cache_follows_the_table():
     ours = HeaderBlockDecoder(max_table_size=4096, max_list_size=1 << 20)
     request = [(":method", "GET"), (":path", "/"), ("user-agent", "x")]
     first = client.encode(request)
-    before = ours.marker()
     ours.decode(first)
-    ours.store(0, first, before, "first")  # it added to the table: not kept
-    assert ours.cached(0, first) is None
+    ours.store(first, "first")  # it added to the table: not kept
+    assert first not in ours.cache
     second = client.encode(request)
-    before = ours.marker()
     assert [(n.decode(), v.decode()) for n, v in ours.decode(second)] == request
-    ours.store(0, second, before, "kept")
-    assert ours.cached(0, second) == "kept"
-    assert ours.cached(1, second) is None  # another kind (a response) is another entry
+    ours.store(second, "kept")
+    assert ours.cache[second] == "kept"
     third = client.encode([("x-new", "1")])  # changes the table
     ours.decode(third)
-    assert ours.cached(0, second) is None
+    assert second not in ours.cache
+
+
+def test_a_block_with_a_table_size_update_is_not_kept():
+    client = hpack.Encoder()
+    ours = HeaderBlockDecoder(max_table_size=4096, max_list_size=1 << 20)
+    client.header_table_size = 2048
+    block = client.encode([(":method", "GET")])
+    assert block[0] & 0xE0 == 0x20
+    ours.decode(block)
+    ours.store(block, "head")
+    assert block not in ours.cache
+
+
+class _Map:
+    """What ``encode_headers`` reads of a header map."""
+
+    def __init__(self, items):
+        self._items = items
+
+    def items(self):
+        return iter(self._items)
+
+
+def test_a_map_is_encoded_pseudo_headers_first_and_known_fields_reused():
+    encoder = HeaderBlockEncoder()
+    decoder = hpack.Decoder()
+    reordered = [*RESPONSE[1:3], RESPONSE[0], *RESPONSE[3:]]
+    assert decoded(decoder, encoder.encode_headers(_Map(reordered))) == RESPONSE
+    again = encoder.encode_headers(_Map(RESPONSE))
+    assert decoded(decoder, again) == RESPONSE
+    assert len(again) == 10
+    # The same fields, known now, in an order that is not valid: still pseudo-headers first.
+    assert encoder.encode_headers(_Map(reordered)) == again
+    trailers = [("grpc-status", "0"), ("grpc-message", "")]
+    for _ in range(3):
+        assert decoded(decoder, encoder.encode_headers(_Map(trailers))) == trailers
+    assert decoded(decoder, encoder.encode_headers(_Map([]))) == []
+
+
+def test_known_fields_follow_table_changes():
+    encoder = HeaderBlockEncoder()
+    decoder = hpack.Decoder()
+    request = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/svc/Method"),
+        (":authority", "backend"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    for i in range(300):  # each block inserts an entry: the indexes of the others move
+        fields = [*request, ("x-n", f"value-{i % 70}")]
+        assert decoded(decoder, encoder.encode_headers(_Map(fields))) == fields
+        assert decoded(decoder, encoder.encode_headers(_Map(fields))) == fields
+        if i == 150:
+            encoder.set_max_table_size(256)
+            decoder.max_allowed_table_size = 256
+            block = encoder.encode_headers(_Map(fields))
+            assert block[0] & 0xE0 == 0x20
+            assert decoded(decoder, block) == fields
+    assert decoder.header_table.maxsize == 256

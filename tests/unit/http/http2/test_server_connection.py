@@ -136,6 +136,42 @@ def test_many_concurrent_streams_are_independent():
     assert bodies == {sid: str(sid).encode() for sid in range(1, 200, 2)}
 
 
+def test_padded_prioritised_and_reserved_bit_headers_open_streams_like_plain_ones():
+    pair = ServerPair()
+    block = hpack.Encoder().encode(GET)
+    end = f.FLAG_END_HEADERS | f.FLAG_END_STREAM
+    padded = raw(f.HEADERS, end | f.FLAG_PADDED, 1, b"\x03" + block + b"\x00" * 3)
+    priority = raw(f.HEADERS, end | f.FLAG_PRIORITY, 3, b"\x00\x00\x00\x00\x10" + block)
+    reserved = raw(f.HEADERS, end, (1 << 31) | 5, block)  # the reserved bit is ignored
+    assert pair.feed_raw(padded + priority + reserved) is None
+    assert [(stream.id, end_stream) for stream, _, end_stream in pair.owner.requests] == [
+        (1, True),
+        (3, True),
+        (5, True),
+    ]
+    heads = [head.header_map() for _, head, _ in pair.owner.requests]
+    assert heads[0] == heads[1] == heads[2]
+    assert heads[0].get(":path") == "/p"
+
+
+def test_request_heads_follow_the_clients_table_block_after_block():
+    """A block seen before gives the head it gave (while the table is unchanged); blocks
+    that change the table make the next ones decode afresh."""
+    pair = ServerPair()
+    encoder = hpack.Encoder()
+    requests = [("x-a", "1"), ("x-a", "1"), ("x-a", "1"), ("x-b", "2"), ("x-a", "1"), ("x-b", "3")]
+    blocks = [encoder.encode([*GET, field]) for field in requests]
+    assert blocks[1] == blocks[2] and blocks[4] != blocks[1]  # x-b's entry moved x-a's index
+    end = f.FLAG_END_HEADERS | f.FLAG_END_STREAM
+    data = b"".join(raw(f.HEADERS, end, 1 + 2 * i, block) for i, block in enumerate(blocks))
+    assert pair.feed_raw(data) is None
+    got = []
+    for _, head, _ in pair.owner.requests:
+        headers = head.header_map()
+        got.append(next((name, headers.get(name)) for name in ("x-a", "x-b") if name in headers))
+    assert got == requests
+
+
 def test_headers_split_in_continuation_frames_and_a_large_header_block():
     pair = ServerPair()
     big = [(f"x-big-{i}", "v" * 1000) for i in range(40)]  # ~40 KB: HEADERS + CONTINUATIONs
@@ -276,6 +312,8 @@ def test_content_length_that_does_not_match_the_body_resets_the_stream():
         (raw(f.CONTINUATION, f.FLAG_END_HEADERS, 1, b""), f.PROTOCOL_ERROR, True),
         (raw(f.PUSH_PROMISE, 0, 1, b"\x00\x00\x00\x02"), f.PROTOCOL_ERROR, True),
         (raw(f.HEADERS, f.FLAG_END_HEADERS, 2, b"\x82"), f.PROTOCOL_ERROR, False),
+        (raw(f.HEADERS, f.FLAG_END_HEADERS, 0, b"\x82"), f.PROTOCOL_ERROR, True),
+        (raw(f.HEADERS, f.FLAG_END_HEADERS, 1 << 31, b"\x82"), f.PROTOCOL_ERROR, True),
         (raw(f.HEADERS, f.FLAG_END_HEADERS, 1, b"\xff\xff"), f.COMPRESSION_ERROR, True),
         (f.frame_header(f.HEADERS, 0, 1, 16385) + b"\x00" * 16385, f.FRAME_SIZE_ERROR, True),
     ],
