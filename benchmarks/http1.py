@@ -59,7 +59,6 @@ from pathlib import Path
 # it is run as ``python benchmarks/<name>.py``).
 from tcp_proxy import (
     HOST,
-    RESULTS_DIR,
     Bench,
     CpuWindow,
     Proc,
@@ -68,6 +67,8 @@ from tcp_proxy import (
     free_ports,
     legatus_workers,
     mem_of,
+    pinning_problem,
+    run_bench,
     say,
 )
 
@@ -1170,47 +1171,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def check_tools(args: argparse.Namespace) -> str | None:
-    if shutil.which("taskset") is None:
-        return "taskset not found (util-linux)"
+    if problem := pinning_problem(args):
+        return problem
     if not args.skip_rps and shutil.which(args.wrk_bin) is None:
         return WRK_INSTALL
     if not args.skip_bulk and shutil.which(args.curl_bin) is None:
         return "curl not found: `sudo apt-get install -y curl`, or --curl-bin, or --skip-bulk"
     if args.upstream == "nginx" and shutil.which(args.nginx_bin) is None:
         return "nginx not found: `sudo apt-get install -y nginx-light`, or --upstream python"
-    ncpu = os.cpu_count() or 1
-    if max(args.proxy_cpu, args.load_cpu) >= ncpu or args.proxy_cpu == args.load_cpu:
-        return f"need two distinct CPUs < {ncpu} (--proxy-cpu/--load-cpu)"
     return None
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in ROLES:
-        ROLES[argv[0]](argv[1:])
-        return 0
-    args = parse_args(argv)
-    if problem := check_tools(args):
-        say(problem)
-        return 2
-    bench = Http1Bench(args)
-    t0 = time.monotonic()
-    try:
-        results = bench.run()
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        say(f"benchmark failed: {e}")
-        return 1
-    finally:
-        bench.cleanup()
-    results["meta"]["wall_s"] = round(time.monotonic() - t0, 1)
-    text = report(results, args)
-    print(text)
-    out = args.output or RESULTS_DIR / f"http1-{bench.stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results["report_markdown"] = text
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    took = results["meta"]["wall_s"]
-    say(f"\nJSON: {out}\nbootstraps and proxy logs: {bench.tmp} (took {took} s)")
-    return 0
+    return run_bench(
+        argv,
+        roles=ROLES,
+        parse_args=parse_args,
+        check_tools=check_tools,
+        bench_class=Http1Bench,
+        report=report,
+        name="http1",
+    )
 
 
 if __name__ == "__main__":

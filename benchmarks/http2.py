@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import platform
 import re
@@ -52,7 +51,6 @@ from http1 import NotSupported, first_error_line, role_upstream, write_bootstrap
 from tcp_proxy import (
     HOST,
     READY_TIMEOUT_S,
-    RESULTS_DIR,
     Bench,
     CpuWindow,
     cpu_model,
@@ -60,6 +58,8 @@ from tcp_proxy import (
     free_ports,
     legatus_workers,
     mem_of,
+    pinning_problem,
+    run_bench,
     say,
 )
 
@@ -340,41 +340,21 @@ def check_tools(args: argparse.Namespace) -> str | None:
         return "h2load not found: `sudo apt-get install -y nghttp2-client`, or --h2load-bin"
     if args.no_pin:
         return None
-    if shutil.which("taskset") is None:
-        return "taskset not found (util-linux), or --no-pin"
-    ncpu = os.cpu_count() or 1
-    if max(args.proxy_cpu, args.load_cpu) >= ncpu or args.proxy_cpu == args.load_cpu:
-        return f"need two distinct CPUs < {ncpu} (--proxy-cpu/--load-cpu), or --no-pin"
+    if problem := pinning_problem(args):
+        return problem + ", or --no-pin"
     return None
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in ROLES:
-        ROLES[argv[0]](argv[1:])
-        return 0
-    args = parse_args(argv)
-    if problem := check_tools(args):
-        say(problem)
-        return 2
-    bench = Http2Bench(args)
-    t0 = time.monotonic()
-    try:
-        results = bench.run()
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        say(f"benchmark failed: {e}")
-        return 1
-    finally:
-        bench.cleanup()
-    results["meta"]["wall_s"] = round(time.monotonic() - t0, 1)
-    text = report(results, args)
-    print(text)
-    out = args.output or RESULTS_DIR / f"http2-{bench.stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results["report_markdown"] = text
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    took = results["meta"]["wall_s"]
-    say(f"\nJSON: {out}\nbootstrap and proxy logs: {bench.tmp} (took {took} s)")
-    return 0
+    return run_bench(
+        argv,
+        roles=ROLES,
+        parse_args=parse_args,
+        check_tools=check_tools,
+        bench_class=Http2Bench,
+        report=report,
+        name="http2",
+    )
 
 
 if __name__ == "__main__":

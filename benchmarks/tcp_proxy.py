@@ -54,8 +54,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 CHUNK = 256 * 1024  # one sendall
@@ -946,7 +948,7 @@ def _cpu(r: dict | None) -> str:
     return ", ".join(parts)
 
 
-def report(res: dict) -> str:
+def report(res: dict, args: argparse.Namespace | None = None) -> str:
     m = res["meta"]
     d, lg, ev = res.get("direct", {}), res.get("legatus", {}), res.get("envoy", {})
     lines = [
@@ -1160,19 +1162,38 @@ def _size(s: str) -> int:
     return int(float(s.rstrip("KMG")) * mult)
 
 
-def main(argv: list[str]) -> int:
-    if argv and argv[0] in ROLES:
-        ROLES[argv[0]](argv[1:])
-        return 0
-    args = parse_args(argv)
+def pinning_problem(args: argparse.Namespace) -> str | None:
+    """Why the proxy and the load cannot each have their own CPU, or None."""
     if shutil.which("taskset") is None:
-        say("taskset not found (util-linux)")
-        return 2
+        return "taskset not found (util-linux)"
     ncpu = os.cpu_count() or 1
     if max(args.proxy_cpu, args.load_cpu) >= ncpu or args.proxy_cpu == args.load_cpu:
-        say(f"need two distinct CPUs < {ncpu} (--proxy-cpu/--load-cpu)")
+        return f"need two distinct CPUs < {ncpu} (--proxy-cpu/--load-cpu)"
+    return None
+
+
+def run_bench(
+    argv: list[str],
+    *,
+    roles: dict,
+    parse_args: Callable[[list[str]], argparse.Namespace],
+    check_tools: Callable[[argparse.Namespace], str | None],
+    bench_class: Callable[[argparse.Namespace], Any],
+    report: Callable[[dict, argparse.Namespace], str],
+    name: str,
+) -> int:
+    """The ``main`` of every benchmark here: a role (a subprocess it starts), or the whole
+    run; the report goes to stdout and, with the raw results, to ``results/<name>-<stamp>.json``
+    (or ``--output``). Exit 2 when a tool or CPU is missing, 1 when the run failed."""
+    if argv and argv[0] in roles:
+        roles[argv[0]](argv[1:])
+        return 0
+    args = parse_args(argv)
+    if problem := check_tools(args):
+        say(problem)
         return 2
-    bench = Bench(args)
+    bench = bench_class(args)
+    t0 = time.monotonic()
     try:
         results = bench.run()
     except (RuntimeError, subprocess.TimeoutExpired) as e:
@@ -1180,14 +1201,28 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         bench.cleanup()
-    text = report(results)
+    results["meta"]["wall_s"] = round(time.monotonic() - t0, 1)
+    text = report(results, args)
     print(text)
-    out = args.output or RESULTS_DIR / f"{bench.stamp}.json"
+    out = args.output or RESULTS_DIR / f"{name}-{bench.stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results["report_markdown"] = text
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    say(f"\nJSON: {out}\nbootstrap and proxy logs: {bench.tmp}")
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    took = results["meta"]["wall_s"]
+    say(f"\nJSON: {out}\nbootstraps and proxy logs: {bench.tmp} (took {took} s)")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_bench(
+        argv,
+        roles=ROLES,
+        parse_args=parse_args,
+        check_tools=pinning_problem,
+        bench_class=Bench,
+        report=report,
+        name="tcp_proxy",
+    )
 
 
 if __name__ == "__main__":

@@ -102,6 +102,8 @@ from tcp_proxy import (  # noqa: E402
     envoy_version,
     free_ports,
     mem_of,
+    pinning_problem,
+    run_bench,
     say,
     summarize_profile,
 )
@@ -949,7 +951,7 @@ def _scale_rows(sl: dict, se: dict, n: int) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def report(res: dict) -> str:
+def report(res: dict, args: argparse.Namespace | None = None) -> str:
     m = res["meta"]
     lines = [
         f"xDS benchmark, {m['timestamp']}: {m['cpu_model']}, {m['cpus']} CPUs, proxy on cpu "
@@ -1071,43 +1073,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def check_tools(args: argparse.Namespace) -> str | None:
-    if shutil.which("taskset") is None:
-        return "taskset not found (util-linux)"
     if not args.skip_envoy and shutil.which(args.envoy_bin or "envoy") is None:
         return "envoy not found: --envoy-bin, or --skip-envoy"
-    ncpu = os.cpu_count() or 1
-    if max(args.proxy_cpu, args.load_cpu) >= ncpu or args.proxy_cpu == args.load_cpu:
-        return f"need two distinct CPUs < {ncpu} (--proxy-cpu/--load-cpu)"
-    return None
+    return pinning_problem(args)
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in ROLES:
-        ROLES[argv[0]](argv[1:])
-        return 0
-    args = parse_args(argv)
-    if problem := check_tools(args):
-        say(problem)
-        return 2
-    bench = XdsBench(args)
-    t0 = time.monotonic()
-    try:
-        results = bench.run()
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        say(f"benchmark failed: {e}")
-        return 1
-    finally:
-        bench.cleanup()
-    results["meta"]["wall_s"] = round(time.monotonic() - t0, 1)
-    text = report(results)
-    print(text)
-    out = args.output or RESULTS_DIR / f"xds-{bench.stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results["report_markdown"] = text
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    took = results["meta"]["wall_s"]
-    say(f"\nJSON: {out}\nbootstraps and proxy logs: {bench.tmp} (took {took} s)")
-    return 0
+    return run_bench(
+        argv,
+        roles=ROLES,
+        parse_args=parse_args,
+        check_tools=check_tools,
+        bench_class=XdsBench,
+        report=report,
+        name="xds",
+    )
 
 
 if __name__ == "__main__":
