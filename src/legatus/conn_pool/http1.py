@@ -4,9 +4,9 @@ Each ``Http1ActiveClient`` owns one upstream ``Connection`` and one sans-I/O ``C
 and carries one stream at a time (no pipelining, as Envoy). Life of a stream:
 
 1. ``on_pool_ready(encoder, host)`` hands the router a ``RequestEncoder``; request bytes go out
-   as the router encodes them. Response bytes are fed to the codec, whose events become
-   ``ResponseDecoder`` calls (``on_informational_headers``, ``on_headers``, ``on_data``,
-   ``on_trailers``).
+   as the router encodes them. Response bytes go to the codec, which calls the client back
+   (``ResponseCallbacks``) as it decodes; the client makes those ``ResponseDecoder`` calls
+   (``on_informational_headers``, ``on_headers``, ``on_data``, ``on_trailers``).
 2. When the response is complete the connection is reused (READY again, attached to the next
    pending stream on the next loop iteration) unless: the request was not complete yet (the
    connection is closed, as Envoy's "response before request complete"); the upstream said
@@ -44,15 +44,7 @@ from legatus.conn_pool.base import ActiveClient, ConnectionStreamEncoder, ConnPo
 from legatus.http.headers import HeaderMap
 from legatus.http.http1 import common as h1
 from legatus.http.http1.client_codec import ClientCodec
-from legatus.http.http1.events import (
-    HTTP_10,
-    HTTP_11,
-    InformationalHeaders,
-    ProtocolError,
-    ResponseData,
-    ResponseHeaders,
-    ResponseTrailers,
-)
+from legatus.http.http1.events import HTTP_10, HTTP_11, ProtocolError
 from legatus.network.connection import Connection, PendingConnect
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.upstream.host import Host
@@ -188,11 +180,10 @@ class _CodecReadFilter(ReadFilter):
         client = self.client
         if data:
             client.rx_bytes_total.value += len(data)  # (Counter.add of a non-zero amount)
-            try:  # decode(data), inlined: once a read
-                events = client.codec.feed(data)
+            try:  # the codec calls the client back (ResponseCallbacks)
+                client.codec.dispatch(data)
             except Exception:
-                events = client.codec_failed()
-            client.dispatch(events)
+                client.codec_failed()
         if end_stream:
             client.on_remote_eof()
         return _STOP_ITERATION
@@ -211,7 +202,7 @@ class Http1ActiveClient(ActiveClient):
         )
         self.id = connection.id
         self.connection = connection
-        self.codec = pool.codec_factory()
+        self.codec = pool.codec_factory(callbacks=self)
         self.stream: RequestEncoder | None = None
         self.remote_closed = False
         self.protocol_error = False
@@ -255,50 +246,55 @@ class Http1ActiveClient(ActiveClient):
 
     # Reading ---------------------------------------------------------------------
 
-    def dispatch(self, events: list) -> None:
-        """The codec's events to the stream's decoder; a protocol error loses the connection.
-        Events for no stream, or after its end or its reset, are dropped. The usual kinds
-        are tested first: headers, then data."""
-        for event in events:
-            cls = type(event)
-            stream = self.stream
-            if stream is None or stream.done or stream.response_complete:
-                if cls is ProtocolError:
-                    self._on_protocol_error(event)
-                    return
-                continue
-            if cls is ResponseHeaders:
-                if stream._held is not None:  # an upgrade or CONNECT: the answer is in
-                    stream.on_tunnel_answer(event.upgrade)
-                # A response the codec keeps alive did not ask to close (the codec checked).
-                if not event.keep_alive:
-                    stream.close_connection = True
-                    if h1.should_close_connection(event.protocol == HTTP_10, event.headers):
-                        self.pool.context.pool_stats.upstream_cx_close_notify.inc()
-                if not event.end_stream:
-                    stream.decoder.on_headers(event.headers, False)
-                    continue
-                stream.response_complete = True
-                stream.decoder.on_headers(event.headers, True)
-            elif cls is ResponseData:
-                if not event.end_stream:
-                    stream.decoder.on_data(event.data, False)
-                    continue
-                stream.response_complete = True
-                stream.decoder.on_data(event.data, True)
-            elif cls is ResponseTrailers:
-                stream.response_complete = True
-                stream.decoder.on_trailers(event.trailers)
-            elif cls is InformationalHeaders:
-                stream.decoder.on_informational_headers(event.headers)
-                continue
-            elif cls is ProtocolError:
-                self._on_protocol_error(event)
-                return
-            else:
-                continue
-            if not stream.done:  # the response is complete
-                self._on_response_complete(stream)
+    # The codec's callbacks (ResponseCallbacks): to the stream's decoder. Calls for no stream,
+    # or after its end or its reset, are dropped; a protocol error loses the connection.
+
+    def on_informational_headers(self, headers: HeaderMap) -> None:
+        stream = self.stream
+        if stream is not None and not stream.done and not stream.response_complete:
+            stream.decoder.on_informational_headers(headers)
+
+    def on_response_headers(
+        self, headers: HeaderMap, end_stream: bool, keep_alive: bool, upgrade: bool, protocol: str
+    ) -> None:
+        stream = self.stream
+        if stream is None or stream.done or stream.response_complete:
+            return
+        if stream._held is not None:  # an upgrade or CONNECT: the answer is in
+            stream.on_tunnel_answer(upgrade)
+        # A response the codec keeps alive did not ask to close (the codec checked).
+        if not keep_alive:
+            stream.close_connection = True
+            if h1.should_close_connection(protocol == HTTP_10, headers):
+                self.pool.context.pool_stats.upstream_cx_close_notify.inc()
+        if not end_stream:
+            stream.decoder.on_headers(headers, False)
+            return
+        stream.response_complete = True
+        stream.decoder.on_headers(headers, True)
+        if not stream.done:
+            self._on_response_complete(stream)
+
+    def on_response_data(self, data: bytes, end_stream: bool) -> None:
+        stream = self.stream
+        if stream is None or stream.done or stream.response_complete:
+            return
+        if not end_stream:
+            stream.decoder.on_data(data, False)
+            return
+        stream.response_complete = True
+        stream.decoder.on_data(data, True)
+        if not stream.done:
+            self._on_response_complete(stream)
+
+    def on_response_trailers(self, trailers: HeaderMap) -> None:
+        stream = self.stream
+        if stream is None or stream.done or stream.response_complete:
+            return
+        stream.response_complete = True
+        stream.decoder.on_trailers(trailers)
+        if not stream.done:
+            self._on_response_complete(stream)
 
     def _on_response_complete(self, stream: RequestEncoder) -> None:
         if not stream.encode_complete:
@@ -318,7 +314,7 @@ class Http1ActiveClient(ActiveClient):
         stream._detach()
         self.stream = None
 
-    def _on_protocol_error(self, error: ProtocolError) -> None:
+    def on_protocol_error(self, error: ProtocolError) -> None:
         self.pool.context.pool_stats.upstream_cx_protocol_error.inc()
         self.protocol_error = True
         if self.stream is not None:
@@ -334,19 +330,15 @@ class Http1ActiveClient(ActiveClient):
     def _feed_eof(self) -> None:
         if not self._eof_fed:
             self._eof_fed = True
-            self.dispatch(self.decode(None))
+            try:
+                self.codec.dispatch_eof()
+            except Exception:
+                self.codec_failed()
 
-    def decode(self, data: bytes | None) -> list:
-        """The codec's events for ``data`` (None: the upstream closed)."""
-        try:
-            return self.codec.feed(data) if data is not None else self.codec.feed_eof()
-        except Exception:
-            return self.codec_failed()
-
-    def codec_failed(self) -> list:
+    def codec_failed(self) -> None:
         """A codec bug: never into the loop; the connection is lost instead."""
         log.exception("[C%d] HTTP/1 client codec failed", self.id)
-        return [ProtocolError(status=502, details=h1.CODEC_ERROR)]
+        self.on_protocol_error(ProtocolError(status=502, details=h1.CODEC_ERROR))
 
     # Writing ---------------------------------------------------------------------
 
@@ -405,7 +397,7 @@ class Http1ConnPool(ConnPool):
         host: Host,
         context: PoolContext,
         *,
-        codec_factory: Callable[[], ClientCodec] = ClientCodec,
+        codec_factory: Callable[..., ClientCodec] = ClientCodec,
     ) -> None:
         super().__init__(host, context, Http1ActiveClient)  # type: ignore[arg-type]
         self.codec_factory = codec_factory

@@ -18,7 +18,8 @@ The encoder chain's output comes back through the stream (``StreamSink``): respo
 headers get the connection manager's response headers (date, server, via), then the
 codec frames them and they are written. The codec pauses after each complete request
 (pipelining): when a stream ends, the next request is released with ``codec.resume()`` on
-the next loop iteration. A response that starts before its request is complete closes the
+the next loop iteration (a codec holding no request is unpaused at once: ``on_stream_done``).
+A response that starts before its request is complete closes the
 connection after it, as Envoy does for HTTP/1 (the rest of the request would otherwise have
 to be read first). How and when the connection closes (at once, after a delay, after a
 drain) follows Envoy 1.40: see docs/http-connection-manager.md.
@@ -336,14 +337,26 @@ class ConnectionManager(ReadFilter):
 
     def on_stream_done(self, stream: ActiveStream) -> None:
         """A stream ended: release the next pipelined request on the next loop iteration (by
-        then the upstream connection this stream used is free again, as in Envoy)."""
+        then the upstream connection this stream used is free again, as in Envoy).
+
+        When the codec holds nothing (the common case: no request arrived behind this one),
+        releasing only unpauses it, which is done now: no request can start before the loop
+        reads again, so this is what ``_resume`` would do on the next iteration. (The codec
+        is never inside ``feed`` here: its events are dispatched after it returns.)"""
         if self.stream is stream:
             self.stream = None
-        if self.codec is None or self.closing or self.connection.state is not State.OPEN:
+        codec = self.codec
+        if codec is None or self.closing or self.connection.state is not State.OPEN:
             return
         timeout = self.config.idle_timeout  # idle_timeout from now (see set_deadline)
         self.deadline = self.loop.time() + timeout if timeout else None
-        self.loop.call_soon(self._resume)  # (a codec that is not paused releases nothing)
+        if codec.holding or self.stream is not None:
+            self.loop.call_soon(self._resume)
+            return
+        codec.paused = False  # (codec.resume(), inlined: nothing to release)
+        if self.codec_read_disabled:
+            # Nothing released: the codec wants bytes unless it is closed (see _resume).
+            self._update_codec_read()
 
     def _resume(self) -> None:
         codec = self.codec

@@ -1,4 +1,4 @@
-"""The upstream HTTP/1 codec: request events in, bytes out; response bytes in, events out.
+"""The upstream HTTP/1 codec: request calls in, bytes out; response bytes in, callbacks out.
 
 Envoy's ``ClientConnectionImpl`` (codec_impl.cc), sans-I/O, on httptools. One request at a
 time (Envoy does not pipeline upstream): ``encode_request_headers`` starts an exchange and a
@@ -7,15 +7,15 @@ fresh llhttp response parser, the response ends it. Theory of operation:
 - Request head: ``METHOD path HTTP/1.1`` (``METHOD host:port`` for CONNECT), ``:authority`` as
   ``host``, then ``content-length: 0`` for a head that ends a request whose method may carry
   a body, or ``transfer-encoding: chunked`` (no chunking for CONNECT and upgrades).
-- Response: 1xx other than 101 are ``InformationalHeaders`` and the final response follows;
+- Response: 1xx other than 101 are informational heads and the final response follows;
   1xx/204 may not carry ``transfer-encoding`` or a non-zero ``content-length`` (a zero one is
   dropped); Content-Length with Transfer-Encoding and a Transfer-Encoding other than chunked
   are protocol errors, as in Envoy. A response to HEAD ends at its head (llhttp is told by
   stopping it there); 204, 304 and ``content-length: 0`` end at the head too. A response
-  without length runs to ``feed_eof()``. A 101 to an upgrade, or a 2xx to CONNECT, turns the
-  connection into a tunnel: later bytes are ``ResponseData``. A tunnel has no end of its own:
-  ``feed_eof()`` reports nothing, so the close of the connection resets the stream (Envoy's
-  codec client resets a tunnel's stream with "connection termination", UC).
+  without length runs to ``dispatch_eof()``. A 101 to an upgrade, or a 2xx to CONNECT, turns
+  the connection into a tunnel: later bytes are response data. A tunnel has no end of its
+  own: ``dispatch_eof()`` reports nothing, so the close of the connection resets the stream
+  (Envoy's codec client resets a tunnel's stream with "connection termination", UC).
 - Obs-fold in a response head is unfolded as Balsa does (the head is buffered whole and parsed
   again); header lines are otherwise parsed strictly by llhttp.
 - Bytes after the complete response, or with no request outstanding, are a protocol error
@@ -28,11 +28,22 @@ fresh llhttp response parser, the response ends it. Theory of operation:
 
 Protocol errors carry status 502 (the router's upstream protocol error answer) and Envoy's
 codec details.
+
+Decoding calls the codec's ``callbacks`` (``ResponseCallbacks``: Envoy's codecs call their
+stream decoder directly, no event object in between): ``dispatch(data)`` and
+``dispatch_eof()``. Heads, 1xx and body pieces are reported as llhttp finds them; the last
+call of a response (its end) comes once llhttp has parsed all of ``data``, so that the owner
+sees the codec's state after the whole read (``reusable`` is False when bytes followed the
+response), and before the protocol error those bytes cause. A codec made without callbacks
+collects events instead (``ResponseEventList``): ``feed(data)`` and ``feed_eof()`` return
+them, for owners that read whole responses.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from typing import Protocol
 
 from httptools import (
     HttpParserCallbackError,
@@ -47,11 +58,8 @@ from legatus.http.http1.events import (
     HTTP_10,
     HTTP_11,
     ClientEvent,
-    InformationalHeaders,
     ProtocolError,
-    ResponseData,
-    ResponseHeaders,
-    ResponseTrailers,
+    ResponseEventList,
 )
 from legatus.http.http1.stream_encoder import StreamEncoder, encode_head
 
@@ -82,6 +90,24 @@ _BODY_STATUSES = frozenset(range(200, 1000)) - {204, 304}
 _new_map = dict.__new__
 
 
+class ResponseCallbacks(Protocol):
+    """What a ``ClientCodec`` reports, as it decodes (Envoy's ``ResponseDecoder`` calls).
+    ``on_response_headers``'s ``keep_alive`` and ``protocol`` are ``ResponseHeaders``'s;
+    nothing follows ``on_protocol_error``. Header maps are handed over (see events)."""
+
+    def on_informational_headers(self, headers: HeaderMap) -> None: ...
+
+    def on_response_headers(
+        self, headers: HeaderMap, end_stream: bool, keep_alive: bool, upgrade: bool, protocol: str
+    ) -> None: ...
+
+    def on_response_data(self, data: bytes, end_stream: bool) -> None: ...
+
+    def on_response_trailers(self, trailers: HeaderMap) -> None: ...
+
+    def on_protocol_error(self, error: ProtocolError) -> None: ...
+
+
 class ClientCodec(c.MessageDecoder):
     """The upstream side of one HTTP/1 connection (see module doc)."""
 
@@ -92,13 +118,20 @@ class ClientCodec(c.MessageDecoder):
         "_body",
         "_connect",
         "_encoder",
+        "_events",
         "_fed",
+        "_final",
+        "_final_args",
         "_head_raw",
         "_head_request",
         "_heads",
         "_informational",
         "_keep_alive",
-        "_out",
+        "_on_data",
+        "_on_error",
+        "_on_headers",
+        "_on_informational",
+        "_on_trailers",
         "_parser",
         "_parser_clean",
         "_phase",
@@ -114,6 +147,7 @@ class ClientCodec(c.MessageDecoder):
         max_response_headers_kb: int = MAX_RESPONSE_HEADERS_KB,
         max_response_headers_count: int = 100,
         enable_trailers: bool = False,
+        callbacks: ResponseCallbacks | None = None,
     ) -> None:
         super().__init__(
             max_size=max_response_headers_kb * 1024,
@@ -126,9 +160,23 @@ class ClientCodec(c.MessageDecoder):
         # The parser can take the next message (False once it was stopped inside one).
         self._parser_clean = True
         self._encoder = StreamEncoder(trailers_enabled=enable_trailers)
-        self._out: list[ClientEvent] = []
+        self._events = None
+        if callbacks is None:
+            callbacks = self._events = ResponseEventList()
+        # The callbacks, bound once (no attribute lookup per call).
+        self._on_informational = callbacks.on_informational_headers
+        self._on_headers = callbacks.on_response_headers
+        self._on_data = callbacks.on_response_data
+        self._on_trailers = callbacks.on_response_trailers
+        self._on_error = callbacks.on_protocol_error
+        # The call that ends the response, made once llhttp is done with the read (see
+        # module doc): a callback (None: none pending) and its arguments.
+        self._final: Callable[..., None] | None = None
+        self._final_args: tuple = ()
         self._body: list[bytes] = []
-        self._ready: ResponseHeaders | None = None
+        # The arguments of a bodiless response's on_response_headers, until llhttp
+        # completes it.
+        self._ready: tuple | None = None
         self._head_request = False
         self._connect = False
         self._upgrade_request = False
@@ -198,36 +246,54 @@ class ClientCodec(c.MessageDecoder):
         return self._phase in (_WAITING, _FOLD, _BODY)
 
     def feed(self, data: bytes) -> list[ClientEvent]:
-        out = self._out = []
+        """``dispatch(data)`` for a codec made without callbacks: the events it reports."""
+        events = self._events
+        if events is None:
+            raise TypeError("a codec made with callbacks reports to them: use dispatch()")
+        events.clear()
+        self.dispatch(data)
+        return events.take()
+
+    def feed_eof(self) -> list[ClientEvent]:
+        """``dispatch_eof()`` for a codec made without callbacks: the events it reports."""
+        events = self._events
+        if events is None:
+            raise TypeError("a codec made with callbacks reports to them: use dispatch_eof()")
+        events.clear()
+        self.dispatch_eof()
+        return events.take()
+
+    def dispatch(self, data: bytes) -> None:
+        """Decode ``data``, reporting to the callbacks (see module doc)."""
         if self._phase not in _READING or not data:
-            return self._feed_not_reading(data)
+            self._dispatch_not_reading(data)
+            return
         if self._phase is _FOLD:
             self._unfold_and_parse(data)
         else:
             self._parse(data)
             if self._phase is _FOLD:
                 self._unfold_and_parse(b"")  # (the head as far as fed: see _on_parse_error)
+        if self._phase not in _HEAD_PENDING and self._fed:
+            self._fed = []  # (while the head is not complete, what was fed of it stays)
         if self._body:
             self._flush_body()
-        if self._phase in _HEAD_PENDING:
-            return out  # the head is not complete: what was fed of it stays
-        if self._fed:
-            self._fed = []
-        return out
+        final = self._final
+        if final is not None:
+            self._final = None
+            final(*self._final_args)
 
-    def _feed_not_reading(self, data: bytes) -> list[ClientEvent]:
-        """``feed`` with no response being read: a tunnel's bytes, or nothing to parse."""
-        out = self._out
+    def _dispatch_not_reading(self, data: bytes) -> None:
+        """``dispatch`` with no response being read: a tunnel's bytes, or nothing to parse."""
         phase = self._phase
         if not data or phase is _CLOSED:
-            return out
+            return
         if phase is _TUNNEL:
-            out.append(ResponseData(data=data, end_stream=False))
-            return out
+            self._on_data(data, False)
+            return
         # _IDLE: bytes with no request outstanding: left over from the last response, or not
         # a response to anything.
         self._error_event(c.EXTRANEOUS_DATA if self._heads else c.PREMATURE_RESPONSE)
-        return out
 
     def _parse(self, data: bytes) -> None:
         # What was fed while waiting for the head is kept (``_fed``) to find where the head
@@ -279,26 +345,26 @@ class ClientCodec(c.MessageDecoder):
         self._parser.set_dangerous_leniencies(**c.LENIENCIES)
         return split[0] + split[1]
 
-    def feed_eof(self) -> list[ClientEvent]:
+    def dispatch_eof(self) -> None:
         """The upstream closed. Ends a response read to EOF; a tunnel's stream is not ended
         (its connection's close resets it, as in Envoy)."""
-        out = self._out = []
-        if self._phase is _BODY and self._until_eof:
-            out.append(ResponseData(data=b"".join(self._body), end_stream=True))
-            self._body.clear()
+        until_eof = self._phase is _BODY and self._until_eof
         self._phase = _CLOSED
-        return out
+        if until_eof:
+            data = b"".join(self._body)
+            self._body.clear()
+            self._on_data(data, True)
 
     def _flush_body(self) -> None:
-        if self._body:
-            self._out.append(ResponseData(data=b"".join(self._body), end_stream=False))
-            self._body.clear()
+        body = self._body
+        if body:
+            data = b"".join(body)
+            body.clear()
+            self._on_data(data, False)
 
     def _on_parse_error(self, e: HttpParserError) -> None:
         if self._error is not None:
-            self._flush_body()
-            self._out.append(self._error)
-            self._close()
+            self._report_error(self._error)
         elif isinstance(e, HttpParserCallbackError):
             if not isinstance(e.__context__, c.Abort):
                 raise e.__context__ or e  # a bug in a callback, not bad traffic
@@ -315,12 +381,18 @@ class ClientCodec(c.MessageDecoder):
             self._error_event(c.CODEC_ERROR)
 
     def _error_event(self, details: str) -> None:
-        self._flush_body()
-        self._out.append(ProtocolError(status=_UPSTREAM_ERROR, details=details))
-        self._close()
+        self._report_error(ProtocolError(status=_UPSTREAM_ERROR, details=details))
 
-    def _close(self) -> None:
+    def _report_error(self, error: ProtocolError) -> None:
+        """The codec stops: what it decoded before (a body piece, or the end of a response
+        followed by bytes that are no response) is reported first, then ``error``."""
         self._phase = _CLOSED
+        self._flush_body()
+        final = self._final
+        if final is not None:
+            self._final = None
+            final(*self._final_args)
+        self._on_error(error)
 
     def _after_head(self, data: bytes, offset: int | None) -> None:
         """llhttp stopped after a head (HEAD, CONNECT 2xx, 101): what follows it."""
@@ -333,12 +405,12 @@ class ClientCodec(c.MessageDecoder):
             rest = fed[end:]
         else:
             rest = data[offset:]
+        self._fed = []
         if self._phase is _TUNNEL:
             if rest:
-                self._out.append(ResponseData(data=rest, end_stream=False))
+                self._on_data(rest, False)
         elif rest:
             self._error_event(c.EXTRANEOUS_DATA)
-        self._fed = []
 
     # Parser callbacks ------------------------------------------------------------------
 
@@ -366,8 +438,7 @@ class ClientCodec(c.MessageDecoder):
                 keep_alive = True
             self._keep_alive = keep_alive  # (_until_eof stays False)
             self._phase = _BODY
-            protocol = HTTP_10 if http10 else HTTP_11
-            self._out.append(ResponseHeaders(headers, False, keep_alive, False, protocol))
+            self._on_headers(headers, False, keep_alive, False, HTTP_10 if http10 else HTTP_11)
         else:
             self._on_headers_checked(headers, headers is not seed, status, http10, content_length)
 
@@ -400,7 +471,7 @@ class ClientCodec(c.MessageDecoder):
                 raise self._fail(_UPSTREAM_ERROR, c.INVALID_TRANSFER_ENCODING)
         if status < 200 and status != 101:
             self._informational = True
-            self._out.append(InformationalHeaders(headers))
+            self._on_informational(headers)
             return
         upgrade = (
             status == 101
@@ -424,26 +495,24 @@ class ClientCodec(c.MessageDecoder):
         protocol = HTTP_10 if http10 else HTTP_11
         if tunnel:
             self._phase = _TUNNEL
-            self._out.append(ResponseHeaders(
-                headers=headers, end_stream=False, keep_alive=False, upgrade=True,
-                protocol=protocol,
-            ))  # fmt: skip
+            self._on_headers(headers, False, False, True, protocol)
             if not upgrade:  # llhttp does not know the request was CONNECT
                 self._parser_clean = False
                 raise _StopAtHead()
             return
         if no_body:
-            event = ResponseHeaders(headers, True, keep_alive, False, protocol)
+            ready = (headers, True, keep_alive, False, protocol)
             if self._head_request:
-                # llhttp cannot be told the request was HEAD: stop it at the end of the head.
-                self._out.append(event)
+                # llhttp cannot be told the request was HEAD: stop it at the end of the head
+                # (the response ends there: reported once the read is parsed).
+                self._final, self._final_args = self._on_headers, ready
                 self._phase = _IDLE  # (reusable with _keep_alive)
                 self._parser_clean = False
                 raise _StopAtHead()
-            self._ready = event
+            self._ready = ready
         else:
             self._phase = _BODY
-            self._out.append(ResponseHeaders(headers, False, keep_alive, False, protocol))
+            self._on_headers(headers, False, keep_alive, False, protocol)
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -453,12 +522,12 @@ class ClientCodec(c.MessageDecoder):
             self._on_message_complete_other()
             return
         ready = self._ready
-        if ready is None:
+        if ready is None:  # the end of the response is reported once the read is parsed
             body = self._body
-            self._out.append(ResponseData(b"".join(body) if body else b"", True))
+            self._final, self._final_args = self._on_data, (b"".join(body) if body else b"", True)
             body.clear()
         else:
-            self._out.append(ready)
+            self._final, self._final_args = self._on_headers, ready
             self._ready = None
         self._phase = _IDLE  # (reusable with _keep_alive)
 
@@ -474,16 +543,16 @@ class ClientCodec(c.MessageDecoder):
             trailers = self._decode_block(HeaderMap(), 0)
         else:
             self._items.clear()
-        out = self._out
+        # The end of the response is reported once the read is parsed.
         if self._ready is not None:
-            out.append(self._ready)
+            self._final, self._final_args = self._on_headers, self._ready
             self._ready = None
         elif trailers:
             self._flush_body()
-            out.append(ResponseTrailers(trailers))
+            self._final, self._final_args = self._on_trailers, (trailers,)
         else:
             body = self._body
-            out.append(ResponseData(b"".join(body) if body else b"", True))
+            self._final, self._final_args = self._on_data, (b"".join(body) if body else b"", True)
             body.clear()
         self._phase = _IDLE
 

@@ -3,7 +3,9 @@
 Server side (requests): ``RequestHeaders``, then ``RequestData`` pieces, then optionally
 ``RequestTrailers``; the last event of a request has ``end_stream`` (a trailers event always
 ends it). Client side (responses): ``InformationalHeaders`` for 1xx, ``ResponseHeaders``,
-``ResponseData``, ``ResponseTrailers``. ``ProtocolError`` ends a codec: nothing follows it.
+``ResponseData``, ``ResponseTrailers``, collected by ``ResponseEventList`` from the client
+codec's callbacks (which the connection pool takes directly, without events). ``ProtocolError``
+ends a codec: nothing follows it.
 
 Header maps are handed over, not copied: the receiver owns (and may mutate) them, as Envoy
 moves its header maps into the decoder. Body pieces are ``bytes`` of any size, never the
@@ -155,6 +157,41 @@ class ProtocolError(_Event):
     def body(self) -> bytes:
         """The body of Envoy's local reply for a codec error: the reason phrase."""
         return reason_phrase(self.status).encode()
+
+
+class ResponseEventList:
+    """``ClientCodec`` callbacks that collect events, for an owner that reads whole responses
+    (``ClientCodec.feed`` returns them); the connection pool takes the calls directly."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: list[ClientEvent] = []
+
+    def clear(self) -> None:
+        self.events = []
+
+    def take(self) -> list[ClientEvent]:
+        events = self.events
+        self.events = []
+        return events
+
+    def on_informational_headers(self, headers: HeaderMap) -> None:
+        self.events.append(InformationalHeaders(headers))
+
+    def on_response_headers(
+        self, headers: HeaderMap, end_stream: bool, keep_alive: bool, upgrade: bool, protocol: str
+    ) -> None:
+        self.events.append(ResponseHeaders(headers, end_stream, keep_alive, upgrade, protocol))
+
+    def on_response_data(self, data: bytes, end_stream: bool) -> None:
+        self.events.append(ResponseData(data, end_stream))
+
+    def on_response_trailers(self, trailers: HeaderMap) -> None:
+        self.events.append(ResponseTrailers(trailers))
+
+    def on_protocol_error(self, error: ProtocolError) -> None:
+        self.events.append(error)
 
 
 ServerEvent = RequestHeaders | RequestData | RequestTrailers | ProtocolError

@@ -117,7 +117,9 @@ class ServerCodec(c.MessageDecoder):
     ``encode_trailers(trailers)`` return the bytes of the response to the oldest unanswered
     request (1xx heads may precede it): the connection's ResponseEncoder's methods, bound
     once (no forwarding call per response). ``paused``: parsing stops after a request (see
-    module doc) until ``resume()``; read it, do not set it.
+    module doc) until ``resume()``. ``holding``: events or bytes wait for ``resume()``; when
+    it is False, ``resume()`` only clears ``paused``, which its owner may then do itself (no
+    call). Otherwise read both, do not set them.
     """
 
     __slots__ = (
@@ -146,6 +148,7 @@ class ServerCodec(c.MessageDecoder):
         "encode_data",
         "encode_headers",
         "encode_trailers",
+        "holding",
         "paused",
     )
 
@@ -175,6 +178,7 @@ class ServerCodec(c.MessageDecoder):
         self.encode_data = responses.encode_data
         self.encode_trailers = responses.encode_trailers
         self.paused = False
+        self.holding = False
         self._held: deque[ServerEvent] = deque()
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -197,6 +201,7 @@ class ServerCodec(c.MessageDecoder):
             if data and self._state is not _CLOSED:
                 self._pending.append(data)
                 self._pending_size += len(data)
+                self.holding = True
             return []
         out = self._out = []
         self._boundary = None  # set once a request completes (or fails) in this feed
@@ -240,6 +245,7 @@ class ServerCodec(c.MessageDecoder):
             if boundary < len(out):
                 self._held.extend(out[boundary:])
                 del out[boundary:]
+                self.holding = True
         return out
 
     def feed_eof(self) -> list[ServerEvent]:
@@ -254,7 +260,7 @@ class ServerCodec(c.MessageDecoder):
 
     def resume(self) -> list[ServerEvent]:
         """Release the next request: held events first, then buffered bytes."""
-        if not self._held and not self._pending:
+        if not self.holding:
             self.paused = False
             return []  # the common case: nothing arrived after the request
         if not self.paused:
@@ -267,7 +273,9 @@ class ServerCodec(c.MessageDecoder):
             out.append(event)
             if ends_request(event):
                 self.paused = True
+                self.holding = bool(held) or bool(self._pending)
                 return out
+        self.holding = False  # (feed holds again what it must)
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()

@@ -367,3 +367,89 @@ def test_a_repeated_header_counts_against_the_limits():
     codec = sent(codec=ClientCodec(max_response_headers_count=2))
     events = codec.feed(b"HTTP/1.1 200 OK\r\na: 1\r\na: 2\r\nb: 3\r\n\r\n")
     assert events == [ProtocolError(status=502, details="http1.too_many_headers")]
+
+
+# Callbacks ---------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """ResponseCallbacks that record each call with what ``reusable`` said at that moment."""
+
+    def __init__(self) -> None:
+        self.codec: ClientCodec | None = None
+        self.calls: list = []
+
+    def _record(self, name: str, *args) -> None:
+        self.calls.append((name, *args, self.codec.reusable))
+
+    def on_informational_headers(self, headers):
+        self._record("informational", headers.get(":status"))
+
+    def on_response_headers(self, headers, end_stream, keep_alive, upgrade, protocol):
+        self._record("headers", headers.get(":status"), end_stream)
+
+    def on_response_data(self, data, end_stream):
+        self._record("data", data, end_stream)
+
+    def on_response_trailers(self, trailers):
+        self._record("trailers", trailers.get("t"))
+
+    def on_protocol_error(self, error):
+        self._record("error", error.details)
+
+
+def recorded(method: str = "GET") -> tuple[ClientCodec, Recorder]:
+    recorder = Recorder()
+    codec = recorder.codec = ClientCodec(callbacks=recorder, enable_trailers=True)
+    codec.encode_request_headers(request(method), True)
+    return codec, recorder
+
+
+def test_callbacks_end_of_response_comes_once_the_read_is_parsed():
+    codec, recorder = recorded()
+    assert (
+        codec.dispatch(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        )
+        is None
+    )
+    assert recorder.calls == [
+        ("informational", "100", False),
+        ("headers", "200", False, False),
+        ("data", b"ok", True, True),  # the codec is idle again: the pool may reuse it
+    ]
+
+
+def test_callbacks_bytes_after_the_response_make_it_unreusable_before_the_error():
+    for method, response in (
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nEXTRA"),
+        ("GET", b"HTTP/1.1 204 No Content\r\n\r\nEXTRA"),
+    ):
+        codec, recorder = recorded(method)
+        codec.dispatch(response)
+        assert recorder.calls[-1] == ("error", "http1.extraneous_data", False)
+        end = recorder.calls[-2]
+        assert end[-1] is False and end[-2] is True  # the end of the response, not reusable
+
+
+def test_callbacks_trailers_end_the_response_and_eof_ends_a_body_read_to_the_close():
+    codec, recorder = recorded()
+    codec.dispatch(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nt: v\r\n\r\n"
+    )
+    assert recorder.calls == [
+        ("headers", "200", False, False),
+        ("data", b"ok", False, False),
+        ("trailers", "v", True),
+    ]
+    codec, recorder = recorded()
+    codec.dispatch(b"HTTP/1.1 200 OK\r\n\r\nab")
+    codec.dispatch_eof()
+    assert recorder.calls[1:] == [("data", b"ab", False, False), ("data", b"", True, False)]
+
+
+def test_feed_is_for_codecs_without_callbacks():
+    codec, _ = recorded()
+    with pytest.raises(TypeError):
+        codec.feed(b"HTTP/1.1 200 OK\r\n")

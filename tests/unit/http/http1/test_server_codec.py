@@ -632,3 +632,17 @@ def test_pseudo_headers_and_names_seen_first_by_the_encoder():
         response((":status", "200"), ("x-first-seen-here", "1"), (":other", "x")), True
     )
     assert head == b"HTTP/1.1 200 OK\r\nx-first-seen-here: 1\r\ncontent-length: 0\r\n\r\n"
+
+
+def test_holding_says_whether_resume_has_anything_to_release():
+    codec = ServerCodec()
+    codec.feed(GET)
+    assert codec.paused and not codec.holding  # resume() would only unpause it
+    assert codec.resume() == [] and not codec.paused
+    codec.feed(GET + GET)
+    assert codec.paused and codec.holding  # the second request is held
+    codec.feed(b"GET /3 HTTP/1.1\r\nHost: h\r\n\r\n")  # buffered unparsed
+    assert [e.headers.get(":path") for e in codec.resume()] == ["/a?b=1"]
+    assert codec.paused and codec.holding  # the buffered bytes are still to parse
+    assert [e.headers.get(":path") for e in codec.resume()] == ["/3"]
+    assert codec.paused and not codec.holding
