@@ -140,18 +140,32 @@ class RouteAction:
     # max_grpc_timeout, so without router headers in the request (x-envoy-upstream-rq-*...)
     # the route's ``timeout`` is the request's as it stands.
     plain: bool = field(init=False, repr=False, compare=False)
+    # ``plain_retries``: ``plain`` but for a retry policy that retries on some condition, with
+    # no per-try timeout or per-try idle timeout and no ``retriable_request_headers``: without
+    # router headers in the request, the route's ``timeout`` is the request's as it stands and
+    # the policy's retry state is made as it stands (RetryState.create's answer).
+    plain_retries: bool = field(init=False, repr=False, compare=False)
     # ``rewrites``: a host rewrite (literal, from a header, auto) or a path rewrite.
     rewrites: bool = field(init=False, repr=False, compare=False)
     # ``timeout`` in whole milliseconds, as x-envoy-expected-rq-timeout-ms tells it.
     timeout_ms: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        plain = (
+        policy = self.retry_policy
+        no_policies = (
             self.idle_timeout is None
-            and self.retry_policy is None
             and not self.hedge_on_per_try_timeout
             and self.max_stream_duration is None
             and self.max_grpc_timeout is None
+        )
+        plain = no_policies and policy is None
+        plain_retries = (
+            no_policies
+            and policy is not None
+            and bool(policy.retry_on)
+            and not policy.per_try_timeout
+            and not policy.per_try_idle_timeout
+            and not policy.retriable_request_headers
         )
         rewrites = bool(
             self.host_rewrite_literal
@@ -161,6 +175,7 @@ class RouteAction:
             or self.regex_rewrite is not None
         )
         object.__setattr__(self, "plain", plain)
+        object.__setattr__(self, "plain_retries", plain_retries)
         object.__setattr__(self, "rewrites", rewrites)
         object.__setattr__(self, "timeout_ms", str(round(self.timeout * 1000)))
 

@@ -45,22 +45,25 @@ _GATEWAY_ERRORS = (502, 503, 504)
 
 
 class RetryState:
-    __slots__ = ("_armed", "_attempt", "_cluster", "_resource", "_rng", "policy",
-                 "previous_hosts", "retriable_headers", "retriable_status_codes",
-                 "retries_remaining", "retry_on")  # fmt: skip
+    # Per-request state starts from these class-level defaults: a request writes only what it
+    # changes (one per request of a route with retries, so its construction is on the hot path).
+    previous_hosts: tuple = ()  # the hosts of the tries so far (the previous_hosts predicate)
+    retriable_status_codes: frozenset[int] | None = None  # None: the policy's
+    retriable_headers: tuple | None = None  # None: the policy's
+    # The lowest status code whose response needs judging (``concerns``): 0 while a retry is
+    # in flight (its success is counted) or when a condition looks at responses below 500.
+    judged_from = 500
+    armed = False  # a retry is scheduled: it holds one unit of the retry budget
+    _attempt = 1  # the back-off exponent: base * (2^attempt - 1)
 
     def __init__(self, policy: RetryPolicy, retry_on: int, cluster, rng) -> None:
         self.policy = policy
         self.retry_on = retry_on
         self.retries_remaining = policy.num_retries
-        self.retriable_status_codes = policy.retriable_status_codes
-        self.retriable_headers = policy.retriable_headers
-        self.previous_hosts: list = []
         self._cluster = cluster
-        self._resource = cluster.resource_managers[0].retries
         self._rng = rng
-        self._armed = False
-        self._attempt = 1  # the back-off exponent: base * (2^attempt - 1)
+        if retry_on & _BELOW_500:
+            self.judged_from = 0
 
     @classmethod
     def create(cls, policy: RetryPolicy, headers, cluster, rng) -> RetryState | None:
@@ -85,10 +88,10 @@ class RetryState:
         codes = headers.get("x-envoy-retriable-status-codes")
         if codes is not None:
             extra = {int(c) for c in (p.strip() for p in codes.split(",")) if c.isdigit()}
-            state.retriable_status_codes = state.retriable_status_codes | extra
+            state.retriable_status_codes = policy.retriable_status_codes | extra
         names = headers.get("x-envoy-retriable-header-names")
         if names is not None:
-            state.retriable_headers = state.retriable_headers + tuple(
+            state.retriable_headers = policy.retriable_headers + tuple(
                 _NameMatcher(n.strip().lower()) for n in names.split(",") if n.strip()
             )
         return state
@@ -99,7 +102,7 @@ class RetryState:
         """Whether a response with ``code`` needs judging at all: a 5xx, a condition that
         looks at other responses, or a retry in flight (whose success is counted). The
         common 2xx of a ``5xx`` policy is not."""
-        return code >= 500 or self._armed or bool(self.retry_on & _BELOW_500)
+        return code >= self.judged_from
 
     def would_retry_headers(self, headers, code: int) -> bool:
         retry_on = self.retry_on
@@ -113,10 +116,15 @@ class RetryState:
             return True
         if retry_on & _RETRIABLE_4XX and code == 409:
             return True
-        if retry_on & _RETRIABLE_STATUS_CODES and code in self.retriable_status_codes:
-            return True
+        if retry_on & _RETRIABLE_STATUS_CODES:
+            codes = self.retriable_status_codes
+            if code in (self.policy.retriable_status_codes if codes is None else codes):
+                return True
         if retry_on & _RETRIABLE_HEADERS:
-            return any(m.matches(headers) for m in self.retriable_headers)
+            matchers = self.retriable_headers
+            if matchers is None:
+                matchers = self.policy.retriable_headers
+            return any(m.matches(headers) for m in matchers)
         return False
 
     def would_retry_reset(
@@ -132,7 +140,7 @@ class RetryState:
 
     def should_retry(self, would_retry: bool) -> RetryStatus:
         stats = self._cluster.stats
-        if self._armed and not would_retry:
+        if self.armed and not would_retry:
             stats.upstream_rq_retry_success.inc()
         self.release()
         if not would_retry:
@@ -141,11 +149,13 @@ class RetryState:
             stats.upstream_rq_retry_limit_exceeded.inc()
             return RetryStatus.LIMIT_EXCEEDED
         self.retries_remaining -= 1
-        if not self._resource.can_create():
+        resource = self._cluster.resource_managers[0].retries
+        if not resource.can_create():
             stats.upstream_rq_retry_overflow.inc()
             return RetryStatus.OVERFLOW
-        self._armed = True
-        self._resource.inc()
+        self.armed = True
+        self.judged_from = 0
+        resource.inc()
         stats.upstream_rq_retry.inc()
         stats.upstream_rq_retry_backoff_exponential.inc()
         return RetryStatus.YES
@@ -153,9 +163,11 @@ class RetryState:
     def release(self) -> None:
         """Give back the retry budget a scheduled retry holds (its try was judged, or the
         request is over)."""
-        if self._armed:
-            self._armed = False
-            self._resource.dec()
+        if self.armed:
+            self.armed = False
+            if not self.retry_on & _BELOW_500:
+                self.judged_from = 500
+            self._cluster.resource_managers[0].retries.dec()
 
     def next_back_off(self) -> float:
         """Seconds to wait before the retry (Envoy's JitteredExponentialBackOffStrategy)."""

@@ -90,7 +90,8 @@ _CONSUMED_HEADERS = frozenset(
     )
 )
 # Request headers that make a request's timeouts or tries more than its route's (see
-# ``RouteAction.plain``): those the router consumes, and the expected timeout it may respect.
+# ``RouteAction.plain`` and ``plain_retries``): those the router consumes, and the expected
+# timeout it may respect.
 _POLICY_HEADERS = _CONSUMED_HEADERS | {"x-envoy-expected-rq-timeout-ms"}
 _RESET_FLAGS = {
     StreamResetReason.LOCAL_CONNECTION_FAILURE: F.UPSTREAM_CONNECTION_FAILURE,
@@ -193,12 +194,22 @@ class Router(Tries, StreamDecoderFilter):
             return FilterHeadersStatus.STOP_ITERATION
         if "content-type" in headers and has_grpc_content_type(headers):
             self.grpc = True
-        if not action.plain or not _POLICY_HEADERS.isdisjoint(headers):
+        if action.plain and _POLICY_HEADERS.isdisjoint(headers):
+            if action.timeout:  # the route's timeout as it stands (_final_timeout's answer)
+                self.timeout = action.timeout
+                if not config.suppress_envoy_headers:
+                    headers.set("x-envoy-expected-rq-timeout-ms", action.timeout_ms)
+        elif action.plain_retries and _POLICY_HEADERS.isdisjoint(headers):
+            # _apply_policies' answer for such a route: the policy's retry state as it stands
+            # (RetryState.create's, without retry headers) and the route's timeout.
+            policy = action.retry_policy
+            self.retry_state = RetryState(policy, policy.retry_on, cluster, config.random)
+            if action.timeout:
+                self.timeout = action.timeout
+                if not config.suppress_envoy_headers:
+                    headers.set("x-envoy-expected-rq-timeout-ms", action.timeout_ms)
+        else:
             self._apply_policies(headers, action, cluster)
-        elif action.timeout:  # the route's timeout as it stands (_final_timeout's answer)
-            self.timeout = action.timeout
-            if not config.suppress_envoy_headers:
-                headers.set("x-envoy-expected-rq-timeout-ms", action.timeout_ms)
         host = self._hash_host(cluster, action, headers) if cluster.hashing else cluster.pick_host()
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
@@ -300,7 +311,8 @@ class Router(Tries, StreamDecoderFilter):
         if self.retry_state is not None:
             if self.retry_timer is not None or self.per_try_timer is not None:
                 self._cancel_retry_timers()
-            self.retry_state.release()
+            if self.retry_state.armed:  # (release's test, inline)
+                self.retry_state.release()
         if self.upstream is not None:
             upstream = self.upstream
             self.upstream = None
@@ -511,9 +523,9 @@ class Router(Tries, StreamDecoderFilter):
         if self.trailers is not None:
             encoder.encode_trailers(self.trailers)
         if self.request_done:
-            # _request_sent, inlined; a per-try idle timeout needs a retry policy
+            # _request_sent, inlined; a per-try idle timeout needs a retry policy with one
             self.decoder_callbacks.stream_info.last_upstream_tx_byte_sent = self.config.loop.time()
-            if not self.route.action.plain:
+            if not self.route.action.plain and not self.route.action.plain_retries:
                 self._start_try_idle_timer()
 
     def _request_sent(self) -> None:
@@ -528,10 +540,12 @@ class Router(Tries, StreamDecoderFilter):
         status = headers.get(":status", "0")
         code = int(status) if status.isdigit() else 0
         info.response_code = code  # %RESPONSE_CODE% in response header values
-        if self.grpc or self.retry_state is not None or self.hedged:
+        # A retry state judges a response from its ``judged_from`` on (a 2xx of a 5xx policy:
+        # not at all), so that response takes the plain path.
+        if self.grpc or self.hedged or ((retry := self.retry_state) and code >= retry.judged_from):
             if self._judge_response(headers, code, end_stream):
                 return
-        else:  # _judge_response's steps, for a request without either
+        else:  # _judge_response's steps, for a response no retry condition concerns
             host = self.host
             host.outlier.put_http_response_code(code)  # (before any retry decision, as Envoy)
             if "x-envoy-immediate-health-check-fail" in headers:
@@ -554,7 +568,8 @@ class Router(Tries, StreamDecoderFilter):
 
     def _judge_response(self, headers: HeaderMap, code: int, end_stream: bool) -> bool:
         """The outlier result, the retry decision and the stats of a response to a gRPC
-        request (judged by its grpc-status) or to one with tries in play (retries, hedging).
+        request (judged by its grpc-status) or to one with tries in play (hedging, or a retry
+        state that ``concerns`` itself with the response's code).
         True when the response is dropped: another try is still running and may do better,
         or the policy retries it."""
         cb = self.decoder_callbacks

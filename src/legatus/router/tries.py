@@ -72,7 +72,7 @@ class Tries:
             self._stop_try_idle_timer()
             self.hedged = [*self.hedged, upstream]
             self.upstream = None
-            retry.previous_hosts.append(host)
+            retry.previous_hosts += (host,)
             self.retry_timer = self.config.loop.call_later(retry.next_back_off(), self._do_retry)
         else:
             self._flag_retry_status(status)
@@ -177,7 +177,7 @@ class Tries:
             self.per_try_timer.cancel()
             self.per_try_timer = None
         retry = self.retry_state
-        retry.previous_hosts.append(self.host)
+        retry.previous_hosts += (self.host,)
         self.retry_timer = self.config.loop.call_later(retry.next_back_off(), self._do_retry)
 
     def _do_retry(self) -> None:

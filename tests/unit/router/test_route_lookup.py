@@ -127,6 +127,52 @@ def test_policies_inherited_from_the_virtual_host_make_a_route_not_plain(vhost_e
         assert action.hedge_on_per_try_timeout is True
 
 
+@pytest.mark.parametrize(
+    ("route_extra", "vhost_extra", "plain_retries"),
+    [
+        ({"retry_policy": {"retry_on": "5xx,reset", "num_retries": 2}}, {}, True),
+        ({}, {"retry_policy": {"retry_on": "connect-failure"}}, True),
+        ({"retry_policy": {"retry_on": "5xx", "per_try_timeout": "1s"}}, {}, False),
+        ({"retry_policy": {"retry_on": "5xx", "per_try_idle_timeout": "1s"}}, {}, False),
+        ({"retry_policy": {"num_retries": 2}}, {}, False),  # retries on nothing
+        (
+            {
+                "retry_policy": {
+                    "retry_on": "5xx",
+                    "retriable_request_headers": [{"name": "x-retry"}],
+                }
+            },
+            {},
+            False,
+        ),
+        (
+            {"retry_policy": {"retry_on": "5xx"}},
+            {"hedge_policy": {"hedge_on_per_try_timeout": True}},
+            False,
+        ),
+        ({"retry_policy": {"retry_on": "5xx"}, "idle_timeout": "5s"}, {}, False),
+        ({"retry_policy": {"retry_on": "5xx"}, "max_grpc_timeout": "5s"}, {}, False),
+        ({}, {}, False),  # plain: no retry policy at all
+    ],
+)
+def test_a_retry_policy_without_timeouts_of_its_own_is_plain_retries(
+    route_extra, vhost_extra, plain_retries
+):
+    """The router makes such a route's retry state and timeout without reading the request
+    (when it has no router headers): only a policy that leaves both as the route says."""
+    route_table = table(
+        {
+            "name": "rc",
+            "virtual_hosts": [
+                vhost([forward("r", {"cluster": "c1", **route_extra})], **vhost_extra)
+            ],
+        }
+    )
+    action = _action(route_table)
+    assert action.plain_retries is plain_retries
+    assert not (action.plain and action.plain_retries)
+
+
 def test_a_route_keeps_its_own_policies_over_the_virtual_hosts():
     route_table = table(
         {
