@@ -19,7 +19,7 @@ _MIN_FILL_RATE = 1.0 / (365 * 24 * 60 * 60)
 
 
 class TokenBucket:
-    __slots__ = ("_clock", "_last", "_tokens", "fill_rate", "max_tokens")
+    __slots__ = ("_clock", "_last", "_limit", "_tokens", "fill_rate", "max_tokens")
 
     def __init__(
         self,
@@ -32,6 +32,7 @@ class TokenBucket:
         if fill_interval <= 0:
             raise ValueError("fill_interval must be positive")
         self.max_tokens = max_tokens
+        self._limit = float(max_tokens)
         self.fill_rate = max(tokens_per_fill / fill_interval, _MIN_FILL_RATE)
         self._clock = clock
         self._tokens = float(max_tokens)
@@ -48,11 +49,10 @@ class TokenBucket:
 
     def consume(self, tokens: float = 1.0) -> bool:
         """Take ``tokens`` if the bucket holds that many; False (and take none) if not.
-        (``_refill`` inlined: this runs for every request through a local rate limit.)"""
+        (``_refill`` inlined: this runs for every request through a local rate limit. A
+        full bucket needs no test: ``min`` keeps it at exactly ``max_tokens``.)"""
         now = self._clock()
-        have = self._tokens
-        if have < self.max_tokens:
-            have = min(have + (now - self._last) * self.fill_rate, float(self.max_tokens))
+        have = min(self._tokens + (now - self._last) * self.fill_rate, self._limit)
         self._last = now
         if have < tokens:
             self._tokens = have

@@ -753,15 +753,9 @@ class ActiveStream:
                 decoders.append(f)
             if isinstance(f, StreamEncoderFilter):
                 encoders.append(f)
-        fm = self.filter_manager = FilterManager(
-            decoder_filters=decoders,
-            encoder_filters=encoders,
-            sink=self,
-            stream_info=self.info,
-            buffer_limit=self.manager.connection.buffer_limit,
-            route=route,
-        )
-        fm.route_resolver = route_resolver
+        limit = self.manager.connection.buffer_limit
+        fm = FilterManager(decoders, encoders, self, self.info, limit, route, route_resolver)
+        self.filter_manager = fm
         return fm
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:

@@ -113,20 +113,21 @@ class _Active:
                  "route", "stream", "stream_info", "watermark")  # fmt: skip
 
     def __init__(self, chain: _Chain, index: int, f: Any) -> None:
-        self.chain = chain
-        manager = self.manager = chain.manager
+        manager = chain.manager
+        self.chain, self.manager, self.index, self.filter = chain, manager, index, f
         # Read often by filters: plain attributes (the manager keeps ``route`` in step).
         # ``stream`` is the stream's owner (the connection manager's ActiveStream): its
         # connection, request headers and whether the request is internal.
         self.stream_info = manager.stream_info
-        self.stream = manager.sink
-        self.route = manager._route
-        self.index = index
-        self.filter = f
-        self.block = _Block.NONE
-        self.watermark = False
-        self.injected_end = False  # the filter injected the end of stream itself
+        self.stream, self.route = manager.sink, manager._route
+        # Not blocked, no watermark, and the filter has not injected the end of stream.
+        self.block, self.watermark, self.injected_end = _NONE, False, False
         self.queue: list[tuple[_Kind, Any, bool]] = []  # short: a list beats a deque here
+        # The filter gets its callbacks (this slot) as soon as the slot exists.
+        if chain.decoding:
+            f.set_decoder_filter_callbacks(self)
+        else:
+            f.set_encoder_filter_callbacks(self)
 
     def continue_iteration(self) -> None:
         self.chain.resume(self)
@@ -141,12 +142,9 @@ class _Chain:
     def __init__(self, manager: FilterManager, filters: Sequence[Any], *, decoding: bool):
         self.manager = manager
         self.decoding = decoding
-        if filters:
-            n = len(filters)
-            slot_class = _DecoderSlot if decoding else _EncoderSlot
-            self.slots = list(map(slot_class, repeat(self, n), range(n), filters))
-        else:
-            self.slots = []
+        n = len(filters)
+        slot_class = _DecoderSlot if decoding else _EncoderSlot
+        self.slots = list(map(slot_class, repeat(self, n), range(n), filters))
 
     # Walking -------------------------------------------------------------------
 
@@ -304,27 +302,27 @@ class FilterManager:
 
     def __init__(
         self,
-        *,
         decoder_filters: Sequence[StreamDecoderFilter],
         encoder_filters: Sequence[StreamEncoderFilter],
         sink: StreamSink,
         stream_info: StreamInfo,
         buffer_limit: int,
         route: Any = None,
+        route_resolver: Callable[[], Any] | None = None,
     ) -> None:
+        """Built for every stream that has more than the router: the arguments may be given
+        by position (one short call on the hot path). Each filter gets its callbacks as its
+        slot is made, decoder filters first."""
         self.sink = sink
         self.stream_info = stream_info
         self.buffer_limit = buffer_limit
         self._route = route  # (before the slots, which copy it)
+        self.route_resolver = route_resolver
         self.decoder = _Chain(self, decoder_filters, decoding=True)
         # Encoder filters run in reverse configuration order.
         self.encoder = (
             _Chain(self, encoder_filters[::-1], decoding=False) if encoder_filters else _NO_ENCODER
         )
-        for slot in self.decoder.slots:
-            slot.filter.set_decoder_filter_callbacks(slot)
-        for slot in self.encoder.slots:
-            slot.filter.set_encoder_filter_callbacks(slot)
 
     @property
     def route(self) -> Any:
@@ -342,7 +340,18 @@ class FilterManager:
     # From the codec ------------------------------------------------------------
 
     def decode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
-        self.decoder.walk(0, _HEADERS, headers, end_stream)
+        """``_Chain.walk`` for the first event, where every slot is open: the same steps
+        without its tests for the other cases (a slot found blocked, or the stream answered,
+        hands over to ``walk``, which handles them). Nothing follows the decoder chain."""
+        decoder = self.decoder
+        for slot in decoder.slots:
+            if self.done or slot.block is not _NONE:
+                decoder.walk(slot.index, _HEADERS, headers, end_stream)
+                return
+            status = slot.filter.decode_headers(headers, end_stream)
+            if status is not _HEADERS_CONTINUE:
+                decoder.headers_stopped(slot, status, headers, end_stream)
+                return
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         self.decoder.walk(0, _DATA, data, end_stream)
@@ -445,24 +454,24 @@ class FilterManager:
         decoder, encoder = self.decoder, self.encoder
         decoders, encoders = decoder.slots, encoder.slots
         # Filters, their slots (their callbacks), the chains and this manager point at each
-        # other: drop the slots, the slots' filters and the chains' way back here (breaking
-        # the cycles, so that the stream is freed by reference counting, not by the cyclic
-        # collector) before telling the filters.
-        decoder.slots = []
-        encoder.slots = []
+        # other: drop the chains' slots and their way back here, and each slot's filter as
+        # it is told (breaking the cycles, so that the stream is freed by reference
+        # counting, not by the cyclic collector). Once the chains are cut, a late call from
+        # a filter goes nowhere, whatever slot it comes from.
+        decoder.slots = encoder.slots = []
         decoder.manager = encoder.manager = None
         self.route_resolver = None
-        filters = []
+        if encoders:  # a StreamFilter has a slot on each side: told once
+            told = [slot.filter for slot in decoders]
         for slot in decoders:
-            filters.append(slot.filter)
+            f = slot.filter
             slot.filter = None
+            f.on_destroy()
         for slot in encoders:
             f = slot.filter
             slot.filter = None
-            if f not in filters:  # a StreamFilter has a slot on each side: told once
-                filters.append(f)
-        for f in filters:
-            f.on_destroy()
+            if f not in told:
+                f.on_destroy()
 
 
 class _DecoderSlot(_Active):

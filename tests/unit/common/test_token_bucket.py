@@ -72,3 +72,13 @@ def test_zero_max_tokens_refuses_everything():
 def test_fill_interval_must_be_positive():
     with pytest.raises(ValueError):
         bucket(Clock(), fill_interval=0)
+
+
+def test_full_bucket_does_not_overfill_while_idle():
+    # A full bucket left idle stays at exactly max_tokens: after a long idle spell it still
+    # gives max_tokens tokens, not one more.
+    clock = Clock()
+    b = bucket(clock, max_tokens=2, tokens_per_fill=1, fill_interval=1.0)
+    clock.now += 3600.0
+    assert [b.consume() for _ in range(3)] == [True, True, False]
+    assert b.remaining_tokens() == 0

@@ -132,6 +132,31 @@ def test_local_ratelimit_off_without_filter_enabled():
     assert config.stats.enabled.value == 0
 
 
+class Connection:
+    """A downstream connection, as far as per-connection buckets see it."""
+
+
+def test_local_ratelimit_per_connection_buckets_are_not_the_plain_path():
+    # A shared bucket with filter_enabled at 100 % takes the short path; per-connection
+    # buckets do not, and each connection still gets its own bucket.
+    enabled = {"default_value": {"numerator": 100}}
+    shared = lrl({"stat_prefix": "s", "filter_enabled": enabled,
+                  "token_bucket": {"max_tokens": 1, "fill_interval": "60s"}})  # fmt: skip
+    assert shared.plain and shared.always_enabled
+    config = lrl({"stat_prefix": "p", "filter_enabled": enabled,
+                  "local_rate_limit_per_downstream_connection": True,
+                  "token_bucket": {"max_tokens": 1, "fill_interval": "60s"}})  # fmt: skip
+    assert not config.plain
+    first, second = Connection(), Connection()  # (buckets are kept per weak reference)
+    for connection in (first, first, second):  # the first connection's second request: none
+        f = LocalRateLimitFilter(config, "f", per_route=False)
+        callbacks = Callbacks()
+        callbacks.stream.connection = connection
+        f.set_decoder_filter_callbacks(callbacks)
+        assert f.decode_headers(request(), True) is FilterHeadersStatus.CONTINUE  # not enforced
+    assert config.stats.ok.value == 2 and config.stats.rate_limited.value == 1
+
+
 def test_rbac_metadata_and_details():
     store = Store()
     proto = parse({

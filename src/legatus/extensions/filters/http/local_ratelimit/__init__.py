@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from legatus.network.filter import FilterFactory
 from legatus.registry import Registry, http_filter
 
@@ -26,8 +28,10 @@ def _factory(proto, context, path: str) -> FilterFactory:
         or table is None
         or any(c.x_ratelimit_headers for c in table.per_filter_configs(name))
     )
+    # Without any per-route config for this filter in a static table, no route is looked at.
+    per_route = table is None or bool(table.per_filter_configs(name))
     cls = LocalRateLimitHeadersFilter if headers else LocalRateLimitFilter
-    return FilterFactory(lambda: cls(config, name), terminal=False)
+    return FilterFactory(functools.partial(cls, config, name, per_route), terminal=False)
 
 
 def _route_factory(proto, context, path: str):

@@ -99,6 +99,17 @@ class LocalRateLimitConfig:
     vh_rate_limits: int = _VH_OVERRIDE
     always_consume_default: bool = True  # always_consume_default_token_bucket
     local_cluster: str = ""  # --service-cluster: the source_cluster descriptor action's value
+    # Decided once for the request path: filter_enabled is always on (no runtime key, 100 %);
+    # ``plain``: the shared bucket (or none) decides alone (no per-connection buckets, no
+    # descriptors, no x-ratelimit headers to remember it for).
+    always_enabled: bool = False
+    plain: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "always_enabled", self.filter_enabled.constant is True)
+        plain = not (self.per_connection or self.x_ratelimit_headers)
+        plain = plain and self.descriptors is None
+        object.__setattr__(self, "plain", plain)
 
     def bucket_for(self, connection) -> TokenBucket | None:
         if not self.per_connection or self.spec is None:
@@ -258,31 +269,34 @@ def _request_headers(proto, path: str) -> HeaderMutations:
 class LocalRateLimitFilter(StreamDecoderFilter):
     """The filter without x-ratelimit headers: requests only."""
 
-    def __init__(self, config: LocalRateLimitConfig, name: str) -> None:
+    bucket: TokenBucket | None = None  # set when x-ratelimit headers are due
+
+    def __init__(self, config: LocalRateLimitConfig, name: str, per_route: bool = True) -> None:
+        """``per_route``: whether a route may carry a config for this filter (if none can,
+        the route is not looked at)."""
         self.config = config
         self.name = name
-        self.bucket: TokenBucket | None = None  # set when x-ratelimit headers are due
+        self.per_route = per_route
 
     def decode_headers(self, headers, end_stream: bool) -> FilterHeadersStatus:
-        callbacks = self.decoder_callbacks
         config = self.config
-        route = callbacks.route
-        if route is not None:
-            config = route.most_specific_per_filter_config(self.name) or config
-        if not config.filter_enabled.enabled():
+        if self.per_route:
+            route = self.decoder_callbacks.route
+            if route is not None:
+                config = route.most_specific_per_filter_config(self.name) or config
+        if not (config.always_enabled or config.filter_enabled.enabled()):
             return FilterHeadersStatus.CONTINUE
         stats = config.stats
         stats.enabled.inc()
-        bucket = config.bucket_for(callbacks.stream.connection)
-        if config.descriptors is not None and route is not None:
-            allowed, bucket = self._with_descriptors(config, route, headers, bucket)
-        else:
+        if config.plain:
+            bucket = config.bucket
             allowed = bucket is None or bucket.consume()
-        if bucket is not None and config.x_ratelimit_headers:
-            self.bucket = bucket
+        else:
+            allowed = self._allowed(config, headers)
         if allowed:
             stats.ok.inc()
             return FilterHeadersStatus.CONTINUE
+        callbacks = self.decoder_callbacks
         stats.rate_limited.inc()
         if not config.filter_enforced.enabled():
             mutations = config.request_headers_when_not_enforced
@@ -305,6 +319,20 @@ class LocalRateLimitFilter(StreamDecoderFilter):
             modify_headers=modify,
         )
         return FilterHeadersStatus.STOP_ITERATION
+
+    def _allowed(self, config, headers) -> bool:
+        """Whether the request gets a token, from the bucket(s) a config that is not
+        ``plain`` names; the bucket that decided is kept for x-ratelimit headers."""
+        callbacks = self.decoder_callbacks
+        route = callbacks.route
+        bucket = config.bucket_for(callbacks.stream.connection)
+        if config.descriptors is not None and route is not None:
+            allowed, bucket = self._with_descriptors(config, route, headers, bucket)
+        else:
+            allowed = bucket is None or bucket.consume()
+        if bucket is not None and config.x_ratelimit_headers:
+            self.bucket = bucket
+        return allowed
 
     def _with_descriptors(self, config, route, headers, default):
         """(allowed, the bucket that decided) with ``descriptors``."""
