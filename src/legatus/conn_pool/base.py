@@ -432,8 +432,15 @@ class ConnPool:
         """The stream of a one-stream client (HTTP/1) completed and the connection stays for
         the next one: ``schedule_on_upstream_ready()``, ``on_stream_closed(client,
         delay_attaching=True)`` and ``check_idle_and_close_if_draining()`` in one call, for
-        the path every keep-alive request takes (the client has no stream left)."""
-        if self._upstream_ready_handle is None:
+        the path every keep-alive request takes (the client has no stream left).
+
+        The attach is scheduled only when streams are waiting: ``_on_upstream_ready`` does
+        nothing without them, and none can start waiting before the next iteration while
+        this client is ready (``new_stream`` takes a ready client at once; a stream that
+        waits because the client closed meanwhile got its connection attempt from
+        ``new_stream``, as it would from the callback). This spares a callback per request
+        and pool on the keep-alive path."""
+        if self._pending and self._upstream_ready_handle is None:
             self._upstream_ready_handle = self.loop.call_soon(self._scheduled_upstream_ready)
         self._active_streams -= 1
         self._host_rq_active_dec()

@@ -57,7 +57,7 @@ from legatus.http.conn_manager_utility import (
     mutate_request_headers,
     mutate_response_headers,
 )
-from legatus.http.filter import StreamDecoderFilter, StreamEncoderFilter
+from legatus.http.filter_chain import NO_HTTP_FILTERS, HttpFilterChain
 from legatus.http.filter_manager import FilterManager, TerminalFilterManager
 from legatus.http.headers import HeaderMap
 from legatus.http.http1.events import (
@@ -606,7 +606,7 @@ class ActiveStream:
                 self.request_timer.cancel()
                 self.request_timer = None
         if ":authority" not in headers:
-            self._create_filter_chain(())
+            self._create_filter_chain(NO_HTTP_FILTERS)
             self.send_reply(ENVOY_LOCAL_REPLIES["missing_host_header"])
             return
         if config.strip_port or config.strip_trailing_host_dot:
@@ -632,12 +632,12 @@ class ActiveStream:
                 info.upstream_cluster = name
             if getattr(route.route.action, "max_stream_duration", None) is not None:
                 self._refresh_duration(route)
-        factories = config.filter_factories
+        chain = config.filter_chain
         if event.upgrade:
-            factories = self._upgrade_filter_chain(headers, route)
-            if factories is None:
+            chain = self._upgrade_filter_chain(headers, route)
+            if chain is None:
                 return
-        fm = self._create_filter_chain(factories, route, self._resolve_route)
+        fm = self._create_filter_chain(chain, route, self._resolve_route)
         fm.decode_headers(headers, end_stream)
 
     def _upgrade_filter_chain(self, headers: HeaderMap, route):
@@ -649,7 +649,7 @@ class ActiveStream:
         refused, CONNECT with the router's 404 and the others with the 403."""
         config = self.manager.config
         if self.protocol not in (HTTP_11, HTTP_10):
-            self._create_filter_chain(())
+            self._create_filter_chain(NO_HTTP_FILTERS)
             if headers.get(":method") == "CONNECT":
                 config.stats.router.no_route.inc()
                 self.info.set_flag(ResponseFlag.NO_ROUTE_FOUND)
@@ -659,18 +659,16 @@ class ActiveStream:
                 self.send_reply(ENVOY_LOCAL_REPLIES["upgrade_failed"])
             return None
         upgrades = getattr(route.action, "upgrade_map", None) if route is not None else None
-        factories = config.upgrades.filter_chain(
-            upgrade_type(headers), upgrades, config.filter_factories
-        )
-        if factories is not None:
+        chain = config.upgrades.filter_chain(upgrade_type(headers), upgrades, config.filter_chain)
+        if chain is not None:
             self.upgraded = True
             stats = config.stats.named
             stats.downstream_cx_upgrades_total.inc()
             stats.downstream_cx_upgrades_active.inc()
-            return factories
+            return chain
         if route is None:
-            return config.filter_factories
-        self._create_filter_chain(())
+            return config.filter_chain
+        self._create_filter_chain(NO_HTTP_FILTERS)
         self.saw_connection_close = True
         config.stats.named.downstream_rq_ws_on_non_ws_route.inc()
         self.send_reply(ENVOY_LOCAL_REPLIES["upgrade_failed"])
@@ -732,30 +730,13 @@ class ActiveStream:
         return None
 
     def _create_filter_chain(
-        self, factories, route=None, route_resolver=None
+        self, chain: HttpFilterChain, route=None, route_resolver=None
     ) -> FilterManager | TerminalFilterManager:
         """The stream's filter manager (also returned), on ``route``; ``route_resolver``
         finds the route again when a filter clears the route cache."""
-        if len(factories) == 1 and factories[0].terminal and not factories[0].disabled:
-            # The router alone: no chain to walk.
-            fm = self.filter_manager = TerminalFilterManager(
-                factories[0].create(), sink=self, stream_info=self.info, route=route,
-                route_resolver=route_resolver,
-            )  # fmt: skip
-            return fm
-        decoders: list = []
-        encoders: list = []
-        for factory in factories:
-            if factory.disabled:
-                continue
-            f = factory.create()
-            if isinstance(f, StreamDecoderFilter):
-                decoders.append(f)
-            if isinstance(f, StreamEncoderFilter):
-                encoders.append(f)
-        limit = self.manager.connection.buffer_limit
-        fm = FilterManager(decoders, encoders, self, self.info, limit, route, route_resolver)
-        self.filter_manager = fm
+        fm = self.filter_manager = chain.create_filter_manager(
+            self, self.info, self.manager.connection.buffer_limit, route, route_resolver
+        )
         return fm
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
@@ -964,7 +945,7 @@ class ActiveStream:
         if reply.close_connection:
             self.manager.draining = True
         if self.filter_manager is None:
-            self._create_filter_chain(())
+            self._create_filter_chain(NO_HTTP_FILTERS)
         self.filter_manager.send_local_reply(
             reply.status,
             reply.body.encode(),
@@ -1052,7 +1033,7 @@ class ActiveStream:
             or getattr(route.route.action, "max_stream_duration", None) is not None
         ):
             self._refresh_duration(route)
-        fm = self._create_filter_chain(config.filter_factories, route, self._resolve_route)
+        fm = self._create_filter_chain(config.filter_chain, route, self._resolve_route)
         fm.decode_headers(headers, not body)
         if body and self.filter_manager is fm:
             fm.decode_data(bytes(body), True)

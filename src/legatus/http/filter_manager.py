@@ -17,6 +17,10 @@ direction are counted against the stream's buffer limit: past it a buffering
 request gets 413 and a buffering response 500 (Envoy's answers), while the
 watermark statuses ask the owner to stop reading instead (``on_watermark``).
 
+The terminal decoder filter (the router) has no slot: events that leave the
+decoder chain go to it, and the manager itself is its callbacks. Nothing
+follows it, so what it answers does not matter; it costs no slot per stream.
+
 Sans-I/O: the owner (the connection manager's active stream) feeds the
 decoder side and receives the encoder side's output through ``StreamSink``.
 """
@@ -25,7 +29,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from itertools import repeat
 from typing import Any, Protocol
 
 from legatus.http.filter import (
@@ -107,44 +110,21 @@ _HEADERS_STOP = {
 
 class _Active:
     """One filter's slot in one direction; also the callbacks that filter gets for that
-    direction (``_DecoderSlot`` / ``_EncoderSlot``): one object per filter and direction."""
+    direction (``_DecoderSlot`` / ``_EncoderSlot``): one object per filter and direction.
+
+    Made by ``_make_chain``, which sets every attribute (there is no ``__init__``)."""
 
     __slots__ = ("block", "chain", "filter", "index", "injected_end", "manager", "queue",
                  "route", "stream", "stream_info", "watermark")  # fmt: skip
-
-    def __init__(self, chain: _Chain, index: int, f: Any) -> None:
-        manager = chain.manager
-        self.chain, self.manager, self.index, self.filter = chain, manager, index, f
-        # Read often by filters: plain attributes (the manager keeps ``route`` in step).
-        # ``stream`` is the stream's owner (the connection manager's ActiveStream): its
-        # connection, request headers and whether the request is internal.
-        self.stream_info = manager.stream_info
-        self.stream, self.route = manager.sink, manager._route
-        # Not blocked, no watermark, and the filter has not injected the end of stream.
-        self.block, self.watermark, self.injected_end = _NONE, False, False
-        self.queue: list[tuple[_Kind, Any, bool]] = []  # short: a list beats a deque here
-        # The filter gets its callbacks (this slot) as soon as the slot exists.
-        if chain.decoding:
-            f.set_decoder_filter_callbacks(self)
-        else:
-            f.set_encoder_filter_callbacks(self)
 
     def continue_iteration(self) -> None:
         self.chain.resume(self)
 
 
 class _Chain:
-    """One direction's filters and the events held in them."""
+    """One direction's filters and the events held in them (made by ``_make_chain``)."""
 
-    queued_bytes = 0
-    above_watermark = False
-
-    def __init__(self, manager: FilterManager, filters: Sequence[Any], *, decoding: bool):
-        self.manager = manager
-        self.decoding = decoding
-        n = len(filters)
-        slot_class = _DecoderSlot if decoding else _EncoderSlot
-        self.slots = list(map(slot_class, repeat(self, n), range(n), filters))
+    __slots__ = ("above_watermark", "decoding", "manager", "queued_bytes", "slots")
 
     # Walking -------------------------------------------------------------------
 
@@ -280,23 +260,94 @@ class _Chain:
         return out
 
 
-class _NoFilters(_Chain):
-    """The encoder side of a chain without encoder filters (shared: it holds nothing)."""
-
-    def __init__(self) -> None:
-        self.manager = None  # type: ignore[assignment]
-        self.decoding = False
-        self.slots = []
+_new = object.__new__
 
 
-_NO_ENCODER = _NoFilters()
+def _make_chain(manager: FilterManager | None, filters: Sequence[Any], decoding: bool) -> _Chain:
+    """A chain and its slots, each filter given its callbacks (its slot) as the slot is made.
+
+    Built here attribute by attribute rather than by constructors: in CPython 3.11 a class
+    whose ``__init__`` is Python code costs about as much to call as the dozen stores that
+    ``__init__`` would hold, and this runs for every filter of every stream."""
+    chain = _new(_Chain)
+    chain.manager, chain.decoding = manager, decoding
+    chain.queued_bytes, chain.above_watermark = 0, False
+    slots = chain.slots = []
+    if manager is None:
+        return chain
+    info, sink, route = manager.stream_info, manager.sink, manager._route
+    cls = _DecoderSlot if decoding else _EncoderSlot
+    for index, f in enumerate(filters):
+        slot = _new(cls)
+        slot.chain, slot.manager, slot.index, slot.filter = chain, manager, index, f
+        # Read often by filters: plain attributes (the manager keeps ``route`` in step).
+        # ``stream`` is the stream's owner (the connection manager's ActiveStream): its
+        # connection, request headers and whether the request is internal.
+        slot.stream_info, slot.stream, slot.route = info, sink, route
+        # Not blocked, no watermark, and the filter has not injected the end of stream.
+        slot.block, slot.watermark, slot.injected_end = _NONE, False, False
+        slot.queue = []  # short: a list beats a deque here
+        slots.append(slot)
+        if decoding:
+            f.set_decoder_filter_callbacks(slot)
+        else:
+            f.set_encoder_filter_callbacks(slot)
+    return chain
 
 
-class FilterManager:
-    """The decoder and encoder chains of one stream."""
+# The encoder side of a stream without encoder filters (shared: it holds nothing).
+_NO_ENCODER = _make_chain(None, (), False)
+
+
+class _TerminalCallbacks:
+    """The callbacks of the terminal decoder filter (the router), given by the manager
+    itself: the router has no slot of its own, as nothing follows it in the chain."""
+
+    __slots__ = ()
+
+    def continue_decoding(self) -> None:
+        """Nothing follows a terminal filter."""
+
+    def decoding_buffer(self) -> bytearray | None:
+        return None
+
+    def add_decoded_data(self, data: bytes) -> None:
+        """Nothing follows a terminal filter to take the data."""
+
+    def clear_route_cache(self) -> None:
+        if self.route_resolver is not None:
+            self.route = self.route_resolver()
+
+    def add_downstream_watermark_callbacks(self, callbacks: Any) -> None:
+        self.sink.add_watermark_callbacks(callbacks)
+
+    def remove_downstream_watermark_callbacks(self, callbacks: Any) -> None:
+        self.sink.remove_watermark_callbacks(callbacks)
+
+    def on_decoder_filter_above_write_buffer_high_watermark(self) -> None:
+        self.sink.on_watermark(decoding=True, above=True)
+
+    def on_decoder_filter_below_write_buffer_low_watermark(self) -> None:
+        self.sink.on_watermark(decoding=True, above=False)
+
+    def reset_stream(self) -> None:
+        self.sink.reset_stream()
+
+    def touch(self) -> None:
+        self.sink.touch()
+
+
+class FilterManager(_TerminalCallbacks):
+    """The decoder and encoder chains of one stream.
+
+    The terminal decoder filter (the router), when given apart as ``terminal``, has no slot:
+    it is called at the decoder chain's end and this manager is its callbacks. Nothing
+    follows it, so its statuses do not matter (as in ``TerminalFilterManager``): it gets every
+    request event that leaves the chain until the stream is answered."""
 
     _route: Any = None
     route_resolver: Callable[[], Any] | None = None
+    terminal: Any = None
     done = False  # a response is complete (or the request was answered locally)
     response_started = False
 
@@ -309,19 +360,23 @@ class FilterManager:
         buffer_limit: int,
         route: Any = None,
         route_resolver: Callable[[], Any] | None = None,
+        terminal: StreamDecoderFilter | None = None,
     ) -> None:
         """Built for every stream that has more than the router: the arguments may be given
         by position (one short call on the hot path). Each filter gets its callbacks as its
-        slot is made, decoder filters first."""
-        self.sink = sink
+        slot is made: decoder filters first, then ``terminal``, then encoder filters."""
+        self.sink = self.stream = sink
         self.stream_info = stream_info
         self.buffer_limit = buffer_limit
         self._route = route  # (before the slots, which copy it)
         self.route_resolver = route_resolver
-        self.decoder = _Chain(self, decoder_filters, decoding=True)
+        self.decoder = _make_chain(self, decoder_filters, True)
+        if terminal is not None:
+            self.terminal = terminal
+            terminal.set_decoder_filter_callbacks(self)  # type: ignore[arg-type]
         # Encoder filters run in reverse configuration order.
         self.encoder = (
-            _Chain(self, encoder_filters[::-1], decoding=False) if encoder_filters else _NO_ENCODER
+            _make_chain(self, encoder_filters[::-1], False) if encoder_filters else _NO_ENCODER
         )
 
     @property
@@ -352,6 +407,9 @@ class FilterManager:
             if status is not _HEADERS_CONTINUE:
                 decoder.headers_stopped(slot, status, headers, end_stream)
                 return
+        terminal = self.terminal
+        if terminal is not None and not self.done:
+            terminal.decode_headers(headers, end_stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         self.decoder.walk(0, _DATA, data, end_stream)
@@ -417,7 +475,16 @@ class FilterManager:
 
     def chain_end(self, chain: _Chain, kind: _Kind, payload: Any, end_stream: bool) -> None:
         if chain.decoding:
-            return  # the router (the last decoder filter) has taken the request
+            terminal = self.terminal
+            if terminal is None or self.done:
+                return  # (a terminal filter given among the decoder filters has taken it)
+            if kind is _HEADERS:
+                terminal.decode_headers(payload, end_stream)
+            elif kind is _DATA:
+                terminal.decode_data(payload, end_stream)
+            else:
+                terminal.decode_trailers(payload)
+            return
         sink = self.sink
         if kind is _Kind.HEADERS:
             sink.write_headers(payload, end_stream)
@@ -458,15 +525,21 @@ class FilterManager:
         # it is told (breaking the cycles, so that the stream is freed by reference
         # counting, not by the cyclic collector). Once the chains are cut, a late call from
         # a filter goes nowhere, whatever slot it comes from.
-        decoder.slots = encoder.slots = []
-        decoder.manager = encoder.manager = None
+        decoder.slots = []
+        decoder.manager = None
         self.route_resolver = None
         if encoders:  # a StreamFilter has a slot on each side: told once
+            encoder.slots = []
+            encoder.manager = None
             told = [slot.filter for slot in decoders]
         for slot in decoders:
             f = slot.filter
             slot.filter = None
             f.on_destroy()
+        terminal = self.terminal
+        if terminal is not None:
+            self.terminal = None
+            terminal.on_destroy()
         for slot in encoders:
             f = slot.filter
             slot.filter = None
@@ -570,7 +643,7 @@ class _EncoderSlot(_Active):
         self.manager.encoder.walk(self.index + 1, _Kind.DATA, data, end_stream)
 
 
-class TerminalFilterManager:
+class TerminalFilterManager(_TerminalCallbacks):
     """The chain of the common case: one terminal decoder filter (the router) and no
     encoder filter. Same contract as ``FilterManager`` from both sides (the owner drives it
     the same way; the filter gets the same callbacks), without walking chains: the filter is
@@ -621,19 +694,6 @@ class TerminalFilterManager:
 
     # The filter's callbacks -----------------------------------------------------------
 
-    def continue_decoding(self) -> None:
-        """Nothing follows a terminal filter."""
-
-    def decoding_buffer(self) -> bytearray | None:
-        return None
-
-    def add_decoded_data(self, data: bytes) -> None:
-        """Nothing follows a terminal filter to take the data."""
-
-    def clear_route_cache(self) -> None:
-        if self.route_resolver is not None:
-            self.route = self.route_resolver()
-
     def encode_headers(self, headers: HeaderMap, end_stream: bool) -> None:
         self.response_started = True
         if end_stream:
@@ -650,21 +710,3 @@ class TerminalFilterManager:
         self.sink.write_trailers(trailers)
 
     send_local_reply = FilterManager.send_local_reply
-
-    def add_downstream_watermark_callbacks(self, callbacks: Any) -> None:
-        self.sink.add_watermark_callbacks(callbacks)
-
-    def remove_downstream_watermark_callbacks(self, callbacks: Any) -> None:
-        self.sink.remove_watermark_callbacks(callbacks)
-
-    def on_decoder_filter_above_write_buffer_high_watermark(self) -> None:
-        self.sink.on_watermark(decoding=True, above=True)
-
-    def on_decoder_filter_below_write_buffer_low_watermark(self) -> None:
-        self.sink.on_watermark(decoding=True, above=False)
-
-    def reset_stream(self) -> None:
-        self.sink.reset_stream()
-
-    def touch(self) -> None:
-        self.sink.touch()

@@ -40,7 +40,7 @@ class UpgradeConfig:
     filter chain (None: the connection manager's)."""
 
     enabled: bool = True
-    filter_factories: tuple[Any, ...] | None = None
+    filter_chain: Any = None  # an HttpFilterChain
 
 
 class UpgradeConfigs:
@@ -53,11 +53,11 @@ class UpgradeConfigs:
         self._configs = types.MappingProxyType(dict(configs))
 
     def filter_chain(
-        self, upgrade_type: str, route_upgrades: Mapping[str, bool] | None, default: tuple
-    ) -> tuple | None:
-        """The filter factories an upgrade of ``upgrade_type`` runs through, or None when it
-        is refused. ``route_upgrades``: the route's upgrade map (None without a forwarding
-        route); ``default``: the connection manager's filter chain."""
+        self, upgrade_type: str, route_upgrades: Mapping[str, bool] | None, default: Any
+    ) -> Any:
+        """The filter chain (an HttpFilterChain) an upgrade of ``upgrade_type`` runs
+        through, or None when it is refused. ``route_upgrades``: the route's upgrade map
+        (None without a forwarding route); ``default``: the connection manager's chain."""
         key = upgrade_type.lower()
         route_enabled = False
         if route_upgrades:
@@ -68,8 +68,8 @@ class UpgradeConfigs:
         config = self._configs.get(key)
         if (config is None or not config.enabled) and not route_enabled:
             return None
-        if config is not None and config.filter_factories is not None:
-            return config.filter_factories
+        if config is not None and config.filter_chain is not None:
+            return config.filter_chain
         return default
 
     def __bool__(self) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from legatus.http.filter import (
     FilterDataStatus,
     FilterHeadersStatus,
     FilterTrailersStatus,
+    StreamEncoderFilter,
     StreamFilter,
 )
 from legatus.http.filter_manager import FilterManager, TerminalFilterManager
@@ -93,14 +96,28 @@ class Router(StreamFilter):
         return T.STOP_ITERATION
 
 
+@pytest.fixture(params=["router-in-chain", "router-apart"], autouse=True)
+def router_placement(request, monkeypatch):
+    """Every chain test runs twice: with the router as the chain's last slot, and given
+    apart as the manager's ``terminal`` (as the connection manager builds streams)."""
+    monkeypatch.setitem(_PLACEMENT, "apart", request.param == "router-apart")
+
+
+_PLACEMENT = {"apart": False}
+
+
 def _manager(filters, encoders=(), limit=1 << 20):
     sink = Sink()
+    terminal = None
+    if _PLACEMENT["apart"] and filters and isinstance(filters[-1], Router):
+        *filters, terminal = filters
     fm = FilterManager(
         decoder_filters=filters,
         encoder_filters=list(encoders),
         sink=sink,
         stream_info=StreamInfo(now_monotonic=0.0),
         buffer_limit=limit,
+        terminal=terminal,
     )
     return fm, sink
 
@@ -302,3 +319,76 @@ def test_terminal_manager_local_reply_after_the_response_started_resets():
     fm, sink = _terminal(Late())
     fm.decode_headers(HeaderMap([(":method", "GET")]), True)
     assert sink.out == [("headers", "200", False), ("reset",)]
+
+
+# The router given apart (no slot: the manager is its callbacks) ----------------------------
+
+
+class _Told(StreamFilter):
+    def __init__(self, name, told) -> None:
+        self.name, self.told = name, told
+
+    def on_destroy(self):
+        self.told.append(self.name)
+
+
+class _EncoderOnly(StreamEncoderFilter):
+    def __init__(self, told) -> None:
+        self.told = told
+
+    def on_destroy(self):
+        self.told.append("encoder")
+
+
+def test_router_apart_has_the_manager_as_callbacks_and_follows_the_route():
+    class Rerouter(StreamFilter):
+        def decode_headers(self, headers, end_stream):
+            self.decoder_callbacks.clear_route_cache()
+            return H.CONTINUE
+
+    class Sees(Router):
+        def decode_headers(self, headers, end_stream):
+            self.log.append(self.decoder_callbacks.route)
+            return super().decode_headers(headers, end_stream)
+
+    log = []
+    router = Sees(log)
+    fm = FilterManager([Rerouter()], [], Sink(), StreamInfo(now_monotonic=0.0), 1 << 20,
+                       "old", lambda: "new", router)  # fmt: skip
+    assert router.decoder_callbacks is fm
+    _request(fm, body=(b"x",))
+    assert log[0] == "new" and fm.route == "new"
+    assert log[1:] == [("router", "headers", False), ("router", "data", b"x", True)]
+
+
+def test_router_apart_gets_nothing_after_a_local_reply():
+    class Refuser(StreamFilter):
+        def decode_headers(self, headers, end_stream):
+            self.decoder_callbacks.send_local_reply(403, b"no", details="rbac_access_denied")
+            return H.CONTINUE  # (even if it lets the headers go on)
+
+    log = []
+    router = Router(log)
+    fm = FilterManager([Refuser()], [], Sink(), StreamInfo(now_monotonic=0.0), 1 << 20,
+                       terminal=router)  # fmt: skip
+    _request(fm, body=(b"x",), trailers=True)
+    assert log == []
+    assert fm.sink.out == [("headers", "403", False), ("data", b"no", True)]
+
+
+def test_destroy_tells_decoders_then_the_router_then_encoders_once_and_cuts_the_chains():
+    told = []
+    a, both = _Told("a", told), _Told("both", told)
+
+    class Router_(Router):
+        def on_destroy(self):
+            told.append("router")
+
+    router = Router_([])
+    fm = FilterManager([a, both], [both, _EncoderOnly(told)], Sink(),
+                       StreamInfo(now_monotonic=0.0), 1 << 20, terminal=router)  # fmt: skip
+    fm.on_destroy()
+    assert told == ["a", "both", "router", "encoder"]
+    assert fm.terminal is None
+    a.decoder_callbacks.continue_decoding()  # late: goes nowhere
+    assert fm.sink.out == []

@@ -34,7 +34,7 @@ def test_the_route_overrides_the_connection_manager(hcm, route, allowed):
 
 
 def test_types_compare_without_case_and_an_upgrade_may_have_its_own_chain():
-    configs = UpgradeConfigs({"websocket": UpgradeConfig(filter_factories=OWN)})
+    configs = UpgradeConfigs({"websocket": UpgradeConfig(filter_chain=OWN)})
     assert configs.filter_chain("WebSocket", None, DEFAULT) == OWN
     assert configs.filter_chain("websocket", {"websocket": True}, DEFAULT) == OWN
     assert configs.filter_chain("h2c-ish", None, DEFAULT) is None

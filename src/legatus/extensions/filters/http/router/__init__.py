@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from legatus.config.supported import check_supported
 from legatus.network.filter import FilterFactory
 from legatus.registry import Registry, http_filter
@@ -34,7 +36,7 @@ def _factory(proto, context, path: str) -> FilterFactory:
     from legatus.router.router import Router
 
     config = compile_router_config(proto, context, path)
-    return FilterFactory(lambda: Router(config), terminal=True)
+    return FilterFactory(functools.partial(Router, config), terminal=True)
 
 
 def default_router_factory(context):
@@ -45,7 +47,7 @@ def default_router_factory(context):
     from legatus.router.router import Router
 
     config = compile_router_config(None, context, "")
-    return HttpFilterFactory(name=NAME, create=lambda: Router(config), terminal=True)
+    return HttpFilterFactory(name=NAME, create=functools.partial(Router, config), terminal=True)
 
 
 def register(registry: Registry) -> None:

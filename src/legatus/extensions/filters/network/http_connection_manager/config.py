@@ -31,6 +31,7 @@ from legatus.http.conn_manager_utility import (
     HeaderPolicy,
     compile_request_policy,
 )
+from legatus.http.filter_chain import HttpFilterChain
 from legatus.http.http1.settings import Http1Settings
 from legatus.http.http2.settings import Http2Settings
 from legatus.http.http2.stats import LazyCodecStats
@@ -97,7 +98,7 @@ class HcmConfig:
     # Where streams take their routes: a StaticRouteConfigProvider (inline route_config) or
     # an RdsRouteConfigProvider (rds), whose route_table changes with each RDS update.
     route_provider: Any
-    filter_factories: tuple[HttpFilterFactory, ...]
+    filter_chain: HttpFilterChain
     local_reply: LocalReplyConfig | None
     access_logs: tuple
     stats: ConnManagerStatSets
@@ -217,7 +218,7 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         http2_stats=LazyCodecStats(context.store.scope("")),
         header_policy=policy,
         route_provider=route_provider,
-        filter_factories=factories,
+        filter_chain=factories,
         local_reply=local_reply,
         access_logs=tuple(
             create_access_logs(proto.access_log, context, join_path(path, "access_log"))
@@ -263,24 +264,24 @@ def _upgrade_configs(proto, context: FactoryContext, path: str) -> UpgradeConfig
             )
         configs[name.lower()] = UpgradeConfig(
             enabled=entry.enabled.value if entry.HasField("enabled") else True,
-            filter_factories=filters,
+            filter_chain=filters,
         )
     return UpgradeConfigs(configs)
 
 
-def _http_filters(proto, context: FactoryContext, path: str) -> tuple[HttpFilterFactory, ...]:
+def _http_filters(proto, context: FactoryContext, path: str) -> HttpFilterChain:
     """The HTTP filter chain; an empty list means the router alone, as in Envoy."""
     entries = list(proto.http_filters)
     if not entries:
         from legatus.extensions.filters.http.router import default_router_factory
 
-        return (default_router_factory(context),)
+        return HttpFilterChain((default_router_factory(context),))
     return _filter_chain(entries, context, join_path(path, "http_filters"), "http")
 
 
 def _filter_chain(
     entries: list, context: FactoryContext, filters_path: str, chain: str
-) -> tuple[HttpFilterFactory, ...]:
+) -> HttpFilterChain:
     """A list of HttpFilter made into factories, with Envoy's checks on terminal filters and
     its messages (``chain``: "http", or "http upgrade" for an upgrade's own chain)."""
     factories = []
@@ -321,4 +322,4 @@ def _filter_chain(
                 f"the last filter in a {chain} filter chain.",
             )
         factories.append(factory)
-    return tuple(factories)
+    return HttpFilterChain(factories)
