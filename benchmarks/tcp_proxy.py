@@ -523,8 +523,8 @@ class Bench:
             raise RuntimeError("the upstream servers did not start")
         return json.loads(line)
 
-    def start_proxy(self, name: str, cmd: list[str]) -> Proc:
-        log_path = self.tmp / f"{name}.log"
+    def start_proxy(self, name: str, cmd: list[str], log_name: str | None = None) -> Proc:
+        log_path = self.tmp / f"{log_name or name}.log"
         with open(log_path, "wb") as log:
             p = subprocess.Popen(
                 self.pin(self.args.proxy_cpu, cmd),
