@@ -34,12 +34,6 @@ class HttpFilterChain:
         # The router alone: its stream needs no chain to walk (TerminalFilterManager).
         self.router_only = terminal is not None and not self.others
 
-    def __len__(self) -> int:
-        return len(self.factories)
-
-    def __iter__(self):
-        return iter(self.factories)
-
     def __repr__(self) -> str:
         return f"HttpFilterChain({[getattr(f, 'name', f) for f in self.factories]!r})"
 

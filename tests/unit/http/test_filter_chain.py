@@ -48,7 +48,7 @@ def test_the_router_alone_gets_the_terminal_manager_even_after_disabled_filters(
     chain = HttpFilterChain(
         [Factory("off", _made(log, Both), disabled=True), Factory("r", _made(log, Router), True)]
     )
-    assert chain.router_only and len(chain) == 2
+    assert chain.router_only and len(chain.factories) == 2
     fm = _build(chain)
     assert isinstance(fm, TerminalFilterManager)
     assert log == ["Router"]  # the disabled filter is never made
