@@ -24,7 +24,10 @@ from __future__ import annotations
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from legatus.http.filter_chain import HttpFilterChain
 
 __all__ = ["NO_UPGRADE_CONFIGS", "UpgradeConfig", "UpgradeConfigs", "upgrade_type"]
 
@@ -40,7 +43,7 @@ class UpgradeConfig:
     filter chain (None: the connection manager's)."""
 
     enabled: bool = True
-    filter_chain: Any = None  # an HttpFilterChain
+    filter_chain: HttpFilterChain | None = None
 
 
 class UpgradeConfigs:
@@ -53,11 +56,14 @@ class UpgradeConfigs:
         self._configs = types.MappingProxyType(dict(configs))
 
     def filter_chain(
-        self, upgrade_type: str, route_upgrades: Mapping[str, bool] | None, default: Any
-    ) -> Any:
-        """The filter chain (an HttpFilterChain) an upgrade of ``upgrade_type`` runs
-        through, or None when it is refused. ``route_upgrades``: the route's upgrade map
-        (None without a forwarding route); ``default``: the connection manager's chain."""
+        self,
+        upgrade_type: str,
+        route_upgrades: Mapping[str, bool] | None,
+        default: HttpFilterChain,
+    ) -> HttpFilterChain | None:
+        """The filter chain an upgrade of ``upgrade_type`` runs through, or None when it is
+        refused. ``route_upgrades``: the route's upgrade map (None without a forwarding
+        route); ``default``: the connection manager's chain."""
         key = upgrade_type.lower()
         route_enabled = False
         if route_upgrades:

@@ -20,15 +20,15 @@ class Factory:
 
 
 class Router(StreamDecoderFilter):
-    pass
+    """Decodes only, as the real router."""
 
 
 class Both(StreamFilter):
-    pass
+    """Decodes and encodes."""
 
 
 class EncoderOnly(StreamEncoderFilter):
-    pass
+    """Encodes only."""
 
 
 def _made(log, cls):
