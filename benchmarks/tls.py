@@ -14,8 +14,11 @@ RSA-2048 certificate made by the script:
   each handshaking once; what is measured is the encrypted request/response path.
 - **new handshakes/s**: ``wrk -H "Connection: close"``, so every request is a new TCP
   connection and a full TLS 1.3 handshake (no session resumption: wrk does not resume).
+- **new plaintext connections/s**: the same on a second listener without TLS, for what a
+  connection costs apart from its handshake.
 
-The bootstrap is the same file for both: one listener with a DownstreamTlsContext and an
+The bootstrap is the same file for both: one listener with a DownstreamTlsContext (and one
+without, for the plaintext number) and an
 HTTP connection manager answering ``GET /`` with a 64-byte direct response (no upstream, so
 the proxy's TLS and HTTP cost is all that is measured), no access log, no admin traffic
 during the runs. The proxies run one at a time with ``--concurrency 1``, pinned with
@@ -47,6 +50,7 @@ HOST = "127.0.0.1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BODY = "x" * 64
 READY_TIMEOUT_S = 30.0
+KINDS = ("keepalive", "handshakes", "connections")
 WRK_INSTALL = "wrk not found: `sudo apt-get install -y wrk`, or pass --wrk-bin"
 
 
@@ -100,7 +104,20 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def bootstrap(port: int, cert: Path, key: Path) -> dict:
+def bootstrap(port: int, cert: Path, key: Path, plain_port: int | None = None) -> dict:
+    """The TLS listener on ``port``; with ``plain_port``, the same listener without TLS."""
+    config = _tls_bootstrap(port, cert, key)
+    if plain_port is not None:
+        listeners = config["static_resources"]["listeners"]
+        plain = json.loads(json.dumps(listeners[0]))
+        plain["name"] = "http"
+        plain["address"]["socket_address"]["port_value"] = plain_port
+        del plain["filter_chains"][0]["transport_socket"]
+        listeners.append(plain)
+    return config
+
+
+def _tls_bootstrap(port: int, cert: Path, key: Path) -> dict:
     return {
         "static_resources": {
             "listeners": [
@@ -205,11 +222,11 @@ def start_proxy(name: str, config: Path, args: argparse.Namespace, port: int):
     raise RuntimeError(f"{name} never answered on {port}")
 
 
-def wrk(args: argparse.Namespace, port: int, *, handshakes: bool) -> dict:
+def wrk(args: argparse.Namespace, port: int, *, handshakes: bool, scheme: str = "https") -> dict:
     cmd = [args.wrk_bin, "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
     if handshakes:
         cmd += ["-H", "Connection: close"]
-    cmd.append(f"https://{HOST}:{port}/")
+    cmd.append(f"{scheme}://{HOST}:{port}/")
     out = subprocess.run(
         pinned(args.load_cpu, cmd), capture_output=True, text=True, timeout=args.duration + 60
     ).stdout
@@ -232,22 +249,25 @@ def _latency(out: str, q: str) -> str:
 
 def run(args: argparse.Namespace) -> dict:
     proxies = ["legatus"] if args.skip_envoy else ["legatus", "envoy"]
-    results: dict = {p: {"keepalive": [], "handshakes": []} for p in proxies}
+    results: dict = {p: {kind: [] for kind in KINDS} for p in proxies}
     with tempfile.TemporaryDirectory(prefix="legatus-tls-bench-") as tmp:
         directory = Path(tmp)
         cert, key = make_certificate(directory)
         for round_index in range(args.rounds):
             order = proxies if round_index % 2 == 0 else list(reversed(proxies))
             for name in order:
-                port = free_port()
+                port, plain_port = free_port(), free_port()
                 config = directory / f"{name}.json"
-                config.write_text(json.dumps(bootstrap(port, cert, key)))
+                config.write_text(json.dumps(bootstrap(port, cert, key, plain_port)))
                 say(f"round {round_index + 1}: {name}")
                 proc = start_proxy(name, config, args, port)
                 try:
                     time.sleep(args.settle)
                     results[name]["keepalive"].append(wrk(args, port, handshakes=False))
                     results[name]["handshakes"].append(wrk(args, port, handshakes=True))
+                    results[name]["connections"].append(
+                        wrk(args, plain_port, handshakes=True, scheme="http")
+                    )
                 finally:
                     proc.terminate()
                     try:
@@ -263,16 +283,19 @@ def median(runs: list[dict]) -> float | None:
 
 
 def report(results: dict) -> str:
-    lines = ["| proxy | keep-alive req/s (TLS 1.3) | new handshakes/s |", "|---|---|---|"]
+    lines = [
+        "| proxy | keep-alive req/s (TLS 1.3) | new handshakes/s | new plaintext connections/s |",
+        "|---|---|---|---|",
+    ]
     for name, runs in results.items():
-        ka, hs = median(runs["keepalive"]), median(runs["handshakes"])
-        lines.append(f"| {name} | {_n(ka)} | {_n(hs)} |")
+        cells = " | ".join(_n(median(runs.get(kind, []))) for kind in KINDS)
+        lines.append(f"| {name} | {cells} |")
     if "envoy" in results and "legatus" in results:
         ratios = []
-        for kind in ("keepalive", "handshakes"):
-            a, b = median(results["legatus"][kind]), median(results["envoy"][kind])
+        for kind in KINDS:
+            a, b = median(results["legatus"].get(kind, [])), median(results["envoy"].get(kind, []))
             ratios.append(f"{a / b:.2f}x" if a and b else "-")
-        lines.append(f"| legatus / Envoy | {ratios[0]} | {ratios[1]} |")
+        lines.append(f"| legatus / Envoy | {' | '.join(ratios)} |")
     return "\n".join(lines)
 
 

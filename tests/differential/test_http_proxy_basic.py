@@ -10,6 +10,8 @@ Envoy alone, so that a change of Envoy's behaviour shows as such.
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 
 from tests.differential.http_scenario import (  # noqa: F401 (fixtures)
@@ -249,6 +251,27 @@ def test_missing_host_is_400_then_a_delayed_close(http_pair):
     ]
     assert out.envoy.upstream == []
     assert (out.envoy.log[0]["details"], out.envoy.log[0]["flags"]) == ("missing_host_header", "-")
+    out.assert_same()
+
+
+@scenario(Listener(name="nohost_fin"), Cluster(name="nohost_fin"))
+def test_a_delayed_close_ends_at_the_clients_fin(http_pair):
+    """A delayed close waits for the client: its FIN (a half-close, the request side done)
+    ends the connection at once, not at the end of the 1 s wait, whether or not the request
+    asked for the close. Stats tell which it was."""
+
+    def traffic(side):
+        out = []
+        for headers in ((), [("connection", "close")]):
+            with side.connect("nohost_fin") as c:
+                response = c.request("GET", "/", headers, host=None)
+                c.sock.shutdown(socket.SHUT_WR)
+                ending, when = timed(lambda c=c: c.ending(wait=3), (0.0, 0.5))
+                out.append([response.view()["status"], ending, when])
+        return out
+
+    out = http_pair.run(traffic)
+    assert out.envoy.result == [["HTTP/1.1 400 Bad Request", "closed", "in bounds"]] * 2
     out.assert_same()
 
 

@@ -331,6 +331,11 @@ class ConnPool:
         possibly more than once for one emptying, as Envoy's idle callbacks."""
         self._idle_callbacks.append(callback)
 
+    def clear_idle_callbacks(self) -> None:
+        """The owner deleted this pool: no idle callback runs any more. (They name the pool,
+        which holds them: cleared, reference counting frees the pool at once.)"""
+        self._idle_callbacks.clear()
+
     def is_idle(self) -> bool:
         return not self._pending and not any(self._clients.values())
 

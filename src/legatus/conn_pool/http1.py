@@ -375,6 +375,7 @@ class Http1ActiveClient(ActiveClient):
         if stream is not None:
             self._detach_stream(stream)
             self.pool.on_stream_closed(self, delay_attaching=True)
+        self.codec.release()  # (cycles through the codec: see ClientCodec.release)
 
     def on_above_write_buffer_high_watermark(self) -> None:
         stream = self.stream

@@ -228,7 +228,11 @@ class ConnectionManager(ReadFilter):
                     stats.downstream_cx_destroy_local_active_rq.inc()
             stream.on_reset(remote)
         self._cancel_timers()
-        self.codec = None
+        if self.codec is not None:
+            self.codec.release()  # (cycles through the codec: see ServerCodec.release)
+            self.codec = None
+        elif "on_data" in self.__dict__:
+            del self.on_data  # no byte came: the first-data hook, bound to self (a cycle)
 
     def on_above_write_buffer_high_watermark(self) -> None:
         self.above_write_watermark = True
@@ -255,7 +259,9 @@ class ConnectionManager(ReadFilter):
     def _dispatch(self, events: list) -> None:
         """Hand the codec's events to the streams. The codec pauses after each request, so
         one call carries at most one request; the next is released when the stream ends.
-        Then reading follows what the codec wants (``_update_codec_read``, inlined)."""
+        Then reading follows what the codec wants (``_update_codec_read``, inlined), except
+        in a delayed close: reading goes on then, so that the client's FIN ends the wait at
+        once, as in Envoy."""
         for event in events:
             if self.codec is None or self.closing:
                 break
@@ -269,7 +275,7 @@ class ConnectionManager(ReadFilter):
             else:
                 self._on_event(event)
         codec = self.codec
-        if codec is not None and codec.wants_data == self.codec_read_disabled:
+        if codec is not None and codec.wants_data == self.codec_read_disabled and not self.closing:
             self.codec_read_disabled = disabled = not self.codec_read_disabled
             self.connection.read_disable(disabled)
 

@@ -56,7 +56,9 @@ class Deadlines:
             self._handle.cancel()
             self._handle = None
         for entry in self.entries:
-            entry.deadline = None
+            # (as ``Deadline.cancel``: a callback bound to its owner is a reference cycle)
+            entry.deadline = entry.callback = None
+            entry.args = ()
         self.entries = set()
 
 

@@ -110,7 +110,7 @@ class Connection(asyncio.Protocol):
     # Filter chain ------------------------------------------------------------
 
     def add_read_filter(self, f: ReadFilter) -> None:
-        f.initialize_read_filter_callbacks(_ReadCallbacks(self, f))
+        f.initialize_read_filter_callbacks(_ReadCallbacks(self, len(self.read_filters)))
         self.read_filters.append(f)
 
     def add_write_filter(self, f: WriteFilter) -> None:
@@ -224,18 +224,22 @@ class Connection(asyncio.Protocol):
         return True  # keep the socket open for writing (half-close)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state is State.CLOSED:
-            return
-        if self.state is State.CLOSING and exc is None:
-            # Our FLUSH_WRITE close has drained: the close is ours (or the peer's, when
-            # its FIN completed a half-closed connection).
-            event = (
-                ConnectionEvent.REMOTE_CLOSE if self._peer_closes else ConnectionEvent.LOCAL_CLOSE
-            )
-        else:
-            event = ConnectionEvent.REMOTE_CLOSE
-        self.state = State.CLOSED
-        self._raise_event(event)
+        if self.state is not State.CLOSED:
+            if self.state is State.CLOSING and exc is None:
+                # Our FLUSH_WRITE close has drained: the close is ours (or the peer's, when
+                # its FIN completed a half-closed connection).
+                event = (
+                    ConnectionEvent.REMOTE_CLOSE
+                    if self._peer_closes
+                    else ConnectionEvent.LOCAL_CLOSE
+                )
+            else:
+                event = ConnectionEvent.REMOTE_CLOSE
+            self.state = State.CLOSED
+            self._raise_event(event)
+        # The transport is gone. A transport socket (TLS) points back at this connection:
+        # letting go of it lets reference counting free both at once.
+        self.transport = None
 
     def _sample_tx(self) -> None:
         tx = self._tx_gauge
@@ -285,7 +289,7 @@ class Connection(asyncio.Protocol):
             self.write_ended = True
             if self.read_ended:
                 self._close_transport(CloseType.FLUSH_WRITE)
-            elif transport.can_write_eof():  # type: ignore[union-attr]
+            elif transport is not None and transport.can_write_eof():
                 transport.write_eof()  # type: ignore[union-attr]
 
     def _flush(self) -> None:
@@ -377,11 +381,16 @@ class Connection(asyncio.Protocol):
 
 
 class _ReadCallbacks:
-    __slots__ = ("connection", "filter")
+    """A read filter's callbacks. It names its filter by position, not by reference: a
+    filter keeps its callbacks, and a reference back would be a cycle outliving the
+    connection (left to the cyclic collector, whose passes over a worker's heap cost more
+    than a short connection)."""
 
-    def __init__(self, connection: Connection, f: ReadFilter) -> None:
+    __slots__ = ("connection", "index")
+
+    def __init__(self, connection: Connection, index: int) -> None:
         self.connection = connection
-        self.filter = f
+        self.index = index
 
     def continue_reading(self) -> None:
         self.connection.continue_reading()
@@ -390,8 +399,8 @@ class _ReadCallbacks:
         """Envoy's injectReadDataToFilterChain: hand bytes this filter took (it stopped
         ``on_data``) to the filters after it."""
         conn = self.connection
-        if conn.state is State.OPEN and self.filter in conn.read_filters:
-            conn._iterate(conn.read_filters.index(self.filter) + 1, data, end_stream)
+        if conn.state is State.OPEN and self.index < len(conn.read_filters):
+            conn._iterate(self.index + 1, data, end_stream)
 
 
 class PendingConnect:

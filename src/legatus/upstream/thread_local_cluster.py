@@ -177,6 +177,7 @@ class ThreadLocalCluster:
         if pools.get(host) is pool:  # (idle callbacks may repeat)
             del pools[host]
             self.resource_managers[0].connection_pools.dec()
+            pool.clear_idle_callbacks()
 
     def _context(self):
         context = self._pool_context

@@ -87,6 +87,12 @@ _READING = frozenset((_WAITING, _FOLD, _BODY))
 _HEAD_PENDING = frozenset((_WAITING, _FOLD))
 # Final statuses whose response may carry a body (llhttp reads any three digits).
 _BODY_STATUSES = frozenset(range(200, 1000)) - {204, 304}
+
+
+def _ignore(*_args) -> None:
+    """The callbacks of a released codec."""
+
+
 _new_map = dict.__new__
 
 
@@ -354,6 +360,17 @@ class ClientCodec(c.MessageDecoder):
             data = b"".join(self._body)
             self._body.clear()
             self._on_data(data, True)
+
+    def release(self) -> None:
+        """The connection is gone: nothing more is parsed or reported. llhttp holds this
+        codec's bound callbacks and the codec holds its owner's: reference cycles, dropped
+        here so that reference counting frees the connection at once (see
+        ``ServerCodec.release``)."""
+        self._phase = _CLOSED
+        self._parser = None
+        self._on_informational = self._on_headers = self._on_data = _ignore
+        self._on_trailers = self._on_error = _ignore
+        self._final = None
 
     def _flush_body(self) -> None:
         body = self._body

@@ -601,6 +601,15 @@ class ServerCodec(c.MessageDecoder):
             raise self._fail(400, c.INVALID_SCHEME)
         headers.set(":path", path)
 
+    def release(self) -> None:
+        """The connection is gone: nothing more is parsed. llhttp holds this codec's bound
+        callbacks, a reference cycle that would leave the codec, and everything its last
+        request reached, to the cyclic collector; dropping the parser here lets reference
+        counting free them when the connection goes (a collection over a worker's whole
+        heap costs more than the rest of a short connection)."""
+        self._state = _CLOSED
+        self._parser = None
+
     # Encoding ------------------------------------------------------------------------------
 
     @property

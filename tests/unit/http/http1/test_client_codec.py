@@ -13,6 +13,7 @@ from legatus.http.http1 import (
     ResponseHeaders,
     ResponseTrailers,
 )
+from tests.support.garbage import cyclic_garbage
 
 
 def request(method: str = "GET", path: str = "/p", *extra: tuple[str, str]) -> HeaderMap:
@@ -453,3 +454,51 @@ def test_feed_is_for_codecs_without_callbacks():
     codec, _ = recorded()
     with pytest.raises(TypeError):
         codec.feed(b"HTTP/1.1 200 OK\r\n")
+
+
+# Release ---------------------------------------------------------------------------------------
+
+
+class _Owner:
+    """A pool client: it holds its codec, which reports to it (a cycle until release)."""
+
+    def __init__(self) -> None:
+        self.codec = ClientCodec(callbacks=self)
+        self.seen: list = []
+
+    def on_informational_headers(self, headers) -> None:
+        self.seen.append("1xx")
+
+    def on_response_headers(self, headers, end_stream, keep_alive, upgrade, protocol) -> None:
+        self.seen.append("headers")
+
+    def on_response_data(self, data, end_stream) -> None:
+        self.seen.append("data")
+
+    def on_response_trailers(self, trailers) -> None:
+        self.seen.append("trailers")
+
+    def on_protocol_error(self, error) -> None:
+        self.seen.append("error")
+
+
+def test_a_released_codec_and_its_owner_are_freed_by_reference_counting():
+    def used(release: bool) -> None:
+        owner = _Owner()
+        sent(codec=owner.codec)
+        owner.codec.dispatch(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        assert owner.seen == ["headers", "data"]
+        if release:
+            owner.codec.release()
+
+    assert {"ClientCodec", "_Owner"} <= cyclic_garbage(lambda: used(False))
+    assert cyclic_garbage(lambda: used(True)) == set()
+
+
+def test_a_released_codec_reports_nothing_more():
+    owner = _Owner()
+    sent(codec=owner.codec)
+    owner.codec.release()
+    owner.codec.dispatch(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    owner.codec.dispatch_eof()
+    assert owner.seen == []

@@ -21,6 +21,7 @@ from legatus.http.http1 import (
     ServerCodec,
 )
 from legatus.http.http1.settings import HeaderKeyFormat
+from tests.support.garbage import cyclic_garbage
 
 GET = b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n"
 
@@ -646,3 +647,28 @@ def test_holding_says_whether_resume_has_anything_to_release():
     assert codec.paused and codec.holding  # the buffered bytes are still to parse
     assert [e.headers.get(":path") for e in codec.resume()] == ["/3"]
     assert codec.paused and not codec.holding
+
+
+# Release ---------------------------------------------------------------------------------------
+
+
+def test_a_released_codec_is_freed_by_reference_counting():
+    """llhttp holds the codec's bound callbacks (a cycle): ``release`` breaks it, so a closed
+    connection's codec and its last request go at once, without the cyclic collector."""
+
+    def used(release: bool) -> None:
+        codec = ServerCodec()
+        assert [type(e) for e in codec.feed(GET)] == [RequestHeaders]
+        if release:
+            codec.release()
+
+    assert {"ServerCodec", "RequestHeaders"} <= cyclic_garbage(lambda: used(False))
+    assert cyclic_garbage(lambda: used(True)) == set()
+
+
+def test_a_released_codec_parses_nothing_more():
+    codec = ServerCodec()
+    codec.feed(GET)
+    codec.release()
+    assert codec.feed(GET) == []
+    assert codec.resume() == []
