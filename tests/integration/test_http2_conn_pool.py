@@ -12,6 +12,7 @@ happen.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 
 import pytest
@@ -566,3 +567,33 @@ async def test_keepalive_timeout_closes_a_silent_connection():
         assert s.stat("http2.keepalive_timeout") == 1
     finally:
         server.close()
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+async def test_ended_streams_and_connections_leave_no_reference_cycles(upstream):
+    """A stream and its connection are freed by reference counting as they end: the codec's
+    stream names its encoder, and the codec its client, until then (cycles that would leave
+    every request to the cyclic collector)."""
+    s = Setup(upstream.port, common={"max_requests_per_connection": 2})
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(4):
+            e = await s.send(f"/r{i}").wait()
+            assert e.status == "200"
+            e.encoder.remove_callbacks(e)  # as the router lets go at the end of its request
+            e.encoder = None
+        await until(lambda: s.stat("upstream_cx_destroy") == 2)
+        await settle()
+        del e
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        ours = {type(o).__name__ for o in gc.garbage if type(o).__module__.startswith("legatus")}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert upstream.connections == 2
+    assert not ours, sorted(ours)

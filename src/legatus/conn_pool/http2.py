@@ -415,6 +415,10 @@ class Http2ActiveClient(ActiveClient):
         if self.streams.pop(encoder, 0) is not None:
             return  # already gone
         encoder.done = True
+        # The codec is done with its stream (closed, reset, or never opened), which names
+        # the encoder as its decoder: dropped, so reference counting frees the request's
+        # objects now instead of the cyclic collector later.
+        encoder.h2_stream = None
         pool = self.pool
         pool.on_stream_closed(self, delay_attaching=True)
         if self.closed:
@@ -526,6 +530,8 @@ class Http2ActiveClient(ActiveClient):
                 encoder.done = True
                 encoder.decoder.on_reset(reason, "")
             self._stream_gone(encoder)
+        # The codec names this client as its callbacks: a cycle, cut now that it is over.
+        self.codec.callbacks = None
 
     def on_above_write_buffer_high_watermark(self) -> None:
         for encoder in list(self.streams):

@@ -30,3 +30,17 @@ def test_deadlines_fire_in_order_move_and_cancel():
         assert fired == ["b", "a"]
     finally:
         loop.close()
+
+
+def test_closing_drops_the_callbacks():
+    """A closed set of deadlines keeps no callback: one bound to the deadlines' owner would
+    be a reference cycle outliving the connection."""
+    loop = asyncio.new_event_loop()
+    try:
+        deadlines = Deadlines(loop)
+        idle = Deadline(deadlines)
+        idle.set(10.0, print, "late")
+        deadlines.close()
+        assert (idle.active, idle.callback, idle.args) == (False, None, ())
+    finally:
+        loop.close()
