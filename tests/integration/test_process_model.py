@@ -171,3 +171,19 @@ def test_a_killed_zygote_stops_the_server_when_a_worker_must_be_replaced(tmp_pat
     wait_for(lambda: not alive(worker), what="the worker to die with its zygote")
     assert proxy.proc.wait(10) == 1
     assert "the worker zygote is gone" in proxy.log()
+
+
+def test_a_proxy_without_tls_or_grpc_does_not_load_them(tmp_path, echo):
+    """gRPC and OpenSSL's certificate code (``cryptography``) are loaded when a configuration
+    uses them (TLS, xDS, a rate limit service), not before: together they are about half of
+    an idle main process's memory."""
+    proxy = start_proxy(tcp_proxy_config(upstream_port=echo.port), tmp_path)
+    try:
+        _roundtrip(proxy.listener_port("tcp"))
+        assert proxy.stats()["server.days_until_first_cert_expiring"] == 0xFFFFFFFF
+        for pid in (proxy.pid, *workers(proxy.pid)):
+            with open(f"/proc/{pid}/maps") as maps:
+                mapped = maps.read()
+            assert "cygrpc" not in mapped and "cryptography" not in mapped, pid
+    finally:
+        proxy.stop()

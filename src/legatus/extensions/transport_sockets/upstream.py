@@ -46,6 +46,6 @@ def upstream_socket_factory(compiled: Any, scope: Any) -> Any:
     ``compiled`` (None: plaintext); ``scope`` is the cluster's ``cluster.<name>.``."""
     if compiled is None:
         return None
-    from legatus.extensions.transport_sockets.tls import UpstreamTlsSocketFactory
+    from legatus.extensions.transport_sockets.tls.socket_factory import UpstreamTlsSocketFactory
 
     return UpstreamTlsSocketFactory(compiled, scope)

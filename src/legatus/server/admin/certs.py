@@ -18,6 +18,7 @@ import datetime
 from typing import Any
 
 from envoy.admin.v3 import certs_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import any_pb2
 
 from legatus.server.admin.response import AdminResponse, Query, dumps, json_body, proto_dict
@@ -31,39 +32,45 @@ def handle_certs(context: Any, _query: Query) -> AdminResponse:
 
 
 def certificates(context: Any) -> certs_pb2.Certificates:
-    from legatus.extensions.transport_sockets.tls.context_config import (
-        DownstreamTlsContext,
-        UpstreamTlsContext,
-        compile_downstream,
-        compile_upstream,
-    )
-
-    secrets = getattr(context, "secret_manager", None)
-    out = certs_pb2.Certificates()
-    # Whole seconds, as Envoy's ASN1 time of now: a certificate issued this second still has
-    # all its days.
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    """The certificates of every TLS context, listeners' filter chains first, then clusters.
+    The TLS code (and ``cryptography``) is imported only when there is one: this also runs
+    for ``server.days_until_first_cert_expiring`` in a proxy without TLS."""
+    found: list[tuple[bool, Any]] = []  # (downstream, the context's proto)
     for listener in context.listeners():
         proto = listener.config
         chains = list(proto.filter_chains)
         if proto.HasField("default_filter_chain"):
             chains.append(proto.default_filter_chain)
         for chain in chains:
-            tls = _unpack(chain.transport_socket, DOWNSTREAM, DownstreamTlsContext)
-            if tls is None:
-                continue
-            common = _compiled(lambda tls=tls: compile_downstream(tls, "", secrets).common)
-            if common is not None:
-                _add(out, common, now)
+            tls = _unpack(chain.transport_socket, DOWNSTREAM, tls_pb2.DownstreamTlsContext)
+            if tls is not None:
+                found.append((True, tls))
     for cluster in context.clusters():
         proto = cluster.config
         if proto is None or not proto.HasField("transport_socket"):
             continue
-        tls = _unpack(proto.transport_socket, UPSTREAM, UpstreamTlsContext)
+        tls = _unpack(proto.transport_socket, UPSTREAM, tls_pb2.UpstreamTlsContext)
         if tls is not None:
+            found.append((False, tls))
+    out = certs_pb2.Certificates()
+    if not found:
+        return out
+    from legatus.extensions.transport_sockets.tls.context_config import (
+        compile_downstream,
+        compile_upstream,
+    )
+
+    secrets = getattr(context, "secret_manager", None)
+    # Whole seconds, as Envoy's ASN1 time of now: a certificate issued this second still has
+    # all its days.
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    for downstream, tls in found:
+        if downstream:
+            common = _compiled(lambda tls=tls: compile_downstream(tls, "", secrets).common)
+        else:
             common = _compiled(lambda tls=tls: compile_upstream(tls, "").common)
-            if common is not None:
-                _add(out, common, now)
+        if common is not None:
+            _add(out, common, now)
     return out
 
 

@@ -6,11 +6,11 @@ import asyncio
 import ssl
 
 from legatus.config.proto_json import parse
-from legatus.extensions.transport_sockets.tls import DownstreamTlsSocketFactory
 from legatus.extensions.transport_sockets.tls.context_config import (
     DownstreamTlsContext,
     compile_downstream,
 )
+from legatus.extensions.transport_sockets.tls.socket_factory import DownstreamTlsSocketFactory
 from legatus.network.connection import Connection
 from legatus.network.filter import CloseType, FilterStatus, ReadFilter
 from legatus.stats.store import Store

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from envoy.service.ratelimit.v3 import rls_pb2
 
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
-from legatus.grpc.client import UnaryClient
 from legatus.network.filter import (
     CloseType,
     ConnectionEvent,
@@ -32,6 +32,9 @@ from legatus.network.filter import (
 from legatus.registry import Registry, network_filter
 from legatus.router.rate_limit_policy import Descriptor
 from legatus.stats.store import StatSet, counter, gauge
+
+if TYPE_CHECKING:  # (grpc is imported when a configuration has this filter)
+    from legatus.grpc.client import UnaryClient
 
 NAME = "envoy.filters.network.ratelimit"
 CONFIG_TYPE = "envoy.extensions.filters.network.ratelimit.v3.RateLimit"
@@ -198,6 +201,8 @@ def _factory(proto, context, path: str) -> FilterFactory:
     timeout = _DEFAULT_TIMEOUT
     if proto.HasField("timeout"):
         timeout = proto.timeout.seconds + proto.timeout.nanos / 1e9
+    from legatus.grpc.client import UnaryClient
+
     config = NetworkRateLimitConfig(
         request=build_request(proto.domain, descriptors),
         timeout=timeout,
