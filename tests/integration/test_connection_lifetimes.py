@@ -4,7 +4,9 @@ close, in the test's own event loop: a listener built as a worker builds it, rea
 
 A worker's collector walks every tracked object, and under connection churn it used to run
 for a third of the worker's time (docs/architecture.md, Workers). What each test checks:
-the objects of the connections it made and closed that only the collector could free.
+the objects of the connections it made and closed that only the collector could free, for
+HTTP/1, HTTP/2 and TLS downstream, the router and its HTTP/1 pool, WebSocket upgrades and
+tcp_proxy.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ import random
 import h2.config
 import h2.connection
 import h2.events
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from legatus.config.factory_context import FactoryContext
 from legatus.config.proto_json import parse
@@ -26,16 +33,18 @@ from legatus.router.rds import RouteConfigProviderManager
 from legatus.server.options import parse as parse_options
 from legatus.server.server_health import ServerHealth
 from legatus.stats.store import Store
+from legatus.upstream.cluster import HostConfig, compile_cluster
 from legatus.upstream.thread_local_cluster import ThreadLocalClusterManager
+from tests.support.http_upstream import HttpUpstream
 from tests.support.tls import TlsFiles, client_context, downstream_tls
+from tests.support.upstreams import EchoServer
+from tests.support.websocket_upstream import WebSocketUpstream
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
 def _listener_proto(transport_socket: dict | None = None):
-    from envoy.config.listener.v3 import listener_pb2
-
     chain_tls = {"transport_socket": transport_socket} if transport_socket else {}
     return parse({
         "name": "lifetimes",
@@ -56,20 +65,32 @@ def _listener_proto(transport_socket: dict | None = None):
     }, listener_pb2.Listener)  # fmt: skip
 
 
-async def _start(transport_socket: dict | None = None) -> tuple[ActiveListener, int]:
+async def _start(
+    transport_socket: dict | None = None, *, proto=None, clusters: dict[str, int] | None = None
+) -> tuple[ActiveListener, int]:
+    """A listener (``proto``, else the direct-response one) as a worker starts it, with
+    ``clusters`` (name -> port of its one host on 127.0.0.1)."""
     loop = asyncio.get_running_loop()
     store, rng = Store(), random.Random(1)
+    cluster_manager = ThreadLocalClusterManager(store, rng, loop)
+    for name, port in (clusters or {}).items():
+        cluster_proto = parse({"name": name, "connect_timeout": "1s"}, cluster_pb2.Cluster)
+        host = HostConfig(address=SocketAddress("127.0.0.1", port), hostname="", weight=1,
+                          priority=0)  # fmt: skip
+        cluster_manager.add_or_update(compile_cluster(cluster_proto, f"cluster {name}"), (host,))
     context = FactoryContext(
         registry=default_registry(),
         store=store,
         options=parse_options(["-c", "unused.yaml"]),
         random=rng,
         loop=loop,
-        cluster_manager=ThreadLocalClusterManager(store, rng, loop),
+        cluster_manager=cluster_manager,
+        cluster_names=frozenset(clusters or ()),
         route_config_providers=RouteConfigProviderManager(),
         server_health=ServerHealth(),
     )
-    config = compile_listener(_listener_proto(transport_socket), context, "listener lifetimes")
+    proto = proto if proto is not None else _listener_proto(transport_socket)
+    config = compile_listener(proto, context, "listener lifetimes")
     active = ActiveListener(config, context, 0)
     sock = bind_socket(SocketAddress("127.0.0.1", 0), reuse_port=False, listen=True)
     await active.start(sock)
@@ -77,7 +98,7 @@ async def _start(transport_socket: dict | None = None) -> tuple[ActiveListener, 
 
 
 async def _until_closed(active: ActiveListener) -> None:
-    for _ in range(200):
+    for _ in range(1000):  # (10 s at most)
         if not active.connections:
             break
         await asyncio.sleep(0.01)
@@ -86,10 +107,11 @@ async def _until_closed(active: ActiveListener) -> None:
         await asyncio.sleep(0)
 
 
-async def _left_for_the_collector(traffic, transport_socket: dict | None = None) -> set[str]:
+async def _left_for_the_collector(traffic, transport_socket: dict | None = None, **kw) -> set[str]:
     """Run ``traffic(port)`` against a fresh listener, wait until its connections are gone,
-    and name the legatus objects that only the cyclic collector could free."""
-    active, port = await _start(transport_socket)
+    and name the legatus objects that only the cyclic collector could free (upstream
+    connections kept alive in their pools are not garbage)."""
+    active, port = await _start(transport_socket, **kw)
     gc.collect()
     gc.disable()
     try:
@@ -204,3 +226,102 @@ async def test_tls_connections_leave_no_reference_cycles(tmp_path):
             await writer.wait_closed()
 
     assert await _left_for_the_collector(traffic, tls) == set()
+
+
+def _proxy_listener_proto(filters: list[dict]):
+    return parse({
+        "name": "lifetimes",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": filters}],
+    }, listener_pb2.Listener)  # fmt: skip
+
+
+def _hcm_to(cluster: str, **hcm) -> list[dict]:
+    return [{
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM + "HttpConnectionManager",
+            "stat_prefix": "lifetimes",
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": cluster}},
+            ]}]},
+            "http_filters": [{"name": "envoy.filters.http.router",
+                              "typed_config": {"@type": ROUTER}}],
+            **hcm,
+        },
+    }]  # fmt: skip
+
+
+async def test_websocket_upgrades_leave_no_reference_cycles():
+    """An upgraded stream (the tunnel through the router and its own upstream connection),
+    closed by the client, then by the server."""
+    upstream = WebSocketUpstream()
+    proto = _proxy_listener_proto(_hcm_to("ws", upgrade_configs=[{"upgrade_type": "websocket"}]))
+
+    async def traffic(port: int) -> None:
+        for path in ("/echo", "/close"):
+            async with ws_connect(f"ws://127.0.0.1:{port}{path}") as ws:
+                await ws.send("hello")
+                assert await ws.recv() == "hello"
+                if path == "/close":
+                    with pytest.raises(ConnectionClosed):
+                        await ws.recv()
+
+    try:
+        left = await _left_for_the_collector(traffic, proto=proto, clusters={"ws": upstream.port})
+    finally:
+        upstream.close()
+    assert left == set()
+
+
+async def test_proxied_http1_leaves_no_reference_cycles():
+    """Through the router and the HTTP/1 pool: keep-alive, a client that asks for the close,
+    and an upstream that closes without answering (503 UC)."""
+    upstream = HttpUpstream()
+    proto = _proxy_listener_proto(_hcm_to("backend"))
+
+    async def traffic(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):
+            writer.write(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK")
+        writer.write(b"GET /close HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 503")
+        writer.close()
+        await writer.wait_closed()
+        got = await _http1(port, b"GET /b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 OK")
+
+    try:
+        left = await _left_for_the_collector(
+            traffic, proto=proto, clusters={"backend": upstream.port}
+        )
+    finally:
+        upstream.close()
+    assert left == set()
+
+
+async def test_tcp_proxy_connections_leave_no_reference_cycles():
+    echo = EchoServer()
+    proto = _proxy_listener_proto([{
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                  "tcp_proxy.v3.TcpProxy",
+                         "stat_prefix": "lifetimes", "cluster": "echo"},
+    }])  # fmt: skip
+
+    async def traffic(port: int) -> None:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.write_eof()
+            assert await reader.read() == b""
+            writer.close()
+            await writer.wait_closed()
+
+    try:
+        left = await _left_for_the_collector(traffic, proto=proto, clusters={"echo": echo.port})
+    finally:
+        echo.close()
+    assert left == set()
