@@ -5,8 +5,8 @@ close, in the test's own event loop: a listener built as a worker builds it, rea
 A worker's collector walks every tracked object, and under connection churn it used to run
 for a third of the worker's time (docs/architecture.md, Workers). What each test checks:
 the objects of the connections it made and closed that only the collector could free, for
-HTTP/1, HTTP/2 and TLS downstream, the router and its HTTP/1 pool, WebSocket upgrades and
-tcp_proxy.
+HTTP/1, HTTP/2 and TLS downstream, the router and its HTTP/1 pool, retries and mirrors,
+WebSocket upgrades and tcp_proxy.
 """
 
 from __future__ import annotations
@@ -236,14 +236,16 @@ def _proxy_listener_proto(filters: list[dict]):
     }, listener_pb2.Listener)  # fmt: skip
 
 
-def _hcm_to(cluster: str, **hcm) -> list[dict]:
+def _hcm_to(cluster: str, route: dict | None = None, **hcm) -> list[dict]:
+    """An HTTP connection manager routing everything to ``cluster`` (``route``: more of the
+    RouteAction)."""
     return [{
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": HCM + "HttpConnectionManager",
             "stat_prefix": "lifetimes",
             "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                {"match": {"prefix": "/"}, "route": {"cluster": cluster}},
+                {"match": {"prefix": "/"}, "route": {"cluster": cluster, **(route or {})}},
             ]}]},
             "http_filters": [{"name": "envoy.filters.http.router",
                               "typed_config": {"@type": ROUTER}}],
@@ -324,4 +326,40 @@ async def test_tcp_proxy_connections_leave_no_reference_cycles():
         left = await _left_for_the_collector(traffic, proto=proto, clusters={"echo": echo.port})
     finally:
         echo.close()
+    assert left == set()
+
+
+async def test_retried_and_mirrored_requests_leave_no_reference_cycles():
+    """A request retried after an upstream reset (it then fails again: 503 URX), and
+    requests mirrored to a shadow cluster."""
+    upstream, shadow = HttpUpstream(), HttpUpstream()
+    route = {
+        "retry_policy": {"retry_on": "reset,5xx", "num_retries": 1},
+        "request_mirror_policies": [{"cluster": "shadow"}],
+    }
+    proto = _proxy_listener_proto(_hcm_to("backend", route))
+
+    async def traffic(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for path in (b"/a", b"/close", b"/b"):
+            writer.write(b"GET " + path + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            assert head.startswith(b"HTTP/1.1 503" if path == b"/close" else b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):  # the shadows are answered apart from their requests
+            if len(shadow.requests) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(shadow.requests) == 3
+        assert [r["path"] for r in upstream.requests] == ["/a", "/close", "/close", "/b"]
+
+    clusters = {"backend": upstream.port, "shadow": shadow.port}
+    try:
+        left = await _left_for_the_collector(traffic, proto=proto, clusters=clusters)
+    finally:
+        upstream.close()
+        shadow.close()
     assert left == set()
