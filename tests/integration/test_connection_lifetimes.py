@@ -5,8 +5,8 @@ close, in the test's own event loop: a listener built as a worker builds it, rea
 A worker's collector walks every tracked object, and under connection churn it used to run
 for a third of the worker's time (docs/architecture.md, Workers). What each test checks:
 the objects of the connections it made and closed that only the collector could free, for
-HTTP/1, HTTP/2 and TLS downstream, the router and its HTTP/1 pool, retries and mirrors,
-WebSocket upgrades and tcp_proxy.
+HTTP/1, HTTP/2 and TLS downstream, the router and its HTTP/1 pool, retries and mirrors, a
+rate limit service's gRPC calls, WebSocket upgrades and tcp_proxy.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from legatus.server.server_health import ServerHealth
 from legatus.stats.store import Store
 from legatus.upstream.cluster import HostConfig, compile_cluster
 from legatus.upstream.thread_local_cluster import ThreadLocalClusterManager
+from tests.support.fake_rls import FakeRateLimitService
 from tests.support.http_upstream import HttpUpstream
 from tests.support.tls import TlsFiles, client_context, downstream_tls
 from tests.support.upstreams import EchoServer
@@ -42,6 +43,7 @@ from tests.support.websocket_upstream import WebSocketUpstream
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def _listener_proto(transport_socket: dict | None = None):
@@ -66,15 +68,22 @@ def _listener_proto(transport_socket: dict | None = None):
 
 
 async def _start(
-    transport_socket: dict | None = None, *, proto=None, clusters: dict[str, int] | None = None
+    transport_socket: dict | None = None,
+    *,
+    proto=None,
+    clusters: dict[str, int] | None = None,
+    cluster_options: dict[str, dict] | None = None,
 ) -> tuple[ActiveListener, int]:
     """A listener (``proto``, else the direct-response one) as a worker starts it, with
-    ``clusters`` (name -> port of its one host on 127.0.0.1)."""
+    ``clusters`` (name -> port of its one host on 127.0.0.1; ``cluster_options``: more of a
+    cluster's fields, by name)."""
+    cluster_options = cluster_options or {}
     loop = asyncio.get_running_loop()
     store, rng = Store(), random.Random(1)
     cluster_manager = ThreadLocalClusterManager(store, rng, loop)
     for name, port in (clusters or {}).items():
-        cluster_proto = parse({"name": name, "connect_timeout": "1s"}, cluster_pb2.Cluster)
+        document = {"name": name, "connect_timeout": "1s", **cluster_options.get(name, {})}
+        cluster_proto = parse(document, cluster_pb2.Cluster)
         host = HostConfig(address=SocketAddress("127.0.0.1", port), hostname="", weight=1,
                           priority=0)  # fmt: skip
         cluster_manager.add_or_update(compile_cluster(cluster_proto, f"cluster {name}"), (host,))
@@ -236,9 +245,11 @@ def _proxy_listener_proto(filters: list[dict]):
     }, listener_pb2.Listener)  # fmt: skip
 
 
-def _hcm_to(cluster: str, route: dict | None = None, **hcm) -> list[dict]:
+def _hcm_to(
+    cluster: str, route: dict | None = None, filters: tuple[dict, ...] = (), **hcm
+) -> list[dict]:
     """An HTTP connection manager routing everything to ``cluster`` (``route``: more of the
-    RouteAction)."""
+    RouteAction; ``filters``: HTTP filters before the router)."""
     return [{
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -247,8 +258,8 @@ def _hcm_to(cluster: str, route: dict | None = None, **hcm) -> list[dict]:
             "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
                 {"match": {"prefix": "/"}, "route": {"cluster": cluster, **(route or {})}},
             ]}]},
-            "http_filters": [{"name": "envoy.filters.http.router",
-                              "typed_config": {"@type": ROUTER}}],
+            "http_filters": [*filters, {"name": "envoy.filters.http.router",
+                                         "typed_config": {"@type": ROUTER}}],
             **hcm,
         },
     }]  # fmt: skip
@@ -362,4 +373,40 @@ async def test_retried_and_mirrored_requests_leave_no_reference_cycles():
     finally:
         upstream.close()
         shadow.close()
+    assert left == set()
+
+
+async def test_rate_limit_service_calls_leave_no_reference_cycles():
+    """Requests that wait for the rate limit service's answer (a gRPC call over the HTTP/2
+    pool of its cluster) before going on."""
+    upstream, service = HttpUpstream(), FakeRateLimitService()
+    ratelimit = {"name": "envoy.filters.http.ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        "domain": "edge", "timeout": "2s", "failure_mode_deny": True,
+        "rate_limit_service": {"transport_api_version": "V3",
+                               "grpc_service": {"envoy_grpc": {"cluster_name": "rls"}}},
+    }}  # fmt: skip
+    route = {"rate_limits": [{"actions": [{"generic_key": {"descriptor_value": "k"}}]}]}
+    proto = _proxy_listener_proto(_hcm_to("backend", route, (ratelimit,)))
+    h2_options = {"typed_extension_protocol_options": {HPO: {
+        "@type": f"type.googleapis.com/{HPO}",
+        "explicit_http_config": {"http2_protocol_options": {}}}}}  # fmt: skip
+
+    async def traffic(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):
+            writer.write(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK")
+        writer.close()
+        await writer.wait_closed()
+        assert len(service.calls) == 3
+
+    clusters = {"backend": upstream.port, "rls": service.port}
+    try:
+        left = await _left_for_the_collector(
+            traffic, proto=proto, clusters=clusters, cluster_options={"rls": h2_options}
+        )
+    finally:
+        upstream.close()
+        service.close()
     assert left == set()
