@@ -12,7 +12,6 @@ rate limit service's gRPC calls, WebSocket upgrades and tcp_proxy.
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
 
 import h2.config
@@ -36,6 +35,7 @@ from legatus.stats.store import Store
 from legatus.upstream.cluster import HostConfig, compile_cluster
 from legatus.upstream.thread_local_cluster import ThreadLocalClusterManager
 from tests.support.fake_rls import FakeRateLimitService
+from tests.support.garbage import left_to_the_collector
 from tests.support.http_upstream import HttpUpstream
 from tests.support.tls import TlsFiles, client_context, downstream_tls
 from tests.support.upstreams import EchoServer
@@ -46,25 +46,42 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def _listener_proto(transport_socket: dict | None = None):
+def _listener(filters: list[dict], transport_socket: dict | None = None):
+    """A listener on 127.0.0.1 with one filter chain of ``filters``."""
     chain_tls = {"transport_socket": transport_socket} if transport_socket else {}
     return parse({
         "name": "lifetimes",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": HCM + "HttpConnectionManager",
-                "stat_prefix": "lifetimes",
-                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                    {"match": {"prefix": "/"},
-                     "direct_response": {"status": 200, "body": {"inline_string": "ok"}}},
-                ]}]},
-                "http_filters": [{"name": "envoy.filters.http.router",
-                                  "typed_config": {"@type": ROUTER}}],
-            },
-        }], **chain_tls}],
+        "filter_chains": [{"filters": filters, **chain_tls}],
     }, listener_pb2.Listener)  # fmt: skip
+
+
+def _hcm(action: dict, filters: tuple[dict, ...] = (), **hcm) -> list[dict]:
+    """An HTTP connection manager whose one route does ``action`` (``{"route": ...}`` or
+    ``{"direct_response": ...}``); ``filters``: HTTP filters before the router."""
+    return [{
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM + "HttpConnectionManager",
+            "stat_prefix": "lifetimes",
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, **action},
+            ]}]},
+            "http_filters": [*filters, {"name": "envoy.filters.http.router",
+                                        "typed_config": {"@type": ROUTER}}],
+            **hcm,
+        },
+    }]  # fmt: skip
+
+
+def _hcm_to(cluster: str, route: dict | None = None, **kw) -> list[dict]:
+    """An HTTP connection manager routing everything to ``cluster`` (``route``: more of the
+    RouteAction)."""
+    return _hcm({"route": {"cluster": cluster, **(route or {})}}, **kw)
+
+
+# A direct response: the connection manager alone, no upstream.
+DIRECT = _hcm({"direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
 
 
 async def _start(
@@ -98,7 +115,7 @@ async def _start(
         route_config_providers=RouteConfigProviderManager(),
         server_health=ServerHealth(),
     )
-    proto = proto if proto is not None else _listener_proto(transport_socket)
+    proto = proto if proto is not None else _listener(DIRECT, transport_socket)
     config = compile_listener(proto, context, "listener lifetimes")
     active = ActiveListener(config, context, 0)
     sock = bind_socket(SocketAddress("127.0.0.1", 0), reuse_port=False, listen=True)
@@ -121,27 +138,21 @@ async def _left_for_the_collector(traffic, transport_socket: dict | None = None,
     and name the legatus objects that only the cyclic collector could free (upstream
     connections kept alive in their pools are not garbage)."""
     active, port = await _start(transport_socket, **kw)
-    gc.collect()
-    gc.disable()
     try:
-        await traffic(port)
-        await _until_closed(active)
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        return {type(o).__name__ for o in gc.garbage if type(o).__module__.startswith("legatus")}
+        with left_to_the_collector("legatus") as found:
+            await traffic(port)
+            await _until_closed(active)
+        return found
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
         active.stop()
 
 
-async def _http1(port: int, request: bytes, *, half_close: bool = False, ssl=None) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl)
+async def _http1(port: int, request: bytes, *, half_close: bool = False) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     await writer.drain()
     response = await reader.readuntil(b"ok")
-    if half_close and ssl is None:
+    if half_close:
         writer.write_eof()
     await reader.read()  # to the proxy's close
     writer.close()
@@ -237,39 +248,45 @@ async def test_tls_connections_leave_no_reference_cycles(tmp_path):
     assert await _left_for_the_collector(traffic, tls) == set()
 
 
-def _proxy_listener_proto(filters: list[dict]):
-    return parse({
-        "name": "lifetimes",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-        "filter_chains": [{"filters": filters}],
-    }, listener_pb2.Listener)  # fmt: skip
+@pytest.fixture
+def upstream():
+    server = HttpUpstream()
+    yield server
+    server.close()
 
 
-def _hcm_to(
-    cluster: str, route: dict | None = None, filters: tuple[dict, ...] = (), **hcm
-) -> list[dict]:
-    """An HTTP connection manager routing everything to ``cluster`` (``route``: more of the
-    RouteAction; ``filters``: HTTP filters before the router)."""
-    return [{
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": HCM + "HttpConnectionManager",
-            "stat_prefix": "lifetimes",
-            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                {"match": {"prefix": "/"}, "route": {"cluster": cluster, **(route or {})}},
-            ]}]},
-            "http_filters": [*filters, {"name": "envoy.filters.http.router",
-                                         "typed_config": {"@type": ROUTER}}],
-            **hcm,
-        },
-    }]  # fmt: skip
+@pytest.fixture
+def shadow():
+    server = HttpUpstream()
+    yield server
+    server.close()
 
 
-async def test_websocket_upgrades_leave_no_reference_cycles():
+@pytest.fixture
+def echo():
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def websocket_upstream():
+    server = WebSocketUpstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def rate_limit_service():
+    service = FakeRateLimitService()
+    yield service
+    service.close()
+
+
+async def test_websocket_upgrades_leave_no_reference_cycles(websocket_upstream):
     """An upgraded stream (the tunnel through the router and its own upstream connection),
     closed by the client, then by the server."""
-    upstream = WebSocketUpstream()
-    proto = _proxy_listener_proto(_hcm_to("ws", upgrade_configs=[{"upgrade_type": "websocket"}]))
+    proto = _listener(_hcm_to("ws", upgrade_configs=[{"upgrade_type": "websocket"}]))
 
     async def traffic(port: int) -> None:
         for path in ("/echo", "/close"):
@@ -280,18 +297,14 @@ async def test_websocket_upgrades_leave_no_reference_cycles():
                     with pytest.raises(ConnectionClosed):
                         await ws.recv()
 
-    try:
-        left = await _left_for_the_collector(traffic, proto=proto, clusters={"ws": upstream.port})
-    finally:
-        upstream.close()
-    assert left == set()
+    clusters = {"ws": websocket_upstream.port}
+    assert await _left_for_the_collector(traffic, proto=proto, clusters=clusters) == set()
 
 
-async def test_proxied_http1_leaves_no_reference_cycles():
+async def test_proxied_http1_leaves_no_reference_cycles(upstream):
     """Through the router and the HTTP/1 pool: keep-alive, a client that asks for the close,
     and an upstream that closes without answering (503 UC)."""
-    upstream = HttpUpstream()
-    proto = _proxy_listener_proto(_hcm_to("backend"))
+    proto = _listener(_hcm_to("backend"))
 
     async def traffic(port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -305,18 +318,12 @@ async def test_proxied_http1_leaves_no_reference_cycles():
         got = await _http1(port, b"GET /b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         assert got.startswith(b"HTTP/1.1 200 OK")
 
-    try:
-        left = await _left_for_the_collector(
-            traffic, proto=proto, clusters={"backend": upstream.port}
-        )
-    finally:
-        upstream.close()
-    assert left == set()
+    clusters = {"backend": upstream.port}
+    assert await _left_for_the_collector(traffic, proto=proto, clusters=clusters) == set()
 
 
-async def test_tcp_proxy_connections_leave_no_reference_cycles():
-    echo = EchoServer()
-    proto = _proxy_listener_proto([{
+async def test_tcp_proxy_connections_leave_no_reference_cycles(echo):
+    proto = _listener([{
         "name": "envoy.filters.network.tcp_proxy",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network."
                                   "tcp_proxy.v3.TcpProxy",
@@ -333,22 +340,18 @@ async def test_tcp_proxy_connections_leave_no_reference_cycles():
             writer.close()
             await writer.wait_closed()
 
-    try:
-        left = await _left_for_the_collector(traffic, proto=proto, clusters={"echo": echo.port})
-    finally:
-        echo.close()
-    assert left == set()
+    clusters = {"echo": echo.port}
+    assert await _left_for_the_collector(traffic, proto=proto, clusters=clusters) == set()
 
 
-async def test_retried_and_mirrored_requests_leave_no_reference_cycles():
+async def test_retried_and_mirrored_requests_leave_no_reference_cycles(upstream, shadow):
     """A request retried after an upstream reset (it then fails again: 503 URX), and
     requests mirrored to a shadow cluster."""
-    upstream, shadow = HttpUpstream(), HttpUpstream()
     route = {
         "retry_policy": {"retry_on": "reset,5xx", "num_retries": 1},
         "request_mirror_policies": [{"cluster": "shadow"}],
     }
-    proto = _proxy_listener_proto(_hcm_to("backend", route))
+    proto = _listener(_hcm_to("backend", route))
 
     async def traffic(port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -368,18 +371,12 @@ async def test_retried_and_mirrored_requests_leave_no_reference_cycles():
         assert [r["path"] for r in upstream.requests] == ["/a", "/close", "/close", "/b"]
 
     clusters = {"backend": upstream.port, "shadow": shadow.port}
-    try:
-        left = await _left_for_the_collector(traffic, proto=proto, clusters=clusters)
-    finally:
-        upstream.close()
-        shadow.close()
-    assert left == set()
+    assert await _left_for_the_collector(traffic, proto=proto, clusters=clusters) == set()
 
 
-async def test_rate_limit_service_calls_leave_no_reference_cycles():
+async def test_rate_limit_service_calls_leave_no_reference_cycles(upstream, rate_limit_service):
     """Requests that wait for the rate limit service's answer (a gRPC call over the HTTP/2
     pool of its cluster) before going on."""
-    upstream, service = HttpUpstream(), FakeRateLimitService()
     ratelimit = {"name": "envoy.filters.http.ratelimit", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
         "domain": "edge", "timeout": "2s", "failure_mode_deny": True,
@@ -387,7 +384,7 @@ async def test_rate_limit_service_calls_leave_no_reference_cycles():
                                "grpc_service": {"envoy_grpc": {"cluster_name": "rls"}}},
     }}  # fmt: skip
     route = {"rate_limits": [{"actions": [{"generic_key": {"descriptor_value": "k"}}]}]}
-    proto = _proxy_listener_proto(_hcm_to("backend", route, (ratelimit,)))
+    proto = _listener(_hcm_to("backend", route, filters=(ratelimit,)))
     h2_options = {"typed_extension_protocol_options": {HPO: {
         "@type": f"type.googleapis.com/{HPO}",
         "explicit_http_config": {"http2_protocol_options": {}}}}}  # fmt: skip
@@ -399,14 +396,10 @@ async def test_rate_limit_service_calls_leave_no_reference_cycles():
             assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK")
         writer.close()
         await writer.wait_closed()
-        assert len(service.calls) == 3
+        assert len(rate_limit_service.calls) == 3
 
-    clusters = {"backend": upstream.port, "rls": service.port}
-    try:
-        left = await _left_for_the_collector(
-            traffic, proto=proto, clusters=clusters, cluster_options={"rls": h2_options}
-        )
-    finally:
-        upstream.close()
-        service.close()
+    clusters = {"backend": upstream.port, "rls": rate_limit_service.port}
+    left = await _left_for_the_collector(
+        traffic, proto=proto, clusters=clusters, cluster_options={"rls": h2_options}
+    )
     assert left == set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from legatus.network.connection import Connection, ConnectionEvent
-from legatus.network.filter import ReadFilter
+from legatus.network.filter import FilterStatus, ReadFilter
 from tests.support.garbage import cyclic_garbage
 
 
@@ -22,7 +22,7 @@ class _Transport(asyncio.Transport):
         self.closed = False
 
     def set_write_buffer_limits(self, high=None, low=None) -> None:
-        pass
+        """Nothing is buffered here."""
 
     def get_extra_info(self, name, default=None):
         return ("127.0.0.1", 1) if name in ("sockname", "peername") else default
@@ -31,7 +31,7 @@ class _Transport(asyncio.Transport):
         return 0
 
     def write(self, data) -> None:
-        pass
+        """What the connection writes is not looked at."""
 
     def close(self) -> None:
         self.closed = True
@@ -73,11 +73,12 @@ def test_a_closed_connection_leaves_no_reference_cycle():
 
 
 def test_a_read_filter_injects_by_position():
-    """The callbacks name their filter by position: injected data reaches the next filters."""
+    """The callbacks name their filter by position: injected data reaches the next filters,
+    and nothing once the connection is closed."""
 
     class Taker(ReadFilter):
         def on_data(self, data, end_stream):
-            return _STOP
+            return FilterStatus.STOP_ITERATION
 
     class Seen(ReadFilter):
         def __init__(self) -> None:
@@ -85,11 +86,7 @@ def test_a_read_filter_injects_by_position():
 
         def on_data(self, data, end_stream):
             self.data.append(data)
-            return _STOP
-
-    from legatus.network.filter import FilterStatus
-
-    _STOP = FilterStatus.STOP_ITERATION
+            return FilterStatus.STOP_ITERATION
 
     async def run() -> list[bytes]:
         connection = Connection()
