@@ -7,6 +7,8 @@ Listeners (each proxy gets its own ports; stat names are normalized to ``<name>`
 - ``tls``: a server certificate, ALPN h2/http/1.1, a trusted CA (client certificates
   optional), HCM -> a recording upstream.
 - ``mtls``: the same with require_client_certificate and a URI SAN matcher.
+- ``rbac_rules`` / ``rbac_matcher``: optional client certificates, and an RBAC filter on
+  the TLS peer and the requested server name (``rules``, then the same with ``matcher``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ HCM = (
     "HttpConnectionManager"
 )
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-LISTENERS = ("tls", "mtls", "xfcc_set", "xfcc_append")
+LISTENERS = ("tls", "mtls", "xfcc_set", "xfcc_append", "rbac_rules", "rbac_matcher")
+RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_ACTION = "type.googleapis.com/envoy.config.rbac.v3.Action"
+SSL_INPUT = "type.googleapis.com/envoy.extensions.matching.common_inputs.ssl.v3."
+SNI_INPUT = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.ServerNameInput"
 TLS_LOG_FORMAT = (
     "TLS %DOWNSTREAM_PEER_SUBJECT%|%DOWNSTREAM_PEER_ISSUER%|%DOWNSTREAM_PEER_URI_SAN%|"
     "%DOWNSTREAM_PEER_DNS_SAN%|%DOWNSTREAM_PEER_EMAIL_SAN%|%DOWNSTREAM_PEER_IP_SAN%|"
@@ -48,7 +54,7 @@ TLS_LOG_FORMAT = (
 KNOWN_GAPS = re.compile(r"\.ssl\.sigalgs\.")
 
 
-def _hcm(prefix: str, **extra) -> dict:
+def _hcm(prefix: str, filters: tuple = (), **extra) -> dict:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -56,8 +62,8 @@ def _hcm(prefix: str, **extra) -> dict:
             "@type": HCM,
             "stat_prefix": prefix,
             "codec_type": "HTTP1",
-            "http_filters": [{"name": "envoy.filters.http.router",
-                              "typed_config": {"@type": ROUTER}}],
+            "http_filters": [*filters, {"name": "envoy.filters.http.router",
+                                        "typed_config": {"@type": ROUTER}}],
             "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
                 {"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]},
         },
@@ -71,6 +77,54 @@ def _listener(name: str, transport_socket: dict, **hcm) -> dict:
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "filter_chains": [{"filters": [_hcm(name, **hcm)], "transport_socket": transport_socket}],
     }
+
+
+# Peers under spiffe://example.com/ (by URI SAN), or anyone asking for api.example.com.
+RBAC_RULES = {"@type": RBAC, "rules": {"action": "ALLOW", "policies": {
+    "spiffe-peers": {"permissions": [{"any": True}], "principals": [{"authenticated": {
+        "principal_name": {"prefix": "spiffe://example.com/"}}}]},
+    "api-name": {"permissions": [{"requested_server_name": {"exact": "api.example.com"}}],
+                 "principals": [{"any": True}]},
+    "eng-subject": {"permissions": [{"header": {"name": "x-subject", "present_match": True}}],
+                    "principals": [{"authenticated": {"principal_name": {
+                        "contains": "O=legatus tests"}}}]},
+}}}  # fmt: skip
+
+
+def _rbac_action(name: str, action: str) -> dict:
+    return {"action": {"name": "a", "typed_config": {"@type": RBAC_ACTION, "name": name,
+                                                     "action": action}}}  # fmt: skip
+
+
+def _on(input_type: str, **value_match) -> dict:
+    return {"single_predicate": {"input": {"name": "i", "typed_config": {"@type": input_type}},
+                                 "value_match": value_match}}  # fmt: skip
+
+
+RBAC_MATCHER = {"@type": RBAC, "matcher": {"matcher_list": {"matchers": [
+    {"predicate": _on(SSL_INPUT + "UriSanInput", prefix="spiffe://example.com/"),
+     "on_match": _rbac_action("spiffe-peers", "ALLOW")},
+    {"predicate": _on(SNI_INPUT, exact="api.example.com"),
+     "on_match": _rbac_action("api-name", "ALLOW")},
+    {"predicate": {"and_matcher": {"predicate": [
+        _on(SSL_INPUT + "SubjectInput", contains="CN=rogue"),
+        _on(SSL_INPUT + "DnsSanInput", exact="client.example.com")]}},
+     "on_match": _rbac_action("rogue", "DENY")},
+]}, "on_no_match": _rbac_action("nobody", "DENY")}}  # fmt: skip
+
+
+def _rbac_listener(name: str, files: TlsFiles, config: dict, *, inspector: bool) -> dict:
+    """Without the TLS inspector, a connection has no requested server name (in Envoy as in
+    legatus): the SNI of the handshake alone does not set it."""
+    transport = downstream_tls(files.server, ca=files.ca_path, require_client=False)
+    listener = _listener(name, transport)
+    if inspector:
+        listener["listener_filters"] = [INSPECTOR]
+    hcm = listener["filter_chains"][0]["filters"][0] = _hcm(
+        name, filters=({"name": "envoy.filters.http.rbac", "typed_config": config},)
+    )
+    assert hcm["typed_config"]["http_filters"][0]["name"] == "envoy.filters.http.rbac"
+    return listener
 
 
 def _xfcc_hcm(mode: str) -> dict:
@@ -101,6 +155,8 @@ def bootstrap(files: TlsFiles, upstream_port: int, proxy_cert=None) -> dict:
                           **_xfcc_hcm("SANITIZE_SET")),
                 _listener("xfcc_append", downstream_tls(proxy_cert, ca=files.ca_path),
                           **_xfcc_hcm("APPEND_FORWARD")),
+                _rbac_listener("rbac_rules", files, RBAC_RULES, inspector=False),
+                _rbac_listener("rbac_matcher", files, RBAC_MATCHER, inspector=True),
             ],
             "clusters": [static_cluster("backend", upstream_port)],
         },
@@ -142,7 +198,8 @@ def _client(files: TlsFiles, *, cert=None, alpn=None, max_version=None, min_vers
     return ctx
 
 
-def _request(port: int, ctx: ssl.SSLContext, sni: str = "localhost", xfcc: str = "") -> dict:
+def _request(port: int, ctx: ssl.SSLContext, sni: str = "localhost", xfcc: str = "",
+             extra_headers: str = "") -> dict:  # fmt: skip
     """One HTTPS request; what happened, in comparable terms."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
@@ -158,6 +215,7 @@ def _request(port: int, ctx: ssl.SSLContext, sni: str = "localhost", xfcc: str =
     }
     try:
         extra = f"x-forwarded-client-cert: {xfcc}\r\n".encode() if xfcc else b""
+        extra += extra_headers.encode()
         conn.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" + extra
                      + b"\r\n")  # fmt: skip
         data = b""
@@ -208,6 +266,16 @@ def _traffic(files: TlsFiles, ports: dict[str, int], wrong_san) -> dict[str, dic
             ports["xfcc_append"],
             _client(files, cert=files.client, max_version=ssl.TLSVersion.TLSv1_2)),
     }  # fmt: skip
+    for name in ("rbac_rules", "rbac_matcher"):
+        port = ports[name]
+        cases.update({
+            f"{name}_spiffe_client": lambda p=port: _request(p, _client(files, cert=files.client)),
+            f"{name}_no_cert": lambda p=port: _request(p, _client(files)),
+            f"{name}_api_name": lambda p=port: _request(p, _client(files), sni="api.example.com"),
+            f"{name}_eng_subject": lambda p=port: _request(
+                p, _client(files, cert=wrong_san), extra_headers="x-subject: 1\r\n"),
+            f"{name}_other_cert": lambda p=port: _request(p, _client(files, cert=wrong_san)),
+        })  # fmt: skip
     out = {name: case() for name, case in cases.items()}
     # Not TLS at all, and a connection that leaves without a byte.
     with socket.create_connection(("127.0.0.1", tls), timeout=5) as plain:
@@ -273,6 +341,26 @@ def test_rejected_clients_get_no_response(sides):
     for side in sides.values():
         for case in ("mtls_no_cert", "mtls_rogue", "mtls_wrong_san", "tls12_no_shared_cipher"):
             assert sides[side.name].outcomes[case].get("status") is None, (side.name, case)
+
+
+def test_rbac_sees_the_tls_peer_and_the_server_name(sides):
+    """``authenticated`` principals (URI SANs, then DNS SANs, then the subject) and
+    ``requested_server_name`` permissions (rules), and the ssl and server-name inputs of
+    ``matcher``: the same answers as Envoy's."""
+    expected = {"spiffe_client": "200", "no_cert": "403",
+                "api_name": {"rbac_rules": "403", "rbac_matcher": "200"},  # (the inspector)
+                "eng_subject": {"rbac_rules": "200", "rbac_matcher": "403"},
+                "other_cert": "403"}  # fmt: skip
+    for listener in ("rbac_rules", "rbac_matcher"):
+        for case, status in expected.items():
+            want = status if isinstance(status, str) else status[listener]
+            for side in sides.values():
+                got = side.outcomes[f"{listener}_{case}"].get("status")
+                assert got == want, (side.name, listener, case)
+    rbac = {name: {k: v for k, v in side.final_stats.items() if ".rbac." in k}
+            for name, side in sides.items()}  # fmt: skip
+    assert rbac["envoy"], "Envoy counted no RBAC decision"
+    assert rbac["legatus"] == rbac["envoy"]
 
 
 def _ssl_stats(side: Side) -> dict[str, int]:

@@ -53,6 +53,7 @@ LEGATUS_ACCEPTS = [
     "examples__grpc-bridge__server__envoy-proxy.yaml",
     "examples__local_ratelimit__envoy.yaml",
     "examples__locality-load-balancing__envoy.yaml",
+    "examples__rbac__envoy.yaml",
     "examples__route-mirror__envoy.yaml",
     "examples__tls-inspector__envoy.yaml",
     "examples__tls-sni__envoy-client.yaml",

@@ -112,12 +112,18 @@ def compile_regex(pattern: str, path: str, *, max_program_size: int | None = Non
 
 
 def compile_regex_matcher(proto, path: str) -> Regex:
-    """Compile an ``envoy.type.matcher.v3.RegexMatcher`` (``path`` names the matcher).
+    """Compile an ``envoy.type.matcher.v3.RegexMatcher`` or an ``xds.type.matcher.v3`` one
+    (``path`` names the matcher).
 
     Errors point at ``<path>.regex``, the field an operator edits.
     """
     max_program_size = None
-    if proto.HasField("google_re2") and proto.google_re2.HasField("max_program_size"):
+    re2 = proto.google_re2  # (xds.type.matcher.v3's GoogleRE2 has no max_program_size)
+    if (
+        proto.HasField("google_re2")
+        and "max_program_size" in re2.DESCRIPTOR.fields_by_name
+        and re2.HasField("max_program_size")
+    ):
         max_program_size = proto.google_re2.max_program_size.value
     return compile_regex(proto.regex, join_path(path, "regex"), max_program_size=max_program_size)
 

@@ -49,6 +49,12 @@ class Engine:
             return not matched, matched
         return True, matched
 
+    def decide(self, request) -> tuple[bool, str, bool | None]:
+        """(allowed, effective policy or "", access-log hint): a LOG engine hints whether a
+        policy matched; the others give no hint (None). (The matcher engine's interface.)"""
+        allowed, matched = self.evaluate(request)
+        return allowed, matched, bool(matched) if self.action == LOG else None
+
 
 def compile_engine(proto, path: str) -> Engine:
     """An ``envoy.config.rbac.v3.RBAC`` at ``path``."""

@@ -13,9 +13,11 @@ Envoy 1.40:
 - ``source_ip``: the connection's peer; ``direct_remote_ip``: the downstream direct remote
   address; ``remote_ip``: the downstream remote address (after ``x-forwarded-for`` for HTTP);
   an address of the other IP version never matches;
-- ``requested_server_name``: a StringMatcher on the SNI, which is empty without TLS;
-- ``authenticated``: needs a TLS peer; legatus has no downstream TLS yet, so it never
-  matches (what Envoy answers for a plain-text connection).
+- ``requested_server_name``: a StringMatcher on the requested server name (the SNI the TLS
+  handshake or the TLS inspector saw), empty without one;
+- ``authenticated``: a TLS connection; with ``principal_name``, one of the peer
+  certificate's URI SANs, else one of its DNS SANs, else its subject (RFC 2253, empty
+  without a certificate) must match. A plain-text connection never matches.
 
 ``metadata``, ``filter_state``, ``sourced_metadata``, ``matcher``, ``uri_template`` and
 ``custom`` are refused by field path.
@@ -149,6 +151,32 @@ class ServerName(Matcher):
         return self.matcher.matches(request.sni)
 
 
+class Authenticated(Matcher):
+    """A TLS connection, whose peer certificate's URI SANs, then DNS SANs, then subject has
+    one value ``principal_name`` matches (any TLS connection without ``principal_name``)."""
+
+    __slots__ = ("matcher",)
+
+    def __init__(self, matcher: StringMatcher | None) -> None:
+        self.matcher = matcher
+
+    def matches(self, request) -> bool:
+        ssl = request.ssl
+        if ssl is None:
+            return False
+        matcher = self.matcher
+        if matcher is None:
+            return True
+        cert = ssl.peer_certificate
+        if cert is None:
+            return matcher.matches("")  # no certificate: an empty subject
+        return (
+            any(matcher.matches(uri) for uri in cert.uri_sans)
+            or any(matcher.matches(dns) for dns in cert.dns_sans)
+            or matcher.matches(cert.subject)
+        )
+
+
 def compile_permission(proto, path: str) -> Matcher:
     check_supported(proto, _PERMISSION_FIELDS, path, "Permission")
     which = proto.WhichOneof("rule")
@@ -197,7 +225,12 @@ def compile_principal(proto, path: str) -> Matcher:
         return _url_path(proto.url_path, where)
     if which == "authenticated":
         check_supported(proto.authenticated, ("principal_name",), where, "Authenticated")
-        return Never()  # no downstream TLS: no authenticated peer
+        name = proto.authenticated
+        return Authenticated(
+            StringMatcher(name.principal_name, join_path(where, "principal_name"))
+            if name.HasField("principal_name")
+            else None
+        )
     attribute = {"source_ip": "source", "direct_remote_ip": "direct_remote", "remote_ip": "remote"}
     return Ip(attribute[which], _cidr(getattr(proto, which), where))
 

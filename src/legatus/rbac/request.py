@@ -26,10 +26,11 @@ def parse_address(text: str | None) -> Address:
 
 class RbacRequest:
     """The inputs of an RBAC decision. ``headers`` is an empty map for a connection;
-    ``path`` is None without a ``:path``; ``sni`` is "" without TLS (Envoy's empty
-    requested server name)."""
+    ``path`` is None without a ``:path``; ``sni`` is the connection's requested server name,
+    "" without one (Envoy's empty name); ``ssl`` its ``SslConnectionInfo``, None without
+    TLS."""
 
-    __slots__ = ("direct_remote", "headers", "local", "path", "remote", "sni", "source")
+    __slots__ = ("direct_remote", "headers", "local", "path", "remote", "sni", "source", "ssl")
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class RbacRequest:
         direct_remote: str | None,
         remote: str | None,
         sni: str = "",
+        ssl: Any = None,
     ) -> None:
         self.headers = headers
         self.path = path
@@ -49,3 +51,4 @@ class RbacRequest:
         self.direct_remote = parse_address(direct_remote)
         self.remote = parse_address(remote)  # after x-forwarded-for, for HTTP
         self.sni = sni
+        self.ssl = ssl

@@ -52,7 +52,7 @@ class Callbacks:
         connection_info = StreamInfo(now_monotonic=0.0)
         connection_info.downstream_remote_address = "127.0.0.1:1234"
         self.stream = types.SimpleNamespace(
-            connection=types.SimpleNamespace(stream_info=connection_info)
+            connection=types.SimpleNamespace(stream_info=connection_info, ssl=None)
         )
         self.route = None
         self.replies: list = []
@@ -183,7 +183,7 @@ def test_rbac_metadata_and_details():
 @pytest.mark.parametrize(
     ("cls", "document", "path"),
     [
-        (http_rbac_pb2.RBAC, {"matcher": {}}, "typed_config.matcher"),
+        (http_rbac_pb2.RBAC, {"matcher": {}}, "typed_config.matcher.matcher_type"),
         (http_rbac_pb2.RBAC, {"track_per_rule_stats": True}, "typed_config.track_per_rule_stats"),
         (net_rbac_pb2.RBAC, {"stat_prefix": "x", "delay_deny": "1s"}, "typed_config.delay_deny"),
         (net_lrl_pb2.LocalRateLimit, {"stat_prefix": "x", "share_key": "k",

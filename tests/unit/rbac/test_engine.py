@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from envoy.config.rbac.v3 import rbac_pb2
 
@@ -90,6 +92,27 @@ def test_connection_has_no_path_no_headers_no_sni_no_peer_certificate():
     assert e.evaluate(connection) == (False, "")
     empty_sni = engine("ALLOW", {"p": policy([{"requested_server_name": {"exact": ""}}])})
     assert empty_sni.evaluate(connection) == (True, "p")
+
+
+def test_authenticated_peers_by_uri_san_then_dns_san_then_subject():
+    def tls(uris=(), dns=(), subject="", cert=True):
+        details = SimpleNamespace(uri_sans=uris, dns_sans=dns, subject=subject)
+        return SimpleNamespace(peer_certificate=details if cert else None)
+
+    def decided(principal_name, ssl):
+        authenticated = {"principal_name": principal_name} if principal_name else {}
+        e = engine("ALLOW", {"p": policy(principals=[{"authenticated": authenticated}])})
+        r = RbacRequest(headers={}, path=None, local="127.0.0.1:1", source=None,
+                        direct_remote=None, remote=None, ssl=ssl)  # fmt: skip
+        return e.evaluate(r)[0]
+
+    assert decided(None, tls(cert=False))  # any TLS connection, with or without a certificate
+    assert not decided(None, None)
+    assert decided({"exact": "spiffe://a/b"}, tls(uris=("spiffe://x", "spiffe://a/b")))
+    assert decided({"exact": "a.example"}, tls(uris=("spiffe://x",), dns=("a.example",)))
+    assert decided({"prefix": "CN=x"}, tls(uris=("spiffe://x",), subject="CN=x,O=y"))
+    assert not decided({"prefix": "CN=x"}, tls(cert=False))
+    assert decided({"exact": ""}, tls(cert=False))  # no certificate: an empty subject
 
 
 def test_unsupported_fields_are_refused_by_path():

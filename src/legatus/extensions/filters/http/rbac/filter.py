@@ -4,15 +4,17 @@ In ``decode_headers``, with the engines of the route's ``RBACPerRoute`` (the mos
 entry under this filter's name; one without ``rbac`` turns the filter off for the route) or
 else the filter's own:
 
-1. the shadow engine (``shadow_rules``), if any, decides without effect: it counts
-   ``shadow_allowed`` / ``shadow_denied`` and writes ``<shadow prefix>shadow_engine_result``
+1. the shadow engine (``shadow_matcher`` or else ``shadow_rules``), if any, decides without
+   effect: it counts ``shadow_allowed`` / ``shadow_denied`` and writes
+   ``<shadow prefix>shadow_engine_result``
    (and ``<shadow prefix>shadow_effective_policy_id`` when a policy matched) to the dynamic
    metadata namespace ``envoy.filters.http.rbac``;
-2. the enforced engine (``rules``), if any, decides: ``allowed`` and the request goes on, or
-   ``denied`` and a 403 ``RBAC: access denied`` local reply with details
+2. the enforced engine (``matcher`` or else ``rules``), if any, decides: ``allowed`` and
+   the request goes on, or ``denied`` and a 403 ``RBAC: access denied`` local reply with details
    ``rbac_access_denied_matched_policy[<policy or none>]``; its result goes to the metadata
    as ``<rules prefix>enforced_engine_result`` / ``..._effective_policy_id``. A ``LOG``
-   engine allows and sets ``envoy.common``'s ``access_log_hint``.
+   engine allows and sets ``envoy.common``'s ``access_log_hint`` (a matcher with a LOG
+   action: whether the matched action is LOG; legatus.rbac.matcher_engine).
 
 Stats: ``http.<hcm prefix>.rbac.<rules_stat_prefix>.{allowed,denied}`` and
 ``http.<hcm prefix>.rbac.<shadow_rules_stat_prefix>.{shadow_allowed,shadow_denied}``.
@@ -20,31 +22,34 @@ Stats: ``http.<hcm prefix>.rbac.<rules_stat_prefix>.{allowed,denied}`` and
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from legatus.config.errors import join_path
 from legatus.config.supported import check_supported
 from legatus.http.filter import FilterHeadersStatus, StreamDecoderFilter
 from legatus.rbac.engine import (
-    LOG,
     Engine,
     RbacStats,
     compile_engine,
     engine_result,
     response_detail,
 )
+from legatus.rbac.matcher_engine import MatcherEngine, compile_matcher_engine
 from legatus.rbac.request import RbacRequest
 
+log = logging.getLogger("legatus.config")
 NAMESPACE = "envoy.filters.http.rbac"
 COMMON_NAMESPACE = "envoy.common"
-_SUPPORTED = ("rules", "rules_stat_prefix", "shadow_rules", "shadow_rules_stat_prefix")
+_SUPPORTED = ("rules", "rules_stat_prefix", "shadow_rules", "shadow_rules_stat_prefix",
+              "matcher", "shadow_matcher")  # fmt: skip
 _BODY = b"RBAC: access denied"
 
 
 @dataclass(frozen=True, slots=True)
 class Engines:
-    engine: Engine | None
-    shadow: Engine | None
+    engine: Engine | MatcherEngine | None
+    shadow: Engine | MatcherEngine | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,11 +64,21 @@ class RbacConfig:
 
 def _engines(proto, path: str) -> Engines:
     return Engines(
-        compile_engine(proto.rules, join_path(path, "rules")) if proto.HasField("rules") else None,
-        compile_engine(proto.shadow_rules, join_path(path, "shadow_rules"))
-        if proto.HasField("shadow_rules")
-        else None,
+        _engine(proto, "rules", "matcher", path),
+        _engine(proto, "shadow_rules", "shadow_matcher", path),
     )
+
+
+def _engine(proto, rules: str, matcher: str, path: str) -> Engine | MatcherEngine | None:
+    """The engine of ``matcher`` (which wins over ``rules`` when both are set, as in
+    Envoy), or of ``rules``, or none."""
+    if proto.HasField(matcher):
+        if proto.HasField(rules):
+            log.warning("RBAC %s are ignored when %s is configured (%s)", rules, matcher, path)
+        return compile_matcher_engine(getattr(proto, matcher), join_path(path, matcher), http=True)
+    if proto.HasField(rules):
+        return compile_engine(getattr(proto, rules), join_path(path, rules))
+    return None
 
 
 def compile_config(proto, context, path: str) -> RbacConfig:
@@ -115,17 +130,20 @@ class RbacFilter(StreamDecoderFilter):
         if shadow is None and engine is None:
             return FilterHeadersStatus.CONTINUE
         info = callbacks.stream_info
+        connection = callbacks.stream.connection
         request = RbacRequest(
             headers=headers,
             path=headers.get(":path"),
             local=info.downstream_local_address,
-            source=callbacks.stream.connection.stream_info.downstream_remote_address,
+            source=connection.stream_info.downstream_remote_address,
             direct_remote=info.downstream_direct_remote_address,
             remote=info.downstream_remote_address,
+            sni=connection.stream_info.requested_server_name or "",
+            ssl=connection.ssl,
         )
         stats = config.stats
         if shadow is not None:
-            allowed, policy = shadow.evaluate(request)
+            allowed, policy, _ = shadow.decide(request)
             (stats.shadow.shadow_allowed if allowed else stats.shadow.shadow_denied).inc()
             values = {config.shadow_result_key: engine_result(allowed)}
             if policy:
@@ -133,9 +151,9 @@ class RbacFilter(StreamDecoderFilter):
             set_metadata(info, NAMESPACE, values)
         if engine is None:
             return FilterHeadersStatus.CONTINUE
-        allowed, policy = engine.evaluate(request)
-        if engine.action == LOG:
-            set_metadata(info, COMMON_NAMESPACE, {"access_log_hint": bool(policy)})
+        allowed, policy, hint = engine.decide(request)
+        if hint is not None:
+            set_metadata(info, COMMON_NAMESPACE, {"access_log_hint": hint})
         values = {config.enforced_result_key: engine_result(allowed)}
         if policy:
             values[config.enforced_policy_key] = policy

@@ -1,7 +1,7 @@
 """``envoy.filters.network.rbac``: role-based access control on connections.
 
-The policies see the connection: its addresses, an empty header map, no ``:path`` and, with
-no TLS yet, an empty requested server name and no authenticated peer (see legatus.rbac).
+The policies see the connection: its addresses, its requested server name and TLS peer, an
+empty header map and no ``:path`` (see legatus.rbac).
 ``enforcement_type`` ``ONE_TIME_ON_FIRST_BYTE`` (the default) decides once, when the first
 bytes arrive; ``CONTINUOUS`` decides again on every read. A denied connection is closed at
 once (no flush). The shadow engine decides once, on the first bytes, without effect.
@@ -9,33 +9,38 @@ once (no flush). The shadow engine decides once, on the first bytes, without eff
 Stats ``<stat_prefix>.rbac.{allowed,denied}`` and
 ``<stat_prefix>.rbac.<shadow_rules_stat_prefix>.{shadow_allowed,shadow_denied}``; results
 go to the dynamic metadata namespace ``envoy.filters.network.rbac`` as for HTTP.
-``matcher``, ``shadow_matcher`` and ``delay_deny`` are refused by field path.
+``matcher`` and ``shadow_matcher`` (the unified matcher API, legatus.rbac.matcher_engine)
+take the place of ``rules`` and ``shadow_rules`` when set; ``delay_deny`` is refused by
+field path.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from legatus.config.errors import join_path
 from legatus.config.supported import check_supported
 from legatus.network.filter import CloseType, FilterFactory, FilterStatus, ReadFilter
-from legatus.rbac.engine import LOG, Engine, RbacStats, compile_engine, engine_result
+from legatus.rbac.engine import Engine, RbacStats, compile_engine, engine_result
+from legatus.rbac.matcher_engine import MatcherEngine, compile_matcher_engine
 from legatus.rbac.request import RbacRequest
 from legatus.registry import Registry, network_filter
 
+log = logging.getLogger("legatus.config")
 NAME = "envoy.filters.network.rbac"
 CONFIG_TYPE = "envoy.extensions.filters.network.rbac.v3.RBAC"
 NAMESPACE = "envoy.filters.network.rbac"
 _SUPPORTED = ("rules", "shadow_rules", "shadow_rules_stat_prefix", "stat_prefix",
-              "enforcement_type")  # fmt: skip
+              "enforcement_type", "matcher", "shadow_matcher")  # fmt: skip
 _CONTINUOUS = 1
 _EMPTY_HEADERS: dict = {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkRbacConfig:
-    engine: Engine | None
-    shadow: Engine | None
+    engine: Engine | MatcherEngine | None
+    shadow: Engine | MatcherEngine | None
     continuous: bool
     stats: RbacStats
     shadow_result_key: str
@@ -63,11 +68,13 @@ class NetworkRbacFilter(ReadFilter):
             source=info.downstream_remote_address,
             direct_remote=info.downstream_direct_remote_address,
             remote=info.downstream_remote_address,
+            sni=info.requested_server_name or "",
+            ssl=connection.ssl,
         )
         stats = config.stats
         if config.shadow is not None and not self.shadow_done:
             self.shadow_done = True
-            allowed, policy = config.shadow.evaluate(request)
+            allowed, policy, _ = config.shadow.decide(request)
             (stats.shadow.shadow_allowed if allowed else stats.shadow.shadow_denied).inc()
             values = {config.shadow_result_key: engine_result(allowed)}
             if policy:
@@ -77,9 +84,9 @@ class NetworkRbacFilter(ReadFilter):
         self.decided = True
         if engine is None:
             return FilterStatus.CONTINUE
-        allowed, policy = engine.evaluate(request)
-        if engine.action == LOG:
-            _set_metadata(info, "envoy.common", {"access_log_hint": bool(policy)})
+        allowed, policy, hint = engine.decide(request)
+        if hint is not None:
+            _set_metadata(info, "envoy.common", {"access_log_hint": hint})
         if allowed:
             stats.enforced.allowed.inc()
             return FilterStatus.CONTINUE
@@ -95,16 +102,23 @@ def _set_metadata(info, namespace: str, values: dict) -> None:
     metadata.setdefault(namespace, {}).update(values)
 
 
+def _engine(proto, rules: str, matcher: str, path: str) -> Engine | MatcherEngine | None:
+    """As the HTTP filter's: ``matcher`` wins over ``rules``."""
+    if proto.HasField(matcher):
+        if proto.HasField(rules):
+            log.warning("RBAC %s are ignored when %s is configured (%s)", rules, matcher, path)
+        return compile_matcher_engine(getattr(proto, matcher), join_path(path, matcher), http=False)
+    if proto.HasField(rules):
+        return compile_engine(getattr(proto, rules), join_path(path, rules))
+    return None
+
+
 def _factory(proto, context, path: str) -> FilterFactory:
     check_supported(proto, _SUPPORTED, path, "RBAC")
     shadow_prefix = proto.shadow_rules_stat_prefix
     config = NetworkRbacConfig(
-        engine=compile_engine(proto.rules, join_path(path, "rules"))
-        if proto.HasField("rules")
-        else None,
-        shadow=compile_engine(proto.shadow_rules, join_path(path, "shadow_rules"))
-        if proto.HasField("shadow_rules")
-        else None,
+        engine=_engine(proto, "rules", "matcher", path),
+        shadow=_engine(proto, "shadow_rules", "shadow_matcher", path),
         continuous=proto.enforcement_type == _CONTINUOUS,
         stats=RbacStats.declare(context.store, proto.stat_prefix, "", shadow_prefix),
         shadow_result_key=f"{shadow_prefix}shadow_engine_result",

@@ -1,0 +1,274 @@
+"""The unified matcher API (``xds.type.matcher.v3.Matcher``), as Envoy's ``Matcher`` namespace
+evaluates it: compiled once into a tree, evaluated per request or connection.
+
+A user of the API (the RBAC filters, for one) gives two tables when compiling: the inputs
+it can offer (``DataInput``: what an input's ``typed_config`` type reads from its data) and
+the actions it understands (what an action's ``typed_config`` type compiles to). Anything
+else is refused at configuration time with the path of the offending field, as Envoy
+refuses an input or action its user does not register.
+
+Semantics (the proto's comments, and Envoy 1.40 where they are silent):
+
+- ``matcher_list``: field matchers in order, the first whose predicate holds wins;
+- ``matcher_tree``: the input's value looked up in ``exact_match_map``, or in
+  ``prefix_match_map`` where the longest matching prefix is tried first and shorter ones
+  after it when its ``on_match`` (a nested matcher) finds nothing;
+- an ``on_match`` with a nested ``matcher`` that finds nothing has not matched: the list
+  goes on with its next field matcher;
+- ``on_no_match``, when set, is what a matcher that found nothing answers;
+- a ``single_predicate`` on an absent input (a missing header) is false; ``not_matcher``
+  of it is then true; ``or_matcher`` / ``and_matcher`` combine their predicates.
+
+``custom_match`` (in predicates and trees) is refused by field path, and ``keep_matching``
+as Envoy's RBAC filters refuse it ("not supported in this context").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from legatus.common.matchers import StringMatcher
+from legatus.config.errors import ConfigError, join_path
+from legatus.config.proto_json import message_class, type_name
+from legatus.config.supported import check_supported
+
+# An input reads one value (a string, or None when the data has none) from the data.
+DataInput = Callable[[Any], "str | None"]
+# Compilers by proto message name: (config message, path) -> an input / an action.
+InputFactories = dict[str, Callable[[Any, str], DataInput]]
+ActionFactories = dict[str, Callable[[Any, str], Any]]
+
+_NO_MATCH = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Factories:
+    inputs: InputFactories
+    actions: ActionFactories
+    what: str  # who is compiling, for error messages ("RBAC HTTP filter")
+
+
+class MatchTree:
+    """A compiled matcher: ``match(data)`` is the action of the match, or None."""
+
+    __slots__ = ()
+
+    def match(self, data: Any) -> Any:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+
+class _OnMatch:
+    """An ``OnMatch``: an action, or a nested matcher (whose answer may be None)."""
+
+    __slots__ = ("action", "matcher")
+
+    def __init__(self, action: Any, matcher: MatchTree | None) -> None:
+        self.action = action
+        self.matcher = matcher
+
+    def result(self, data: Any) -> Any:
+        if self.matcher is None:
+            return self.action
+        return self.matcher.match(data)
+
+
+class _List(MatchTree):
+    __slots__ = ("matchers", "on_no_match")
+
+    def __init__(self, matchers: tuple, on_no_match: _OnMatch | None) -> None:
+        self.matchers = matchers
+        self.on_no_match = on_no_match
+
+    def match(self, data: Any) -> Any:
+        for predicate, on_match in self.matchers:
+            if predicate(data):
+                result = on_match.result(data)
+                if result is not None:
+                    return result
+        on_no_match = self.on_no_match
+        return None if on_no_match is None else on_no_match.result(data)
+
+
+class _ExactMap(MatchTree):
+    __slots__ = ("input", "map", "on_no_match")
+
+    def __init__(self, input: DataInput, map: dict, on_no_match: _OnMatch | None) -> None:
+        self.input = input
+        self.map = map
+        self.on_no_match = on_no_match
+
+    def match(self, data: Any) -> Any:
+        value = self.input(data)
+        if value is not None:
+            on_match = self.map.get(value)
+            if on_match is not None:
+                result = on_match.result(data)
+                if result is not None:
+                    return result
+        on_no_match = self.on_no_match
+        return None if on_no_match is None else on_no_match.result(data)
+
+
+class _PrefixMap(_ExactMap):
+    """Prefixes tried longest first (``map``'s items are kept in that order)."""
+
+    __slots__ = ()
+
+    def match(self, data: Any) -> Any:
+        value = self.input(data)
+        if value is not None:
+            for prefix, on_match in self.map:
+                if value.startswith(prefix):
+                    result = on_match.result(data)
+                    if result is not None:
+                        return result
+        on_no_match = self.on_no_match
+        return None if on_no_match is None else on_no_match.result(data)
+
+
+def compile_matcher(
+    proto, path: str, *, inputs: InputFactories, actions: ActionFactories, what: str
+) -> MatchTree:
+    """Compile the ``xds.type.matcher.v3.Matcher`` at ``path`` for a user that offers
+    ``inputs`` and understands ``actions`` (both keyed by proto message name)."""
+    return _matcher(proto, path, _Factories(inputs, actions, what))
+
+
+def _matcher(proto, path: str, factories: _Factories) -> MatchTree:
+    check_supported(proto, ("matcher_list", "matcher_tree", "on_no_match"), path, "Matcher")
+    on_no_match = (
+        _on_match(proto.on_no_match, join_path(path, "on_no_match"), factories)
+        if proto.HasField("on_no_match")
+        else None
+    )
+    which = proto.WhichOneof("matcher_type")
+    if which == "matcher_list":
+        where = join_path(path, "matcher_list")
+        if not proto.matcher_list.matchers:
+            raise ConfigError(join_path(where, "matchers"), "at least one matcher is required")
+        matchers = []
+        for i, field in enumerate(proto.matcher_list.matchers):
+            at = f"{where}.matchers[{i}]"
+            check_supported(field, ("predicate", "on_match"), at, "FieldMatcher")
+            if not field.HasField("predicate"):
+                raise ConfigError(join_path(at, "predicate"), "a predicate is required")
+            if not field.HasField("on_match"):
+                raise ConfigError(join_path(at, "on_match"), "an on_match is required")
+            matchers.append(
+                (
+                    _predicate(field.predicate, join_path(at, "predicate"), factories),
+                    _on_match(field.on_match, join_path(at, "on_match"), factories),
+                )
+            )
+        return _List(tuple(matchers), on_no_match)
+    if which == "matcher_tree":
+        tree = proto.matcher_tree
+        where = join_path(path, "matcher_tree")
+        check_supported(tree, ("input", "exact_match_map", "prefix_match_map"), where,
+                        "MatcherTree")  # fmt: skip
+        if not tree.HasField("input"):
+            raise ConfigError(join_path(where, "input"), "an input is required")
+        data_input = _input(tree.input, join_path(where, "input"), factories)
+        kind = tree.WhichOneof("tree_type")
+        if kind is None:
+            raise ConfigError(join_path(where, "tree_type"), "a match map is required")
+        entries = getattr(tree, kind).map
+        if not entries:
+            raise ConfigError(join_path(where, f"{kind}.map"), "at least one entry is required")
+        compiled = {
+            key: _on_match(entries[key], join_path(where, f"{kind}.map['{key}']"), factories)
+            for key in sorted(entries)
+        }
+        if kind == "exact_match_map":
+            return _ExactMap(data_input, compiled, on_no_match)
+        longest_first = tuple(sorted(compiled.items(), key=lambda item: -len(item[0])))
+        return _PrefixMap(data_input, longest_first, on_no_match)  # type: ignore[arg-type]
+    raise ConfigError(join_path(path, "matcher_type"), "matcher_list or matcher_tree is required")
+
+
+def _on_match(proto, path: str, factories: _Factories) -> _OnMatch:
+    if proto.keep_matching:  # (Envoy's words: its RBAC filters refuse it too)
+        raise ConfigError(
+            join_path(path, "keep_matching"), "keep_matching is not supported in this context"
+        )
+    check_supported(proto, ("matcher", "action"), path, "OnMatch")
+    which = proto.WhichOneof("on_match")
+    if which == "matcher":
+        return _OnMatch(None, _matcher(proto.matcher, join_path(path, "matcher"), factories))
+    if which == "action":
+        return _OnMatch(_action(proto.action, join_path(path, "action"), factories), None)
+    raise ConfigError(join_path(path, "on_match"), "a matcher or an action is required")
+
+
+def _typed(extension, path: str) -> tuple[str, Any]:
+    """(message name, unpacked message) of a TypedExtensionConfig's ``typed_config``."""
+    if not extension.HasField("typed_config"):
+        raise ConfigError(join_path(path, "typed_config"), "a typed_config is required")
+    name = type_name(extension.typed_config.type_url)
+    cls = message_class(name)
+    if cls is None:
+        raise ConfigError(join_path(path, "typed_config"), f"unknown proto type {name}")
+    message = cls()
+    extension.typed_config.Unpack(message)
+    return name, message
+
+
+def _input(extension, path: str, factories: _Factories) -> DataInput:
+    name, message = _typed(extension, path)
+    factory = factories.inputs.get(name)
+    if factory is None:
+        raise ConfigError(
+            join_path(path, "typed_config"),
+            f"{factories.what} cannot match on '{extension.typed_config.type_url}' (inputs "
+            f"legatus offers it: {', '.join(n.rpartition('.')[2] for n in factories.inputs)})",
+        )
+    return factory(message, join_path(path, "typed_config"))
+
+
+def _action(extension, path: str, factories: _Factories) -> Any:
+    name, message = _typed(extension, path)
+    factory = factories.actions.get(name)
+    if factory is None:
+        raise ConfigError(
+            join_path(path, "typed_config"),
+            f"{factories.what} cannot take the action '{extension.typed_config.type_url}' "
+            f"(expected {', '.join(sorted(factories.actions))})",
+        )
+    return factory(message, join_path(path, "typed_config"))
+
+
+def _predicate(proto, path: str, factories: _Factories) -> Callable[[Any], bool]:
+    which = proto.WhichOneof("match_type")
+    if which == "single_predicate":
+        single = proto.single_predicate
+        where = join_path(path, "single_predicate")
+        check_supported(single, ("input", "value_match"), where, "SinglePredicate")
+        if not single.HasField("input"):
+            raise ConfigError(join_path(where, "input"), "an input is required")
+        if not single.HasField("value_match"):
+            raise ConfigError(join_path(where, "matcher"), "a value_match is required")
+        data_input = _input(single.input, join_path(where, "input"), factories)
+        string = StringMatcher(single.value_match, join_path(where, "value_match"))
+
+        def single_predicate(data: Any) -> bool:
+            value = data_input(data)
+            return value is not None and string.matches(value)
+
+        return single_predicate
+    if which in ("or_matcher", "and_matcher"):
+        where = join_path(path, which)
+        listed = getattr(proto, which).predicate
+        if len(listed) < 2:
+            raise ConfigError(join_path(where, "predicate"), "at least two predicates are required")
+        parts = tuple(
+            _predicate(p, f"{where}.predicate[{i}]", factories) for i, p in enumerate(listed)
+        )
+        if which == "or_matcher":
+            return lambda data: any(p(data) for p in parts)
+        return lambda data: all(p(data) for p in parts)
+    if which == "not_matcher":
+        inner = _predicate(proto.not_matcher, join_path(path, "not_matcher"), factories)
+        return lambda data: not inner(data)
+    raise ConfigError(join_path(path, "match_type"), "a predicate is required")
