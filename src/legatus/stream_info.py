@@ -135,6 +135,7 @@ class StreamInfo:
     upstream_ssl: Any = None
     downstream_transport_failure_reason: str | None = None
     route_name: str | None = None
+    route: Any = None  # the RouteMatch the stream took (%METADATA(ROUTE|VIRTUAL_HOST:...)%)
     protocol: str | None = None  # "HTTP/1.1" for HTTP streams; None for TCP
     response_code: int | None = None
     response_code_details: str | None = None

@@ -1,4 +1,8 @@
-"""``%DYNAMIC_METADATA(NAMESPACE:KEY:...):Z%``: the stream's dynamic metadata.
+"""``%DYNAMIC_METADATA(NAMESPACE:KEY:...):Z%``: the stream's dynamic metadata, and
+``%METADATA(TYPE:NAMESPACE:KEY:...):Z%`` (Envoy's built-in metadata formatter) for the types
+``DYNAMIC`` (the same), ``ROUTE`` and ``VIRTUAL_HOST`` (the ``metadata`` of the route the
+stream took and of its virtual host; unset without a route). ``CLUSTER``, ``UPSTREAM_HOST``
+and ``LISTENER`` are refused as not implemented yet.
 
 ``info.dynamic_metadata`` maps a filter namespace to a Struct-like dict (str, number,
 bool, None, list, dict values), as filters set it. The operator looks the namespace up,
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 from legatus.access_log.json_text import json_value
 from legatus.access_log.providers import Provider, Syntax
+from legatus.config.errors import ConfigError
 
 _MISSING = object()
 
@@ -39,19 +44,57 @@ def _lookup(metadata, namespace: str, path: tuple[str, ...]):
     return value
 
 
+def _dynamic(info):
+    return info.dynamic_metadata
+
+
+def _route(info):
+    route = info.route
+    return None if route is None else route.route.metadata
+
+
+def _virtual_host(info):
+    route = info.route
+    return None if route is None else route.virtual_host.metadata
+
+
+# %METADATA(TYPE:...)%: where each type's metadata is found.
+_SOURCES = {"DYNAMIC": _dynamic, "ROUTE": _route, "VIRTUAL_HOST": _virtual_host}
+_NOT_YET = ("CLUSTER", "UPSTREAM_HOST", "LISTENER")
+
+
+def _metadata(sub: str, max_length: int | None, path: str) -> Provider:
+    """``%METADATA(TYPE:NAMESPACE:KEY...)%``, Envoy's built-in metadata formatter."""
+    kind, _, rest = sub.partition(":")
+    source = _SOURCES.get(kind)
+    if source is None:
+        if kind in _NOT_YET:
+            raise ConfigError(
+                path,
+                f"%METADATA({kind}:...)% is not implemented by legatus yet (DYNAMIC, "
+                "ROUTE and VIRTUAL_HOST are)",
+            )
+        raise ConfigError(path, f"{kind} is not supported type of metadata")  # Envoy's words
+    return _metadata_provider(source, rest, max_length)
+
+
 def _dynamic_metadata(sub: str, max_length: int | None, _path: str) -> Provider:
+    return _metadata_provider(_dynamic, sub, max_length)
+
+
+def _metadata_provider(source, sub: str, max_length: int | None) -> Provider:
     namespace, *keys = sub.split(":")
     path = tuple(keys)
 
     def text(info, _req, _resp, _trl):
-        value = _lookup(info.dynamic_metadata, namespace, path)
+        value = _lookup(source(info), namespace, path)
         if value is _MISSING or value is None:
             return None
         out = value if value.__class__ is str else json_value(value)
         return out if max_length is None else out[:max_length]
 
     def typed(info, _req, _resp, _trl):
-        value = _lookup(info.dynamic_metadata, namespace, path)
+        value = _lookup(source(info), namespace, path)
         if value is _MISSING or value is None:
             return None
         if value.__class__ is str:
@@ -73,4 +116,5 @@ class RawJson(str):
 
 METADATA_OPERATORS = {
     "DYNAMIC_METADATA": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _dynamic_metadata),
+    "METADATA": (Syntax.PARAMS_OPTIONAL | Syntax.LENGTH_ALLOWED, _metadata),
 }

@@ -103,16 +103,20 @@ def _load_file(path: str, allow_unknown: bool, registry: Registry | None) -> tup
     return _parse_document(document, allow_unknown, registry)
 
 
+def load_yaml(text: str):
+    """A YAML document as Envoy reads one (``as_envoy_yaml``); raises yaml.YAMLError."""
+    return as_envoy_yaml(yaml.load(text, Loader=_Loader))  # a SafeLoader subclass
+
+
 def _yaml(text: str, where: str):
     try:
-        document = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+        document = load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError("", f"Unable to parse YAML in {where}: {e}") from None
     if document is None:
         return {}
     if not isinstance(document, dict):
         raise ConfigError("", f"{where}: the bootstrap must be a YAML/JSON object")
-    _static_layers_as_envoy_reads_them(document)
     return document
 
 
@@ -136,33 +140,22 @@ _Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 _INT32 = range(-(2**31), 2**31)
 
 
-def _static_layers_as_envoy_reads_them(document: dict) -> None:
-    """Runtime static layers keep what Envoy's YAML loader gives a Struct.
-
-    Envoy's loader turns a YAML float or an integer beyond int32 into a string (the float
-    as written), and a runtime value keeps that text (``/runtime`` shows ``3.0``, not
-    ``3``). Elsewhere in the bootstrap a number and its string parse alike, so only the
-    static layers, where the text shows, are rewritten.
-    """
-    runtime = document.get("layered_runtime", document.get("layeredRuntime"))
-    layers = runtime.get("layers") if isinstance(runtime, dict) else None
-    for layer in layers if isinstance(layers, list) else ():
-        if not isinstance(layer, dict):
-            continue
-        for key in ("static_layer", "staticLayer"):
-            if key in layer:
-                layer[key] = _as_envoy_yaml(layer[key])
-
-
-def _as_envoy_yaml(value):
+def as_envoy_yaml(value):
+    """A YAML document as Envoy's YAML loader hands it to its JSON parser: a float becomes
+    its text as written (``2.50``, ``.5``), and so does an integer beyond int32; the rest
+    stays. A numeric field parses such a string as the number, so this shows only where a
+    value is kept as it is: a ``Struct`` or ``Value`` (metadata, runtime static layers,
+    typed structs) holds ``"2.50"``, not ``2.5`` (checked against Envoy 1.40 with route
+    metadata written back by ``%METADATA(ROUTE:...)%``, and with ``/runtime``). JSON
+    documents keep their numbers, as in Envoy."""
     if isinstance(value, _YamlFloat):
         return value.text
     if isinstance(value, int) and not isinstance(value, bool) and value not in _INT32:
         return str(value)
     if isinstance(value, dict):
-        return {key: _as_envoy_yaml(inner) for key, inner in value.items()}
+        return {key: as_envoy_yaml(inner) for key, inner in value.items()}
     if isinstance(value, list):
-        return [_as_envoy_yaml(inner) for inner in value]
+        return [as_envoy_yaml(inner) for inner in value]
     return value
 
 

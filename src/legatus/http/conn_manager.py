@@ -631,6 +631,7 @@ class ActiveStream:
         random_value = self.random_value = random.getrandbits(63)
         route = self.route_table.route(headers, random_value)
         if route is not None:
+            info.route = route
             info.route_name = route.name or None
             # %UPSTREAM_CLUSTER% once routed: the route's cluster if it exists (_known_cluster).
             name = route.cluster_name
@@ -684,6 +685,7 @@ class ActiveStream:
         headers = self.request_headers
         route = self.route_table.route(headers, self.random_value)
         info = self.info
+        info.route = route
         info.route_name = route.name or None if route is not None else None
         info.upstream_cluster = self._known_cluster(route) if route is not None else None
         if route is not None and (
@@ -1032,6 +1034,7 @@ class ActiveStream:
         config = self.manager.config
         route = self.route_table.route(headers, self.random_value)
         info = self.info
+        info.route = route
         info.route_name = route.name or None if route is not None else None
         info.upstream_cluster = self._known_cluster(route) if route is not None else None
         if route is not None and (

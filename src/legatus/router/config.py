@@ -28,10 +28,10 @@ A CONNECT request (no ``:path``) is matched only by routes with a ``connect_matc
 match nothing else; ``RouteAction.upgrade_configs`` are compiled by upgrade.py.
 
 Not implemented yet, and refused by name when set: VHDS, ``vhost_header``,
-``internal_only_headers``, cluster specifier plugins, request mirroring, metadata;
-virtual host ``matcher`` trees, ``require_tls``, ``virtual_clusters`` (their
-``vhost.<vh>.vcluster.<vc>.*`` stats), CORS;
-route ``decorator``, ``tracing``, ``stat_prefix``, ``metadata``, filter/non-forwarding
+``internal_only_headers``, cluster specifier plugins, the route configuration's
+``request_mirror_policies``; virtual host ``matcher`` trees, ``require_tls``,
+``virtual_clusters`` (their ``vhost.<vh>.vcluster.<vc>.*`` stats), CORS;
+route ``decorator``, ``tracing``, ``stat_prefix``, filter/non-forwarding
 actions; and, in RouteMatch/RouteAction, what matchers.py and action.py list.
 ``typed_per_filter_config`` is compiled by the HTTP filter that owns each entry's type
 (per_filter_config.py).
@@ -47,6 +47,8 @@ from typing import Any
 
 from legatus.common.matchers import ascii_lower
 from legatus.config.errors import ConfigError, join_path
+from legatus.config.metadata import EMPTY as NO_METADATA
+from legatus.config.metadata import compile_metadata
 from legatus.config.supported import check_supported
 from legatus.router.action import (
     DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE,
@@ -103,9 +105,11 @@ _VIRTUAL_HOST_FIELDS = (
     "response_headers_to_remove",
     "typed_per_filter_config",
     "rate_limits",
+    "metadata",
 )
 _ROUTE_FIELDS = (
     "name",
+    "metadata",
     "match",
     "route",
     "redirect",
@@ -220,6 +224,7 @@ class Route:
     request_headers: tuple[HeaderMutations, ...] = ()
     response_headers: tuple[HeaderMutations, ...] = ()
     typed_per_filter_config: PerFilterConfig = field(default_factory=lambda: NO_PER_FILTER_CONFIG)
+    metadata: Mapping = field(default_factory=lambda: NO_METADATA)  # %METADATA(ROUTE:...)%
     static_match: RouteMatch | None = None  # prebuilt answer when nothing varies per request
     weighted_matches: tuple[RouteMatch | None, ...] = ()  # prebuilt per named weighted cluster
     # Derived when built, for the router's common path (router.py). ``request_as_is``: the
@@ -276,6 +281,7 @@ class VirtualHost:
         "include_request_attempt_count",
         "leading_match",
         "leading_prefix",
+        "metadata",
         "name",
         "rate_limit_policy",
         "routes",
@@ -298,6 +304,7 @@ class VirtualHost:
         self.typed_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
         self.table_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
         self.rate_limit_policy = EMPTY_POLICY  # rate_limits (rate_limit_policy.py)
+        self.metadata: Mapping = NO_METADATA  # filter_metadata (%METADATA(VIRTUAL_HOST:...)%)
 
     def set_routes(self, routes: tuple[Route, ...]) -> None:
         """The routes, in order. When the first one matches on a case-sensitive prefix alone
@@ -529,6 +536,8 @@ class _Builder:
             ignore_path_parameters=self.ignore_path_parameters,
         )
         virtual_host.typed_per_filter_config = _per_filter(proto, self.context, path)
+        if proto.HasField("metadata"):
+            virtual_host.metadata = compile_metadata(proto.metadata, join_path(path, "metadata"))
         virtual_host.include_request_attempt_count = proto.include_request_attempt_count
         virtual_host.include_attempt_count_in_response = proto.include_attempt_count_in_response
         virtual_host.rate_limit_policy = compile_rate_limit_policy(
@@ -620,6 +629,9 @@ class _Builder:
             request_headers=self._levels(route_request, vh_request, self.table_request),
             response_headers=self._levels(route_response, vh_response, self.table_response),
             typed_per_filter_config=_per_filter(proto, self.context, path),
+            metadata=compile_metadata(proto.metadata, join_path(path, "metadata"))
+            if proto.HasField("metadata")
+            else NO_METADATA,
         )
         if isinstance(action, RouteAction) and action.weighted_clusters is not None:
             for k, (cluster, cluster_proto) in enumerate(

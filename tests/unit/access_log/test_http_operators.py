@@ -434,3 +434,35 @@ def test_omit_empty_values_in_the_compiled_format():
     assert fmt("[%REQ(A)%][%PROTOCOL%][%BYTES_SENT%]", omit_empty_values=True) == "[][HTTP/1.1][0]"
     assert fmt("", omit_empty_values=True) == ""
     assert fmt("only text") == "only text"
+
+
+# METADATA ---------------------------------------------------------------------------------
+
+
+def test_metadata_of_the_route_and_its_virtual_host():
+    from types import SimpleNamespace
+
+    route = SimpleNamespace(
+        route=SimpleNamespace(metadata={"acme": {"tier": "gold", "n": 1000000.0}}),
+        virtual_host=SimpleNamespace(metadata={"team": {"name": "core"}}),
+    )
+    info = http_info(route=route, dynamic_metadata={"ns": {"k": "v"}})
+    text = "%METADATA(ROUTE:acme:tier)%|%METADATA(ROUTE:acme)%|%METADATA(VIRTUAL_HOST:team)%"
+    assert fmt(text, info) == 'gold|{"n":1e+06,"tier":"gold"}|{"name":"core"}'
+    assert fmt("%METADATA(DYNAMIC:ns:k)%|%METADATA(ROUTE:acme:tier):2%", info) == "v|go"
+    assert fmt("%METADATA(ROUTE:acme)%|%METADATA(VIRTUAL_HOST:team)%", http_info()) == "-|-"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("%METADATA(CLUSTER:ns)%", "%METADATA(CLUSTER:...)% is not implemented by legatus yet"),
+        ("%METADATA(UPSTREAM_HOST:ns)%", "not implemented by legatus yet"),
+        ("%METADATA(route:ns)%", "route is not supported type of metadata"),  # real Envoy
+        ("%METADATA()%", " is not supported type of metadata"),  # real Envoy
+    ],
+)
+def test_metadata_types_not_implemented_or_unknown_are_refused(text, says):
+    with pytest.raises(ConfigError) as e:
+        compile_format(text, "f")
+    assert says in str(e.value)

@@ -49,7 +49,6 @@ def test_route_configuration_fields_refused_by_name(field, value):
         ("require_tls", "ALL"),
         ("cors", {}),
         ("per_request_buffer_limit_bytes", 10),
-        ("metadata", {"filter_metadata": {"a": {}}}),
         (
             "matcher",
             {
@@ -72,7 +71,6 @@ def test_virtual_host_fields_refused_by_name(field, value):
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("metadata", {"filter_metadata": {"a": {}}}),
         ("decorator", {"operation": "op"}),
         ("tracing", {}),
         ("stat_prefix", "s"),

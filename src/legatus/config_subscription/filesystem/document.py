@@ -16,6 +16,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
+from legatus.config.bootstrap import load_yaml
 from legatus.config.errors import ConfigError
 from legatus.config_subscription.rest.response import UnknownFieldPolicy, parse_response
 
@@ -46,7 +47,7 @@ def load_response(
         return response
     if lower.endswith((".yaml", ".yml")):
         try:
-            document = yaml.safe_load(text)
+            document = load_yaml(text)  # as Envoy reads YAML (floats kept as written)
         except yaml.YAMLError as e:
             raise ConfigError("", f"in {path}, unable to parse YAML: {e}") from None
         if document is None:

@@ -1,0 +1,63 @@
+"""Route and virtual-host ``metadata`` and ``%METADATA(...)%``, Envoy against legatus: the
+metadata reaches headers the route adds (the access-log formatter writes them), so both the
+upstream's view and the client's are compared."""
+
+from __future__ import annotations
+
+from tests.differential.http_scenario import (  # noqa: F401 (fixtures)
+    Cluster,
+    Listener,
+    http_pair_fixture,
+    http_pair_processes_fixture,
+    scenario,
+)
+
+VHOST_METADATA = {"filter_metadata": {"team": {"name": "core", "size": 1000000}}}
+ROUTE_METADATA = {"filter_metadata": {
+    "acme": {"tier": "gold", "limits": {"rps": 50, "burst": 2.5, "big": 123456789012345},
+             "tags": ["a", True, None, 0.25]},
+}}  # fmt: skip
+
+
+def _add(name: str, value: str) -> dict:
+    return {"header": {"key": name, "value": value}}
+
+
+REQUEST_HEADERS = [
+    _add("x-tier", "%METADATA(ROUTE:acme:tier)%"),
+    _add("x-limits", "%METADATA(ROUTE:acme:limits)%"),
+    _add("x-rps", "%METADATA(ROUTE:acme:limits:rps)%"),
+    _add("x-tags", "%METADATA(ROUTE:acme:tags)%"),
+    _add("x-short", "%METADATA(ROUTE:acme):12%"),
+    _add("x-team", "%METADATA(VIRTUAL_HOST:team)%"),
+    _add("x-missing", "[%METADATA(ROUTE:acme:nope)%]"),
+    _add("x-dynamic", "[%METADATA(DYNAMIC:acme)%]"),
+]
+VIRTUAL_HOSTS = [{
+    "name": "meta", "domains": ["*"], "metadata": VHOST_METADATA,
+    "response_headers_to_add": [_add("x-vhost-team", "%METADATA(VIRTUAL_HOST:team:name)%"),
+                                _add("x-route-tier", "%METADATA(ROUTE:acme:tier)%")],
+    "routes": [
+        {"match": {"prefix": "/plain"}, "route": {"cluster": "meta"}},
+        {"match": {"prefix": "/direct"}, "metadata": ROUTE_METADATA,
+         "direct_response": {"status": 200, "body": {"inline_string": "ok"}}},
+        {"match": {"prefix": "/"}, "metadata": ROUTE_METADATA, "route": {"cluster": "meta"},
+         "request_headers_to_add": REQUEST_HEADERS},
+    ],
+}]  # fmt: skip
+
+
+@scenario(Listener(name="meta", virtual_hosts=VIRTUAL_HOSTS), Cluster(name="meta"))
+def test_route_and_virtual_host_metadata_in_headers(http_pair):
+    def traffic(side):
+        return [r.view() for r in (
+            side.request("meta", "GET", "/"),
+            side.request("meta", "GET", "/plain"),
+            side.request("meta", "GET", "/direct"),
+        )]  # fmt: skip
+
+    out = http_pair.run(traffic)
+    seen = dict(h.split(": ", 1) for h in out.envoy.upstream[0]["headers"] if ": " in h)
+    assert seen["x-tier"] == "gold"
+    assert seen["x-team"] == '{"name":"core","size":1e+06}'
+    out.assert_same()
