@@ -51,6 +51,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -106,7 +107,8 @@ def _response(body: bytes, content_length: int | None = None) -> bytes:
 
 
 def role_upstream(argv: list[str]) -> None:
-    """uvloop + httptools keep-alive server on a free port; prints ``{"port": p}``.
+    """uvloop + httptools keep-alive server on ``--ports`` free ports (one process: the
+    hosts of a cluster); prints ``{"port": <the first>, "ports": [...]}``.
 
     ``/<n>`` for n in --sizes: a fixed body of n bytes; ``/bulk/upload``: reads and discards
     the request body, answers its length; ``/bulk/download/<n>``: streams n bytes, writing
@@ -114,6 +116,7 @@ def role_upstream(argv: list[str]) -> None:
     """
     p = argparse.ArgumentParser(prog="_upstream")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    p.add_argument("--ports", type=int, default=1)
     a = p.parse_args(argv)
 
     import httptools
@@ -192,9 +195,13 @@ def role_upstream(argv: list[str]) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Upstream, HOST, 0, backlog=4096, reuse_address=True)
-        print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
-        await server.serve_forever()
+        servers = [
+            await loop.create_server(Upstream, HOST, 0, backlog=4096, reuse_address=True)
+            for _ in range(a.ports)
+        ]
+        ports = [s.sockets[0].getsockname()[1] for s in servers]
+        print(json.dumps({"port": ports[0], "ports": ports}), flush=True)
+        await asyncio.gather(*(s.serve_forever() for s in servers))
 
     uvloop.run(main())
 
@@ -338,8 +345,7 @@ http {{
   open_file_cache max=16;
   default_type application/octet-stream;
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    root {d}/www;
+{listen}    root {d}/www;
     location / {{ }}
   }}
 }}
@@ -463,21 +469,36 @@ class Http1Bench(Bench):
 
     # processes ------------------------------------------------------------------------------
 
-    def start_upstreams(self) -> tuple[int, int]:
-        """(port of the upstream measured with wrk, port of the streaming upstream)."""
-        stream = self.start_upstream()["port"]
+    def start_upstreams(self, hosts: int) -> tuple[tuple[int, ...], int]:
+        """(the ports of the ``hosts`` upstream hosts measured with wrk, the port of the
+        streaming upstream). The plain route uses the first host; the traffic variant's
+        cluster all of them. With ``--host-processes shared`` (the default) one upstream
+        process listens on every host's port, so that the load CPU runs the same processes
+        whichever variant is measured; ``own`` starts one process per host."""
+        shared = self.args.host_processes == "shared"
+        first = self.start_upstream("--ports", str(hosts if shared else 1))
+        stream = first["port"]
         if self.args.upstream == "python":
-            return stream, stream
-        d = self.tmp / "nginx"
+            ports = first["ports"] if shared else [stream]
+            ports += [self.start_upstream()["port"] for _ in range(hosts - len(ports))]
+            return tuple(ports), stream
+        n = 1 if not shared else hosts
+        ports = [self.start_nginx(free_ports(n)) for _ in range(hosts // n)]
+        return tuple(p for group in ports for p in group), stream
+
+    def start_nginx(self, ports: list[int]) -> list[int]:
+        """An nginx (one worker) serving the fixed bodies on ``ports``."""
+        d = Path(tempfile.mkdtemp(prefix="nginx-", dir=self.tmp))
         (d / "www").mkdir(parents=True)
         for n in SIZES:
             (d / "www" / str(n)).write_bytes(b"x" * n)
-        port = free_ports(1)[0]
-        (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port))
+        listen = "".join(f"    listen 127.0.0.1:{port} backlog=4096;\n" for port in ports)
+        (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, listen=listen))
         self.tmp.chmod(0o755)  # nginx may read its files as another user
+        d.chmod(0o755)
         cmd = [self.args.nginx_bin, "-p", str(d), "-c", str(d / "nginx.conf"),
                "-e", str(d / "error.log")]  # fmt: skip
-        log_path = self.tmp / "nginx.log"
+        log_path = d / "nginx.log"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
                 self.pin(self.args.load_cpu, cmd),
@@ -488,10 +509,11 @@ class Http1Bench(Bench):
         proc = Proc("nginx", popen, log_path)
         self.procs.append(proc)
         try:
-            self.wait_http(proc, port)
+            for port in ports:
+                self.wait_http(proc, port)
         except NotSupported as e:
             raise RuntimeError(f"nginx did not start: {e}") from None
-        return port, stream
+        return ports
 
     def command(self, name: str, cfg: Path) -> list[str]:
         a = self.args
@@ -748,7 +770,9 @@ class Http1Bench(Bench):
     def run(self) -> dict:
         a = self.args
         os.sched_setaffinity(0, {a.load_cpu})
-        self.upstream_port, self.stream_port = self.start_upstreams()
+        hosts = 3 if "traffic" in (a.variants.split(",")) else 1
+        ports, self.stream_port = self.start_upstreams(hosts)
+        self.upstream_port, more = ports[0], ports[1:]
         self.listen, self.bulk_listen = free_ports(2)
         self.access_log = self.tmp / "access.log"  # one proxy runs at a time
         self.cfg: dict[str, Path] = {}
@@ -758,9 +782,6 @@ class Http1Bench(Bench):
             raise RuntimeError(f"unknown --variants {unknown}: choose from {list(VARIANTS)}")
         if a.skip_access_log:
             variants = [v for v in variants if v != "accesslog"]
-        more: tuple[int, ...] = ()
-        if "traffic" in variants:  # two more hosts: the traffic variant's cluster has three
-            more = tuple(self.start_upstreams()[0] for _ in range(2))
         for variant in variants:
             log = self.access_log if variant == "accesslog" else None
             self.cfg[variant] = self.tmp / f"bootstrap-{variant}.yaml"
@@ -1199,6 +1220,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=("python", "nginx"),
         default="python",
         help="server of the fixed bodies (bulk runs always use the Python upstream)",
+    )
+    p.add_argument(
+        "--host-processes",
+        choices=("shared", "own"),
+        default="shared",
+        help="the traffic variant's 3 upstream hosts: ports of one upstream process, as the "
+        "plain route's host (the load CPU runs the same processes for both), or one process "
+        "each",
     )
     p.add_argument(
         "--legatus-cmd",

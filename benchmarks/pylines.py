@@ -107,17 +107,17 @@ def h2load(args: argparse.Namespace, port: int, n: int) -> None:
 
 def measure(args: argparse.Namespace, tmp: Path) -> list[list]:
     ports = free_ports(4)
+    # One upstream process holds the 3 hosts of the traffic variant (as in http1.py).
     upstreams = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "http1.py"), "_upstream"],
+            [sys.executable, str(HERE / "http1.py"), "_upstream", "--ports", "3"],
             stdout=subprocess.PIPE,
             text=True,
         )
-        for _ in range(3)
     ]
     legatus = None
     try:
-        upstream_ports = [json.loads(p.stdout.readline())["port"] for p in upstreams]
+        upstream_ports = json.loads(upstreams[0].stdout.readline())["ports"]
         config = tmp / "bootstrap.yaml"
         log = tmp / "access.log" if args.variant == "accesslog" else None
         write_bootstrap(

@@ -515,8 +515,8 @@ class Bench:
             raise RuntimeError(f"{role} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    def start_upstream(self) -> dict[str, int]:
-        p = subprocess.Popen(self.helper("_upstream"), stdout=subprocess.PIPE, text=True)
+    def start_upstream(self, *argv: str) -> dict:
+        p = subprocess.Popen(self.helper("_upstream", *argv), stdout=subprocess.PIPE, text=True)
         self.procs.append(Proc("upstream", p))
         line = p.stdout.readline()  # type: ignore[union-attr]
         if not line:
