@@ -164,10 +164,19 @@ class Cluster:
     endpoint: str = "up"
     extra: dict = field(default_factory=dict)
     hostname: str | None = None  # the endpoint's hostname (auto_host_rewrite uses it)
+    # One endpoint per priority, P0 first ("up" or "refused"), instead of ``endpoint``.
+    priorities: tuple[str, ...] = ()
 
     def config(self, upstream_port: int, refused_port: int) -> dict:
         assignment: dict = {"cluster_name": self.name}
-        if self.endpoint != "none":
+        if self.priorities:
+            assignment["endpoints"] = [
+                {"priority": p, "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1",
+                    "port_value": upstream_port if kind == "up" else refused_port}}}}]}
+                for p, kind in enumerate(self.priorities)
+            ]  # fmt: skip
+        elif self.endpoint != "none":
             port = upstream_port if self.endpoint == "up" else refused_port
             endpoint: dict = {"address": {"socket_address": {
                 "address": "127.0.0.1", "port_value": port}}}  # fmt: skip

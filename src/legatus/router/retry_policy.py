@@ -21,7 +21,8 @@ ignored in the header, as in Envoy):
   or a GOAWAY that left it out: never processed, so safe to retry).
 
 The gRPC conditions (``cancelled``, ``deadline-exceeded``... and ``x-envoy-retry-grpc-on``)
-wait for HTTP/2. Not supported yet, and refused by name: ``retry_priority``,
+wait for HTTP/2. ``retry_priority``: ``envoy.retry_priorities.previous_priorities``
+(retry_priority.py), the one Envoy has. Not supported yet, and refused by name:
 ``retry_options_predicates``, ``rate_limited_retry_back_off``, retry host predicates other
 than ``envoy.retry_host_predicates.previous_hosts``.
 
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 
 from legatus.common.matchers import HeaderMatcher
 from legatus.config.errors import ConfigError, join_path
+from legatus.config.proto_json import message_class, type_name
 from legatus.config.supported import check_supported
 
 
@@ -71,9 +73,13 @@ _GRPC_NAMES = frozenset(
 _FIELDS = (
     "retry_on", "num_retries", "per_try_timeout", "per_try_idle_timeout",
     "retry_host_predicate", "host_selection_retry_max_attempts", "retriable_status_codes",
-    "retry_back_off", "retriable_headers", "retriable_request_headers",
+    "retry_back_off", "retriable_headers", "retriable_request_headers", "retry_priority",
 )  # fmt: skip
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
+_PREVIOUS_PRIORITIES_TYPE = (
+    "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
+)
 _PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 DEFAULT_BASE_INTERVAL = 0.025  # seconds (runtime upstream.base_retry_backoff_ms)
 
@@ -107,6 +113,8 @@ class RetryPolicy:
     max_interval: float = 10 * DEFAULT_BASE_INTERVAL
     previous_hosts: bool = False  # the previous_hosts retry host predicate
     host_selection_max_attempts: int = 1
+    # The previous_priorities retry priority's update_frequency; 0: no retry priority.
+    previous_priorities: int = 0
 
 
 EMPTY_POLICY = RetryPolicy(retry_on=0)
@@ -142,14 +150,19 @@ def compile_retry_policy(proto, path: str) -> RetryPolicy:
     previous_hosts = False
     for i, predicate in enumerate(proto.retry_host_predicate):
         ppath = f"{join_path(path, 'retry_host_predicate')}[{i}]"
-        type_name = predicate.typed_config.type_url.rsplit("/", 1)[-1]
-        if predicate.name != PREVIOUS_HOSTS and type_name != _PREVIOUS_HOSTS_TYPE:
+        predicate_type = type_name(predicate.typed_config.type_url)
+        if predicate.name != PREVIOUS_HOSTS and predicate_type != _PREVIOUS_HOSTS_TYPE:
             raise ConfigError(
                 ppath,
                 f"retry host predicate '{predicate.name}' is not supported by legatus "
                 f"(only {PREVIOUS_HOSTS})",
             )
         previous_hosts = True
+    previous_priorities = (
+        _previous_priorities(proto.retry_priority, join_path(path, "retry_priority"))
+        if proto.HasField("retry_priority")
+        else 0
+    )
     base = DEFAULT_BASE_INTERVAL
     maximum = None
     if proto.HasField("retry_back_off"):
@@ -183,4 +196,24 @@ def compile_retry_policy(proto, path: str) -> RetryPolicy:
         max_interval=maximum if maximum is not None else 10 * base,
         previous_hosts=previous_hosts,
         host_selection_max_attempts=max(1, proto.host_selection_retry_max_attempts or 1),
+        previous_priorities=previous_priorities,
     )
+
+
+def _previous_priorities(proto, path: str) -> int:
+    """The ``update_frequency`` of an ``envoy.retry_priorities.previous_priorities`` (the one
+    retry priority Envoy has; router/retry_priority.py)."""
+    name = type_name(proto.typed_config.type_url) if proto.HasField("typed_config") else ""
+    if name != _PREVIOUS_PRIORITIES_TYPE:
+        raise ConfigError(
+            path,
+            f"retry priority '{proto.name}' is not supported by legatus (only "
+            f"{PREVIOUS_PRIORITIES} with {_PREVIOUS_PRIORITIES_TYPE})",
+        )
+    config = message_class(name)()
+    proto.typed_config.Unpack(config)
+    where = join_path(path, "typed_config")
+    check_supported(config, ("update_frequency",), where, "PreviousPrioritiesConfig")
+    if config.update_frequency <= 0:
+        raise ConfigError(join_path(where, "update_frequency"), "must be greater than 0")
+    return config.update_frequency

@@ -48,6 +48,7 @@ class RetryState:
     # Per-request state starts from these class-level defaults: a request writes only what it
     # changes (one per request of a route with retries, so its construction is on the hot path).
     previous_hosts: tuple = ()  # the hosts of the tries so far (the previous_hosts predicate)
+    priority = None  # the retry priority's state (retry_priority.py), made by the first retry
     retriable_status_codes: frozenset[int] | None = None  # None: the policy's
     retriable_headers: tuple | None = None  # None: the policy's
     # The lowest status code whose response needs judging (``concerns``): 0 while a retry is

@@ -14,6 +14,7 @@ from __future__ import annotations
 from legatus.conn_pool import StreamResetReason
 from legatus.http.headers import HeaderMap
 from legatus.http.local_reply import ENVOY_LOCAL_REPLIES
+from legatus.router.retry_priority import PreviousPriorities
 from legatus.router.retry_state import RetryState, RetryStatus
 from legatus.router.upstream_request import UpstreamRequest
 from legatus.stream_info import ResponseFlag as F
@@ -186,12 +187,18 @@ class Tries:
         retry = self.retry_state
         cluster = self.cluster
         hash_ctx = self.hash_ctx
-        host = cluster.choose_host(hash_ctx)
+        priority_load = None
+        frequency = retry.policy.previous_priorities
+        if frequency:  # the retry priority: off the priorities tried so far
+            if retry.priority is None:
+                retry.priority = PreviousPriorities(frequency)
+            priority_load = retry.priority.for_attempts(retry.previous_hosts)
+        host = cluster.choose_host(hash_ctx, priority_load=priority_load)
         attempts = retry.policy.host_selection_max_attempts
         attempt = 0
         while host is not None and attempt < attempts and retry.host_rejected(host):
             attempt += 1  # a hashing balancer moves off the hashed host with each attempt
-            host = cluster.choose_host(hash_ctx, attempt=attempt)
+            host = cluster.choose_host(hash_ctx, attempt=attempt, priority_load=priority_load)
         cb = self.decoder_callbacks
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
@@ -204,7 +211,11 @@ class Tries:
             return
         self.host = host
         self.attempts += 1
-        cb.stream_info.upstream_request_attempt_count = self.attempts
+        info = cb.stream_info
+        info.upstream_request_attempt_count = self.attempts
+        # Each try has its own upstream info in Envoy: an earlier try's transport failure is
+        # not this one's (%UPSTREAM_TRANSPORT_FAILURE_REASON% shows the last try's).
+        info.upstream_transport_failure_reason = None
         headers = self.request_headers
         if self.route.virtual_host.include_request_attempt_count:
             headers.set("x-envoy-attempt-count", str(self.attempts))

@@ -247,14 +247,15 @@ class ThreadLocalCluster:
             previous=previous,
         )
 
-    def choose_host(self, context=None, attempt: int = 0) -> Host | None:
+    def choose_host(self, context=None, attempt: int = 0, priority_load=None) -> Host | None:
         """The host for a request, or None (no healthy upstream).
 
         ``context``: a ``legatus.router.hash_policy.HashContext`` for hashing balancers (see
         ``hashing``); ignored by the others. ``attempt``: 0 for a first pick, n for the n-th
         pick of the same request after a host was rejected (RING_HASH / MAGLEV then move off
-        the host the hash points at, as Envoy does)."""
-        return self.lb.choose(context, attempt)
+        the host the hash points at, as Envoy does). ``priority_load``: a retry's priority
+        load (``legatus.router.retry_priority``)."""
+        return self.lb.choose(context, attempt, priority_load)
 
     def refresh_health(self) -> None:
         """Rebuild the balancing after the hosts' ``health_flags`` changed.

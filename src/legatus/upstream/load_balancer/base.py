@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from legatus.upstream.host import Host
 from legatus.upstream.lb_config import LbConfig
 from legatus.upstream.load_balancer.edf import EdfScheduler
-from legatus.upstream.load_balancer.priority_set import HostSet, PrioritySet
+from legatus.upstream.load_balancer.priority_set import HostSet, PrioritySet, choose_priority
 
 # Source kinds (Envoy's HostsSource::SourceType).
 ALL_HOSTS = 0
@@ -85,21 +85,26 @@ class EdfFamilyBalancer:
         fixed = self._fixed
         return self.choose if fixed is None else fixed.pick
 
-    def choose(self, context=None, attempt: int = 0) -> Host | None:
-        """A host, or None when the source chosen has none (Envoy's chooseHost)."""
+    def choose(self, context=None, attempt: int = 0, priority_load=None) -> Host | None:
+        """A host, or None when the source chosen has none (Envoy's chooseHost).
+
+        ``priority_load``: a retry priority (``router/retry_priority.py``), called with the
+        priority set; the (healthy, degraded) loads it returns replace the set's own for
+        this pick (Envoy's LoadBalancerContext::determinePriorityLoad)."""
         fixed = self._fixed
-        if fixed is not None:
+        loads = None if priority_load is None else priority_load(self._set)
+        if fixed is not None and loads is None:
             return fixed.pick()
         r = self._rng.getrandbits(64)
-        source = self._source(r)
+        source = self._source(r, loads)
         picker = self._pickers.get(source)
         if picker is None:
             picker = self._picker(source)
         return picker.pick(r)
 
-    def _source(self, r: int) -> Source:
+    def _source(self, r: int, loads=None) -> Source:
         ps = self._set
-        p, degraded = ps.choose_priority(r)
+        p, degraded = ps.choose_priority(r) if loads is None else choose_priority(*loads, r)
         if ps.panic[p]:
             self._stats.lb_healthy_panic.inc()
             return (p, ALL_HOSTS, 0)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 from legatus.upstream.host import Host
 from legatus.upstream.lb_config import LbConfig
-from legatus.upstream.load_balancer.priority_set import HostSet, PrioritySet
+from legatus.upstream.load_balancer.priority_set import HostSet, PrioritySet, choose_priority
 
 Normalized = list[tuple[Host, float]]
 
@@ -92,12 +92,17 @@ class HashingBalancer:
         """``choose()`` as one call (a pick without a request to hash: a random point)."""
         return self.choose
 
-    def choose(self, context=None, attempt: int = 0) -> Host | None:
+    def choose(self, context=None, attempt: int = 0, priority_load=None) -> Host | None:
+        """``priority_load``: as for the other balancers (base.py)."""
         h = context.compute_hash_key(self._policy) if context is not None else None
         if h is None:
             h = self._rng.getrandbits(64)
         levels = self._levels
-        p = 0 if len(levels) == 1 else self._set.choose_priority(h)[0]
+        loads = None if priority_load is None else priority_load(self._set)
+        if loads is not None:
+            p = choose_priority(*loads, h)[0]
+        else:
+            p = 0 if len(levels) == 1 else self._set.choose_priority(h)[0]
         if self._panic[p]:
             self._stats.lb_healthy_panic.inc()
         return levels[p].choose(h, attempt)

@@ -92,7 +92,8 @@ def _partition(hosts: Iterable[Host]) -> tuple[tuple[Host, ...], ...]:
 class PrioritySet:
     """The host sets and the per-level loads and panic flags computed from them."""
 
-    __slots__ = ("degraded_load", "healthy_load", "host_sets", "panic")
+    __slots__ = ("degraded_availability", "degraded_load", "health_availability",
+                 "healthy_load", "host_sets", "panic")  # fmt: skip
 
     def __init__(
         self,
@@ -122,6 +123,9 @@ class PrioritySet:
                 continue
             health[i] = min(100, overprovisioning_factor * healthy_w // total)
             degraded[i] = min(100, overprovisioning_factor * degraded_w // total)
+        # Each level's availability (0-100), kept for retry priorities (retry_priority.py).
+        self.health_availability = tuple(health)
+        self.degraded_availability = tuple(degraded)
         self.healthy_load = [0] * n
         self.degraded_load = [0] * n
         available = min(100, sum(health) + sum(degraded))
@@ -164,17 +168,22 @@ class PrioritySet:
 
     def choose_priority(self, h: int) -> tuple[int, bool]:
         """The level for the 64-bit ``h`` and whether it is to use its degraded hosts."""
-        h = h % 100 + 1
-        acc = 0
-        for i, load in enumerate(self.healthy_load):
-            acc += load
-            if h <= acc:
-                return i, False
-        for i, load in enumerate(self.degraded_load):
-            acc += load
-            if h <= acc:
-                return i, True
-        return 0, False  # loads always add up to 100
+        return choose_priority(self.healthy_load, self.degraded_load, h)
+
+
+def choose_priority(healthy_load, degraded_load, h: int) -> tuple[int, bool]:
+    """The level the loads give the 64-bit ``h``, and whether it is a degraded share."""
+    h = h % 100 + 1
+    acc = 0
+    for i, load in enumerate(healthy_load):
+        acc += load
+        if h <= acc:
+            return i, False
+    for i, load in enumerate(degraded_load):
+        acc += load
+        if h <= acc:
+            return i, True
+    return 0, False  # loads always add up to 100
 
 
 def _distribute(
