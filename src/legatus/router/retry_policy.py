@@ -20,8 +20,11 @@ ignored in the header, as in Envoy):
 - ``refused-stream``: an HTTP/2 upstream refused the stream (RST_STREAM REFUSED_STREAM,
   or a GOAWAY that left it out: never processed, so safe to retry).
 
-The gRPC conditions (``cancelled``, ``deadline-exceeded``... and ``x-envoy-retry-grpc-on``)
-wait for HTTP/2. ``retry_priority``: ``envoy.retry_priorities.previous_priorities``
+The gRPC conditions, in a policy's ``retry_on`` or an internal request's
+``x-envoy-retry-grpc-on`` (not in ``x-envoy-retry-on``): ``cancelled``, ``deadline-exceeded``,
+``internal``, ``resource-exhausted`` and ``unavailable`` retry a response whose headers carry
+that ``grpc-status`` (a trailers-only answer; the status of trailers comes too late, as in
+Envoy). ``retry_priority``: ``envoy.retry_priorities.previous_priorities``
 (retry_priority.py), the one Envoy has. Not supported yet, and refused by name:
 ``retry_options_predicates``, ``rate_limited_retry_back_off``, retry host predicates other
 than ``envoy.retry_host_predicates.previous_hosts``.
@@ -54,6 +57,12 @@ class RetryOn(enum.IntFlag):
     RETRIABLE_HEADERS = 0x40
     RESET = 0x80
     ENVOY_RATE_LIMITED = 0x100
+    # gRPC statuses of a trailers-only response (grpc-status in the response headers)
+    GRPC_CANCELLED = 0x200
+    GRPC_DEADLINE_EXCEEDED = 0x400
+    GRPC_RESOURCE_EXHAUSTED = 0x800
+    GRPC_UNAVAILABLE = 0x1000
+    GRPC_INTERNAL = 0x2000
 
 
 _NAMES = {
@@ -67,9 +76,23 @@ _NAMES = {
     "reset": RetryOn.RESET,
     "envoy-ratelimited": RetryOn.ENVOY_RATE_LIMITED,
 }
-_GRPC_NAMES = frozenset(
-    {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
-)
+_GRPC_NAMES = {
+    "cancelled": RetryOn.GRPC_CANCELLED,
+    "deadline-exceeded": RetryOn.GRPC_DEADLINE_EXCEEDED,
+    "internal": RetryOn.GRPC_INTERNAL,
+    "resource-exhausted": RetryOn.GRPC_RESOURCE_EXHAUSTED,
+    "unavailable": RetryOn.GRPC_UNAVAILABLE,
+}
+# grpc-status code -> the condition that retries it
+GRPC_STATUS_FLAGS = {
+    1: int(RetryOn.GRPC_CANCELLED),
+    4: int(RetryOn.GRPC_DEADLINE_EXCEEDED),
+    8: int(RetryOn.GRPC_RESOURCE_EXHAUSTED),
+    13: int(RetryOn.GRPC_INTERNAL),
+    14: int(RetryOn.GRPC_UNAVAILABLE),
+}
+GRPC_ANY = sum(GRPC_STATUS_FLAGS.values())
+_ALL_NAMES = {**_NAMES, **_GRPC_NAMES}  # a policy's retry_on takes both kinds
 _FIELDS = (
     "retry_on", "num_retries", "per_try_timeout", "per_try_idle_timeout",
     "retry_host_predicate", "host_selection_retry_max_attempts", "retriable_status_codes",
@@ -84,20 +107,27 @@ _PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHo
 DEFAULT_BASE_INTERVAL = 0.025  # seconds (runtime upstream.base_retry_backoff_ms)
 
 
-def parse_retry_on(text: str) -> tuple[int, list[str]]:
-    """The flags a comma-separated ``retry_on`` names, and the names it does not know."""
+def parse_retry_on(text: str, names=_NAMES) -> tuple[int, list[str]]:
+    """The flags a comma-separated ``retry_on`` names, and the names it does not know
+    (``names``: the HTTP conditions, as ``x-envoy-retry-on`` takes them; ``_GRPC_NAMES`` for
+    ``x-envoy-retry-grpc-on``)."""
     flags = 0
     unknown = []
     for token in text.split(","):
         token = token.strip(" \t")
         if not token:
             continue
-        flag = _NAMES.get(token)
+        flag = names.get(token)
         if flag is None:
             unknown.append(token)
         else:
             flags |= int(flag)
     return flags, unknown
+
+
+def parse_retry_grpc_on(text: str) -> int:
+    """The gRPC conditions ``x-envoy-retry-grpc-on`` names (unknown names are ignored)."""
+    return parse_retry_on(text, _GRPC_NAMES)[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,13 +169,8 @@ def _seconds(d) -> float:
 
 def compile_retry_policy(proto, path: str) -> RetryPolicy:
     check_supported(proto, _FIELDS, path, "RetryPolicy")
-    flags, unknown = parse_retry_on(proto.retry_on)
+    flags, unknown = parse_retry_on(proto.retry_on, _ALL_NAMES)
     for name in unknown:
-        if name in _GRPC_NAMES:
-            raise ConfigError(
-                join_path(path, "retry_on"),
-                f"retry_on '{name}' (a gRPC condition) is not supported by legatus yet",
-            )
         raise ConfigError(join_path(path, "retry_on"), f"invalid retry policy: {name}")
     previous_hosts = False
     for i, predicate in enumerate(proto.retry_host_predicate):

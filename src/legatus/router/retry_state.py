@@ -20,7 +20,14 @@ from __future__ import annotations
 
 import enum
 
-from legatus.router.retry_policy import RetryOn, RetryPolicy, parse_retry_on
+from legatus.router.retry_policy import (
+    GRPC_ANY,
+    GRPC_STATUS_FLAGS,
+    RetryOn,
+    RetryPolicy,
+    parse_retry_grpc_on,
+    parse_retry_on,
+)
 
 
 class RetryStatus(enum.Enum):
@@ -40,7 +47,9 @@ _RETRIABLE_STATUS_CODES = int(RetryOn.RETRIABLE_STATUS_CODES)
 _RETRIABLE_HEADERS = int(RetryOn.RETRIABLE_HEADERS)
 _ENVOY_RATE_LIMITED = int(RetryOn.ENVOY_RATE_LIMITED)
 _5XX_LIKE = int(RetryOn.FIVE_XX | RetryOn.GATEWAY_ERROR | RetryOn.RESET)
-_BELOW_500 = _RETRIABLE_4XX | _RETRIABLE_STATUS_CODES | _RETRIABLE_HEADERS | _ENVOY_RATE_LIMITED
+_BELOW_500 = (
+    _RETRIABLE_4XX | _RETRIABLE_STATUS_CODES | _RETRIABLE_HEADERS | _ENVOY_RATE_LIMITED | GRPC_ANY
+)
 _GATEWAY_ERRORS = (502, 503, 504)
 
 
@@ -71,11 +80,14 @@ class RetryState:
         """The state for a request, or None when nothing asks for retries. Reads the retry
         request headers (the router removes them afterwards)."""
         header = headers.get("x-envoy-retry-on")
-        if not policy.retry_on and header is None:
+        grpc_header = headers.get("x-envoy-retry-grpc-on")
+        if not policy.retry_on and header is None and grpc_header is None:
             return None
         retry_on = policy.retry_on
         if header is not None:
             retry_on |= int(parse_retry_on(header)[0])
+        if grpc_header is not None:
+            retry_on |= parse_retry_grpc_on(grpc_header)
         if policy.retriable_request_headers and not any(
             m.matches(headers) for m in policy.retriable_request_headers
         ):
@@ -125,7 +137,12 @@ class RetryState:
             matchers = self.retriable_headers
             if matchers is None:
                 matchers = self.policy.retriable_headers
-            return any(m.matches(headers) for m in matchers)
+            if any(m.matches(headers) for m in matchers):
+                return True
+        if retry_on & GRPC_ANY:
+            status = headers.get("grpc-status")
+            if status is not None and status.isdigit():
+                return bool(retry_on & GRPC_STATUS_FLAGS.get(int(status), 0))
         return False
 
     def would_retry_reset(

@@ -373,7 +373,11 @@ class Router(Tries, StreamDecoderFilter):
             headers.get("x-envoy-hedge-on-per-try-timeout") == "true"
         )
         policy = action.retry_policy
-        if policy is not None or "x-envoy-retry-on" in headers:
+        if (
+            policy is not None
+            or "x-envoy-retry-on" in headers
+            or ("x-envoy-retry-grpc-on" in headers)
+        ):
             self.retry_state = RetryState.create(
                 policy or EMPTY_POLICY, headers, cluster, self.config.random
             )

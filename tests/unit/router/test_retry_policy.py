@@ -1,6 +1,7 @@
-"""``envoy.retry_priorities.previous_priorities``: the loads it gives the balancer after each
-number of tries, and its configuration (Envoy 1.40 is compared end to end in
-tests/differential/test_http_retry_priority.py)."""
+"""Retry policies: ``envoy.retry_priorities.previous_priorities`` (the loads it gives the
+balancer after each number of tries, and its configuration) and the gRPC ``retry_on``
+names (Envoy 1.40 is compared end to end in tests/differential/test_http_retry_priority.py
+and test_http_grpc_retries.py)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,19 @@ def test_the_policy_takes_previous_priorities_and_refuses_the_rest():
     with pytest.raises(ConfigError) as e:
         policy({"name": "p", "typed_config": {"@type": PRIORITY_TYPE}})
     assert e.value.path == "retry_policy.retry_priority.typed_config.update_frequency"
+
+
+def test_retry_on_takes_grpc_conditions_and_refuses_unknown_names():
+    from legatus.router.retry_policy import GRPC_ANY, parse_retry_grpc_on, parse_retry_on
+
+    proto = parse({"retry_on": "5xx,unavailable,deadline-exceeded"},
+                  route_components_pb2.RetryPolicy)  # fmt: skip
+    flags = compile_retry_policy(proto, "retry_policy").retry_on
+    assert flags & GRPC_ANY and flags & 1
+    assert parse_retry_on("unavailable")[0] == 0  # x-envoy-retry-on: HTTP names only
+    assert parse_retry_grpc_on("unavailable, nope") != 0
+    with pytest.raises(ConfigError) as e:
+        compile_retry_policy(parse({"retry_on": "5xx,sometimes"},
+                                   route_components_pb2.RetryPolicy), "retry_policy")  # fmt: skip
+    assert e.value.path == "retry_policy.retry_on"
+    assert "invalid retry policy: sometimes" in str(e.value)
