@@ -126,6 +126,8 @@ class StreamInfo:
     upstream_host: str | None = None
     upstream_local_address: str | None = None
     upstream_cluster: str | None = None
+    upstream_cluster_config: Any = None  # its ClusterConfig (%METADATA(CLUSTER:...)%)
+    upstream_host_config: Any = None  # the HostConfig of the try (%METADATA(UPSTREAM_HOST...)%)
     upstream_transport_failure_reason: str | None = None
     connection_termination_details: str | None = None
     requested_server_name: str | None = None

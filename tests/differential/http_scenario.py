@@ -166,6 +166,7 @@ class Cluster:
     hostname: str | None = None  # the endpoint's hostname (auto_host_rewrite uses it)
     # One endpoint per priority, P0 first ("up" or "refused"), instead of ``endpoint``.
     priorities: tuple[str, ...] = ()
+    endpoint_metadata: dict | None = None  # the lb_endpoint's ``metadata``
 
     def config(self, upstream_port: int, refused_port: int) -> dict:
         assignment: dict = {"cluster_name": self.name}
@@ -182,7 +183,10 @@ class Cluster:
                 "address": "127.0.0.1", "port_value": port}}}  # fmt: skip
             if self.hostname:
                 endpoint["hostname"] = self.hostname
-            assignment["endpoints"] = [{"lb_endpoints": [{"endpoint": endpoint}]}]
+            lb_endpoint: dict = {"endpoint": endpoint}
+            if self.endpoint_metadata:
+                lb_endpoint["metadata"] = self.endpoint_metadata
+            assignment["endpoints"] = [{"lb_endpoints": [lb_endpoint]}]
         return {"name": self.name, "connect_timeout": "1s", "load_assignment": assignment,
                 **self.extra}  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""Route and virtual-host ``metadata`` and ``%METADATA(...)%``, Envoy against legatus: the
+"""Route, virtual-host, cluster and endpoint ``metadata`` and ``%METADATA(...)%``,
+``%CLUSTER_METADATA(...)%`` and ``%UPSTREAM_METADATA(...)%``, Envoy against legatus: the
 metadata reaches headers the route adds (the access-log formatter writes them), so both the
 upstream's view and the client's are compared."""
 
@@ -60,4 +61,36 @@ def test_route_and_virtual_host_metadata_in_headers(http_pair):
     seen = dict(h.split(": ", 1) for h in out.envoy.upstream[0]["headers"] if ": " in h)
     assert seen["x-tier"] == "gold"
     assert seen["x-team"] == '{"name":"core","size":1e+06}'
+    out.assert_same()
+
+
+CLUSTER_METADATA = {"filter_metadata": {"ns": {"k": "cluster-v", "n": 3}}}
+HOST_METADATA = {"filter_metadata": {"ns": {"k": "host-v"}, "envoy.lb": {"canary": True}}}
+UPSTREAM_ROUTES = [{
+    "match": {"prefix": "/"}, "route": {"cluster": "meta_up"},
+    "request_headers_to_add": [_add("x-req-cluster", "%CLUSTER_METADATA(ns:k)%"),
+                               _add("x-req-host", "[%UPSTREAM_METADATA(ns:k)%]")],
+    "response_headers_to_add": [
+        _add("x-cluster", "%CLUSTER_METADATA(ns:k)%"),
+        _add("x-host", "%UPSTREAM_METADATA(ns:k)%"),
+        _add("x-m-cluster", "%METADATA(CLUSTER:ns)%"),
+        _add("x-m-host", "%METADATA(UPSTREAM_HOST:envoy.lb)%"),
+        _add("x-m-host-short", "%METADATA(UPSTREAM_HOST:ns:k):4%"),
+        _add("x-legacy-host", '%UPSTREAM_METADATA(["ns", "k"])%'),  # the old header syntax
+    ],
+}]  # fmt: skip
+
+
+@scenario(Listener(name="meta_up", routes=UPSTREAM_ROUTES),
+          Cluster(name="meta_up", extra={"metadata": CLUSTER_METADATA},
+                  endpoint_metadata=HOST_METADATA))  # fmt: skip
+def test_cluster_and_endpoint_metadata_in_headers(http_pair):
+    out = http_pair.run(lambda side: [side.request("meta_up", "GET", "/").view()])
+    headers = out.envoy.result[0]["headers"]
+    assert "x-cluster: cluster-v" in headers
+    assert "x-host: host-v" in headers
+    assert "x-legacy-host: host-v" in headers
+    # request headers are made before a host is picked: only the cluster is known
+    seen = out.envoy.upstream[0]["headers"]
+    assert "x-req-cluster: cluster-v" in seen and "x-req-host: []" in seen
     out.assert_same()

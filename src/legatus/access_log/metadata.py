@@ -1,8 +1,10 @@
 """``%DYNAMIC_METADATA(NAMESPACE:KEY:...):Z%``: the stream's dynamic metadata, and
 ``%METADATA(TYPE:NAMESPACE:KEY:...):Z%`` (Envoy's built-in metadata formatter) for the types
 ``DYNAMIC`` (the same), ``ROUTE`` and ``VIRTUAL_HOST`` (the ``metadata`` of the route the
-stream took and of its virtual host; unset without a route). ``CLUSTER``, ``UPSTREAM_HOST``
-and ``LISTENER`` are refused as not implemented yet.
+stream took and of its virtual host; unset without a route), ``CLUSTER`` (the upstream
+cluster's, once the router or tcp_proxy picked it; also ``%CLUSTER_METADATA(...)%``) and
+``UPSTREAM_HOST`` (the lb_endpoint's, of the try's host; also ``%UPSTREAM_METADATA(...)%``).
+``LISTENER`` is refused as not implemented yet.
 
 ``info.dynamic_metadata`` maps a filter namespace to a Struct-like dict (str, number,
 bool, None, list, dict values), as filters set it. The operator looks the namespace up,
@@ -58,9 +60,27 @@ def _virtual_host(info):
     return None if route is None else route.virtual_host.metadata
 
 
+def _cluster(info):
+    config = info.upstream_cluster_config
+    metadata = None if config is None else config.metadata
+    return None if metadata is None else metadata.value
+
+
+def _upstream_host(info):
+    config = info.upstream_host_config
+    metadata = None if config is None else config.metadata
+    return None if metadata is None else metadata.value
+
+
 # %METADATA(TYPE:...)%: where each type's metadata is found.
-_SOURCES = {"DYNAMIC": _dynamic, "ROUTE": _route, "VIRTUAL_HOST": _virtual_host}
-_NOT_YET = ("CLUSTER", "UPSTREAM_HOST", "LISTENER")
+_SOURCES = {
+    "DYNAMIC": _dynamic,
+    "ROUTE": _route,
+    "VIRTUAL_HOST": _virtual_host,
+    "CLUSTER": _cluster,
+    "UPSTREAM_HOST": _upstream_host,
+}
+_NOT_YET = ("LISTENER",)
 
 
 def _metadata(sub: str, max_length: int | None, path: str) -> Provider:
@@ -72,7 +92,7 @@ def _metadata(sub: str, max_length: int | None, path: str) -> Provider:
             raise ConfigError(
                 path,
                 f"%METADATA({kind}:...)% is not implemented by legatus yet (DYNAMIC, "
-                "ROUTE and VIRTUAL_HOST are)",
+                "ROUTE, VIRTUAL_HOST, CLUSTER and UPSTREAM_HOST are)",
             )
         raise ConfigError(path, f"{kind} is not supported type of metadata")  # Envoy's words
     return _metadata_provider(source, rest, max_length)
@@ -80,6 +100,14 @@ def _metadata(sub: str, max_length: int | None, path: str) -> Provider:
 
 def _dynamic_metadata(sub: str, max_length: int | None, _path: str) -> Provider:
     return _metadata_provider(_dynamic, sub, max_length)
+
+
+def _cluster_metadata(sub: str, max_length: int | None, _path: str) -> Provider:
+    return _metadata_provider(_cluster, sub, max_length)
+
+
+def _upstream_metadata(sub: str, max_length: int | None, _path: str) -> Provider:
+    return _metadata_provider(_upstream_host, sub, max_length)
 
 
 def _metadata_provider(source, sub: str, max_length: int | None) -> Provider:
@@ -117,4 +145,6 @@ class RawJson(str):
 METADATA_OPERATORS = {
     "DYNAMIC_METADATA": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _dynamic_metadata),
     "METADATA": (Syntax.PARAMS_OPTIONAL | Syntax.LENGTH_ALLOWED, _metadata),
+    "CLUSTER_METADATA": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _cluster_metadata),
+    "UPSTREAM_METADATA": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _upstream_metadata),
 }

@@ -189,7 +189,9 @@ class Router(Tries, StreamDecoderFilter):
         action = route.action
         self.route = route
         self.cluster = cluster
-        cb.stream_info.upstream_cluster = route.cluster_name
+        info = cb.stream_info
+        info.upstream_cluster = route.cluster_name
+        info.upstream_cluster_config = cluster.config
         if cluster.lb_config.drop_overload and self._drop_overload(cluster):
             return FilterHeadersStatus.STOP_ITERATION
         if "content-type" in headers and has_grpc_content_type(headers):

@@ -70,6 +70,7 @@ class UpstreamRequest(ResponseDecoder):
         self.pending = pending = pool.new_stream(self, self)
         if pending is not None:  # queued for a connection: Envoy has the host from here on
             self.info.upstream_host = self.host.address_text
+            self.info.upstream_host_config = self.host.config
 
     def reset(self) -> None:
         """The router gives up on this try (timeout, downstream gone)."""
@@ -92,6 +93,7 @@ class UpstreamRequest(ResponseDecoder):
         self.encoder = encoder
         info = self.info
         info.upstream_host = host.address_text
+        info.upstream_host_config = host.config
         info.upstream_local_address = _fmt(encoder.local_address)
         info.upstream_connection_id = encoder.connection_id
         info.upstream_ssl = encoder.ssl  # TLS: %UPSTREAM_TLS_*% and friends
@@ -108,6 +110,7 @@ class UpstreamRequest(ResponseDecoder):
             return
         if host is not None:
             self.info.upstream_host = host.address_text
+            self.info.upstream_host_config = host.config
         router.on_upstream_reset(_POOL_FAILURES[reason], transport_failure_reason, False)
 
     # Response ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 
 from legatus.config.errors import ConfigError
+from legatus.config.metadata import FrozenMetadata
 from legatus.config.supported import check_supported
 from legatus.network import address as addr
 from legatus.network.connection import DEFAULT_BUFFER_LIMIT
@@ -104,6 +105,7 @@ class EndpointConfig:
     health_status: int = 0  # core.v3.HealthStatus (EDS-style); 0: UNKNOWN
     hash_key: str = ""  # metadata envoy.lb hash_key: the ring/Maglev key instead of the address
     health_check: HealthCheckTarget | None = None  # Endpoint.health_check_config, if set
+    metadata: FrozenMetadata | None = None  # the lb_endpoint's (%METADATA(UPSTREAM_HOST:...)%)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +141,7 @@ class ClusterConfig:
     eds_config: Any = None
     # transport_socket, compiled (extensions/transport_sockets/upstream.py); None: plaintext.
     transport_socket: Any = None
+    metadata: FrozenMetadata | None = None  # %METADATA(CLUSTER:...)%, %CLUSTER_METADATA(...)%
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +158,7 @@ class HostConfig:
     health_status: int = 0  # core.v3.HealthStatus from the lb_endpoint; 0: UNKNOWN
     hash_key: str = ""  # metadata envoy.lb hash_key, if any
     health_check: HealthCheckTarget | None = None  # Endpoint.health_check_config, if set
+    metadata: FrozenMetadata | None = None  # the lb_endpoint's
 
     def health_check_address(self) -> tuple[str, int]:
         """Where active health checks go: the endpoint's health_check_config address and
@@ -255,6 +259,9 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
         eds_service_name=eds_service_name,
         eds_config=eds_config,
         transport_socket=_transport_socket(proto, path),
+        metadata=FrozenMetadata.from_proto(proto.metadata, f"{path}.metadata")
+        if proto.HasField("metadata")
+        else None,
     )
 
 
@@ -474,6 +481,9 @@ def _endpoints(la, la_path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:
                     health_status=lb.health_status,
                     hash_key=_hash_key(lb),
                     health_check=health_check,
+                    metadata=FrozenMetadata.from_proto(lb.metadata, f"{epath}.metadata")
+                    if lb.HasField("metadata")
+                    else None,
                 )
             )
     return tuple(out)
@@ -536,6 +546,7 @@ def _hosts(endpoints) -> tuple[HostConfig, ...]:
             health_status=e.health_status,
             hash_key=e.hash_key,
             health_check=e.health_check,
+            metadata=e.metadata,
         )
         for e in endpoints
     )

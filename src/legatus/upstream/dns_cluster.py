@@ -268,4 +268,5 @@ def _host(e: EndpointConfig, ip: str, priority: int) -> HostConfig:
         health_status=e.health_status,
         hash_key=e.hash_key,
         health_check=e.health_check,
+        metadata=e.metadata,
     )

@@ -262,8 +262,8 @@ def test_bad_formats_are_rejected_with_envoys_text(text, message):
 
 
 def test_known_envoy_operator_not_implemented_is_named():
-    with pytest.raises(ConfigError, match="%CLUSTER_METADATA% command operator is not implemented"):
-        compile_format("%CLUSTER_METADATA(a:b)%", "p")
+    with pytest.raises(ConfigError, match="%FILTER_STATE% command operator is not implemented"):
+        compile_format("%FILTER_STATE(a:b)%", "p")
 
 
 # START_TIME -------------------------------------------------------------------------

@@ -456,8 +456,7 @@ def test_metadata_of_the_route_and_its_virtual_host():
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("%METADATA(CLUSTER:ns)%", "%METADATA(CLUSTER:...)% is not implemented by legatus yet"),
-        ("%METADATA(UPSTREAM_HOST:ns)%", "not implemented by legatus yet"),
+        ("%METADATA(LISTENER:ns)%", "%METADATA(LISTENER:...)% is not implemented by legatus yet"),
         ("%METADATA(route:ns)%", "route is not supported type of metadata"),  # real Envoy
         ("%METADATA()%", " is not supported type of metadata"),  # real Envoy
     ],

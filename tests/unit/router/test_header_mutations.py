@@ -277,12 +277,6 @@ def test_weighted_cluster_mutations_apply_first():
         ),
         (
             "route",
-            {"response_headers_to_add": [h("x", '%UPSTREAM_METADATA(["ns", "key"])%')]},
-            "routes[0].response_headers_to_add[0].header.value",
-            "Envoy's %UPSTREAM_METADATA% command operator is not implemented by legatus yet",
-        ),
-        (
-            "route",
             {"response_headers_to_add": [h("x", "%PER_REQUEST_STATE(k)%")]},
             "routes[0].response_headers_to_add[0].header.value",
             "Envoy's %FILTER_STATE% command operator is not implemented by legatus yet",

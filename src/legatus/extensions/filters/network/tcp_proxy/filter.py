@@ -112,6 +112,7 @@ class TcpProxyFilter(ReadFilter):
             downstream.close(CloseType.NO_FLUSH)
             return FilterStatus.STOP_ITERATION
         self.cluster = cluster
+        self.info.upstream_cluster_config = cluster.config
         if self.config.max_downstream_connection_duration:
             self.duration_timer = self.loop.call_later(
                 self.config.max_downstream_connection_duration, self._on_max_duration
@@ -154,6 +155,7 @@ class TcpProxyFilter(ReadFilter):
         self.attempts += 1
         self.host = host
         self.info.upstream_host = str(host.config.address)
+        self.info.upstream_host_config = host.config
         upstream = Connection(buffer_limit=cluster.config.buffer_limit)
         upstream.set_buffer_gauges(
             cluster.stats.upstream_cx_rx_bytes_buffered, cluster.stats.upstream_cx_tx_bytes_buffered
