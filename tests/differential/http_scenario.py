@@ -61,6 +61,10 @@ HCM = (
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 SIDES = ("envoy", "legatus")
+# HCM options under which the test client (127.0.0.1) is internal: its x-envoy-* headers are
+# taken, not stripped.
+INTERNAL_LOOPBACK = {"use_remote_address": True, "internal_address_config": {
+    "cidr_ranges": [{"address_prefix": "127.0.0.1", "prefix_len": 32}]}}  # fmt: skip
 IO_TIMEOUT = 3.0  # any single read; a proxy that never answers fails the test, not the run
 
 # One access-log entry per request; keys in the order a reader wants them.

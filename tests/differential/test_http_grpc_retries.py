@@ -6,6 +6,7 @@ headers, the only place Envoy looks), and clients, upstream and retry stats are 
 from __future__ import annotations
 
 from tests.differential.http_scenario import (  # noqa: F401 (fixtures)
+    INTERNAL_LOOPBACK,
     Cluster,
     Listener,
     Reply,
@@ -56,8 +57,7 @@ def test_grpc_statuses_the_policy_names_are_retried(http_pair):
     out.assert_same()
 
 
-@scenario(Listener(name="rgrpch", hcm={"use_remote_address": True, "internal_address_config": {
-    "cidr_ranges": [{"address_prefix": "127.0.0.1", "prefix_len": 32}]}},
+@scenario(Listener(name="rgrpch", hcm=INTERNAL_LOOPBACK,
     routes=[route("/", {"route": {"cluster": "rgrpch", "timeout": "0s"}})]),
     Cluster(name="rgrpch"))  # fmt: skip
 def test_an_internal_client_asks_for_grpc_retries_with_a_header(http_pair):

@@ -13,6 +13,7 @@ cluster is compared, ``retry.upstream_rq_*`` and ``upstream_rq_retry*`` included
 from __future__ import annotations
 
 from tests.differential.http_scenario import (  # noqa: F401 (fixtures)
+    INTERNAL_LOOPBACK,
     Cluster,
     Listener,
     Reply,
@@ -134,8 +135,7 @@ def test_retriable_status_codes_and_409(http_pair):
     out.assert_same()
 
 
-@scenario(Listener(name="rheader", hcm={"use_remote_address": True, "internal_address_config": {
-    "cidr_ranges": [{"address_prefix": "127.0.0.1", "prefix_len": 32}]}},
+@scenario(Listener(name="rheader", hcm=INTERNAL_LOOPBACK,
     routes=[route("/", {"route": {"cluster": "rheader", "timeout": "0s"}})]),
     Cluster(name="rheader"))  # fmt: skip
 def test_an_internal_client_asks_for_retries_with_headers(http_pair):

@@ -25,7 +25,7 @@ as Envoy's RBAC filters refuse it ("not supported in this context").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +94,7 @@ class _List(MatchTree):
 class _ExactMap(MatchTree):
     __slots__ = ("input", "map", "on_no_match")
 
-    def __init__(self, input: DataInput, map: dict, on_no_match: _OnMatch | None) -> None:
+    def __init__(self, input: DataInput, map, on_no_match: _OnMatch | None) -> None:
         self.input = input
         self.map = map
         self.on_no_match = on_no_match
@@ -102,30 +102,29 @@ class _ExactMap(MatchTree):
     def match(self, data: Any) -> Any:
         value = self.input(data)
         if value is not None:
-            on_match = self.map.get(value)
-            if on_match is not None:
-                result = on_match.result(data)
-                if result is not None:
-                    return result
+            result = self._found(value, data)
+            if result is not None:
+                return result
         on_no_match = self.on_no_match
         return None if on_no_match is None else on_no_match.result(data)
+
+    def _found(self, value: str, data: Any) -> Any:
+        on_match = self.map.get(value)
+        return None if on_match is None else on_match.result(data)
 
 
 class _PrefixMap(_ExactMap):
-    """Prefixes tried longest first (``map``'s items are kept in that order)."""
+    """Prefixes tried longest first (``map``: (prefix, on_match) pairs in that order)."""
 
     __slots__ = ()
 
-    def match(self, data: Any) -> Any:
-        value = self.input(data)
-        if value is not None:
-            for prefix, on_match in self.map:
-                if value.startswith(prefix):
-                    result = on_match.result(data)
-                    if result is not None:
-                        return result
-        on_no_match = self.on_no_match
-        return None if on_no_match is None else on_no_match.result(data)
+    def _found(self, value: str, data: Any) -> Any:
+        for prefix, on_match in self.map:
+            if value.startswith(prefix):
+                result = on_match.result(data)
+                if result is not None:
+                    return result
+        return None
 
 
 def compile_matcher(
@@ -184,7 +183,7 @@ def _matcher(proto, path: str, factories: _Factories) -> MatchTree:
         if kind == "exact_match_map":
             return _ExactMap(data_input, compiled, on_no_match)
         longest_first = tuple(sorted(compiled.items(), key=lambda item: -len(item[0])))
-        return _PrefixMap(data_input, longest_first, on_no_match)  # type: ignore[arg-type]
+        return _PrefixMap(data_input, longest_first, on_no_match)
     raise ConfigError(join_path(path, "matcher_type"), "matcher_list or matcher_tree is required")
 
 
@@ -202,41 +201,37 @@ def _on_match(proto, path: str, factories: _Factories) -> _OnMatch:
     raise ConfigError(join_path(path, "on_match"), "a matcher or an action is required")
 
 
-def _typed(extension, path: str) -> tuple[str, Any]:
-    """(message name, unpacked message) of a TypedExtensionConfig's ``typed_config``."""
-    if not extension.HasField("typed_config"):
-        raise ConfigError(join_path(path, "typed_config"), "a typed_config is required")
-    name = type_name(extension.typed_config.type_url)
-    cls = message_class(name)
-    if cls is None:
-        raise ConfigError(join_path(path, "typed_config"), f"unknown proto type {name}")
-    message = cls()
-    extension.typed_config.Unpack(message)
-    return name, message
-
-
 def _input(extension, path: str, factories: _Factories) -> DataInput:
-    name, message = _typed(extension, path)
-    factory = factories.inputs.get(name)
-    if factory is None:
-        raise ConfigError(
-            join_path(path, "typed_config"),
-            f"{factories.what} cannot match on '{extension.typed_config.type_url}' (inputs "
-            f"legatus offers it: {', '.join(n.rpartition('.')[2] for n in factories.inputs)})",
-        )
-    return factory(message, join_path(path, "typed_config"))
+    supported = ", ".join(n.rpartition(".")[2] for n in factories.inputs)
+    return _build(extension, path, factories.inputs, lambda url: (
+        f"{factories.what} cannot match on '{url}' (inputs legatus offers it: {supported})"
+    ))  # fmt: skip
 
 
 def _action(extension, path: str, factories: _Factories) -> Any:
-    name, message = _typed(extension, path)
-    factory = factories.actions.get(name)
+    expected = ", ".join(sorted(factories.actions))
+    return _build(extension, path, factories.actions, lambda url: (
+        f"{factories.what} cannot take the action '{url}' (expected {expected})"
+    ))  # fmt: skip
+
+
+def _build(extension, path: str, table: Mapping[str, Callable], refusal) -> Any:
+    """What ``table``'s compiler for the type of a TypedExtensionConfig's ``typed_config``
+    makes of it; ``refusal(type_url)`` says why a type the table lacks is refused."""
+    where = join_path(path, "typed_config")
+    if not extension.HasField("typed_config"):
+        raise ConfigError(where, "a typed_config is required")
+    url = extension.typed_config.type_url
+    name = type_name(url)
+    factory = table.get(name)
     if factory is None:
-        raise ConfigError(
-            join_path(path, "typed_config"),
-            f"{factories.what} cannot take the action '{extension.typed_config.type_url}' "
-            f"(expected {', '.join(sorted(factories.actions))})",
-        )
-    return factory(message, join_path(path, "typed_config"))
+        raise ConfigError(where, refusal(url))
+    cls = message_class(name)
+    if cls is None:  # pragma: no cover - every table names generated types
+        raise ConfigError(where, f"unknown proto type {name}")
+    message = cls()
+    extension.typed_config.Unpack(message)
+    return factory(message, where)
 
 
 def _predicate(proto, path: str, factories: _Factories) -> Callable[[Any], bool]:

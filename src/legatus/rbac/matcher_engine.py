@@ -22,15 +22,17 @@ refused by legatus (not implemented yet).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from legatus.common.matchers import header_values
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
 from legatus.matcher import MatchTree, compile_matcher
-from legatus.rbac.engine import ALLOW, DENY, LOG
+from legatus.rbac.engine import ALLOW, DENY, LOG, compile_engine
 
 _NETWORK = "envoy.extensions.matching.common_inputs.network.v3."
+log = logging.getLogger("legatus.config")
 _SSL = "envoy.extensions.matching.common_inputs.ssl.v3."
 _ACTION = "envoy.config.rbac.v3.Action"
 
@@ -160,4 +162,16 @@ def compile_matcher_engine(proto, path: str, *, http: bool) -> MatcherEngine:
     return MatcherEngine(tree, any(a.action == LOG for a in actions))
 
 
-__all__ = ["ALLOW", "DENY", "LOG", "MatcherEngine", "compile_matcher_engine"]
+def compile_engine_of(proto, rules: str, matcher: str, path: str, *, http: bool):
+    """An RBAC filter's engine from its ``matcher`` field (which wins over ``rules`` when
+    both are set, with Envoy's warning), or from its ``rules`` field, or None."""
+    if proto.HasField(matcher):
+        if proto.HasField(rules):
+            log.warning("RBAC %s are ignored when %s is configured (%s)", rules, matcher, path)
+        return compile_matcher_engine(getattr(proto, matcher), join_path(path, matcher), http=http)
+    if proto.HasField(rules):
+        return compile_engine(getattr(proto, rules), join_path(path, rules))
+    return None
+
+
+__all__ = ["ALLOW", "DENY", "LOG", "MatcherEngine", "compile_engine_of", "compile_matcher_engine"]

@@ -22,7 +22,6 @@ Stats: ``http.<hcm prefix>.rbac.<rules_stat_prefix>.{allowed,denied}`` and
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from legatus.config.errors import join_path
@@ -31,14 +30,12 @@ from legatus.http.filter import FilterHeadersStatus, StreamDecoderFilter
 from legatus.rbac.engine import (
     Engine,
     RbacStats,
-    compile_engine,
     engine_result,
     response_detail,
 )
-from legatus.rbac.matcher_engine import MatcherEngine, compile_matcher_engine
+from legatus.rbac.matcher_engine import MatcherEngine, compile_engine_of
 from legatus.rbac.request import RbacRequest
 
-log = logging.getLogger("legatus.config")
 NAMESPACE = "envoy.filters.http.rbac"
 COMMON_NAMESPACE = "envoy.common"
 _SUPPORTED = ("rules", "rules_stat_prefix", "shadow_rules", "shadow_rules_stat_prefix",
@@ -64,21 +61,9 @@ class RbacConfig:
 
 def _engines(proto, path: str) -> Engines:
     return Engines(
-        _engine(proto, "rules", "matcher", path),
-        _engine(proto, "shadow_rules", "shadow_matcher", path),
+        compile_engine_of(proto, "rules", "matcher", path, http=True),
+        compile_engine_of(proto, "shadow_rules", "shadow_matcher", path, http=True),
     )
-
-
-def _engine(proto, rules: str, matcher: str, path: str) -> Engine | MatcherEngine | None:
-    """The engine of ``matcher`` (which wins over ``rules`` when both are set, as in
-    Envoy), or of ``rules``, or none."""
-    if proto.HasField(matcher):
-        if proto.HasField(rules):
-            log.warning("RBAC %s are ignored when %s is configured (%s)", rules, matcher, path)
-        return compile_matcher_engine(getattr(proto, matcher), join_path(path, matcher), http=True)
-    if proto.HasField(rules):
-        return compile_engine(getattr(proto, rules), join_path(path, rules))
-    return None
 
 
 def compile_config(proto, context, path: str) -> RbacConfig:

@@ -16,18 +16,15 @@ field path.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
-from legatus.config.errors import join_path
 from legatus.config.supported import check_supported
 from legatus.network.filter import CloseType, FilterFactory, FilterStatus, ReadFilter
-from legatus.rbac.engine import Engine, RbacStats, compile_engine, engine_result
-from legatus.rbac.matcher_engine import MatcherEngine, compile_matcher_engine
+from legatus.rbac.engine import Engine, RbacStats, engine_result
+from legatus.rbac.matcher_engine import MatcherEngine, compile_engine_of
 from legatus.rbac.request import RbacRequest
 from legatus.registry import Registry, network_filter
 
-log = logging.getLogger("legatus.config")
 NAME = "envoy.filters.network.rbac"
 CONFIG_TYPE = "envoy.extensions.filters.network.rbac.v3.RBAC"
 NAMESPACE = "envoy.filters.network.rbac"
@@ -102,23 +99,12 @@ def _set_metadata(info, namespace: str, values: dict) -> None:
     metadata.setdefault(namespace, {}).update(values)
 
 
-def _engine(proto, rules: str, matcher: str, path: str) -> Engine | MatcherEngine | None:
-    """As the HTTP filter's: ``matcher`` wins over ``rules``."""
-    if proto.HasField(matcher):
-        if proto.HasField(rules):
-            log.warning("RBAC %s are ignored when %s is configured (%s)", rules, matcher, path)
-        return compile_matcher_engine(getattr(proto, matcher), join_path(path, matcher), http=False)
-    if proto.HasField(rules):
-        return compile_engine(getattr(proto, rules), join_path(path, rules))
-    return None
-
-
 def _factory(proto, context, path: str) -> FilterFactory:
     check_supported(proto, _SUPPORTED, path, "RBAC")
     shadow_prefix = proto.shadow_rules_stat_prefix
     config = NetworkRbacConfig(
-        engine=_engine(proto, "rules", "matcher", path),
-        shadow=_engine(proto, "shadow_rules", "shadow_matcher", path),
+        engine=compile_engine_of(proto, "rules", "matcher", path, http=False),
+        shadow=compile_engine_of(proto, "shadow_rules", "shadow_matcher", path, http=False),
         continuous=proto.enforcement_type == _CONTINUOUS,
         stats=RbacStats.declare(context.store, proto.stat_prefix, "", shadow_prefix),
         shadow_result_key=f"{shadow_prefix}shadow_engine_result",
