@@ -16,7 +16,11 @@ from tests.differential.http_scenario import (  # noqa: F401 (fixtures)
     http_pair_processes_fixture,
     scenario,
 )
-from tests.differential.test_http_filters_ratelimit_rbac import _exchange, _tcp_listener
+from tests.differential.test_http_filters_ratelimit_rbac import (
+    _exchange,
+    _tcp_listener,
+    filter_stats,
+)
 from tests.support.process import envoy_command, legatus_command, start_proxy
 from tests.support.upstreams import EchoServer, static_cluster
 
@@ -184,6 +188,33 @@ def test_connection_inputs_and_a_shadow_matcher(http_pair):
     assert statuses(out) == ["200", "403", "200"]
     # source_ip is the stream's remote address: x-forwarded-for's, not the peer's.
     assert out.envoy.stats["http.rbacm_conn.rbac.audit_.shadow_allowed"] == 1
+    out.assert_same()
+
+
+# The IP range input matcher, on a header (an address the client claims).
+IP_TYPE = "type.googleapis.com/envoy.extensions.matching.input_matchers.ip.v3.Ip"
+IP_RANGES = {"matcher": {"matcher_list": {"matchers": [{
+    "predicate": {"single_predicate": {"input": header("x-ip"), "custom_match": {
+        "name": "ip", "typed_config": {"@type": IP_TYPE, "stat_prefix": "rbacm_ips",
+                                       "cidr_ranges": [
+                                           {"address_prefix": "10.0.0.0", "prefix_len": 8},
+                                           {"address_prefix": "2001:db8::", "prefix_len": 32},
+                                       ]}}}},
+    "on_match": action("tens", "ALLOW")}]}}}  # fmt: skip
+
+
+@scenario(*_listener("rbacm_ip", IP_RANGES))
+def test_the_ip_range_input_matcher(http_pair):
+    ips = ("10.1.2.3", "11.0.0.1", "bogus", "2001:db8::5", "10.0.0.1/8")
+
+    def traffic(side):
+        return [side.request("rbacm_ip", "GET", "/", [("x-ip", ip)]).view() for ip in ips]
+
+    out = http_pair.run(traffic)
+    assert statuses(out) == ["200", "403", "403", "200", "403"]
+    stats = filter_stats(http_pair, r"^rbacm_ips\.")
+    assert stats["envoy"] == {"rbacm_ips.ip_parsing_failed": 2}
+    assert stats["legatus"] == stats["envoy"]
     out.assert_same()
 
 

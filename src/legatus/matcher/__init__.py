@@ -19,8 +19,10 @@ Semantics (the proto's comments, and Envoy 1.40 where they are silent):
 - a ``single_predicate`` on an absent input (a missing header) is false; ``not_matcher``
   of it is then true; ``or_matcher`` / ``and_matcher`` combine their predicates.
 
-``custom_match`` (in predicates and trees) is refused by field path, and ``keep_matching``
-as Envoy's RBAC filters refuse it ("not supported in this context").
+A predicate's ``custom_match`` takes the input matchers its user offers (the IP range matcher,
+``envoy.extensions.matching.input_matchers.ip.v3.Ip``, for RBAC); a tree's ``custom_match``
+is refused by field path, and ``keep_matching`` as Envoy's RBAC filters refuse it ("not
+supported in this context").
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ DataInput = Callable[[Any], "str | None"]
 # Compilers by proto message name: (config message, path) -> an input / an action.
 InputFactories = dict[str, Callable[[Any, str], DataInput]]
 ActionFactories = dict[str, Callable[[Any, str], Any]]
+# Compilers of ``custom_match`` input matchers: (config message, path) -> value -> bool.
+InputMatcherFactories = dict[str, Callable[[Any, str], Callable[[str], bool]]]
 
 _NO_MATCH = None
 
@@ -47,6 +51,7 @@ _NO_MATCH = None
 class _Factories:
     inputs: InputFactories
     actions: ActionFactories
+    input_matchers: InputMatcherFactories
     what: str  # who is compiling, for error messages ("RBAC HTTP filter")
 
 
@@ -128,11 +133,18 @@ class _PrefixMap(_ExactMap):
 
 
 def compile_matcher(
-    proto, path: str, *, inputs: InputFactories, actions: ActionFactories, what: str
+    proto,
+    path: str,
+    *,
+    inputs: InputFactories,
+    actions: ActionFactories,
+    what: str,
+    input_matchers: InputMatcherFactories | None = None,
 ) -> MatchTree:
     """Compile the ``xds.type.matcher.v3.Matcher`` at ``path`` for a user that offers
-    ``inputs`` and understands ``actions`` (both keyed by proto message name)."""
-    return _matcher(proto, path, _Factories(inputs, actions, what))
+    ``inputs``, understands ``actions`` and takes ``input_matchers`` in a predicate's
+    ``custom_match`` (all keyed by proto message name)."""
+    return _matcher(proto, path, _Factories(inputs, actions, input_matchers or {}, what))
 
 
 def _matcher(proto, path: str, factories: _Factories) -> MatchTree:
@@ -239,17 +251,25 @@ def _predicate(proto, path: str, factories: _Factories) -> Callable[[Any], bool]
     if which == "single_predicate":
         single = proto.single_predicate
         where = join_path(path, "single_predicate")
-        check_supported(single, ("input", "value_match"), where, "SinglePredicate")
+        check_supported(single, ("input", "value_match", "custom_match"), where,
+                        "SinglePredicate")  # fmt: skip
         if not single.HasField("input"):
             raise ConfigError(join_path(where, "input"), "an input is required")
-        if not single.HasField("value_match"):
-            raise ConfigError(join_path(where, "matcher"), "a value_match is required")
         data_input = _input(single.input, join_path(where, "input"), factories)
-        string = StringMatcher(single.value_match, join_path(where, "value_match"))
+        if single.HasField("custom_match"):
+            known = ", ".join(sorted(factories.input_matchers)) or "none"
+            matches = _build(single.custom_match, join_path(where, "custom_match"),
+                             factories.input_matchers, lambda url: (
+                f"input matcher '{url}' is not supported by legatus in the {factories.what} "
+                f"matcher (supported: {known})"))  # fmt: skip
+        elif single.HasField("value_match"):
+            matches = StringMatcher(single.value_match, join_path(where, "value_match")).matches
+        else:
+            raise ConfigError(join_path(where, "matcher"), "a value_match is required")
 
         def single_predicate(data: Any) -> bool:
             value = data_input(data)
-            return value is not None and string.matches(value)
+            return value is not None and matches(value)
 
         return single_predicate
     if which in ("or_matcher", "and_matcher"):

@@ -15,7 +15,8 @@ connection's ``destination_ip``, ``destination_port``, ``direct_source_ip`` (the
 ``server_name`` (the requested server name; none without one), the stream's ``source_ip``
 and ``source_port`` (for HTTP, the remote address x-forwarded-for gives, as in Envoy), and
 the TLS peer's ``uri_san`` / ``dns_san`` (joined with ``,``) and ``subject`` (none without a
-peer certificate). Envoy refuses
+peer certificate). A predicate's ``custom_match`` takes the IP range matcher
+(``envoy.extensions.matching.input_matchers.ip.v3.Ip``, legatus.matcher.ip). Envoy refuses
 ``source_type``, and so does legatus; ``filter_state`` and ``dynamic_metadata`` inputs are
 refused by legatus (not implemented yet).
 """
@@ -29,6 +30,8 @@ from legatus.common.matchers import header_values
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
 from legatus.matcher import MatchTree, compile_matcher
+from legatus.matcher.ip import CONFIG_TYPE as IP_MATCHER
+from legatus.matcher.ip import compile_ip_matcher
 from legatus.rbac.engine import ALLOW, DENY, LOG, compile_engine
 
 _NETWORK = "envoy.extensions.matching.common_inputs.network.v3."
@@ -142,9 +145,10 @@ class MatcherEngine:
         return action.action != DENY, action.name, hint
 
 
-def compile_matcher_engine(proto, path: str, *, http: bool) -> MatcherEngine:
+def compile_matcher_engine(proto, path: str, *, http: bool, store=None) -> MatcherEngine:
     """The ``xds.type.matcher.v3.Matcher`` at ``path``; ``http``: request headers may be
-    matched (not by the network filter, which has none)."""
+    matched (not by the network filter, which has none). ``store``: where the IP input
+    matcher counts the values it could not parse (without one, it is refused)."""
     actions: list[RbacAction] = []
 
     def action(message, where: str) -> RbacAction:
@@ -158,17 +162,21 @@ def compile_matcher_engine(proto, path: str, *, http: bool) -> MatcherEngine:
         inputs=HTTP_INPUTS if http else NETWORK_INPUTS,
         actions={_ACTION: action},
         what="RBAC HTTP filter" if http else "RBAC network filter",
+        input_matchers={}
+        if store is None
+        else {IP_MATCHER: lambda message, where: compile_ip_matcher(message, where, store)},
     )
     return MatcherEngine(tree, any(a.action == LOG for a in actions))
 
 
-def compile_engine_of(proto, rules: str, matcher: str, path: str, *, http: bool):
+def compile_engine_of(proto, rules: str, matcher: str, path: str, *, http: bool, store):
     """An RBAC filter's engine from its ``matcher`` field (which wins over ``rules`` when
     both are set, with Envoy's warning), or from its ``rules`` field, or None."""
     if proto.HasField(matcher):
         if proto.HasField(rules):
             log.warning("RBAC %s are ignored when %s is configured (%s)", rules, matcher, path)
-        return compile_matcher_engine(getattr(proto, matcher), join_path(path, matcher), http=http)
+        where = join_path(path, matcher)
+        return compile_matcher_engine(getattr(proto, matcher), where, http=http, store=store)
     if proto.HasField(rules):
         return compile_engine(getattr(proto, rules), join_path(path, rules))
     return None

@@ -10,15 +10,19 @@ from xds.type.matcher.v3 import matcher_pb2
 from legatus.config.errors import ConfigError
 from legatus.config.proto_json import parse
 from legatus.rbac.matcher_engine import compile_matcher_engine
+from legatus.stats.store import Store
 from tests.unit.rbac.test_engine import request
 
 ACTION = "type.googleapis.com/envoy.config.rbac.v3.Action"
 HEADER = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 NETWORK = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3."
+STRUCT = "type.googleapis.com/google.protobuf.Struct"
+IP = "type.googleapis.com/envoy.extensions.matching.input_matchers.ip.v3.Ip"
 
 
-def engine(matcher: dict, *, http: bool = True):
-    return compile_matcher_engine(parse(matcher, matcher_pb2.Matcher), "matcher", http=http)
+def engine(matcher: dict, *, http: bool = True, store=None):
+    proto = parse(matcher, matcher_pb2.Matcher)
+    return compile_matcher_engine(proto, "matcher", http=http, store=store)
 
 
 def action(name: str, verdict: str = "ALLOW") -> dict:
@@ -149,10 +153,10 @@ def _put():
         (listed((single(header("x"), exact="1"), {"action": {"name": "a", "typed_config": {
             "@type": HEADER}}})), True,
          "matcher.matcher_list.matchers[0].on_match.action.typed_config", "cannot take"),
-        (listed(({"single_predicate": {"input": header("x"), "custom_match": {"name": "c"}}},
-                 action("x"))), True,
-         "matcher.matcher_list.matchers[0].predicate.single_predicate.custom_match",
-         "not supported by legatus"),
+        (listed(({"single_predicate": {"input": header("x"), "custom_match": {
+            "name": "c", "typed_config": {"@type": STRUCT}}}}, action("x"))), True,
+         "matcher.matcher_list.matchers[0].predicate.single_predicate.custom_match.typed_config",
+         "input matcher 'type.googleapis.com/google.protobuf.Struct' is not supported by legatus"),
         ({"matcher_tree": {"input": header("x"), "custom_match": {"name": "c"}}}, True,
          "matcher.matcher_tree.custom_match", "not supported by legatus"),
     ],
@@ -162,3 +166,23 @@ def test_refusals_name_the_field(matcher, http, where, says):
         engine(matcher, http=http)
     assert e.value.path == where
     assert says in str(e.value)
+
+
+def test_the_ip_range_input_matcher_counts_what_it_cannot_parse():
+    store = Store()
+    ranges = [{"address_prefix": "10.0.0.0", "prefix_len": 8},
+              {"address_prefix": "2001:db8::", "prefix_len": 32}]  # fmt: skip
+    ip = {"name": "ip", "typed_config": {"@type": IP, "stat_prefix": "ips",
+                                         "cidr_ranges": ranges}}  # fmt: skip
+    e = engine(listed(({"single_predicate": {"input": header("x-ip"), "custom_match": ip}},
+                       action("tens"))), store=store)  # fmt: skip
+    for value, allowed in (("10.9.9.9", True), ("11.0.0.1", False), ("2001:db8::1", True),
+                           ("nope", False)):  # fmt: skip
+        assert e.decide(request(headers=[("x-ip", value)]))[0] is allowed, value
+    assert e.decide(request())[0] is False  # no header: nothing to parse, nothing counted
+    assert store.counter("ips.ip_parsing_failed").value == 1
+    with pytest.raises(ConfigError) as err:
+        engine(listed(({"single_predicate": {"input": header("x-ip"), "custom_match": {
+            "name": "ip", "typed_config": {"@type": IP, "stat_prefix": "ips"}}}},
+            action("x"))), store=store)  # fmt: skip
+    assert err.value.path.endswith("custom_match.typed_config.cidr_ranges")

@@ -21,7 +21,7 @@ def _factory(proto, context, path: str) -> FilterFactory:
 def _route_factory(proto, context, path: str):
     from legatus.extensions.filters.http.rbac.filter import compile_per_route
 
-    return compile_per_route(proto, path)
+    return compile_per_route(proto, path, context.store)
 
 
 def register(registry: Registry) -> None:

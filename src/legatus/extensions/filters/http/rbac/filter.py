@@ -59,10 +59,10 @@ class RbacConfig:
     shadow_policy_key: str
 
 
-def _engines(proto, path: str) -> Engines:
+def _engines(proto, path: str, store) -> Engines:
     return Engines(
-        compile_engine_of(proto, "rules", "matcher", path, http=True),
-        compile_engine_of(proto, "shadow_rules", "shadow_matcher", path, http=True),
+        compile_engine_of(proto, "rules", "matcher", path, http=True, store=store),
+        compile_engine_of(proto, "shadow_rules", "shadow_matcher", path, http=True, store=store),
     )
 
 
@@ -71,7 +71,7 @@ def compile_config(proto, context, path: str) -> RbacConfig:
     rules_prefix = proto.rules_stat_prefix
     shadow_prefix = proto.shadow_rules_stat_prefix
     return RbacConfig(
-        engines=_engines(proto, path),
+        engines=_engines(proto, path, context.store),
         stats=RbacStats.declare(
             context.store, f"http.{context.http_stat_prefix or ''}.", rules_prefix, shadow_prefix
         ),
@@ -82,14 +82,14 @@ def compile_config(proto, context, path: str) -> RbacConfig:
     )
 
 
-def compile_per_route(proto, path: str) -> Engines:
+def compile_per_route(proto, path: str, store) -> Engines:
     check_supported(proto, ("rbac",), path, "RBACPerRoute")
     if not proto.HasField("rbac"):
         return Engines(None, None)
     rbac = proto.rbac
     where = join_path(path, "rbac")
     check_supported(rbac, _SUPPORTED, where, "RBAC")
-    return _engines(rbac, where)
+    return _engines(rbac, where, store)
 
 
 def set_metadata(info, namespace: str, values: dict) -> None:

@@ -102,9 +102,12 @@ def _set_metadata(info, namespace: str, values: dict) -> None:
 def _factory(proto, context, path: str) -> FilterFactory:
     check_supported(proto, _SUPPORTED, path, "RBAC")
     shadow_prefix = proto.shadow_rules_stat_prefix
+    store = context.store
     config = NetworkRbacConfig(
-        engine=compile_engine_of(proto, "rules", "matcher", path, http=False),
-        shadow=compile_engine_of(proto, "shadow_rules", "shadow_matcher", path, http=False),
+        engine=compile_engine_of(proto, "rules", "matcher", path, http=False, store=store),
+        shadow=compile_engine_of(
+            proto, "shadow_rules", "shadow_matcher", path, http=False, store=store
+        ),
         continuous=proto.enforcement_type == _CONTINUOUS,
         stats=RbacStats.declare(context.store, proto.stat_prefix, "", shadow_prefix),
         shadow_result_key=f"{shadow_prefix}shadow_engine_result",
