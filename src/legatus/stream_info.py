@@ -128,6 +128,7 @@ class StreamInfo:
     upstream_cluster: str | None = None
     upstream_cluster_config: Any = None  # its ClusterConfig (%METADATA(CLUSTER:...)%)
     upstream_host_config: Any = None  # the HostConfig of the try (%METADATA(UPSTREAM_HOST...)%)
+    listener_metadata: Any = None  # the listener's FrozenMetadata (%METADATA(LISTENER:...)%)
     upstream_transport_failure_reason: str | None = None
     connection_termination_details: str | None = None
     requested_server_name: str | None = None

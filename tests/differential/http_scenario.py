@@ -138,6 +138,7 @@ class Listener:
     route_config: dict = field(default_factory=dict)
     router: dict = field(default_factory=dict)
     filters: list = field(default_factory=list)  # HTTP filters before the router
+    listener: dict = field(default_factory=dict)  # more fields of the Listener itself
 
     def typed_config(self, log_path: Path) -> dict:
         vhosts = self.virtual_hosts or [{
@@ -898,6 +899,7 @@ def _bootstrap(listeners, clusters, ports, log_dir, upstream_port, refused_port)
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": spec.typed_config(log_dir / f"{spec.name}.log")}]}],
+                **spec.listener,
             } for spec in listeners],
             "clusters": [c.config(upstream_port, refused_port) for c in clusters],
         },

@@ -1,4 +1,4 @@
-"""Route, virtual-host, cluster and endpoint ``metadata`` and ``%METADATA(...)%``,
+"""Route, virtual-host, cluster, endpoint and listener ``metadata`` and ``%METADATA(...)%``,
 ``%CLUSTER_METADATA(...)%`` and ``%UPSTREAM_METADATA(...)%``, Envoy against legatus: the
 metadata reaches headers the route adds (the access-log formatter writes them), so both the
 upstream's view and the client's are compared."""
@@ -77,11 +77,13 @@ UPSTREAM_ROUTES = [{
         _add("x-m-host", "%METADATA(UPSTREAM_HOST:envoy.lb)%"),
         _add("x-m-host-short", "%METADATA(UPSTREAM_HOST:ns:k):4%"),
         _add("x-legacy-host", '%UPSTREAM_METADATA(["ns", "k"])%'),  # the old header syntax
+        _add("x-listener", "%METADATA(LISTENER:ns:k)%"),
     ],
 }]  # fmt: skip
 
 
-@scenario(Listener(name="meta_up", routes=UPSTREAM_ROUTES),
+@scenario(Listener(name="meta_up", routes=UPSTREAM_ROUTES,
+                   listener={"metadata": {"filter_metadata": {"ns": {"k": "listener-v"}}}}),
           Cluster(name="meta_up", extra={"metadata": CLUSTER_METADATA},
                   endpoint_metadata=HOST_METADATA))  # fmt: skip
 def test_cluster_and_endpoint_metadata_in_headers(http_pair):
@@ -90,6 +92,7 @@ def test_cluster_and_endpoint_metadata_in_headers(http_pair):
     assert "x-cluster: cluster-v" in headers
     assert "x-host: host-v" in headers
     assert "x-legacy-host: host-v" in headers
+    assert "x-listener: listener-v" in headers
     # request headers are made before a host is picked: only the cluster is known
     seen = out.envoy.upstream[0]["headers"]
     assert "x-req-cluster: cluster-v" in seen and "x-req-host: []" in seen

@@ -3,8 +3,8 @@
 ``DYNAMIC`` (the same), ``ROUTE`` and ``VIRTUAL_HOST`` (the ``metadata`` of the route the
 stream took and of its virtual host; unset without a route), ``CLUSTER`` (the upstream
 cluster's, once the router or tcp_proxy picked it; also ``%CLUSTER_METADATA(...)%``) and
-``UPSTREAM_HOST`` (the lb_endpoint's, of the try's host; also ``%UPSTREAM_METADATA(...)%``).
-``LISTENER`` is refused as not implemented yet.
+``UPSTREAM_HOST`` (the lb_endpoint's, of the try's host; also ``%UPSTREAM_METADATA(...)%``)
+and ``LISTENER`` (the listener's that accepted the connection).
 
 ``info.dynamic_metadata`` maps a filter namespace to a Struct-like dict (str, number,
 bool, None, list, dict values), as filters set it. The operator looks the namespace up,
@@ -72,6 +72,11 @@ def _upstream_host(info):
     return None if metadata is None else metadata.value
 
 
+def _listener(info):
+    metadata = info.listener_metadata
+    return None if metadata is None else metadata.value
+
+
 # %METADATA(TYPE:...)%: where each type's metadata is found.
 _SOURCES = {
     "DYNAMIC": _dynamic,
@@ -79,8 +84,8 @@ _SOURCES = {
     "VIRTUAL_HOST": _virtual_host,
     "CLUSTER": _cluster,
     "UPSTREAM_HOST": _upstream_host,
+    "LISTENER": _listener,
 }
-_NOT_YET = ("LISTENER",)
 
 
 def _metadata(sub: str, max_length: int | None, path: str) -> Provider:
@@ -88,12 +93,6 @@ def _metadata(sub: str, max_length: int | None, path: str) -> Provider:
     kind, _, rest = sub.partition(":")
     source = _SOURCES.get(kind)
     if source is None:
-        if kind in _NOT_YET:
-            raise ConfigError(
-                path,
-                f"%METADATA({kind}:...)% is not implemented by legatus yet (DYNAMIC, "
-                "ROUTE, VIRTUAL_HOST, CLUSTER and UPSTREAM_HOST are)",
-            )
         raise ConfigError(path, f"{kind} is not supported type of metadata")  # Envoy's words
     return _metadata_provider(source, rest, max_length)
 

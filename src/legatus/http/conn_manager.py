@@ -560,6 +560,7 @@ class ActiveStream:
         info.downstream_direct_remote_address = conn_info.downstream_direct_remote_address
         info.downstream_ssl = conn_info.downstream_ssl
         info.requested_server_name = conn_info.requested_server_name
+        info.listener_metadata = conn_info.listener_metadata
         if event is not None:
             self.request_headers = event.headers
             if event.protocol != HTTP_11:

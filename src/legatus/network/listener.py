@@ -26,6 +26,7 @@ from envoy.config.listener.v3 import listener_pb2
 
 from legatus.config.errors import ConfigError
 from legatus.config.factory_context import FactoryContext
+from legatus.config.metadata import FrozenMetadata
 from legatus.config.supported import check_supported
 from legatus.network import address as addr
 from legatus.network.connection import DEFAULT_BUFFER_LIMIT, Connection
@@ -152,6 +153,7 @@ class ListenerConfig:
     listener_filters: tuple[Callable[[], ListenerFilter], ...] = ()
     listener_filters_timeout: float = DEFAULT_LISTENER_FILTERS_TIMEOUT
     continue_on_listener_filters_timeout: bool = False
+    metadata: FrozenMetadata | None = None  # %METADATA(LISTENER:...)%
 
 
 def compile_listener(proto: Listener, context: FactoryContext, path: str) -> ListenerConfig:
@@ -211,6 +213,9 @@ def compile_listener(proto: Listener, context: FactoryContext, path: str) -> Lis
             else DEFAULT_LISTENER_FILTERS_TIMEOUT
         ),
         continue_on_listener_filters_timeout=proto.continue_on_listener_filters_timeout,
+        metadata=FrozenMetadata.from_proto(proto.metadata, f"{path}.metadata")
+        if proto.HasField("metadata")
+        else None,
     )
 
 
@@ -440,6 +445,7 @@ class ActiveListener:
         local, remote = conn.local_address, conn.remote_address
         info.downstream_local_address = _fmt(local)
         info.downstream_remote_address = info.downstream_direct_remote_address = _fmt(remote)
+        info.listener_metadata = self.config.metadata
         conn.stream_info = info
         chain = self._only_chain
         if chain is None:
