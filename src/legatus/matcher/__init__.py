@@ -179,9 +179,7 @@ def _matcher(proto, path: str, factories: _Factories) -> MatchTree:
         where = join_path(path, "matcher_tree")
         check_supported(tree, ("input", "exact_match_map", "prefix_match_map"), where,
                         "MatcherTree")  # fmt: skip
-        if not tree.HasField("input"):
-            raise ConfigError(join_path(where, "input"), "an input is required")
-        data_input = _input(tree.input, join_path(where, "input"), factories)
+        data_input = _input(tree, where, factories)
         kind = tree.WhichOneof("tree_type")
         if kind is None:
             raise ConfigError(join_path(where, "tree_type"), "a match map is required")
@@ -213,9 +211,13 @@ def _on_match(proto, path: str, factories: _Factories) -> _OnMatch:
     raise ConfigError(join_path(path, "on_match"), "a matcher or an action is required")
 
 
-def _input(extension, path: str, factories: _Factories) -> DataInput:
+def _input(holder, path: str, factories: _Factories) -> DataInput:
+    """The compiled ``input`` of a MatcherTree or a SinglePredicate (``holder`` at ``path``)."""
+    path = join_path(path, "input")
+    if not holder.HasField("input"):
+        raise ConfigError(path, "an input is required")
     supported = ", ".join(n.rpartition(".")[2] for n in factories.inputs)
-    return _build(extension, path, factories.inputs, lambda url: (
+    return _build(holder.input, path, factories.inputs, lambda url: (
         f"{factories.what} cannot match on '{url}' (inputs legatus offers it: {supported})"
     ))  # fmt: skip
 
@@ -253,9 +255,7 @@ def _predicate(proto, path: str, factories: _Factories) -> Callable[[Any], bool]
         where = join_path(path, "single_predicate")
         check_supported(single, ("input", "value_match", "custom_match"), where,
                         "SinglePredicate")  # fmt: skip
-        if not single.HasField("input"):
-            raise ConfigError(join_path(where, "input"), "an input is required")
-        data_input = _input(single.input, join_path(where, "input"), factories)
+        data_input = _input(single, where, factories)
         if single.HasField("custom_match"):
             known = ", ".join(sorted(factories.input_matchers)) or "none"
             matches = _build(single.custom_match, join_path(where, "custom_match"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
+from legatus.common.cidr import compile_cidr_range
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
 from legatus.stats.store import StatSet, counter
@@ -31,12 +32,7 @@ def compile_ip_matcher(proto, path: str, store) -> Callable[[str], bool]:
         raise ConfigError(join_path(path, "stat_prefix"), "a stat prefix is required")
     networks: dict[int, list] = {4: [], 6: []}
     for i, cidr in enumerate(proto.cidr_ranges):
-        prefix_len = cidr.prefix_len.value if cidr.HasField("prefix_len") else 0
-        try:
-            network = ipaddress.ip_network(f"{cidr.address_prefix}/{prefix_len}", strict=False)
-        except ValueError as e:
-            where = f"{join_path(path, 'cidr_ranges')}[{i}].address_prefix"
-            raise ConfigError(where, f"malformed IP range: {e}") from None
+        network = compile_cidr_range(cidr, f"{join_path(path, 'cidr_ranges')}[{i}]")
         networks[network.version].append(network)
     stats = IpMatcherStats(store.scope(f"{proto.stat_prefix}."))
     v4, v6 = tuple(networks[4]), tuple(networks[6])

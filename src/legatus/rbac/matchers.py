@@ -25,9 +25,7 @@ Envoy 1.40:
 
 from __future__ import annotations
 
-import ipaddress
-from typing import Any
-
+from legatus.common.cidr import compile_cidr_range
 from legatus.common.matchers import HeaderMatcher, StringMatcher
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
@@ -196,7 +194,7 @@ def compile_permission(proto, path: str) -> Matcher:
     if which == "url_path":
         return _url_path(proto.url_path, where)
     if which == "destination_ip":
-        return Ip("local", _cidr(proto.destination_ip, where))
+        return Ip("local", compile_cidr_range(proto.destination_ip, where))
     if which == "destination_port":
         return Port(proto.destination_port, proto.destination_port + 1)
     if which == "destination_port_range":
@@ -232,17 +230,9 @@ def compile_principal(proto, path: str) -> Matcher:
             else None
         )
     attribute = {"source_ip": "source", "direct_remote_ip": "direct_remote", "remote_ip": "remote"}
-    return Ip(attribute[which], _cidr(getattr(proto, which), where))
+    return Ip(attribute[which], compile_cidr_range(getattr(proto, which), where))
 
 
 def _url_path(proto, path: str) -> Matcher:
     check_supported(proto, ("path",), path, "PathMatcher")
     return UrlPath(StringMatcher(proto.path, join_path(path, "path")))
-
-
-def _cidr(proto, path: str) -> Any:
-    prefix_len = proto.prefix_len.value if proto.HasField("prefix_len") else 0
-    try:
-        return ipaddress.ip_network(f"{proto.address_prefix}/{prefix_len}", strict=False)
-    except ValueError as e:
-        raise ConfigError(join_path(path, "address_prefix"), f"malformed IP range: {e}") from None
