@@ -40,6 +40,9 @@ class Category(enum.Enum):
     ACCESS_LOG_FILTER = "envoy.access_loggers.extension_filters"
     BOOTSTRAP = "envoy.bootstrap"
     COMPRESSOR = "envoy.compression.compressor"
+    DECOMPRESSOR = "envoy.compression.decompressor"
+    STATEFUL_HEADER_FORMATTER = "envoy.http.stateful_header_formatters"
+    ORIGINAL_IP_DETECTION = "envoy.http.original_ip_detection"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

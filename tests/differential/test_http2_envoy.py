@@ -477,6 +477,9 @@ MALFORMED = {
         (":path", "/"),
     ],
     "control_character": [*GET, (":path", "/"), ("x-a", "a\x01b")],
+    "path_space": [*GET, (":path", "/a b")],
+    "path_tab": [*GET, (":path", "/a\tb")],
+    "path_del": [*GET, (":path", "/a\x7fb")],
     "bad_content_length": [*GET, (":path", "/"), ("content-length", "x")],
 }
 

@@ -165,6 +165,7 @@ SCENARIOS: dict[str, tuple[str, bytes]] = {
     "headers_too_large": ("main", get("/up", (("x-big", "a" * 3000),))),
     "low_version": ("main", get("/up", version="HTTP/1.0")),
     "missing_host_header": ("main", b"GET /up HTTP/1.1\r\n\r\n"),
+    "path_normalization_failed": ("main", get("/up#fragment")),
     "request_payload_too_large": ("buffered", get("/", (("content-length", "100"),), "POST")
                                   + b"a" * 100),
 }  # fmt: skip
@@ -275,7 +276,7 @@ def wire_headers(reply, request: HeaderMap, listener: str, *, config=None, info=
     headers, body = render_local_reply(reply, request_headers=request, info=info, config=config)
     mutate_response_headers(policy_for(listener), headers, request, date="<date>")
     out = [(n, v) for n, v in headers.items() if not n.startswith(":")]
-    if reply.close_connection:
+    if reply.close_connection or reply.status == 400:  # (Envoy closes after any 400)
         out.append(("connection", "close"))
     status = int(headers.get(":status"))
     if "content-length" not in headers and status not in (204, 304):

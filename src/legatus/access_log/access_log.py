@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from legatus.access_log import log_type as log_types
 from legatus.access_log.http_operators import grpc_status
 from legatus.access_log.providers import milliseconds
 from legatus.common.matchers import HeaderMatcher
@@ -47,11 +48,13 @@ class AccessLogFilter:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccessLog:
-    """One configured access log: its filter and its logger (an extension instance)."""
+    """One configured access log: its filter, its logger (an extension instance) and the
+    type of its entries when the caller names none (log_type.py)."""
 
     name: str
     filter: AccessLogFilter | None
     instance: Any  # has log(info, request_headers, response_headers, response_trailers)
+    log_type: str = log_types.NOT_SET
 
     def log(
         self,
@@ -59,7 +62,9 @@ class AccessLog:
         request_headers: Headers = None,
         response_headers: Headers = None,
         response_trailers: Headers = None,
+        log_type: str | None = None,
     ) -> None:
+        info.access_log_type = log_type or self.log_type
         try:
             if self.filter is not None and not self.filter.evaluate(
                 info, request_headers, response_headers, response_trailers
@@ -68,10 +73,16 @@ class AccessLog:
             self.instance.log(info, request_headers, response_headers, response_trailers)
         except Exception:  # a log entry must never take the connection down
             log.exception("access log %s failed", self.name)
+        finally:
+            info.access_log_type = log_types.NOT_SET
 
 
-def create_access_logs(protos, context, path: str) -> tuple[AccessLog, ...]:
-    """Compile a repeated ``AccessLog`` field (``path`` is the field's path)."""
+def create_access_logs(
+    protos, context, path: str, *, log_type: str = log_types.NOT_SET
+) -> tuple[AccessLog, ...]:
+    """Compile a repeated ``AccessLog`` field (``path`` is the field's path); ``log_type``:
+    the type of their entries unless a caller names another (Envoy's default for the place:
+    ``DownstreamEnd`` for a connection manager, ``TcpConnectionEnd`` for tcp_proxy...)."""
     from legatus.config.validate import validate_message
 
     logs = []
@@ -94,7 +105,14 @@ def create_access_logs(protos, context, path: str) -> tuple[AccessLog, ...]:
         if errors:
             raise errors[0]
         instance = extension.factory(config, context, config_path)
-        logs.append(AccessLog(name=proto.name or extension.name, filter=filter_, instance=instance))
+        logs.append(
+            AccessLog(
+                name=proto.name or extension.name,
+                filter=filter_,
+                instance=instance,
+                log_type=log_type,
+            )
+        )
     return tuple(logs)
 
 
@@ -295,7 +313,29 @@ class GrpcStatusFilter(AccessLogFilter):
         return not found if self.exclude else found
 
 
-_UNSUPPORTED_FILTERS = ("metadata_filter", "extension_filter", "log_type_filter")
+class LogTypeFilter(AccessLogFilter):
+    """``log_type_filter``: the entry's type is (``exclude``: is not) one of ``types``."""
+
+    __slots__ = ("exclude", "types")
+
+    def __init__(self, proto, path: str) -> None:
+        check_supported(proto, ("types", "exclude"), path, "LogTypeFilter")
+        types = []
+        for i, value in enumerate(proto.types):
+            try:
+                types.append(log_types.name_of(value))
+            except ValueError:
+                raise ConfigError(
+                    f"{path}.types[{i}]", f"unknown access log type {value}"
+                ) from None
+        self.types = frozenset(types)
+        self.exclude = proto.exclude
+
+    def evaluate(self, info, request_headers, response_headers, response_trailers) -> bool:
+        return (log_types.current(info) in self.types) != self.exclude
+
+
+_UNSUPPORTED_FILTERS = ("metadata_filter", "extension_filter")
 
 
 def compile_filter(proto, path: str, context) -> AccessLogFilter:
@@ -323,6 +363,8 @@ def compile_filter(proto, path: str, context) -> AccessLogFilter:
         return ResponseFlagFilter(sub, sub_path)
     if which == "grpc_status_filter":
         return GrpcStatusFilter(sub, sub_path)
+    if which == "log_type_filter":
+        return LogTypeFilter(sub, sub_path)
     if which in _UNSUPPORTED_FILTERS:
         raise ConfigError(sub_path, f"access log filter '{which}' is not supported by legatus yet")
     raise ConfigError(sub_path, "an access log filter must set one filter_specifier")

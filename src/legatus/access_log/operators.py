@@ -20,6 +20,7 @@ import socket
 import time
 import uuid
 
+from legatus.access_log import log_type
 from legatus.access_log.date_formatter import DEFAULT_LOCAL, DEFAULT_UTC, NEWLINE, DateFormatter
 from legatus.access_log.http_operators import HTTP_OPERATORS
 from legatus.access_log.metadata import METADATA_OPERATORS
@@ -72,7 +73,6 @@ NOT_IMPLEMENTED = frozenset(
         "FILTER_STATE",
         "UPSTREAM_FILTER_STATE",
         "UPSTREAM_CONNECTION_POOL_READY_DURATION",
-        "ACCESS_LOG_TYPE",
         "STREAM_INFO_REQ",
         "TRACE_ID",
         "UPSTREAM_DETECTED_CLOSE_TYPE",
@@ -422,6 +422,8 @@ _TABLE: dict[str, tuple[Syntax, Factory]] = {
     "ENVIRONMENT": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _environment),
     "UNIQUE_ID": (Syntax.COMMAND_ONLY, _unique_id),
     "COALESCE": (Syntax.PARAMS_REQUIRED | Syntax.LENGTH_ALLOWED, _coalesce),
+    # Why the entry is written (log_type.py); NotSet outside an access log.
+    "ACCESS_LOG_TYPE": (Syntax.COMMAND_ONLY, simple(string(log_type.current))),
     **HTTP_OPERATORS,
     **METADATA_OPERATORS,
     **TLS_OPERATORS,

@@ -1,7 +1,7 @@
 """Response code stats and reason phrases: Envoy's ``CodeStatsImpl`` and ``CodeUtility``.
 
-Upstream side (``ResponseCodeStats``, one per cluster scope, and per virtual cluster or zone
-scope without categories), as ``chargeResponseStat`` / ``chargeResponseTiming`` do:
+Upstream side (``ResponseCodeStats``, one per cluster scope, and per zone scope without
+categories), as ``chargeResponseStat`` / ``chargeResponseTiming`` do:
 
     <scope>.upstream_rq_completed, upstream_rq_<N>xx, upstream_rq_<code>
     <scope>.canary.*      also, when the upstream host or response is a canary
@@ -11,9 +11,14 @@ scope without categories), as ``chargeResponseStat`` / ``chargeResponseTiming`` 
 
 A code outside 100-599 counts as ``upstream_rq_unknown`` and has no class counter.
 
+A request's virtual cluster and route stats (router/route_stats.py) are scopes the response
+is also counted ``under``, in the same call and without categories, as Envoy's
+ResponseStatInfo carries them: ``<scope>.upstream_rq_completed``, ``_<N>xx``, ``_<code>`` and
+``upstream_rq_time``.
+
 Envoy creates these counters the first time a code is seen, so /stats shows
-``upstream_rq_503`` only after a 503. The hot path here is one dict lookup (code and
-categories) and a few ``inc()``; names are built once per distinct key and cached.
+``upstream_rq_503`` only after a 503. The hot path here is one dict lookup (code, categories
+and scopes) and a few ``inc()``; names are built once per distinct key and cached.
 
 Downstream side (``DownstreamCodeStats``): the HCM's ``downstream_rq_completed`` and
 ``downstream_rq_<N>xx`` (no per-code counters), charged on ``http.<prefix>.`` and on the
@@ -67,8 +72,9 @@ def _code_stat(code: int) -> str:
 class ResponseCodeStats:
     """The upstream_rq_* code counters and time histograms of one scope.
 
-    ``categories`` adds the canary./internal./external. variants (cluster scopes); virtual
-    cluster (``vhost.<vh>.vcluster.<vc>.``) and zone scopes have none.
+    ``categories`` adds the canary./internal./external. variants (cluster scopes); zone
+    scopes have none, nor have the scopes a response is also counted ``under``
+    (``vhost.<vh>.vcluster.<vc>.``, ``vhost.<vh>.route.<stat_prefix>.``).
     """
 
     __slots__ = ("_categories", "_counters", "_scope", "_timers")
@@ -76,22 +82,27 @@ class ResponseCodeStats:
     def __init__(self, scope: Scope, *, categories: bool = True) -> None:
         self._scope = scope
         self._categories = categories
-        self._counters: dict[tuple[int, bool, bool], tuple[Counter, ...]] = {}
-        self._timers: dict[tuple[bool, bool], tuple[Histogram, ...]] = {}
+        self._counters: dict[tuple[int, bool, bool, tuple[str, ...]], tuple[Counter, ...]] = {}
+        self._timers: dict[tuple[bool, bool, tuple[str, ...]], tuple[Histogram, ...]] = {}
 
-    def charge(self, code: int, *, internal: bool = False, canary: bool = False) -> None:
-        """Count one response with status ``code`` (Envoy's chargeResponseStat)."""
-        counters = self._counters.get((code, internal, canary))
+    def charge(
+        self, code: int, *, internal: bool = False, canary: bool = False, under: tuple = ()
+    ) -> None:
+        """Count one response with status ``code`` (Envoy's chargeResponseStat), here and
+        ``under`` more scopes (stat name prefixes: a virtual cluster's, a route's)."""
+        counters = self._counters.get((code, internal, canary, under))
         if counters is None:
-            counters = self._declare(code, internal, canary)
+            counters = self._declare(code, internal, canary, under)
         for counter in counters:
             counter.value += 1  # (Counter.inc without the call)
 
-    def record_time(self, ms: float, *, internal: bool = False, canary: bool = False) -> None:
+    def record_time(
+        self, ms: float, *, internal: bool = False, canary: bool = False, under: tuple = ()
+    ) -> None:
         """Record the upstream response time (Envoy's chargeResponseTiming)."""
-        timers = self._timers.get((internal, canary))
+        timers = self._timers.get((internal, canary, under))
         if timers is None:
-            timers = self._declare_timers(internal, canary)
+            timers = self._declare_timers(internal, canary, under)
         for timer in timers:
             timer.record(ms)
 
@@ -103,7 +114,9 @@ class ResponseCodeStats:
             prefixes.append("internal." if internal else "external.")
         return prefixes
 
-    def _declare(self, code: int, internal: bool, canary: bool) -> tuple[Counter, ...]:
+    def _declare(
+        self, code: int, internal: bool, canary: bool, scopes: tuple[str, ...]
+    ) -> tuple[Counter, ...]:
         group = code_class(code)
         names = ["upstream_rq_completed"]
         if group:
@@ -114,15 +127,21 @@ class ResponseCodeStats:
             for prefix in self._prefixes(internal, canary)
             for name in names
         )
-        self._counters[(code, internal, canary)] = counters
+        store = self._scope.store
+        counters += tuple(store.counter(scope + name) for scope in scopes for name in names)
+        self._counters[(code, internal, canary, scopes)] = counters
         return counters
 
-    def _declare_timers(self, internal: bool, canary: bool) -> tuple[Histogram, ...]:
+    def _declare_timers(
+        self, internal: bool, canary: bool, scopes: tuple[str, ...]
+    ) -> tuple[Histogram, ...]:
         timers = tuple(
             self._scope.histogram(prefix + "upstream_rq_time")
             for prefix in self._prefixes(internal, canary)
         )
-        self._timers[(internal, canary)] = timers
+        store = self._scope.store
+        timers += tuple(store.histogram(scope + "upstream_rq_time") for scope in scopes)
+        self._timers[(internal, canary, scopes)] = timers
         return timers
 
 

@@ -36,7 +36,8 @@ timer, armed once per connection, whose deadline activity moves by storing a num
 (``route_timer``), so a plain request creates no timer.
 ``max_connection_duration``, ``request_headers_timeout`` (from the first byte of a request to
 its head), ``request_timeout``, ``max_stream_duration`` and ``drain_timeout`` get timers only
-when configured.
+when configured; so do the access-log options and the recommended status of Proxy-Status
+(http/stream_options.py, attached by the same test as the stream's timers).
 
 Flow control (Envoy's watermarks): the downstream write buffer above its high watermark
 stops the upstream read of the current stream (through the router's watermark callbacks);
@@ -56,6 +57,7 @@ from legatus.http.conn_manager_utility import (
     is_upgrade,
     mutate_request_headers,
     mutate_response_headers,
+    original_ip_rejection,
 )
 from legatus.http.filter_chain import NO_HTTP_FILTERS, HttpFilterChain
 from legatus.http.filter_manager import FilterManager, TerminalFilterManager
@@ -74,8 +76,12 @@ from legatus.http.local_reply import (
     ENVOY_LOCAL_REPLIES,
     LocalReply,
     codec_error,
+    is_grpc_request,
+    original_ip_detection_rejection,
+    path_normalization_redirect,
     render_local_reply,
 )
+from legatus.http.path_utility import FRAGMENT_ONLY, NormalizeResult, PathNormalization
 from legatus.http.upgrades import upgrade_type
 from legatus.network.connection import State
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
@@ -547,6 +553,8 @@ class ActiveStream:
     request_timer: Any = None
     duration_timer: Any = None
     route_duration = False  # the route's max_stream_duration set the duration timer
+    stream_options: Any = None  # the config's StreamOptions, attached (http/stream_options.py)
+    flush_timer: Any = None  # access_log_flush_interval's
     random_value = 0
 
     def __init__(self, manager: ConnectionManager, event: RequestHeaders | None) -> None:
@@ -578,7 +586,7 @@ class ActiveStream:
         manager.rq_protocol_total.value += 1
         stats.downstream_rq_active.inc()
         manager.requests += 1
-        if config.request_timeout or config.max_stream_duration:
+        if config.per_stream_setup:  # timers, stream options (decided by the config)
             self._start_timers(config, manager.loop)
 
     def _start_timers(self, config, loop) -> None:
@@ -588,6 +596,8 @@ class ActiveStream:
             self.duration_timer = loop.call_later(
                 config.max_stream_duration, self._on_max_stream_duration
             )
+        if config.stream_options is not None:
+            config.stream_options.attach(self, loop)
 
     @property
     def connection(self):
@@ -616,12 +626,15 @@ class ActiveStream:
             self._create_filter_chain(NO_HTTP_FILTERS)
             self.send_reply(ENVOY_LOCAL_REPLIES["missing_host_header"])
             return
-        if config.strip_port or config.strip_trailing_host_dot:
-            _strip_host(headers, config, info.downstream_local_address)
+        if (
+            config.before_mutation or "#" in headers.get(":path", "")
+        ) and not self._before_mutation(headers, config, info):
+            return
         random = manager.context.random
         result = mutate_request_headers(
             config.header_policy, headers, remote_address=info.downstream_remote_address or "",
-            local_address=info.downstream_local_address, random=random, ssl=info.downstream_ssl
+            local_address=info.downstream_local_address, random=random, ssl=info.downstream_ssl,
+            internal_only_headers=self.route_table.internal_only_headers,
         )  # fmt: skip
         info.downstream_remote_address = result.final_remote_address
         self.internal = result.internal
@@ -648,6 +661,47 @@ class ActiveStream:
         fm = self._create_filter_chain(chain, route, self._resolve_route)
         fm.decode_headers(headers, end_stream)
 
+    def _normalize_path(self, headers: HeaderMap, normalization: PathNormalization) -> bool:
+        """Envoy's maybeNormalizePath, before anything reads the path: False once the request
+        got its 400 (a fragment, an escaped slash refused, a path that does not canonicalize;
+        a gRPC request to be redirected too) or its 307 (escaped slashes unescaped)."""
+        path = headers.get(":path")
+        if path is None:  # CONNECT
+            return True
+        result, normalized = normalization.apply(path)
+        if normalized != path:
+            headers.set(":path", normalized)
+        if result is NormalizeResult.CONTINUE:
+            return True
+        self._create_filter_chain(NO_HTTP_FILTERS)
+        stats = self.manager.config.stats.named
+        if result is NormalizeResult.REJECT or is_grpc_request(headers):
+            stats.downstream_rq_failed_path_normalization.inc()
+            self.send_reply(ENVOY_LOCAL_REPLIES["path_normalization_failed"])
+        else:
+            stats.downstream_rq_redirected_with_normalized_path.inc()
+            self.send_reply(path_normalization_redirect(normalized))
+        return False
+
+    def _before_mutation(self, headers: HeaderMap, config, info) -> bool:
+        """What runs before the header rules, in Envoy's order: the path's normalization (a
+        fragment refused, with or without options), the host's port and trailing dot
+        stripped, then the original IP detection extensions' verdict (Envoy rejects a request
+        before any header rule). False once the request got its answer."""
+        if not self._normalize_path(headers, config.path_normalization or FRAGMENT_ONLY):
+            return False
+        if config.strip_port or config.strip_trailing_host_dot:
+            _strip_host(headers, config, info.downstream_local_address)
+        policy = config.header_policy
+        if policy.original_ip_detection:
+            status = original_ip_rejection(policy, headers, info.downstream_remote_address or "")
+            if status is not None:
+                config.stats.named.downstream_rq_rejected_via_ip_detection.inc()
+                self._create_filter_chain(NO_HTTP_FILTERS)
+                self.send_reply(original_ip_detection_rejection(status))
+                return False
+        return True
+
     def _upgrade_filter_chain(self, headers: HeaderMap, route):
         """Envoy's createUpgradeFilterChain (http/upgrades.py) for an upgrade or CONNECT: the
         filter chain of an allowed one (counted in downstream_cx_upgrades_*); for a refused
@@ -657,7 +711,7 @@ class ActiveStream:
         refused, CONNECT with the router's 404 and the others with the 403."""
         config = self.manager.config
         if self.protocol not in (HTTP_11, HTTP_10):
-            self._create_filter_chain(NO_HTTP_FILTERS)
+            self._create_filter_chain(config.refused_upgrade_chain)
             if headers.get(":method") == "CONNECT":
                 config.stats.router.no_route.inc()
                 self.info.set_flag(ResponseFlag.NO_ROUTE_FOUND)
@@ -676,7 +730,7 @@ class ActiveStream:
             return chain
         if route is None:
             return config.filter_chain
-        self._create_filter_chain(NO_HTTP_FILTERS)
+        self._create_filter_chain(config.refused_upgrade_chain)
         self.saw_connection_close = True
         config.stats.named.downstream_rq_ws_on_non_ws_route.inc()
         self.send_reply(ENVOY_LOCAL_REPLIES["upgrade_failed"])
@@ -791,7 +845,7 @@ class ActiveStream:
                 self.send_continue(headers)
             return
         mutate_response_headers(
-            config.header_policy, headers, self.request_headers, date=date_header()
+            config.header_policy, headers, self.request_headers, date=date_header(), info=self.info
         )
         self.response_started = True
         if self.request_timer is not None:  # Envoy: request_timeout ends as the response starts
@@ -1116,7 +1170,7 @@ class ActiveStream:
         self.destroyed = True
         manager = self.manager
         config = manager.config
-        if self.request_timer is not None or self.duration_timer is not None:
+        if self.request_timer or self.duration_timer or self.stream_options:  # (mostly None)
             self._cancel_stream_timers()
         stats = config.stats.named
         stats.downstream_rq_active.dec()
@@ -1148,6 +1202,8 @@ class ActiveStream:
             if timer is not None:
                 timer.cancel()
         self.request_timer = self.duration_timer = None
+        if self.stream_options is not None:
+            self.stream_options.detach(self)
 
 
 def _opens_tunnel(stream: ActiveStream, headers: HeaderMap, status: str) -> bool:

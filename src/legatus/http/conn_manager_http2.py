@@ -563,7 +563,9 @@ class Http2ActiveStream(ActiveStream):
                 self.send_continue(headers)
             return
         policy = manager.config.header_policy
-        mutate_response_headers(policy, headers, self.request_headers, date=date_header())
+        mutate_response_headers(
+            policy, headers, self.request_headers, date=date_header(), info=self.info
+        )
         if not _HOP_BY_HOP.isdisjoint(headers):
             headers.remove_all(_HOP_BY_HOP)
         self.response_started = True

@@ -14,13 +14,17 @@ Theory of operation:
   the peer (``use_remote_address``) nor adds a header of its own is ``plain`` (decided when
   compiled): its requests without x-forwarded-for take a short path of the same steps.
 - ``mutate_response_headers`` runs once per response (upstream or local): hop-by-hop cleanup,
-  x-request-id echo, via, date and server.
+  x-request-id echo, via, date and server, and last the Proxy-Status entry of
+  ``proxy_status_config`` (http/proxy_status.py).
 
 The trust model (Envoy's): with ``use_remote_address`` the peer of the connection is the
 client, unless ``xff_num_trusted_hops`` proxies in front of us appended to x-forwarded-for;
 without it the client is taken from x-forwarded-for, ``xff_num_trusted_hops`` from the right.
-A request is internal only when the client address came from a single-entry (or absent)
-x-forwarded-for and is in ``internal_address_config``. Unset, that list is empty in Envoy 1.40:
+With ``original_ip_detection_extensions`` (http/original_ip_detection.py) the extensions
+find the client instead, and say whether it may be trusted; ``original_ip_rejection`` is
+asked before the rest, for the extensions that reject a request. A request is internal only
+when the client address came from a single-entry (or absent) x-forwarded-for (or a trusting
+extension) and is in ``internal_address_config``. Unset, that list is empty in Envoy 1.40:
 no address is internal by default (older Envoys took the RFC 1918 / RFC 4193 private ranges;
 the ``explicit_internal_address_config`` change ended that).
 
@@ -61,13 +65,16 @@ HEADER_HCM_FIELDS: frozenset[str] = frozenset((
     "always_set_request_id_in_response", "request_id_extension", "server_name",
     "server_header_transformation", "scheme_header_transformation", "append_x_forwarded_port",
     "add_user_agent", "forward_client_cert_details", "set_current_client_cert_details",
+    # Accepted and not acted on, as Envoy 1.40 (a not-implemented-hide field there): an IPv4
+    # peer stays IPv4 in x-forwarded-for, x-envoy-external-address and the access log.
+    "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
 ))  # fmt: skip
 
 # Header-related HCM fields legatus does not implement yet: the HCM refuses them by name.
+# (original_ip_detection_extensions and proxy_status_config are compiled by the HCM config,
+# which passes them to compile_request_policy.)
 UNSUPPORTED_HCM_FIELDS: tuple[str, ...] = (
-    "original_ip_detection_extensions", "early_header_mutation_extensions",
-    "forward_client_cert_matcher",
-    "represent_ipv4_remote_address_as_ipv4_mapped_ipv6", "proxy_status_config",
+    "early_header_mutation_extensions", "forward_client_cert_matcher",
     "add_proxy_protocol_connection_state",
 )  # fmt: skip
 
@@ -133,10 +140,15 @@ class HeaderPolicy:
     user_agent: str | None = None  # add_user_agent: the service cluster
     service_node: str = ""
     xfcc: XfccPolicy = _SANITIZE  # forward_client_cert_details and its details
-    # Derived: no use_remote_address and no header of its own to add or overwrite (port,
-    # scheme, user agent, via). A request without x-forwarded-for then takes the short
-    # path of ``mutate_request_headers``: external, its client the connection's peer.
+    # original_ip_detection_extensions, in order (http/original_ip_detection.py).
+    original_ip_detection: tuple[Any, ...] = ()
+    proxy_status: Any = None  # proxy_status_config: a ProxyStatusConfig (http/proxy_status.py)
+    # Derived: no use_remote_address, no original IP detection and no header of its own to
+    # add or overwrite (port, scheme, user agent, via). A request without x-forwarded-for then
+    # takes the short path of ``mutate_request_headers``: external, its client the peer.
     plain: bool = field(init=False, repr=False, compare=False)
+    # Derived: a response gets a header of the policy's own at its end (via, Proxy-Status).
+    response_extras: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         plain = not (
@@ -145,8 +157,10 @@ class HeaderPolicy:
             or self.scheme_to_overwrite is not None
             or self.user_agent is not None
             or self.via
+            or self.original_ip_detection
         )
         object.__setattr__(self, "plain", plain)
+        object.__setattr__(self, "response_extras", bool(self.via or self.proxy_status))
 
 
 class MutateResult(NamedTuple):
@@ -169,8 +183,13 @@ def compile_request_policy(
     local_address_ip_version: str = "v4",
     service_cluster: str = "",
     service_node: str = "",
+    original_ip_detection: tuple = (),
+    proxy_status=None,
 ) -> HeaderPolicy:
-    """Compile the header fields of an ``HttpConnectionManager`` proto (``path``: where it is)."""
+    """Compile the header fields of an ``HttpConnectionManager`` proto (``path``: where it is).
+
+    ``original_ip_detection`` (the extensions, made by the HCM config through the registry)
+    and ``proxy_status`` (a compiled ProxyStatusConfig) join the policy as they are."""
     set_fields = {field.name for field, _ in hcm.ListFields()}
     for name in UNSUPPORTED_HCM_FIELDS:
         if name in set_fields:
@@ -232,6 +251,8 @@ def compile_request_policy(
         user_agent=service_cluster if add_user_agent else None,
         service_node=service_node,
         xfcc=xfcc,
+        original_ip_detection=tuple(original_ip_detection),
+        proxy_status=proxy_status,
     )
 
 
@@ -336,7 +357,10 @@ def mutate_request_headers(
             _set_forwarded_port(headers, local_address)
     else:
         trusted_checks = False
-        if xff is not None:
+        if policy.original_ip_detection:
+            final_ip, trusted_checks = _detect_original_ip(policy, headers, remote_address)
+            from_xff = final_ip is not None
+        elif xff is not None:
             final_ip, trusted_checks = _last_xff_address(xff, hops)
             from_xff = final_ip is not None
     if "x-forwarded-proto" not in headers:
@@ -388,6 +412,41 @@ def mutate_request_headers(
     else:
         final = remote_address
     return _new_tuple(MutateResult, (internal, edge, final))
+
+
+def _detect_original_ip(
+    policy: HeaderPolicy, headers: HeaderMap, remote_address: str
+) -> tuple[Ip | None, bool]:
+    """The client the original IP detection extensions find, and whether it may be trusted
+    (http/original_ip_detection.py): asked in order until one finds it, each that does not
+    skip the append adding the peer to x-forwarded-for first. A rejection was answered
+    before (``original_ip_rejection``)."""
+    peer, peer_loopback, peer_text = _peer_of(remote_address)
+    for extension in policy.original_ip_detection:
+        result = extension.detect(headers, peer)
+        if not result.skip_xff_append and peer is not None:
+            appended = policy.local_address if peer_loopback else peer_text
+            xff = headers.get("x-forwarded-for")
+            headers.set("x-forwarded-for", f"{xff},{appended}" if xff else appended)
+        if result.address is not None:
+            return result.address, result.allow_trusted_address_checks
+    return None, False
+
+
+def original_ip_rejection(policy: HeaderPolicy, headers: HeaderMap, remote_address: str):
+    """The status to reject the request with when the original IP detection extensions say
+    so (an extension that rejects before one finds the client), else None. Asked before
+    ``mutate_request_headers``, which then leaves the headers untouched: Envoy rejects the
+    request before any of its header rules."""
+    _single_value(headers, "x-forwarded-for")  # (joined, as the header rules read it)
+    peer = _peer_of(remote_address)[0]
+    for extension in policy.original_ip_detection:
+        result = extension.detect(headers, peer)
+        if result.reject_status is not None:
+            return result.reject_status
+        if result.address is not None:
+            return None
+    return None
 
 
 def _set_forwarded_port(headers: HeaderMap, local_address: str | None) -> None:
@@ -499,9 +558,11 @@ def mutate_response_headers(
     request_headers: HeaderMap | None,
     *,
     date: str | None = None,
+    info=None,
 ) -> None:
     """Hop-by-hop cleanup, x-request-id echo, via, then date (when given and absent) and
-    server, for upstream responses and local replies alike."""
+    server, for upstream responses and local replies alike; last the Proxy-Status entry of
+    ``proxy_status_config`` for the stream (``info``, its StreamInfo) if its flags name one."""
     if (
         "upgrade" in response_headers
         and request_headers is not None
@@ -527,8 +588,14 @@ def mutate_response_headers(
         request_id = request_headers.get("x-request-id")
         if request_id is not None:
             response_headers.set("x-request-id", request_id)
-    if policy.via:
-        response_headers.append_value("via", policy.via, ", ")
+    if policy.response_extras:
+        if policy.via:
+            response_headers.append_value("via", policy.via, ", ")
+        proxy_status = policy.proxy_status
+        if proxy_status is not None and info is not None and info.response_flags:
+            value = proxy_status.header_value(info)
+            if value is not None:
+                response_headers.append_value("proxy-status", value, ", ")
 
 
 _date_cache: list = [-1, ""]  # (second, text): one worker process, one event loop

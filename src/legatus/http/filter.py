@@ -109,6 +109,10 @@ class StreamDecoderFilterCallbacks(Protocol):
         this one now (a data hook that returns STOP_ITERATION_NO_BUFFER replaces its bytes
         this way; the end it injects is not held for it)."""
 
+    def add_decoded_trailers(self, trailers: HeaderMap) -> None:
+        """End the request with ``trailers`` from a data hook at its end that took the data
+        (STOP_ITERATION_NO_BUFFER; the data injected first without the end)."""
+
     def clear_route_cache(self) -> None:
         """Headers that routing looks at were changed: match the route again."""
 
@@ -133,6 +137,9 @@ class StreamEncoderFilterCallbacks(Protocol):
 
     def inject_encoded_data_to_filter_chain(self, data: bytes, end_stream: bool) -> None:
         """The response side of inject_decoded_data_to_filter_chain."""
+
+    def add_encoded_trailers(self, trailers: HeaderMap) -> None:
+        """The response side of add_decoded_trailers."""
 
 
 class StreamDecoderFilter:

@@ -608,6 +608,13 @@ class _DecoderSlot(_Active):
             self.injected_end = True
         self.manager.decoder.walk(self.index + 1, _Kind.DATA, data, end_stream)
 
+    def add_decoded_trailers(self, trailers: HeaderMap) -> None:
+        """Envoy's addDecodedTrailers: from a data hook at the end of the stream that took
+        its data (STOP_ITERATION_NO_BUFFER, the data injected without the end), end the
+        request with ``trailers`` instead."""
+        self.injected_end = True
+        self.manager.decoder.walk(self.index + 1, _Kind.TRAILERS, trailers, True)
+
     def clear_route_cache(self) -> None:
         if self.manager.route_resolver is not None:
             self.manager.route = self.manager.route_resolver()
@@ -641,6 +648,11 @@ class _EncoderSlot(_Active):
         if end_stream:
             self.injected_end = True
         self.manager.encoder.walk(self.index + 1, _Kind.DATA, data, end_stream)
+
+    def add_encoded_trailers(self, trailers: HeaderMap) -> None:
+        """Envoy's addEncodedTrailers (see the decoding side)."""
+        self.injected_end = True
+        self.manager.encoder.walk(self.index + 1, _Kind.TRAILERS, trailers, True)
 
 
 class TerminalFilterManager(_TerminalCallbacks):

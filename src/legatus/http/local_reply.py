@@ -126,6 +126,19 @@ def codec_error(status: int, details: str) -> LocalReply:
     )
 
 
+def path_normalization_redirect(location: str) -> LocalReply:
+    """``path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT``: a 307 to the path with
+    its escaped slashes undone (then normalized and merged as configured), the connection
+    kept; the details say ``path_normalization_failed`` too, as in Envoy."""
+    return _reply(307, "", "path_normalization_failed", headers=(("location", location),))
+
+
+def original_ip_detection_rejection(status: int) -> LocalReply:
+    """An original IP detection extension's ``reject_with_status``: the status, no body, no
+    flag; the connection stays open (Envoy 1.40)."""
+    return _reply(status, "", "rejecting_because_detection_failed")
+
+
 def _no_spaces(details: str) -> str:
     return "_".join(details.split(" "))
 
@@ -216,6 +229,10 @@ ENVOY_LOCAL_REPLIES: MappingProxyType[str, LocalReply] = MappingProxyType(
         "headers_too_large": codec_error(431, "http1.headers_too_large"),
         "low_version": codec_error(426, "low_version"),
         "missing_host_header": _reply(400, "", "missing_host_header", close_connection=True),
+        # A path with a fragment, or one the HCM's path options reject (http/path_utility.py);
+        # it closes as every 400 does. Its details also go with the 307 of
+        # path_normalization_redirect, which keeps the connection.
+        "path_normalization_failed": _reply(400, "", "path_normalization_failed"),
         # A request body past a buffering filter's limit (buffer filter, decoder buffer limit).
         "request_payload_too_large": _reply(
             413, "Payload Too Large", "request_payload_too_large", close_connection=True
@@ -329,8 +346,9 @@ _BODY_MARK = "LEGATUS-LOCAL-REPLY-BODY-c0d3"
 _APPEND, _ADD_IF_ABSENT, _OVERWRITE_OR_ADD, _OVERWRITE_IF_EXISTS = range(4)
 
 
-class _BodyFormatter:
-    """A ``SubstitutionFormatString`` for local reply bodies; None: the body as it is."""
+class BodyFormatter:
+    """A ``SubstitutionFormatString`` for local reply bodies (also a direct response's
+    ``body_format``, router/action.py); None: the body as it is."""
 
     __slots__ = ("content_type", "formatter", "json")
 
@@ -428,10 +446,10 @@ class _Mapper:
     status_code: int | None
     body: str | None
     headers: tuple[_HeaderToAdd, ...]
-    body_format: _BodyFormatter | None
+    body_format: BodyFormatter | None
 
 
-_AS_IS = _BodyFormatter()
+_AS_IS = BodyFormatter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,7 +457,7 @@ class LocalReplyConfig:
     """A compiled ``LocalReplyConfig``; ``DEFAULT_LOCAL_REPLY_CONFIG`` when none is set."""
 
     mappers: tuple[_Mapper, ...] = ()
-    body_format: _BodyFormatter = _AS_IS
+    body_format: BodyFormatter = _AS_IS
 
     def rewrite(self, request_headers, response_headers: HeaderMap, info, code: int, body: str):
         """Envoy's LocalReplyImpl::rewrite: (code, body, content type, JSON body?)."""
@@ -499,7 +517,7 @@ def compile_local_reply_config(proto, path: str, context) -> LocalReplyConfig:
                     for j, h in enumerate(mapper.headers_to_add)
                 ),
                 body_format=(
-                    _BodyFormatter(
+                    BodyFormatter(
                         mapper.body_format_override,
                         join_path(mapper_path, "body_format_override"),
                     )
@@ -509,7 +527,7 @@ def compile_local_reply_config(proto, path: str, context) -> LocalReplyConfig:
             )
         )
     body_format = (
-        _BodyFormatter(proto.body_format, join_path(path, "body_format"))
+        BodyFormatter(proto.body_format, join_path(path, "body_format"))
         if proto.HasField("body_format")
         else _AS_IS
     )

@@ -8,8 +8,11 @@
   cluster is an error (``route: unknown cluster 'x'``);
 - at most one of ``prefix_rewrite`` and ``regex_rewrite``; ``rewrite_path`` computes the
   new ``:path`` (the router filter sets it and ``x-envoy-original-path``);
-- ``host_rewrite_literal`` / ``host_rewrite_header`` / ``auto_host_rewrite`` (the last needs
-  the upstream host, so it is a flag for the router), ``append_x_forwarded_host``;
+- ``host_rewrite_literal`` / ``host_rewrite_header`` / ``host_rewrite_path_regex`` /
+  ``auto_host_rewrite`` (the last needs the upstream host, so it is a flag for the router),
+  ``append_x_forwarded_host``. ``host_rewrite_path_regex`` substitutes every match in the
+  request path without its query and fragment (RE2's GlobalReplace): a path it does not
+  match becomes the host as it is, as in Envoy; an empty result rewrites nothing;
 - ``timeout`` (default 15 s; 0 disables it), ``idle_timeout``; the deprecated gRPC deadline
   fields ``max_grpc_timeout`` and ``grpc_timeout_offset`` (timeouts.py); ``max_stream_duration``
   (``max_stream_duration``, ``grpc_timeout_header_max``, ``grpc_timeout_header_offset``), which
@@ -20,7 +23,14 @@
   terminated here with ``connect_config``.
 
 ``DirectResponseAction`` is a status and a body read once from its DataSource (at most
-``max_direct_response_body_size_bytes``, 4096 by default). Redirects live in redirect.py.
+``max_direct_response_body_size_bytes``, 4096 by default). Its ``body_format`` (a
+``SubstitutionFormatString``, compiled as the local reply ``body_format`` is) makes each
+request's body, with ``%LOCAL_REPLY_BODY%`` for the configured one; as in Envoy it is
+formatted before the reply exists (``%RESPONSE_CODE%`` is 0). The format's explicit
+``content_type`` (JSON's ``application/json`` by default) is set after the route's response
+headers, so before the reply's ``content-length``; a text format without one gets the
+reply's ``text/plain`` after it. The connection manager's ``local_reply_config`` still
+applies on top. Redirects live in redirect.py.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from legatus.common.regex import RegexRewrite, compile_rewrite
 from legatus.config.datasource import read_data_source
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
+from legatus.http.local_reply import BodyFormatter  # the body_format compiler
 from legatus.router.hash_policy import HashContext, HashPolicy, compile_hash_policy
 from legatus.router.header_mutations import is_modifiable_header
 from legatus.router.matchers import PathMatcher, path_for_matching
@@ -46,6 +57,7 @@ from legatus.router.retry_policy import (
     compile_hedge_policy,
     compile_retry_policy,
 )
+from legatus.router.route_stats import RouteRequestStats
 from legatus.router.shadow_writer import MirrorPolicy, compile_mirror_policies
 from legatus.router.timeouts import MaxStreamDuration
 from legatus.router.upgrade import NO_UPGRADES, ConnectConfig, compile_upgrade_configs
@@ -74,6 +86,7 @@ _ROUTE_ACTION_FIELDS = (
     "host_rewrite_literal",
     "auto_host_rewrite",
     "host_rewrite_header",
+    "host_rewrite_path_regex",
     "append_x_forwarded_host",
     "timeout",
     "idle_timeout",
@@ -115,6 +128,7 @@ class RouteAction:
     regex_rewrite: RegexRewrite | None = None
     host_rewrite_literal: str = ""
     host_rewrite_header: str = ""  # lower-case
+    host_rewrite_path_regex: RegexRewrite | None = None
     auto_host_rewrite: bool = False
     append_x_forwarded_host: bool = False
     timeout: float = DEFAULT_TIMEOUT  # seconds; 0 disables the route timeout
@@ -134,11 +148,14 @@ class RouteAction:
     # CONNECT termination config, if any.
     upgrade_map: Mapping[str, bool] = field(default_factory=lambda: NO_UPGRADES)
     connect_config: ConnectConfig | None = None
+    # The route's stat_prefix stats and its virtual host's virtual clusters
+    # (route_stats.py); None: its requests count on the cluster only.
+    request_stats: RouteRequestStats | None = None
     # Derived from the fields above when built (``__post_init__``), for the router's common
     # path: one test per request instead of one per field.
     # ``plain``: no idle timeout, retry or hedge policy, max_stream_duration or
     # max_grpc_timeout, so without router headers in the request (x-envoy-upstream-rq-*...)
-    # the route's ``timeout`` is the request's as it stands.
+    # the route's ``timeout`` is the request's as it stands; and no request stats to pick.
     plain: bool = field(init=False, repr=False, compare=False)
     # ``plain_retries``: ``plain`` but for a retry policy that retries on some condition, with
     # no per-try timeout or per-try idle timeout and no ``retriable_request_headers``: without
@@ -157,6 +174,7 @@ class RouteAction:
             and not self.hedge_on_per_try_timeout
             and self.max_stream_duration is None
             and self.max_grpc_timeout is None
+            and self.request_stats is None
         )
         plain = no_policies and policy is None
         plain_retries = (
@@ -170,6 +188,7 @@ class RouteAction:
         rewrites = bool(
             self.host_rewrite_literal
             or self.host_rewrite_header
+            or self.host_rewrite_path_regex is not None
             or self.auto_host_rewrite
             or self.prefix_rewrite
             or self.regex_rewrite is not None
@@ -189,7 +208,7 @@ class RouteAction:
         return HashContext.for_stream(self.hash_policy, headers, stream_info)
 
     def host_rewrite(self, headers) -> str | None:
-        """The new ``:authority`` from the literal or the named header, else None.
+        """The new ``:authority`` from the literal, the named header or the path, else None.
 
         ``auto_host_rewrite`` is the router's (it needs the upstream host). Envoy's order:
         a weighted cluster's ``host_rewrite_literal`` is set first (plainly), then this
@@ -202,6 +221,10 @@ class RouteAction:
             values = header_values(headers, self.host_rewrite_header)
             if values and values[0]:
                 return values[0]
+        elif self.host_rewrite_path_regex is not None:
+            host = self.host_rewrite_path_regex.apply(path_for_matching(headers.get(":path") or ""))
+            if host:
+                return host
         return None
 
 
@@ -209,10 +232,20 @@ class RouteAction:
 class DirectResponseAction:
     status: int
     body: bytes = b""
+    body_format: BodyFormatter | None = None
+    content_type: str | None = None  # body_format's explicit (or JSON's) content type
 
     def rewrite_path(self, path: str) -> None:
         """A direct response rewrites no path."""
         return None
+
+    def response_body(self, request_headers, info) -> bytes:
+        """This request's body: ``body``, through ``body_format`` when there is one."""
+        if self.body_format is None:
+            return self.body
+        body = self.body.decode("utf-8", "surrogateescape")
+        text = self.body_format.format(info, request_headers, None, body)
+        return text.encode("utf-8", "surrogateescape")
 
 
 def rewrite_path_with(
@@ -262,6 +295,11 @@ def compile_route_action(
     regex_rewrite = None
     if proto.HasField("regex_rewrite"):
         regex_rewrite = compile_rewrite(proto.regex_rewrite, join_path(path, "regex_rewrite"))
+    host_regex = None
+    if proto.HasField("host_rewrite_path_regex"):
+        host_regex = compile_rewrite(
+            proto.host_rewrite_path_regex, join_path(path, "host_rewrite_path_regex")
+        )
     return RouteAction(
         cluster=proto.cluster,
         cluster_header=ascii_lower(proto.cluster_header),
@@ -273,6 +311,7 @@ def compile_route_action(
         regex_rewrite=regex_rewrite,
         host_rewrite_literal=proto.host_rewrite_literal,
         host_rewrite_header=ascii_lower(proto.host_rewrite_header),
+        host_rewrite_path_regex=host_regex,
         auto_host_rewrite=proto.auto_host_rewrite.value,
         append_x_forwarded_host=proto.append_x_forwarded_host,
         timeout=_seconds(proto.timeout) if proto.HasField("timeout") else DEFAULT_TIMEOUT,
@@ -365,7 +404,7 @@ def _internal_redirect_policy(proto, path: str) -> InternalRedirectPolicy | None
 
 
 def compile_direct_response(proto, path: str, *, max_body_size: int) -> DirectResponseAction:
-    check_supported(proto, ("status", "body"), path, "DirectResponseAction")
+    check_supported(proto, ("status", "body", "body_format"), path, "DirectResponseAction")
     body = b""
     if proto.HasField("body"):
         body_path = join_path(path, "body")
@@ -385,7 +424,16 @@ def compile_direct_response(proto, path: str, *, max_body_size: int) -> DirectRe
             raise ConfigError(
                 body_path, f"{what} size is {len(body)} bytes; maximum is {max_body_size}"
             )
-    return DirectResponseAction(status=proto.status, body=body)
+    if not proto.HasField("body_format"):
+        return DirectResponseAction(status=proto.status, body=body)
+    body_format = BodyFormatter(proto.body_format, join_path(path, "body_format"))
+    return DirectResponseAction(
+        status=proto.status,
+        body=body,
+        body_format=body_format,
+        content_type=proto.body_format.content_type
+        or ("application/json" if body_format.json else None),
+    )
 
 
 def compile_max_stream_duration(proto, path: str) -> MaxStreamDuration:

@@ -5,15 +5,20 @@ RouteConfiguration`` into an immutable ``RouteTable`` once; ``RouteTable.route(h
 random_value)`` is the per-request lookup (Envoy's ConfigImpl / RouteMatcher /
 VirtualHostImpl in ``source/common/router/config_impl.cc``):
 
-1. The virtual host is chosen by ``:authority``, lower-cased (ASCII), port included unless
-   ``ignore_port_in_host_matching`` (then anything after the last ``:`` outside IPv6
-   brackets is dropped): an exact domain first; then suffix wildcards (``*.example.com``,
-   ``*-bar.example.com``), longest first; then prefix wildcards (``foo.*``), longest first;
-   then ``*``. A wildcard never matches an empty part (``*.a.com`` does not match
-   ``.a.com``). Domains are unique across the table and only one ``*`` is allowed. A
-   table whose only domain is ``*`` routes requests without ``:authority`` too.
+1. The virtual host is chosen by ``:authority`` (or by the first value of the table's
+   ``vhost_header``: without that header no virtual host is chosen), lower-cased (ASCII),
+   port included unless ``ignore_port_in_host_matching`` (then anything after the last
+   ``:`` outside IPv6 brackets is dropped): an exact domain first; then suffix wildcards
+   (``*.example.com``, ``*-bar.example.com``), longest first; then prefix wildcards
+   (``foo.*``), longest first; then ``*``. A wildcard never matches an empty part
+   (``*.a.com`` does not match ``.a.com``). Domains are unique across the table and only
+   one ``*`` is allowed. A table whose only domain is ``*`` routes requests without
+   ``:authority`` (or ``vhost_header``) too.
 2. Without ``x-forwarded-proto`` (the connection manager always sets it) nothing routes,
-   as in Envoy. The routes of the virtual host are tried in order; the first whose
+   as in Envoy. A virtual host with ``require_tls`` answers a request whose
+   ``x-forwarded-proto`` is not exactly ``https`` (``EXTERNAL_ONLY``: and that is not
+   internal, ``x-envoy-internal: true``) with Envoy's TLS redirect (redirect.py) before
+   any route. The routes of the virtual host are tried in order; the first whose
    RouteMatch matches wins (see matchers.py).
 3. The result is a ``RouteMatch``: the route, its virtual host and, for a forwarding
    route, the cluster picked for this request (``cluster``, ``cluster_header`` or
@@ -27,12 +32,18 @@ rejects static cluster names not in ``context.cluster_names``.
 A CONNECT request (no ``:path``) is matched only by routes with a ``connect_matcher``, which
 match nothing else; ``RouteAction.upgrade_configs`` are compiled by upgrade.py.
 
-Not implemented yet, and refused by name when set: VHDS, ``vhost_header``,
-``internal_only_headers``, cluster specifier plugins, the route configuration's
-``request_mirror_policies``; virtual host ``matcher`` trees, ``require_tls``,
-``virtual_clusters`` (their ``vhost.<vh>.vcluster.<vc>.*`` stats), CORS;
-route ``decorator``, ``tracing``, ``stat_prefix``, filter/non-forwarding
-actions; and, in RouteMatch/RouteAction, what matchers.py and action.py list.
+Mirror policies: a route's own, else its virtual host's, else the route configuration's
+(the most specific non-empty list, as Envoy: lists are not merged); with
+``validate_clusters`` a mirror's static cluster must exist. ``internal_only_headers`` are
+kept on the table for the connection manager, which removes them from external requests
+(conn_manager_utility.py).
+
+A virtual host's ``virtual_clusters`` (virtual_cluster.py) and a route's ``stat_prefix`` give
+a forwarding route's action its ``request_stats`` (route_stats.py).
+
+Not implemented yet, and refused by name when set: VHDS, cluster specifier plugins; virtual
+host ``matcher`` trees, CORS; route ``decorator``, ``tracing``, filter/non-forwarding actions;
+and, in RouteMatch/RouteAction, what matchers.py and action.py list.
 ``typed_per_filter_config`` is compiled by the HTTP filter that owns each entry's type
 (per_filter_config.py).
 """
@@ -67,14 +78,17 @@ from legatus.router.per_filter_config import (
     compile_per_filter_configs,
 )
 from legatus.router.rate_limit_policy import EMPTY_POLICY, compile_rate_limit_policy
-from legatus.router.redirect import RedirectAction, compile_redirect
+from legatus.router.redirect import TLS_REDIRECT, RedirectAction, compile_redirect
 from legatus.router.retry_policy import compile_hedge_policy, compile_retry_policy
-from legatus.router.shadow_writer import compile_mirror_policies
+from legatus.router.route_stats import compile_request_stats
+from legatus.router.shadow_writer import MirrorPolicy, compile_mirror_policies
+from legatus.router.virtual_cluster import VirtualClusters, compile_virtual_clusters
 from legatus.router.weighted_clusters import ClusterWeight
 
 __all__ = ["Route", "RouteMatch", "RouteTable", "VirtualHost", "compile_route_config"]
 
 Action = RouteAction | RedirectAction | DirectResponseAction
+_EXTERNAL_ONLY = 1  # VirtualHost.TlsRequirementType (NONE, EXTERNAL_ONLY, ALL)
 
 _ROUTE_CONFIG_FIELDS = (
     "name",
@@ -89,6 +103,9 @@ _ROUTE_CONFIG_FIELDS = (
     "ignore_port_in_host_matching",
     "ignore_path_parameters_in_path_matching",
     "typed_per_filter_config",
+    "internal_only_headers",
+    "vhost_header",
+    "request_mirror_policies",
 )
 _VIRTUAL_HOST_FIELDS = (
     "name",
@@ -106,6 +123,9 @@ _VIRTUAL_HOST_FIELDS = (
     "typed_per_filter_config",
     "rate_limits",
     "metadata",
+    "require_tls",
+    "include_is_timeout_retry_header",
+    "virtual_clusters",
 )
 _ROUTE_FIELDS = (
     "name",
@@ -119,6 +139,7 @@ _ROUTE_FIELDS = (
     "request_headers_to_remove",
     "response_headers_to_add",
     "response_headers_to_remove",
+    "stat_prefix",
 )
 
 
@@ -218,7 +239,7 @@ class RouteMatch:
 class Route:
     name: str
     virtual_host: VirtualHost
-    match: RouteMatcher
+    match: RouteMatcher | None  # None for require_tls's redirect, which no matcher picks
     action: Action
     # Levels to apply in order (route config / virtual host / route, as the table says).
     request_headers: tuple[HeaderMutations, ...] = ()
@@ -278,6 +299,7 @@ class VirtualHost:
         "domains",
         "ignore_path_parameters",
         "include_attempt_count_in_response",
+        "include_is_timeout_retry_header",
         "include_request_attempt_count",
         "leading_match",
         "leading_prefix",
@@ -287,6 +309,7 @@ class VirtualHost:
         "routes",
         "table_per_filter_config",
         "typed_per_filter_config",
+        "virtual_clusters",
     )
 
     def __init__(self, *, name: str, domains: tuple[str, ...], ignore_path_parameters: bool):
@@ -301,10 +324,12 @@ class VirtualHost:
         self.leading_match: RouteMatch | None = None
         self.include_request_attempt_count = False  # x-envoy-attempt-count to the upstream
         self.include_attempt_count_in_response = False  # and to the client
+        self.include_is_timeout_retry_header = False  # x-envoy-is-timeout-retry on retries
         self.typed_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
         self.table_per_filter_config: PerFilterConfig = NO_PER_FILTER_CONFIG
         self.rate_limit_policy = EMPTY_POLICY  # rate_limits (rate_limit_policy.py)
         self.metadata: Mapping = NO_METADATA  # filter_metadata (%METADATA(VIRTUAL_HOST:...)%)
+        self.virtual_clusters: VirtualClusters | None = None  # (virtual_cluster.py)
 
     def set_routes(self, routes: tuple[Route, ...]) -> None:
         """The routes, in order. When the first one matches on a case-sensitive prefix alone
@@ -358,6 +383,34 @@ class VirtualHost:
         return f"VirtualHost({self.name!r})"
 
 
+class TlsRequiringVirtualHost(VirtualHost):
+    """A virtual host with ``require_tls`` (``ALL``, or ``EXTERNAL_ONLY``: requests that are
+    not internal). Envoy decides by ``x-forwarded-proto`` alone, before any route: anything
+    but exactly ``https`` gets the TLS redirect (a connection over TLS has ``https`` unless
+    a trusted downstream said otherwise). A class of its own so that virtual hosts without
+    the requirement test nothing."""
+
+    __slots__ = ("external_only", "tls_redirect")
+
+    def __init__(self, *, external_only: bool, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.external_only = external_only
+        # Envoy's SslRedirectRoute: no name, no header mutations, the answer of redirect.py.
+        self.tls_redirect = RouteMatch(
+            Route(name="", virtual_host=self, match=None, action=TLS_REDIRECT)
+        )
+
+    def route(self, headers, random_value: int) -> RouteMatch | None:
+        scheme = headers.get("x-forwarded-proto")
+        if (
+            scheme
+            and scheme != "https"
+            and not (self.external_only and headers.get("x-envoy-internal") == "true")
+        ):
+            return self.tls_redirect
+        return VirtualHost.route(self, headers, random_value)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteTable:
     name: str
@@ -371,6 +424,10 @@ class RouteTable:
     request_headers: HeaderMutations = EMPTY
     response_headers: HeaderMutations = EMPTY
     typed_per_filter_config: PerFilterConfig = field(default_factory=lambda: NO_PER_FILTER_CONFIG)
+    # Lower-case names the connection manager removes from external requests.
+    internal_only_headers: tuple[str, ...] = ()
+    # The header that chooses the virtual host: ``vhost_header`` (lower-case) or :authority.
+    host_header: str = ":authority"
     # Derived when built: a ``*`` domain and no other, so every request gets ``default``.
     wildcard_only: bool = field(init=False, repr=False, compare=False)
 
@@ -408,8 +465,10 @@ class RouteTable:
     def find_virtual_host(self, headers) -> VirtualHost | None:
         if not self.exact and not self.suffixes and not self.prefixes:
             return self.default
-        host = headers.get(":authority")
+        host = headers.get(self.host_header)
         if host is None:
+            if self.host_header != ":authority":  # no vhost_header: no virtual host (Envoy)
+                return None
             host = headers.get("host")
             if host is None:
                 return None
@@ -479,6 +538,9 @@ def compile_route_config(
         table_response=table_response,
         table_per_filter_config=_per_filter(proto, context, path),
         ignore_path_parameters=proto.ignore_path_parameters_in_path_matching,
+        table_mirrors=compile_mirror_policies(
+            proto.request_mirror_policies, join_path(path, "request_mirror_policies")
+        ),
         runtime=getattr(context, "runtime", None),
         context=context,
     )
@@ -500,6 +562,8 @@ def compile_route_config(
         request_headers=table_request,
         response_headers=table_response,
         typed_per_filter_config=builder.table_per_filter_config,
+        internal_only_headers=tuple(ascii_lower(name) for name in proto.internal_only_headers),
+        host_header=ascii_lower(proto.vhost_header) or ":authority",
     )
 
 
@@ -521,6 +585,7 @@ class _Builder:
     table_response: HeaderMutations
     table_per_filter_config: PerFilterConfig
     ignore_path_parameters: bool
+    table_mirrors: tuple[MirrorPolicy, ...] = ()  # the route configuration's mirror policies
     runtime: Any = None  # legatus.runtime.Runtime, for runtime_fraction
     context: Any = None  # the FactoryContext, for per-filter configs
     exact: dict[str, VirtualHost] = field(default_factory=dict)
@@ -530,11 +595,17 @@ class _Builder:
 
     def virtual_host(self, proto, path: str) -> VirtualHost:
         check_supported(proto, _VIRTUAL_HOST_FIELDS, path, "VirtualHost")
-        virtual_host = VirtualHost(
-            name=proto.name,
-            domains=tuple(proto.domains),
-            ignore_path_parameters=self.ignore_path_parameters,
+        common = {
+            "name": proto.name,
+            "domains": tuple(proto.domains),
+            "ignore_path_parameters": self.ignore_path_parameters,
+        }
+        virtual_host = (
+            TlsRequiringVirtualHost(external_only=proto.require_tls == _EXTERNAL_ONLY, **common)
+            if proto.require_tls
+            else VirtualHost(**common)
         )
+        virtual_host.include_is_timeout_retry_header = proto.include_is_timeout_retry_header
         virtual_host.typed_per_filter_config = _per_filter(proto, self.context, path)
         if proto.HasField("metadata"):
             virtual_host.metadata = compile_metadata(proto.metadata, join_path(path, "metadata"))
@@ -542,6 +613,12 @@ class _Builder:
         virtual_host.include_attempt_count_in_response = proto.include_attempt_count_in_response
         virtual_host.rate_limit_policy = compile_rate_limit_policy(
             proto.rate_limits, join_path(path, "rate_limits")
+        )
+        virtual_host.virtual_clusters = compile_virtual_clusters(
+            proto.virtual_clusters,
+            proto.name,
+            getattr(self.context, "store", None),
+            join_path(path, "virtual_clusters"),
         )
         vh_retry = (
             compile_retry_policy(proto.retry_policy, join_path(path, "retry_policy"))
@@ -556,6 +633,7 @@ class _Builder:
         vh_mirrors = compile_mirror_policies(
             proto.request_mirror_policies, join_path(path, "request_mirror_policies")
         )
+        vh_mirrors = vh_mirrors or self.table_mirrors  # the most specific non-empty list
         virtual_host.table_per_filter_config = self.table_per_filter_config
         vh_request = compile_header_mutations(
             proto.request_headers_to_add, proto.request_headers_to_remove, path, prefix="request"
@@ -612,6 +690,16 @@ class _Builder:
             )
         else:
             raise ConfigError(action_path, "one of route, redirect or direct_response is required")
+        if self.cluster_names is not None:
+            self._validate_mirror_clusters(proto, path, action, inherited[1])
+        request_stats = compile_request_stats(
+            proto.stat_prefix,
+            virtual_host.name,
+            virtual_host.virtual_clusters,
+            getattr(self.context, "store", None),
+        )
+        if request_stats is not None and isinstance(action, RouteAction):
+            action = dataclasses.replace(action, request_stats=request_stats)
         route_request = compile_header_mutations(
             proto.request_headers_to_add, proto.request_headers_to_remove, path, prefix="request"
         )
@@ -657,6 +745,18 @@ class _Builder:
             )
             object.__setattr__(route, "weighted_matches", prebuilt)
         return route
+
+    def _validate_mirror_clusters(self, proto, path: str, action, inherited) -> None:
+        """Envoy checks the mirror policies every route ends up with (its own, or those of
+        its virtual host or route configuration, even on a redirect or direct response)."""
+        own = proto.WhichOneof("action") == "route" and proto.route.request_mirror_policies
+        policies = action.request_mirror_policies if own else inherited
+        for policy in policies:
+            if policy.cluster and policy.cluster not in self.cluster_names:  # type: ignore[operator]
+                raise ConfigError(
+                    join_path(path, "route.request_mirror_policies") if own else path,
+                    f"route: unknown shadow cluster '{policy.cluster}'",
+                )
 
     def _levels(self, route_level, vh_level, table_level) -> tuple[HeaderMutations, ...]:
         # Envoy: most specific first by default, so the least specific overwrite lands last.

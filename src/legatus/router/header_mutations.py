@@ -24,6 +24,10 @@ so the least specific overwrite lands last; ``most_specific_header_mutations_win
 reverses that. A weighted cluster's mutations always apply first.
 
 ``:``-prefixed names and ``host`` may be neither added nor removed (Envoy's errors).
+
+``HeaderValue.raw_value`` is accepted, and used as Envoy 1.40's route header mutations use
+it: not at all. Only ``value`` is formatted, so a header given by ``raw_value`` alone has an
+empty value (skipped unless ``keep_empty_value``); with both, ``value`` is the value.
 """
 
 from __future__ import annotations
@@ -140,7 +144,7 @@ def _header_to_add(option, path: str) -> HeaderToAdd:
         option, ("header", "append", "append_action", "keep_empty_value"), path, "HeaderValueOption"
     )
     header_path = join_path(path, "header")
-    check_supported(option.header, ("key", "value"), header_path, "HeaderValue")
+    check_supported(option.header, ("key", "value", "raw_value"), header_path, "HeaderValue")
     key = option.header.key
     if not is_modifiable_header(key):
         raise ConfigError(join_path(header_path, "key"), _MODIFY_ERROR)

@@ -18,6 +18,11 @@ request path. The rules, each checked against Envoy 1.40 with real requests:
 
 A direct response (not a redirect) whose status is 201 or 3xx also gets a ``location``: the
 request URL as it is (``redirect_location(headers, None)``).
+
+``TLS_REDIRECT`` is a virtual host's ``require_tls`` answer (Envoy's SslRedirector): a 301 to
+``https://`` and the request's ``:authority`` and ``:path`` exactly as they are (no port
+dropped, no rewrite), without any header mutation of the route table (config.py decides
+when it applies).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from legatus.config.supported import check_supported
 from legatus.router.action import rewrite_path_with
 from legatus.router.matchers import PathMatcher
 
-__all__ = ["RedirectAction", "compile_redirect", "redirect_location"]
+__all__ = ["TLS_REDIRECT", "RedirectAction", "compile_redirect", "redirect_location"]
 
 # RedirectResponseCode: MOVED_PERMANENTLY, FOUND, SEE_OTHER, TEMPORARY_REDIRECT,
 # PERMANENT_REDIRECT.
@@ -49,6 +54,7 @@ class RedirectAction:
     regex_rewrite: RegexRewrite | None = None
     strip_query: bool = False
     path_matcher: PathMatcher | None = None  # the route's, for prefix_rewrite
+    tls_redirect: bool = False  # require_tls's redirect (``TLS_REDIRECT``)
 
     @property
     def rewrites_path(self) -> bool:
@@ -102,6 +108,8 @@ def redirect_location(headers, redirect: RedirectAction | None) -> str:
     request_path = headers.get(":path") or ""
     if redirect is None:
         redirect = _NO_REDIRECT
+    elif redirect.tls_redirect:  # Envoy's createSslRedirectPath
+        return f"https://{headers.get(':authority') or ''}{request_path}"
     rewritten = redirect.rewrite_path(request_path)
     current_path = request_path if rewritten is None else rewritten
     scheme = redirect.scheme or (headers.get(":scheme") or "")
@@ -124,6 +132,7 @@ def redirect_location(headers, redirect: RedirectAction | None) -> str:
 
 
 _NO_REDIRECT = RedirectAction()
+TLS_REDIRECT = RedirectAction(response_code=301, tls_redirect=True)
 
 
 def _request_host(headers, new_scheme: str, new_port: str) -> str:

@@ -64,6 +64,8 @@ class RetryState:
     # in flight (its success is counted) or when a condition looks at responses below 500.
     judged_from = 500
     armed = False  # a retry is scheduled: it holds one unit of the retry budget
+    # The request's virtual cluster and route stats (route_stats.py), counted as the cluster's.
+    request_stats: tuple = ()
     _attempt = 1  # the back-off exponent: base * (2^attempt - 1)
 
     def __init__(self, policy: RetryPolicy, retry_on: int, cluster, rng) -> None:
@@ -160,22 +162,30 @@ class RetryState:
         stats = self._cluster.stats
         if self.armed and not would_retry:
             stats.upstream_rq_retry_success.inc()
+            for more in self.request_stats:
+                more.upstream_rq_retry_success.inc()
         self.release()
         if not would_retry:
             return RetryStatus.NO
         if self.retries_remaining <= 0:
             stats.upstream_rq_retry_limit_exceeded.inc()
+            for more in self.request_stats:
+                more.upstream_rq_retry_limit_exceeded.inc()
             return RetryStatus.LIMIT_EXCEEDED
         self.retries_remaining -= 1
         resource = self._cluster.resource_managers[0].retries
         if not resource.can_create():
             stats.upstream_rq_retry_overflow.inc()
+            for more in self.request_stats:
+                more.upstream_rq_retry_overflow.inc()
             return RetryStatus.OVERFLOW
         self.armed = True
         self.judged_from = 0
         resource.inc()
         stats.upstream_rq_retry.inc()
         stats.upstream_rq_retry_backoff_exponential.inc()
+        for more in self.request_stats:
+            more.upstream_rq_retry.inc()
         return RetryStatus.YES
 
     def release(self) -> None:

@@ -14,7 +14,8 @@ The last decoder filter of every HTTP filter chain. For each request it:
    (past the buffer limit the downstream read pauses);
 4. once the downstream request is complete, starts the route timeout (504 UT);
 5. feeds the upstream response into the encoder chain: the response code stats
-   (``cluster.<name>.upstream_rq_<code>``...), ``x-envoy-upstream-service-time``, the route's
+   (``cluster.<name>.upstream_rq_<code>``..., and under the request's virtual cluster and
+   route stat_prefix, route_stats.py), ``x-envoy-upstream-service-time``, the route's
    response header mutations.
 
 An upstream failure before the response started is a local reply with Envoy's body, details
@@ -25,7 +26,9 @@ Retries (retry_state.py judges them, tries.py runs them): a retriable response o
 before anything went to the client and once the request is complete, becomes a new try after
 a jittered back-off, on another host with the ``previous_hosts`` predicate, with the request
 body the router kept (up to the buffer limit: past it retries are abandoned, as in Envoy).
-Each try has its own per-try timeout; the route timeout covers them all. With
+Each try has its own per-try timeout; the route timeout covers them all. With the virtual
+host's ``include_is_timeout_retry_header`` a retry says in ``x-envoy-is-timeout-retry``
+whether a timeout caused it (``_tell_retry``). With
 ``hedge_on_per_try_timeout`` (or an internal client's ``x-envoy-hedge-on-per-try-timeout:
 true``) a try that passes its per-try timeout is not abandoned: the next try starts beside it
 (``hedged``), and the first good response wins while the others are reset. Mirrored requests
@@ -65,6 +68,7 @@ from legatus.router.action import DirectResponseAction, RouteAction
 from legatus.router.redirect import RedirectAction, redirect_location
 from legatus.router.retry_policy import EMPTY_POLICY
 from legatus.router.retry_state import RetryState
+from legatus.router.route_stats import NO_REQUEST_STATS, CountedUpstreamRequest
 from legatus.router.shadow_writer import send_shadow
 from legatus.router.timeouts import expected_timeout_ms, grpc_route_timeout_ms, set_timeout_headers
 from legatus.router.tries import Tries
@@ -165,6 +169,11 @@ class Router(Tries, StreamDecoderFilter):
     grpc = False  # a gRPC request (its host stats and outlier results follow grpc-status)
     grpc_timeout = False  # grpc-timeout is rewritten with the time given (max_grpc_timeout)
     grpc_deferred = False  # the host's rq_success / rq_error wait for the response's trailers
+    # Its virtual cluster's and route's stats (route_stats.py: ``_count_under``): the scopes
+    # its response codes are also charged under, and its tries, counted there once connected.
+    request_stats = NO_REQUEST_STATS
+    scopes: tuple[str, ...] = ()
+    upstream_request_type = UpstreamRequest
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
@@ -192,7 +201,7 @@ class Router(Tries, StreamDecoderFilter):
         info = cb.stream_info
         info.upstream_cluster = route.cluster_name
         info.upstream_cluster_config = cluster.config
-        if cluster.lb_config.drop_overload and self._drop_overload(cluster):
+        if cluster.lb_config.drop_overload and self._drop_overload(cluster, headers):
             return FilterHeadersStatus.STOP_ITERATION
         if "content-type" in headers and has_grpc_content_type(headers):
             self.grpc = True
@@ -216,7 +225,9 @@ class Router(Tries, StreamDecoderFilter):
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
             if config.dynamic_stats:
-                cluster.code_stats.charge(503, internal=self.decoder_callbacks.stream.internal)
+                cluster.code_stats.charge(
+                    503, internal=self.decoder_callbacks.stream.internal, under=self.scopes
+                )
             self._local_reply(_NO_HEALTHY)
             return FilterHeadersStatus.STOP_ITERATION
         self.host = host
@@ -232,7 +243,7 @@ class Router(Tries, StreamDecoderFilter):
         elif "upgrade" in headers and is_websocket_upgrade(headers):
             self._start_route_timer()  # Envoy: a WebSocket upgrade's lasts until its 101
         cb.stream_info.upstream_request_attempt_count = 1
-        upstream = self.upstream = UpstreamRequest(self, cluster, host)
+        upstream = self.upstream = self.upstream_request_type(self, cluster, host)
         upstream.start()
         return FilterHeadersStatus.STOP_ITERATION
 
@@ -336,7 +347,8 @@ class Router(Tries, StreamDecoderFilter):
         action = route.action
         if type(action) is DirectResponseAction:
             stats.rq_direct_response.inc()
-            self._direct_reply(route, headers, action.status, action.body, None)
+            body = action.response_body(headers, self.decoder_callbacks.stream_info)
+            self._direct_reply(route, headers, action.status, body, None, action.content_type)
         elif type(action) is RedirectAction:
             stats.rq_direct_response.inc()  # Envoy: a redirect is a direct response entry
             self._direct_reply(route, headers, action.response_code, b"", action)
@@ -368,7 +380,10 @@ class Router(Tries, StreamDecoderFilter):
     def _apply_policies(self, headers: HeaderMap, action: RouteAction, cluster) -> None:
         """What a route that is not ``plain``, or a request with router headers, asks for:
         the route's stream idle timeout, hedging, the retry state, and the request's timeouts
-        (``_final_timeout``, which consumes the router headers)."""
+        (``_final_timeout``, which consumes the router headers); first, the request's virtual
+        cluster and route stats, matched on the headers as they came."""
+        if action.request_stats is not None:
+            self._count_under(action.request_stats, headers)
         if action.idle_timeout is not None:  # the route's own stream idle timeout
             self.decoder_callbacks.stream.set_idle_timeout(action.idle_timeout)
         self.hedging = bool(action.hedge_on_per_try_timeout) or (
@@ -380,10 +395,22 @@ class Router(Tries, StreamDecoderFilter):
             or "x-envoy-retry-on" in headers
             or ("x-envoy-retry-grpc-on" in headers)
         ):
-            self.retry_state = RetryState.create(
+            retry = self.retry_state = RetryState.create(
                 policy or EMPTY_POLICY, headers, cluster, self.config.random
             )
+            if retry is not None and self.request_stats.stats:
+                retry.request_stats = self.request_stats.stats
         self.timeout = self._final_timeout(headers, action)
+
+    def _count_under(self, request_stats, headers: HeaderMap) -> None:
+        """Envoy's "set up stat prefixes": the request's virtual cluster (the first that
+        matches its headers, else ``other``) and its route's stat_prefix stats, which it is
+        counted under beside its cluster; a named virtual cluster is %VIRTUAL_CLUSTER_NAME%."""
+        chosen = self.request_stats = request_stats.select(headers)
+        self.scopes = chosen.scopes
+        self.upstream_request_type = CountedUpstreamRequest
+        if chosen.virtual_cluster_name is not None:
+            self.decoder_callbacks.stream_info.virtual_cluster_name = chosen.virtual_cluster_name
 
     def _final_timeout(self, headers: HeaderMap, action) -> float:
         """Envoy's FilterUtility::finalTimeout (timeouts.py). The route's timeout (none with
@@ -558,7 +585,7 @@ class Router(Tries, StreamDecoderFilter):
                 host.health_checker.set_unhealthy()
             if self.config.dynamic_stats and not info.health_check:
                 # Envoy charges no upstream code stats for a health check (its filter's)
-                self.cluster.code_stats.charge(code, internal=cb.stream.internal)
+                self.cluster.code_stats.charge(code, internal=cb.stream.internal, under=self.scopes)
             # _charge_host, inlined (Counter.inc without the call)
             (host.stats.rq_error if code >= 500 else host.stats.rq_success).value += 1
         if not self.route.response_as_is or self.hash_ctx is not None:
@@ -597,10 +624,11 @@ class Router(Tries, StreamDecoderFilter):
             and retry.concerns(code)
             and self._retry_on_headers(retry, headers, code, end_stream)
         ):
+            self._tell_retry(False)
             return True
         if self.config.dynamic_stats and not cb.stream_info.health_check:
             # Envoy charges no upstream code stats for a health check (the health_check filter)
-            self.cluster.code_stats.charge(code, internal=cb.stream.internal)
+            self.cluster.code_stats.charge(code, internal=cb.stream.internal, under=self.scopes)
         if self.grpc and code < 500:
             if not end_stream:  # the trailers tell
                 self.grpc_deferred = True
@@ -731,7 +759,7 @@ class Router(Tries, StreamDecoderFilter):
         cb = self.decoder_callbacks
         if self.config.dynamic_stats and self.request_done and not cb.stream_info.health_check:
             ms = (self.config.loop.time() - self.start_time) * 1000
-            self.cluster.code_stats.record_time(ms, internal=cb.stream.internal)
+            self.cluster.code_stats.record_time(ms, internal=cb.stream.internal, under=self.scopes)
         self.upstream = None
 
     def on_upstream_reset(
@@ -758,6 +786,7 @@ class Router(Tries, StreamDecoderFilter):
                 refused_stream=reason is StreamResetReason.REMOTE_REFUSED_STREAM_RESET,
             )
             if self._retry_decision(retry, would):
+                self._tell_retry(False)
                 return
         if self.timer is not None:
             self.timer.cancel()
@@ -786,7 +815,7 @@ class Router(Tries, StreamDecoderFilter):
         protocol_error = reason is StreamResetReason.PROTOCOL_ERROR
         if self.config.dynamic_stats and self.cluster is not None:
             self.cluster.code_stats.charge(
-                502 if protocol_error else 503, internal=cb.stream.internal
+                502 if protocol_error else 503, internal=cb.stream.internal, under=self.scopes
             )
         self._charge_host(503)
         self._local_reply(
@@ -820,10 +849,14 @@ class Router(Tries, StreamDecoderFilter):
         elif per_try:
             if self.hedging:  # a soft timeout: not counted as a per-try timeout
                 self._hedge()
+                if self.retry_timer is not None:  # the next try starts beside this one
+                    self._tell_retry(True)
                 return
             cluster.stats.upstream_rq_per_try_timeout.inc()
         else:
             cluster.stats.upstream_rq_timeout.inc()
+            for stats in self.request_stats.stats:  # its virtual cluster's, its route's
+                stats.upstream_rq_timeout.inc()
             if self.hedged:
                 self._reset_hedged()
         if self.host is not None:
@@ -843,6 +876,7 @@ class Router(Tries, StreamDecoderFilter):
             and not response_started
             and self._retry_decision(retry, self.request_done and retry.would_retry_reset())
         ):
+            self._tell_retry(True)
             return
         if self.timer is not None:
             self.timer.cancel()
@@ -860,9 +894,16 @@ class Router(Tries, StreamDecoderFilter):
         elif per_try:
             reply = dataclasses.replace(reply, details="upstream_per_try_timeout")
         if self.config.dynamic_stats:
-            cluster.code_stats.charge(reply.status, internal=cb.stream.internal)
+            cluster.code_stats.charge(reply.status, internal=cb.stream.internal, under=self.scopes)
         self._charge_host(reply.status)
         self._local_reply(reply)
+
+    def _tell_retry(self, timeout: bool) -> None:
+        """A retry is coming: with the virtual host's ``include_is_timeout_retry_header`` the
+        next try tells the upstream whether it replaces a try that timed out (a per-try or
+        per-try idle timeout, or a hedge), in ``x-envoy-is-timeout-retry``, as Envoy does."""
+        if self.route.virtual_host.include_is_timeout_retry_header:
+            self.request_headers.set("x-envoy-is-timeout-retry", "true" if timeout else "false")
 
     # Shadows ----------------------------------------------------------------------------
 
@@ -912,15 +953,19 @@ class Router(Tries, StreamDecoderFilter):
 
     # Local replies ---------------------------------------------------------------------
 
-    def _drop_overload(self, cluster) -> bool:
+    def _drop_overload(self, cluster, headers: HeaderMap) -> bool:
         """Whether the assignment's drop_overloads drop this request (True: answered with
-        Envoy's 503, charged to the cluster's upstream codes)."""
+        Envoy's 503, charged to the cluster's upstream codes and the request's stats)."""
         drop = cluster.lb_config.drop_overload
         unconditional = drop >= 1.0
         if not unconditional and self.config.random.random() >= drop:
             return False
+        request_stats = self.route.action.request_stats
+        if request_stats is not None:  # (picked before the drop, as in Envoy)
+            self._count_under(request_stats, headers)
         if self.config.dynamic_stats:
-            cluster.code_stats.charge(503, internal=self.decoder_callbacks.stream.internal)
+            internal = self.decoder_callbacks.stream.internal
+            cluster.code_stats.charge(503, internal=internal, under=self.scopes)
         if unconditional:
             self.decoder_callbacks.send_local_reply(
                 503,
@@ -944,7 +989,9 @@ class Router(Tries, StreamDecoderFilter):
             flags=reply.flags,
         )
 
-    def _direct_reply(self, route, headers, status: int, body: bytes, redirect) -> None:
+    def _direct_reply(
+        self, route, headers, status: int, body: bytes, redirect, content_type=None
+    ) -> None:
         cb = self.decoder_callbacks
         location = None
         if redirect is not None or status == 201 or 300 <= status < 400:
@@ -955,6 +1002,8 @@ class Router(Tries, StreamDecoderFilter):
             if location is not None:
                 response_headers.set("location", location)
             route.finalize_response_headers(headers, response_headers, info)
+            if content_type is not None:  # a direct response's body_format has its own
+                response_headers.set("content-type", content_type)
 
         cb.send_local_reply(status, body, details="direct_response", modify_headers=modify)
 

@@ -1,8 +1,9 @@
 """Request mirroring (``request_mirror_policies``): Envoy's ShadowWriter.
 
-A route (or, when the route has none, its virtual host) may mirror each request to other
-clusters. For each policy whose ``runtime_fraction`` lets this request through (100% when
-unset), the router sends a copy once the request is complete: the same finalized headers
+A route (or, when the route has none, its virtual host, else its route configuration: the
+most specific non-empty list, see config.py) may mirror each request to other clusters. For
+each policy whose ``runtime_fraction`` lets this request through (100% when unset), the
+router sends a copy once the request is complete: the same finalized headers
 and body, ``:authority`` with ``-shadow`` appended to the host (before any port) unless
 ``disable_shadow_host_suffix_append`` or ``host_rewrite_literal`` says otherwise.
 

@@ -206,7 +206,7 @@ class Tries:
                 self.timer.cancel()
                 self.timer = None
             if self.config.dynamic_stats:
-                cluster.code_stats.charge(503, internal=cb.stream.internal)
+                cluster.code_stats.charge(503, internal=cb.stream.internal, under=self.scopes)
             self._local_reply(_NO_HEALTHY)
             return
         self.host = host
@@ -229,7 +229,7 @@ class Tries:
         self.buffered = [bytes(body)] if body else []
         self.buffered_bytes = 0
         self._start_per_try_timer()
-        self.upstream = UpstreamRequest(self, cluster, host)
+        self.upstream = self.upstream_request_type(self, cluster, host)
         self.upstream.start()
 
     def _start_per_try_timer(self) -> None:

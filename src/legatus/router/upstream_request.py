@@ -123,7 +123,9 @@ class UpstreamRequest(ResponseDecoder):
             status = headers.get(":status", "")
             if status.isdigit():
                 router.cluster.code_stats.charge(
-                    int(status), internal=router.decoder_callbacks.stream.internal
+                    int(status),
+                    internal=router.decoder_callbacks.stream.internal,
+                    under=router.scopes,
                 )
         expect = router.request_headers.get("expect") if router.request_headers else None
         if headers.get(":status") == "100" and expect and expect.lower() == "100-continue":

@@ -18,6 +18,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 from legatus.config.errors import ConfigError
 from legatus.config.metadata import FrozenMetadata
 from legatus.config.supported import check_supported
+from legatus.http.http1.settings import DEFAULT_SETTINGS as DEFAULT_HTTP1_SETTINGS
+from legatus.http.http1.settings import Http1Settings
 from legatus.network import address as addr
 from legatus.network.connection import DEFAULT_BUFFER_LIMIT
 from legatus.upstream.health_checker.config import HealthCheckConfig, compile_health_checks
@@ -135,6 +137,8 @@ class ClusterConfig:
     http2_settings: Any = None
     use_downstream_protocol: bool = False
     http1_enable_trailers: bool = False  # http_protocol_options.enable_trailers (gRPC status)
+    # The HTTP/1 pools' codec settings (http_protocol_options: header case, trailers...).
+    http1_settings: Http1Settings = DEFAULT_HTTP1_SETTINGS
     # EDS: the ClusterLoadAssignment name to subscribe to (service_name, or the cluster's
     # name) and where from (eds_cluster_config.eds_config, a ConfigSource proto).
     eds_service_name: str = ""
@@ -233,6 +237,7 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
         http2_settings=protocols.http2_settings,
         use_downstream_protocol=protocols.use_downstream_protocol,
         http1_enable_trailers=protocols.http1_enable_trailers,
+        http1_settings=protocols.http1_settings,
         health_check=health_check,
         outlier=outlier,
         max_requests_per_connection=max_requests,
@@ -307,6 +312,7 @@ class _UpstreamProtocols:
     http2_settings: Any = None  # Http2Settings of the HTTP/2 pools; None: HTTP/1.1 only
     use_downstream_protocol: bool = False
     http1_enable_trailers: bool = False
+    http1_settings: Http1Settings = DEFAULT_HTTP1_SETTINGS
 
 
 def _http_protocol_options(
@@ -424,11 +430,8 @@ def _protocols(options, opath: str) -> _UpstreamProtocols:
         which = config.WhichOneof("protocol_config")
         if which not in (None, "http_protocol_options", "http2_protocol_options"):
             raise ConfigError(f"{cpath}.{which}", f"{which} is not supported by legatus yet")
-    check_supported(
-        config.http_protocol_options,
-        ("enable_trailers",),
-        f"{cpath}.http_protocol_options",
-        "Http1ProtocolOptions",
+    http1 = Http1Settings.from_upstream_proto(
+        config.http_protocol_options, path=f"{cpath}.http_protocol_options"
     )
     has_http2 = config.HasField("http2_protocol_options")
     settings = None
@@ -441,7 +444,8 @@ def _protocols(options, opath: str) -> _UpstreamProtocols:
         http2=has_http2,
         http2_settings=settings,
         use_downstream_protocol=downstream,
-        http1_enable_trailers=config.http_protocol_options.enable_trailers,
+        http1_enable_trailers=http1.enable_trailers,
+        http1_settings=http1,
     )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import replace
-from functools import partial
 
 from legatus.http.codes import ResponseCodeStats
 from legatus.stats.store import Store
@@ -119,15 +118,12 @@ class ThreadLocalCluster:
         else:
             from legatus.conn_pool.http1 import Http1ConnPool
             from legatus.http.conn_manager_stats import Http1CodecStats
-            from legatus.http.http1.client_codec import ClientCodec
+            from legatus.http.http1.client_codec import client_codec_factory
 
             Http1CodecStats(self.scope.scope("http1."))  # Envoy: with the first HTTP/1 pool
-            if self.config.http1_enable_trailers:  # the upstream's trailers are read
-                pool = Http1ConnPool(
-                    host, self._context(), codec_factory=partial(ClientCodec, enable_trailers=True)
-                )
-            else:
-                pool = Http1ConnPool(host, self._context())
+            # The cluster's http_protocol_options (trailers read, header case...).
+            factory = client_codec_factory(self.config.http1_settings)
+            pool = Http1ConnPool(host, self._context(), codec_factory=factory)
         pools[host] = pool
         # Envoy counts each pool against max_connection_pools and deletes it once idle.
         self.resource_managers[0].connection_pools.inc()

@@ -205,10 +205,21 @@ def test_grpc_status_filter():
     assert passes(excluded, info(), trl={"grpc-status": "0"})
 
 
-@pytest.mark.parametrize(
-    "document",
-    [{"metadata_filter": {}}, {"extension_filter": {"name": "x"}}, {"log_type_filter": {}}],
-)
+def test_log_type_filter_reads_the_type_of_the_entry_being_written():
+    f = flt({"log_type_filter": {"types": ["DownstreamStart", "DownstreamPeriodic"]}})
+    entry = info()
+    assert not passes(f, entry)  # outside an entry: NotSet
+    entry.access_log_type = "DownstreamStart"
+    assert passes(f, entry)
+    entry.access_log_type = "DownstreamEnd"
+    assert not passes(f, entry)
+    excluded = flt({"log_type_filter": {"types": ["DownstreamEnd"], "exclude": True}})
+    assert passes(excluded, entry) is False
+    entry.access_log_type = "DownstreamPeriodic"
+    assert passes(excluded, entry)
+
+
+@pytest.mark.parametrize("document", [{"metadata_filter": {}}, {"extension_filter": {"name": "x"}}])
 def test_unsupported_filters_are_config_errors(document):
     with pytest.raises(ConfigError) as e:
         flt(document)

@@ -67,6 +67,8 @@ RECORDED = {
                           "http1.headers_too_large", []),
     "low_version": (426, "Upgrade Required", "DPE", "low_version", []),
     "missing_host_header": (400, "", "-", "missing_host_header", []),
+    # (closes as every 400 does: not by the table's flag)
+    "path_normalization_failed": (400, "", "-", "path_normalization_failed", []),
     "request_payload_too_large": (413, "Payload Too Large", "-", "request_payload_too_large", []),
 }  # fmt: skip
 CLOSES = {"upgrade_failed", "connect_not_routed", "strict_check_failed", "request_timeout",

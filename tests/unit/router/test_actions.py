@@ -316,7 +316,6 @@ def test_direct_response_status_range_is_pgv():
         ("cors", {}),
         ("metadata_match", {}),
         ("priority", "HIGH"),
-        ("host_rewrite_path_regex", {"pattern": {"regex": "a"}, "substitution": "b"}),
         (
             "path_rewrite_policy",
             {"name": "x", "typed_config": {"@type": "type.googleapis.com/google.protobuf.Struct"}},

@@ -27,10 +27,7 @@ def any_struct(**fields) -> dict:
     ("field", "value"),
     [
         ("vhds", {"config_source": {"ads": {}}}),
-        ("internal_only_headers", ["x-internal"]),
         ("cluster_specifier_plugins", [{"extension": {"name": "p", "typed_config": any_struct()}}]),
-        ("request_mirror_policies", [{"cluster": "c1"}]),
-        ("vhost_header", "x-vhost"),
         ("metadata", {"filter_metadata": {"a": {}}}),
     ],
 )
@@ -45,8 +42,6 @@ def test_route_configuration_fields_refused_by_name(field, value):
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("virtual_clusters", [{"name": "v", "headers": [{"name": ":path", "exact_match": "/"}]}]),
-        ("require_tls", "ALL"),
         ("cors", {}),
         ("per_request_buffer_limit_bytes", 10),
         (
@@ -73,7 +68,6 @@ def test_virtual_host_fields_refused_by_name(field, value):
     [
         ("decorator", {"operation": "op"}),
         ("tracing", {}),
-        ("stat_prefix", "s"),
         ("per_request_buffer_limit_bytes", 10),
     ],
 )
@@ -89,14 +83,19 @@ def test_non_forwarding_and_filter_actions_are_refused():
     assert error.path == "route_config.virtual_hosts[0].routes[0].non_forwarding_action"
 
 
-def test_direct_response_body_format_is_refused():
+def test_direct_response_body_format_extensions_are_refused():
     route = {
         "name": "r",
         "match": {"prefix": "/"},
-        "direct_response": {"status": 200, "body_format": {"text_format": "x"}},
-    }
+        "direct_response": {"status": 200, "body_format": {
+            "text_format": "x",
+            "formatters": [{"name": "f", "typed_config": any_struct()}],
+        }},
+    }  # fmt: skip
     error = config_error(routes_config([route]))
-    assert error.path == "route_config.virtual_hosts[0].routes[0].direct_response.body_format"
+    assert error.path == (
+        "route_config.virtual_hosts[0].routes[0].direct_response.body_format.formatters[0]"
+    )
 
 
 def test_pgv_rules_are_checked_first():

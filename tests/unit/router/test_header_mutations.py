@@ -281,12 +281,6 @@ def test_weighted_cluster_mutations_apply_first():
             "routes[0].response_headers_to_add[0].header.value",
             "Envoy's %FILTER_STATE% command operator is not implemented by legatus yet",
         ),
-        (
-            "route",
-            {"response_headers_to_add": [{"header": {"key": "x", "raw_value": "eA=="}}]},
-            "routes[0].response_headers_to_add[0].header.raw_value",
-            "field 'raw_value' of HeaderValue is not supported by legatus yet",
-        ),
     ],
 )
 def test_header_mutation_errors(where, document, path, message):
@@ -306,3 +300,22 @@ def test_literal_values_are_not_formatted_per_request():
     )
     (entry,) = t.virtual_hosts[0].routes[0].response_headers[0].to_add
     assert entry.value == "a%b" and entry.formatter is None
+
+
+def test_raw_value_is_not_the_value_of_a_route_header_mutation():
+    """Envoy 1.40 formats ``value`` only: ``raw_value`` alone is an empty value."""
+    raw = {"key": "x-raw", "raw_value": "cmF3"}  # b"raw"
+    headers = [
+        {"header": raw},
+        {"header": {**raw, "key": "x-raw-keep"}, "keep_empty_value": True},
+        {"header": {**raw, "key": "x-both", "value": "value"}},
+    ]
+    t = table(
+        {"name": "rc", "virtual_hosts": [vhost([direct("r", request_headers_to_add=headers)])]}
+    )
+    route = t.route(request(), 0)
+    headers_out = request()
+    route.finalize_request_headers(headers_out, info())
+    assert "x-raw" not in headers_out
+    assert headers_out.get("x-raw-keep") == ""
+    assert headers_out.get("x-both") == "value"

@@ -43,3 +43,28 @@ def wrapped(proto, field: str, default: int, path: str, low: int, high: int) -> 
             join_path(path, field), f"value must be inside range [{low}, {high}], got {value}"
         )
     return value
+
+
+def resolve_library(proto, field: str, category, context, path: str):
+    """The compiled library of a filter's ``compressor_library`` / ``decompressor_library``
+    (a TypedExtensionConfig naming one ``category`` extension): its factory's result, and the
+    name the config gave it. Both HTTP filters choose their library this way."""
+    from legatus.config.supported import check_supported
+    from legatus.config.validate import validate_message
+
+    lpath = join_path(path, field)
+    if not proto.HasField(field):
+        raise ConfigError(lpath, "value is required")
+    library = getattr(proto, field)
+    check_supported(library, ("name", "typed_config"), lpath, "TypedExtensionConfig")
+    extension, config = context.registry.resolve(
+        category,
+        name=library.name,
+        typed_config=library.typed_config if library.HasField("typed_config") else None,
+        path=lpath,
+    )
+    tpath = join_path(lpath, "typed_config")
+    errors = validate_message(config, tpath)
+    if errors:
+        raise errors[0]
+    return extension.factory(config, context, tpath), library.name

@@ -29,6 +29,14 @@ fresh llhttp response parser, the response ends it. Theory of operation:
 Protocol errors carry status 502 (the router's upstream protocol error answer) and Envoy's
 codec details.
 
+The cluster's Http1ProtocolOptions (``settings``): ``header_key_format`` (proper-case names
+for request heads without a stateful formatter of their own; or a stateful formatter that
+records each response head's names, and its reason phrase, see header_formatter),
+``send_fully_qualified_url`` (absolute-form targets, ``scheme://authority/path``),
+``allow_chunked_length`` (a response with both Content-Length and chunked Transfer-Encoding
+loses its Content-Length instead of being refused), ``enable_trailers``.
+``client_codec_factory(settings)`` is what a pool makes its codecs with.
+
 Decoding calls the codec's ``callbacks`` (``ResponseCallbacks``: Envoy's codecs call their
 stream decoder directly, no event object in between): ``dispatch(data)`` and
 ``dispatch_eof()``. Heads, 1xx and body pieces are reported as llhttp finds them; the last
@@ -43,6 +51,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from httptools import (
@@ -61,7 +70,9 @@ from legatus.http.http1.events import (
     ProtocolError,
     ResponseEventList,
 )
-from legatus.http.http1.stream_encoder import StreamEncoder, encode_head
+from legatus.http.http1.header_formatter import StatefulHeaderFormatter, key_format_of
+from legatus.http.http1.settings import DEFAULT_SETTINGS, Http1Settings
+from legatus.http.http1.stream_encoder import StreamEncoder, encode_formatted_head, encode_head
 
 MAX_RESPONSE_HEADERS_KB = 80  # Envoy's default (the vanilla http_parser limit)
 _UPSTREAM_ERROR = 502
@@ -121,6 +132,8 @@ class ClientCodec(c.MessageDecoder):
     _policy_status = _UPSTREAM_ERROR
 
     __slots__ = (
+        "_absolute_url",
+        "_allow_chunked_length",
         "_body",
         "_connect",
         "_encoder",
@@ -133,6 +146,7 @@ class ClientCodec(c.MessageDecoder):
         "_heads",
         "_informational",
         "_keep_alive",
+        "_key_format",
         "_on_data",
         "_on_error",
         "_on_headers",
@@ -141,6 +155,7 @@ class ClientCodec(c.MessageDecoder):
         "_parser",
         "_parser_clean",
         "_phase",
+        "_plain_map",
         "_ready",
         "_refolded",
         "_until_eof",
@@ -154,12 +169,21 @@ class ClientCodec(c.MessageDecoder):
         max_response_headers_count: int = 100,
         enable_trailers: bool = False,
         callbacks: ResponseCallbacks | None = None,
+        settings: Http1Settings = DEFAULT_SETTINGS,
     ) -> None:
         super().__init__(
             max_size=max_response_headers_kb * 1024,
             max_count=max_response_headers_count,
             enable_trailers=enable_trailers,
+            new_formatter=settings.new_formatter,
         )
+        # The cluster's Http1ProtocolOptions (see module doc).
+        self._key_format = settings.key_format
+        self._absolute_url = settings.send_fully_qualified_url
+        self._allow_chunked_length = settings.allow_chunked_length
+        # The map type written as is (None: every head goes through _encode_configured_head).
+        plain = self._key_format is None and not self._absolute_url
+        self._plain_map = HeaderMap if plain else None
         self._phase = _IDLE
         self._parser = HttpResponseParser(self)
         self._parser.set_dangerous_leniencies(**c.LENIENCIES)
@@ -208,7 +232,10 @@ class ClientCodec(c.MessageDecoder):
         upgrade = "upgrade" in headers and c.has_token(headers.get("connection"), "upgrade")
         target = headers.get(":authority", "") if connect else path
         framing = self._encoder.request_framing(headers, end_stream, connect or upgrade, method)
-        head = encode_head(f"{method} {target} HTTP/1.1", headers, framing)
+        if type(headers) is self._plain_map:
+            head = encode_head(f"{method} {target} HTTP/1.1", headers, framing)
+        else:
+            head = self._encode_configured_head(method, target, headers, framing, connect)
         # A new exchange (inlined: once a request). What a complete response leaves as the
         # next one needs it is not reset here: no informational or ready head, no read to
         # EOF, nothing fed, no error, no collected header.
@@ -225,6 +252,26 @@ class ClientCodec(c.MessageDecoder):
             self._parser.set_dangerous_leniencies(**c.LENIENCIES)
             self._parser_clean = True
         return head
+
+    def _encode_configured_head(
+        self, method: str, target: str, headers: HeaderMap, framing: str, connect: bool
+    ) -> bytes:
+        """A request head with a stateful formatter, or under the cluster's key format or
+        ``send_fully_qualified_url``."""
+        if self._absolute_url and not connect:
+            scheme = headers.get(":scheme")
+            if scheme is None:
+                raise ValueError("missing required header: :scheme")
+            authority = headers.get(":authority")
+            if authority is None:
+                raise ValueError("missing required header: host")
+            target = f"{scheme}://{authority}{target}"
+        return encode_formatted_head(
+            f"{method} {target} HTTP/1.1",
+            headers,
+            framing,
+            key_format_of(headers, self._key_format),
+        )
 
     def encode_data(self, data: bytes, end_stream: bool) -> bytes:
         return self._encoder.data(data, end_stream)
@@ -483,7 +530,10 @@ class ClientCodec(c.MessageDecoder):
                 content_length = None
         if transfer_encoding is not None:
             if content_length is not None:
-                raise self._fail(_UPSTREAM_ERROR, c.CHUNKED_CONTENT_LENGTH)
+                if not self._allow_chunked_length or transfer_encoding.lower() != "chunked":
+                    raise self._fail(_UPSTREAM_ERROR, c.CHUNKED_CONTENT_LENGTH)
+                headers.remove("content-length")  # (allow_chunked_length)
+                content_length = None
             if transfer_encoding.lower() != "chunked":
                 raise self._fail(_UPSTREAM_ERROR, c.INVALID_TRANSFER_ENCODING)
         if status < 200 and status != 101:
@@ -576,3 +626,35 @@ class ClientCodec(c.MessageDecoder):
 
 class _StopAtHead(Exception):
     """Stops llhttp after a head whose body it would otherwise wait for."""
+
+
+class _ReasonPhraseClientCodec(ClientCodec):
+    """A ClientCodec whose heads' stateful formatters also get the status line's reason
+    phrase (llhttp reports it only to a parser owner that has ``on_status``)."""
+
+    __slots__ = ("_reason",)
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._reason = b""
+
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        super().on_message_begin()
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def _head_formatter(self) -> StatefulHeaderFormatter:
+        formatter = super()._head_formatter()
+        formatter.set_reason_phrase(self._reason.decode("latin-1"))
+        return formatter
+
+
+def client_codec_factory(settings: Http1Settings) -> Callable[..., ClientCodec]:
+    """What a pool makes its codecs with, for a cluster's ``settings`` (the plain ClientCodec
+    for the defaults)."""
+    if settings is DEFAULT_SETTINGS:
+        return ClientCodec
+    cls = ClientCodec if settings.stateful_formatter is None else _ReasonPhraseClientCodec
+    return partial(cls, enable_trailers=settings.enable_trailers, settings=settings)

@@ -10,12 +10,20 @@ is handled by the codecs by unfolding the head and parsing it again (``unfold``)
 
 Errors found inside a parser callback are stored on the decoder and raised as ``Abort`` to
 stop llhttp; the codec then reports the stored ``ProtocolError``.
+
+With a stateful header formatter configured (``header_key_format``), each head's names are
+also given, as they arrived, to a new formatter, and the head is handed over as a
+``FormattedHeaderMap`` (see header_formatter); that takes the checked path, as an underscores
+policy does, so that a plain configuration pays nothing for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from legatus.http.headers import HeaderMap
 from legatus.http.http1.events import ProtocolError
+from legatus.http.http1.header_formatter import FormattedHeaderMap, StatefulHeaderFormatter
 from legatus.http.http1.settings import HeadersWithUnderscoresAction
 
 # Envoy's response code details (codec_impl.cc Http1ResponseCodeDetails, and the shared ones).
@@ -160,11 +168,13 @@ class MessageDecoder:
     _policy_status = 400  # underscores rejected
 
     __slots__ = (
+        "_checked",
         "_enable_trailers",
         "_error",
         "_items",
         "_max_count",
         "_max_size",
+        "_new_formatter",
         "_underscores",
     )
 
@@ -175,6 +185,7 @@ class MessageDecoder:
         max_count: int,
         enable_trailers: bool,
         underscores: HeadersWithUnderscoresAction = HeadersWithUnderscoresAction.ALLOW,
+        new_formatter: Callable[[], StatefulHeaderFormatter] | None = None,
     ) -> None:
         self._max_size = max_size
         self._max_count = max_count
@@ -182,6 +193,10 @@ class MessageDecoder:
         self._underscores = (
             None if underscores is HeadersWithUnderscoresAction.ALLOW else (underscores)
         )
+        # Makes the stateful header formatter of each head (None: heads get none).
+        self._new_formatter = new_formatter
+        # Blocks take _decode_block_checked: a policy to apply, or names to record.
+        self._checked = self._underscores is not None or new_formatter is not None
         self._error: ProtocolError | None = None
         self._items: list[tuple[bytes, bytes]] = []
 
@@ -201,7 +216,7 @@ class MessageDecoder:
         repeats, a new map is returned instead (so ``result is headers`` tells a codec that no
         name repeats). ``size`` is what the block already counts (the request line). Raises
         ``Abort`` (with the error set) on a limit or policy."""
-        if self._underscores is not None:
+        if self._checked:
             return self._decode_block_checked(headers, size)
         items = self._items
         expected = _dict_len(headers) + len(items)  # entries, unless a name repeats
@@ -231,9 +246,15 @@ class MessageDecoder:
         return ordered
 
     def _decode_block_checked(self, headers: HeaderMap, size: int) -> HeaderMap:
-        """``_decode_block`` with a headers-with-underscores policy other than ALLOW."""
+        """``_decode_block`` with a headers-with-underscores policy other than ALLOW, or a
+        stateful header formatter for heads (a head's map comes seeded with its
+        pseudo-headers, trailers' empty): the head is then a new FormattedHeaderMap."""
         items = self._items
         underscores = self._underscores
+        formatter = None
+        if self._new_formatter is not None and headers:
+            formatter = self._head_formatter()
+            formatter.process_keys([name.decode("latin-1") for name, _ in items])
         add = headers.add
         added = 0
         rejected_at = -1  # position (among added headers) of the first one with "_"
@@ -242,7 +263,7 @@ class MessageDecoder:
             if value and value[-1] in _OWS:
                 value = value.rstrip(b" \t")
             size += len(name) + len(value) + 4
-            if rejected_at < 0 and "_" in key:
+            if underscores is not None and rejected_at < 0 and "_" in key:
                 if underscores is HeadersWithUnderscoresAction.DROP_HEADER:
                     continue
                 rejected_at = added
@@ -256,5 +277,11 @@ class MessageDecoder:
             raise self._fail(self._policy_status, UNEXPECTED_UNDERSCORE)
         if added > self._max_count:
             raise self._fail(self._limit_status, TOO_MANY_HEADERS)
+        if formatter is not None:
+            return FormattedHeaderMap.attach(headers, formatter)  # (a new map)
         # A new map when a name repeats, as _decode_block returns.
         return headers.copy() if headers.has_repeats else headers
+
+    def _head_formatter(self) -> StatefulHeaderFormatter:
+        """The stateful formatter of the head being decoded."""
+        return self._new_formatter()  # type: ignore[misc]

@@ -30,6 +30,9 @@ httptools (llhttp). Theory of operation:
   oldest unanswered request (HTTP/1.0 status line for an HTTP/1.0 request, no body for HEAD,
   1xx, 204 and 304, chunked without a content-length, see stream_encoder).
   ``close_after_response`` says the connection must close once the bytes are written.
+- Header case: with ``header_key_format: proper_case_words`` response names go out
+  Proper-Case; with a stateful formatter each request head records its names as they arrived
+  (a ``FormattedHeaderMap``, see header_formatter), for whichever encoder writes it upstream.
 
 Obs-fold: llhttp parses header lines strictly; a folded head is buffered to its end, unfolded
 as Balsa does (the CRLF removed, the whitespace kept) and parsed again with a fresh parser. The
@@ -158,6 +161,7 @@ class ServerCodec(c.MessageDecoder):
             max_count=settings.max_request_headers_count,
             enable_trailers=settings.enable_trailers,
             underscores=settings.headers_with_underscores_action,
+            new_formatter=settings.new_formatter,
         )
         self._settings = settings
         self._buffer_limit = buffer_limit
@@ -173,7 +177,9 @@ class ServerCodec(c.MessageDecoder):
         self._swallow_complete = False
         self._raw_left = 0
         self._exchange: Exchange | None = None
-        responses = self._responses = ResponseEncoder(enable_trailers=settings.enable_trailers)
+        responses = self._responses = ResponseEncoder(
+            enable_trailers=settings.enable_trailers, key_format=settings.key_format
+        )
         self.encode_headers = responses.encode_headers
         self.encode_data = responses.encode_data
         self.encode_trailers = responses.encode_trailers

@@ -1,17 +1,47 @@
-"""HTTP/1 codec settings: Envoy's ``Http1Settings``, compiled once from the HCM config.
+"""HTTP/1 codec settings: Envoy's ``Http1Settings``, compiled once from the config protos.
 
 The fields are the knobs of ``Http1ProtocolOptions`` and of the HCM / common protocol options
-that the HTTP/1 codec reads, with Envoy's defaults. ``from_protos`` builds them from the
-config protos; it refuses what legatus does not implement (``header_key_format`` other than
-the default lower-case, ``send_fully_qualified_url``...) with the field path.
+that the HTTP/1 codecs read, with Envoy's defaults. Envoy parses one ``Http1ProtocolOptions``
+for either side; each side reads its own fields. ``from_protos`` compiles an HCM's (the
+downstream codec), ``from_upstream_proto`` a cluster's (the upstream codec). Every field of
+Http1ProtocolOptions is either honoured on a side or refused there by name, with its path:
+
+============================================== ============ ==============================
+field                                          HCM          cluster
+============================================== ============ ==============================
+allow_absolute_url, accept_http_10,            honoured     refused
+default_host_for_http_10
+header_key_format                              honoured     honoured
+enable_trailers, allow_chunked_length          honoured     honoured
+send_fully_qualified_url                       no effect    honoured
+                                               (as Envoy)
+use_balsa_parser                               no effect    refused
+                                               (Envoy 1.40
+                                               parses with
+                                               Balsa)
+override_stream_error_on_invalid_http_message, refused      refused
+allow_custom_methods, ignore_http_11_upgrade
+============================================== ============ ==============================
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 from legatus.config.errors import ConfigError
+from legatus.config.supported import check_supported
+from legatus.http.http1.header_formatter import KeyFormat, proper_case
+
+_DOWNSTREAM_FIELDS = (
+    "allow_absolute_url", "accept_http_10", "default_host_for_http_10", "header_key_format",
+    "enable_trailers", "allow_chunked_length", "send_fully_qualified_url", "use_balsa_parser",
+)  # fmt: skip
+_UPSTREAM_FIELDS = (
+    "header_key_format", "enable_trailers", "allow_chunked_length", "send_fully_qualified_url",
+)  # fmt: skip
 
 
 class HeadersWithUnderscoresAction(enum.Enum):
@@ -26,16 +56,19 @@ class HeadersWithUnderscoresAction(enum.Enum):
 
 
 class HeaderKeyFormat(enum.Enum):
-    """How header names go out. Only Envoy's default (lower-case) is implemented."""
+    """How header names go out (see header_formatter)."""
 
     DEFAULT = "default"
+    """Lower-case, as the maps hold them."""
     PROPER_CASE = "proper_case_words"
+    """Proper-Case-Words, for every head the connection writes without a stateful formatter."""
     STATEFUL = "stateful_formatter"
+    """The codec gives each head it decodes a formatter (``stateful_formatter``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Http1Settings:
-    """Everything the HTTP/1 server codec needs to know about its configuration."""
+    """Everything an HTTP/1 codec needs to know about its configuration."""
 
     max_request_headers_kb: int = 60
     max_request_headers_count: int = 100
@@ -43,8 +76,12 @@ class Http1Settings:
     default_host_for_http_10: str = ""
     allow_absolute_url: bool = True
     header_key_format: HeaderKeyFormat = HeaderKeyFormat.DEFAULT
+    # With HeaderKeyFormat.STATEFUL: the compiled formatter extension (``create()`` makes the
+    # formatter of one head).
+    stateful_formatter: Any = None
     allow_chunked_length: bool = False
     enable_trailers: bool = False
+    send_fully_qualified_url: bool = False  # the upstream codec's: absolute-form targets
     headers_with_underscores_action: HeadersWithUnderscoresAction = (
         HeadersWithUnderscoresAction.ALLOW
     )
@@ -54,11 +91,20 @@ class Http1Settings:
             raise ValueError("max_request_headers_kb must be in [1, 8192]")
         if self.max_request_headers_count < 1:
             raise ValueError("max_request_headers_count must be at least 1")
-        if self.header_key_format is not HeaderKeyFormat.DEFAULT:
-            raise ValueError(
-                f"header_key_format {self.header_key_format.value} is not implemented by "
-                "legatus: header names are sent lower-case"
-            )
+        stateful = self.header_key_format is HeaderKeyFormat.STATEFUL
+        if stateful == (self.stateful_formatter is None):
+            raise ValueError("a stateful_formatter goes with header_key_format STATEFUL only")
+
+    @property
+    def key_format(self) -> KeyFormat | None:
+        """The connection's stateless key format (None: names go out as the map holds them)."""
+        return proper_case if self.header_key_format is HeaderKeyFormat.PROPER_CASE else None
+
+    @property
+    def new_formatter(self) -> Any:
+        """Makes the stateful formatter of one decoded head (None: heads get none)."""
+        stateful = self.stateful_formatter
+        return None if stateful is None else stateful.create
 
     @classmethod
     def from_protos(
@@ -84,20 +130,66 @@ class Http1Settings:
         opts = http_protocol_options
         if opts is not None:
             where = f"{path}.http_protocol_options" if path else "http_protocol_options"
-            if opts.HasField("header_key_format"):
-                raise ConfigError(f"{where}.header_key_format", "not implemented by legatus")
-            if opts.send_fully_qualified_url:
-                raise ConfigError(f"{where}.send_fully_qualified_url", "not implemented by legatus")
+            check_supported(opts, _DOWNSTREAM_FIELDS, where, "Http1ProtocolOptions")
             if opts.HasField("allow_absolute_url"):
                 kwargs["allow_absolute_url"] = opts.allow_absolute_url.value
             kwargs["accept_http_10"] = opts.accept_http_10
             kwargs["default_host_for_http_10"] = opts.default_host_for_http_10
             kwargs["enable_trailers"] = opts.enable_trailers
             kwargs["allow_chunked_length"] = opts.allow_chunked_length
+            # send_fully_qualified_url and use_balsa_parser change nothing downstream in Envoy
+            # 1.40 (the server codec never reads the first; the parser is Balsa either way).
+            kwargs.update(_header_key_format(opts, where))
         try:
             return cls(**kwargs)
         except ValueError as e:
             raise ConfigError(path, str(e)) from None
+
+    @classmethod
+    def from_upstream_proto(cls, http_protocol_options, *, path: str) -> Http1Settings:
+        """From a cluster's Http1ProtocolOptions (``path`` is where it sits)."""
+        opts = http_protocol_options
+        check_supported(opts, _UPSTREAM_FIELDS, path, "Http1ProtocolOptions")
+        if not opts.ListFields():
+            return DEFAULT_SETTINGS
+        return cls(
+            enable_trailers=opts.enable_trailers,
+            allow_chunked_length=opts.allow_chunked_length,
+            send_fully_qualified_url=opts.send_fully_qualified_url,
+            **_header_key_format(opts, path),
+        )
+
+
+def _header_key_format(opts, path: str) -> dict[str, Any]:
+    """The ``header_key_format`` fields of Http1Settings (none when unset)."""
+    if not opts.HasField("header_key_format"):
+        return {}
+    hkf = opts.header_key_format
+    hpath = f"{path}.header_key_format"
+    which = hkf.WhichOneof("header_format")
+    if which == "proper_case_words":
+        return {"header_key_format": HeaderKeyFormat.PROPER_CASE}
+    if which == "stateful_formatter":
+        from legatus.registry import Category
+
+        formatter = _formatters().create(
+            Category.STATEFUL_HEADER_FORMATTER, hkf.stateful_formatter, None,
+            f"{hpath}.stateful_formatter",
+        )  # fmt: skip
+        return {"header_key_format": HeaderKeyFormat.STATEFUL, "stateful_formatter": formatter}
+    raise ConfigError(f"{hpath}.header_format", "is required")
+
+
+@cache
+def _formatters():
+    """The stateful header formatters: the codec settings of an HCM and of a cluster are both
+    compiled without a factory context (as cluster transport sockets are)."""
+    from legatus.extensions.http.header_formatters import preserve_case
+    from legatus.registry import Registry
+
+    registry = Registry()
+    preserve_case.register(registry)
+    return registry
 
 
 DEFAULT_SETTINGS = Http1Settings()

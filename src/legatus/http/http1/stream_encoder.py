@@ -16,6 +16,13 @@ encoder adds last, exactly where Envoy adds it:
 A value with CR, LF or NUL would split the message: encoding it raises ``ValueError`` (a filter
 set it; traffic cannot, the decoders refuse such bytes).
 
+Header case (``header_key_format``, see header_formatter): a head is written by
+``encode_head`` as is, unless it carries a stateful formatter or the connection has a key
+format of its own; then ``encode_formatted_head`` writes every name of the head (``host`` and
+the framing header included, trailers excepted) through the format. Any encoder may meet a
+head with a formatter (the other side's codec made it), so each head costs one type test;
+that is all a configuration without a format pays.
+
 ``ResponseEncoder`` is the server side's: one ``Exchange`` per request head the codec decoded,
 answered in order, and whether the connection must close after the response.
 """
@@ -27,6 +34,7 @@ from collections import deque
 from legatus.http.codes import reason_phrase
 from legatus.http.headers import HeaderMap
 from legatus.http.http1.common import has_token
+from legatus.http.http1.header_formatter import FormattedHeaderMap, KeyFormat, key_format_of
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -58,6 +66,30 @@ def encode_head(first_line: str, headers: HeaderMap, framing: str) -> bytes:
         raise ValueError("a header name or value contains CR, LF or NUL")
     lines += ("", "")  # the head ends with an empty line
     return "\r\n".join(lines).encode("latin1")  # (CPython's fast-path spelling of latin-1)
+
+
+def encode_formatted_head(
+    first_line: str, headers: HeaderMap, framing: str, key_format: KeyFormat | None
+) -> bytes:
+    """``encode_head`` with every name written through ``key_format`` (None: as is)."""
+    if key_format is None:
+        return encode_head(first_line, headers, framing)
+    lines = [first_line]
+    append = lines.append
+    authority = headers.get(":authority")
+    if authority is not None:
+        append(f"{key_format('host')}: {authority}")
+    for name, value in headers.items():
+        if name[0] != ":" and name != "transfer-encoding":
+            append(f"{key_format(name)}: {value}")
+    if framing:
+        name, _, value = framing.partition(": ")
+        append(f"{key_format(name)}: {value}")
+    text = "".join(lines)
+    if "\r" in text or "\n" in text or "\x00" in text:
+        raise ValueError("a header name or value contains CR, LF or NUL")
+    lines += ("", "")
+    return "\r\n".join(lines).encode("latin1")
 
 
 # Header name -> the start of its line ("" for what is not written here: pseudo-headers
@@ -154,14 +186,19 @@ class Exchange(StreamEncoder):
 
 
 class ResponseEncoder:
-    """Envoy's ``ResponseEncoderImpl`` for a connection: responses in request order."""
+    """Envoy's ``ResponseEncoderImpl`` for a connection: responses in request order.
 
-    __slots__ = ("close", "enable_trailers", "exchanges")
+    ``key_format``: the connection's own header key format (None: lower-case)."""
 
-    def __init__(self, *, enable_trailers: bool) -> None:
+    __slots__ = ("close", "enable_trailers", "exchanges", "key_format", "plain_map")
+
+    def __init__(self, *, enable_trailers: bool, key_format: KeyFormat | None = None) -> None:
         self.enable_trailers = enable_trailers
         self.exchanges: deque[Exchange] = deque()
         self.close = False
+        self.key_format = key_format
+        # The map type written as is (None: every head goes through the key format).
+        self.plain_map = HeaderMap if key_format is None else None
 
     def expect(self, exchange: Exchange) -> Exchange:
         """A request head was decoded: its response comes after the earlier ones."""
@@ -182,7 +219,10 @@ class ResponseEncoder:
         http10 = exchange.http10
         status, status_line = (_STATUS_10 if http10 else _STATUS_11)[headers.get(":status")]
         framing = exchange.response_framing(headers, status, end_stream)
-        head = encode_head(status_line, headers, framing)
+        if type(headers) is self.plain_map:
+            head = encode_head(status_line, headers, framing)
+        else:
+            head = self._encode_formatted_head(status_line, headers, framing)
         if status < 200 and status != 101:
             exchange.done = False  # informational: the final response is still to come
             return head
@@ -196,6 +236,18 @@ class ResponseEncoder:
         if end_stream:
             self._done(exchange)
         return head
+
+    def _encode_formatted_head(self, status_line: str, headers: HeaderMap, framing: str) -> bytes:
+        """A head with a stateful formatter (and maybe the upstream's reason phrase), or on a
+        connection with a key format."""
+        if type(headers) is FormattedHeaderMap:
+            phrase = headers.formatter.reason_phrase
+            if phrase:
+                version, status, _ = status_line.split(" ", 2)
+                status_line = f"{version} {status} {phrase}"
+        return encode_formatted_head(
+            status_line, headers, framing, key_format_of(headers, self.key_format)
+        )
 
     def encode_data(self, data: bytes, end_stream: bool) -> bytes:
         exchanges = self.exchanges

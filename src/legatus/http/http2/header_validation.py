@@ -8,8 +8,9 @@ Envoy answers it:
 - a field nghttp2 refuses as it arrives (upper-case or non-token name, a control character
   or DEL in a value, a connection-specific header, ``te`` other than ``trailers``, a
   pseudo-header unknown (``:protocol`` without extended CONNECT), repeated or after a
-  regular field, a bad ``:method``, ``:scheme``, ``:authority``, an empty ``:path``, a bad
-  or repeated ``content-length``) is ``http2.invalid.header.field``; what the whole head
+  regular field, a bad ``:method``, ``:scheme``, ``:authority``, a ``:path`` empty or with a
+  control, space or DEL byte, a bad or repeated ``content-length``) is
+  ``http2.invalid.header.field``; what the whole head
   lacks (a pseudo-header missing, a ``:path`` not in origin form, CONNECT rules) is
   ``http2.violation.of.messaging.rule``. Both count
   ``http2.rx_messaging_error`` and, by default, end the connection (a stream reset with
@@ -86,6 +87,7 @@ _TCHAR_LOWER = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 _NAME_OK = bytes(sorted(_TCHAR_LOWER))
 _TOKEN_OK = bytes(sorted(_TCHAR_LOWER | frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")))
 _VALUE_OK = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_PATH_OK = bytes([*range(0x21, 0x7F), *range(0x80, 0x100)])
 _AUTHORITY_OK = bytes(
     sorted(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@[]%")
 )
@@ -136,7 +138,8 @@ def _pseudo_ok(name: str, value: str) -> bool:
         return bool(value) and not value.encode("latin-1").translate(None, _SCHEME_OK)
     if name == ":authority":
         return not value.encode("latin-1").translate(None, _AUTHORITY_OK)
-    return bool(value)  # :path
+    # :path: nghttp2 takes any byte above space but DEL (non-ASCII too; '#' is the HCM's)
+    return bool(value) and not value.encode("latin-1").translate(None, _PATH_OK)
 
 
 def check_request(fields, settings) -> Head | Rejection:

@@ -24,6 +24,7 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 
 from legatus.access_log.access_log import AccessLog, create_access_logs
+from legatus.access_log.log_type import DOWNSTREAM_END
 from legatus.http.conn_manager_utility import node_local_address
 from legatus.http.headers import HeaderMap
 from legatus.network.address import is_loopback
@@ -39,7 +40,9 @@ def compile_admin_access_logs(admin, context) -> tuple[AccessLog, ...]:
         # The synthetic entry's errors name the field the operator wrote.
         logs += _compile_path_log(proto, context)
     if admin.access_log:
-        logs += create_access_logs(admin.access_log, context, "admin.access_log")
+        logs += create_access_logs(
+            admin.access_log, context, "admin.access_log", log_type=DOWNSTREAM_END
+        )
     return logs
 
 
@@ -47,7 +50,9 @@ def _compile_path_log(proto, context) -> tuple[AccessLog, ...]:
     from legatus.config.errors import ConfigError
 
     try:
-        return create_access_logs([proto], context, "admin.access_log_path")
+        return create_access_logs(
+            [proto], context, "admin.access_log_path", log_type=DOWNSTREAM_END
+        )
     except ConfigError as e:  # "admin.access_log_path[0].typed_config.path: ..." -> the field
         raise ConfigError("admin.access_log_path", e.message) from None
 

@@ -97,10 +97,10 @@ def _add(out: certs_pb2.Certificates, common, now: datetime.datetime) -> None:
     validation = common.validation
     if validation is not None and validation.ca_details is not None:
         _details(entry.ca_cert.add(), validation.ca_details, validation.ca_path, now)
-    sds = bool(common.certificate_providers)
+    # A secret from an SDS file has its certificate read into inline bytes (chain_path is
+    # then <inline>); a static secret and a pkcs12 bundle keep their file, as in Envoy.
     for certificate in common.certificates:
-        path = "<inline>" if sds else certificate.chain_path
-        _details(entry.cert_chain.add(), certificate.leaf, path, now)
+        _details(entry.cert_chain.add(), certificate.leaf, certificate.chain_path, now)
 
 
 def _details(out: certs_pb2.CertificateDetails, cert, path: str, now) -> None:

@@ -144,8 +144,8 @@ def test_disable_stateless_session_resumption_is_honoured(leaf):
          "tls.common_tls_context.validation_context_sds_secret_config.name"),
         ({"tls_certificate_sds_secret_configs": [{"name": "x", "sds_config": {"ads": {}}}]},
          "tls.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config.ads"),
-        ({"validation_context": {"max_verify_depth": 2}},
-         "tls.common_tls_context.validation_context.max_verify_depth"),
+        ({"validation_context": {"require_signed_certificate_timestamp": True}},
+         "tls.common_tls_context.validation_context.require_signed_certificate_timestamp"),
     ],
 )  # fmt: skip
 def test_unsupported_fields_are_named(leaf, common, path):

@@ -463,9 +463,9 @@ def test_same_events_whatever_the_reads(raw, chunk):
 # Settings ------------------------------------------------------------------------------------
 
 
-def test_settings_refuse_proper_case_keys():
+def test_settings_stateful_key_format_needs_its_formatter():
     with pytest.raises(ValueError, match="header_key_format"):
-        Http1Settings(header_key_format=HeaderKeyFormat.PROPER_CASE)
+        Http1Settings(header_key_format=HeaderKeyFormat.STATEFUL)
 
 
 def test_settings_from_protos():
@@ -484,8 +484,8 @@ def test_settings_from_protos():
         max_request_headers_kb=8,
         headers_with_underscores_action=HeadersWithUnderscoresAction.REJECT_REQUEST,
     )
-    http1.header_key_format.proper_case_words.SetInParent()
-    with pytest.raises(ConfigError, match="header_key_format"):
+    http1.allow_custom_methods = True
+    with pytest.raises(ConfigError, match="allow_custom_methods"):
         Http1Settings.from_protos(http1, None, path="hcm")
 
 

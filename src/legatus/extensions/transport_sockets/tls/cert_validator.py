@@ -11,10 +11,18 @@ Split in two, because Python's ``ssl`` offers no verify callback:
   connection is used; a failure counts the same stat and closes the connection with the
   same failure reason as Envoy's.
 
+``max_verify_depth`` has no store setting in Python's ``ssl`` either. Envoy 1.40 applies it
+to server contexts only (a cluster's is accepted and has no effect), as BoringSSL's verify
+depth set to one less than the value (at least 0): the most intermediates between the leaf
+and the trust anchor, the first trusted certificate on the way up (partial chains are
+allowed). OpenSSL builds the same verified chain; its length is checked right after the
+handshake (``chain_too_deep``), with Envoy's stat and failure reason.
+
 What Python's ``ssl`` cannot express is refused at config time: a validation context
 without a trust anchor that still asks for a peer certificate (pinning by hash or SPKI
-alone, ``ACCEPT_UNTRUSTED``), ``max_verify_depth``, custom validators, certificate
-providers, SCT requirements and OTHER_NAME SANs.
+alone, ``ACCEPT_UNTRUSTED``), custom validators, certificate providers, SCT requirements
+and OTHER_NAME SANs. ``watched_directory`` matters to a validation context delivered by SDS
+from a file (``secret_files``); anywhere else, as in Envoy, it changes nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +57,10 @@ _SUPPORTED = (
     "allow_expired_certificate",
     "only_verify_leaf_cert_crl",
     "trust_chain_verification",
+    "watched_directory",
+    "max_verify_depth",
 )
+MAX_VERIFY_DEPTH = 100  # the API's bound
 
 _SAN_TYPES = {1: x509.RFC822Name, 2: x509.DNSName, 3: x509.UniformResourceIdentifier,
               4: x509.IPAddress}  # fmt: skip
@@ -114,6 +125,8 @@ class ValidationConfig:
     cert_hashes: tuple[bytes, ...]
     spki_hashes: tuple[bytes, ...]
     ca_details: CertificateDetails | None
+    # max_verify_depth as BoringSSL applies it: the most intermediates; None: no limit.
+    max_intermediates: int | None = None
 
     @property
     def has_trust_anchor(self) -> bool:
@@ -143,6 +156,19 @@ class ValidationConfig:
             flags |= X509_V_FLAG_NO_CHECK_TIME
         ctx.verify_flags = flags
 
+    def chain_too_deep(self, verified_length: int) -> str | None:
+        """The error detail when a verified chain (leaf to trust anchor, ``verified_length``
+        certificates) has more intermediates than ``max_verify_depth`` allows, else None.
+        BoringSSL stops building the chain one certificate past the limit, finds no trusted
+        issuer there and says so, at that depth."""
+        limit = self.max_intermediates
+        if limit is None or verified_length - 2 <= limit:
+            return None
+        return (
+            "verify cert failed: X509_verify_cert: certificate verification error at depth "
+            f"{limit + 1}: unable to get local issuer certificate"
+        )
+
     def verify_leaf(self, leaf: CertificateDetails, stats) -> str | None:
         """Envoy's DefaultCertValidator::verifyCertificate on the (chain-verified) leaf: None
         when it passes, else the error detail, with the failure counted in ``stats``."""
@@ -160,6 +186,25 @@ class ValidationConfig:
                 stats.fail_verify_cert_hash.inc()
                 return "verify cert failed: cert hash and spki"
         return None
+
+
+def verified_chain_length(obj: ssl.SSLObject) -> int:
+    """How many certificates OpenSSL's verified chain of the peer has (0: none, as on a
+    resumed session). ``get_verified_chain`` is public from Python 3.13; before, it is the
+    C object's."""
+    get = getattr(obj, "get_verified_chain", None) or obj._sslobj.get_verified_chain
+    chain = get()
+    return len(chain) if chain else 0
+
+
+def _can_see_verified_chain() -> bool:
+    if hasattr(ssl.SSLObject, "get_verified_chain"):
+        return True
+    native = getattr(getattr(ssl, "_ssl", None), "_SSLSocket", None)
+    return native is not None and hasattr(native, "get_verified_chain")
+
+
+CAN_SEE_VERIFIED_CHAIN = _can_see_verified_chain()
 
 
 # OpenSSL verification error codes whose depth can be worked out from the chain.
@@ -301,6 +346,21 @@ def compile_validation(proto, path: str, *, name: str | None = None) -> Validati
                 f"{path}.verify_certificate_spki[{i}]", f"Invalid base64-encoded SHA-256 {h}"
             )
         spkis.append(decoded)
+    max_intermediates = None
+    if proto.HasField("max_verify_depth"):
+        depth = proto.max_verify_depth.value
+        if depth > MAX_VERIFY_DEPTH:
+            raise ConfigError(
+                join_path(path, "max_verify_depth"),
+                f"value must be less than or equal to {MAX_VERIFY_DEPTH}",
+            )
+        if not CAN_SEE_VERIFIED_CHAIN:
+            raise ConfigError(
+                join_path(path, "max_verify_depth"),
+                "max_verify_depth is not supported by legatus on this Python: its ssl module "
+                "does not show the verified chain",
+            )
+        max_intermediates = max(depth - 1, 0)
     config = ValidationConfig(
         name=name or validation_name(proto),
         ca_pem=ca_pem,
@@ -313,6 +373,7 @@ def compile_validation(proto, path: str, *, name: str | None = None) -> Validati
         cert_hashes=tuple(hashes),
         spki_hashes=tuple(spkis),
         ca_details=ca_details,
+        max_intermediates=max_intermediates,
     )
     if not config.has_trust_anchor and config.requires_peer_certificate:
         raise ConfigError(

@@ -11,6 +11,10 @@ field name (see docs/tls.md for the list and why):
 - ``ocsp_staple`` and ``ocsp_staple_policy: MUST_STAPLE``: no OCSP stapling;
 - signature algorithms, custom handshakers, key logging, certificate providers,
   ``enforce_rsa_key_usage``; a client context with several certificates (as Envoy).
+
+A context on SDS secrets is rebuilt, as Envoy rebuilds it, when any of them changes, from
+every secret's current value; each secret checks the whole context before it takes a new
+value (``_checker``), so one that cannot make a context is refused there.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from legatus.extensions.transport_sockets.tls.cert_validator import (
 from legatus.extensions.transport_sockets.tls.certificate import (
     TlsCertificate,
     compile_certificate,
+    is_empty,
 )
 from legatus.extensions.transport_sockets.tls.secret_manager import (
     SecretManager,
@@ -104,30 +109,41 @@ class CommonTlsConfig:
 
     def refreshed(self) -> CommonTlsConfig:
         """This config with the providers' current secrets (after an SDS update)."""
-        certificates = self.certificates
-        if self.certificate_providers:
-            certificates = tuple(_sds_certificate(p, self.path) for p in self.certificate_providers)
-        validation = self.validation
-        if self.validation_provider is not None:
-            validation = _sds_validation(self.validation_provider, self.validation_default,
-                                         self.path)  # fmt: skip
-        return dataclasses.replace(self, certificates=certificates, validation=validation)
+        certificates, validation = _from_providers(self, _current)
+        return dataclasses.replace(
+            self,
+            certificates=certificates if self.certificate_providers else self.certificates,
+            validation=validation if self.validation_provider is not None else self.validation,
+        )
 
 
-def _sds_certificate(provider: SecretProvider, path: str) -> TlsCertificate:
-    secret = provider.secret
-    return compile_certificate(secret.tls_certificate, path, name=secret.name)
+def _current(provider: SecretProvider):
+    return provider.current
 
 
-def _sds_validation(provider: SecretProvider, default: Any, path: str) -> ValidationConfig:
-    secret = provider.secret
-    proto = secret.validation_context
-    if default is not None:  # combined: the secret merged into the default, as Envoy
-        merged = type(default)()
-        merged.CopyFrom(default)
-        merged.MergeFrom(proto)
-        proto = merged
-    return compile_validation(proto, path, name=secret.name)
+def _applied(provider: SecretProvider):
+    return provider.secret
+
+
+def _from_providers(config: CommonTlsConfig, pick) -> tuple:
+    """The certificates and validation of ``config``'s providers, each secret ``pick``ed."""
+    path = config.path
+    certificates = tuple(
+        compile_certificate(pick(p).tls_certificate, path, name=p.name)
+        for p in config.certificate_providers
+    )
+    validation = None
+    if config.validation_provider is not None:
+        secret = pick(config.validation_provider)
+        proto = secret.validation_context
+        default = config.validation_default
+        if default is not None:  # combined: the secret merged into the default, as Envoy
+            merged = type(default)()
+            merged.CopyFrom(default)
+            merged.MergeFrom(proto)
+            proto = merged
+        validation = compile_validation(proto, path, name=secret.name)
+    return certificates, validation
 
 
 def _compile_common(proto, path: str, *, server: bool, secrets: Any = None) -> CommonTlsConfig:
@@ -135,6 +151,7 @@ def _compile_common(proto, path: str, *, server: bool, secrets: Any = None) -> C
     if secrets is None:
         secrets = SecretManager()  # file SDS only: no static secrets were given
     providers: tuple[SecretProvider, ...] = ()
+    certificates: tuple[TlsCertificate, ...] = ()
     if proto.tls_certificate_sds_secret_configs:
         if proto.tls_certificates and server:
             raise ConfigError(
@@ -146,27 +163,21 @@ def _compile_common(proto, path: str, *, server: bool, secrets: Any = None) -> C
                              "tls_certificate")
             for i, c in enumerate(proto.tls_certificate_sds_secret_configs)
         )  # fmt: skip
-        for provider in providers:
-            set_checker(provider, _certificate_checker(path))
-        certificates = tuple(_sds_certificate(p, path) for p in providers)
     else:
-        certificates = tuple(
-            compile_certificate(c, f"{path}.tls_certificates[{i}]")
-            for i, c in enumerate(proto.tls_certificates)
-        )
+        certificates = _inline_certificates(proto.tls_certificates, path, server=server)
     which = proto.WhichOneof("validation_context_type")
     validation_provider = None
     default = None
+    validation = None
     if which == "validation_context":
         validation = compile_validation(
             proto.validation_context, join_path(path, "validation_context")
         )
     elif which == "validation_context_sds_secret_config":
-        vpath = join_path(path, which)
         validation_provider = secrets.provider(
-            proto.validation_context_sds_secret_config, vpath, "validation_context"
-        )
-        validation = _sds_validation(validation_provider, None, vpath)
+            proto.validation_context_sds_secret_config, join_path(path, which),
+            "validation_context",
+        )  # fmt: skip
     elif which == "combined_validation_context":
         vpath = join_path(path, which)
         combined = proto.combined_validation_context
@@ -180,14 +191,9 @@ def _compile_common(proto, path: str, *, server: bool, secrets: Any = None) -> C
             join_path(vpath, "validation_context_sds_secret_config"),
             "validation_context",
         )
-        validation = _sds_validation(validation_provider, default, vpath)
     elif which is not None:
         raise ConfigError(join_path(path, which), f"{which} is not supported by legatus")
-    else:
-        validation = None
-    if validation_provider is not None:
-        set_checker(validation_provider, _validation_checker(default, path))
-    return CommonTlsConfig(
+    config = CommonTlsConfig(
         params=compile_tls_params(proto.tls_params, join_path(path, "tls_params"), server=server),
         certificates=certificates,
         validation=validation,
@@ -197,26 +203,66 @@ def _compile_common(proto, path: str, *, server: bool, secrets: Any = None) -> C
         validation_default=default,
         path=path,
     )
+    if not config.uses_sds:
+        return config
+    sds = (*providers, *((validation_provider,) if validation_provider is not None else ()))
+    for provider in sds:
+        set_checker(provider, _context_key(config), _checker(config), _promoter(sds))
+    try:
+        return config.refreshed()
+    except ConfigError:
+        # A secret whose files last failed to reload (Envoy keeps that value, so the next
+        # rebuild of the context fails too): the context in use has the values last applied.
+        if all(p.current is p.secret for p in sds):
+            raise
+        certificates, validation = _from_providers(config, _applied)
+        return dataclasses.replace(
+            config,
+            certificates=certificates or config.certificates,
+            validation=validation if validation_provider is not None else config.validation,
+        )
 
 
-def _certificate_checker(path: str):
-    def check(secret) -> None:
-        compile_certificate(secret.tls_certificate, path, name=secret.name)
+def _context_key(config: CommonTlsConfig) -> tuple:
+    """What tells one context's check from another's on a shared secret (a context compiled
+    again, for /certs, adds no second check)."""
+    default = config.validation_default
+    return (config.path, tuple(id(p) for p in config.certificate_providers),
+            id(config.validation_provider),
+            default.SerializeToString() if default is not None else b"")  # fmt: skip
+
+
+def _checker(config: CommonTlsConfig):
+    """Whether ``secret`` as the new value of ``updated`` still makes a context: Envoy
+    rebuilds the whole context on any of its secrets' updates, with the others' current
+    values."""
+
+    def check(updated: SecretProvider, secret) -> None:
+        _from_providers(config, lambda p: secret if p is updated else p.current)
 
     return check
 
 
-def _validation_checker(default: Any, path: str):
-    def check(secret) -> None:
-        proto = secret.validation_context
-        if default is not None:
-            merged = type(default)()
-            merged.CopyFrom(default)
-            merged.MergeFrom(proto)
-            proto = merged
-        compile_validation(proto, path, name=secret.name)
+def _promoter(providers: tuple[SecretProvider, ...]):
+    def promote() -> None:
+        for provider in providers:
+            provider.promote()
 
-    return check
+    return promote
+
+
+def _inline_certificates(protos, path: str, *, server: bool) -> tuple[TlsCertificate, ...]:
+    """``tls_certificates``. One that names nothing is refused in a server context and, as
+    Envoy does, means no client certificate in a client context."""
+    out = []
+    for i, proto in enumerate(protos):
+        cpath = f"{path}.tls_certificates[{i}]"
+        if is_empty(proto):
+            if server:
+                raise ConfigError(cpath, "Server TlsCertificates must have a certificate specified")
+            continue
+        out.append(compile_certificate(proto, cpath))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

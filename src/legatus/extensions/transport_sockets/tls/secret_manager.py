@@ -7,13 +7,20 @@ bootstrap, or with ``sds_config.path_config_source`` (or the deprecated ``path``
 read from a file that holds a DiscoveryResponse of ``Secret`` resources. SDS over gRPC
 (``api_config_source``, ``ads``) is refused at config time.
 
-A file secret is watched, and so are the files its DataSources name (a certificate, a key,
-a CA bundle): a rewrite in place, a rename over, or a symlink swapped anywhere on the path
-(Kubernetes' ``..data``) reloads it (config_subscription/filesystem/watcher.py). As in
-Envoy, the DataSources are read into inline bytes when the secret is loaded, so what is
-checked is what is used. A load that fails (the file half written, the secret missing, a key
-that does not match) keeps the previous secret and counts ``sds.<name>.update_rejected``
-(``update_failure`` when the file cannot be read or parsed).
+A file secret is watched (config_subscription/filesystem/watcher.py): a rewrite in place, a
+rename over, a symlink swapped anywhere on the path is an SDS update, counted in
+``sds.<name>.update_*``. The same secret again changes nothing but the version, as in
+Envoy. An update that fails (the file half written, the secret missing, a key that does not
+match) keeps the previous secret and counts ``update_rejected`` (``update_failure`` when the
+file cannot be read or parsed).
+
+As in Envoy, the certificate, key and CA files the secret names are read into inline bytes
+when it is loaded, so what is checked is what is used, and reloaded from their paths when
+they change, the SDS file untouched (key rotation, with ``watched_directory``: see
+``secret_files``).
+
+Static secrets are kept as configured and never reloaded, as Envoy keeps them (a
+``watched_directory`` in one changes nothing).
 
 Each process has its own manager: every worker reloads its own SSL contexts, and the main
 process keeps one for ``/certs`` and counts the ``sds.<name>.*`` stats (workers do not, so
@@ -30,16 +37,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import xxhash
+from envoy.config.core.v3 import config_source_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from legatus.config.errors import ConfigError, join_path
+from legatus.config.supported import check_supported
 from legatus.config_subscription.filesystem.watcher import DEFAULT_POLL_INTERVAL, FileWatcher
+from legatus.extensions.transport_sockets.tls.secret_files import SecretFiles, digest, resolve
 from legatus.stats.store import StatSet, counter, gauge, histogram
 
 log = logging.getLogger("legatus.config")
 
 Secret = secret_pb2.Secret
 SECRET_TYPE = "envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+Checker = Callable[["SecretProvider", Secret], None]
 
 
 class SdsStats(StatSet):
@@ -61,10 +74,19 @@ class SdsStats(StatSet):
 
 
 class SecretProvider:
-    """One named secret: ``secret`` is its current ``Secret`` proto (DataSources inline);
-    ``add_callback(cb)`` is told after each accepted change (and returns its remover)."""
+    """One named secret: ``secret`` is its ``Secret`` proto (DataSources inline) as last
+    applied; ``add_callback(cb)`` is told after each accepted change."""
 
     __slots__ = ("_callbacks", "name", "secret", "source")
+    dynamic = False  # a secret from SDS, which updates (else a static one)
+
+    @property
+    def current(self) -> Secret:
+        """The value a TLS context is built from (see FileSecretProvider)."""
+        return self.secret
+
+    def promote(self) -> None:
+        """A context was rebuilt with ``current``: it is the value applied."""
 
     def __init__(self, name: str, secret: Secret, source: str) -> None:
         self.name = name
@@ -93,16 +115,44 @@ class SecretProvider:
 
 
 class FileSecretProvider(SecretProvider):
-    __slots__ = ("_checker", "_file", "_inputs", "_stats", "_version", "_watched_directory")
+    """A secret from an SDS file. ``current`` is Envoy's value of the secret: after its files
+    failed to reload (see ``secret_files``) it holds what they held, though no context took
+    it, so that the next rebuild of a context fails as Envoy's does; ``secret`` stays the
+    value the contexts have."""
+
+    __slots__ = ("_accepted", "_checks", "_current", "_file", "_files", "_raw", "_stats",
+                 "_version")  # fmt: skip
+    dynamic = True
 
     def __init__(self, name: str, path: str, watched_directory: str | None, stats) -> None:
         super().__init__(name, Secret(), path)
-        self._watched_directory = watched_directory
         self._file = FileWatcher(path, watched_directory=watched_directory)
-        self._inputs: dict[str, FileWatcher] = {}  # the files the secret's DataSources name
+        self._raw: Secret | None = None  # the accepted secret as the SDS file has it
+        self._files: SecretFiles | None = None  # the files it names (key rotation)
+        self._accepted = b""  # the digest of those files' contents in use
         self._stats = stats
-        self._checker: Callable[[Secret], None] | None = None
+        # Each context using the secret: (a check of a new value, what to do once taken).
+        self._checks: dict[tuple, tuple[Checker, Callable[[], None]]] = {}
+        self._current: Secret | None = None
         self._version = ""  # the accepted file's version_info
+
+    @property
+    def current(self) -> Secret:
+        return self._current if self._current is not None else self.secret
+
+    def promote(self) -> None:
+        self.secret = self.current
+
+    def _check(self, secret: Secret) -> None:
+        """Raise ConfigError when a context using this secret cannot take ``secret``."""
+        for check, _ in self._checks.values():
+            check(self, secret)
+
+    def _accept(self, secret: Secret) -> None:
+        self._current = secret
+        for _, promote in self._checks.values():
+            promote()
+        self._changed(secret)
 
     def load(self, now: float, *, initial: bool) -> None:
         """Read the file (and the files it names); on success the secret changes. Raises
@@ -113,7 +163,7 @@ class FileSecretProvider(SecretProvider):
             stats.update_attempt.inc()
         try:
             content = self._file.read(now)
-            secret, version = self._parse(content)
+            raw, version = self._parse(content)
         except (OSError, ConfigError) as e:
             if stats is not None:
                 stats.update_failure.inc()
@@ -121,13 +171,18 @@ class FileSecretProvider(SecretProvider):
                 raise ConfigError("", _message(e)) from None
             log.warning("SDS secret '%s' from %s: %s", self.name, self.source, _message(e))
             return
-        inputs: dict[str, FileWatcher] = {}
+        if not initial and raw == self._raw:  # the same secret: only the version moves
+            self._version = version
+            if stats is not None:
+                self._count_success(stats)
+                stats.update_duration.record((time.monotonic() - started) * 1000)
+            return
         try:
-            inline = _inline(secret, inputs, now)
-            if self._checker is not None:
-                self._checker(inline)
+            files = SecretFiles(raw, now)
+            contents = files.read(now)
+            inline = resolve(raw, contents)
+            self._check(inline)
         except (OSError, ConfigError) as e:
-            self._inputs = inputs or self._inputs  # watch them: the next write retries
             if stats is not None:
                 stats.update_rejected.inc()
             if initial:
@@ -135,16 +190,16 @@ class FileSecretProvider(SecretProvider):
             log.warning("SDS secret '%s' from %s rejected: %s", self.name, self.source,
                         _message(e))  # fmt: skip
             return
-        self._inputs = inputs
+        self._raw, self._files, self._accepted = raw, files, digest(contents)
         self._version = version
         if stats is not None:
             self._count_success(stats)
             stats.update_duration.record((time.monotonic() - started) * 1000)
         if initial:
-            self.secret = inline
+            self.secret = self._current = inline
         else:
             log.info("SDS secret '%s' updated from %s", self.name, self.source)
-            self._changed(inline)
+            self._accept(inline)
 
     def _count_success(self, stats: SdsStats) -> None:
         stats.update_success.inc()
@@ -160,8 +215,40 @@ class FileSecretProvider(SecretProvider):
         self._count_success(stats)
 
     def poll(self, now: float) -> None:
-        if self._file.poll(now) or any(w.poll(now) for w in self._inputs.values()):
+        if self._file.poll(now):
             self.load(now, initial=False)
+            return
+        files = self._files
+        if files is not None:
+            fired = files.poll(now)
+            if fired:
+                self._rotate(now, files, fired)
+
+    def _rotate(self, now: float, files: SecretFiles, fired: int) -> None:
+        """Reload the secret's files (Envoy's SdsApi::onWatchUpdate; see secret_files)."""
+        try:
+            contents = files.read(now)
+            new = digest(contents)
+            if new == self._accepted:
+                return
+            inline = resolve(self._raw, contents)
+        except ConfigError as e:  # a file cannot be read: nothing changes
+            self._rotation_failed(e, fired)
+            return
+        try:
+            self._check(inline)
+        except ConfigError as e:
+            self._current = inline  # Envoy keeps the value its contexts refused
+            self._rotation_failed(e, fired)
+            return
+        self._accepted = new
+        log.info("SDS secret '%s' reloaded from its files", self.name)
+        self._accept(inline)
+
+    def _rotation_failed(self, error: ConfigError, fired: int) -> None:
+        log.warning("Failed to reload certificates: %s", _message(error))
+        if self._stats is not None:
+            self._stats.key_rotation_failed.add(fired)
 
     def _parse(self, content: bytes) -> tuple[Secret, str]:
         from legatus.config_subscription.filesystem.document import load_response
@@ -180,32 +267,6 @@ class FileSecretProvider(SecretProvider):
 
 def _message(error: Exception) -> str:
     return error.message if isinstance(error, ConfigError) else str(error)
-
-
-def _inline(secret: Secret, watchers: dict[str, FileWatcher], now: float) -> Secret:
-    """A copy of ``secret`` with every filename DataSource read into inline bytes, each
-    file given a watcher in ``watchers``."""
-    out = Secret()
-    out.CopyFrom(secret)
-    sources = []
-    if out.HasField("tls_certificate"):
-        cert = out.tls_certificate
-        sources += [cert.certificate_chain, cert.private_key, cert.password]
-    if out.HasField("validation_context"):
-        sources += [out.validation_context.trusted_ca, out.validation_context.crl]
-    for source in sources:
-        if source.WhichOneof("specifier") != "filename":
-            continue
-        path = source.filename
-        watcher = watchers.get(path)
-        if watcher is None:
-            watcher = watchers[path] = FileWatcher(path)
-        try:
-            data = watcher.read(now)
-        except OSError as e:
-            raise ConfigError("", f"Invalid path: {path} ({e.strerror})") from None
-        source.inline_bytes = data
-    return out
 
 
 class SecretManager:
@@ -242,6 +303,7 @@ class SecretManager:
             return provider
         source = sds_secret_config.sds_config
         spath = join_path(path, "sds_config")
+        _check_source(source, spath)
         which = source.WhichOneof("config_source_specifier")
         if which == "path_config_source":
             file_path = source.path_config_source.path
@@ -310,18 +372,32 @@ class SecretManager:
         self._schedule()
 
 
-def set_checker(provider: SecretProvider, checker: Callable[[Secret], None]) -> None:
-    """Have ``provider`` (a file one) try ``checker`` on a new secret before accepting it:
-    a ConfigError from it rejects the update (a key that does not fit its certificate)."""
+# A file source's initial_fetch_timeout changes nothing: the file is read at once (Envoy's
+# filesystem subscription also reads it when it starts).
+_SOURCE_FIELDS = ("path", "path_config_source", "api_config_source", "ads", "self",
+                  "initial_fetch_timeout", "resource_api_version")  # fmt: skip
+
+
+def _check_source(source, path: str) -> None:
+    check_supported(source, _SOURCE_FIELDS, path, "ConfigSource")
+    if source.resource_api_version not in (config_source_pb2.AUTO, config_source_pb2.V3):
+        raise ConfigError(
+            join_path(path, "resource_api_version"),
+            "only the V3 resource API version is supported (AUTO is V3)",
+        )
+    if source.HasField("path_config_source"):
+        check_supported(source.path_config_source, ("path", "watched_directory"),
+                        join_path(path, "path_config_source"), "PathConfigSource")  # fmt: skip
+
+
+def set_checker(
+    provider: SecretProvider, key: tuple, check: Checker, promote: Callable[[], None]
+) -> None:
+    """Have ``provider`` (a file one) ``check(provider, secret)`` a new value before taking
+    it, for the context ``key``: a ConfigError rejects it (a key that does not fit its
+    certificate). ``promote`` is called once a new value is taken."""
     if isinstance(provider, FileSecretProvider):
-        previous = provider._checker
-
-        def both(secret: Secret) -> None:
-            if previous is not None:
-                previous(secret)
-            checker(secret)
-
-        provider._checker = both
+        provider._checks[key] = (check, promote)
 
 
 __all__ = ["SecretManager", "SecretProvider", "set_checker"]

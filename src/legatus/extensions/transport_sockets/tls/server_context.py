@@ -4,11 +4,17 @@ Made per worker (SSL contexts and their session caches and ticket keys are per p
 One ``ssl.SSLContext`` per certificate and per ordering of the cipher list (see
 ``tls_params.CipherPolicy``), made on first use and kept: a connection picks one from its
 ClientHello in ``select``, then OpenSSL does the rest.
+
+A check made after OpenSSL completed a handshake (``max_verify_depth``) cannot keep the
+session out of OpenSSL's session cache, and a TLS 1.2 client knows its session ID from the
+ServerHello: the context remembers the sessions it rejected until they expire, and rejects
+their resumption the same way.
 """
 
 from __future__ import annotations
 
 import ssl
+import time
 
 from legatus.extensions.transport_sockets.tls.context_config import ServerTlsConfig
 from legatus.extensions.transport_sockets.tls.hello import ClientHello
@@ -39,11 +45,13 @@ def build_server_ssl_context(config: ServerTlsConfig, index: int, cipher_string:
 
 
 class ServerContext:
-    __slots__ = ("_contexts", "config", "stats", "verifies_peer")
+    __slots__ = ("_contexts", "_rejected", "config", "stats", "verifies_peer")
 
     def __init__(self, config: ServerTlsConfig, stats: HandshakeStats) -> None:
         self.config = config
         self.stats = stats
+        # Session ID -> (when it expires, in epoch seconds as OpenSSL's; the failure detail).
+        self._rejected: dict[bytes, tuple[float, str]] = {}
         validation = config.common.validation
         self.verifies_peer = validation is not None and validation.has_trust_anchor
         self._contexts: dict[tuple[int, tuple[int, ...]], ssl.SSLContext] = {}
@@ -89,6 +97,22 @@ class ServerContext:
         if index is None:
             return None
         return self.config.common.certificates[index].leaf
+
+    def reject_session(self, session: ssl.SSLSession | None, detail: str) -> None:
+        if session is None or not session.id:
+            return
+        now = time.time()
+        rejected = self._rejected
+        for sid in [sid for sid, (expiry, _) in rejected.items() if expiry <= now]:
+            del rejected[sid]
+        rejected[session.id] = (session.time + session.timeout, detail)
+
+    def rejected_session(self, session: ssl.SSLSession | None) -> str | None:
+        """The failure detail of a session this context rejected (None: not rejected)."""
+        if session is None or not self._rejected:
+            return None
+        entry = self._rejected.get(session.id)
+        return entry[1] if entry is not None else None
 
     def on_handshake(self, sock: SslSocket) -> None:
         """Nothing to keep: resumption state is the client context's (remember_session)."""

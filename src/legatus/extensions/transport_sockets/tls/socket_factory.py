@@ -42,9 +42,11 @@ class DownstreamTlsSocketFactory:
             self._stats = HandshakeStats(scope)
             self._context = ServerContext(config, self._stats)
             common = config.common
-            if common.uses_sds:
-                # Envoy counts the first secret from SDS as an update of the context.
-                self._factory_stats.ssl_context_update_by_sds.inc()
+            # Envoy counts the first value of each secret from SDS as an update of the
+            # context (a static secret has no updates).
+            for provider in (*common.certificate_providers, common.validation_provider):
+                if provider is not None and provider.dynamic:
+                    self._factory_stats.ssl_context_update_by_sds.inc()
             for provider in common.certificate_providers:
                 provider.add_callback(self._on_secret_update)
             if common.validation_provider is not None:

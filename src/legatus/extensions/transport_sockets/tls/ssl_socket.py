@@ -32,6 +32,7 @@ import enum
 import ssl
 from typing import Any
 
+from legatus.extensions.transport_sockets.tls.cert_validator import verified_chain_length
 from legatus.extensions.transport_sockets.tls.connection_info import SslConnectionInfo
 from legatus.extensions.transport_sockets.tls.errors import (
     NO_CERT,
@@ -51,6 +52,12 @@ from legatus.extensions.transport_sockets.tls.tls_params import GROUP_NAMES
 from legatus.extensions.transport_sockets.tls.x509_info import CertificateDetails
 
 _READ_SIZE = 65536
+# A fatal unknown_ca alert record, in the clear, for each version that sends one in the clear
+# before the server's Finished.
+_UNKNOWN_CA = {
+    version: bytes((21, 3, minor, 0, 2, 2, 48))
+    for version, minor in (("TLSv1", 1), ("TLSv1.1", 2), ("TLSv1.2", 3))
+}
 
 
 class SslState(enum.Enum):
@@ -204,6 +211,8 @@ class SslSocket:
         if peer is not None:
             validation = context.validation_for(self.server_name)
             if validation is not None:
+                if self.server and validation.max_intermediates is not None:
+                    self._check_depth(obj, validation)
                 detail = validation.verify_leaf(peer, context.stats.counters)
                 if detail is not None:
                     self._fail(post_handshake_failure(detail))
@@ -246,6 +255,34 @@ class SslSocket:
         queued, self._queued = self._queued, []
         for chunk in queued:
             obj.write(chunk)
+
+    def _check_depth(self, obj: ssl.SSLObject, validation) -> None:
+        """A server's ``max_verify_depth`` (see cert_validator): the verified chain's length,
+        or, on a resumed session, the verdict on the handshake that made it."""
+        context = self._context
+        session = obj.session
+        if obj.session_reused:
+            detail = context.rejected_session(session)
+        else:
+            detail = validation.chain_too_deep(verified_chain_length(obj))
+            if detail is not None and obj.version() != "TLSv1.3":  # 1.3 resumes by tickets
+                context.reject_session(session, detail)
+        if detail is not None:
+            self._reject_verified(obj, detail)
+
+    def _reject_verified(self, obj: ssl.SSLObject, detail: str) -> None:
+        """Fail a handshake OpenSSL completed as Envoy fails it during the handshake: what
+        OpenSSL wrote last (a TLS 1.2 server's Finished, TLS 1.3 session tickets) is dropped,
+        and a TLS 1.2 (or older) client gets the fatal unknown_ca alert in its place, so
+        that its own handshake fails; a TLS 1.3 client sees the connection close."""
+        if self._out.pending:
+            self._out.read()
+        self._rx = self._tx = None
+        alert = _UNKNOWN_CA.get(obj.version() or "")
+        if alert is not None and not obj.session_reused:
+            self._stashed = [alert]
+        self._fail(TlsFailure(failure_reason(["CERTIFICATE_VERIFY_FAILED"], detail),
+                              VERIFY_ERROR))  # fmt: skip
 
     def _read(self) -> bytes:
         obj, incoming = self._obj, self._in

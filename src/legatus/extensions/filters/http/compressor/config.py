@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from legatus.common.runtime_fraction import FeatureFlag
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.supported import check_supported
-from legatus.extensions.compression.common import CompressorFactory
+from legatus.extensions.compression.common import CompressorFactory, resolve_library
 from legatus.registry import Category
 from legatus.stats.store import StatSet, counter
 
@@ -31,7 +31,6 @@ _SUPPORTED = (
 _SUPPORTED_COMMON = ("enabled", "min_content_length", "content_type")
 _SUPPORTED_RESPONSE = ("common_config", "disable_on_etag_header", "remove_accept_encoding_header",
                        "uncompressible_response_codes")  # fmt: skip
-_SUPPORTED_LIBRARY = ("name", "typed_config")
 _SUPPORTED_PER_ROUTE = ("disabled", "overrides")
 _SUPPORTED_OVERRIDES = ("response_direction_config",)
 _DEFAULT_MIN_CONTENT_LENGTH = 30
@@ -233,21 +232,4 @@ def _content_types(types) -> frozenset[str]:
 
 
 def _library(proto, context, path: str) -> tuple[CompressorFactory, str]:
-    from legatus.config.validate import validate_message
-
-    lpath = join_path(path, "compressor_library")
-    if not proto.HasField("compressor_library"):
-        raise ConfigError(lpath, "value is required")
-    library = proto.compressor_library
-    check_supported(library, _SUPPORTED_LIBRARY, lpath, "TypedExtensionConfig")
-    extension, config = context.registry.resolve(
-        Category.COMPRESSOR,
-        name=library.name,
-        typed_config=library.typed_config if library.HasField("typed_config") else None,
-        path=lpath,
-    )
-    tpath = join_path(lpath, "typed_config")
-    errors = validate_message(config, tpath)
-    if errors:
-        raise errors[0]
-    return extension.factory(config, context, tpath), library.name
+    return resolve_library(proto, "compressor_library", Category.COMPRESSOR, context, path)

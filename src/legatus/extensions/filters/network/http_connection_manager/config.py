@@ -4,12 +4,18 @@ Everything a connection needs per request is decided here, at config time: the c
 settings, the header policy, the route table, the HTTP filter factories, the local reply
 config, the timeouts and the stats (Envoy's ``HttpConnectionManagerConfig``). A field legatus
 does not act on is refused by name; codec_type HTTP3 is refused (no QUIC listener yet).
+
+Besides the plain path, decided here too: the access-log options and the recommended status
+of ``proxy_status_config`` (``StreamOptions``, http/stream_options.py), the Proxy-Status
+header and the original IP detection extensions (in the header policy,
+http/proxy_status.py and http/original_ip_detection.py). ``per_stream_setup`` and
+``before_mutation`` tell a stream, in one test each, whether any of it concerns it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -17,6 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from legatus.access_log.access_log import create_access_logs
+from legatus.access_log.log_type import DOWNSTREAM_END
 from legatus.config.errors import ConfigError, join_path
 from legatus.config.factory_context import FactoryContext
 from legatus.config.supported import check_supported
@@ -31,11 +38,20 @@ from legatus.http.conn_manager_utility import (
     HeaderPolicy,
     compile_request_policy,
 )
-from legatus.http.filter_chain import HttpFilterChain
+from legatus.http.filter_chain import NO_HTTP_FILTERS, HttpFilterChain
 from legatus.http.http1.settings import Http1Settings
 from legatus.http.http2.settings import Http2Settings
 from legatus.http.http2.stats import LazyCodecStats
 from legatus.http.local_reply import LocalReplyConfig, compile_local_reply_config
+from legatus.http.original_ip_detection import check_compatible
+from legatus.http.path_utility import PathNormalization, compile_path_normalization
+from legatus.http.proxy_status import compile_proxy_status_config
+from legatus.http.stream_options import (
+    AccessLogOptions,
+    StreamOptions,
+    compile_access_log_options,
+    start_logging,
+)
 from legatus.http.upgrades import NO_UPGRADE_CONFIGS, UpgradeConfig, UpgradeConfigs
 from legatus.registry import Category
 from legatus.router.config import compile_route_config
@@ -62,6 +78,9 @@ _SUPPORTED = frozenset({
     "request_headers_timeout", "drain_timeout", "delayed_close_timeout", "access_log",
     "local_reply_config", "proxy_100_continue", "strip_matching_host_port",
     "strip_any_host_port", "strip_trailing_host_dot", "upgrade_configs", *HEADER_HCM_FIELDS,
+    "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
+    "access_log_options", "access_log_flush_interval", "flush_access_log_on_new_request",
+    "proxy_status_config", "original_ip_detection_extensions",
 })  # fmt: skip
 _SUPPORTED_COMMON = (
     "idle_timeout", "max_connection_duration", "max_headers_count", "max_stream_duration",
@@ -119,6 +138,29 @@ class HcmConfig:
     # listener of drain_type DEFAULT): a ServerHealth, or None.
     server_health: Any = None
     upgrades: UpgradeConfigs = NO_UPGRADE_CONFIGS  # upgrade_configs (http/upgrades.py)
+    # normalize_path, merge_slashes, path_with_escaped_slashes_action (http/path_utility.py);
+    # None when none is on.
+    path_normalization: PathNormalization | None = None
+    # access_log_options (or its deprecated fields); None when none is set.
+    access_log_options: AccessLogOptions | None = None
+    # What a stream sets up at its start for access_log_options and the recommended status of
+    # proxy_status_config (http/stream_options.py); None: nothing.
+    stream_options: StreamOptions | None = None
+    # The chain of an upgrade refused after its headers were evaluated: no filters (and, with
+    # flush_access_log_on_new_request, the DownstreamStart entry).
+    refused_upgrade_chain: HttpFilterChain = NO_HTTP_FILTERS
+    # Derived: a new stream has timers or stream options to set up.
+    per_stream_setup: bool = field(init=False, repr=False, compare=False)
+    # Derived: something runs before the header rules (path normalization, host stripping,
+    # original IP detection); the fragment check runs in any case.
+    before_mutation: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        setup = self.request_timeout or self.max_stream_duration or self.stream_options
+        object.__setattr__(self, "per_stream_setup", bool(setup))
+        before = self.path_normalization or self.strip_port or self.strip_trailing_host_dot
+        before = before or self.header_policy.original_ip_detection
+        object.__setattr__(self, "before_mutation", bool(before))
 
 
 def _seconds(proto, field: str, default: float | None) -> float | None:
@@ -179,15 +221,28 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         path=join_path(path, "http2_protocol_options"),
     )
     node = context.options
+    proxy_status = None
+    if proto.HasField("proxy_status_config"):
+        proxy_status = compile_proxy_status_config(
+            proto.proxy_status_config,
+            join_path(path, "proxy_status_config"),
+            server_name=proto.server_name or "envoy",
+        )
     policy = compile_request_policy(
         proto,
         path,
         service_cluster=getattr(node, "service_cluster", "") or "",
         service_node=getattr(node, "service_node", "") or "",
+        original_ip_detection=_original_ip_detection(proto, context, path),
+        proxy_status=proxy_status,
     )
+    access_log_options = compile_access_log_options(proto, path)
+    log_start = access_log_options is not None and access_log_options.on_new_request
     route_provider, route_table = _route_provider(proto, context, path)
     filter_context = replace(context, route_table=route_table)
     factories = _http_filters(proto, filter_context, path)
+    if log_start:
+        factories = start_logging(factories)
     local_reply = None
     if proto.HasField("local_reply_config"):
         local_reply = compile_local_reply_config(
@@ -221,7 +276,9 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         filter_chain=factories,
         local_reply=local_reply,
         access_logs=tuple(
-            create_access_logs(proto.access_log, context, join_path(path, "access_log"))
+            create_access_logs(
+                proto.access_log, context, join_path(path, "access_log"), log_type=DOWNSTREAM_END
+            )
         ),
         stats=stats,
         code_stats=DownstreamCodeStats(stats.named, stats.listener),
@@ -239,13 +296,20 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         proxy_100_continue=proto.proxy_100_continue,
         strip_port=strip,
         strip_trailing_host_dot=proto.strip_trailing_host_dot,
-        upgrades=_upgrade_configs(proto, filter_context, path),
+        upgrades=_upgrade_configs(proto, filter_context, path, log_start=log_start),
+        access_log_options=access_log_options,
+        stream_options=StreamOptions.of(access_log_options, proxy_status),
+        refused_upgrade_chain=start_logging(NO_HTTP_FILTERS) if log_start else NO_HTTP_FILTERS,
+        path_normalization=compile_path_normalization(proto, context.runtime),
     )
 
 
-def _upgrade_configs(proto, context: FactoryContext, path: str) -> UpgradeConfigs:
+def _upgrade_configs(
+    proto, context: FactoryContext, path: str, *, log_start: bool = False
+) -> UpgradeConfigs:
     """``upgrade_configs``: each type once (without case), its own filter chain if it has
-    ``filters`` (Envoy's checks, for a "http upgrade filter chain")."""
+    ``filters`` (Envoy's checks, for a "http upgrade filter chain"); ``log_start``: a chain
+    writes each new stream's DownstreamStart entry."""
     if not proto.upgrade_configs:
         return NO_UPGRADE_CONFIGS
     configs: dict[str, UpgradeConfig] = {}
@@ -262,11 +326,37 @@ def _upgrade_configs(proto, context: FactoryContext, path: str) -> UpgradeConfig
             filters = _filter_chain(
                 list(entry.filters), context, join_path(entry_path, "filters"), "http upgrade"
             )
+            if log_start:
+                filters = start_logging(filters)
         configs[name.lower()] = UpgradeConfig(
             enabled=entry.enabled.value if entry.HasField("enabled") else True,
             filter_chain=filters,
         )
     return UpgradeConfigs(configs)
+
+
+def _original_ip_detection(proto, context: FactoryContext, path: str) -> tuple:
+    """``original_ip_detection_extensions``, made through the registry, in order."""
+    if not proto.original_ip_detection_extensions:
+        return ()
+    from legatus.config.validate import validate_message
+
+    check_compatible(proto, path)
+    extensions = []
+    for i, entry in enumerate(proto.original_ip_detection_extensions):
+        entry_path = f"{join_path(path, 'original_ip_detection_extensions')}[{i}]"
+        check_supported(entry, ("name", "typed_config"), entry_path, "TypedExtensionConfig")
+        extension, config = context.registry.resolve(
+            Category.ORIGINAL_IP_DETECTION,
+            name=entry.name,
+            typed_config=entry.typed_config if entry.HasField("typed_config") else None,
+            path=entry_path,
+        )
+        errors = validate_message(config, f"{entry_path}.typed_config")
+        if errors:
+            raise errors[0]
+        extensions.append(extension.factory(config, context, f"{entry_path}.typed_config"))
+    return tuple(extensions)
 
 
 def _http_filters(proto, context: FactoryContext, path: str) -> HttpFilterChain:

@@ -100,8 +100,11 @@ def compile_config(proto: TcpProxy, context: FactoryContext, path: str) -> TcpPr
     if proto.HasField("max_downstream_connection_duration"):
         max_duration = duration(proto.max_downstream_connection_duration) or None
     from legatus.access_log.access_log import create_access_logs
+    from legatus.access_log.log_type import TCP_CONNECTION_END
 
-    access_logs = create_access_logs(proto.access_log, context, f"{path}.access_log")
+    access_logs = create_access_logs(
+        proto.access_log, context, f"{path}.access_log", log_type=TCP_CONNECTION_END
+    )
     return TcpProxyConfig(
         stat_prefix=proto.stat_prefix,
         cluster=cluster,

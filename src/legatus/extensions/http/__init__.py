@@ -1,0 +1,1 @@
+"""HTTP extensions that are not filters (Envoy's ``source/extensions/http``)."""

@@ -1,0 +1,1 @@
+"""Stateful HTTP/1 header formatters (``envoy.http.stateful_header_formatters``)."""
