@@ -658,8 +658,6 @@ def test_buffer_limits(bridge_pair):
 # Known differences (docs/grpc.md) ------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="legatus resets a stream whose response headers reached "
-                   "a filter, where Envoy still answers (docs/grpc.md)")  # fmt: skip
 def test_upstream_reset_while_the_response_is_held(bridge_pair):
     def traffic(side):
         return [side.request("bridge", "/svc.Echo/Reset")]
@@ -669,8 +667,6 @@ def test_upstream_reset_while_the_response_is_held(bridge_pair):
     assert_same(observed)
 
 
-@pytest.mark.xfail(strict=True, reason="legatus resets a stream whose response headers reached "
-                   "a filter, where Envoy still answers (docs/grpc.md)")  # fmt: skip
 def test_upgraded_response_past_the_buffer_limit(bridge_pair):
     def traffic(side):
         return [side.request("small", "/svc.Echo/Big", "application/x-protobuf", b"q")]

@@ -356,8 +356,12 @@ def test_tls_upstream_gets_alpn_h2(tmp_path):
         upstream.close()
 
 
-def test_auto_config_is_refused_by_name(tmp_path, upstream):
+def test_auto_config_needs_an_alpn_transport_socket(tmp_path, upstream):
+    """auto_config chooses the protocol by ALPN: a plaintext cluster is refused with Envoy's
+    message (the ALPN cases are in tests/differential/test_upstream_auto_config_envoy.py)."""
     config = h2_config(upstream.port, protocol={"auto_config": {}})
     with pytest.raises(RuntimeError) as e:
         _start(tmp_path, config)
-    assert "auto_config" in str(e.value) and "not supported by legatus" in str(e.value)
+    assert "auto_config: ALPN configured for cluster backend which has a non-ALPN transport" in (
+        str(e.value)
+    )

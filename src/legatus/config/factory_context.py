@@ -41,6 +41,12 @@ class FactoryContext:
     # The process's SDS secrets (extensions/transport_sockets/tls/secret_manager.py): the
     # bootstrap's static secrets and the files TLS contexts name. None: none configured.
     secret_manager: Any = None
+    node_id: str = ""  # the bootstrap's node.id (--service-node overrides it), for the
+    # extensions that name this proxy by it (proxy_status_config.use_node_id)
+    # The route configuration providers made for one listener (a list its owner closes once
+    # the listener is gone, so that the route stats only they had go: router/route_stats.py);
+    # None: nobody closes them.
+    owned_route_configs: list | None = None
 
     @property
     def validating(self) -> bool:

@@ -196,7 +196,7 @@ class SubscriptionFactory:
             delta = api.api_type in (ApiType.DELTA_GRPC, ApiType.AGGREGATED_DELTA_GRPC)
             self.ads_mux = self._mux(api, ads=True, delta=delta)
 
-    def _mux(self, api, *, ads: bool, delta: bool):
+    def _mux(self, api, *, ads: bool, delta: bool, scope=None):
         from legatus.config_subscription.grpc import (
             GrpcMux,
             backoff_settings,
@@ -218,7 +218,7 @@ class SubscriptionFactory:
             self.node,
             ads=ads,
             delta=delta,
-            scope=self.store.scope(""),
+            scope=scope if scope is not None else self.store.scope(""),
             set_node_on_first_message_only=api.set_node_on_first_message_only,
             backoff=backoff_settings(api),
             rate_limit=rate_limit_settings(api),
@@ -235,9 +235,12 @@ class SubscriptionFactory:
         type_url: str,
         callbacks: SubscriptionCallbacks,
         stats: SubscriptionStats,
+        scope=None,
     ) -> Subscription:
         """A subscription (not started) for ``type_url`` from ``source`` (a ConfigSource
-        already checked by ``check_config_source``)."""
+        already checked by ``check_config_source``). ``scope``: where a gRPC stream of its
+        own counts ``control_plane.*`` (Envoy's: the subscription's scope; default the
+        root)."""
         timeout = initial_fetch_timeout(source)
         which = source.WhichOneof("config_source_specifier")
         if which in ("ads", "self"):
@@ -251,7 +254,8 @@ class SubscriptionFactory:
         else:
             api = source.api_config_source
             if api.api_type in _GRPC_TYPES:
-                mux = self._mux(api, ads=False, delta=api.api_type == ApiType.DELTA_GRPC)
+                delta = api.api_type == ApiType.DELTA_GRPC
+                mux = self._mux(api, ads=False, delta=delta, scope=scope)
                 sub = mux.subscribe(type_url, callbacks, stats, timeout)
             else:
                 sub = self._rest(source, type_url, callbacks, stats)

@@ -190,13 +190,17 @@ class _CodecReadFilter(ReadFilter):
 
 
 class Http1ActiveClient(ActiveClient):
-    def __init__(self, pool: Http1ConnPool) -> None:
+    def __init__(self, pool: Http1ConnPool, connection: Connection | None = None) -> None:
+        """``connection``: one already connected (the mixed pool's, after ALPN chose
+        HTTP/1.1); the pool then reports it connected. Else the client connects its own."""
         super().__init__(pool, concurrent_stream_limit=1)
         ctx = pool.context
         ctx.stats.upstream_cx_http1_total.inc()
         self.rx_bytes_total = ctx.stats.upstream_cx_rx_bytes_total
         self.tx_bytes_total = ctx.stats.upstream_cx_tx_bytes_total
-        connection = Connection(buffer_limit=ctx.settings.buffer_limit)
+        connected = connection is not None
+        if connection is None:
+            connection = Connection(buffer_limit=ctx.settings.buffer_limit)
         connection.set_buffer_gauges(
             ctx.stats.upstream_cx_rx_bytes_buffered, ctx.stats.upstream_cx_tx_bytes_buffered
         )
@@ -213,15 +217,17 @@ class Http1ActiveClient(ActiveClient):
         connection.add_connection_callbacks(self)
         # TCP, then the cluster's transport socket handshake (TLS), if any; the pool keeps the
         # connect timer.
-        self._connecting: PendingConnect | None = PendingConnect(
-            ctx.loop,
-            connection,
-            pool.host.address,
-            None,
-            self._on_connect_done,
-            transport_socket=ctx.transport_socket,
-            host=pool.host,
-        )
+        self._connecting: PendingConnect | None = None
+        if not connected:
+            self._connecting = PendingConnect(
+                ctx.loop,
+                connection,
+                pool.host.address,
+                None,
+                self._on_connect_done,
+                transport_socket=ctx.transport_socket,
+                host=pool.host,
+            )
 
     # ActiveClient --------------------------------------------------------------
 

@@ -126,12 +126,16 @@ class _CodecReadFilter(ReadFilter):
 class Http2ActiveClient(ActiveClient):
     """One HTTP/2 connection of a pool (see module doc)."""
 
-    def __init__(self, pool: Http2ConnPool) -> None:
+    def __init__(self, pool: Http2ConnPool, connection: Connection | None = None) -> None:
+        """``connection``: one already connected (the mixed pool's, after ALPN chose h2);
+        the pool then calls ``_on_connected``. Else the client connects its own."""
         ctx = pool.context
         options = pool.options
         settings = options.settings
         codec_stats = options.codec_stats.get()
-        connection = Connection(buffer_limit=ctx.settings.buffer_limit)
+        connected = connection is not None
+        if connection is None:
+            connection = Connection(buffer_limit=ctx.settings.buffer_limit)
         self.codec = ClientConnection(
             settings, codec_stats, self, buffer_limit=connection.buffer_limit
         )
@@ -177,14 +181,16 @@ class Http2ActiveClient(ActiveClient):
         self._keepalive_opaque: bytes | None = None
         connection.add_read_filter(_CodecReadFilter(self))
         connection.add_connection_callbacks(self)
-        self._connecting: PendingConnect | None = PendingConnect(
-            ctx.loop,
-            connection,
-            pool.host.address,
-            None,
-            self._on_connect_done,
-            transport_socket=options.transport_socket,
-        )
+        self._connecting: PendingConnect | None = None
+        if not connected:
+            self._connecting = PendingConnect(
+                ctx.loop,
+                connection,
+                pool.host.address,
+                None,
+                self._on_connect_done,
+                transport_socket=options.transport_socket,
+            )
 
     # ActiveClient -------------------------------------------------------------------
 

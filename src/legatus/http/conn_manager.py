@@ -707,19 +707,9 @@ class ActiveStream:
         filter chain of an allowed one (counted in downstream_cx_upgrades_*); for a refused
         one, the default chain when it has no route (the router answers 404), else None once
         it got Envoy's 403 (no more requests on this connection: its payload is not HTTP).
-        Tunnels are HTTP/1.1's so far: over HTTP/2 (CONNECT, extended CONNECT) the request is
-        refused, CONNECT with the router's 404 and the others with the 403."""
+        Over HTTP/2 the same holds for CONNECT and extended CONNECT (made into an upgrade by
+        the codec)."""
         config = self.manager.config
-        if self.protocol not in (HTTP_11, HTTP_10):
-            self._create_filter_chain(config.refused_upgrade_chain)
-            if headers.get(":method") == "CONNECT":
-                config.stats.router.no_route.inc()
-                self.info.set_flag(ResponseFlag.NO_ROUTE_FOUND)
-                self.send_reply(ENVOY_LOCAL_REPLIES["connect_not_routed"])
-            else:
-                config.stats.named.downstream_rq_ws_on_non_ws_route.inc()
-                self.send_reply(ENVOY_LOCAL_REPLIES["upgrade_failed"])
-            return None
         upgrades = getattr(route.action, "upgrade_map", None) if route is not None else None
         chain = config.upgrades.filter_chain(upgrade_type(headers), upgrades, config.filter_chain)
         if chain is not None:
@@ -984,8 +974,13 @@ class ActiveStream:
     ) -> tuple[HeaderMap, bytes]:
         self.local_reply = True
         # Envoy's onLocalReply: a 400 is a messaging error, after which an HTTP/1 connection
-        # closes (the flag is the HTTP/1 manager's; the HTTP/2 one ignores it).
-        if status == 400 or details in _CLOSING_DETAILS:
+        # closes unless the codec has stream_error_on_invalid_http_message (the flag is the
+        # HTTP/1 manager's; the HTTP/2 one ignores it). Codec errors close in any case
+        # (send_codec_error).
+        if status == 400:
+            if not self.manager.config.codec_settings.stream_error_on_invalid_http_message:
+                self.manager.draining = True
+        elif details in _CLOSING_DETAILS:
             self.manager.draining = True
         reply = LocalReply(
             status=status,
@@ -1005,7 +1000,7 @@ class ActiveStream:
         """A local reply from the connection manager itself (not from a filter)."""
         if reply.flags:
             self.info.set_flags(reply.flags)
-        if reply.close_connection:
+        if reply.close_connection and reply.status != 400:  # (a 400: build_local_reply)
             self.manager.draining = True
         if self.filter_manager is None:
             self._create_filter_chain(NO_HTTP_FILTERS)

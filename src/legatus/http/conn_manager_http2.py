@@ -53,6 +53,7 @@ from legatus.http.http2 import frames as f
 from legatus.http.http2.server import ServerConnection
 from legatus.http.http2.stream import ResetReason
 from legatus.http.local_reply import LocalReply
+from legatus.http.upgrades import upgrade_type
 from legatus.network.connection import State
 from legatus.network.filter import CloseType, ConnectionEvent, FilterStatus, ReadFilter
 from legatus.stream_info import ResponseFlag
@@ -262,7 +263,7 @@ class Http2ConnectionManager(ReadFilter):
 
     def on_request_headers(self, h2_stream, head, end_stream: bool) -> None:
         headers = head.header_map()
-        event = RequestHeaders(headers, end_stream, True, head.expect_continue, head.connect,
+        event = RequestHeaders(headers, end_stream, True, head.expect_continue, head.upgrade,
                                HTTP_2)  # fmt: skip
         stream = Http2ActiveStream(self, event, h2_stream)
         h2_stream.decoder = stream
@@ -532,6 +533,17 @@ class Http2ActiveStream(ActiveStream):
         self.manager.config.stats.named.downstream_rq_non_relative_path.inc()
         self.send_reply(_ABSOLUTE_PATH)
 
+    def _upgrade_filter_chain(self, headers: HeaderMap, route):
+        """An upgrade refused on its route: Envoy drains an HTTP/2 connection (GOAWAY, before
+        the 403) where it closes an HTTP/1 one after the reply."""
+        config = self.manager.config
+        if route is not None and self.manager.drain_state == NOT_DRAINING:
+            upgrades = getattr(route.action, "upgrade_map", None)
+            kind = upgrade_type(headers)
+            if config.upgrades.filter_chain(kind, upgrades, config.filter_chain) is None:
+                self.manager.start_drain()
+        return super()._upgrade_filter_chain(headers, route)
+
     # Decoding --------------------------------------------------------------------------
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
@@ -558,7 +570,7 @@ class Http2ActiveStream(ActiveStream):
             return
         manager = self.manager
         status = headers.get(":status", "0")
-        if status[0] == "1":
+        if status[0] == "1" and (status != "101" or not self.upgraded):
             if status == "100":
                 self.send_continue(headers)
             return
@@ -568,6 +580,8 @@ class Http2ActiveStream(ActiveStream):
         )
         if not _HOP_BY_HOP.isdisjoint(headers):
             headers.remove_all(_HOP_BY_HOP)
+            if status == "101":  # the tunnel is open: RFC 8441's 200 (logged as the 101)
+                headers.set(":status", "200")
         self.response_started = True
         if not self.request_complete:
             manager.config.stats.named.downstream_rq_response_before_rq_complete.inc()
@@ -638,7 +652,8 @@ class Http2ActiveStream(ActiveStream):
         manager = self.manager
         self.info.last_downstream_tx_byte_sent = manager.loop.time()
         if not self.request_complete and manager.codec is not None:
-            manager.codec.reset_stream(self.h2_stream, f.NO_ERROR, deferred=True)
+            code = f.CONNECT_ERROR if self.upgraded else f.NO_ERROR
+            manager.codec.reset_stream(self.h2_stream, code, deferred=True)
             manager.config.stats.named.downstream_rq_rx_reset.inc()
             manager.flush()
         self._destroy()
@@ -671,13 +686,15 @@ class Http2ActiveStream(ActiveStream):
 
     def reset_stream(self) -> None:
         """A filter gives up on the stream (the router, after the response started): only
-        this stream is reset (RST_STREAM NO_ERROR, as Envoy's LocalReset)."""
+        this stream is reset (RST_STREAM NO_ERROR, as Envoy's LocalReset; CONNECT_ERROR for
+        a tunnel, RFC 8441's and Envoy's answer to an upstream that ends it)."""
         if self.destroyed:
             return
         manager = self.manager
         manager.config.stats.named.downstream_rq_tx_reset.inc()
         if manager.codec is not None and self.h2_stream is not None:
-            manager.codec.reset_stream(self.h2_stream, f.NO_ERROR)
+            code = f.CONNECT_ERROR if self.upgraded else f.NO_ERROR
+            manager.codec.reset_stream(self.h2_stream, code)
             manager.flush()
         self.on_stream_reset(ResetReason.LOCAL_RESET, "")
 
@@ -725,6 +742,7 @@ class Http2ActiveStream(ActiveStream):
         elif reason is ResetReason.CONNECTION_TERMINATION:
             if manager.remote_closed and not self.response_complete:
                 info.set_flag(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
+                info.response_code_details = "downstream_remote_disconnect"
         elif details and reason is ResetReason.LOCAL_RESET:
             info.set_flag(ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
         if details:

@@ -349,7 +349,8 @@ class FilterManager(_TerminalCallbacks):
     route_resolver: Callable[[], Any] | None = None
     terminal: Any = None
     done = False  # a response is complete (or the request was answered locally)
-    response_started = False
+    response_started = False  # response headers entered the encoder chain
+    encoding_aborted = False  # a direct local reply replaced what the encoder filters hold
 
     def __init__(
         self,
@@ -460,11 +461,25 @@ class FilterManager(_TerminalCallbacks):
         info.response_code_details = details
         if flags:
             info.set_flags(flags)
+        sink = self.sink
         if self.response_started:
-            self.sink.reset_stream()  # too late to answer: the stream is reset instead
+            if getattr(sink, "response_started", True):
+                sink.reset_stream()  # the client has the headers: too late to answer
+                return
+            # Envoy's sendDirectLocalReply: the response's headers reached an encoder filter
+            # (which holds them) but not the client. The reply goes straight to the codec,
+            # past the encoder filters, which are mid-response; what they release later is
+            # dropped.
+            self.done = self.encoding_aborted = True
+            reply_headers, reply_body = sink.build_local_reply(
+                status, body, details, headers, modify_headers
+            )
+            sink.write_headers(reply_headers, not reply_body)
+            if reply_body:
+                sink.write_data(reply_body, True)
             return
         self.done = True
-        reply_headers, reply_body = self.sink.build_local_reply(
+        reply_headers, reply_body = sink.build_local_reply(
             status, body, details, headers, modify_headers
         )
         self.encode_headers(reply_headers, not reply_body)
@@ -485,6 +500,8 @@ class FilterManager(_TerminalCallbacks):
             else:
                 terminal.decode_trailers(payload)
             return
+        if self.encoding_aborted:
+            return  # a direct local reply went out instead (send_local_reply)
         sink = self.sink
         if kind is _Kind.HEADERS:
             sink.write_headers(payload, end_stream)
@@ -512,7 +529,8 @@ class FilterManager(_TerminalCallbacks):
         else:
             slot.queue.clear()
             chain.queued_bytes = 0
-            self.response_started = False
+            # Headers are held in the chain: the 500 goes straight to the codec (Envoy's
+            # responseDataTooLarge, through sendLocalReply's direct reply).
             self.send_local_reply(
                 500, b"Internal Server Error", details="response_payload_too_large"
             )

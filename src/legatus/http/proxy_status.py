@@ -17,9 +17,9 @@ response without such a flag gets none. The entry goes after ``date``, ``server`
   response flags (``UH``, ``URX,UF``), joined with ``; `` and escaped as Envoy's
   StringUtil::escape; ``remove_details`` drops the whole parameter, the other two options
   their part.
-- The proxy name: ``literal_proxy_name`` or the connection manager's ``server_name``
-  (``envoy``). ``use_node_id`` (the node id) is refused: the node id does not reach the
-  connection manager's configuration yet.
+- The proxy name: ``literal_proxy_name``, the node id under ``use_node_id`` (the bootstrap's
+  ``node.id``, or ``--service-node``), or the connection manager's ``server_name``
+  (``envoy``).
 - ``set_recommended_response_code``: the status RFC 9209 recommends for the error (504 for
   timeouts, 502 for connection and protocol errors, 503 for unavailable destinations and
   limits, 500 for a missing destination); ``http_request_error`` has none and keeps its
@@ -36,7 +36,7 @@ from legatus.stream_info import response_flags_string
 
 _SUPPORTED = (
     "remove_details", "remove_connection_termination_details", "remove_response_flags",
-    "set_recommended_response_code", "literal_proxy_name",
+    "set_recommended_response_code", "literal_proxy_name", "use_node_id",
 )  # fmt: skip
 
 # (flag, error), in Envoy's flag order: the first flag set decides. FI is mapped by Envoy 1.40
@@ -124,13 +124,19 @@ class ProxyStatusConfig:
         return None if error is None else _RECOMMENDED_STATUS.get(error)
 
 
-def compile_proxy_status_config(proto, path: str, *, server_name: str) -> ProxyStatusConfig:
-    """``proxy_status_config`` at ``path``; the proxy name defaults to ``server_name``.
-
-    ``use_node_id`` is refused: the connection manager's configuration does not carry the
-    node's id (the bootstrap's ``node.id`` or ``--service-node``) yet."""
+def compile_proxy_status_config(
+    proto, path: str, *, server_name: str, node_id: str = ""
+) -> ProxyStatusConfig:
+    """``proxy_status_config`` at ``path``; the proxy name is the literal one, ``node_id``
+    under ``use_node_id: true``, else ``server_name``."""
     check_supported(proto, _SUPPORTED, path, "ProxyStatusConfig")
-    name = proto.literal_proxy_name if proto.WhichOneof("proxy_name") else server_name
+    which = proto.WhichOneof("proxy_name")
+    if which == "literal_proxy_name":
+        name = proto.literal_proxy_name
+    elif which == "use_node_id" and proto.use_node_id:
+        name = node_id
+    else:
+        name = server_name
     return ProxyStatusConfig(
         proxy_name=name,
         remove_details=proto.remove_details,

@@ -15,6 +15,10 @@ after an update (a listener added later) starts from the latest accepted version
 
 Until its first update an RDS provider has an empty route table: every request gets a 404
 with the NR flag, as in Envoy when RDS has not answered (the listener waits for it first).
+
+A provider given ``RouteStatOwners`` holds the ``vhost.*`` stat scopes of the configuration
+it serves (route_stats.py): an update releases the old configuration's, ``close()`` (its
+listener is gone) the last one's, so that the counters no configuration has any more go.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from envoy.config.route.v3 import route_pb2
 
 from legatus.config.errors import ConfigError
 from legatus.router.config import RouteTable, compile_route_config
+from legatus.router.route_stats import RouteStatOwners, route_stat_prefixes
 
 __all__ = [
     "RdsRouteConfigProvider",
@@ -41,10 +46,27 @@ _EMPTY = route_pb2.RouteConfiguration()
 
 
 class StaticRouteConfigProvider:
-    __slots__ = ("route_table",)
+    __slots__ = ("_held", "_owners", "route_table")
 
-    def __init__(self, route_table: RouteTable) -> None:
+    def __init__(
+        self,
+        route_table: RouteTable,
+        *,
+        proto: route_pb2.RouteConfiguration | None = None,
+        owners: RouteStatOwners | None = None,
+    ) -> None:
         self.route_table = route_table
+        self._owners = owners
+        self._held: frozenset[str] = frozenset()
+        if owners is not None and proto is not None:
+            self._held = route_stat_prefixes(proto)
+            owners.hold(self._held)
+
+    def close(self) -> None:
+        """Its listener is gone: the route stats only it had go."""
+        if self._owners is not None:
+            self._owners.release(self._held)
+            self._held = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,22 +81,46 @@ class RdsSubscriptionKey:
 class RdsRouteConfigProvider:
     """One HTTP connection manager's view of an RDS route configuration."""
 
-    __slots__ = ("__weakref__", "_compile", "key", "route_table", "stat_prefix", "version")
+    __slots__ = (
+        "__weakref__", "_compile", "_held", "_owners", "closed", "key", "route_table",
+        "stat_prefix", "version",
+    )  # fmt: skip
 
     def __init__(
         self,
         key: RdsSubscriptionKey,
         compile_table: Callable[[route_pb2.RouteConfiguration], RouteTable],
         stat_prefix: str,
+        owners: RouteStatOwners | None = None,
     ) -> None:
         self.key = key
         self._compile = compile_table
         self.stat_prefix = stat_prefix
         self.route_table = compile_table(_EMPTY)
         self.version = ""
+        self._owners = owners
+        self._held: frozenset[str] = frozenset()
+        self.closed = False
 
     def check(self, proto: route_pb2.RouteConfiguration) -> RouteTable:
         return self._compile(proto)
+
+    def take(self, proto: route_pb2.RouteConfiguration, version: str) -> None:
+        """Serve ``proto`` (accepted); the route stats only the old configuration had go."""
+        self.route_table = self.check(proto)
+        self.version = version
+        owners = self._owners
+        if owners is not None:
+            held, self._held = self._held, route_stat_prefixes(proto)
+            owners.hold(self._held)
+            owners.release(held)
+
+    def close(self) -> None:
+        """Its listener is gone: no more updates; the route stats only it had go."""
+        self.closed = True
+        if self._owners is not None:
+            self._owners.release(self._held)
+            self._held = frozenset()
 
 
 class RouteConfigProviderManager:
@@ -88,16 +134,17 @@ class RouteConfigProviderManager:
         rds,
         compile_table: Callable[[route_pb2.RouteConfiguration], RouteTable],
         stat_prefix: str,
+        owners: RouteStatOwners | None = None,
     ) -> RdsRouteConfigProvider:
         """The provider of an HCM's ``rds`` (envoy...v3.Rds); ``compile_table`` compiles a
-        RouteConfiguration for that HCM (its filters, its context)."""
+        RouteConfiguration for that HCM (its filters, its context); ``owners``: where it
+        holds the route stats of what it serves."""
         key = RdsSubscriptionKey(rds.route_config_name, rds.config_source.SerializeToString())
-        provider = RdsRouteConfigProvider(key, compile_table, stat_prefix)
+        provider = RdsRouteConfigProvider(key, compile_table, stat_prefix, owners)
         latest = self._latest.get(key)
         if latest is not None:
             raw, version = latest
-            provider.route_table = compile_table(route_pb2.RouteConfiguration.FromString(raw))
-            provider.version = version
+            provider.take(route_pb2.RouteConfiguration.FromString(raw), version)
         self._providers.setdefault(key, weakref.WeakSet()).add(provider)
         self._first_prefix.setdefault(key, stat_prefix)
         return provider
@@ -132,9 +179,10 @@ class RouteConfigProviderManager:
         self._latest[key] = (raw, version)
         proto = route_pb2.RouteConfiguration.FromString(raw)
         for provider in list(self._providers.get(key, ())):
+            if provider.closed:
+                continue
             try:
-                provider.route_table = provider.check(proto)
-                provider.version = version
+                provider.take(proto, version)
             except ConfigError:  # validated by the main process: a bug, not an input
                 log.exception("route configuration '%s' refused after it was accepted", key)
 

@@ -10,14 +10,23 @@ Everything is decided when the route is compiled: a route with neither has no
 ``RouteAction.request_stats`` and its requests pay nothing (the router's plain path). For one
 with either, ``RouteRequestStats`` holds a prebuilt ``RequestStats`` per virtual cluster (with
 the route's stats folded in), so a request only runs the virtual cluster matchers.
+
+The six counters live as long as a route configuration in use has them (Envoy's scopes go
+with the configuration that made them): ``RouteStatOwners`` counts, per store, the route
+configurations served that have each ``vhost.*`` scope, and drops the scope's six counters
+when the last goes (an RDS update without it; a listener removed or replaced by LDS, once
+it has drained). The response code stats and histograms stay, as in Envoy. A worker reports
+the scopes it dropped with its stats flush, and the main process drops them too.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from legatus.router.upstream_request import UpstreamRequest
-from legatus.router.virtual_cluster import VirtualClusters, VirtualClusterStats
+from legatus.router.virtual_cluster import OTHER, VirtualClusters, VirtualClusterStats
 from legatus.stats.store import Store
 
 __all__ = [
@@ -25,8 +34,11 @@ __all__ = [
     "CountedUpstreamRequest",
     "RequestStats",
     "RouteRequestStats",
+    "RouteStatOwners",
     "RouteStats",
     "compile_request_stats",
+    "drop_route_stats",
+    "route_stat_prefixes",
 ]
 
 
@@ -50,6 +62,87 @@ class RequestStats:
 
 
 NO_REQUEST_STATS = RequestStats()
+
+
+class RouteStatOwners:
+    """How many route configurations in use have each ``vhost.*`` stat scope, per store.
+
+    The route configuration providers (router/rds.py) ``hold`` the scopes of the
+    configuration they serve and ``release`` them when they serve another or their listener
+    is gone; the last release of a scope removes its VirtualClusterStats counters from the
+    store and lists the scope in ``removed`` (a worker's report: ``take_removed``).
+    """
+
+    __slots__ = ("_counts", "_store", "removed")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._counts: dict[str, int] = {}
+        self.removed: list[str] = []
+
+    @staticmethod
+    def of(store: Store) -> RouteStatOwners:
+        """The store's owners (one per store)."""
+        owners = _OWNERS.get(store)
+        if owners is None:
+            owners = _OWNERS[store] = RouteStatOwners(store)
+        return owners
+
+    def hold(self, prefixes: Iterable[str]) -> None:
+        counts = self._counts
+        for prefix in prefixes:
+            counts[prefix] = counts.get(prefix, 0) + 1
+
+    def release(self, prefixes: Iterable[str]) -> None:
+        counts = self._counts
+        for prefix in prefixes:
+            left = counts[prefix] - 1
+            if left:
+                counts[prefix] = left
+                continue
+            del counts[prefix]
+            _remove_counters(self._store, prefix)
+            self.removed.append(prefix)
+
+    def holds(self, prefix: str) -> bool:
+        return prefix in self._counts
+
+    def take_removed(self) -> tuple[str, ...]:
+        """The scopes removed since the last call."""
+        removed = tuple(self.removed)
+        self.removed.clear()
+        return removed
+
+
+def route_stat_prefixes(proto) -> frozenset[str]:
+    """The ``vhost.*`` scopes a RouteConfiguration makes counters under: each virtual
+    cluster's (and ``other``) of a virtual host that has some, each route ``stat_prefix``."""
+    prefixes = set()
+    for vh in proto.virtual_hosts:
+        vhost = f"vhost.{vh.name}."
+        if vh.virtual_clusters:
+            prefixes.update(f"{vhost}vcluster.{vc.name}." for vc in vh.virtual_clusters)
+            prefixes.add(f"{vhost}vcluster.{OTHER}.")
+        prefixes.update(f"{vhost}route.{r.stat_prefix}." for r in vh.routes if r.stat_prefix)
+    return frozenset(prefixes)
+
+
+def drop_route_stats(store: Store, prefixes: Iterable[str]) -> None:
+    """The main process's part: a worker removed these scopes' counters; so does ``store``,
+    unless a route configuration of its own still has them."""
+    owners = _OWNERS.get(store)
+    for prefix in prefixes:
+        if owners is None or not owners.holds(prefix):
+            _remove_counters(store, prefix)
+
+
+def _remove_counters(store: Store, prefix: str) -> None:
+    for name in VirtualClusterStats.names():
+        full = prefix + name
+        store.remove_prefix(full, keep=full.__ne__)
+
+
+_OWNERS: weakref.WeakKeyDictionary[Store, RouteStatOwners] = weakref.WeakKeyDictionary()
 
 
 class RouteRequestStats:

@@ -16,7 +16,8 @@ Envoy keeps their dots and colons), as Envoy 1.40 keeps them:
   ``upstream_rq_time`` histogram), charged with the cluster's (http/codes.py, ``scopes``).
 
 The stats store keeps stats by name, so a route configuration update that keeps a virtual
-cluster keeps counting on the same stats, as Envoy's do.
+cluster keeps counting on the same stats, as Envoy's do; one that removes it drops its six
+counters once no route configuration in use has them (route_stats.RouteStatOwners).
 """
 
 from __future__ import annotations

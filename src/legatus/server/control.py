@@ -69,6 +69,8 @@ class Configure:
     lb_settings: dict[str, dict] = field(default_factory=dict)  # EDS clusters (UpdateHosts)
     # The server's drain sequences begun so far (admin /drain_listeners), by direction.
     drain_events: dict[DrainDirection, DrainEvent] = field(default_factory=dict)
+    # The SDS secrets over xDS accepted so far (see UpdateSecret), by key.
+    secrets: dict[tuple[str, bytes], bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +165,15 @@ class UpdateRouteConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateSecret:
+    """An SDS secret over xDS that the main process accepted: the TLS contexts that use it
+    are rebuilt, and new connections use it."""
+
+    key: tuple[str, bytes]  # (secret name, serialized ConfigSource): sds_api.source_key
+    secret: bytes  # serialized envoy.extensions.transport_sockets.tls.v3.Secret
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FlushStats:
     request_id: int
 
@@ -209,6 +220,8 @@ class HostReports:
 class StatsFlushed:
     request_id: int  # 0 for the periodic push
     flush: Flush
+    # Counters the worker dropped since (route_stats.RouteStatOwners): dropped here too.
+    removed: tuple[str, ...] = ()
 
 
 # Listening sockets (main -> worker, SCM_RIGHTS) ------------------------------------------

@@ -16,6 +16,9 @@ and nothing reaches the workers.
   one is warm (as Envoy's cluster objects each hold theirs): the name stays of interest, so
   nothing is asked of the control plane, and the new version warms with the next
   assignment. A removed cluster's subscriptions close (the last one unsubscribes).
+- SDS (``extensions/transport_sockets/tls/sds_api.py``): one subscription per secret over
+  xDS (name and config source) that a listener or a cluster names; an accepted secret goes
+  to the workers (``UpdateSecret``). Clusters and listeners warm until their secrets arrive.
 - RDS: one subscription per (route configuration name, config source) that an HTTP
   connection manager uses; an update is compiled for every such connection manager, then
   sent to the workers, whose new streams use it. An update that changes the route
@@ -178,8 +181,12 @@ class DynamicConfig:
         listener_stats=None,
         drain_time: float = 600.0,
         runtime_loader=None,
+        secrets=None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.secrets = secrets  # the SecretManager (SDS over xDS subscribes through it)
+        self.secret_records = ResourceRecords()  # SDS secrets, for /config_dump
+        self._secrets_initialized: dict[tuple, asyncio.Future] = {}
         self.store = store
         self.loop = loop
         self.cluster_manager = cluster_manager
@@ -218,6 +225,15 @@ class DynamicConfig:
         open the ADS stream."""
         self._subscribe_runtime()
         cm = self.cluster_manager
+        if self.secrets is not None:
+            self.secrets.subscribe_xds(self._subscribe_secret)
+            cm.secrets_ready = self._cluster_secrets_ready
+            # The static clusters' secrets now (their init); the static listeners' once
+            # the clusters are initialized (subscribe_secrets), as Envoy's init order.
+            keys = set().union(*(_secret_keys(c) for c in cm.configs.values()))
+            for provider in self.secrets.xds_providers():
+                if provider.key in keys:
+                    self._subscribe_secret(provider)
         for config in list(cm.configs.values()):
             if config.type is DiscoveryType.EDS:
                 self._eds[config.name] = self._subscribe_eds(config)
@@ -227,6 +243,7 @@ class DynamicConfig:
             self.cds = CdsApi(
                 cm,
                 scope=scope,
+                secrets=self.secrets,
                 check=self._check_cluster,
                 on_initialized=self._on_cds_ready,
                 on_removed=self._close_eds,
@@ -296,6 +313,7 @@ class DynamicConfig:
     async def _routes_ready(self, config) -> None:
         """An LDS listener warms until its own RDS route configurations have answered (not
         those of another listener still waiting), as Envoy's per-listener init does."""
+        await self.wait_secrets()  # Envoy's listener init waits for its SDS secrets too
         self.subscribe_routes()
         wanted = _rds_names(config.proto)
         pending = [
@@ -468,6 +486,60 @@ class DynamicConfig:
         _close(self._eds.pop(name, None))
         _close(self._eds_warming.pop(name, None))
 
+    # SDS ---------------------------------------------------------------------------------
+
+    def subscribe_secrets(self) -> None:
+        """Subscribe to the secrets over xDS not subscribed yet (the static listeners')."""
+        if self.secrets is not None:
+            for provider in self.secrets.xds_providers():
+                self._subscribe_secret(provider)
+
+    def _subscribe_secret(self, provider) -> None:
+        """A secret over xDS: its subscription (sds.<name>.*), made once."""
+        from legatus.extensions.transport_sockets.tls.sds_api import SdsApi, SdsApiStats
+
+        if provider.subscription is not None:
+            return
+        scope = self.store.scope(f"sds.{provider.name}.")
+        SdsApiStats(scope)
+        initialized = self.loop.create_future()
+        provider.waiters.append(initialized)
+        self._secrets_initialized[provider.key] = initialized
+        callbacks = SdsApi(provider, records=self.secret_records, publish=self._publish_secret)
+        sub = self.factory.subscribe(
+            provider.sds_config, decode.SECRET, callbacks, SubscriptionStats(scope), scope=scope
+        )
+        provider.subscription = sub
+        sub.start((provider.name,))
+
+    def _publish_secret(self, provider) -> None:
+        self.broadcast(
+            control.UpdateSecret(key=provider.key, secret=provider.secret.SerializeToString())
+        )
+
+    async def wait_secrets(self, keys=None) -> None:
+        """The first fetch of each secret over xDS (``keys``: of those only) is over: its
+        value arrived, or its initial fetch timed out, as Envoy's SDS init target."""
+        pending = [
+            f
+            for key, f in self._secrets_initialized.items()
+            if not f.done() and (keys is None or key in keys)
+        ]
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _cluster_secrets_ready(self, config: ClusterConfig) -> None:
+        """A cluster warms until the secrets of its TLS context arrive (Envoy's cluster
+        init manager holds the SDS init target)."""
+        keys = _secret_keys(config)
+        if keys:
+            await self.wait_secrets(keys)
+
+    async def wait_static_cluster_secrets(self) -> None:
+        """The static clusters' secrets over xDS (their initialization waits for them)."""
+        for config in list(self.cluster_manager.configs.values()):
+            await self._cluster_secrets_ready(config)
+
     # RDS ---------------------------------------------------------------------------------
 
     def on_route_config(self, key: RdsSubscriptionKey, raw: bytes, version: str) -> None:
@@ -481,6 +553,15 @@ def _close(eds: tuple[Any, EdsCallbacks] | None) -> None:
         sub, callbacks = eds
         callbacks.closed = True
         sub.close()
+
+
+def _secret_keys(config: ClusterConfig) -> set:
+    """The keys of the secrets over xDS a cluster's TLS context uses."""
+    common = getattr(config.transport_socket, "common", None)
+    if common is None or not common.uses_sds:
+        return set()
+    providers = (*common.certificate_providers, common.validation_provider)
+    return {p.key for p in providers if p is not None and getattr(p, "key", None) is not None}
 
 
 def _rds_names(listener) -> set[str]:

@@ -37,6 +37,7 @@ from legatus.network import address as addr
 from legatus.network.drain_decision import DrainDirection, DrainStrategy, listener_scope
 from legatus.network.listener import ListenerConfig, bind_socket, compile_listener
 from legatus.router.rds import RouteConfigProviderManager
+from legatus.router.route_stats import drop_route_stats
 from legatus.runtime import Runtime
 from legatus.runtime_loader import RuntimeLoader, RuntimeStats, open_runtime
 from legatus.server import control
@@ -92,12 +93,17 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
     if bootstrap.admin.HasField("address"):
         addr.from_proto(bootstrap.admin.address, "admin.address")
     runtime = open_runtime(bootstrap)  # first, as Envoy: the rest of the config may use it
-    clusters = compile_static_clusters(bootstrap)
-    check_dynamic_resources(bootstrap, clusters)
-    route_providers = RouteConfigProviderManager()
     from legatus.extensions.transport_sockets.tls.secret_manager import SecretManager
 
     secret_manager = SecretManager(bootstrap.static_resources.secrets)
+    from legatus.config_subscription.factory import check_config_source
+
+    secret_manager.check_xds_sources(
+        lambda source, path: check_config_source(source, path, bootstrap)
+    )
+    clusters = compile_static_clusters(bootstrap, secret_manager)
+    check_dynamic_resources(bootstrap, clusters)
+    route_providers = RouteConfigProviderManager()
     context = FactoryContext(
         registry=registry,
         store=store,
@@ -107,6 +113,7 @@ def compile_config(bootstrap, *, registry, options: Options, store: Store) -> Co
         runtime=runtime,
         route_config_providers=route_providers,
         secret_manager=secret_manager,
+        node_id=bootstrap.node.id,
     )
     listeners = [
         compile_listener(proto, context, f"static_resources.listeners[{i}]")
@@ -293,16 +300,20 @@ class Server:
             listener_stats=self.listener_manager_stats,
             drain_time=float(self.options.drain_time_s),
             runtime_loader=self.runtime_loader,
+            secrets=self.compiled.secret_manager,
         )
         if self.options.mode != "init_only":
             await self._start_admin()  # answering (/ready: 503) while the rest initializes
         self.dynamic.start()
         await self.dynamic.wait_runtime()
+        await self.dynamic.wait_static_cluster_secrets()
         await self.cluster_manager.initialize()
         await self.dynamic.wait_clusters()  # CDS, and the warming of what it brought
         self.state = ServerState.INITIALIZING
         self._set_server_gauges()
+        self.dynamic.subscribe_secrets()  # the static listeners' SDS secrets
         self.dynamic.subscribe_routes()
+        await self.dynamic.wait_secrets()  # listeners warm until their secrets arrive
         await self.dynamic.wait_routes()  # listeners warm until their routes arrive
         self._reserve_listener_ports()
         self.dynamic.start_listeners()  # LDS, once the clusters are initialized
@@ -421,6 +432,7 @@ class Server:
             runtime=self.runtime,
             route_config_providers=self.compiled.route_providers,
             secret_manager=self.compiled.secret_manager,
+            node_id=self.bootstrap.node.id,
         )
         return compile_listener(proto, context, path)
 
@@ -521,6 +533,7 @@ class Server:
             health={name: dict(flags) for name, flags in self.cluster_manager.health.items()},
             healthcheck_failed=self.healthcheck_failed,
             drain_events=dict(self.drain_manager.events),
+            secrets=self.compiled.secret_manager.xds_values(),
         )
 
     async def _wait_ready(self) -> None:
@@ -536,6 +549,8 @@ class Server:
     def _on_worker_message(self, handle: WorkerHandle, message: Any) -> None:
         if isinstance(message, control.StatsFlushed):
             self.stats.merge_worker(handle.index, message.flush)
+            if message.removed:  # route stats the worker dropped (router/route_stats.py)
+                drop_route_stats(self.stats, message.removed)
             waiter = handle.pending.pop(message.request_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)

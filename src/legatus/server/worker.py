@@ -43,6 +43,7 @@ from legatus.network.listener import (
     in_place_update,
 )
 from legatus.router.rds import RouteConfigProviderManager
+from legatus.router.route_stats import RouteStatOwners
 from legatus.runtime import Runtime, compile_runtime
 from legatus.server import control
 from legatus.server.options import Options
@@ -120,6 +121,12 @@ def run_worker(
         os._exit(code)
 
 
+def _close_all(providers: list) -> None:
+    """A drained listener's route configuration providers (FactoryContext.owned_route_configs)."""
+    for provider in providers:
+        provider.close()
+
+
 class Worker:
     def __init__(
         self,
@@ -157,6 +164,7 @@ class Worker:
         self.runtime: Runtime | None = None
         self.server_health = ServerHealth()  # admin /healthcheck/fail, from the main process
         self.secret_manager: Any = None  # SDS secrets (see _start_secrets)
+        self.node_id = ""  # the bootstrap's node.id (FactoryContext.node_id)
         # cluster -> host address -> HealthFlag bits, as the main process last sent them.
         self.health: dict[str, dict[str, int]] = {}
         self.reports = ReportSink(loop, self._send_reports)
@@ -190,13 +198,16 @@ class Worker:
     async def _periodic_flush(self) -> None:
         while True:
             await asyncio.sleep(PERIODIC_FLUSH_S)
-            self.channel.send(control.StatsFlushed(request_id=0, flush=self.store.flush()))
+            self.channel.send(self._stats_flushed(0))
+
+    def _stats_flushed(self, request_id: int) -> control.StatsFlushed:
+        removed = RouteStatOwners.of(self.store).take_removed()
+        flush = self.store.flush()
+        return control.StatsFlushed(request_id=request_id, flush=flush, removed=removed)
 
     def _on_message(self, message: Any) -> None:
         if isinstance(message, control.FlushStats):
-            self.channel.send(
-                control.StatsFlushed(request_id=message.request_id, flush=self.store.flush())
-            )
+            self.channel.send(self._stats_flushed(message.request_id))
         elif isinstance(message, control.UpdateHosts):
             self.cluster_manager.update_hosts(message.cluster, message.hosts, message.lb_settings)
             self._apply_health(message.cluster)
@@ -209,8 +220,11 @@ class Worker:
             # Compiled at once, not in the task: an UpdateRuntime right behind must find it.
             try:
                 bootstrap = bootstrap_pb2.Bootstrap.FromString(message.bootstrap)
+                self.node_id = bootstrap.node.id
                 self.runtime = compile_runtime(bootstrap)
                 self._start_secrets(bootstrap)
+                for key, secret in message.secrets.items():
+                    self.secret_manager.apply_xds(key, secret)
                 self.runtime.replace_layers(message.runtime_layers)
             except Exception as e:  # the main process compiled the same bootstrap: a bug
                 log.exception("worker %d failed to compile the runtime", self.index)
@@ -237,6 +251,8 @@ class Worker:
             for listener in self.listeners.values():
                 if listener.drain_decision.reaches(message.direction):
                     listener.stop()
+        elif isinstance(message, control.UpdateSecret):
+            self.secret_manager.apply_xds(message.key, message.secret)
         elif isinstance(message, control.UpdateRouteConfig):
             self.route_config_providers.update(message.key, message.route_config, message.version)
         elif isinstance(message, control.SetHealthCheckFailed):
@@ -337,7 +353,7 @@ class Worker:
 
     def _add_cluster(self, raw: bytes, hosts, breaker_table: str | None, lb_settings=None) -> str:
         proto = cluster_pb2.Cluster.FromString(raw)
-        config = compile_cluster(proto, f"cluster {proto.name}")
+        config = compile_cluster(proto, f"cluster {proto.name}", self.secret_manager)
         if breaker_table is not None:
             self.cluster_manager.attach_circuit_breakers(proto.name, breaker_table)
         self.cluster_manager.add_or_update(config, hosts, lb_settings)
@@ -359,6 +375,8 @@ class Worker:
             server_health=self.server_health,
             route_config_providers=self.route_config_providers,
             secret_manager=self.secret_manager,
+            node_id=self.node_id,
+            owned_route_configs=[],
         )
 
     def _start_secrets(self, bootstrap) -> None:
@@ -437,7 +455,17 @@ class Worker:
         strategy = DrainStrategy(self.options.drain_strategy)
         event = DrainEvent(start=time.monotonic(), drain_time=drain_time, strategy=strategy)
         done = listener.drain(event)
-        done.add_done_callback(lambda _: self.draining.discard(listener))
+        done.add_done_callback(lambda _: self._drained(listener, event.start + drain_time))
+
+    def _drained(self, listener: ActiveListener, drain_end: float) -> None:
+        self.draining.discard(listener)
+        # Its route configurations go when its drain time is over, as Envoy's draining filter
+        # chains do (even when its connections went before), and with them the route stats
+        # only they had (router/route_stats.py).
+        providers = listener.context.owned_route_configs
+        if providers:
+            left = drain_end - time.monotonic()
+            self.loop.call_later(max(left, 0.0), _close_all, providers)
 
     # Server drain (admin /drain_listeners) ---------------------------------------------
 

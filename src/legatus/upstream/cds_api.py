@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from legatus.config.errors import ConfigError
 from legatus.config.subscription import ConfigUpdate, UpdateFailureReason
@@ -51,8 +52,10 @@ class CdsApi:
         check: Callable[[ClusterConfig, str], None] = lambda config, path: None,
         on_initialized: Callable[[], None] = lambda: None,
         on_removed: Callable[[str], None] = lambda name: None,
+        secrets: Any = None,
     ) -> None:
         self.cluster_manager = cluster_manager
+        self.secrets = secrets  # the SDS secrets (a SecretManager) clusters' TLS may name
         self.stats = CdsStats(scope)
         self.check = check
         self.on_initialized = on_initialized
@@ -77,7 +80,7 @@ class CdsApi:
                 continue
             cm.count_cluster_update(name)
             try:
-                config = compile_cluster(resource.resource, f"resources[{i}]")
+                config = compile_cluster(resource.resource, f"resources[{i}]", self.secrets)
                 self.check(config, f"resources[{i}]")
             except (ConfigError, ValueError) as e:
                 errors.append(f"{name}: {e}")

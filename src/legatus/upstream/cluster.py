@@ -136,6 +136,9 @@ class ClusterConfig:
     http2: bool = False
     http2_settings: Any = None
     use_downstream_protocol: bool = False
+    # auto_config: one pool per host whose connections speak HTTP/2 or HTTP/1.1 as the TLS
+    # handshake's ALPN chose (http2_settings and http1_settings apply to each kind).
+    auto_config: bool = False
     http1_enable_trailers: bool = False  # http_protocol_options.enable_trailers (gRPC status)
     # The HTTP/1 pools' codec settings (http_protocol_options: header case, trailers...).
     http1_settings: Http1Settings = DEFAULT_HTTP1_SETTINGS
@@ -188,7 +191,7 @@ def duration(d) -> float:
     return d.seconds + d.nanos / 1e9
 
 
-def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
+def compile_cluster(proto: Cluster, path: str, secrets: Any = None) -> ClusterConfig:
     check_supported(proto, _SUPPORTED_CLUSTER_FIELDS, path, "Cluster")
     if proto.WhichOneof("cluster_discovery_type") == "cluster_type":
         raise ConfigError(f"{path}.cluster_type", "custom cluster types are not supported yet")
@@ -221,6 +224,11 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
     if proto.HasField("circuit_breakers"):
         _check_circuit_breakers(proto.circuit_breakers, f"{path}.circuit_breakers")
     health_check = compile_health_checks(proto.health_checks, f"{path}.health_checks")
+    if health_check is not None and health_check.grpc is not None and protocols.auto_config:
+        raise ConfigError(
+            f"{path}.health_checks[0].grpc_health_check",
+            "gRPC health checking of an auto_config cluster is not supported by legatus yet",
+        )
     if health_check is not None and health_check.grpc is not None and not protocols.http2:
         raise ConfigError(
             f"{path}.health_checks[0].grpc_health_check",
@@ -236,6 +244,7 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
         http2=protocols.http2,
         http2_settings=protocols.http2_settings,
         use_downstream_protocol=protocols.use_downstream_protocol,
+        auto_config=protocols.auto_config,
         http1_enable_trailers=protocols.http1_enable_trailers,
         http1_settings=protocols.http1_settings,
         health_check=health_check,
@@ -263,19 +272,23 @@ def compile_cluster(proto: Cluster, path: str) -> ClusterConfig:
         proto=proto,
         eds_service_name=eds_service_name,
         eds_config=eds_config,
-        transport_socket=_transport_socket(proto, path),
+        transport_socket=_transport_socket(proto, path, secrets),
         metadata=FrozenMetadata.from_proto(proto.metadata, f"{path}.metadata")
         if proto.HasField("metadata")
         else None,
     )
 
 
-def _transport_socket(proto: Cluster, path: str) -> Any:
+def _transport_socket(proto: Cluster, path: str, secrets: Any) -> Any:
+    """``secrets``: the process's SDS secrets (a SecretManager), for an UpstreamTlsContext
+    that names some."""
     if not proto.HasField("transport_socket"):
         return None
     from legatus.extensions.transport_sockets.upstream import compile_cluster_transport_socket
 
-    return compile_cluster_transport_socket(proto.transport_socket, f"{path}.transport_socket")
+    return compile_cluster_transport_socket(
+        proto.transport_socket, f"{path}.transport_socket", secrets
+    )
 
 
 def _eds_cluster_config(proto: Cluster, path: str) -> tuple[str, Any]:
@@ -311,6 +324,7 @@ class _UpstreamProtocols:
     http2: bool = False  # Envoy's HTTP2 feature: HTTP/2 unless the downstream protocol decides
     http2_settings: Any = None  # Http2Settings of the HTTP/2 pools; None: HTTP/1.1 only
     use_downstream_protocol: bool = False
+    auto_config: bool = False  # HTTP/2 or HTTP/1.1 per connection, as ALPN chose
     http1_enable_trailers: bool = False
     http1_settings: Http1Settings = DEFAULT_HTTP1_SETTINGS
 
@@ -338,20 +352,17 @@ def _http_protocol_options(
 
         options = http_protocol_options_pb2.HttpProtocolOptions()
         any_proto.Unpack(options)
-        if options.HasField("auto_config"):
-            raise ConfigError(
-                f"{opath}.auto_config",
-                "auto_config (HTTP/2 or HTTP/1.1 chosen by ALPN) is not supported by legatus yet; "
-                "use explicit_http_config or use_downstream_protocol_config",
-            )
         check_supported(
             options,
             ("common_http_protocol_options", "explicit_http_config",
-             "use_downstream_protocol_config"),
+             "use_downstream_protocol_config", "auto_config"),
             opath,
             "HttpProtocolOptions",
         )  # fmt: skip
-        protocols = _protocols(options, opath)
+        if options.HasField("auto_config"):
+            protocols = _auto_config(proto, options.auto_config, f"{opath}.auto_config")
+        else:
+            protocols = _protocols(options, opath)
         if options.HasField("common_http_protocol_options"):
             idle, max_requests = _common_options(
                 options.common_http_protocol_options, opath, idle, max_requests
@@ -447,6 +458,49 @@ def _protocols(options, opath: str) -> _UpstreamProtocols:
         http1_enable_trailers=http1.enable_trailers,
         http1_settings=http1,
     )
+
+
+def _auto_config(proto: Cluster, auto, apath: str) -> _UpstreamProtocols:
+    """``auto_config``: each connection speaks HTTP/2 or HTTP/1.1 as its TLS handshake's
+    ALPN chose (conn_pool/mixed.py). Envoy refuses it on a transport socket that cannot
+    negotiate ALPN (plaintext) and requires an alternate protocols cache for HTTP/3."""
+    from legatus.http.http2.settings import Http2Settings
+
+    check_supported(
+        auto, ("http_protocol_options", "http2_protocol_options"), apath, "AutoHttpConfig"
+    )
+    if not _alpn_transport_socket(proto):
+        raise ConfigError(
+            apath,
+            f"ALPN configured for cluster {proto.name} which has a non-ALPN transport socket",
+        )
+    http1 = Http1Settings.from_upstream_proto(
+        auto.http_protocol_options, path=f"{apath}.http_protocol_options"
+    )
+    settings = Http2Settings.from_proto(
+        auto.http2_protocol_options if auto.HasField("http2_protocol_options") else None,
+        path=f"{apath}.http2_protocol_options",
+    )
+    return _UpstreamProtocols(
+        http2_settings=settings,
+        auto_config=True,
+        http1_enable_trailers=http1.enable_trailers,
+        http1_settings=http1,
+    )
+
+
+def _alpn_transport_socket(proto: Cluster) -> bool:
+    """Whether the cluster's transport socket negotiates ALPN: TLS (found, as every
+    extension, by its type URL, else its name); plaintext and raw_buffer do not."""
+    if not proto.HasField("transport_socket"):
+        return False
+    socket = proto.transport_socket
+    if socket.HasField("typed_config"):
+        return socket.typed_config.type_url.rsplit("/", 1)[-1] == _UPSTREAM_TLS_CONTEXT
+    return socket.name == "envoy.transport_sockets.tls"
+
+
+_UPSTREAM_TLS_CONTEXT = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 def _endpoints(la, la_path: str, *, dns: bool) -> tuple[EndpointConfig, ...]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from legatus.stats.store import Store
 from legatus.upstream.cluster import ClusterConfig, DiscoveryType, HostConfig, compile_cluster
@@ -61,10 +62,10 @@ def _is_dns(config: ClusterConfig) -> bool:
     return config.type in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS)
 
 
-def compile_static_clusters(bootstrap) -> list[ClusterConfig]:
+def compile_static_clusters(bootstrap, secrets: Any = None) -> list[ClusterConfig]:
     configs = []
     for i, proto in enumerate(bootstrap.static_resources.clusters):
-        configs.append(compile_cluster(proto, f"static_resources.clusters[{i}]"))
+        configs.append(compile_cluster(proto, f"static_resources.clusters[{i}]", secrets))
     return configs
 
 
@@ -93,6 +94,9 @@ class ClusterManager:
         on_warming_count: Callable[[int], None] = lambda count: None,
     ) -> None:
         self.configs: dict[str, ClusterConfig] = {}
+        # Awaited before a CDS cluster's hosts: its TLS context's SDS secrets (set by the
+        # main process's DynamicConfig; None: nothing to wait for).
+        self.secrets_ready: Callable[[ClusterConfig], Awaitable[None]] | None = None
         self.store = store
         self.loop = loop
         self.rng = rng
@@ -333,6 +337,8 @@ class ClusterManager:
     async def _warm_steps(self, config: ClusterConfig) -> None:
         name = config.name
         try:
+            if self.secrets_ready is not None:
+                await self.secrets_ready(config)  # Envoy's cluster init: its SDS secrets
             if config.type is DiscoveryType.STATIC:
                 hosts = _static_hosts(config)
             elif config.type is DiscoveryType.EDS:

@@ -6,7 +6,8 @@ change, the host sets; the worker swaps in a new host tuple and balancer
 cluster's LbConfig on every host or health change (``update_hosts``, ``refresh_health``);
 ``choose_host`` is what the router and the TCP proxy call per request. HTTP connection
 pools (HTTP/1.1 or HTTP/2, as the cluster's protocol options and, with
-use_downstream_protocol_config, the downstream request say) are made per host on first use; a
+use_downstream_protocol_config, the downstream request say; with auto_config, one pool whose
+connections each speak what ALPN chose) are made per host on first use; a
 host that leaves the cluster has its pools drained and deleted once idle, as Envoy does.
 """
 
@@ -34,10 +35,10 @@ HTTP_2 = "HTTP/2"  # a downstream stream's ``protocol``
 
 class ThreadLocalCluster:
     __slots__ = ("_default_pools", "_h2_options", "_h2_pools", "_lb_stats", "_locality_weights",
-                 "_loop", "_pool_context", "_pools", "_rng", "_store", "_table_stats",
-                 "_tcp_pools", "code_stats", "config", "hashing", "hosts", "lb", "lb_config",
-                 "pick_host", "resource_managers", "retry_code_stats", "scope", "stats",
-                 "transport_socket", "use_downstream_protocol")  # fmt: skip
+                 "_loop", "_mixed_options", "_mixed_pools", "_pool_context", "_pools", "_rng",
+                 "_store", "_table_stats", "_tcp_pools", "code_stats", "config", "hashing",
+                 "hosts", "lb", "lb_config", "pick_host", "resource_managers", "retry_code_stats",
+                 "scope", "stats", "transport_socket", "use_downstream_protocol")  # fmt: skip
 
     def __init__(
         self,
@@ -74,9 +75,17 @@ class ThreadLocalCluster:
         self._set_lb(self._build_lb(()))
         self._pools: dict = {}  # HTTP/1.1
         self._h2_pools: dict = {}  # HTTP/2
+        self._mixed_pools: dict = {}  # auto_config: HTTP/2 or HTTP/1.1 as ALPN chose
         # The pools a request goes to when no downstream protocol chooses (see http_conn_pool).
-        self._default_pools = self._h2_pools if config.http2 else self._pools
+        self._default_pools = (
+            self._mixed_pools
+            if config.auto_config
+            else self._h2_pools
+            if config.http2
+            else self._pools
+        )
         self._h2_options = None
+        self._mixed_options = None
         # use_downstream_protocol_config: the router passes the downstream request's protocol.
         self.use_downstream_protocol = config.use_downstream_protocol
         self._tcp_pools: dict = {}  # the router's TCP upstream (CONNECT terminated here)
@@ -115,20 +124,41 @@ class ThreadLocalCluster:
             from legatus.conn_pool.http2 import Http2ConnPool
 
             pool = Http2ConnPool(host, self._context(), self._http2_options())
+        elif pools is self._mixed_pools:
+            from legatus.conn_pool.mixed import MixedConnPool
+
+            pool = MixedConnPool(
+                host,
+                self._context(),
+                self._mixed_pool_options(),
+                codec_factory=self._h1_codec(declare=False),
+                on_first_http1=self.declare_http1_stats,
+            )
         else:
             from legatus.conn_pool.http1 import Http1ConnPool
-            from legatus.http.conn_manager_stats import Http1CodecStats
-            from legatus.http.http1.client_codec import client_codec_factory
 
-            Http1CodecStats(self.scope.scope("http1."))  # Envoy: with the first HTTP/1 pool
-            # The cluster's http_protocol_options (trailers read, header case...).
-            factory = client_codec_factory(self.config.http1_settings)
-            pool = Http1ConnPool(host, self._context(), codec_factory=factory)
+            pool = Http1ConnPool(host, self._context(), codec_factory=self._h1_codec())
         pools[host] = pool
         # Envoy counts each pool against max_connection_pools and deletes it once idle.
         self.resource_managers[0].connection_pools.inc()
         pool.add_idle_callback(lambda: self._on_pool_idle(host, pool, pools))
         return pool
+
+    def _h1_codec(self, *, declare: bool = True):
+        """The HTTP/1 clients' codec factory: the cluster's http_protocol_options (trailers
+        read, header case...)."""
+        from legatus.http.http1.client_codec import client_codec_factory
+
+        if declare:
+            self.declare_http1_stats()
+        return client_codec_factory(self.config.http1_settings)
+
+    def declare_http1_stats(self) -> None:
+        """``cluster.<name>.http1.*``: Envoy declares them with the first HTTP/1 codec (the
+        first HTTP/1 pool, or a mixed pool's first HTTP/1.1 connection)."""
+        from legatus.http.conn_manager_stats import Http1CodecStats
+
+        Http1CodecStats(self.scope.scope("http1."))
 
     def _http2_options(self):
         """What the cluster's HTTP/2 pools share: the compiled http2_protocol_options, the
@@ -137,24 +167,35 @@ class ThreadLocalCluster:
         ALPN protocol (Envoy's ALPN fallback for an HTTP/2 pool)."""
         options = self._h2_options
         if options is None:
-            from legatus.conn_pool.http2 import Http2PoolOptions
-            from legatus.http.http2.settings import DEFAULT_SETTINGS
-            from legatus.http.http2.stats import LazyCodecStats
-
-            transport_socket = self.transport_socket
-            tls = self.config.transport_socket
-            if tls is not None and not tls.common.alpn:
-                from legatus.extensions.transport_sockets.upstream import upstream_socket_factory
-
-                h2_tls = replace(tls, common=replace(tls.common, alpn=("h2",)))
-                transport_socket = upstream_socket_factory(h2_tls, self.scope)
-            options = self._h2_options = Http2PoolOptions(
-                settings=self.config.http2_settings or DEFAULT_SETTINGS,
-                codec_stats=LazyCodecStats(self.scope),
-                transport_socket=transport_socket,
-                random=self._rng,
-            )
+            options = self._h2_options = self._pool_options(("h2",))
         return options
+
+    def _mixed_pool_options(self):
+        """The same for the auto_config pools: TLS offers ``h2,http/1.1`` when the cluster's
+        TLS context names no ALPN protocol (Envoy adds them for auto_config)."""
+        options = self._mixed_options
+        if options is None:
+            options = self._mixed_options = self._pool_options(("h2", "http/1.1"))
+        return options
+
+    def _pool_options(self, alpn_fallback: tuple[str, ...]):
+        from legatus.conn_pool.http2 import Http2PoolOptions
+        from legatus.http.http2.settings import DEFAULT_SETTINGS
+        from legatus.http.http2.stats import LazyCodecStats
+
+        transport_socket = self.transport_socket
+        tls = self.config.transport_socket
+        if tls is not None and not tls.common.alpn:
+            from legatus.extensions.transport_sockets.upstream import upstream_socket_factory
+
+            alpn_tls = replace(tls, common=replace(tls.common, alpn=alpn_fallback))
+            transport_socket = upstream_socket_factory(alpn_tls, self.scope)
+        return Http2PoolOptions(
+            settings=self.config.http2_settings or DEFAULT_SETTINGS,
+            codec_stats=LazyCodecStats(self.scope),
+            transport_socket=transport_socket,
+            random=self._rng,
+        )
 
     def tcp_conn_pool(self, host: Host):
         """The TCP pool to ``host`` on this worker, for CONNECT terminated at the proxy
@@ -196,7 +237,8 @@ class ThreadLocalCluster:
         from legatus.conn_pool import DrainBehavior
 
         # (an idle pool leaves its dict as it drains)
-        for pool in [*self._pools.values(), *self._h2_pools.values(), *self._tcp_pools.values()]:
+        pools = (self._pools, self._h2_pools, self._mixed_pools, self._tcp_pools)
+        for pool in [p for by_host in pools for p in by_host.values()]:
             pool.drain(DrainBehavior.DRAIN_EXISTING_CONNECTIONS)
 
     def update_hosts(self, hosts: tuple[HostConfig, ...]) -> None:
@@ -212,7 +254,7 @@ class ThreadLocalCluster:
         self.hosts = new
         self._set_lb(self._build_lb(new, self.lb))
         for host in gone:
-            for pools in (self._pools, self._h2_pools, self._tcp_pools):
+            for pools in (self._pools, self._h2_pools, self._mixed_pools, self._tcp_pools):
                 pool = pools.pop(host, None)
                 if pool is not None:
                     from legatus.conn_pool import DrainBehavior

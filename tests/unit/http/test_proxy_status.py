@@ -10,7 +10,6 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
-from legatus.config.errors import ConfigError
 from legatus.http.conn_manager_utility import compile_request_policy, mutate_response_headers
 from legatus.http.headers import HeaderMap
 from legatus.http.proxy_status import compile_proxy_status_config, proxy_status_error
@@ -90,10 +89,14 @@ def test_the_recommended_status():
     assert config().recommended_status(info(F.NO_ROUTE_FOUND)) is None
 
 
-def test_use_node_id_is_refused_by_name():
-    with pytest.raises(ConfigError) as e:
-        config(use_node_id=False)  # (the oneof's case, even false)
-    assert e.value.path == "p.use_node_id"
+def test_use_node_id_names_the_proxy_by_the_node_id():
+    def name(**fields):
+        proto = json_format.ParseDict(fields, Config())
+        return compile_proxy_status_config(proto, "p", server_name="s", node_id="n").proxy_name
+
+    assert name(use_node_id=True) == "n"
+    assert name(use_node_id=False) == "s"  # (the oneof's case, false: the server name)
+    assert name(literal_proxy_name="l") == "l"
 
 
 def test_the_entry_goes_last_appended_to_the_upstreams():

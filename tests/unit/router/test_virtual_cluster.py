@@ -9,15 +9,19 @@ from types import SimpleNamespace
 
 import pytest
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 
 from legatus.config.errors import ConfigError
 from legatus.config.factory_context import FactoryContext
 from legatus.config.proto_json import parse
 from legatus.http.codes import ResponseCodeStats
 from legatus.router.config import compile_route_config
+from legatus.router.rds import RouteConfigProviderManager, compile_rds_table
 from legatus.router.retry_policy import RetryOn, RetryPolicy
 from legatus.router.retry_state import RetryState, RetryStatus
-from legatus.router.route_stats import RouteStats
+from legatus.router.route_stats import RouteStatOwners, RouteStats
 from legatus.router.virtual_cluster import VirtualClusterStats
 from legatus.stats.store import Store
 from legatus.upstream.stats import ClusterTrafficStats
@@ -179,3 +183,39 @@ def test_retry_outcomes_are_counted_for_the_request_s_stats_as_for_the_cluster()
     for counter in ("retry", "retry_success", "retry_limit_exceeded", "retry_overflow"):
         cluster = store.value(f"cluster.c1.upstream_rq_{counter}")
         assert store.value(f"vhost.vh.vcluster.a.upstream_rq_{counter}") == cluster == 1
+
+
+# Removed by an update ----------------------------------------------------------------------
+
+
+def _route_config(virtual_clusters: list[str], stat_prefix: str) -> bytes:
+    proto = parse({"name": "rc", "virtual_hosts": [vhost(
+        [forward("r", {"cluster": "c"}, stat_prefix=stat_prefix)],
+        virtual_clusters=[vcluster(n, prefix="/") for n in virtual_clusters])]},
+        route_pb2.RouteConfiguration)  # fmt: skip
+    return proto.SerializeToString()
+
+
+def test_an_update_drops_the_counters_of_what_it_removed_and_keeps_the_rest():
+    store = Store()
+    context = FactoryContext(
+        registry=None,  # type: ignore[arg-type]
+        store=store,
+        options=None,  # type: ignore[arg-type]
+        random=random.Random(1),
+    )
+    manager = RouteConfigProviderManager()
+    owners = RouteStatOwners.of(store)
+    rds = hcm_pb2.Rds(route_config_name="rc")
+    provider = manager.provider(rds, compile_rds_table(context, "rds"), "h", owners)
+    manager.update(provider.key, _route_config(["a", "b"], "p"))
+    store.counter("vhost.vh.vcluster.b.upstream_rq_200").inc()  # a response code stat
+    manager.update(provider.key, _route_config(["a"], "q"))
+    assert names(store, "vhost.vh.vcluster.b.") == {"vhost.vh.vcluster.b.upstream_rq_200"}
+    assert names(store, "vhost.vh.route.p.") == set()
+    assert {f"vhost.vh.vcluster.a.{c}" for c in COUNTERS} == names(store, "vhost.vh.vcluster.a.")
+    assert {f"vhost.vh.route.q.{c}" for c in COUNTERS} == names(store, "vhost.vh.route.q.")
+    assert set(owners.take_removed()) == {"vhost.vh.vcluster.b.", "vhost.vh.route.p."}
+    provider.close()  # its listener is gone: no configuration has the rest any more
+    assert names(store, "vhost.") == {"vhost.vh.vcluster.b.upstream_rq_200"}
+    assert len(owners.take_removed()) == 3  # a, other, q

@@ -27,17 +27,22 @@ def _registry() -> Registry:
 
 
 class _CompileOnly:
-    """What an upstream transport socket factory gets at compile time: no stats scope."""
+    """What an upstream transport socket factory gets at compile time: no stats scope, and
+    the process's SDS secrets (None: static secrets are unknown, file ones read afresh)."""
 
     scope = None
 
+    def __init__(self, secret_manager: Any = None) -> None:
+        self.secret_manager = secret_manager
 
-def compile_cluster_transport_socket(proto, path: str) -> Any:
+
+def compile_cluster_transport_socket(proto, path: str, secrets: Any = None) -> Any:
     """The compiled ``Cluster.transport_socket`` (a frozen ClientTlsConfig), or None."""
     from legatus.config.supported import check_supported
 
     check_supported(proto, ("name", "typed_config"), path, "TransportSocket")
-    factory = _registry().create(Category.TRANSPORT_SOCKET_UPSTREAM, proto, _CompileOnly(), path)
+    context = _CompileOnly(secrets)
+    factory = _registry().create(Category.TRANSPORT_SOCKET_UPSTREAM, proto, context, path)
     return None if factory is None else factory.config
 
 

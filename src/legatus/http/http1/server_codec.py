@@ -25,7 +25,10 @@ httptools (llhttp). Theory of operation:
 - Upgrade (``Upgrade`` + ``Connection: upgrade``) and CONNECT put the codec in tunnel mode:
   ``RequestHeaders(end_stream=False, upgrade=True)``, then every byte is ``RequestData`` and
   ``feed_eof()`` ends the stream. An ``h2c`` upgrade is stripped and served as HTTP/1.1, as
-  Envoy does. ``PRI * HTTP/2.0`` is a codec error (400, ``http1.codec_error``).
+  Envoy does, and so is one whose whole Upgrade value ``ignore_http_11_upgrade`` matches
+  (with or without ``Connection: upgrade``; its body, chunked too, is parsed as any
+  request's: see _ChunkedAfterUpgrade). ``PRI * HTTP/2.0`` is a codec error (400,
+  ``http1.codec_error``).
 - Responses: ``encode_headers``/``encode_data``/``encode_trailers`` frame the response to the
   oldest unanswered request (HTTP/1.0 status line for an HTTP/1.0 request, no body for HEAD,
   1xx, 204 and 304, chunked without a content-length, see stream_encoder).
@@ -129,6 +132,7 @@ class ServerCodec(c.MessageDecoder):
         "_body",
         "_boundary",
         "_buffer_limit",
+        "_chunked_after_upgrade",
         "_exchange",
         "_fold_buf",
         "_head_chunks",
@@ -176,6 +180,7 @@ class ServerCodec(c.MessageDecoder):
         self._tunnel = False
         self._swallow_complete = False
         self._raw_left = 0
+        self._chunked_after_upgrade = False
         self._exchange: Exchange | None = None
         responses = self._responses = ResponseEncoder(
             enable_trailers=settings.enable_trailers, key_format=settings.key_format
@@ -381,7 +386,10 @@ class ServerCodec(c.MessageDecoder):
         elif self._swallow_complete:
             # An h2c upgrade with a body: llhttp skipped it, count its bytes ourselves.
             self._swallow_complete = False
-            if self._raw_left == 0:
+            if self._chunked_after_upgrade:
+                self._chunked_after_upgrade = False
+                self._parser = _ChunkedAfterUpgrade.parser(self)
+            elif self._raw_left == 0:
                 self._error_event(ProtocolError(status=400, details=c.CODEC_ERROR))
 
     def _raw_body(self, data: bytes) -> bytes:
@@ -464,7 +472,12 @@ class ServerCodec(c.MessageDecoder):
             connection is not None and "upgrade" in headers and c.has_token(connection, "upgrade")
         )
         llhttp_upgrade = upgrade or connect
-        if upgrade and get("upgrade", "").lower() == "h2c":
+        ignored = False
+        ignore = self._settings.ignore_upgrade
+        if ignore is not None and "upgrade" in headers and self._ignored(headers, ignore):
+            ignored = True
+            upgrade = False
+        elif upgrade and get("upgrade", "").lower() == "h2c":
             connection = rh.strip_h2c(headers, connection)
             upgrade = False
         tunnel = upgrade or connect
@@ -532,6 +545,7 @@ class ServerCodec(c.MessageDecoder):
             # llhttp skips the body of what it takes for an upgrade (h2c): read it ourselves.
             self._swallow_complete = True
             self._raw_left = 0 if chunked else body_length
+            self._chunked_after_upgrade = ignored and chunked
         self._enter(_BODY)
         if self._head_chunks:
             self._head_chunks = []
@@ -551,6 +565,17 @@ class ServerCodec(c.MessageDecoder):
             self._out.append(event)
         else:
             self._ready = event  # reported when llhttp completes the request, as Envoy does
+
+    @staticmethod
+    def _ignored(headers: HeaderMap, matchers: tuple) -> bool:
+        """``ignore_http_11_upgrade``: an Upgrade value one of the matchers takes (whole) is
+        dropped, with or without ``Connection: upgrade``, and the request goes on as a plain
+        one (its Connection header nominations are removed as any other's)."""
+        value = c.joined(headers, "upgrade")
+        if not any(m.matches(value) for m in matchers):
+            return False
+        headers.remove("upgrade")
+        return True
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -623,3 +648,52 @@ class ServerCodec(c.MessageDecoder):
         """The connection must close once the encoded bytes are written (a request or response
         that closes it, a response delimited by the close, an error, an early response)."""
         return self._responses.close
+
+
+class _ChunkedAfterUpgrade:
+    """The parser callbacks of a connection whose request was an ignored upgrade with a
+    chunked body (``ignore_http_11_upgrade`` and ``Connection: upgrade``).
+
+    llhttp takes such a request for an upgrade and leaves its body unparsed; Envoy serves it
+    as a plain request. A fresh parser, primed with a bodiless chunked head these callbacks
+    swallow, parses the rest of the connection: the chunked body, then the next requests,
+    whose callbacks go on to the codec (httptools binds its callbacks when it is built).
+    """
+
+    __slots__ = ("codec",)
+    _HEAD = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+
+    def __init__(self) -> None:
+        self.codec: ServerCodec | None = None  # None while the priming head is parsed
+
+    @classmethod
+    def parser(cls, codec: ServerCodec) -> HttpRequestParser:
+        """The parser that goes on from the end of the upgrade request's head."""
+        callbacks = cls()
+        parser = HttpRequestParser(callbacks)
+        parser.set_dangerous_leniencies(**c.LENIENCIES)
+        parser.feed_data(cls._HEAD)
+        callbacks.codec = codec
+        return parser
+
+    def on_message_begin(self) -> None:
+        if self.codec is not None:
+            self.codec.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if self.codec is not None:
+            self.codec.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.codec is not None:
+            self.codec.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.codec is not None:
+            self.codec.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.codec.on_body(body)  # (the priming head has none)
+
+    def on_message_complete(self) -> None:
+        self.codec.on_message_complete()

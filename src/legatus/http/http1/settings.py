@@ -19,9 +19,15 @@ use_balsa_parser                               no effect    refused
                                                (Envoy 1.40
                                                parses with
                                                Balsa)
-override_stream_error_on_invalid_http_message, refused      refused
-allow_custom_methods, ignore_http_11_upgrade
+override_stream_error_on_invalid_http_message  honoured     refused
+ignore_http_11_upgrade                         honoured     refused
+allow_custom_methods                           refused      refused
 ============================================== ============ ==============================
+
+``stream_error_on_invalid_http_message`` is Envoy's codec setting of that name: the override
+when set, else the HCM's own ``stream_error_on_invalid_http_message`` (false unless set). With
+it, the connection manager's 400 local replies leave the connection open; codec errors close
+it whatever it says (``build_local_reply`` in http/conn_manager.py).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from legatus.http.http1.header_formatter import KeyFormat, proper_case
 _DOWNSTREAM_FIELDS = (
     "allow_absolute_url", "accept_http_10", "default_host_for_http_10", "header_key_format",
     "enable_trailers", "allow_chunked_length", "send_fully_qualified_url", "use_balsa_parser",
+    "override_stream_error_on_invalid_http_message", "ignore_http_11_upgrade",
 )  # fmt: skip
 _UPSTREAM_FIELDS = (
     "header_key_format", "enable_trailers", "allow_chunked_length", "send_fully_qualified_url",
@@ -85,6 +92,11 @@ class Http1Settings:
     headers_with_underscores_action: HeadersWithUnderscoresAction = (
         HeadersWithUnderscoresAction.ALLOW
     )
+    # A 400 local reply of the connection manager keeps the connection open.
+    stream_error_on_invalid_http_message: bool = False
+    # ignore_http_11_upgrade: a StringMatcher list, or None when unset (see
+    # server_codec: a request whose Upgrade value matches is served as a plain request).
+    ignore_upgrade: Any = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_request_headers_kb <= 8192:
@@ -113,11 +125,15 @@ class Http1Settings:
         common_http_protocol_options=None,
         *,
         max_request_headers_kb: int = 0,
+        hcm_stream_error: bool = False,
         path: str = "",
     ) -> Http1Settings:
         """From an HCM's ``http_protocol_options`` (Http1ProtocolOptions),
-        ``common_http_protocol_options`` and ``max_request_headers_kb`` (0: the default)."""
+        ``common_http_protocol_options``, ``max_request_headers_kb`` (0: the default) and
+        ``stream_error_on_invalid_http_message`` (``hcm_stream_error``)."""
         kwargs: dict = {}
+        if hcm_stream_error:
+            kwargs["stream_error_on_invalid_http_message"] = True
         if max_request_headers_kb:
             kwargs["max_request_headers_kb"] = max_request_headers_kb
         common = common_http_protocol_options
@@ -137,6 +153,11 @@ class Http1Settings:
             kwargs["default_host_for_http_10"] = opts.default_host_for_http_10
             kwargs["enable_trailers"] = opts.enable_trailers
             kwargs["allow_chunked_length"] = opts.allow_chunked_length
+            if opts.HasField("override_stream_error_on_invalid_http_message"):
+                override = opts.override_stream_error_on_invalid_http_message.value
+                kwargs["stream_error_on_invalid_http_message"] = override
+            if opts.ignore_http_11_upgrade:
+                kwargs["ignore_upgrade"] = _ignore_upgrade(opts.ignore_http_11_upgrade, where)
             # send_fully_qualified_url and use_balsa_parser change nothing downstream in Envoy
             # 1.40 (the server codec never reads the first; the parser is Balsa either way).
             kwargs.update(_header_key_format(opts, where))
@@ -158,6 +179,15 @@ class Http1Settings:
             send_fully_qualified_url=opts.send_fully_qualified_url,
             **_header_key_format(opts, path),
         )
+
+
+def _ignore_upgrade(matchers, path: str) -> tuple:
+    """``ignore_http_11_upgrade``: the matchers an Upgrade value is tried against, whole and
+    case-sensitively (as Envoy 1.40 does, ``ignore_case`` aside)."""
+    from legatus.common.matchers import StringMatcher
+
+    where = f"{path}.ignore_http_11_upgrade"
+    return tuple(StringMatcher(m, f"{where}[{i}]") for i, m in enumerate(matchers))
 
 
 def _header_key_format(opts, path: str) -> dict[str, Any]:

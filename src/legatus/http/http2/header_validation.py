@@ -8,7 +8,8 @@ Envoy answers it:
 - a field nghttp2 refuses as it arrives (upper-case or non-token name, a control character
   or DEL in a value, a connection-specific header, ``te`` other than ``trailers``, a
   pseudo-header unknown (``:protocol`` without extended CONNECT), repeated or after a
-  regular field, a bad ``:method``, ``:scheme``, ``:authority``, a ``:path`` empty or with a
+  regular field, a bad ``:method``, ``:scheme``, ``:authority``, ``:protocol`` (when
+  extended CONNECT is allowed: not a token), a ``:path`` empty or with a
   control, space or DEL byte, a bad or repeated ``content-length``) is
   ``http2.invalid.header.field``; what the whole head
   lacks (a pseudo-header missing, a ``:path`` not in origin form, CONNECT rules) is
@@ -19,6 +20,11 @@ Envoy answers it:
   ``max_headers_count`` (``http2.too_many_headers``, ``http2.header_overflow``), more bytes
   than ``max_request_headers_kb`` (``http2.header_list_size_too_large``), an underscore in
   a name under REJECT_REQUEST (``http2.unexpected_underscore``).
+
+Extended CONNECT (RFC 8441, with ``allow_connect``: ``:method CONNECT`` with ``:protocol``,
+``:scheme``, ``:path`` and ``:authority``) becomes what Envoy's codec makes of it, an
+HTTP/1.1-style upgrade: ``:method GET``, ``:protocol`` removed, ``upgrade: <protocol>`` and
+``connection: upgrade`` last (``Head.upgrade``).
 
 What the checks leave is Envoy's request: values as they came (whitespace included),
 ``host`` folded into a missing ``:authority`` (and dropped beside one), cookie crumbs
@@ -65,7 +71,8 @@ _UNDERSCORE = Rejection(
 class Head:
     """A checked header block: ``items`` in order (str names and values), ``repeated`` if a
     name occurs twice; ``content_length`` (None if absent); for requests whether it asks for
-    100-continue and whether it is a CONNECT; ``dropped`` fields with underscores."""
+    100-continue, whether it is a CONNECT and whether it is an upgrade (a CONNECT, or an
+    extended CONNECT made into an upgrade); ``dropped`` fields with underscores."""
 
     items: tuple[tuple[str, str], ...]
     repeated: bool
@@ -73,6 +80,7 @@ class Head:
     expect_continue: bool = False
     connect: bool = False
     dropped: int = 0
+    upgrade: bool = False
 
     def header_map(self) -> HeaderMap:
         if self.repeated:
@@ -83,6 +91,7 @@ class Head:
 # Name kinds.
 _REGULAR, _BAD, _CONNECTION, _TE, _COOKIE, _CONTENT_LENGTH, _HOST, _EXPECT = range(8)
 _PSEUDO_REQUEST = frozenset((":method", ":scheme", ":authority", ":path"))
+_PSEUDO_EXTENDED_CONNECT = _PSEUDO_REQUEST | {":protocol"}
 _TCHAR_LOWER = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 _NAME_OK = bytes(sorted(_TCHAR_LOWER))
 _TOKEN_OK = bytes(sorted(_TCHAR_LOWER | frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")))
@@ -138,6 +147,8 @@ def _pseudo_ok(name: str, value: str) -> bool:
         return bool(value) and not value.encode("latin-1").translate(None, _SCHEME_OK)
     if name == ":authority":
         return not value.encode("latin-1").translate(None, _AUTHORITY_OK)
+    if name == ":protocol":
+        return bool(value) and not value.encode("latin-1").translate(None, _TOKEN_OK)
     # :path: nghttp2 takes any byte above space but DEL (non-ASCII too; '#' is the HCM's)
     return bool(value) and not value.encode("latin-1").translate(None, _PATH_OK)
 
@@ -158,14 +169,15 @@ def check_request(fields, settings) -> Head | Rejection:
     dropped = 0
     count = size = 0
     regular = False
+    allowed = _PSEUDO_EXTENDED_CONNECT if settings.allow_connect else _PSEUDO_REQUEST
     for raw_name, raw_value in fields:
         value = _value(raw_value)
         if value is None:
             return _INVALID
         if raw_name[:1] == b":":
             name = raw_name.decode("latin-1")
-            if regular or name in pseudo or name not in _PSEUDO_REQUEST:
-                return _INVALID  # (:protocol too: extended CONNECT is not enabled)
+            if regular or name in pseudo or name not in allowed:
+                return _INVALID  # (:protocol too, unless extended CONNECT is allowed)
             if not _pseudo_ok(name, value):
                 return _INVALID
             pseudo[name] = value
@@ -223,6 +235,14 @@ def check_request(fields, settings) -> Head | Rejection:
         count += 1
         size += 10 + len(host)
     connect = method == "CONNECT"
+    if ":protocol" in pseudo:
+        if not connect or ":scheme" not in pseudo or pseudo.get(":path", "")[:1] != "/":
+            return _VIOLATION
+        if authority is None and host is None:
+            return _VIOLATION
+        if cookies is not None:
+            items.append(("cookie", "; ".join(cookies)))
+        return _extended_connect(items, pseudo[":protocol"], content_length, expect, dropped)
     if connect:
         if authority is None and host is None:
             return _VIOLATION
@@ -237,7 +257,16 @@ def check_request(fields, settings) -> Head | Rejection:
             return _VIOLATION
     if cookies is not None:
         items.append(("cookie", "; ".join(cookies)))
-    return Head(tuple(items), repeated, content_length, expect, connect, dropped)
+    return Head(tuple(items), repeated, content_length, expect, connect, dropped, connect)
+
+
+def _extended_connect(items, protocol: str, content_length, expect, dropped) -> Head:
+    """An extended CONNECT as Envoy's codec hands it on: an upgrade to ``protocol``."""
+    out = [(":method", "GET") if n == ":method" else (n, v) for n, v in items if n != ":protocol"]
+    out.append(("upgrade", protocol))
+    out.append(("connection", "upgrade"))
+    repeated = len({n for n, _ in out}) != len(out)
+    return Head(tuple(out), repeated, content_length, expect, False, dropped, True)
 
 
 def check_trailers(fields, settings) -> Head | Rejection:

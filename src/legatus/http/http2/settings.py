@@ -3,9 +3,10 @@
 Defaults are Envoy 1.40's, as its downstream codec advertises them (SETTINGS
 HEADER_TABLE_SIZE 4096, ENABLE_CONNECT_PROTOCOL 0, MAX_CONCURRENT_STREAMS 1024,
 INITIAL_WINDOW_SIZE 16 MiB, then a connection WINDOW_UPDATE to 24 MiB) and as its protocol
-constraints use them. ``from_proto`` refuses, by field path, what the codec does not do yet:
-extended CONNECT (``allow_connect``), METADATA frames, custom SETTINGS parameters and the
-idle-connection keepalive probe.
+constraints use them. ``allow_connect`` advertises ENABLE_CONNECT_PROTOCOL 1 (a server's
+SETTINGS only): clients may then send extended CONNECT (RFC 8441, header_validation.py).
+``from_proto`` refuses, by field path, what the codec does not do yet: METADATA frames,
+custom SETTINGS parameters and the idle-connection keepalive probe.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class Http2Settings:
     keepalive_interval: float | None = None
     keepalive_timeout: float | None = None
     keepalive_jitter: float = DEFAULT_KEEPALIVE_JITTER
+    # allow_connect: extended CONNECT (RFC 8441) is accepted and advertised.
+    allow_connect: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_concurrent_streams <= f.MAX_STREAM_ID:
@@ -90,7 +93,7 @@ class Http2Settings:
         out = [(f.SETTINGS_HEADER_TABLE_SIZE, self.hpack_table_size)]
         if client:  # Envoy's client: push off first, then the table, then no extended CONNECT
             out.insert(0, (f.SETTINGS_ENABLE_PUSH, 0))
-        out.append((f.SETTINGS_ENABLE_CONNECT_PROTOCOL, 0))
+        out.append((f.SETTINGS_ENABLE_CONNECT_PROTOCOL, int(self.allow_connect and not client)))
         out.append((f.SETTINGS_MAX_CONCURRENT_STREAMS, self.max_concurrent_streams))
         out.append((f.SETTINGS_INITIAL_WINDOW_SIZE, self.initial_stream_window_size))
         return out
@@ -103,10 +106,12 @@ class Http2Settings:
         *,
         max_headers_kb: int = 0,
         path: str = "",
+        server: bool = False,
     ) -> Http2Settings:
         """From an ``Http2ProtocolOptions`` (None: Envoy's defaults), the HCM's
         ``common_http_protocol_options`` and ``max_request_headers_kb`` (0: the default).
-        ``path`` names the Http2ProtocolOptions field for errors."""
+        ``path`` names the Http2ProtocolOptions field for errors; ``server``: the options
+        are a connection manager's (``allow_connect`` is only implemented there)."""
         kwargs: dict = {}
         if max_headers_kb:
             kwargs["max_headers_kb"] = max_headers_kb
@@ -118,7 +123,7 @@ class Http2Settings:
                 common.headers_with_underscores_action
             )
         if proto is not None:
-            _check(proto, path)
+            _check(proto, path, server)
             for name in (
                 "hpack_table_size", "max_concurrent_streams", "initial_stream_window_size",
                 "initial_connection_window_size", "max_outbound_frames",
@@ -132,6 +137,7 @@ class Http2Settings:
             if proto.HasField("override_stream_error_on_invalid_http_message"):
                 stream_error = proto.override_stream_error_on_invalid_http_message.value
             kwargs["stream_error_on_invalid_http_messaging"] = stream_error
+            kwargs["allow_connect"] = proto.allow_connect
             if proto.HasField("connection_keepalive"):
                 kwargs.update(_keepalive(proto.connection_keepalive,
                                          join_path(path, "connection_keepalive")))  # fmt: skip
@@ -141,17 +147,18 @@ class Http2Settings:
             raise ConfigError(path, str(e)) from None
 
 
-def _check(proto, path: str) -> None:
+def _check(proto, path: str, server: bool) -> None:
     for field, _ in proto.ListFields():
         if field.name not in _SUPPORTED:
             raise ConfigError(
                 join_path(path, field.name),
                 f"field '{field.name}' of Http2ProtocolOptions is not supported by legatus yet",
             )
-    if proto.allow_connect:
+    if proto.allow_connect and not server:
         raise ConfigError(
             join_path(path, "allow_connect"),
-            "extended CONNECT (RFC 8441, websockets over HTTP/2) is not supported by legatus yet",
+            "extended CONNECT to an upstream (WebSocket over HTTP/2 upstream) is not supported "
+            "by legatus yet",
         )
     if proto.allow_metadata:
         raise ConfigError(

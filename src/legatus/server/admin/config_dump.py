@@ -150,7 +150,9 @@ def config_dump(
     routes = routes_dump(route_sources, dynamic, loaded, matcher)
     if routes is not None:  # Envoy dumps (scoped) routes only once an HCM exists
         dumps += [shared.ScopedRoutesConfigDump(), routes]
-    dumps.append(config_dump_pb2.SecretsConfigDump())
+    from legatus.server.admin.secrets_dump import secrets_dump
+
+    dumps.append(secrets_dump(context, loaded, matcher))
     return dumps
 
 

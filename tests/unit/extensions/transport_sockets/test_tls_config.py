@@ -142,8 +142,6 @@ def test_disable_stateless_session_resumption_is_honoured(leaf):
          "tls.common_tls_context.tls_certificate_sds_secret_configs[0].name"),
         ({"validation_context_sds_secret_config": {"name": "x"}},
          "tls.common_tls_context.validation_context_sds_secret_config.name"),
-        ({"tls_certificate_sds_secret_configs": [{"name": "x", "sds_config": {"ads": {}}}]},
-         "tls.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config.ads"),
         ({"validation_context": {"require_signed_certificate_timestamp": True}},
          "tls.common_tls_context.validation_context.require_signed_certificate_timestamp"),
     ],

@@ -672,3 +672,40 @@ def test_a_released_codec_parses_nothing_more():
     codec.release()
     assert codec.feed(GET) == []
     assert codec.resume() == []
+
+
+# ignore_http_11_upgrade -------------------------------------------------------------------
+
+
+def _ignoring(*values: str) -> Http1Settings:
+    from envoy.config.core.v3 import protocol_pb2
+
+    opts = protocol_pb2.Http1ProtocolOptions()
+    for value in values:
+        opts.ignore_http_11_upgrade.add(exact=value)
+    return Http1Settings.from_protos(opts)
+
+
+IGNORED_CHUNKED = (
+    b"POST /u HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade, x-n\r\n"
+    b"X-N: 1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7])
+def test_an_ignored_upgrade_with_a_chunked_body_is_a_plain_request(chunk):
+    codec = ServerCodec(_ignoring("websocket"))
+    events = coalesce(drain(codec, IGNORED_CHUNKED + GET, chunk))
+    head, data, second = events
+    assert isinstance(head, RequestHeaders) and not head.upgrade and not head.end_stream
+    assert "upgrade" not in head.headers and "x-n" not in head.headers
+    assert data == RequestData(data=b"body", end_stream=True)
+    assert isinstance(second, RequestHeaders) and second.headers[":path"] == "/a?b=1"
+
+
+def test_an_upgrade_not_matched_whole_and_by_case_stays_an_upgrade():
+    for value in (b"WebSocket", b"websocket, h2c"):
+        codec = ServerCodec(_ignoring("websocket"))
+        raw = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: " + value + b"\r\nConnection: upgrade\r\n\r\n"
+        (head,) = codec.feed(raw)
+        assert head.upgrade and head.headers["upgrade"] == value.decode()

@@ -149,3 +149,46 @@ def test_trailers_and_responses():
         [(":status", "200"), ("Upper", "1")],
     ):
         assert isinstance(check_response(raw(bad), SETTINGS), Rejection), bad
+
+
+ALLOW_CONNECT = Http2Settings(allow_connect=True)
+EXTENDED_CONNECT = [
+    (":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+    (":authority", "a.example"), (":path", "/chat"),
+]  # fmt: skip
+
+
+def test_extended_connect_becomes_an_upgrade():
+    head = request(("sec-websocket-version", "13"), base=EXTENDED_CONNECT, settings=ALLOW_CONNECT)
+    assert isinstance(head, Head) and head.upgrade and not head.connect
+    assert list(head.header_map().items()) == [
+        (":method", "GET"), (":scheme", "https"), (":authority", "a.example"), (":path", "/chat"),
+        ("sec-websocket-version", "13"), ("upgrade", "websocket"), ("connection", "upgrade"),
+    ]  # fmt: skip
+    connect = request(base=[(":method", "CONNECT"), (":authority", "a:1")], settings=ALLOW_CONNECT)
+    assert connect.connect and connect.upgrade
+    assert not request(settings=ALLOW_CONNECT).upgrade
+
+
+@pytest.mark.parametrize(
+    ("base", "details"),
+    [
+        (EXTENDED_CONNECT, None),  # allowed: see above
+        ([(":method", "GET"), *EXTENDED_CONNECT[1:]], VIOLATION_OF_MESSAGING_RULE),
+        ([f for f in EXTENDED_CONNECT if f[0] != ":path"], VIOLATION_OF_MESSAGING_RULE),
+        ([f for f in EXTENDED_CONNECT if f[0] != ":scheme"], VIOLATION_OF_MESSAGING_RULE),
+        ([*EXTENDED_CONNECT[:4], (":path", "a.example:443")], VIOLATION_OF_MESSAGING_RULE),
+        (
+            [EXTENDED_CONNECT[0], (":protocol", "web socket"), *EXTENDED_CONNECT[2:]],
+            INVALID_HEADER_FIELD,
+        ),
+    ],
+)
+def test_extended_connect_rules(base, details):
+    head = request(base=base, settings=ALLOW_CONNECT)
+    if details is None:
+        assert isinstance(head, Head)
+    else:
+        assert isinstance(head, Rejection) and head.details == details
+    # Without allow_connect, :protocol is refused as it arrives.
+    assert request(base=EXTENDED_CONNECT) == Rejection(INVALID_HEADER_FIELD)

@@ -54,10 +54,17 @@ def test_options_are_read():
     assert settings.max_headers_kb == 10
 
 
+def test_allow_connect_on_a_connection_manager_advertises_extended_connect():
+    settings = Http2Settings.from_proto(options(allowConnect=True), path=PATH, server=True)
+    assert settings.allow_connect
+    assert (f.SETTINGS_ENABLE_CONNECT_PROTOCOL, 1) in settings.local_settings(client=False)
+    assert (f.SETTINGS_ENABLE_CONNECT_PROTOCOL, 0) in settings.local_settings(client=True)
+
+
 @pytest.mark.parametrize(
     ("fields", "where"),
     [
-        ({"allowConnect": True}, "allow_connect"),
+        ({"allowConnect": True}, "allow_connect"),  # (an upstream's: see above for the HCM)
         ({"allowMetadata": True}, "allow_metadata"),
         (
             {"customSettingsParameters": [{"identifier": 9, "value": 1}]},

@@ -107,6 +107,16 @@ class CommonTlsConfig:
     def uses_sds(self) -> bool:
         return bool(self.certificate_providers) or self.validation_provider is not None
 
+    @property
+    def ready(self) -> bool:
+        """Whether every SDS secret has a value (one over xDS may not have arrived yet):
+        until then the context cannot be made, as Envoy's SSL socket factory has none."""
+        return all(_ready(p) for p in self._providers())
+
+    def _providers(self) -> tuple[SecretProvider, ...]:
+        validation = self.validation_provider
+        return (*self.certificate_providers, *((validation,) if validation is not None else ()))
+
     def refreshed(self) -> CommonTlsConfig:
         """This config with the providers' current secrets (after an SDS update)."""
         certificates, validation = _from_providers(self, _current)
@@ -115,6 +125,10 @@ class CommonTlsConfig:
             certificates=certificates if self.certificate_providers else self.certificates,
             validation=validation if self.validation_provider is not None else self.validation,
         )
+
+
+def _ready(provider: SecretProvider) -> bool:
+    return getattr(provider, "ready", True)
 
 
 def _current(provider: SecretProvider):
@@ -126,14 +140,16 @@ def _applied(provider: SecretProvider):
 
 
 def _from_providers(config: CommonTlsConfig, pick) -> tuple:
-    """The certificates and validation of ``config``'s providers, each secret ``pick``ed."""
+    """The certificates and validation of ``config``'s providers, each secret ``pick``ed
+    (those of a secret over xDS that has not arrived yet are left out)."""
     path = config.path
     certificates = tuple(
         compile_certificate(pick(p).tls_certificate, path, name=p.name)
         for p in config.certificate_providers
+        if _ready(p)
     )
     validation = None
-    if config.validation_provider is not None:
+    if config.validation_provider is not None and _ready(config.validation_provider):
         secret = pick(config.validation_provider)
         proto = secret.validation_context
         default = config.validation_default
@@ -238,7 +254,24 @@ def _checker(config: CommonTlsConfig):
     values."""
 
     def check(updated: SecretProvider, secret) -> None:
-        _from_providers(config, lambda p: secret if p is updated else p.current)
+        _from_providers(
+            dataclasses.replace(
+                config,
+                certificate_providers=tuple(
+                    p for p in config.certificate_providers if p is updated or _ready(p)
+                ),
+                validation_provider=(
+                    config.validation_provider
+                    if config.validation_provider is updated
+                    or (
+                        config.validation_provider is not None
+                        and _ready(config.validation_provider)
+                    )
+                    else None
+                ),
+            ),
+            lambda p: secret if p is updated else p.current,
+        )
 
     return check
 
@@ -361,7 +394,7 @@ def compile_downstream(
         )
     common = _compile_common(proto.common_tls_context, join_path(path, "common_tls_context"),
                              server=True, secrets=secrets)  # fmt: skip
-    if not common.certificates:
+    if not common.certificates and common.ready:
         raise ConfigError(
             join_path(path, "common_tls_context.tls_certificates"),
             "No TLS certificates found for server context",
@@ -371,7 +404,11 @@ def compile_downstream(
         if proto.HasField("require_client_certificate")
         else False
     )
-    if require_client and (common.validation is None or not common.validation.has_trust_anchor):
+    if (
+        require_client
+        and common.ready
+        and (common.validation is None or not common.validation.has_trust_anchor)
+    ):
         raise ConfigError(
             join_path(path, "require_client_certificate"),
             "require_client_certificate needs a validation_context with a trusted_ca in "
@@ -402,28 +439,21 @@ class ClientTlsConfig:
     auto_sni_san_validation: bool  # the peer must have a DNS SAN matching the SNI sent
 
 
-def compile_upstream(proto: UpstreamTlsContext, path: str) -> ClientTlsConfig:
+def compile_upstream(proto: UpstreamTlsContext, path: str, secrets: Any = None) -> ClientTlsConfig:
     _check(proto, _UPSTREAM, path, "UpstreamTlsContext")
-    common_proto = proto.common_tls_context
-    for field in ("tls_certificate_sds_secret_configs", "validation_context_sds_secret_config",
-                  "combined_validation_context"):  # fmt: skip
-        if common_proto.HasField(field) if field != "tls_certificate_sds_secret_configs" \
-                else common_proto.tls_certificate_sds_secret_configs:  # fmt: skip
-            raise ConfigError(
-                join_path(path, f"common_tls_context.{field}"),
-                "SDS secrets are not supported by legatus on clusters yet (listeners only)",
-            )
     if "\0" in proto.sni:
         raise ConfigError(join_path(path, "sni"), "SNI names containing NULL-byte are not allowed")
     common = _compile_common(proto.common_tls_context, join_path(path, "common_tls_context"),
-                             server=False)  # fmt: skip
-    if len(common.certificates) > 1:
+                             server=False, secrets=secrets)  # fmt: skip
+    if len(common.certificates) > 1 or len(common.certificate_providers) > 1:
         raise ConfigError(
             join_path(path, "common_tls_context.tls_certificates"),
             "Multiple TLS certificates are not supported for client contexts",
         )
-    if proto.auto_sni_san_validation and (
-        common.validation is None or not common.validation.ca_pem
+    if (
+        proto.auto_sni_san_validation
+        and common.ready
+        and (common.validation is None or not common.validation.ca_pem)
     ):
         raise ConfigError(
             join_path(path, "auto_sni_san_validation"),

@@ -1,11 +1,13 @@
-"""SDS secrets: the bootstrap's static ``secrets`` and secrets read from files.
+"""SDS secrets: the bootstrap's static ``secrets``, secrets read from files, and secrets
+over xDS.
 
-Envoy's SecretManagerImpl, for the config sources legatus has: a TLS context names a
-secret (``tls_certificate_sds_secret_configs``, ``validation_context_sds_secret_config``,
+Envoy's SecretManagerImpl: a TLS context names a secret
+(``tls_certificate_sds_secret_configs``, ``validation_context_sds_secret_config``,
 ``combined_validation_context``), with no ``sds_config`` for a static secret of the
-bootstrap, or with ``sds_config.path_config_source`` (or the deprecated ``path``) for one
-read from a file that holds a DiscoveryResponse of ``Secret`` resources. SDS over gRPC
-(``api_config_source``, ``ads``) is refused at config time.
+bootstrap, with ``sds_config.path_config_source`` (or the deprecated ``path``) for one
+read from a file that holds a DiscoveryResponse of ``Secret`` resources, or with ``ads`` /
+a gRPC ``api_config_source`` for one over xDS (``sds_api.py``: the main process subscribes,
+workers take the values it sends).
 
 A file secret is watched (config_subscription/filesystem/watcher.py): a rewrite in place, a
 rename over, a symlink swapped anywhere on the path is an SDS update, counted in
@@ -114,27 +116,27 @@ class SecretProvider:
         self._callbacks = alive
 
 
-class FileSecretProvider(SecretProvider):
-    """A secret from an SDS file. ``current`` is Envoy's value of the secret: after its files
-    failed to reload (see ``secret_files``) it holds what they held, though no context took
-    it, so that the next rebuild of a context fails as Envoy's does; ``secret`` stays the
-    value the contexts have."""
+class DynamicSecretProvider(SecretProvider):
+    """A secret that SDS updates (from a file or over xDS). Each context using it registers
+    a check (``set_checker``): a new value is taken only when every context can be rebuilt
+    with it. ``current`` is Envoy's value of the secret: after its files failed to reload
+    (see ``secret_files``) it holds what they held, though no context took it, so that the
+    next rebuild of a context fails as Envoy's does; ``secret`` stays the value the
+    contexts have."""
 
-    __slots__ = ("_accepted", "_checks", "_current", "_file", "_files", "_raw", "_stats",
-                 "_version")  # fmt: skip
+    __slots__ = ("_checks", "_current")
     dynamic = True
 
-    def __init__(self, name: str, path: str, watched_directory: str | None, stats) -> None:
-        super().__init__(name, Secret(), path)
-        self._file = FileWatcher(path, watched_directory=watched_directory)
-        self._raw: Secret | None = None  # the accepted secret as the SDS file has it
-        self._files: SecretFiles | None = None  # the files it names (key rotation)
-        self._accepted = b""  # the digest of those files' contents in use
-        self._stats = stats
+    def __init__(self, name: str, secret: Secret, source: str) -> None:
+        super().__init__(name, secret, source)
         # Each context using the secret: (a check of a new value, what to do once taken).
         self._checks: dict[tuple, tuple[Checker, Callable[[], None]]] = {}
         self._current: Secret | None = None
-        self._version = ""  # the accepted file's version_info
+
+    @property
+    def ready(self) -> bool:
+        """Whether the secret has a value (one over xDS may not have arrived yet)."""
+        return True
 
     @property
     def current(self) -> Secret:
@@ -153,6 +155,26 @@ class FileSecretProvider(SecretProvider):
         for _, promote in self._checks.values():
             promote()
         self._changed(secret)
+
+
+class FileSecretProvider(DynamicSecretProvider):
+    """A secret from an SDS file (see the module doc)."""
+
+    __slots__ = ("_accepted", "_file", "_files", "_raw", "_stats", "_version")
+
+    def __init__(self, name: str, path: str, watched_directory: str | None, stats) -> None:
+        super().__init__(name, Secret(), path)
+        self._file = FileWatcher(path, watched_directory=watched_directory)
+        self._raw: Secret | None = None  # the accepted secret as the SDS file has it
+        self._files: SecretFiles | None = None  # the files it names (key rotation)
+        self._accepted = b""  # the digest of those files' contents in use
+        self._stats = stats
+        self._version = ""  # the accepted file's version_info
+
+    @property
+    def version_info(self) -> str:
+        """The version_info of the SDS file last accepted (for /config_dump)."""
+        return self._version
 
     def load(self, now: float, *, initial: bool) -> None:
         """Read the file (and the files it names); on success the secret changes. Raises
@@ -284,6 +306,12 @@ class SecretManager:
             # Kept as configured (filenames and all), as Envoy keeps a static secret.
             self._static[secret.name] = SecretProvider(secret.name, secret, "static")
         self._files: dict[tuple[str, str], FileSecretProvider] = {}
+        # Secrets over xDS (sds_api.py), by (name, source); in a worker, the values the main
+        # process sent, also for a provider not made yet.
+        self._xds: dict[tuple[str, bytes], Any] = {}
+        self._xds_values: dict[tuple[str, bytes], Secret] = {}
+        self._subscribe: Callable[[Any], None] | None = None  # the main process's
+        self._check_xds_source: Callable[[Any, str], None] | None = None
         self._count_stats = count_stats
         self._store: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -311,11 +339,7 @@ class SecretManager:
         elif which == "path":
             file_path, watched = source.path, None
         else:
-            raise ConfigError(
-                join_path(spath, which or "config_source_specifier"),
-                "SDS from a gRPC or ADS config source is not supported by legatus yet: use a "
-                "path_config_source or a static secret",
-            )
+            return self._xds_provider(name, source, spath)
         key = (name, file_path)
         provider = self._files.get(key)
         if provider is None:
@@ -335,6 +359,48 @@ class SecretManager:
             )
         return provider
 
+    def _xds_provider(self, name: str, source, path: str):
+        from legatus.extensions.transport_sockets.tls.sds_api import XdsSecretProvider, source_key
+
+        if self._check_xds_source is not None:
+            self._check_xds_source(source, path)
+        key = source_key(name, source)
+        provider = self._xds.get(key)
+        if provider is None:
+            provider = self._xds[key] = XdsSecretProvider(name, source, key)
+            value = self._xds_values.get(key)
+            if value is not None:
+                provider.set(value, initial=True)
+            if self._subscribe is not None:
+                self._subscribe(provider)
+        return provider
+
+    def check_xds_sources(self, check: Callable[[Any, str], None]) -> None:
+        """Check each gRPC/ADS ``sds_config`` with ``check(source, path)`` (the main
+        process's ConfigSource checks, which know the bootstrap)."""
+        self._check_xds_source = check
+
+    def subscribe_xds(self, subscribe: Callable[[Any], None]) -> None:
+        """The main process: ``subscribe(provider)`` each secret over xDS named from now on
+        (by LDS listeners and CDS clusters); those named so far are subscribed when their
+        listener or cluster initializes (``xds_providers``)."""
+        self._subscribe = subscribe
+
+    def xds_providers(self) -> list[Any]:
+        return list(self._xds.values())
+
+    def xds_values(self) -> dict[tuple[str, bytes], bytes]:
+        """The secrets over xDS that have a value, serialized (for a worker started now)."""
+        return {key: p.secret.SerializeToString() for key, p in self._xds.items() if p.ready}
+
+    def apply_xds(self, key: tuple[str, bytes], raw: bytes) -> None:
+        """A worker: the main process accepted a value of the secret ``key``."""
+        secret = Secret.FromString(raw)
+        self._xds_values[key] = secret
+        provider = self._xds.get(key)
+        if provider is not None:
+            provider.set(secret)
+
     def start(self, loop: asyncio.AbstractEventLoop, store: Any = None) -> None:
         """Begin watching the files (and, in the main process, counting into ``store``)."""
         self._loop = loop
@@ -352,7 +418,7 @@ class SecretManager:
         self._loop = None
 
     def providers(self) -> list[SecretProvider]:
-        return [*self._static.values(), *self._files.values()]
+        return [*self._static.values(), *self._files.values(), *self._xds.values()]
 
     def _now(self) -> float:
         return self._loop.time() if self._loop is not None else time.monotonic()
@@ -396,7 +462,7 @@ def set_checker(
     """Have ``provider`` (a file one) ``check(provider, secret)`` a new value before taking
     it, for the context ``key``: a ConfigError rejects it (a key that does not fit its
     certificate). ``promote`` is called once a new value is taken."""
-    if isinstance(provider, FileSecretProvider):
+    if isinstance(provider, DynamicSecretProvider):
         provider._checks[key] = (check, promote)
 
 

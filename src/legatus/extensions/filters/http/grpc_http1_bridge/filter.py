@@ -22,8 +22,9 @@ sent with a 5-byte frame header (flags 0, the length) in front; past the buffer 
 client's connection stops being read, as in Envoy (the request then waits for a timeout). On
 the response, the first piece of body that does not end the response loses its first 5 bytes
 (the frame header), the rest goes on as above. Only that one frame header is removed: the
-upgrade is meant for unary calls. Such a response is held by this filter, and past the buffer
-limit it resets the stream where Envoy answers 500 (a known difference, docs/grpc.md).
+upgrade is meant for unary calls. Such a response is held by this filter; past the buffer
+limit it asks for Envoy's 500, which the stream sends straight to the client (the headers it
+holds never reached the client).
 """
 
 from __future__ import annotations
@@ -215,8 +216,8 @@ class Http1BridgeFilter(StreamFilter):
             callbacks.inject_encoded_data_to_filter_chain(bytes(body), False)
 
     def _too_large(self) -> None:
-        """Past the buffer limit. Envoy answers 500 ``response_payload_too_large``; the stream
-        has passed the response headers on to this filter already, so it resets instead."""
+        """Past the buffer limit: Envoy's 500 ``response_payload_too_large``, sent past the
+        encoder filters (the headers held here never reached the client)."""
         self.response_body = None
         self.bridging = False
         self.decoder_callbacks.send_local_reply(

@@ -60,6 +60,7 @@ from legatus.router.rds import (
     StaticRouteConfigProvider,
     compile_rds_table,
 )
+from legatus.router.route_stats import RouteStatOwners
 from legatus.upstream.cluster import duration
 
 HttpConnectionManager = hcm_pb2.HttpConnectionManager
@@ -81,6 +82,7 @@ _SUPPORTED = frozenset({
     "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
     "access_log_options", "access_log_flush_interval", "flush_access_log_on_new_request",
     "proxy_status_config", "original_ip_detection_extensions",
+    "stream_error_on_invalid_http_message",
 })  # fmt: skip
 _SUPPORTED_COMMON = (
     "idle_timeout", "max_connection_duration", "max_headers_count", "max_stream_duration",
@@ -172,9 +174,14 @@ def _seconds(proto, field: str, default: float | None) -> float | None:
 
 def _route_provider(proto, context: FactoryContext, path: str):
     """(provider, the RouteTable the filters may inspect at config time: None with RDS)."""
+    owned = context.owned_route_configs
+    owners = None if owned is None else RouteStatOwners.of(context.store)
     if proto.WhichOneof("route_specifier") == "route_config":
         table = compile_route_config(proto.route_config, context, join_path(path, "route_config"))
-        return StaticRouteConfigProvider(table), table
+        provider = StaticRouteConfigProvider(table, proto=proto.route_config, owners=owners)
+        if owned is not None:
+            owned.append(provider)
+        return provider, table
     rpath = join_path(path, "rds")
     check_supported(proto.rds, ("config_source", "route_config_name"), rpath, "Rds")
     if not proto.rds.HasField("config_source"):
@@ -182,7 +189,10 @@ def _route_provider(proto, context: FactoryContext, path: str):
     # (validate mode has no manager: the provider is only compiled)
     manager = context.route_config_providers or RouteConfigProviderManager()
     compile_table = compile_rds_table(replace(context, route_table=None), rpath)
-    return manager.provider(proto.rds, compile_table, proto.stat_prefix), None
+    provider = manager.provider(proto.rds, compile_table, proto.stat_prefix, owners)
+    if owned is not None:
+        owned.append(provider)
+    return provider, None
 
 
 def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
@@ -210,16 +220,29 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
         max_request_headers_kb=proto.max_request_headers_kb.value
         if proto.HasField("max_request_headers_kb")
         else 0,
+        hcm_stream_error=proto.stream_error_on_invalid_http_message.value,
         path=path,
     )
+    http2_proto = proto.http2_protocol_options if proto.HasField("http2_protocol_options") else None
     http2_settings = Http2Settings.from_proto(
-        proto.http2_protocol_options if proto.HasField("http2_protocol_options") else None,
+        http2_proto,
         common,
         max_headers_kb=proto.max_request_headers_kb.value
         if proto.HasField("max_request_headers_kb")
         else 0,
         path=join_path(path, "http2_protocol_options"),
+        server=True,
     )
+    if proto.HasField("stream_error_on_invalid_http_message") and not (
+        http2_proto is not None
+        and http2_proto.HasField("override_stream_error_on_invalid_http_message")
+    ):
+        # Envoy: the HCM's field stands in for an unset HTTP/2 override (and so beats the
+        # deprecated stream_error_on_invalid_http_messaging).
+        http2_settings = replace(
+            http2_settings,
+            stream_error_on_invalid_http_messaging=proto.stream_error_on_invalid_http_message.value,
+        )
     node = context.options
     proxy_status = None
     if proto.HasField("proxy_status_config"):
@@ -227,6 +250,7 @@ def compile_config(proto, context: FactoryContext, path: str) -> HcmConfig:
             proto.proxy_status_config,
             join_path(path, "proxy_status_config"),
             server_name=proto.server_name or "envoy",
+            node_id=context.node_id,
         )
     policy = compile_request_policy(
         proto,
