@@ -501,6 +501,27 @@ class Response:
         return out
 
 
+def cluster_stats(proxy, cluster: str, families: tuple[str, ...]) -> dict[str, Any]:
+    """``cluster.<cluster>.`` stats whose short names start with one of ``families``, from a
+    proxy's admin ``/stats``; byte counters (varying with header sizes) as ``0`` / ``"> 0"``."""
+    status, body = proxy.admin("/stats?format=json")
+    assert status == 200, body
+    prefix = f"cluster.{cluster}."
+    out: dict[str, Any] = {}
+    for entry in json.loads(body)["stats"]:
+        name = entry.get("name", "")
+        if not name.startswith(prefix) or "value" not in entry:
+            continue
+        short = name[len(prefix) :]
+        if not short.startswith(families):
+            continue
+        value = entry["value"]
+        if short.endswith("_bytes_total") or short.endswith("_bytes_buffered"):
+            value = "> 0" if value else 0
+        out[short] = value
+    return out
+
+
 def http_request(
     method: str,
     target: str,

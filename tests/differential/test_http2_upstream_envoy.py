@@ -27,7 +27,14 @@ from typing import Any
 
 import pytest
 
-from tests.differential.http_scenario import HCM, ROUTER, Client, Response, _free_ports
+from tests.differential.http_scenario import (
+    HCM,
+    ROUTER,
+    Client,
+    Response,
+    _free_ports,
+    cluster_stats,
+)
 from tests.support.h2_upstream import H2Upstream
 from tests.support.process import envoy_command, legatus_command, start_proxy
 from tests.support.tls import TlsFiles, upstream_tls
@@ -152,22 +159,7 @@ class Side:
             return client.request(method, target, *args, **kwargs)
 
     def stats(self, cluster: str) -> dict[str, Any]:
-        status, body = self.proxy.admin("/stats?format=json")
-        assert status == 200, body
-        prefix = f"cluster.{cluster}."
-        out: dict[str, Any] = {}
-        for entry in json.loads(body)["stats"]:
-            name = entry.get("name", "")
-            if not name.startswith(prefix) or "value" not in entry:
-                continue
-            short = name[len(prefix) :]
-            if not short.startswith(("upstream_cx_", "upstream_rq_", "http2.")):
-                continue
-            value = entry["value"]
-            if short.endswith("_bytes_total") or short.endswith("_bytes_buffered"):
-                value = "> 0" if value else 0
-            out[short] = value
-        return out
+        return cluster_stats(self.proxy, cluster, ("upstream_cx_", "upstream_rq_", "http2."))
 
 
 @pytest.fixture(scope="module")
