@@ -522,6 +522,21 @@ def cluster_stats(proxy, cluster: str, families: tuple[str, ...]) -> dict[str, A
     return out
 
 
+def hcm_bootstrap(hcm: dict) -> dict:
+    """A bootstrap of one HCM listener (port 0) with ``hcm``'s fields and a route that answers
+    200 itself: for checking an HCM field's configuration verdict and message."""
+    typed = {"@type": HCM, "stat_prefix": "v", "route_config": {"virtual_hosts": [{
+        "name": "v", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        **hcm}  # fmt: skip
+    return {"static_resources": {"listeners": [{
+        "name": "v", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": typed}]}]}]}}  # fmt: skip
+
+
 def http_request(
     method: str,
     target: str,

@@ -23,6 +23,7 @@ from tests.differential.http_scenario import (  # noqa: F401 (fixtures)
     Cluster,
     Listener,
     Reply,
+    hcm_bootstrap,
     http_pair_fixture,
     http_pair_processes_fixture,
     http_request,
@@ -342,23 +343,10 @@ _CONFIGS = {
 }  # fmt: skip
 
 
-def _hcm_bootstrap(hcm: dict) -> dict:
-    typed = {"@type": HCM, "stat_prefix": "v", "route_config": {"virtual_hosts": [{
-        "name": "v", "domains": ["*"], "routes": [
-            {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
-        **hcm}  # fmt: skip
-    return {"static_resources": {"listeners": [{
-        "name": "v", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": typed}]}]}]}}  # fmt: skip
-
-
 @pytest.mark.parametrize("name", list(_CONFIGS))
 def test_configuration_errors(name, tmp_path):
     path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(_hcm_bootstrap(_CONFIGS[name])))
+    path.write_text(json.dumps(hcm_bootstrap(_CONFIGS[name])))
     envoy, legatus = envoy_validate(path), legatus_validate(path)
     assert envoy.code == 1, envoy.output[-2000:]
     assert legatus.code == envoy.code, legatus.output[-2000:]

@@ -79,8 +79,11 @@ def upstream_reset(
     retried: bool = False,
     transport_failure_reason: str = "",
     headers: tuple[tuple[str, str], ...] = (),
+    response_started: bool = False,
 ) -> LocalReply:
-    """The router's reply to an upstream reset before response headers.
+    """The router's reply to an upstream reset (``response_started``: after the response's
+    headers, which only a filter that holds them lets out; the body says "before headers"
+    all the same, as Envoy's does).
 
     ``reason`` is Envoy's reset reason text (``remote connection failure``, ``connection
     termination``, ``overflow``, ``protocol error``, ``connection timeout``, ``local reset``,
@@ -92,7 +95,10 @@ def upstream_reset(
     return LocalReply(
         status=status,
         body=f"{body}reset reason: {reason}",
-        details=_no_spaces(f"upstream_reset_before_response_started{{{detail}}}"),
+        details=_no_spaces(
+            f"upstream_reset_{'after' if response_started else 'before'}_response_started"
+            f"{{{detail}}}"
+        ),
         flags=flags,
         headers=headers,
     )

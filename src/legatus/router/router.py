@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from legatus.conn_pool import StreamResetReason
@@ -801,15 +801,15 @@ class Router(Tries, StreamDecoderFilter):
             # Envoy's onUpstreamAbort: a local reply all the same, which the stream turns
             # into a reset once the client has the response's headers (a filter that holds
             # them, as grpc_http1_bridge does, lets the reply go out instead).
-            reply = upstream_reset(
-                reason.value,
-                flags=0,
-                status=502 if reason is StreamResetReason.PROTOCOL_ERROR else 503,
-                retried=self.attempts > 1,
-                transport_failure_reason=transport_failure_reason,
-            )
             self._local_reply(
-                replace(reply, details=reply.details.replace("before_response", "after_response"))
+                upstream_reset(
+                    reason.value,
+                    flags=0,
+                    status=502 if reason is StreamResetReason.PROTOCOL_ERROR else 503,
+                    retried=self.attempts > 1,
+                    transport_failure_reason=transport_failure_reason,
+                    response_started=True,
+                )
             )
             return
         overflow = reason is StreamResetReason.OVERFLOW

@@ -27,6 +27,7 @@ import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -262,6 +263,6 @@ def _cause(error: ssl.SSLError, key_pem: bytes, password: bytes) -> str:
     except ValueError as e:
         if "decrypt" in str(e).lower():
             return "error:1e000065:Cipher functions:OPENSSL_internal:BAD_DECRYPT"
-    except Exception:  # anything else is told as the usual unreadable key
+    except UnsupportedAlgorithm:  # told as the usual unreadable key
         pass
     return "error:0900006e:PEM routines:OPENSSL_internal:NO_START_LINE"
